@@ -1,0 +1,500 @@
+//! Command line: `ferry-agent run` (the daemon) and `ferry-agent score`
+//! (offline batch scoring). `main.rs` only calls [`main`].
+
+use crate::config::{self, BundleConfig, FileConfig, Overrides};
+use crate::inference_log::Durability;
+use crate::score::{self, Format, ScoreOptions};
+use crate::server::{self, ServeOptions};
+use crate::serving::{Agent, AgentOptions, Role};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_protocol::trust::SignedTrustRoot;
+use ferry_protocol::TrustRoot;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "Ferry's edge daemon: serves signed models locally"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Run the agent: verify and activate bundles, serve the local API.
+    Run(RunArgs),
+    /// Score a CSV or NDJSON file offline with a bundle's model.
+    Score(ScoreArgs),
+    /// Measure this device's engine throughput on a bundle (rows/s).
+    Bench(BenchArgs),
+    /// Enroll this device with a control plane (generates the device key here).
+    Enroll(EnrollArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    /// The control plane's QUIC address, HOST:PORT.
+    #[arg(long, env = "FERRY_AGENT_SERVER")]
+    pub server: String,
+    /// Enrollment token from `ferry device token create`.
+    #[arg(long, env = "FERRY_AGENT_ENROLL_TOKEN")]
+    pub token: String,
+    /// The control plane's CA certificate (PEM).
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Data directory the identity is stored in (the one `run` uses).
+    #[arg(long, env = "FERRY_AGENT_DATA", default_value = "ferry-agent-data")]
+    pub data: PathBuf,
+    /// Name reported to the control plane (default: /etc/hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Configuration file (TOML); flags and environment override it.
+    #[arg(long, env = "FERRY_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Side-load a bundle as champion at start (repeatable).
+    #[arg(long)]
+    pub bundle: Vec<PathBuf>,
+    /// Side-load a bundle as challenger.
+    #[arg(long)]
+    pub challenger: Option<PathBuf>,
+    /// The challenger's share of traffic, 0..=1.
+    #[arg(long, default_value_t = 0.5)]
+    pub split: f64,
+    /// Side-load a bundle as shadow.
+    #[arg(long)]
+    pub shadow: Option<PathBuf>,
+    /// Trust root file the bundles must verify against.
+    #[arg(long, env = "FERRY_AGENT_TRUST")]
+    pub trust: Option<PathBuf>,
+    /// TCP address for the local API (`none` for Unix socket only).
+    #[arg(long, env = "FERRY_AGENT_LISTEN")]
+    pub listen: Option<String>,
+    /// Also serve the local API on this Unix socket.
+    #[arg(long, env = "FERRY_AGENT_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
+    /// Data directory (model store, inference log, state).
+    #[arg(long, env = "FERRY_AGENT_DATA")]
+    pub data: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "FERRY_AGENT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Stored versions kept per model for rollback.
+    #[arg(long, env = "FERRY_AGENT_KEEP_VERSIONS")]
+    pub keep_versions: Option<usize>,
+    /// Inference log bound, in bytes.
+    #[arg(long, env = "FERRY_AGENT_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
+    /// Fraction of requests whose full inputs are logged.
+    #[arg(long, env = "FERRY_AGENT_SAMPLE_RATE")]
+    pub sample_rate: Option<f64>,
+    /// `async` (on disk within the flush interval) or `sync` (before the
+    /// response).
+    #[arg(long, env = "FERRY_AGENT_LOG_DURABILITY", value_parser = parse_durability)]
+    pub log_durability: Option<Durability>,
+    /// Inference log flush interval in milliseconds.
+    #[arg(long, env = "FERRY_AGENT_LOG_FLUSH_MS")]
+    pub log_flush_ms: Option<u64>,
+    /// Structured logs as JSON lines.
+    #[arg(long, env = "FERRY_AGENT_LOG_JSON")]
+    pub log_json: bool,
+    /// Per-agent download rate limit from the control plane, bytes/s.
+    #[arg(long, env = "FERRY_AGENT_FLEET_MAX_BYTES_PER_SEC")]
+    pub fleet_max_bytes_per_sec: Option<u64>,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "FERRY_AGENT_WORKERS")]
+    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "async" => Ok(Durability::Async),
+        "sync" => Ok(Durability::Sync),
+        _ => Err(format!("{s:?}: use async or sync")),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long, env = "FERRY_AGENT_TRUST")]
+    pub trust: PathBuf,
+    /// Input rows: CSV (header optional) or NDJSON (one JSON array per line).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Predictions, CSV or NDJSON by extension.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Input format when the extension does not say.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Output format when the extension does not say.
+    #[arg(long)]
+    pub output_format: Option<Format>,
+    /// Skip malformed rows (counted and reported) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_rows: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads and verifies a trust root file.
+pub fn read_trust(path: &Path) -> Result<TrustRoot> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading trust root {}", path.display()))?;
+    let signed = SignedTrustRoot::from_bytes(&bytes)
+        .with_context(|| format!("trust root {}", path.display()))?;
+    signed
+        .open(now_unix())
+        .with_context(|| format!("trust root {}", path.display()))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Score(args) => score_cmd(args),
+        Command::Bench(args) => bench_cmd(args),
+        Command::Enroll(args) => enroll_cmd(args),
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut file = match &args.config {
+        Some(p) => FileConfig::read(p)?,
+        None => FileConfig::default(),
+    };
+    let telemetry = crate::telemetry::resolve(file.telemetry.take(), &args.telemetry)?;
+    let mut bundles: Vec<BundleConfig> = args
+        .bundle
+        .iter()
+        .map(|p| BundleConfig {
+            path: p.clone(),
+            role: Role::Champion,
+            split: None,
+        })
+        .collect();
+    if let Some(p) = &args.challenger {
+        bundles.push(BundleConfig {
+            path: p.clone(),
+            role: Role::Challenger,
+            split: Some(args.split),
+        });
+    }
+    if let Some(p) = &args.shadow {
+        bundles.push(BundleConfig {
+            path: p.clone(),
+            role: Role::Shadow,
+            split: None,
+        });
+    }
+    // An enrolled device verifies against the trust root it was given.
+    let enrolled_trust = crate::fleet::enrolled_trust_root(
+        &args
+            .data
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("ferry-agent-data")),
+    );
+    let cfg = config::resolve(
+        file,
+        Overrides {
+            listen: args.listen.clone(),
+            unix_socket: args.unix_socket.clone(),
+            data_dir: args.data.clone(),
+            trust_root: args.trust.clone().or(enrolled_trust),
+            max_body_bytes: args.max_body_bytes,
+            keep_versions: args.keep_versions,
+            json_logs: args.log_json.then_some(true),
+            log_max_bytes: args.log_max_bytes,
+            sample_rate: args.sample_rate,
+            durability: args.log_durability,
+            flush_every_ms: args.log_flush_ms,
+            bundles,
+        },
+    )?;
+    init_tracing(cfg.json_logs);
+    let trust = read_trust(&cfg.trust_root)?;
+    let agent = Agent::open(AgentOptions {
+        data_dir: cfg.data_dir.clone(),
+        trust,
+        keep_versions: cfg.keep_versions,
+        sample_rate: cfg.sample_rate,
+        log_max_bytes: cfg.log_max_bytes,
+        log_durability: cfg.durability,
+        log_flush_ms: cfg.flush_every_ms,
+    })
+    .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
+    for b in &cfg.bundles {
+        match agent.install(&b.path, b.role, b.split) {
+            Ok(a) => {
+                tracing::info!(bundle = %b.path.display(), model = %a.model, version = a.version, role = a.role.as_str(), "side-loaded")
+            }
+            // A bad side-loaded bundle must not stop a device that already
+            // serves an earlier version.
+            Err(e) if agent.ready() => {
+                tracing::error!(bundle = %b.path.display(), error = %e, "side-load refused; previous version keeps serving")
+            }
+            Err(e) => bail!("side-loading {}: {e}", b.path.display()),
+        }
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let opts = ServeOptions {
+            listen: cfg.listen,
+            unix_socket: cfg.unix_socket.clone(),
+            max_body: cfg.max_body_bytes,
+        };
+        let bound = server::bind(&opts).await?;
+        if let Some(a) = bound.local_addr {
+            // Scripts and tests wait for this line (port 0 picks a port).
+            println!("ferry-agent listening on http://{a}");
+        }
+        if let Some(p) = &cfg.unix_socket {
+            println!("ferry-agent listening on unix:{}", p.display());
+        }
+        tracing::info!(addr = ?bound.local_addr, unix = ?cfg.unix_socket, "serving");
+        crate::systemd::ready_and_watchdog();
+        let telemetry = match telemetry {
+            Some(t) => Some(
+                crate::telemetry::start(t, agent.telemetry.clone(), &cfg.data_dir)
+                    .context("starting telemetry")?,
+            ),
+            None => None,
+        };
+        // An enrolled device keeps a session with its control plane; serving
+        // never waits for it.
+        let fleet = match crate::fleet::Identity::load(&cfg.data_dir)? {
+            Some(id) => {
+                tracing::info!(device = %id.device_id, server = %id.server, "fleet session starting");
+                let mut opts = crate::fleet::ClientOptions::new(&cfg.data_dir);
+                opts.max_bytes_per_sec = args.fleet_max_bytes_per_sec;
+                let fleet_trust = read_trust(&cfg.trust_root)?;
+                Some(tokio::spawn(crate::fleet::run(agent.clone(), fleet_trust, opts)))
+            }
+            None => None,
+        };
+        server::serve(bound, agent.clone(), cfg.max_body_bytes, shutdown_signal()).await?;
+        if let Some(f) = fleet {
+            f.abort();
+        }
+        if let Some(t) = telemetry {
+            t.stop().await;
+        }
+        agent.log.flush()?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn enroll_cmd(args: EnrollArgs) -> Result<()> {
+    init_tracing(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let id = rt.block_on(crate::fleet::enroll(&crate::fleet::EnrollOptions {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        ca: args.ca.clone(),
+        data: args.data.clone(),
+        hostname: args.hostname.clone(),
+    }))?;
+    println!(
+        "enrolled as device {} of tenant {:?}; identity in {}",
+        id.device_id,
+        id.tenant,
+        crate::fleet::fleet_dir(&args.data).display()
+    );
+    Ok(())
+}
+
+fn score_cmd(args: ScoreArgs) -> Result<()> {
+    init_tracing(false);
+    let trust = read_trust(&args.trust)?;
+    let opts = ScoreOptions {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        input_format: args.format,
+        output_format: args.output_format,
+        skip_bad_rows: args.skip_bad_rows,
+        batch_rows: args.batch_rows,
+        threads: args.threads,
+        progress: !args.no_progress,
+    };
+    let start = std::time::Instant::now();
+    let summary = score::score_bundle(&args.bundle, &trust, &opts)?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "scored {} rows in {:.3} s ({:.0} rows/s) -> {}",
+        summary.rows,
+        secs,
+        summary.rows as f64 / secs.max(1e-9),
+        args.output.display()
+    );
+    if summary.bad_rows > 0 {
+        let lines: Vec<String> = summary.bad_lines.iter().map(u64::to_string).collect();
+        eprintln!(
+            "skipped {} bad rows (lines {}{})",
+            summary.bad_rows,
+            lines.join(", "),
+            if summary.bad_rows as usize > lines.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long, env = "FERRY_AGENT_TRUST")]
+    pub trust: PathBuf,
+    /// Numeric CSV (header row) whose rows are tiled to `--rows`.
+    #[arg(long)]
+    pub csv: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// Best of this many runs.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Threads the batch is split over (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// In-process engine throughput: one batch of `rows` rows split over the
+/// cores the way `score` splits blocks. Prints one JSON line.
+fn bench_cmd(args: BenchArgs) -> Result<()> {
+    use crate::engine::Input;
+    use ferry_protocol::TensorData;
+    let trust = read_trust(&args.trust)?;
+    let loaded = crate::serving::verify_and_load(&trust, &args.bundle, |_| None)?;
+    let text = std::fs::read_to_string(&args.csv)
+        .with_context(|| format!("reading {}", args.csv.display()))?;
+    let mut src: Vec<Vec<f32>> = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(1) {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let row = l
+            .split(',')
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} line {}", args.csv.display(), i + 1))?;
+        src.push(row);
+    }
+    let width = src.first().map(Vec::len).context("the CSV has no rows")?;
+    let rows = args.rows.max(1);
+    let data: Vec<f32> = (0..rows)
+        .flat_map(|i| src[i % src.len()].iter().copied())
+        .collect();
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let per = rows.div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..args.repeat.max(1) {
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = data
+                .chunks(per * width)
+                .map(|chunk| {
+                    let engine = &loaded.engine;
+                    s.spawn(move || {
+                        engine.run(vec![Input {
+                            shape: vec![chunk.len() / width, width],
+                            data: TensorData::F32(chunk.to_vec()),
+                        }])
+                    })
+                })
+                .collect();
+            for h in handles {
+                match h.join() {
+                    Ok(r) => {
+                        r?;
+                    }
+                    Err(_) => bail!("a scoring thread panicked"),
+                }
+            }
+            Ok(())
+        })?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    println!(
+        "{{\"rows\":{rows},\"threads\":{threads},\"best_s\":{best:.6},\"rows_per_s\":{:.0}}}",
+        rows as f64 / best
+    );
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Fleet membership: enrollment, the QUIC session with the control plane,
+//! desired-state checks, resumable downloads and activation.
+//!
+//! Files under `DATA/fleet/`:
+//! - `device.key` (PKCS#8, generated here, never sent), `device.der` (the
+//!   certificate the control plane's device CA issued for it), `ca.der`;
+//! - `device.json`: device id, tenant, server address, online public key;
+//! - `trust.root`: the tenant's signed trust root, delivered at enrollment;
+//! - `sequence`: highest desired-state sequence applied (replay floor);
+//! - `managed.json`: models the control plane put here, which it may also
+//!   take away again (undeploy); side-loaded models are never in it;
+//! - `partial/DIGEST.part`: downloads in progress (resumed by length).
+//!
+//! Nothing from the network is activated unless `serving::Agent::install`
+//! verified it completely (signatures, lengths, digests, test vectors)
+//! against the enrolled trust root.
+
+pub mod client;
+pub mod enroll;
+pub mod sim;
+mod tls;
+
+use ferry_protocol::keys::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use client::{run, ClientOptions};
+pub use enroll::{enroll, EnrollOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+    #[error("connecting to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("the control plane refused enrollment ({code}): {reason}")]
+    Refused { code: String, reason: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("{path}: {reason}")]
+    Bad { path: PathBuf, reason: String },
+}
+
+pub(crate) fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> FleetError + 'a {
+    move |source| FleetError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `device.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub device_id: String,
+    pub tenant: String,
+    /// `HOST:PORT` of the control plane's QUIC endpoint.
+    pub server: String,
+    pub online_key: PublicKey,
+}
+
+pub fn fleet_dir(data: &Path) -> PathBuf {
+    data.join("fleet")
+}
+
+/// The trust root delivered at enrollment, if this device is enrolled.
+pub fn enrolled_trust_root(data: &Path) -> Option<PathBuf> {
+    let p = fleet_dir(data).join("trust.root");
+    p.exists().then_some(p)
+}
+
+impl Identity {
+    pub fn load(data: &Path) -> Result<Option<Self>, FleetError> {
+        let p = fleet_dir(data).join("device.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| FleetError::Bad {
+                    path: p,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &p)(e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// crash leaves the old or the new content, never a mix.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), FleetError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = o.open(&tmp).map_err(io("creating", &tmp))?;
+    f.write_all(bytes).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming", path))
+}
+
+/// Decodes a PEM certificate (or passes DER through).
+pub fn pem_or_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(bytes.to_vec());
+    };
+    if !text.contains("-----BEGIN") {
+        return Ok(bytes.to_vec());
+    }
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64_decode(b64.trim()).ok_or_else(|| "PEM body is not valid base64".to_string())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for q in bytes.chunks(4) {
+        let pad = q.iter().rev().take_while(|b| **b == b'=').count();
+        let mut n = 0u32;
+        for (i, b) in q.iter().enumerate() {
+            let v = if i >= 4 - pad { 0 } else { val(*b)? };
+            n = (n << 6) | v;
+        }
+        let three = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&three[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_decodes_and_der_passes_through() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAEC/w==\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_or_der(pem.as_bytes()).unwrap(), vec![0, 1, 2, 255]);
+        assert_eq!(pem_or_der(&[0x30, 0x82]).unwrap(), vec![0x30, 0x82]);
+        assert!(pem_or_der(b"-----BEGIN X-----\n!!!\n-----END X-----\n").is_err());
+    }
+}

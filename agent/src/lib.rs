@@ -1,0 +1,30 @@
+//! `ferry-agent`: the edge daemon. It verifies signed bundles, serves their
+//! models over the Open Inference Protocol, records every inference in a
+//! bounded sled log, and scores files offline with the same runtime.
+//!
+//! Module map:
+//! - [`engine`]: tract-onnx plans, run on validated inputs;
+//! - [`oip`]: Open Inference Protocol v2 codec and request validation;
+//! - [`serving`]: activation, hot swap, rollback, A/B and shadow routing;
+//! - [`inference_log`]: the bounded, crash-safe record log;
+//! - [`metrics`]: Prometheus text metrics;
+//! - [`server`]: the axum HTTP API on TCP and a Unix socket;
+//! - [`score`]: offline batch scoring;
+//! - [`trees`]: fast tree-ensemble evaluation (ONNX-ML TreeEnsemble* ops) inside tract;
+//! - [`telemetry`]: drift windows, the sled outbox and the MQTT publisher;
+//! - [`fleet`]: enrollment and the QUIC session with the control plane (desired state, resumable downloads, activation reports);
+//! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod fleet;
+pub mod inference_log;
+pub mod metrics;
+pub mod oip;
+pub mod score;
+pub mod server;
+pub mod serving;
+pub mod systemd;
+pub mod telemetry;
+pub mod trees;

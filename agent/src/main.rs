@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    ferry_agent::cli::main()
+}

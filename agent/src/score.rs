@@ -1,0 +1,560 @@
+//! Offline batch scoring: a verified bundle's model over a CSV or NDJSON
+//! file, streaming, in batches, on every core.
+//!
+//! A reader thread cuts the input into blocks of whole lines; worker threads
+//! parse, run and format a block each; the writer puts blocks back in input
+//! order. Memory stays bounded by the channel depth whatever the file size.
+//! Output goes to a temporary file renamed into place only on success.
+
+use crate::engine::{Engine, Input, Output};
+use crate::serving::{verify_and_load, ActivateError};
+use ferry_protocol::{DType, Schema, TensorData, TrustRoot};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    /// From a file extension: `.csv`, `.ndjson`/`.jsonl`/`.json`.
+    pub fn from_path(p: &Path) -> Option<Self> {
+        match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "csv" => Ok(Format::Csv),
+            "ndjson" | "jsonl" => Ok(Format::Ndjson),
+            _ => Err(format!("unknown format {s:?} (csv or ndjson)")),
+        }
+    }
+}
+
+pub struct ScoreOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Input format; from the extension when `None`.
+    pub input_format: Option<Format>,
+    /// Output format; from the extension when `None`.
+    pub output_format: Option<Format>,
+    pub skip_bad_rows: bool,
+    /// Target rows per batch (lines per block).
+    pub batch_rows: usize,
+    /// Worker threads; all cores when 0.
+    pub threads: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Bundle(#[from] ActivateError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("line {line}: {reason} (use --skip-bad-rows to skip such rows)")]
+    BadRow { line: u64, reason: String },
+    #[error("cannot tell the format of {0}; use --format csv|ndjson")]
+    UnknownFormat(PathBuf),
+    #[error("batch scoring needs one input of shape [N, F] with F fixed; this model has {0}")]
+    Schema(String),
+    #[error("line {line}: header has {got} columns, the model takes {want} features")]
+    Header { line: u64, got: usize, want: usize },
+    #[error("model failed on the batch starting at line {line}: {reason}")]
+    Run { line: u64, reason: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScoreSummary {
+    pub rows: u64,
+    pub bad_rows: u64,
+    /// Line numbers of the first skipped rows (at most 20).
+    pub bad_lines: Vec<u64>,
+}
+
+/// Loads `bundle` (verified against `trust`) and scores with it.
+pub fn score_bundle(
+    bundle: &Path,
+    trust: &TrustRoot,
+    opts: &ScoreOptions,
+) -> Result<ScoreSummary, ScoreError> {
+    let loaded = verify_and_load(trust, bundle, |_| None)?;
+    score(&loaded.engine, opts)
+}
+
+struct Block {
+    index: u64,
+    first_line: u64,
+    bytes: Vec<u8>,
+}
+
+struct Done {
+    out: Vec<u8>,
+    rows: u64,
+    bad: Vec<u64>,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ScoreError + 'a {
+    move |source| ScoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The per-run constants workers need.
+struct Job {
+    engine: Engine,
+    width: usize,
+    dtype: DType,
+    input_format: Format,
+    output_format: Format,
+    skip: bool,
+}
+
+pub fn score(engine: &Engine, opts: &ScoreOptions) -> Result<ScoreSummary, ScoreError> {
+    let schema = engine.schema().clone();
+    let input_spec = match schema.inputs.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(ScoreError::Schema(format!(
+                "{} inputs",
+                schema.inputs.len()
+            )))
+        }
+    };
+    let width = input_spec
+        .feature_width()
+        .ok_or_else(|| ScoreError::Schema(input_spec.shape_string()))? as usize;
+    if !matches!(input_spec.dtype, DType::F32 | DType::F64) {
+        return Err(ScoreError::Schema(format!(
+            "input type {}",
+            input_spec.dtype
+        )));
+    }
+    let input_format = opts
+        .input_format
+        .or_else(|| Format::from_path(&opts.input))
+        .ok_or_else(|| ScoreError::UnknownFormat(opts.input.clone()))?;
+    let output_format = opts
+        .output_format
+        .or_else(|| Format::from_path(&opts.output))
+        .unwrap_or(input_format);
+    let file = File::open(&opts.input).map_err(io("opening", &opts.input))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = if opts.progress {
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, progress.wrap_read(file));
+
+    // A CSV header is a first line that is not all numbers.
+    let mut first_line = 1u64;
+    let mut pending = Vec::new();
+    if input_format == Format::Csv {
+        reader
+            .read_until(b'\n', &mut pending)
+            .map_err(io("reading", &opts.input))?;
+        let line = String::from_utf8_lossy(&pending);
+        let fields: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(',').collect();
+        let numeric = fields.iter().all(|f| unquote(f).parse::<f64>().is_ok());
+        if !numeric && !line.trim().is_empty() {
+            if fields.len() != width {
+                return Err(ScoreError::Header {
+                    line: 1,
+                    got: fields.len(),
+                    want: width,
+                });
+            }
+            pending.clear();
+            first_line = 2;
+        }
+    }
+
+    let tmp = opts.output.with_extension("partial");
+    let out = File::create(&tmp).map_err(io("creating", &tmp))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let header = output_header(&schema, output_format);
+    let result = (|| {
+        out.write_all(header.as_bytes())
+            .map_err(io("writing", &tmp))?;
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        let job = Arc::new(Job {
+            engine: engine.clone(),
+            width,
+            dtype: input_spec.dtype,
+            input_format,
+            output_format,
+            skip: opts.skip_bad_rows,
+        });
+        run_pipeline(
+            &mut reader,
+            pending,
+            first_line,
+            opts.batch_rows.max(1),
+            threads,
+            job,
+            &mut out,
+            &opts.input,
+            &tmp,
+        )
+    })();
+    progress.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            out.flush().map_err(io("writing", &tmp))?;
+            drop(out);
+            std::fs::rename(&tmp, &opts.output).map_err(io("renaming output to", &opts.output))?;
+            Ok(summary)
+        }
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    reader: &mut (impl BufRead + Send),
+    mut pending: Vec<u8>,
+    first_line: u64,
+    batch_rows: usize,
+    threads: usize,
+    job: Arc<Job>,
+    out: &mut impl Write,
+    input: &Path,
+    tmp: &Path,
+) -> Result<ScoreSummary, ScoreError> {
+    let (block_tx, block_rx) = sync_channel::<Block>(threads * 2);
+    let (done_tx, done_rx) = sync_channel::<(u64, Result<Done, ScoreError>)>(threads * 2);
+    let block_rx = Arc::new(Mutex::new(block_rx));
+    let mut workers = Vec::new();
+    for _ in 0..threads {
+        let rx: Arc<Mutex<Receiver<Block>>> = block_rx.clone();
+        let tx = done_tx.clone();
+        let job = job.clone();
+        workers.push(std::thread::spawn(move || loop {
+            let block = {
+                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                guard.recv()
+            };
+            let Ok(block) = block else { break };
+            let r = process(&job, &block);
+            if tx.send((block.index, r)).is_err() {
+                break;
+            }
+        }));
+    }
+    drop(done_tx);
+    // Only workers hold the receiver now: if they stop, the feeder's send
+    // fails instead of blocking forever.
+    drop(block_rx);
+    // Reader: blocks of `batch_rows` whole lines.
+    let input = input.to_path_buf();
+    let reader_result = std::thread::scope(|s| {
+        let feeder = s.spawn(move || -> Result<(), ScoreError> {
+            let mut index = 0u64;
+            let mut line = first_line;
+            loop {
+                let mut lines = usize::from(!pending.is_empty());
+                let mut buf = std::mem::take(&mut pending);
+                while lines < batch_rows {
+                    let n = reader
+                        .read_until(b'\n', &mut buf)
+                        .map_err(io("reading", &input))?;
+                    if n == 0 {
+                        break;
+                    }
+                    lines += 1;
+                }
+                if lines == 0 {
+                    return Ok(());
+                }
+                let block = Block {
+                    index,
+                    first_line: line,
+                    bytes: buf,
+                };
+                if block_tx.send(block).is_err() {
+                    return Ok(()); // writer stopped on an error
+                }
+                index += 1;
+                line += lines as u64;
+            }
+        });
+        // Writer: in input order.
+        let mut summary = ScoreSummary::default();
+        let mut next = 0u64;
+        let mut held: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut failure = None;
+        for (index, r) in done_rx.iter() {
+            match r {
+                Ok(d) => {
+                    held.insert(index, d);
+                }
+                // Report the earliest failing block; later ones may finish
+                // first.
+                Err(e) => {
+                    if failure.as_ref().is_none_or(|(i, _)| index < *i) {
+                        failure = Some((index, e));
+                    }
+                }
+            }
+            let stop_at = failure.as_ref().map_or(u64::MAX, |(i, _)| *i);
+            while next < stop_at {
+                let Some(d) = held.remove(&next) else { break };
+                out.write_all(&d.out).map_err(io("writing", tmp))?;
+                summary.rows += d.rows;
+                summary.bad_rows += d.bad.len() as u64;
+                for l in d.bad {
+                    if summary.bad_lines.len() < 20 {
+                        summary.bad_lines.push(l);
+                    }
+                }
+                next += 1;
+            }
+            if next == stop_at {
+                break;
+            }
+        }
+        drop(done_rx);
+        let fed = feeder.join();
+        if let Some((_, e)) = failure {
+            return Err(e);
+        }
+        match fed {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ScoreError::Run {
+                    line: 0,
+                    reason: "reader thread panicked".into(),
+                })
+            }
+        }
+        Ok(summary)
+    });
+    for w in workers {
+        let _ = w.join();
+    }
+    reader_result
+}
+
+fn unquote(f: &str) -> &str {
+    let f = f.trim();
+    f.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(f)
+}
+
+fn parse_csv_row(line: &str, width: usize, row: &mut Vec<f64>) -> Result<(), String> {
+    row.clear();
+    for (i, f) in line.split(',').enumerate() {
+        if i >= width {
+            return Err(format!("expected {width} fields, found more"));
+        }
+        let f = unquote(f);
+        let x = if f.is_empty() || f.eq_ignore_ascii_case("nan") {
+            f64::NAN
+        } else {
+            f.parse::<f64>()
+                .map_err(|_| format!("field {} ({f:?}) is not a number", i + 1))?
+        };
+        row.push(x);
+    }
+    if row.len() != width {
+        return Err(format!("expected {width} fields, found {}", row.len()));
+    }
+    Ok(())
+}
+
+fn parse_json_row(line: &str, width: usize, row: &mut Vec<f64>) -> Result<(), String> {
+    row.clear();
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let arr = match &v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("input").or_else(|| o.get("features")) {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err("expected a JSON array of numbers or {\"input\": [...]}".into()),
+        },
+        _ => return Err("expected a JSON array of numbers".into()),
+    };
+    if arr.len() != width {
+        return Err(format!("expected {width} values, found {}", arr.len()));
+    }
+    for (i, x) in arr.iter().enumerate() {
+        row.push(match x {
+            serde_json::Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            serde_json::Value::Null => f64::NAN,
+            _ => return Err(format!("value {} is not a number", i + 1)),
+        });
+    }
+    Ok(())
+}
+
+fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
+    let text = std::str::from_utf8(&block.bytes).map_err(|e| ScoreError::BadRow {
+        line: block.first_line,
+        reason: format!("not UTF-8 ({e})"),
+    })?;
+    let mut values: Vec<f64> = Vec::with_capacity(job.width * 1024);
+    let mut lines: Vec<u64> = Vec::new();
+    let mut bad = Vec::new();
+    let mut row = Vec::with_capacity(job.width);
+    for (k, l) in text.split_terminator('\n').enumerate() {
+        let l = l.strip_suffix('\r').unwrap_or(l);
+        let line = block.first_line + k as u64;
+        if l.trim().is_empty() {
+            continue;
+        }
+        let parsed = match job.input_format {
+            Format::Csv => parse_csv_row(l, job.width, &mut row),
+            Format::Ndjson => parse_json_row(l, job.width, &mut row),
+        };
+        match parsed {
+            Ok(()) => {
+                values.extend_from_slice(&row);
+                lines.push(line);
+            }
+            Err(reason) if job.skip => {
+                tracing::debug!(line, %reason, "skipped bad row");
+                bad.push(line);
+            }
+            Err(reason) => return Err(ScoreError::BadRow { line, reason }),
+        }
+    }
+    let n = lines.len();
+    let mut out = Vec::with_capacity(n * 48);
+    if n > 0 {
+        let data = match job.dtype {
+            DType::F64 => TensorData::F64(values),
+            _ => TensorData::F32(values.into_iter().map(|x| x as f32).collect()),
+        };
+        let outputs = job
+            .engine
+            .run(vec![Input {
+                shape: vec![n, job.width],
+                data,
+            }])
+            .map_err(|e| ScoreError::Run {
+                line: block.first_line,
+                reason: e.to_string(),
+            })?;
+        format_rows(&outputs, &lines, job.output_format, &mut out);
+    }
+    Ok(Done {
+        out,
+        rows: n as u64,
+        bad,
+    })
+}
+
+fn output_header(schema: &Schema, format: Format) -> String {
+    if format == Format::Ndjson {
+        return String::new();
+    }
+    let mut h = String::from("line");
+    for o in &schema.outputs {
+        match o.shape.get(1) {
+            Some(ferry_protocol::Dim::Fixed(c)) if o.shape.len() == 2 => {
+                for j in 0..*c {
+                    let _ = write!(h, ",{}_{j}", o.name);
+                }
+            }
+            _ => {
+                let _ = write!(h, ",{}", o.name);
+            }
+        }
+    }
+    h.push('\n');
+    h
+}
+
+fn push_value(s: &mut String, d: &TensorData, i: usize) {
+    let _ = match d {
+        TensorData::F32(v) => write!(s, "{}", v[i]),
+        TensorData::F64(v) => write!(s, "{}", v[i]),
+        TensorData::I64(v) => write!(s, "{}", v[i]),
+        TensorData::I32(v) => write!(s, "{}", v[i]),
+        TensorData::Bool(v) => write!(s, "{}", v[i]),
+        TensorData::Bytes(v) => write!(s, "{:?}", String::from_utf8_lossy(&v[i])),
+    };
+}
+
+/// Writes one output line per scored row.
+fn format_rows(outputs: &[Output], lines: &[u64], format: Format, out: &mut Vec<u8>) {
+    let n = lines.len();
+    let mut s = String::with_capacity(64);
+    for (r, line) in lines.iter().enumerate() {
+        s.clear();
+        match format {
+            Format::Csv => {
+                let _ = write!(s, "{line}");
+                for o in outputs {
+                    let per_row = o.data.len() / n.max(1);
+                    for j in 0..per_row {
+                        s.push(',');
+                        push_value(&mut s, &o.data, r * per_row + j);
+                    }
+                }
+            }
+            Format::Ndjson => {
+                let _ = write!(s, "{{\"line\":{line}");
+                for o in outputs {
+                    let per_row = o.data.len() / n.max(1);
+                    let _ = write!(s, ",{}:", serde_json::Value::String(o.name.clone()));
+                    if o.shape.len() <= 1 {
+                        push_value(&mut s, &o.data, r);
+                    } else {
+                        s.push('[');
+                        for j in 0..per_row {
+                            if j > 0 {
+                                s.push(',');
+                            }
+                            push_value(&mut s, &o.data, r * per_row + j);
+                        }
+                        s.push(']');
+                    }
+                }
+                s.push('}');
+            }
+        }
+        s.push('\n');
+        out.extend_from_slice(s.as_bytes());
+    }
+}

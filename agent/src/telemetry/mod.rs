@@ -1,0 +1,203 @@
+//! Drift and health telemetry: windows on the inference path
+//! ([`window`]), a bounded sled outbox ([`outbox`]) and the MQTT publisher
+//! ([`publisher`]). Payloads are `ferry_protocol::telemetry`'s JSON types,
+//! documented in `docs/telemetry.md`.
+//!
+//! Configuration: the `[telemetry]` table of `agent.toml`, overridden by
+//! `--mqtt-url`, `--tenant`, `--device`, `--window-rows`, `--window-secs`
+//! (and `FERRY_AGENT_*` variables). Without a broker URL nothing is counted
+//! and nothing is published.
+
+pub mod outbox;
+pub mod publisher;
+pub mod window;
+
+pub use outbox::Outbox;
+pub use publisher::{MqttUrl, Stats};
+pub use window::{WindowConfig, Windows};
+
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const DEFAULT_OUTBOX_MAX: u64 = 10_000;
+
+/// `[telemetry]` in `agent.toml`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// `mqtt://[user[:pass]@]host[:port]`.
+    pub mqtt_url: Option<String>,
+    pub tenant: Option<String>,
+    pub device: Option<String>,
+    pub window_rows: Option<u64>,
+    pub window_secs: Option<u64>,
+    pub outbox_max: Option<u64>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub health_secs: Option<u64>,
+}
+
+/// Telemetry flags of `ferry-agent run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TelemetryArgs {
+    /// MQTT broker for drift and health telemetry: mqtt://[user[:pass]@]host[:port]
+    #[arg(long, env = "FERRY_AGENT_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// Tenant (topic level `ferry/v1/{tenant}/…`)
+    #[arg(long, env = "FERRY_AGENT_TENANT")]
+    pub tenant: Option<String>,
+    /// Device id (topic level `ferry/v1/{tenant}/{device}/…`; default: host name)
+    #[arg(long, env = "FERRY_AGENT_DEVICE")]
+    pub device: Option<String>,
+    /// Close a drift window after this many rows (0: no row bound)
+    #[arg(long, env = "FERRY_AGENT_WINDOW_ROWS")]
+    pub window_rows: Option<u64>,
+    /// Close a drift window after this many seconds (0: no time bound)
+    #[arg(long, env = "FERRY_AGENT_WINDOW_SECS")]
+    pub window_secs: Option<u64>,
+    /// Most messages kept while the broker is unreachable (oldest dropped, counted)
+    #[arg(long, env = "FERRY_AGENT_OUTBOX_MAX")]
+    pub outbox_max: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryConfigError {
+    #[error("telemetry: {0}")]
+    Url(String),
+    #[error("telemetry: {what} {value:?} must be 1-128 of [A-Za-z0-9._-], not starting with '.'")]
+    Name { what: &'static str, value: String },
+    #[error("telemetry: a window needs a row or a time bound (window_rows or window_secs > 0)")]
+    NoBound,
+}
+
+/// The resolved telemetry settings.
+#[derive(Clone, Debug)]
+pub struct TelemetryConfig {
+    pub url: MqttUrl,
+    pub tenant: String,
+    pub device: String,
+    pub window: WindowConfig,
+    pub outbox_max: u64,
+    pub health_secs: u64,
+    pub keep_alive_secs: u64,
+    pub tick_ms: u64,
+    pub max_backoff_secs: u64,
+    /// At shutdown, how long to try publishing what is queued.
+    pub drain_secs: u64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| ferry_protocol::telemetry::is_topic_name(s))
+        .unwrap_or_else(|| "device".into())
+}
+
+/// Flags win over the file; `None` when no broker is configured.
+pub fn resolve(
+    file: Option<TelemetryFile>,
+    args: &TelemetryArgs,
+) -> Result<Option<TelemetryConfig>, TelemetryConfigError> {
+    let file = file.unwrap_or_default();
+    let Some(url) = args.mqtt_url.clone().or(file.mqtt_url) else {
+        return Ok(None);
+    };
+    let mut url: MqttUrl = url.parse().map_err(TelemetryConfigError::Url)?;
+    if url.username.is_none() {
+        url.username = file.username;
+        url.password = file.password;
+    }
+    let tenant = args
+        .tenant
+        .clone()
+        .or(file.tenant)
+        .unwrap_or_else(|| "default".into());
+    let device = args.device.clone().or(file.device).unwrap_or_else(hostname);
+    for (what, value) in [("tenant", &tenant), ("device", &device)] {
+        if !ferry_protocol::telemetry::is_topic_name(value) || value.starts_with('_') {
+            return Err(TelemetryConfigError::Name {
+                what,
+                value: value.clone(),
+            });
+        }
+    }
+    let window = WindowConfig {
+        rows: args.window_rows.or(file.window_rows).unwrap_or(1000),
+        secs: args.window_secs.or(file.window_secs).unwrap_or(60),
+    };
+    if window.rows == 0 && window.secs == 0 {
+        return Err(TelemetryConfigError::NoBound);
+    }
+    Ok(Some(TelemetryConfig {
+        url,
+        tenant,
+        device,
+        window,
+        outbox_max: args
+            .outbox_max
+            .or(file.outbox_max)
+            .unwrap_or(DEFAULT_OUTBOX_MAX),
+        health_secs: file.health_secs.unwrap_or(30),
+        keep_alive_secs: 5,
+        tick_ms: 100,
+        max_backoff_secs: 2,
+        drain_secs: 5,
+    }))
+}
+
+/// A running telemetry task.
+pub struct Running {
+    pub outbox: Arc<Outbox>,
+    pub stats: Arc<Stats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Closes the windows, publishes what it can within the drain time, and
+    /// marks the device offline.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the outbox under `data_dir/telemetry`, enables the windows and
+/// starts the publisher on the current runtime; queues a `started` event.
+pub fn start(
+    cfg: TelemetryConfig,
+    windows: Arc<Windows>,
+    data_dir: &Path,
+) -> Result<Running, outbox::OutboxError> {
+    let outbox = Arc::new(Outbox::open(&data_dir.join("telemetry"), cfg.outbox_max)?);
+    windows.enable(cfg.window);
+    publisher::queue_event(
+        &cfg,
+        &outbox,
+        "started",
+        None,
+        None,
+        format!("ferry-agent {}", env!("CARGO_PKG_VERSION")),
+    )?;
+    let stats = Arc::new(Stats::default());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    println!(
+        "ferry-agent telemetry to mqtt://{}:{} as {}/{} (window: {} rows / {} s)",
+        cfg.url.host, cfg.url.port, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
+    );
+    let task = tokio::spawn(publisher::run(
+        cfg,
+        windows,
+        outbox.clone(),
+        stats.clone(),
+        rx,
+    ));
+    Ok(Running {
+        outbox,
+        stats,
+        stop,
+        task,
+    })
+}

@@ -1,0 +1,169 @@
+//! The telemetry outbox: messages waiting for the broker's acknowledgement,
+//! in a sled tree keyed by a big-endian sequence number, so they survive
+//! broker outages and agent restarts and leave in order.
+//!
+//! Bounded: when `max_entries` are waiting, the oldest is dropped and counted
+//! (`dropped`, persisted), never silently.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("telemetry outbox {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("telemetry outbox: {0}")]
+    Db(#[from] sled::Error),
+    #[error("telemetry outbox entry {0} is corrupt")]
+    Corrupt(u64),
+}
+
+/// One queued message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub key: u64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+pub struct Outbox {
+    db: sled::Db,
+    queue: sled::Tree,
+    meta: sled::Tree,
+    max_entries: u64,
+}
+
+const NEXT_SEQ: &[u8] = b"next_seq";
+const DROPPED: &[u8] = b"dropped";
+
+fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64, OutboxError> {
+    Ok(t.get(k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl Outbox {
+    pub fn open(dir: &Path, max_entries: u64) -> Result<Self, OutboxError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(4 << 20)
+            .open()
+            .map_err(|source| OutboxError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let queue = db.open_tree("queue")?;
+        let meta = db.open_tree("meta")?;
+        Ok(Self {
+            db,
+            queue,
+            meta,
+            max_entries: max_entries.max(1),
+        })
+    }
+
+    /// The next sequence number to assign (persisted across restarts).
+    pub fn next_seq(&self) -> Result<u64, OutboxError> {
+        get_u64(&self.meta, NEXT_SEQ)
+    }
+
+    /// Appends a message under the next sequence number, which it returns;
+    /// `make` builds the payload for that number. Flushed before returning.
+    pub fn push(&self, topic: &str, make: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
+        let seq = self.next_seq()?;
+        let payload = make(seq);
+        let mut value = Vec::with_capacity(2 + topic.len() + payload.len());
+        value.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        value.extend_from_slice(topic.as_bytes());
+        value.extend_from_slice(&payload);
+        self.queue.insert(seq.to_be_bytes(), value)?;
+        self.meta.insert(NEXT_SEQ, &(seq + 1).to_be_bytes())?;
+        while self.queue.len() as u64 > self.max_entries {
+            if self.queue.pop_min()?.is_none() {
+                break;
+            }
+            let d = get_u64(&self.meta, DROPPED)? + 1;
+            self.meta.insert(DROPPED, &d.to_be_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(seq)
+    }
+
+    /// The oldest waiting message.
+    pub fn first(&self) -> Result<Option<Message>, OutboxError> {
+        let Some((k, v)) = self.queue.first()? else {
+            return Ok(None);
+        };
+        let key = <[u8; 8]>::try_from(k.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| OutboxError::Corrupt(0))?;
+        if v.len() < 2 {
+            return Err(OutboxError::Corrupt(key));
+        }
+        let tl = usize::from(u16::from_be_bytes([v[0], v[1]]));
+        let topic = v
+            .get(2..2 + tl)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .ok_or(OutboxError::Corrupt(key))?
+            .to_string();
+        Ok(Some(Message {
+            key,
+            topic,
+            payload: v[2 + tl..].to_vec(),
+        }))
+    }
+
+    /// Removes an acknowledged message (idempotent).
+    pub fn remove(&self, key: u64) -> Result<(), OutboxError> {
+        self.queue.remove(key.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Drops a message that can never be sent (corrupt), counting it.
+    pub fn discard(&self, key: u64) -> Result<(), OutboxError> {
+        self.queue.remove(key.to_be_bytes())?;
+        let d = get_u64(&self.meta, DROPPED)? + 1;
+        self.meta.insert(DROPPED, &d.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn depth(&self) -> u64 {
+        self.queue.len() as u64
+    }
+
+    pub fn dropped(&self) -> Result<u64, OutboxError> {
+        get_u64(&self.meta, DROPPED)
+    }
+
+    pub fn flush(&self) -> Result<(), OutboxError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_bound_and_counts_drops_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = Outbox::open(dir.path(), 3).unwrap();
+            for i in 0..5u8 {
+                let seq = o.push("t/a", |s| vec![i, s as u8]).unwrap();
+                assert_eq!(seq, u64::from(i));
+            }
+            assert_eq!(o.depth(), 3);
+            assert_eq!(o.dropped().unwrap(), 2);
+            let m = o.first().unwrap().unwrap();
+            assert_eq!((m.key, m.topic.as_str(), m.payload), (2, "t/a", vec![2, 2]));
+            o.remove(2).unwrap();
+            o.remove(2).unwrap();
+        }
+        let o = Outbox::open(dir.path(), 3).unwrap();
+        assert_eq!(o.first().unwrap().unwrap().key, 3);
+        assert_eq!(o.next_seq().unwrap(), 5);
+        assert_eq!(o.dropped().unwrap(), 2);
+    }
+}

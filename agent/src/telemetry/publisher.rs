@@ -1,0 +1,411 @@
+//! The MQTT publisher task: closes windows on time, queues summaries and
+//! events in the [`Outbox`], and publishes the outbox in order with QoS 1,
+//! one message in flight, deleting each only after the broker's PUBACK.
+//!
+//! A lost connection drops the client and its event loop whole; the next
+//! attempt (with backoff) starts a fresh MQTT session, so no packet id of the
+//! old session can acknowledge a message of the new one. The health topic is
+//! retained: `online` on connect, the last will (`offline`) when the broker
+//! loses the device, `offline` on a clean shutdown.
+
+use super::outbox::{Outbox, OutboxError};
+use super::window::Windows;
+use super::TelemetryConfig;
+use ferry_protocol::telemetry::{
+    topic, DriftSummary, Event, Health, KIND_DRIFT, KIND_EVENTS, KIND_HEALTH, TELEMETRY_SCHEMA,
+};
+use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Broker address from `mqtt://[user[:pass]@]host[:port]` (or `tcp://`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::str::FromStr for MqttUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .ok_or_else(|| {
+                format!("MQTT URL {s:?} must start with mqtt:// (TLS: not built in this agent)")
+            })?;
+        let rest = rest.trim_end_matches('/');
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (username, password) = match user {
+            Some(u) => match u.split_once(':') {
+                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
+                None => (Some(u.to_string()), None),
+            },
+            None => (None, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|e| format!("MQTT URL {s:?}: port {p:?}: {e}"))?,
+            ),
+            None => (hostport.to_string(), 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("MQTT URL {s:?} has no host"));
+        }
+        Ok(Self {
+            host,
+            port,
+            username,
+            password,
+        })
+    }
+}
+
+/// Counters shared with `/metrics` and the health message.
+#[derive(Default)]
+pub struct Stats {
+    pub published: AtomicU64,
+    pub connected: AtomicU64,
+}
+
+enum Tag {
+    /// An outbox message, by key.
+    Queued(u64),
+    /// Health (not queued).
+    Other,
+}
+
+struct Conn {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<MqttEvent, String>>,
+    connected: bool,
+    /// Publishes handed to the client, in order, awaiting their packet id.
+    sent: VecDeque<Tag>,
+    by_pkid: HashMap<u16, Tag>,
+    in_flight: Option<u64>,
+}
+
+fn health(
+    cfg: &TelemetryConfig,
+    status: &str,
+    windows: &Windows,
+    outbox: &Outbox,
+    stats: &Stats,
+) -> Vec<u8> {
+    let h = Health {
+        schema: TELEMETRY_SCHEMA,
+        tenant: cfg.tenant.clone(),
+        device: cfg.device.clone(),
+        status: status.into(),
+        at_ms: if status == "offline-will" {
+            0
+        } else {
+            now_ms()
+        },
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        serving: windows.open_routes(),
+        outbox_depth: outbox.depth(),
+        outbox_dropped: outbox.dropped().unwrap_or(0),
+        published: stats.published.load(Ordering::Relaxed),
+    };
+    let mut h = h;
+    if h.status == "offline-will" {
+        h.status = "offline".into();
+    }
+    serde_json::to_vec(&h).unwrap_or_default()
+}
+
+fn connect(cfg: &TelemetryConfig, will: Vec<u8>) -> Conn {
+    let mut o = MqttOptions::new(
+        format!("ferry-{}-{}", cfg.tenant, cfg.device),
+        cfg.url.host.clone(),
+        cfg.url.port,
+    );
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
+    o.set_clean_session(true);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(u) = &cfg.url.username {
+        o.set_credentials(u.clone(), cfg.url.password.clone().unwrap_or_default());
+    }
+    o.set_last_will(LastWill::new(
+        topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
+        will,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut el) = AsyncClient::new(o, 16);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ok(ev)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+    });
+    Conn {
+        client,
+        events: rx,
+        connected: false,
+        sent: VecDeque::new(),
+        by_pkid: HashMap::new(),
+        in_flight: None,
+    }
+}
+
+/// Moves closed windows' summaries into the outbox, numbering them.
+fn queue_closed(
+    cfg: &TelemetryConfig,
+    windows: &Windows,
+    outbox: &Outbox,
+) -> Result<(), OutboxError> {
+    for mut s in windows.take_closed() {
+        let t = topic(&cfg.tenant, &cfg.device, KIND_DRIFT);
+        outbox.push(&t, |seq| {
+            s.tenant = cfg.tenant.clone();
+            s.device = cfg.device.clone();
+            s.seq = seq;
+            serde_json::to_vec::<DriftSummary>(&s).unwrap_or_default()
+        })?;
+    }
+    Ok(())
+}
+
+/// Queues a device event (`started`, `activated`, …).
+pub fn queue_event(
+    cfg: &TelemetryConfig,
+    outbox: &Outbox,
+    kind: &str,
+    model: Option<String>,
+    version: Option<u64>,
+    detail: String,
+) -> Result<u64, OutboxError> {
+    let t = topic(&cfg.tenant, &cfg.device, KIND_EVENTS);
+    outbox.push(&t, |seq| {
+        serde_json::to_vec(&Event {
+            schema: TELEMETRY_SCHEMA,
+            tenant: cfg.tenant.clone(),
+            device: cfg.device.clone(),
+            seq,
+            at_ms: now_ms(),
+            kind: kind.into(),
+            model,
+            version,
+            detail,
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// Runs until `shutdown` turns true; then closes every window, tries for
+/// `cfg.drain_secs` to publish what is queued, and publishes `offline`.
+pub async fn run(
+    cfg: TelemetryConfig,
+    windows: Arc<Windows>,
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let will = health(&cfg, "offline-will", &windows, &outbox, &stats);
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(200);
+    let mut next_attempt = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `None`: due now (at every new connection).
+    let mut last_health: Option<tokio::time::Instant> = None;
+    let mut draining_until: Option<tokio::time::Instant> = None;
+    let mut announced = false;
+    loop {
+        if conn.is_none() && tokio::time::Instant::now() >= next_attempt {
+            conn = Some(connect(&cfg, will.clone()));
+        }
+        tokio::select! {
+            _ = ticker.tick() => {
+                windows.tick(now_ms());
+            }
+            _ = windows.closed_notify.notified() => {}
+            changed = shutdown.changed(), if draining_until.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    windows.close_all(now_ms());
+                    draining_until = Some(tokio::time::Instant::now() + Duration::from_secs(cfg.drain_secs));
+                }
+            }
+            ev = async {
+                match conn.as_mut() {
+                    Some(c) => c.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let lost = match (ev, conn.as_mut()) {
+                    (Some(Ok(ev)), Some(c)) => {
+                        handle(ev, c, &outbox, &stats);
+                        if c.connected && !announced {
+                            announced = true;
+                        }
+                        false
+                    }
+                    (Some(Err(e)), _) => {
+                        tracing::warn!(error = %e, broker = %format!("{}:{}", cfg.url.host, cfg.url.port), depth = outbox.depth(), "telemetry broker connection lost; queueing in the outbox");
+                        true
+                    }
+                    _ => true,
+                };
+                if lost {
+                    conn = None;
+                    stats.connected.store(0, Ordering::Relaxed);
+                    last_health = None;
+                    next_attempt = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(cfg.max_backoff_secs.max(1)));
+                }
+            }
+        }
+        if let Err(e) = queue_closed(&cfg, &windows, &outbox) {
+            tracing::error!(error = %e, "telemetry: queueing a summary failed");
+        }
+        if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+            backoff = Duration::from_millis(200);
+            stats.connected.store(1, Ordering::Relaxed);
+            if last_health
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(cfg.health_secs.max(1)))
+            {
+                last_health = Some(tokio::time::Instant::now());
+                publish_health(&cfg, c, "online", &windows, &outbox, &stats);
+            }
+            if c.in_flight.is_none() {
+                match outbox.first() {
+                    Ok(Some(m)) => {
+                        if c.client
+                            .try_publish(m.topic, QoS::AtLeastOnce, false, m.payload)
+                            .is_ok()
+                        {
+                            c.sent.push_back(Tag::Queued(m.key));
+                            c.in_flight = Some(m.key);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(OutboxError::Corrupt(k)) => {
+                        tracing::error!(key = k, "telemetry outbox entry corrupt; dropped");
+                        let _ = outbox.discard(k);
+                    }
+                    Err(e) => tracing::error!(error = %e, "telemetry outbox read failed"),
+                }
+            }
+        }
+        if let Some(until) = draining_until {
+            let done = outbox.depth() == 0
+                && conn
+                    .as_ref()
+                    .is_some_and(|c| c.connected && c.in_flight.is_none());
+            if done || tokio::time::Instant::now() >= until {
+                if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                    publish_health(&cfg, c, "offline", &windows, &outbox, &stats);
+                    // Let the event loop send it before disconnecting.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while !c.sent.is_empty() && tokio::time::Instant::now() < deadline {
+                        match tokio::time::timeout_at(deadline, c.events.recv()).await {
+                            Ok(Some(Ok(ev))) => handle(ev, c, &outbox, &stats),
+                            _ => break,
+                        }
+                    }
+                    let _ = c.client.try_disconnect();
+                }
+                let _ = outbox.flush();
+                if outbox.depth() > 0 {
+                    tracing::warn!(depth = outbox.depth(), "telemetry: stopping with messages still queued; they are sent at the next start");
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn publish_health(
+    cfg: &TelemetryConfig,
+    c: &mut Conn,
+    status: &str,
+    windows: &Windows,
+    outbox: &Outbox,
+    stats: &Stats,
+) {
+    let payload = health(cfg, status, windows, outbox, stats);
+    if c.client
+        .try_publish(
+            topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
+            QoS::AtLeastOnce,
+            true,
+            payload,
+        )
+        .is_ok()
+    {
+        c.sent.push_back(Tag::Other);
+    }
+}
+
+fn handle(ev: MqttEvent, c: &mut Conn, outbox: &Outbox, stats: &Stats) {
+    match ev {
+        MqttEvent::Incoming(Packet::ConnAck(_)) => {
+            c.connected = true;
+            tracing::info!("telemetry broker connected");
+        }
+        MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
+            if let Some(tag) = c.sent.pop_front() {
+                c.by_pkid.insert(pkid, tag);
+            }
+        }
+        MqttEvent::Incoming(Packet::PubAck(ack)) => {
+            if let Some(Tag::Queued(key)) = c.by_pkid.remove(&ack.pkid) {
+                if let Err(e) = outbox.remove(key) {
+                    tracing::error!(error = %e, "telemetry outbox: removing an acknowledged message failed");
+                }
+                stats.published.fetch_add(1, Ordering::Relaxed);
+                if c.in_flight == Some(key) {
+                    c.in_flight = None;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let u: MqttUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1883));
+        let u: MqttUrl = "mqtt://dev:s3cret@broker.local".parse().unwrap();
+        assert_eq!(u.port, 1883);
+        assert_eq!(u.username.as_deref(), Some("dev"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert!("http://x".parse::<MqttUrl>().is_err());
+        assert!("mqtt://x:99999".parse::<MqttUrl>().is_err());
+        assert!("mqtt://:1883".parse::<MqttUrl>().is_err());
+    }
+}

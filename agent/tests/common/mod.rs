@@ -1,0 +1,371 @@
+//! Shared test support: real signed bundles from the fixture models, an
+//! in-process agent on a real loopback socket, the agent binary as a child
+//! process, and a minimal HTTP/1.1 client (keep-alive) over std sockets.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use ed25519_dalek::SigningKey;
+use ferry::bundle_build::{build, BuildSpec};
+use ferry_agent::inference_log::Durability;
+use ferry_agent::server::{self, ServeOptions};
+use ferry_agent::serving::{Agent, AgentOptions};
+use ferry_protocol::trust::{Publisher, SignedTrustRoot, TrustRoot};
+use ferry_protocol::{ModelName, PublicKey};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A tenant with one root key and one publisher allowed to sign anything.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub trust: TrustRoot,
+    pub trust_path: PathBuf,
+    pub publisher: SigningKey,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        Self::with_seed(1)
+    }
+
+    /// Another tenant's keys for `seed != 1`.
+    pub fn with_seed(seed: u8) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SigningKey::from_bytes(&[seed; 32]);
+        let publisher = SigningKey::from_bytes(&[seed.wrapping_add(1); 32]);
+        let trust = TrustRoot {
+            tenant: "test".into(),
+            version: 1,
+            expires_at: now() + 86_400,
+            threshold: 1,
+            root_keys: vec![PublicKey::from_signing_key(&root)],
+            publishers: vec![Publisher {
+                name: "ci".into(),
+                key: PublicKey::from_signing_key(&publisher),
+                scopes: vec!["*".into()],
+            }],
+            publisher_threshold: 1,
+            revoked: vec![],
+        };
+        let signed = SignedTrustRoot::sign(&trust, &[&root]);
+        let trust_path = dir.path().join("trust.root");
+        std::fs::write(&trust_path, signed.to_bytes()).unwrap();
+        Self {
+            dir,
+            trust,
+            trust_path,
+            publisher,
+        }
+    }
+
+    /// Bundles fixture `model` (`bc_logreg`, …) as `name` v`version`, with
+    /// its baseline when there is one.
+    pub fn bundle(&self, model: &str, name: &str, version: u64) -> PathBuf {
+        let onnx = fixtures().join(format!("{model}.onnx"));
+        let baseline = fixtures().join(format!("{model}.baseline.csv"));
+        let out = self
+            .dir
+            .path()
+            .join(format!("{name}-{version}-{model}.ferry"));
+        build(
+            &BuildSpec {
+                model: onnx,
+                name: ModelName::new(name).unwrap(),
+                version,
+                baseline: baseline.exists().then_some(baseline),
+                bins: 10,
+                tags: Default::default(),
+                metrics: Default::default(),
+                lineage: Default::default(),
+                created_at: now(),
+                expires_at: None,
+                target: Default::default(),
+                test_vectors: None,
+                signers: vec![self.publisher.clone()],
+                out: out.clone(),
+            },
+            &indicatif::ProgressBar::hidden(),
+        )
+        .unwrap();
+        out
+    }
+
+    pub fn options(&self, data: &Path) -> AgentOptions {
+        AgentOptions {
+            data_dir: data.to_path_buf(),
+            trust: self.trust.clone(),
+            keep_versions: 3,
+            sample_rate: 0.0,
+            log_max_bytes: 64 << 20,
+            log_durability: Durability::Async,
+            log_flush_ms: 100,
+        }
+    }
+}
+
+/// An agent served in-process on 127.0.0.1 (a real socket).
+pub struct Served {
+    pub agent: Arc<Agent>,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    pub fn start(agent: Arc<Agent>, max_body: usize) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let a = agent.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let opts = ServeOptions {
+                    listen: Some("127.0.0.1:0".parse().unwrap()),
+                    unix_socket: None,
+                    max_body,
+                };
+                let bound = server::bind(&opts).await.unwrap();
+                addr_tx.send(bound.local_addr.unwrap()).unwrap();
+                server::serve(bound, a, max_body, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Self {
+            agent,
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `ferry-agent` binary as a child process; waits for its
+/// "listening" line and reads the port from it.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("agent exited before listening")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("ferry-agent listening on http://") {
+                break a.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Self {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(body);
+        self.w.write_all(&msg)?;
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_string(), v.trim().to_string());
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse().unwrap_or(0);
+                }
+                headers.push((k, v));
+            }
+        }
+        let mut body = vec![0; len];
+        self.r.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// One request on a fresh connection.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    Conn::open(addr)
+        .unwrap()
+        .request(method, path, &[("content-type", "application/json")], body)
+        .unwrap()
+}
+
+/// An OIP infer body for `rows` of the fixture input.
+pub fn infer_body(id: &str, rows: &[Vec<f64>]) -> Vec<u8> {
+    let width = rows.first().map_or(0, Vec::len);
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "inputs": [{"name": "input", "shape": [rows.len(), width], "datatype": "FP32", "data": data}]
+    }))
+    .unwrap()
+}
+
+/// The reference file of a fixture model.
+pub fn reference(model: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join(format!("{model}.reference.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn reference_rows(model: &str) -> Vec<Vec<f64>> {
+    reference(model)["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Python with the peer packages, or `None` (a note is printed) when
+/// missing outside CI. Under `CI=true` a missing interpreter fails.
+pub fn python_with(module: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("FERRY_PYTHON").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = Command::new(&p)
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(p);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but no Python with {module}; run scripts/python-env.sh");
+    }
+    eprintln!("note: skipping, no Python with {module} (run scripts/python-env.sh)");
+    None
+}

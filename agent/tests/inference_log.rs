@@ -1,0 +1,79 @@
+//! The inference log's bound, drop counter, cursor and acknowledgement.
+#![allow(clippy::unwrap_used)]
+
+use ferry_agent::inference_log::{Durability, Entry, InferenceLog, InferenceRecord};
+use ferry_protocol::{Tensor, TensorData};
+
+fn record(i: u64) -> Entry {
+    Entry::Inference(InferenceRecord {
+        time_ms: i,
+        model: "m".into(),
+        version: 1,
+        variant: "champion".into(),
+        latency_us: 10,
+        request_id: Some(format!("r{i}")),
+        error: None,
+        outputs: vec![Tensor {
+            name: "label".into(),
+            shape: vec![1],
+            data: TensorData::I64(vec![1]),
+        }],
+        bins: vec![vec![3; 30]],
+        payload: None,
+    })
+}
+
+#[test]
+fn bounded_by_bytes_with_a_drop_counter_that_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 20_000;
+    {
+        let log = InferenceLog::open(dir.path(), bound, Durability::Async, 50).unwrap();
+        for i in 0..2000 {
+            log.append(&record(i)).unwrap();
+            assert!(log.stats().bytes <= bound + 200, "log passed its bound");
+        }
+        let s = log.stats();
+        assert!(s.dropped > 0);
+        assert_eq!(s.records + s.dropped, 2000);
+        // The oldest went first: what is left is the newest, in order.
+        let left = log.read_from(0, 10_000).unwrap();
+        assert_eq!(left.last().unwrap().0, 1999);
+        assert_eq!(left.first().unwrap().0, s.dropped);
+        log.flush().unwrap();
+    }
+    let log = InferenceLog::open(dir.path(), bound, Durability::Async, 50).unwrap();
+    let s = log.stats();
+    assert_eq!(s.records + s.dropped, 2000);
+    assert_eq!(
+        log.append(&record(2000)).unwrap(),
+        2000,
+        "sequence numbers continue"
+    );
+}
+
+#[test]
+fn cursor_reads_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = InferenceLog::open(dir.path(), 1 << 20, Durability::Sync, 50).unwrap();
+    for i in 0..10 {
+        assert_eq!(log.append(&record(i)).unwrap(), i);
+    }
+    let page = log.read_from(3, 4).unwrap();
+    assert_eq!(
+        page.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+    assert_eq!(page[0].1, record(3));
+    assert_eq!(log.ack(6).unwrap(), 7);
+    assert_eq!(log.stats().records, 3);
+    assert_eq!(log.read_from(0, 100).unwrap()[0].0, 7);
+    assert_eq!(log.ack(100).unwrap(), 3);
+    drop(log);
+    let log = InferenceLog::open(dir.path(), 1 << 20, Durability::Sync, 50).unwrap();
+    assert_eq!(
+        log.append(&record(0)).unwrap(),
+        10,
+        "an emptied log never reuses sequence numbers"
+    );
+}

@@ -1,0 +1,373 @@
+//! The `ferry-agent` binary as devices run it: side-load flags, kill -9
+//! in the middle of load with the inference log surviving, restart from the
+//! saved state, an existing Open Inference Protocol client (tritonclient),
+//! and `ferry-agent score` on real files.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{
+    fixtures, http, infer_body, python_with, reference, reference_rows, Conn, Keys, Process,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[test]
+fn kill_9_mid_load_loses_no_acknowledged_record() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let bundle = keys.bundle("bc_logreg", "fraud", 1);
+    let dir = data.path().to_str().unwrap();
+    let trust = keys.trust_path.to_str().unwrap();
+    let mut agent = Process::spawn(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        trust,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir,
+        "--log-durability",
+        "sync",
+    ]);
+    let rows = reference_rows("bc_logreg");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let clients = 4;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, answered, addr, rows) =
+                (stop.clone(), answered.clone(), agent.addr, rows.clone());
+            std::thread::spawn(move || {
+                let Ok(mut conn) = Conn::open(addr) else {
+                    return;
+                };
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.request(
+                        "POST",
+                        "/v2/models/fraud/infer",
+                        &[],
+                        &infer_body(&format!("{c}-{i}"), &rows[..1]),
+                    ) {
+                        Ok(r) if r.status == 200 => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => return, // the agent was killed
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    while answered.load(Ordering::SeqCst) < 300 {
+        std::thread::yield_now();
+    }
+    agent.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acknowledged = answered.load(Ordering::SeqCst);
+
+    // Restart from the data directory alone: the saved state reactivates
+    // the model, the log reopens.
+    let agent = Process::spawn(&[
+        "run",
+        "--trust",
+        trust,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir,
+    ]);
+    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    let records = stats["records"].as_u64().unwrap();
+    assert!(
+        records >= acknowledged,
+        "{records} records survived, {acknowledged} responses were sent"
+    );
+    // At most one request per client was in flight (logged, not answered).
+    assert!(
+        records <= acknowledged + clients,
+        "{records} records for {acknowledged} responses"
+    );
+    // Every record decodes, in order.
+    let mut from = 0;
+    let mut read = 0;
+    loop {
+        let page = http(
+            agent.addr,
+            "GET",
+            &format!("/v1/log?from={from}&limit=1000"),
+            b"",
+        )
+        .json();
+        let recs = page["records"].as_array().unwrap();
+        if recs.is_empty() {
+            break;
+        }
+        read += recs.len() as u64;
+        from = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(read, records);
+    let r = http(
+        agent.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("after", &rows[..1]),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "restarted agent does not serve: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // Acknowledged records are deleted; sequence numbers move on.
+    let ack = http(
+        agent.addr,
+        "POST",
+        "/v1/log/ack",
+        format!("{{\"upto\": {}}}", from - 1).as_bytes(),
+    )
+    .json();
+    assert_eq!(ack["deleted"].as_u64().unwrap(), read);
+    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    assert_eq!(stats["records"], 1); // the "after" request
+    assert_eq!(stats["first_seq"].as_u64().unwrap(), from);
+}
+
+#[test]
+fn refused_side_load_without_a_previous_version_exits_with_the_reason() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let bundle = keys.bundle("unsupported_op", "m", 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        .args([
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--trust",
+            keys.trust_path.to_str().unwrap(),
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("com.example:FerryDoesNotExist"), "{err}");
+}
+
+const TRITON_SCRIPT: &str = r#"
+import json, sys
+import numpy as np
+import tritonclient.http as httpclient
+
+url, ref_path = sys.argv[1], sys.argv[2]
+ref = json.load(open(ref_path))
+c = httpclient.InferenceServerClient(url=url)
+assert c.is_server_live()
+assert c.is_server_ready()
+assert c.is_model_ready("fraud")
+meta = c.get_model_metadata("fraud")
+assert meta["inputs"][0]["name"] == "input", meta
+assert meta["inputs"][0]["datatype"] == "FP32", meta
+rows = np.array(ref["rows"], dtype=np.float32)
+for binary in (True, False):
+    inp = httpclient.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows, binary_data=binary)
+    outs = [httpclient.InferRequestedOutput("label", binary_data=binary),
+            httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
+    res = c.infer("fraud", [inp], outputs=outs, request_id="triton-%s" % binary)
+    assert res.get_response()["id"] == "triton-%s" % binary
+    labels = res.as_numpy("label")
+    probs = res.as_numpy("probabilities")
+    assert labels.tolist() == ref["outputs"]["label"], labels
+    assert np.allclose(probs, np.array(ref["outputs"]["probabilities"]), atol=1e-4), probs
+# Default call: no outputs named -> binary outputs for all.
+inp = httpclient.InferInput("input", [1, rows.shape[1]], "FP32")
+inp.set_data_from_numpy(rows[:1])
+res = c.infer("fraud", [inp])
+assert res.as_numpy("label").tolist() == ref["outputs"]["label"][:1]
+try:
+    bad = httpclient.InferInput("wrong", [1, rows.shape[1]], "FP32")
+    bad.set_data_from_numpy(rows[:1])
+    c.infer("fraud", [bad])
+    raise SystemExit("bad input accepted")
+except httpclient.InferenceServerException as e:
+    assert "wrong" in str(e), e
+print("tritonclient ok")
+"#;
+
+#[test]
+fn tritonclient_works_against_the_agent() {
+    let Some(python) = python_with("tritonclient.http") else {
+        return;
+    };
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let bundle = keys.bundle("bc_logreg", "fraud", 3);
+    let agent = Process::spawn(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        keys.trust_path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    let out = std::process::Command::new(python)
+        .args(["-c", TRITON_SCRIPT, &agent.addr.to_string()])
+        .arg(fixtures().join("bc_logreg.reference.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tritonclient failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn score(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        .arg("score")
+        .args(args)
+        .arg("--no-progress")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn score_csv_and_ndjson_match_the_reference_and_report_bad_rows() {
+    let keys = Keys::new();
+    let bundle = keys.bundle("bc_logreg", "fraud", 1);
+    let (b, t) = (
+        bundle.to_str().unwrap().to_string(),
+        keys.trust_path.to_str().unwrap().to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let heldout = fixtures().join("bc_logreg.heldout.csv");
+    let out = dir.path().join("preds.csv");
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        &t,
+        "--input",
+        heldout.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--batch-rows",
+        "7",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "line,label,probabilities_0,probabilities_1");
+    assert_eq!(lines.len(), 101);
+    // heldout.csv's first 20 rows are the reference rows.
+    let want = reference("bc_logreg");
+    for (i, l) in lines[1..21].iter().enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f[0], (i + 2).to_string(), "line numbers follow the input");
+        assert_eq!(f[1], want["outputs"]["label"][i].to_string());
+        let p: f64 = f[3].parse().unwrap();
+        assert!((p - want["outputs"]["probabilities"][i][1].as_f64().unwrap()).abs() <= 1e-4);
+    }
+
+    // A malformed row stops the run with its line number; nothing is written.
+    let src = std::fs::read_to_string(&heldout).unwrap();
+    let mut bad: Vec<String> = src.lines().map(str::to_string).collect();
+    bad[3] = bad[3].replacen(',', ",oops,", 1);
+    bad[6] = "1,2,3".into();
+    let bad_path = dir.path().join("bad.csv");
+    std::fs::write(&bad_path, bad.join("\n") + "\n").unwrap();
+    let out2 = dir.path().join("bad-preds.csv");
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        &t,
+        "--input",
+        bad_path.to_str().unwrap(),
+        "--output",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 4"), "{err}");
+    assert!(!out2.exists());
+    // --skip-bad-rows counts and names them.
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        &t,
+        "--input",
+        bad_path.to_str().unwrap(),
+        "--output",
+        out2.to_str().unwrap(),
+        "--skip-bad-rows",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped 2 bad rows (lines 4, 7)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out2).unwrap().lines().count(), 99);
+
+    // NDJSON in, NDJSON out.
+    let nd = dir.path().join("rows.ndjson");
+    let rows = reference_rows("bc_logreg");
+    let body: String = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&nd, body).unwrap();
+    let nd_out = dir.path().join("preds.ndjson");
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        &t,
+        "--input",
+        nd.to_str().unwrap(),
+        "--output",
+        nd_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let preds: Vec<serde_json::Value> = std::fs::read_to_string(&nd_out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 20);
+    for (i, p) in preds.iter().enumerate() {
+        assert_eq!(p["label"], want["outputs"]["label"][i]);
+        assert_eq!(p["probabilities"].as_array().unwrap().len(), 2);
+    }
+
+    // A bundle that does not verify is refused before any scoring.
+    let other = Keys::with_seed(9);
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        other.trust_path.to_str().unwrap(),
+        "--input",
+        nd.to_str().unwrap(),
+        "--output",
+        nd_out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bundle refused"));
+}

@@ -1,0 +1,179 @@
+//! Builds a signed `.ferry` bundle on the operator's machine: schema from the
+//! ONNX graph, baseline from reference CSV, artifacts hashed while streamed,
+//! manifest signed with the publisher's key, file written atomically.
+
+use crate::baseline_csv::{self, BaselineCsvError};
+use crate::keyfile::{tmp_path, KeyFileError};
+use crate::onnx_schema::{self, OnnxSchemaError};
+use crate::test_vectors::{self, TestVectorError};
+use ed25519_dalek::SigningKey;
+use ferry_protocol::bundle::BundleHeader;
+use ferry_protocol::keys::{Digest, Hasher};
+use ferry_protocol::manifest::{
+    ArtifactRef, Lineage, Manifest, ManifestError, Runtime, TargetConstraints,
+};
+use ferry_protocol::{ModelName, Version};
+use indicatif::ProgressBar;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxSchemaError),
+    #[error(transparent)]
+    Baseline(#[from] BaselineCsvError),
+    #[error(transparent)]
+    TestVectors(#[from] TestVectorError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the model has no inputs")]
+    NoInputs,
+    #[error("at least one --sign-with key is required")]
+    NoSigner,
+}
+
+pub struct BuildSpec {
+    pub model: PathBuf,
+    pub name: ModelName,
+    pub version: Version,
+    pub baseline: Option<PathBuf>,
+    pub bins: usize,
+    pub tags: BTreeMap<String, String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub lineage: Lineage,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub target: TargetConstraints,
+    pub test_vectors: Option<PathBuf>,
+    pub signers: Vec<SigningKey>,
+    pub out: PathBuf,
+}
+
+pub struct Built {
+    pub manifest: Manifest,
+    pub digest: Digest,
+    pub bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Streams `path` once to learn its length and digest.
+fn hash_file(path: &Path, progress: &ProgressBar) -> Result<(u64, Digest), BuildError> {
+    let f = File::open(path).map_err(io(path))?;
+    progress.set_length(f.metadata().map_err(io(path))?.len());
+    progress.set_position(0);
+    progress.set_message("hashing");
+    let mut r = BufReader::new(progress.wrap_read(f));
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, h.finish()))
+}
+
+pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildError> {
+    if spec.signers.is_empty() {
+        return Err(BuildError::NoSigner);
+    }
+    let info = onnx_schema::read(&spec.model)?;
+    let first_input = info.schema.inputs.first().ok_or(BuildError::NoInputs)?;
+    let baseline = match &spec.baseline {
+        None => None,
+        Some(csv) => {
+            let b = baseline_csv::from_csv(csv, spec.bins)?;
+            if let Some(width) = first_input.feature_width() {
+                if b.features.len() as u64 != width {
+                    return Err(BaselineCsvError::ModelWidth {
+                        path: csv.display().to_string(),
+                        columns: b.features.len(),
+                        input: first_input.name.clone(),
+                        width,
+                    }
+                    .into());
+                }
+            }
+            Some(b)
+        }
+    };
+    let test_vectors = spec
+        .test_vectors
+        .as_deref()
+        .map(test_vectors::read)
+        .transpose()?;
+    let (len, sha256) = hash_file(&spec.model, progress)?;
+    let manifest = Manifest {
+        model: spec.name.clone(),
+        version: spec.version,
+        runtime: Runtime::Onnx,
+        schema: info.schema,
+        baseline,
+        artifacts: vec![ArtifactRef {
+            name: "model.onnx".into(),
+            len,
+            sha256,
+        }],
+        tags: spec.tags.clone(),
+        metrics: spec.metrics.clone(),
+        lineage: spec.lineage.clone(),
+        created_at: spec.created_at,
+        expires_at: spec.expires_at,
+        target: spec.target.clone(),
+        test_vectors,
+    };
+    manifest.validate()?;
+    let signers: Vec<&SigningKey> = spec.signers.iter().collect();
+    let header = BundleHeader::sign(&manifest, &signers);
+
+    // Write beside the target and rename, so a crash never leaves a
+    // half-written bundle under the final name.
+    let tmp = tmp_path(&spec.out);
+    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
+    out.write_all(&header.to_preamble()).map_err(io(&tmp))?;
+    progress.set_position(0);
+    progress.set_message("writing");
+    let model = File::open(&spec.model).map_err(io(&spec.model))?;
+    let copied = std::io::copy(&mut progress.wrap_read(model), &mut out).map_err(io(&tmp))?;
+    if copied != len {
+        // The model changed between hashing and copying.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::Io {
+            path: spec.model.clone(),
+            source: std::io::Error::other("file changed while the bundle was built"),
+        });
+    }
+    let file = out.into_inner().map_err(|e| BuildError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io(&tmp))?;
+    let bytes = file.metadata().map_err(io(&tmp))?.len();
+    std::fs::rename(&tmp, &spec.out).map_err(io(&spec.out))?;
+    progress.finish_and_clear();
+    Ok(Built {
+        digest: ferry_protocol::keys::sha256(&header.manifest),
+        manifest,
+        bytes,
+    })
+}

@@ -1,0 +1,100 @@
+//! Command-line front end: argument parsing and dispatch. Errors here are
+//! `anyhow` (this is the binary's edge); the work is done by the typed
+//! library modules.
+
+// `BundleCmd::Build` carries every build flag; it is parsed once per run.
+#[allow(clippy::large_enum_variant)]
+mod bundle;
+mod demo;
+mod device;
+mod key;
+mod remote;
+mod server;
+mod trust;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: signed ML models for edge fleets"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Publisher and root keys (generated and kept on the operator's machine)
+    #[command(subcommand)]
+    Key(key::KeyCmd),
+    /// Trust roots: which keys may sign which models (push: set it on the server)
+    #[command(subcommand)]
+    Trust(remote::TrustAll),
+    /// Build, verify and inspect signed model bundles
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
+    /// Run the control plane server (REST API under /api/v1)
+    Server(server::ServerArgs),
+    /// Store the server URL and token for the commands below
+    Login(remote::LoginArgs),
+    /// The model registry: push, list, show, versions, compare, promote, archive, delete, download
+    Model(remote::ModelArgs),
+    /// API tokens (admin)
+    Token(remote::TokenArgs),
+    /// The tamper-evident audit trail
+    Audit(remote::AuditArgs),
+    /// Fleet devices: enrollment tokens, list, label, revoke
+    Device(device::DeviceArgs),
+    /// Deploy a model version to the devices matching a selector
+    Deploy(device::DeployArgs),
+    /// Deployments and their per-device state
+    Deployments(device::DeploymentsArgs),
+    /// Remove a deployment from the devices' desired state
+    Undeploy(device::UndeployArgs),
+    /// Run a control plane and one enrolled agent serving a signed demo
+    /// model on localhost, until Ctrl-C
+    Demo(demo::DemoArgs),
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Key(c) => key::run(c),
+        Command::Trust(c) => remote::trust(c),
+        Command::Bundle(c) => bundle::run(c),
+        Command::Server(a) => server::run(a),
+        Command::Login(a) => remote::login(a),
+        Command::Model(a) => remote::model(a),
+        Command::Token(a) => remote::token(a),
+        Command::Audit(a) => remote::audit_cmd(a),
+        Command::Device(a) => device::device(a),
+        Command::Deploy(a) => device::deploy(a),
+        Command::Deployments(a) => device::deployments(a),
+        Command::Undeploy(a) => device::undeploy(a),
+        Command::Demo(a) => demo::demo(a),
+    }
+}
+
+/// Parses `key=value`.
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Parses a duration such as `90s`, `24h`, `365d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 24h or 365d)"))
+}

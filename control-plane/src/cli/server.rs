@@ -1,0 +1,66 @@
+use crate::config::{self, FileConfig};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `ferry server`: the control plane.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML configuration file; flags and FERRY_* variables override it
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address for the REST API (port 0 picks a free port)
+    #[arg(long, env = "FERRY_HTTP")]
+    http: Option<SocketAddr>,
+    /// Data directory: SQLite database, local artifacts, upload scratch
+    #[arg(long, env = "FERRY_DATA")]
+    data: Option<PathBuf>,
+    /// PostgreSQL URL for the scaled setup (default: SQLite in --data)
+    #[arg(long, env = "FERRY_DATABASE")]
+    database: Option<String>,
+    /// s3://BUCKET[/PREFIX] for artifacts (default: DATA/artifacts)
+    #[arg(long, env = "FERRY_ARTIFACTS")]
+    artifacts: Option<String>,
+    /// S3 endpoint URL (MinIO, moto, …); AWS_ENDPOINT_URL works too
+    #[arg(long, env = "FERRY_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// Largest bundle upload accepted, in bytes
+    #[arg(long, env = "FERRY_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
+    /// Requests per minute per token (0: unlimited)
+    #[arg(long, env = "FERRY_RATE_LIMIT_PER_MINUTE")]
+    rate_limit_per_minute: Option<u32>,
+    /// Serve the fleet (device enrollment, desired state, downloads) over
+    /// QUIC on this UDP address (port 0 picks a free port)
+    #[arg(long, env = "FERRY_QUIC")]
+    quic: Option<SocketAddr>,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let mut cfg = config::resolve(
+        file,
+        args.http,
+        args.data,
+        args.database,
+        args.artifacts,
+        args.s3_endpoint,
+        args.max_upload_bytes,
+        args.rate_limit_per_minute,
+        std::env::var("FERRY_BOOTSTRAP_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    )?;
+    cfg.telemetry = args.telemetry.options();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(crate::server::serve_with(
+        cfg,
+        args.quic.map(crate::fleet::FleetOptions::new),
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! HTTP client for the control plane API, used by the operator CLI: JSON
+//! calls, streamed bundle upload and download.
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{status}: {message} ({code})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach {server}: {source}")]
+    Transport {
+        server: String,
+        source: reqwest::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the server sent an unreadable response: {0}")]
+    BadResponse(String),
+    #[error("no server configured: run `ferry login --server URL --token TOKEN`, or set FERRY_SERVER and FERRY_TOKEN")]
+    NotLoggedIn,
+}
+
+/// What `ferry login` stores (mode 0600).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Credentials {
+    pub server: Option<String>,
+    pub token: Option<String>,
+}
+
+/// `$FERRY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/ferry`, else `~/.config/ferry`.
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FERRY_CONFIG_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+        return PathBuf::from(d).join("ferry");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config").join("ferry")
+}
+
+impl Credentials {
+    pub fn path() -> PathBuf {
+        config_dir().join("credentials.toml")
+    }
+
+    pub fn load() -> Self {
+        std::fs::read_to_string(Self::path())
+            .ok()
+            .and_then(|s| toml::from_str(&s).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self) -> Result<PathBuf, ClientError> {
+        let path = Self::path();
+        let io = |source| ClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let text = toml::to_string(self).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        use std::io::Write;
+        let mut f = opts.open(&path).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        Ok(path)
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(server: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn transport(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            server: self.base.clone(),
+            source,
+        }
+    }
+
+    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Err(ClientError::Api {
+            status,
+            code: v["code"].as_str().unwrap_or("unknown").to_string(),
+            message: v["error"].as_str().map(str::to_string).unwrap_or(text),
+        })
+    }
+
+    /// A JSON request; `body` is sent as JSON when given.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Streams a file as the request body.
+    pub async fn put_file(
+        &self,
+        method: Method,
+        path: &str,
+        file: &Path,
+    ) -> Result<Value, ClientError> {
+        let io = |source| ClientError::Io {
+            path: file.to_path_buf(),
+            source,
+        };
+        let f = tokio::fs::File::open(file).await.map_err(io)?;
+        let len = f.metadata().await.map_err(io)?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    /// Streams a GET response into `out` (written beside it, then renamed).
+    pub async fn download(&self, path: &str, out: &Path) -> Result<u64, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        let tmp = crate::keyfile::tmp_path(out);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ClientError::Io { path: p, source }
+        };
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        let mut stream = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            n += chunk.len() as u64;
+            f.write_all(&chunk).await.map_err(io(&tmp))?;
+        }
+        f.sync_all().await.map_err(io(&tmp))?;
+        drop(f);
+        tokio::fs::rename(&tmp, out).await.map_err(io(out))?;
+        Ok(n)
+    }
+}

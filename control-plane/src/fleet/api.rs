@@ -1,0 +1,444 @@
+//! REST endpoints of the fleet: enrollment tokens, devices, deployments.
+//! Mounted beside the registry API under `/api/v1`.
+
+use super::{db, Fleet};
+use crate::api::{ApiError, AppState, Auth};
+use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
+use crate::auth::Role;
+use crate::store::StoreError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type Res = Result<Json<Value>, ApiError>;
+
+fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        other => {
+            tracing::error!("internal error: {other}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            )
+        }
+    }
+}
+
+fn entry(a: &Auth, action: &str, target: &str, outcome: &str, detail: String) -> AuditEntry {
+    AuditEntry {
+        tenant: a.p.tenant.clone(),
+        request_id: a.rid.clone(),
+        actor: a.p.actor(),
+        action: action.into(),
+        target: target.into(),
+        outcome: outcome.into(),
+        detail,
+    }
+}
+
+async fn need(st: &AppState, a: &Auth, role: Role, action: &str) -> Result<(), ApiError> {
+    if a.p.role >= role {
+        return Ok(());
+    }
+    let msg = format!(
+        "{action} needs the {} role; this token has {}",
+        role.as_str(),
+        a.p.role.as_str()
+    );
+    let _ = st
+        .store
+        .audit(entry(a, action, "", OUTCOME_REFUSED, msg.clone()))
+        .await;
+    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg))
+}
+
+async fn ok_audit(st: &AppState, a: &Auth, action: &str, target: &str, detail: String) {
+    if let Err(e) = st
+        .store
+        .audit(entry(a, action, target, OUTCOME_OK, detail))
+        .await
+    {
+        tracing::error!(error = %e, action, "audit append failed");
+    }
+}
+
+pub fn routes(fleet: Arc<Fleet>) -> Router<AppState> {
+    let v1 = Router::new()
+        .route("/fleet/devices", get(list_devices))
+        .route("/fleet/devices/tokens", post(create_token))
+        .route("/fleet/devices/ca.pem", get(ca_pem))
+        .route("/fleet/devices/{id}", get(show_device))
+        .route("/fleet/devices/{id}/labels", put(set_labels))
+        .route("/fleet/devices/{id}/revoke", post(revoke))
+        .route(
+            "/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/deployments/{id}",
+            get(show_deployment)
+                .patch(scale_deployment)
+                .delete(delete_deployment),
+        );
+    Router::new().nest("/api/v1", v1).layer(Extension(fleet))
+}
+
+fn parse_labels(v: Option<&Value>) -> Result<db::Labels, ApiError> {
+    let mut out = db::Labels::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(s) = v.as_str() else {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("label {k:?} must be a string"),
+                    ));
+                };
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "labels must be an object of strings",
+            ))
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct TokenReq {
+    labels: Option<Value>,
+    /// Lifetime in seconds (default one day).
+    expires_in: Option<u64>,
+    /// How many devices may enroll with it (default 1).
+    uses: Option<u64>,
+}
+
+async fn create_token(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Json(req): Json<TokenReq>,
+) -> Res {
+    need(&st, &a, Role::Operator, "device.token.create").await?;
+    let labels = parse_labels(req.labels.as_ref())?;
+    let now = crate::now_unix() as i64;
+    let expires_at = now + req.expires_in.unwrap_or(86_400).min(365 * 86_400) as i64;
+    let uses = req.uses.unwrap_or(1).clamp(1, 1_000_000) as i64;
+    let token = format!("fe_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let id = crate::auth::random_id("enr_", 6);
+    db::insert_token(
+        &st.store,
+        &id,
+        &a.p.tenant,
+        &crate::auth::hash_token(&token),
+        &labels,
+        expires_at,
+        uses,
+        &a.p.actor(),
+        now,
+    )
+    .await
+    .map_err(store_err)?;
+    ok_audit(
+        &st,
+        &a,
+        "device.token.create",
+        &id,
+        format!(
+            "labels {}, uses {uses}, expires {expires_at}",
+            db::labels_to_string(&labels)
+        ),
+    )
+    .await;
+    Ok(Json(json!({
+        "id": id,
+        "token": token,
+        "tenant": a.p.tenant,
+        "labels": labels,
+        "uses": uses,
+        "expires_at": expires_at,
+        "quic": fleet.opts.quic.to_string(),
+        "ca_pem": fleet.ca.cert_pem(),
+    })))
+}
+
+async fn ca_pem(_a: Auth, Extension(fleet): Extension<Arc<Fleet>>) -> String {
+    fleet.ca.cert_pem()
+}
+
+async fn list_devices(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+) -> Res {
+    let devs = db::devices(&st.store, &a.p.tenant)
+        .await
+        .map_err(store_err)?;
+    let online = fleet.connected();
+    let items: Vec<Value> = devs
+        .into_iter()
+        .map(|d| {
+            let connected = online.contains(&d.id);
+            let mut v = json!(d);
+            v["connected"] = json!(connected);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "devices": items })))
+}
+
+async fn show_device(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Res {
+    let d = db::device(&st.store, &a.p.tenant, &id)
+        .await
+        .map_err(store_err)?;
+    let assignments = fleet.assignments(&d).await.map_err(store_err)?;
+    let connected = fleet.connected().contains(&d.id);
+    let mut v = json!(d);
+    v["connected"] = json!(connected);
+    v["assignments"] = json!(assignments
+        .iter()
+        .map(|x| json!({"model": x.model.as_str(), "version": x.version, "digest": x.manifest_digest.to_hex()}))
+        .collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+async fn set_labels(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Res {
+    need(&st, &a, Role::Operator, "device.label").await?;
+    let labels = parse_labels(body.get("labels"))?;
+    db::set_labels(&st.store, &a.p.tenant, &id, &labels)
+        .await
+        .map_err(store_err)?;
+    ok_audit(&st, &a, "device.label", &id, db::labels_to_string(&labels)).await;
+    fleet.changed();
+    Ok(Json(json!({ "id": id, "labels": labels })))
+}
+
+async fn revoke(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Res {
+    need(&st, &a, Role::Operator, "device.revoke").await?;
+    db::revoke(&st.store, &a.p.tenant, &id, crate::now_unix() as i64)
+        .await
+        .map_err(store_err)?;
+    fleet.disconnect(&id, "device revoked");
+    ok_audit(&st, &a, "device.revoke", &id, String::new()).await;
+    Ok(Json(json!({ "id": id, "revoked": true })))
+}
+
+#[derive(Deserialize)]
+struct DeployReq {
+    model: String,
+    /// A version number or an alias (`production`).
+    version: Value,
+    selector: Option<Value>,
+}
+
+async fn create_deployment(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Json(req): Json<DeployReq>,
+) -> Res {
+    need(&st, &a, Role::Operator, "deployment.create").await?;
+    let selector = parse_labels(req.selector.as_ref())?;
+    let version: i64 = match &req.version {
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "version must be a positive integer",
+            )
+        })?,
+        Value::String(s) => match s.parse::<i64>() {
+            Ok(v) => v,
+            Err(_) => {
+                let aliases = st
+                    .store
+                    .aliases(&a.p.tenant, &req.model)
+                    .await
+                    .map_err(store_err)?;
+                aliases
+                    .iter()
+                    .find(|x| x.alias == *s)
+                    .map(|x| x.version)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("model {:?} has no alias {s:?}", req.model),
+                        )
+                    })?
+            }
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "version must be a number or an alias",
+            ))
+        }
+    };
+    let row = st
+        .store
+        .version(&a.p.tenant, &req.model, version)
+        .await
+        .map_err(store_err)?;
+    if row.status == "archived" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "archived",
+            format!("{} v{version} is archived", req.model),
+        ));
+    }
+    let d = db::Deployment {
+        id: crate::auth::random_id("dep_", 6),
+        tenant: a.p.tenant.clone(),
+        model: req.model.clone(),
+        version,
+        digest: row.digest.clone(),
+        selector,
+        created_at: crate::now_unix() as i64,
+        created_by: a.p.actor(),
+        deleted_at: None,
+    };
+    db::insert_deployment(&st.store, &d)
+        .await
+        .map_err(store_err)?;
+    ok_audit(
+        &st,
+        &a,
+        "deployment.create",
+        &d.id,
+        format!(
+            "{} v{} to {}",
+            d.model,
+            d.version,
+            db::labels_to_string(&d.selector)
+        ),
+    )
+    .await;
+    fleet.changed();
+    Ok(Json(json!(d)))
+}
+
+async fn list_deployments(a: Auth, State(st): State<AppState>) -> Res {
+    let deps = db::live_deployments(&st.store, &a.p.tenant)
+        .await
+        .map_err(store_err)?;
+    Ok(Json(json!({ "deployments": deps })))
+}
+
+async fn show_deployment(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Res {
+    let d = db::deployment(&st.store, &a.p.tenant, &id)
+        .await
+        .map_err(store_err)?;
+    let devices = db::devices(&st.store, &a.p.tenant)
+        .await
+        .map_err(store_err)?;
+    let states = db::device_models(&st.store, &a.p.tenant, &d.model)
+        .await
+        .map_err(store_err)?;
+    let online = fleet.connected();
+    let mut rows = Vec::new();
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for dev in devices
+        .iter()
+        .filter(|x| db::matches(&d.selector, &x.labels))
+    {
+        let wanted = fleet
+            .assignments(dev)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .any(|x| x.manifest_digest.to_hex() == d.digest);
+        let (state, detail) = match states.get(&dev.id) {
+            _ if dev.revoked_at.is_some() => ("revoked".to_string(), String::new()),
+            _ if !wanted => ("superseded".to_string(), String::new()),
+            Some((v, s, det)) if *v == d.version => (s.clone(), det.clone()),
+            _ => ("pending".to_string(), String::new()),
+        };
+        *counts.entry(state.clone()).or_default() += 1;
+        rows.push(json!({
+            "device": dev.id,
+            "hostname": dev.hostname,
+            "connected": online.contains(&dev.id),
+            "state": state,
+            "detail": detail,
+        }));
+    }
+    let mut v = json!(d);
+    v["devices"] = json!(rows);
+    v["summary"] = json!(counts);
+    Ok(Json(v))
+}
+
+async fn scale_deployment(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Res {
+    need(&st, &a, Role::Operator, "deployment.scale").await?;
+    let selector = parse_labels(body.get("selector"))?;
+    db::update_selector(&st.store, &a.p.tenant, &id, &selector)
+        .await
+        .map_err(store_err)?;
+    ok_audit(
+        &st,
+        &a,
+        "deployment.scale",
+        &id,
+        db::labels_to_string(&selector),
+    )
+    .await;
+    fleet.changed();
+    Ok(Json(json!({ "id": id, "selector": selector })))
+}
+
+async fn delete_deployment(
+    a: Auth,
+    State(st): State<AppState>,
+    Extension(fleet): Extension<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Res {
+    need(&st, &a, Role::Operator, "deployment.delete").await?;
+    db::delete_deployment(&st.store, &a.p.tenant, &id, crate::now_unix() as i64)
+        .await
+        .map_err(store_err)?;
+    ok_audit(&st, &a, "deployment.delete", &id, String::new()).await;
+    fleet.changed();
+    Ok(Json(json!({ "id": id, "deleted": true })))
+}

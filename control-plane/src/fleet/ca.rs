@@ -1,0 +1,198 @@
+//! The control plane's device CA: it issues the QUIC server certificate and
+//! one client certificate per enrolled device. The CA key never leaves the
+//! server's data directory.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm, PKCS_ED25519,
+};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("device CA {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("device CA: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("device public key must be 32 raw ed25519 bytes, got {0}")]
+    BadPublicKey(usize),
+}
+
+pub struct DeviceCa {
+    key: KeyPair,
+    params: CertificateParams,
+    cert_der: Vec<u8>,
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Ferry device CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// A raw ed25519 public key sent by a device at enrollment.
+struct RawEd25519<'a>(&'a [u8]);
+
+impl PublicKeyData for RawEd25519<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ED25519
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+impl DeviceCa {
+    /// Loads the CA from `dir` (`ca.key`, `ca.der`), creating it on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.der");
+        let params = ca_params();
+        if key_path.exists() {
+            let pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+            let key = KeyPair::from_pem(&pem)?;
+            let cert_der = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+            return Ok(Self {
+                key,
+                params,
+                cert_der,
+            });
+        }
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let cert = params.self_signed(&key)?;
+        let cert_der = cert.der().to_vec();
+        std::fs::write(&cert_path, &cert_der).map_err(io(&cert_path))?;
+        std::fs::write(dir.join("ca.pem"), cert.pem()).map_err(io(&dir.join("ca.pem")))?;
+        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+        Ok(Self {
+            key,
+            params,
+            cert_der,
+        })
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn cert_pem(&self) -> String {
+        let b64 = base64_encode(&self.cert_der);
+        let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+        out
+    }
+
+    /// A client certificate for a device's own public key. The subject
+    /// names the device, but the control plane identifies the device by the
+    /// certificate's SHA-256 alone (looked up in its device table).
+    pub fn issue_device(
+        &self,
+        device_id: &str,
+        tenant: &str,
+        public_key: &[u8],
+    ) -> Result<Vec<u8>, CaError> {
+        if public_key.len() != 32 {
+            return Err(CaError::BadPublicKey(public_key.len()));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, device_id);
+        dn.push(DnType::OrganizationName, tenant);
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        Ok(p.signed_by(&RawEd25519(public_key), &issuer)?
+            .der()
+            .to_vec())
+    }
+
+    /// A fresh server certificate (and its PKCS#8 key) for `names`.
+    pub fn issue_server(&self, names: &[String]) -> Result<(Vec<u8>, Vec<u8>), CaError> {
+        let mut p = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Ferry control plane");
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok((cert.der().to_vec(), key.serialize_der()))
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_persists_and_issues_device_and_server_certs() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = DeviceCa::load_or_create(d.path()).unwrap();
+        let again = DeviceCa::load_or_create(d.path()).unwrap();
+        assert_eq!(ca.cert_der(), again.cert_der());
+        let dev = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let der = ca
+            .issue_device("dev_1", "acme", dev.public_key_raw())
+            .unwrap();
+        assert!(!der.is_empty());
+        assert!(matches!(
+            ca.issue_device("dev_1", "acme", &[1, 2, 3]),
+            Err(CaError::BadPublicKey(3))
+        ));
+        let (s, k) = again.issue_server(&["localhost".into()]).unwrap();
+        assert!(!s.is_empty() && !k.is_empty());
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
+    }
+}

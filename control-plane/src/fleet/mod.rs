@@ -1,0 +1,397 @@
+//! Fleet distribution: device enrollment, the mutual-TLS QUIC endpoint,
+//! signed desired state, chunked resumable downloads and deployments.
+//!
+//! Invariants:
+//! - a device's id and tenant come only from its client certificate (the
+//!   SHA-256 of the DER the device CA issued, looked up in `devices`);
+//!   nothing a device says in a frame names it;
+//! - a device can fetch only a bundle assigned to it by its current desired
+//!   state (so never another tenant's);
+//! - desired state is signed with the control plane's online key and carries
+//!   a strictly increasing sequence number and an expiry.
+
+pub mod api;
+pub mod ca;
+pub mod db;
+mod quic;
+
+use crate::audit::AuditEntry;
+use crate::blobs::Blobs;
+use crate::store::{Store, StoreError};
+use ed25519_dalek::SigningKey;
+use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState, Variant};
+use ferry_protocol::keys::{Digest, PublicKey};
+use ferry_protocol::ModelName;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use quic::ALPN;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Ca(#[from] ca::CaError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("online key {path}: {reason}")]
+    OnlineKey { path: PathBuf, reason: String },
+}
+
+/// Settings of the fleet endpoint.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    pub quic: SocketAddr,
+    /// Names and addresses the server certificate is valid for.
+    pub server_names: Vec<String>,
+    /// Lifetime of a desired-state document, seconds; it is re-issued at
+    /// half of it.
+    pub desired_ttl: u64,
+    /// Downloads served at once, fleet-wide; further fetches wait
+    /// (`FERRY_FLEET_MAX_DOWNLOADS`, default 256).
+    pub max_concurrent_downloads: usize,
+    /// Test hook (`FERRY_TEST_REPLAY_DESIRED`): after every new desired
+    /// state, send the connection's first one again, as a replaying
+    /// attacker would.
+    pub replay_desired: bool,
+    /// Bytes per chunk frame (`FERRY_FLEET_CHUNK_BYTES`, default 64 KiB).
+    pub chunk_bytes: usize,
+    /// Test hook (`FERRY_TEST_CORRUPT_MODEL`): serve this model's bundles
+    /// with their last byte flipped, as a tampering network or disk would.
+    pub corrupt_model: Option<String>,
+}
+
+impl FleetOptions {
+    pub fn new(quic: SocketAddr) -> Self {
+        Self {
+            quic,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            desired_ttl: std::env::var("FERRY_FLEET_DESIRED_TTL")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3600),
+            replay_desired: std::env::var("FERRY_TEST_REPLAY_DESIRED").is_ok_and(|v| v == "1"),
+            max_concurrent_downloads: std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(256)
+                .max(1),
+            chunk_bytes: std::env::var("FERRY_FLEET_CHUNK_BYTES")
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(64 * 1024)
+                .clamp(256, 1024 * 1024),
+            corrupt_model: std::env::var("FERRY_TEST_CORRUPT_MODEL")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Assembled bundle files by (tenant, manifest digest).
+type BundleCache = HashMap<(String, String), Arc<Vec<u8>>>;
+
+/// Shared state of the fleet service.
+pub struct Fleet {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub ca: ca::DeviceCa,
+    online: SigningKey,
+    pub opts: FleetOptions,
+    last_sequence: AtomicU64,
+    /// Bumped on every change that may alter some device's desired state.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Open connections by device id (closed on revocation).
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// Assembled bundles by (tenant, manifest digest).
+    bundles: tokio::sync::Mutex<BundleCache>,
+    downloads: tokio::sync::Semaphore,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn load_online_key(path: &Path) -> Result<SigningKey, FleetError> {
+    let err = |reason: String| FleetError::OnlineKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let bytes = hex::decode(s.trim()).map_err(|e| err(e.to_string()))?;
+            let arr: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| err("expected 32 hex-encoded bytes".into()))?;
+            Ok(SigningKey::from_bytes(&arr))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = o.open(path).map_err(|e| err(e.to_string()))?;
+            f.write_all(hex::encode(key.to_bytes()).as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl Fleet {
+    /// Opens the CA and online key under `data/fleet` and creates the fleet
+    /// tables.
+    pub async fn open(
+        store: Store,
+        blobs: Blobs,
+        data: &Path,
+        opts: FleetOptions,
+    ) -> Result<Arc<Self>, FleetError> {
+        let dir = data.join("fleet");
+        std::fs::create_dir_all(&dir).map_err(|source| FleetError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let ca = ca::DeviceCa::load_or_create(&dir)?;
+        let online = load_online_key(&dir.join("online.key"))?;
+        let (changes, _) = tokio::sync::watch::channel(0);
+        let permits = opts.max_concurrent_downloads.max(1);
+        Ok(Arc::new(Self {
+            store,
+            blobs,
+            ca,
+            online,
+            opts,
+            last_sequence: AtomicU64::new(0),
+            changes,
+            connections: Mutex::new(HashMap::new()),
+            bundles: tokio::sync::Mutex::new(HashMap::new()),
+            downloads: tokio::sync::Semaphore::new(permits),
+        }))
+    }
+
+    pub fn online_public_key(&self) -> PublicKey {
+        PublicKey::from_signing_key(&self.online)
+    }
+
+    /// Tells every connection to recompute its desired state.
+    pub fn changed(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn next_sequence(&self) -> u64 {
+        let now = now_micros();
+        let mut cur = self.last_sequence.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(cur + 1);
+            match self.last_sequence.compare_exchange(
+                cur,
+                next,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// What `device` should run now: per model, the newest live deployment
+    /// whose selector matches its labels.
+    pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
+        let deps = db::live_deployments(&self.store, &device.tenant).await?;
+        let mut by_model: std::collections::BTreeMap<String, db::Deployment> = Default::default();
+        for d in deps {
+            if db::matches(&d.selector, &device.labels) {
+                by_model.insert(d.model.clone(), d);
+            }
+        }
+        let mut out = Vec::new();
+        for (_, d) in by_model {
+            let (Ok(model), Ok(digest)) = (
+                ModelName::try_from(d.model.clone()),
+                Digest::from_hex(&d.digest),
+            ) else {
+                tracing::error!(deployment = %d.id, "deployment names an invalid model or digest; skipped");
+                continue;
+            };
+            out.push(Assignment {
+                model,
+                version: d.version as u64,
+                manifest_digest: digest,
+                variant: Variant::Champion,
+                traffic_percent: 100,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Signs a fresh desired-state document for `device` at `now`.
+    pub async fn desired_state(
+        &self,
+        device: &db::Device,
+        now: u64,
+    ) -> Result<SignedDesiredState, StoreError> {
+        let assignments = self.assignments(device).await?;
+        let doc = DesiredState {
+            tenant: device.tenant.clone(),
+            device_id: device.id.clone(),
+            sequence: self.next_sequence(),
+            issued_at: now,
+            expires_at: now + self.opts.desired_ttl,
+            assignments,
+        };
+        Ok(SignedDesiredState::sign(&doc, &self.online))
+    }
+
+    /// Signs an arbitrary document with the online key (test hooks and the
+    /// simulator use it to build replayed or expired states).
+    pub fn sign(&self, doc: &DesiredState) -> SignedDesiredState {
+        SignedDesiredState::sign(doc, &self.online)
+    }
+
+    /// The whole bundle file (preamble and artifacts) for a manifest digest
+    /// of `tenant`, assembled from the registry once and cached.
+    pub async fn bundle_bytes(
+        &self,
+        tenant: &str,
+        model: &str,
+        version: i64,
+        digest: &str,
+    ) -> Result<Arc<Vec<u8>>, String> {
+        let key = (tenant.to_string(), digest.to_string());
+        let mut cache = self.bundles.lock().await;
+        if let Some(b) = cache.get(&key) {
+            return Ok(b.clone());
+        }
+        let row = self
+            .store
+            .version(tenant, model, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.digest != digest {
+            return Err(format!(
+                "{model} v{version} has digest {}, not {digest}",
+                row.digest
+            ));
+        }
+        let header = crate::api::doc::header(&row)
+            .ok_or_else(|| "stored bundle header does not decode".to_string())?;
+        let mut out = header.to_preamble();
+        let arts = self
+            .store
+            .artifacts(tenant, model, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        for a in arts {
+            use futures::StreamExt;
+            let mut s = self
+                .blobs
+                .get(tenant, &a.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+            }
+        }
+        let b = Arc::new(out);
+        // Keep the cache small: the bundles of current deployments.
+        if cache.len() >= 32 {
+            cache.clear();
+        }
+        cache.insert(key, b.clone());
+        Ok(b)
+    }
+
+    fn register(&self, device: &str, conn: quinn::Connection) {
+        if let Ok(mut m) = self.connections.lock() {
+            if let Some(old) = m.insert(device.to_string(), conn) {
+                old.close(
+                    quinn::VarInt::from_u32(2),
+                    b"replaced by a newer connection",
+                );
+            }
+        }
+    }
+
+    fn unregister(&self, device: &str, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.connections.lock() {
+            if m.get(device)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                m.remove(device);
+            }
+        }
+    }
+
+    /// Closes the device's connection (after revocation).
+    pub fn disconnect(&self, device: &str, reason: &str) {
+        let conn = self
+            .connections
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(device));
+        if let Some(c) = conn {
+            c.close(quinn::VarInt::from_u32(3), reason.as_bytes());
+        }
+    }
+
+    /// Devices connected now.
+    pub fn connected(&self) -> Vec<String> {
+        self.connections
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn audit(
+        &self,
+        tenant: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: String,
+    ) {
+        let e = AuditEntry {
+            tenant: tenant.to_string(),
+            request_id: String::new(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            detail,
+        };
+        if let Err(err) = self.store.audit(e).await {
+            tracing::error!(error = %err, action, "audit append failed");
+        }
+    }
+
+    /// Binds the QUIC endpoint and serves until the returned handle is
+    /// dropped or the endpoint is closed.
+    pub fn start_quic(self: &Arc<Self>) -> Result<(quinn::Endpoint, SocketAddr), FleetError> {
+        quic::start(self.clone())
+    }
+}

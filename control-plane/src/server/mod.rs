@@ -1,0 +1,189 @@
+//! `ferry server`: opens the store and the artifact store, bootstraps the
+//! first admin token, and serves the API until SIGINT/SIGTERM.
+
+use crate::api::{self, AppState, Limits};
+use crate::audit::{AuditEntry, OUTCOME_OK};
+use crate::auth::{self, Role};
+use crate::blobs::{BlobError, Blobs, S3Options};
+use crate::config::ServerConfig;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Blobs(#[from] BlobError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("{0}")]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error("FERRY_BOOTSTRAP_TOKEN is not a Ferry token (fy_ followed by 64 hex digits); generate one with `ferry token generate`")]
+    BadBootstrapToken,
+}
+
+/// Opens everything the server needs; separate from [`serve`] so tests and
+/// tools can use the same wiring.
+pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServerError> {
+    let io = |what: String| move |source| ServerError::Io { what, source };
+    std::fs::create_dir_all(&cfg.data).map_err(io(format!("creating {}", cfg.data.display())))?;
+    let tmp = cfg.data.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let store = Store::connect(&cfg.database, cfg.db_max_connections).await?;
+    let blobs = match &cfg.artifacts {
+        Some(url) if url.starts_with("file://") => {
+            Blobs::local(std::path::Path::new(url.trim_start_matches("file://")))?
+        }
+        Some(url) => Blobs::s3(
+            url,
+            &S3Options {
+                endpoint: cfg.s3_endpoint.clone(),
+                region: cfg.s3_region.clone(),
+            },
+        )?,
+        None => Blobs::local(&cfg.data.join("artifacts"))?,
+    };
+    bootstrap(&store, cfg).await?;
+    Ok(AppState::new(
+        store,
+        blobs,
+        tmp,
+        Limits {
+            max_upload: cfg.max_upload_bytes,
+            rate_per_minute: cfg.rate_limit_per_minute,
+            root_tenant: cfg.root_tenant.clone(),
+        },
+    ))
+}
+
+/// On an empty database, creates the first admin token of the root tenant:
+/// `FERRY_BOOTSTRAP_TOKEN` when set (several replicas may race; the token is
+/// stored once), else a fresh one printed to stdout.
+async fn bootstrap(store: &Store, cfg: &ServerConfig) -> Result<(), ServerError> {
+    let entry = || AuditEntry {
+        tenant: cfg.root_tenant.clone(),
+        request_id: "bootstrap".into(),
+        actor: "ferry server".into(),
+        action: "token.bootstrap".into(),
+        target: String::new(),
+        outcome: OUTCOME_OK.into(),
+        detail: "first admin token".into(),
+    };
+    if let Some(t) = &cfg.bootstrap_token {
+        if !auth::well_formed(t) {
+            return Err(ServerError::BadBootstrapToken);
+        }
+        if store.token_count().await? == 0 {
+            store
+                .insert_token_if_absent(
+                    &cfg.root_tenant,
+                    "bootstrap",
+                    Role::Admin,
+                    &auth::hash_token(t),
+                    entry(),
+                )
+                .await?;
+        }
+        return Ok(());
+    }
+    if store.token_count().await? == 0 {
+        let t = auth::generate_token();
+        if store
+            .insert_token_if_absent(
+                &cfg.root_tenant,
+                "bootstrap",
+                Role::Admin,
+                &auth::hash_token(&t),
+                entry(),
+            )
+            .await?
+        {
+            println!(
+                "first admin token for tenant {:?} (shown once): {t}",
+                cfg.root_tenant
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Binds and serves until SIGINT or SIGTERM. Prints the bound address
+/// (useful with port 0) on stdout.
+pub async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
+    serve_with(cfg, None).await
+}
+
+/// [`serve`], plus the fleet's QUIC endpoint and REST routes when `fleet`
+/// is given (`ferry server --quic ADDR`).
+pub async fn serve_with(
+    cfg: ServerConfig,
+    fleet: Option<crate::fleet::FleetOptions>,
+) -> Result<(), ServerError> {
+    let state = open(&cfg).await?;
+    let _telemetry = crate::telemetry::start(&state.store, &cfg.telemetry).await?;
+    let describe_blobs = state.blobs.describe().to_string();
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: format!("binding {}", cfg.http),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Io {
+        what: "reading the bound address".into(),
+        source,
+    })?;
+    let db = match state.store.backend() {
+        crate::store::Backend::Sqlite => "sqlite",
+        crate::store::Backend::Postgres => "postgres",
+    };
+    println!(
+        "ferry server listening on http://{addr} (metadata: {db}, artifacts: {describe_blobs})"
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut router = api::router(state.clone());
+    let mut _quic = None;
+    if let Some(opts) = fleet {
+        let fleet =
+            crate::fleet::Fleet::open(state.store.clone(), state.blobs.clone(), &cfg.data, opts)
+                .await?;
+        let (endpoint, quic) = fleet.start_quic()?;
+        println!("ferry fleet listening on quic://{quic}");
+        let _ = std::io::stdout().flush();
+        router = router.merge(crate::fleet::api::routes(fleet).with_state(state));
+        _quic = Some(endpoint);
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|source| ServerError::Io {
+            what: "serving".into(),
+            source,
+        })
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,368 @@
+//! The telemetry engine on a real SQLite store with a clock the test
+//! controls: validation and refusals, de-duplication, drift alerts with
+//! their cooldown, other alert kinds, and the time-based retraining trigger
+//! firing on schedule — without sleeping minutes.
+#![allow(clippy::unwrap_used)]
+
+use ferry::audit::{AuditEntry, OUTCOME_OK};
+use ferry::store::{AuditQuery, Store};
+use ferry::telemetry::engine::{save_policy, Clock, Engine, IngestError};
+use ferry::telemetry::policy::DriftPolicy;
+use ferry_protocol::telemetry::{ClosedBy, DriftSummary, Health, Predictions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T0: u64 = 1_795_449_360_000; // 2026-11-23 15:56:00 UTC, ms
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    store: Store,
+    now: Arc<AtomicU64>,
+    engine: Arc<Engine>,
+}
+
+async fn fx() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = Store::connect(&url, 4).await.unwrap();
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
+    let now = Arc::new(AtomicU64::new(T0));
+    let n = now.clone();
+    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+    let engine = Engine::new(store.clone(), clock);
+    Fx {
+        _dir: dir,
+        store,
+        now,
+        engine,
+    }
+}
+
+fn entry(action: &str) -> AuditEntry {
+    AuditEntry {
+        tenant: "acme".into(),
+        request_id: "t".into(),
+        actor: "test".into(),
+        action: action.into(),
+        target: "m".into(),
+        outcome: OUTCOME_OK.into(),
+        detail: String::new(),
+    }
+}
+
+fn summary(device: &str, seq: u64, psi: &[f64], rows: u64) -> DriftSummary {
+    let n = psi.len();
+    DriftSummary {
+        schema: 1,
+        tenant: "acme".into(),
+        device: device.into(),
+        seq,
+        model: "m".into(),
+        version: 3,
+        variant: "champion".into(),
+        window_start_ms: T0,
+        window_end_ms: T0 + 1000,
+        closed_by: ClosedBy::Rows,
+        rows,
+        features: (0..n).map(|i| format!("f{i}")).collect(),
+        psi: psi.iter().map(|p| Some(*p)).collect(),
+        missing: vec![0; n],
+        out_of_range: vec![0; n],
+        predictions: Predictions {
+            output: "label".into(),
+            classes: [
+                ("0".to_string(), rows / 2),
+                ("1".to_string(), rows - rows / 2),
+            ]
+            .into(),
+            numeric: None,
+        },
+        latency_us: vec![0; 12],
+        latency_p50_us: 100,
+        latency_p99_us: 250,
+        errors: 0,
+        requests: rows,
+        labelled: 0,
+        correct: 0,
+    }
+}
+
+async fn put(e: &Engine, s: &DriftSummary) -> ferry::telemetry::engine::Outcome {
+    e.ingest(
+        &format!("ferry/v1/{}/{}/drift", s.tenant, s.device),
+        &serde_json::to_vec(s).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn receiver() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut b = vec![0; len];
+            r.read_exact(&mut b).unwrap();
+            g.lock().unwrap().push(b);
+            let mut w = s;
+            let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+async fn wait_hooks(got: &Arc<Mutex<Vec<Vec<u8>>>>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "webhook not received");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_with_reasons() {
+    let f = fx().await;
+    let e = &f.engine;
+    let good = serde_json::to_vec(&summary("d1", 1, &[0.1], 10)).unwrap();
+    let r = e.ingest("ferry/v1/acme/d1/nonsense", &good).await;
+    assert!(matches!(r, Err(IngestError::Topic(_))), "{r:?}");
+    let r = e.ingest("ferry/v1/acme/other/drift", &good).await;
+    assert!(matches!(r, Err(IngestError::Mismatch { .. })), "{r:?}");
+    let r = e.ingest("ferry/v1/acme/d1/drift", b"{not json").await;
+    assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
+    let mut bad = summary("d1", 1, &[0.1, 0.2], 10);
+    bad.psi.pop();
+    let r = e
+        .ingest("ferry/v1/acme/d1/drift", &serde_json::to_vec(&bad).unwrap())
+        .await;
+    assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
+    let mut neg = summary("d1", 1, &[-0.5], 10);
+    neg.schema = 1;
+    let r = e
+        .ingest("ferry/v1/acme/d1/drift", &serde_json::to_vec(&neg).unwrap())
+        .await;
+    assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
+    let r = e
+        .ingest("ferry/v1/acme/d1/drift", &vec![b' '; 70_000])
+        .await;
+    assert!(matches!(r, Err(IngestError::TooLarge(_))), "{r:?}");
+    // The good one is stored once; its redelivery is a no-op.
+    let o = e.ingest("ferry/v1/acme/d1/drift", &good).await.unwrap();
+    assert!(o.stored && !o.duplicate);
+    let o = e.ingest("ferry/v1/acme/d1/drift", &good).await.unwrap();
+    assert!(o.duplicate);
+}
+
+#[tokio::test]
+async fn one_drift_episode_fires_one_alert_and_one_trigger() {
+    let f = fx().await;
+    let (url, hooks) = receiver();
+    save_policy(
+        &f.store,
+        "acme",
+        "m",
+        &DriftPolicy {
+            min_drifted_rows: 150,
+            cooldown_secs: 600,
+            webhook_url: Some(url),
+            webhook_secret: Some("k".into()),
+            ..Default::default()
+        },
+        entry("drift_policy.set"),
+    )
+    .await
+    .unwrap();
+    let e = &f.engine;
+    // Under the threshold: nothing.
+    let o = put(e, &summary("d1", 1, &[0.1, 0.29], 100)).await;
+    assert!(o.alerts.is_empty());
+    // Drifted, but 100 drifted rows < 150: no alert yet.
+    let o = put(e, &summary("d1", 2, &[0.1, 0.9], 100)).await;
+    assert!(o.alerts.is_empty(), "{o:?}");
+    // Another device's drifted rows complete the count: alert + trigger.
+    let o = put(e, &summary("d2", 1, &[0.5, 0.1], 100)).await;
+    assert_eq!(o.alerts.len(), 1, "{o:?}");
+    assert_eq!(o.triggers.len(), 1);
+    // The same episode continues: no new alert within the cooldown.
+    f.now.fetch_add(300_000, Ordering::SeqCst);
+    let o = put(e, &summary("d1", 3, &[0.1, 0.9], 100)).await;
+    assert!(o.alerts.is_empty() && o.triggers.is_empty(), "{o:?}");
+    wait_hooks(&hooks, 1).await;
+    let body: serde_json::Value = serde_json::from_slice(&hooks.lock().unwrap()[0]).unwrap();
+    assert_eq!(body["reason"], "drift");
+    assert_eq!(body["version"], 3);
+    assert_eq!(body["evidence"]["drifted_rows"], 200);
+    // After the cooldown, a drift still going on fires again.
+    f.now.fetch_add(600_000, Ordering::SeqCst);
+    let o = put(e, &summary("d1", 4, &[0.1, 0.9], 200)).await;
+    assert_eq!((o.alerts.len(), o.triggers.len()), (1, 1), "{o:?}");
+    wait_hooks(&hooks, 2).await;
+    let audit = f
+        .store
+        .audit_list(
+            "acme",
+            &AuditQuery {
+                action: Some("retrain.trigger".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 2);
+}
+
+#[tokio::test]
+async fn feature_selection_and_fleet_fraction() {
+    let f = fx().await;
+    save_policy(
+        &f.store,
+        "acme",
+        "m",
+        &DriftPolicy {
+            features: vec!["f0".into()],
+            min_drifted_rows: 1,
+            aggregation: ferry::telemetry::policy::Aggregation::FleetFraction,
+            fleet_fraction: 0.5,
+            ..Default::default()
+        },
+        entry("drift_policy.set"),
+    )
+    .await
+    .unwrap();
+    let e = &f.engine;
+    // f1 drifts but is not watched.
+    assert!(put(e, &summary("d1", 1, &[0.1, 0.9], 50))
+        .await
+        .alerts
+        .is_empty());
+    put(e, &summary("d2", 1, &[0.1, 0.1], 50)).await;
+    put(e, &summary("d3", 1, &[0.1, 0.1], 50)).await;
+    // 1 of 3 devices drifted on f0: under half the fleet.
+    assert!(put(e, &summary("d1", 2, &[0.9, 0.1], 50))
+        .await
+        .alerts
+        .is_empty());
+    // 2 of 3: alert.
+    let o = put(e, &summary("d2", 2, &[0.8, 0.1], 50)).await;
+    assert_eq!(o.alerts.len(), 1, "{o:?}");
+}
+
+#[tokio::test]
+async fn other_alert_kinds() {
+    let f = fx().await;
+    save_policy(
+        &f.store,
+        "acme",
+        "m",
+        &DriftPolicy {
+            latency_p99_us_threshold: 1000,
+            ..Default::default()
+        },
+        entry("drift_policy.set"),
+    )
+    .await
+    .unwrap();
+    let e = &f.engine;
+    let mut s = summary("d1", 1, &[0.0, 0.0], 100);
+    s.errors = 10;
+    s.latency_p99_us = 2500;
+    s.missing = vec![30, 0];
+    let o = put(e, &s).await;
+    assert_eq!(o.alerts.len(), 3, "{o:?}");
+    let mut s = summary("d1", 2, &[0.0, 0.0], 100);
+    s.predictions.classes = [("1".to_string(), 100)].into();
+    let o = put(e, &s).await;
+    assert_eq!(o.alerts.len(), 1, "prediction shift: {o:?}");
+    let h = Health {
+        schema: 1,
+        tenant: "acme".into(),
+        device: "d1".into(),
+        status: "online".into(),
+        at_ms: T0,
+        agent_version: "0".into(),
+        serving: vec![],
+        outbox_depth: 0,
+        outbox_dropped: 0,
+        published: 0,
+    };
+    let topic = "ferry/v1/acme/d1/health";
+    assert!(e
+        .ingest(topic, &serde_json::to_vec(&h).unwrap())
+        .await
+        .unwrap()
+        .alerts
+        .is_empty());
+    let off = Health {
+        status: "offline".into(),
+        at_ms: 0,
+        ..h
+    };
+    let o = e
+        .ingest(topic, &serde_json::to_vec(&off).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.alerts.len(), 1, "device offline: {o:?}");
+    // The retained offline message seen again is not a new alert.
+    let o = e
+        .ingest(topic, &serde_json::to_vec(&off).unwrap())
+        .await
+        .unwrap();
+    assert!(o.alerts.is_empty());
+}
+
+#[tokio::test]
+async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock() {
+    let f = fx().await;
+    let (url, hooks) = receiver();
+    save_policy(
+        &f.store,
+        "acme",
+        "m",
+        &DriftPolicy {
+            retrain_schedule: Some("0 * * * *".into()), // hourly, on the hour
+            webhook_url: Some(url),
+            ..Default::default()
+        },
+        entry("drift_policy.set"),
+    )
+    .await
+    .unwrap();
+    let e = &f.engine;
+    // 15:56: the schedule is first seen; nothing is due.
+    assert!(e.tick().await.unwrap().is_empty());
+    f.now.store(T0 + 3 * 60_000, Ordering::SeqCst); // 15:59
+    assert!(e.tick().await.unwrap().is_empty());
+    f.now.store(T0 + 4 * 60_000, Ordering::SeqCst); // 16:00
+    let fired = e.tick().await.unwrap();
+    assert_eq!(fired.len(), 1);
+    // The same slot never fires twice.
+    f.now.store(T0 + 30 * 60_000, Ordering::SeqCst);
+    assert!(e.tick().await.unwrap().is_empty());
+    // 17:00 is the next.
+    f.now.store(T0 + 64 * 60_000, Ordering::SeqCst);
+    assert_eq!(e.tick().await.unwrap().len(), 1);
+    wait_hooks(&hooks, 2).await;
+    let body: serde_json::Value = serde_json::from_slice(&hooks.lock().unwrap()[0]).unwrap();
+    assert_eq!(body["reason"], "schedule");
+    assert_eq!(body["evidence"]["schedule"], "0 * * * *");
+    assert_eq!(body["evidence"]["due_at_ms"], T0 + 4 * 60_000);
+}

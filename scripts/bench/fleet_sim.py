@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""The fleet benchmark: N simulated agents receive a B-MB bundle.
+
+From the repository root (Python 3 with `onnx`, e.g. the .venv made by
+scripts/python-env.sh plus tests/fixtures/requirements.txt):
+
+    .venv/bin/python scripts/bench/fleet_sim.py [--devices 1000] [--mb 5]
+                     [--single-mb 100] [--quinn]
+
+Builds `ferry` and `ferry-fleet-sim` (release), makes a signed bundle around
+an ONNX model of about B MB (one MatMul with a large initializer), starts
+`ferry server --quic` on loopback, enrolls N devices in one simulator process
+(each with its own key, certificate and QUIC connection), waits until all are
+connected, then deploys and reports:
+
+  deploy -> all N verified and activated (simulator's clock)
+  deploy -> the control plane shows all N active (polled every 0.25 s)
+  the server's CPU seconds over that window and its peak RSS (VmHWM)
+
+Then one device and a --single-mb bundle over one connection, for the
+single-connection transfer rate (deploy to verified activation, so it
+includes the desired-state push, the download to disk and a SHA-256 pass).
+With --quinn it also runs quinn's own bulk benchmark (large_data_1_stream,
+from the quinn crate's source in the Cargo registry, built in
+target/quinn-bench) for comparison on the same machine.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REL = os.environ.get("FERRY_BENCH_BIN", os.path.join(ROOT, "target", "release"))
+WORK = os.path.join(ROOT, "target", "fleet-bench")
+ADMIN = "fy_" + "0" * 62 + "b7"
+
+
+def sh(*args, env=None):
+    r = subprocess.run(list(args), capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def make_model(path, mb):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = max(1, int(mb * (1 << 20) / (30 * 4)))
+    w = np.random.default_rng(0).standard_normal((30, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["output"])], "big",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+class Proc:
+    """A child whose stdout lines are collected in the background."""
+
+    def __init__(self, args, env=None, log=None):
+        err = open(log, "w") if log else subprocess.DEVNULL
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        self.lines = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            with self.cv:
+                self.lines.append(line.rstrip("\n"))
+                self.cv.notify_all()
+
+    def wait_line(self, prefix, timeout=600):
+        until = time.time() + timeout
+        with self.cv:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line[len(prefix):].strip()
+                if self.p.poll() is not None and not any(l.startswith(prefix) for l in self.lines):
+                    sys.exit(f"{self.p.args[0]} exited ({self.p.returncode}) before {prefix!r}: {self.lines[-5:]}")
+                left = until - time.time()
+                if left <= 0:
+                    sys.exit(f"timed out waiting for {prefix!r}")
+                self.cv.wait(min(left, 1.0))
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(devices, mb, label):
+    work = os.path.join(WORK, label)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    ferry = os.path.join(REL, "ferry")
+    env = dict(os.environ, HOME=work, FERRY_BOOTSTRAP_TOKEN=ADMIN)
+    for name in ["root", "pub"]:
+        sh(ferry, "key", "generate", "--out", f"{work}/keys", "--name", name)
+    sh(ferry, "trust", "init", "--root-key", f"{work}/keys/root.key", "--publisher",
+       f"{work}/keys/pub.pub", "--tenant", "default", "--out", f"{work}/trust.root")
+    make_model(f"{work}/big.onnx", mb)
+    sh(ferry, "bundle", "build", f"{work}/big.onnx", "--name", "big", "--version", "1",
+       "--sign-with", f"{work}/keys/pub.key", "--out", f"{work}/big.ferry")
+    size = os.path.getsize(f"{work}/big.ferry")
+
+    server = Proc([ferry, "server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0",
+                   "--no-mqtt", "--data", f"{work}/server"], env=dict(env, FERRY_LOG=os.environ.get("SIM_LOG", "warn")), log=f"{work}/server.log")
+    sim = None
+    try:
+        url = server.wait_line("ferry server listening on ").split()[0]
+        quic = server.wait_line("ferry fleet listening on quic://")
+        cenv = dict(env, FERRY_SERVER=url, FERRY_TOKEN=ADMIN)
+        cli = lambda *a: sh(ferry, *a, env=cenv)
+        cli("trust", "push", f"{work}/trust.root")
+        cli("model", "push", f"{work}/big.ferry")
+        tok = json.loads(cli("device", "token", "create", "--labels", "fleet=sim", "--uses",
+                             str(devices), "--ca-out", f"{work}/ca.pem", "--json"))["token"]
+        t = time.time()
+        sim = Proc([os.path.join(REL, "ferry-fleet-sim"), "--server", quic, "--token", tok,
+                    "--ca", f"{work}/ca.pem", "--dir", f"{work}/sim", "--devices", str(devices),
+                    "--timeout-secs", os.environ.get("SIM_TIMEOUT", "600")],
+                   env=dict(os.environ, FERRY_LOG=os.environ.get("SIM_LOG", "warn")), log=f"{work}/sim.log")
+        sim.wait_line("running ")
+        while True:
+            v = json.loads(cli("device", "list", "--json"))
+            if sum(1 for d in v["devices"] if d.get("connected")) >= devices:
+                break
+            time.sleep(0.5)
+        print(f"[{label}] {devices} devices enrolled and connected in {time.time() - t:.1f}s",
+              file=sys.stderr)
+        pid = server.p.pid
+        cpu0 = cpu_seconds(pid)
+        t0 = time.time()
+        dep = json.loads(cli("deploy", "big", "--version", "1", "--selector", "fleet=sim",
+                             "--json"))["id"]
+        line = sim.wait_line("activated=")
+        sim_done = float(re.search(r"at=([0-9.]+)", line).group(1))
+        while True:
+            v = json.loads(cli("deployments", dep, "--json"))
+            if v.get("summary", {}).get("active", 0) >= devices:
+                break
+            time.sleep(0.25)
+        cp_done = time.time()
+        cpu = cpu_seconds(pid) - cpu0
+        return {
+            "devices": devices,
+            "bundle_bytes": size,
+            "deploy_to_all_activated_s": round(sim_done - t0, 2),
+            "deploy_to_control_plane_all_active_s": round(cp_done - t0, 2),
+            "server_cpu_s": round(cpu, 2),
+            "server_cpu_share_of_2_cores": round(cpu / (cp_done - t0) / 2, 2),
+            "server_peak_rss_mb": round(peak_rss_mb(pid), 1),
+            "aggregate_mb_per_s": round(devices * size / (1 << 20) / (sim_done - t0), 1),
+        }
+    finally:
+        if sim:
+            sim.stop()
+        server.stop()
+
+
+def quinn_bulk():
+    import glob
+    src = sorted(glob.glob(os.path.expanduser("~/.cargo/registry/src/*/quinn-0.11.*/")))
+    if not src:
+        return "quinn source not in the Cargo registry"
+    dst = os.path.join(ROOT, "target", "quinn-bench")
+    if not os.path.exists(dst):
+        shutil.copytree(src[-1], dst)
+    r = subprocess.run(["cargo", "bench", "--bench", "bench", "--features", "rustls-ring", "--",
+                        "large_data_1_stream"], cwd=dst, capture_output=True, text=True)
+    m = re.search(r"large_data_1_stream\s+bench:.*?= (\d+) MB/s", r.stdout)
+    return f"{m.group(1)} MB/s" if m else (r.stdout + r.stderr)[-800:]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--mb", type=float, default=5)
+    ap.add_argument("--single-mb", type=float, default=100)
+    ap.add_argument("--quinn", action="store_true")
+    a = ap.parse_args()
+    if "FERRY_BENCH_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry", "--bin", "ferry",
+                        "-p", "ferry-e2e", "--bin", "ferry-fleet-sim"], cwd=ROOT, check=True)
+    fleet = run(a.devices, a.mb, "fleet")
+    print(json.dumps(fleet, indent=2))
+    single = run(1, a.single_mb, "single")
+    single["single_connection_mb_per_s"] = single.pop("aggregate_mb_per_s")
+    print(json.dumps(single, indent=2))
+    if a.quinn:
+        print(f"quinn large_data_1_stream (its own benchmark, same machine): {quinn_bulk()}")
+
+
+if __name__ == "__main__":
+    main()

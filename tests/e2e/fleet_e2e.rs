@@ -1,0 +1,496 @@
+//! Fleet distribution end to end: a real `ferry server --quic` process and
+//! real enrolled `ferry-agent` processes on loopback.
+#![allow(clippy::unwrap_used)]
+
+use ferry_e2e::fleet::{wait_for, Agent, Keys, Server};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn state_of(server: &Server, dep: &str, device: &str) -> (String, String) {
+    let v = server.deployment(dep);
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device)
+        .map(|d| {
+            (
+                d["state"].as_str().unwrap_or_default().to_string(),
+                d["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn wait_state(server: &Server, dep: &str, device: &str, want: &str) -> String {
+    wait_for(&format!("{device} {want} in {dep}"), LONG, || {
+        let (s, d) = state_of(server, dep, device);
+        (s == want).then_some(d)
+    })
+}
+
+fn deploy(server: &Server, model: &str, version: &str, selector: &str) -> String {
+    let v = server.json(&[
+        "deploy",
+        model,
+        "--version",
+        version,
+        "--selector",
+        selector,
+    ]);
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn refused_audit(server: &Server, action: &str, needle: &str) -> Value {
+    wait_for(
+        &format!("audit {action} refused with {needle}"),
+        LONG,
+        || {
+            server.audit(action).into_iter().find(|r| {
+                r["outcome"] == "refused" && r["detail"].as_str().unwrap_or("").contains(needle)
+            })
+        },
+    )
+}
+
+#[test]
+fn enroll_deploy_promote_and_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let good1 = keys.bundle("fraud", 1, "pub", &[]);
+    let good2 = keys.bundle("fraud", 2, "pub", &[]);
+    let tampered = keys.bundle("tampered", 1, "pub", &[]);
+    let arm = keys.bundle("armonly", 1, "pub", &["--arch", "aarch64"]);
+    let newkey = keys.bundle("newkey", 1, "pub2", &[]);
+    let other = keys.bundle("elsewhere", 1, "pub", &[]);
+
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("FERRY_TEST_CORRUPT_MODEL", "tampered")],
+    );
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    for b in [&good1, &good2, &tampered, &arm, &other] {
+        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+
+    // --- enrollment: 3 devices, keys generated on the devices.
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=berlin,hw=rpi4",
+        "--expires",
+        "1h",
+        "--uses",
+        "3",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let token = tok["token"].as_str().unwrap().to_string();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let data = tmp.path().join(format!("agent{i}"));
+        let id = Agent::enroll(&server, &token, &ca, &data);
+        assert!(data.join("fleet/device.key").exists());
+        assert!(data.join("fleet/trust.root").exists());
+        agents.push(Agent::start(&data, &id, &[]));
+    }
+    // A fourth use of a 3-use token is refused.
+    let out = ferry_e2e::fleet::run(
+        std::process::Command::new(ferry_e2e::fleet::bin("ferry-agent"))
+            .args([
+                "enroll",
+                "--server",
+                &server.quic,
+                "--token",
+                &token,
+                "--ca",
+            ])
+            .arg(&ca)
+            .arg("--data")
+            .arg(tmp.path().join("agent-extra")),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already used up"));
+
+    // --- deploy v1 to site=berlin: all three serve it.
+    let d1 = deploy(&server, "fraud", "1", "site=berlin");
+    for a in &agents {
+        wait_state(&server, &d1, &a.device_id, "active");
+        let (status, v) = a.infer("fraud");
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["model_version"], "1");
+    }
+
+    // --- promote v2 under traffic: no failed request, all switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for a in &agents {
+        let addr = a.addr.clone();
+        let (stop, failures, total) = (stop.clone(), failures.clone(), total.clone());
+        load.push(std::thread::spawn(move || {
+            let probe = Agent {
+                proc: None,
+                data: Default::default(),
+                addr,
+                device_id: String::new(),
+                extra: vec![],
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let (s, _) = probe.infer("fraud");
+                total.fetch_add(1, Ordering::Relaxed);
+                if s != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let d2 = deploy(&server, "fraud", "2", "site=berlin");
+    for a in &agents {
+        wait_state(&server, &d2, &a.device_id, "active");
+        wait_for("v2 answering", LONG, || {
+            (a.infer("fraud").1["model_version"] == "2").then_some(())
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(total.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the swap"
+    );
+    assert_eq!(server.deployment(&d1)["devices"][0]["state"], "superseded");
+
+    // --- refusals, each with a reason in the report and an audit record.
+    let a0 = &agents[0];
+    // Tampered bytes (the server's test hook flips the last byte).
+    let dt = deploy(&server, "tampered", "1", "site=berlin");
+    let detail = wait_state(&server, &dt, &a0.device_id, "failed");
+    assert!(detail.starts_with("digest_mismatch"), "{detail}");
+    refused_audit(&server, "device.activate", "digest_mismatch");
+    // Wrong architecture.
+    let da = deploy(&server, "armonly", "1", "site=berlin");
+    let detail = wait_state(&server, &da, &a0.device_id, "failed");
+    assert!(detail.starts_with("wrong_architecture"), "{detail}");
+    refused_audit(&server, "device.activate", "wrong_architecture");
+    // Signed by a key the device's trust root does not know: the tenant
+    // moved to a v2 root with a new publisher the devices were not given.
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v2.root").to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", newkey.to_str().unwrap()]));
+    let dk = deploy(&server, "newkey", "1", "site=berlin");
+    let detail = wait_state(&server, &dk, &a0.device_id, "failed");
+    assert!(detail.starts_with("unknown_key"), "{detail}");
+    refused_audit(&server, "device.activate", "unknown_key");
+    // The refused bundles never displaced what serves.
+    for a in &agents {
+        assert_eq!(a.infer("fraud").1["model_version"], "2");
+        assert_eq!(a.infer("tampered").0, 404);
+    }
+
+    // A device asking for a bundle not assigned to it.
+    let elsewhere = server.json(&["model", "show", "elsewhere"]);
+    let digest = elsewhere["versions"][0]["digest"]
+        .as_str()
+        .or(elsewhere["latest"]["digest"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let v = server.json(&["model", "versions", "elsewhere"]);
+            v["versions"][0]["digest"].as_str().unwrap().to_string()
+        });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = rt
+        .block_on(ferry_agent::fleet::client::probe_fetch(
+            &a0.data,
+            ferry_protocol::keys::Digest::from_hex(&digest).unwrap(),
+        ))
+        .unwrap();
+    let reason = answer.unwrap_err();
+    assert!(reason.contains("not assigned"), "{reason}");
+    refused_audit(&server, "device.fetch", "not assigned");
+
+    // --- revocation: the connection is closed, reconnects are refused, the
+    // device keeps serving what it has.
+    let victim = &agents[2];
+    ferry_e2e::fleet::ok(&mut server.cli(&["device", "revoke", &victim.device_id]));
+    refused_audit(&server, "device.connect", "revoked");
+    let devs = server.json(&["device", "list"]);
+    let row = devs["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == victim.device_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["connected"], false);
+    assert_eq!(victim.infer("fraud").1["model_version"], "2");
+
+    // --- labels: moving a device out of the selector takes the model away
+    // from it (and only from it); undeploy takes it from the rest. The
+    // revoked device, cut off, keeps serving what it has.
+    let moved = &agents[1];
+    ferry_e2e::fleet::ok(&mut server.cli(&["device", "label", &moved.device_id, "site=paris"]));
+    wait_for("relabelled device unloads fraud", LONG, || {
+        (moved.infer("fraud").0 == 404).then_some(())
+    });
+    let rows = server.deployment(&d2)["devices"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        rows.iter().all(|r| r["device"] != moved.device_id.as_str()),
+        "{rows:?}"
+    );
+    assert_eq!(a0.infer("fraud").1["model_version"], "2");
+    // v1's deployment is still live underneath (superseded): remove it
+    // first, or removing v2's would fall back to it.
+    ferry_e2e::fleet::ok(&mut server.cli(&["undeploy", &d1]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["undeploy", &d2]));
+    wait_for("undeployed model unloads", LONG, || {
+        (a0.infer("fraud").0 == 404).then_some(())
+    });
+    assert_eq!(victim.infer("fraud").1["model_version"], "2");
+}
+
+/// A download cut at half way by killing the agent resumes from where it
+/// stopped; then kill -9 at random points of downloads and activations,
+/// 20 times, never leaves a partial or unverified model active.
+#[test]
+fn resume_after_kill_and_kill9_never_activates_a_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("FERRY_FLEET_CHUNK_BYTES", "256")],
+    );
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    let bundles: Vec<_> = (1..=21)
+        .map(|v| keys.bundle("slow", v, "pub", &[]))
+        .collect();
+    for b in &bundles {
+        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+    let size = std::fs::metadata(&bundles[0]).unwrap().len();
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=x",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let data = tmp.path().join("agent");
+    let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+    // About four seconds per bundle at this rate.
+    let rate = (size / 4).max(256).to_string();
+    let mut agent = Agent::start(&data, &id, &["--fleet-max-bytes-per-sec", &rate]);
+
+    // --- cut at >= 50 %, kill, restart: it resumes.
+    let d1 = deploy(&server, "slow", "1", "site=x");
+    let partial_dir = data.join("fleet/partial");
+    wait_for("half of the bundle on disk", LONG, || {
+        let n: u64 = std::fs::read_dir(&partial_dir)
+            .ok()?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        (n >= size / 2).then_some(())
+    });
+    agent.kill();
+    agent.restart();
+    wait_state(&server, &d1, &id, "active");
+    let resumed = wait_for("a resumed fetch in the audit trail", LONG, || {
+        server.audit("device.fetch").into_iter().find(|r| {
+            r["outcome"] == "ok"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("resumed at byte")
+        })
+    });
+    let at: u64 = resumed["detail"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at >= size / 2, "resumed at {at} of {size}");
+    assert_eq!(agent.infer("slow").1["model_version"], "1");
+
+    // --- kill -9 at random points of later downloads and activations.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for v in 2..=21u64 {
+        deploy(&server, "slow", &v.to_string(), "site=x");
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 5000));
+        agent.kill();
+        // Whatever is in the store and active must be complete and verified.
+        let state: Value = std::fs::read(data.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if let Some(active) = state["models"]["slow"]["champion"].as_u64() {
+            let stored = data.join(format!("models/slow/{active:020}.ferry"));
+            ferry_e2e::fleet::ok(&mut ferry_e2e::fleet::ferry(&[
+                "bundle",
+                "verify",
+                stored.to_str().unwrap(),
+                "--trust",
+                keys.path("v1.root").to_str().unwrap(),
+            ]));
+        }
+        agent.restart();
+        let (status, body) = agent.infer("slow");
+        assert_eq!(status, 200, "after kill {v}: {body}");
+    }
+    // In the end the last deployment becomes active.
+    let last = server.json(&["deployments"])["deployments"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&server, &last, &id, "active");
+    assert_eq!(agent.infer("slow").1["model_version"], "21");
+}
+
+/// Replayed and expired desired-state documents are refused by the agent,
+/// reported, and audited at the control plane.
+#[test]
+fn replayed_and_expired_desired_state_are_refused_and_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let bundle = keys.bundle("fraud", 1, "pub", &[]);
+    for (name, env, code) in [
+        (
+            "replay",
+            ("FERRY_TEST_REPLAY_DESIRED", "1"),
+            "replayed_desired_state",
+        ),
+        (
+            "expired",
+            ("FERRY_FLEET_DESIRED_TTL", "0"),
+            "expired_desired_state",
+        ),
+    ] {
+        let server = Server::start(&tmp.path().join(format!("server-{name}")), &[env]);
+        ferry_e2e::fleet::ok(&mut server.cli(&[
+            "trust",
+            "push",
+            keys.path("v1.root").to_str().unwrap(),
+        ]));
+        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+        let ca = tmp.path().join(format!("ca-{name}.pem"));
+        let tok = server.json(&[
+            "device",
+            "token",
+            "create",
+            "--ca-out",
+            ca.to_str().unwrap(),
+        ]);
+        let data = tmp.path().join(format!("agent-{name}"));
+        let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+        let agent = Agent::start(&data, &id, &[]);
+        deploy(&server, "fraud", "1", "");
+        let rec = refused_audit(&server, "device.desired_state", code);
+        assert_eq!(rec["actor"], format!("device {id}"));
+        if name == "replay" {
+            // The fresh state was applied; only the replay was refused.
+            wait_for("v1 serving", LONG, || {
+                (agent.infer("fraud").0 == 200).then_some(())
+            });
+        } else {
+            // Nothing from an expired state was acted on.
+            assert_eq!(agent.infer("fraud").0, 404);
+        }
+    }
+}
+
+/// The fleet simulator (the 1,000-agent benchmark's tool) at a size a test
+/// can afford: every simulated device enrolls, downloads, verifies and
+/// reports, and the control plane sees all of them active.
+#[test]
+fn fleet_simulator_devices_all_report_active() {
+    const N: usize = 25;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let bundle = keys.bundle("fraud", 1, "pub", &[]);
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "fleet=sim",
+        "--uses",
+        &N.to_string(),
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let mut cmd = std::process::Command::new(ferry_e2e::fleet::bin("ferry-fleet-sim"));
+    cmd.args(["--server", &server.quic, "--token"])
+        .arg(tok["token"].as_str().unwrap())
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--dir")
+        .arg(tmp.path().join("sim"))
+        .args(["--devices", &N.to_string(), "--timeout-secs", "120"]);
+    let (mut sim, _) = ferry_e2e::fleet::spawn_until(cmd, &["running "]);
+    wait_for("all simulated devices connected", LONG, || {
+        let v = server.json(&["device", "list"]);
+        let n = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["connected"] == true)
+            .count();
+        (n == N).then_some(())
+    });
+    let dep = deploy(&server, "fraud", "1", "fleet=sim");
+    wait_for("control plane sees every device active", LONG, || {
+        let v = server.deployment(&dep);
+        (v["summary"]["active"] == N as u64).then_some(())
+    });
+    // Still running (it stays up until told to stop), with no failure.
+    assert!(sim.child.try_wait().unwrap().is_none());
+}

@@ -1,0 +1,359 @@
+//! Fleet end-to-end harness: a `ferry server --quic` process, enrolled
+//! `ferry-agent` processes, keys/trust roots/bundles made by the real CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "fy_00000000000000000000000000000000000000000000000000000000000000a1";
+
+/// `target/debug` (or the profile dir) holding the product binaries:
+/// the test executable lives in its `deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    // This crate's own copies of the binaries (built with the test from the
+    // same sources) first; the product binaries otherwise.
+    let mut p = dir.join(format!("e2e-{name}"));
+    if !p.exists() {
+        p = dir.join(name);
+    }
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo test --workspace` builds it; alone, run `cargo build -p ferry -p ferry-agent --bins` first",
+        p.display()
+    );
+    p
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn ferry(args: &[&str]) -> Command {
+    let mut c = Command::new(bin("ferry"));
+    c.args(args);
+    c
+}
+
+/// Waits for `cond` (polling), panicking with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `cmd` and reads stdout until a line starting with each of
+/// `prefixes` appeared; returns the rest of those lines.
+pub fn spawn_until(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found = vec![String::new(); prefixes.len()];
+    let mut left = prefixes.len();
+    while left > 0 {
+        match lines.next() {
+            Some(Ok(line)) => {
+                for (i, p) in prefixes.iter().enumerate() {
+                    if let Some(rest) = line.strip_prefix(p) {
+                        found[i] = rest.trim().to_string();
+                        left -= 1;
+                    }
+                }
+            }
+            _ => {
+                let status = child.wait().unwrap();
+                panic!("{cmd:?} exited before printing {prefixes:?}: {status}");
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc { child }, found)
+}
+
+pub struct Server {
+    pub proc: Proc,
+    pub url: String,
+    pub quic: String,
+    pub data: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(bin("ferry"));
+        cmd.args([
+            "server",
+            "--http",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data)
+        .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
+        .env_remove("FERRY_TEST_CORRUPT_MODEL");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (proc, found) = spawn_until(
+            cmd,
+            &[
+                "ferry server listening on ",
+                "ferry fleet listening on quic://",
+            ],
+        );
+        Server {
+            proc,
+            url: found[0].split_whitespace().next().unwrap().to_string(),
+            quic: found[1].clone(),
+            data: data.to_path_buf(),
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("ferry"));
+        c.args(args)
+            .env("FERRY_SERVER", &self.url)
+            .env("FERRY_TOKEN", ADMIN)
+            .env("HOME", &self.data);
+        c
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&ok(&mut self.cli(&a))).unwrap()
+    }
+
+    /// Per-device state of a deployment.
+    pub fn deployment(&self, id: &str) -> Value {
+        self.json(&["deployments", id])
+    }
+
+    /// Audit records with `action`.
+    pub fn audit(&self, action: &str) -> Vec<Value> {
+        let out = ok(&mut self.cli(&[
+            "audit", "list", "--json", "--limit", "1000", "--action", action,
+        ]));
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        match v {
+            Value::Array(a) => a,
+            Value::Object(ref o) => o
+                .get("records")
+                .and_then(|r| r.as_array().cloned())
+                .unwrap_or_default(),
+            _ => vec![],
+        }
+    }
+}
+
+/// Keys, trust roots and bundles made by the `ferry` CLI.
+pub struct Keys {
+    pub dir: PathBuf,
+}
+
+impl Keys {
+    pub fn new(dir: &Path) -> Keys {
+        let keys = dir.join("keys");
+        for name in ["root", "pub", "pub2"] {
+            ok(&mut ferry(&[
+                "key",
+                "generate",
+                "--out",
+                keys.to_str().unwrap(),
+                "--name",
+                name,
+            ]));
+        }
+        let k = Keys {
+            dir: dir.to_path_buf(),
+        };
+        for (version, publisher, out) in [("1", "pub", "v1.root"), ("2", "pub2", "v2.root")] {
+            ok(&mut ferry(&[
+                "trust",
+                "init",
+                "--root-key",
+                k.path("keys/root.key").to_str().unwrap(),
+                "--publisher",
+                k.path(&format!("keys/{publisher}.pub")).to_str().unwrap(),
+                "--tenant",
+                "default",
+                "--version",
+                version,
+                "--out",
+                k.path(out).to_str().unwrap(),
+            ]));
+        }
+        k
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A bc_logreg bundle named `model` at `version` signed by `key`, with
+    /// its test vectors and `extra` build flags.
+    pub fn bundle(&self, model: &str, version: u64, key: &str, extra: &[&str]) -> PathBuf {
+        let out = self.path(&format!("{model}-{version}-{key}.ferry"));
+        let mut args: Vec<String> = vec![
+            "bundle".into(),
+            "build".into(),
+            fixtures().join("bc_logreg.onnx").display().to_string(),
+            "--name".into(),
+            model.into(),
+            "--version".into(),
+            version.to_string(),
+            "--test-vectors".into(),
+            fixtures()
+                .join("bc_logreg.testvectors.json")
+                .display()
+                .to_string(),
+            "--sign-with".into(),
+            self.path(&format!("keys/{key}.key")).display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&mut ferry(&refs));
+        out
+    }
+}
+
+/// An enrolled agent process.
+pub struct Agent {
+    pub proc: Option<Proc>,
+    pub data: PathBuf,
+    pub addr: String,
+    pub device_id: String,
+    pub extra: Vec<String>,
+}
+
+impl Agent {
+    pub fn enroll(server: &Server, token: &str, ca: &Path, data: &Path) -> String {
+        let out = ok(Command::new(bin("ferry-agent"))
+            .args(["enroll", "--server", &server.quic, "--token", token, "--ca"])
+            .arg(ca)
+            .arg("--data")
+            .arg(data)
+            .args(["--hostname", "test-device"]));
+        out.split_whitespace()
+            .find(|w| w.starts_with("dev_"))
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn start(data: &Path, device_id: &str, extra: &[&str]) -> Agent {
+        let mut a = Agent {
+            proc: None,
+            data: data.to_path_buf(),
+            addr: String::new(),
+            device_id: device_id.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.restart();
+        a
+    }
+
+    pub fn restart(&mut self) {
+        self.proc = None;
+        let mut cmd = Command::new(bin("ferry-agent"));
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&self.data)
+            .args(&self.extra)
+            .env("FERRY_LOG", "info");
+        let (proc, found) = spawn_until(cmd, &["ferry-agent listening on http://"]);
+        self.proc = Some(proc);
+        self.addr = found[0].clone();
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(p) = &mut self.proc {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.proc = None;
+    }
+
+    pub fn infer(&self, model: &str) -> (u16, Value) {
+        let rows = reference_rows();
+        let body = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": rows[0]}]
+        });
+        http(
+            &self.addr,
+            "POST",
+            &format!("/v2/models/{model}/infer"),
+            &body.to_string(),
+        )
+    }
+}
+
+pub fn reference_rows() -> Vec<Value> {
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("bc_logreg.reference.json")).unwrap(),
+    )
+    .unwrap();
+    v["rows"].as_array().unwrap().clone()
+}
+
+/// A minimal HTTP/1.1 request over loopback; (status, JSON body).
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, Value::Null);
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, Value::Null);
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}

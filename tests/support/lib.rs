@@ -1,0 +1,3 @@
+//! Helpers for the end-to-end tests: locating binaries, free ports, fixtures.
+
+pub mod fleet;
