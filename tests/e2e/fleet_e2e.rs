@@ -439,23 +439,25 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
     }
 }
 
-/// The fleet simulator (the 1,000-agent benchmark's tool) at a size a test
-/// can afford: every simulated device enrolls, downloads, verifies and
-/// reports, and the control plane sees all of them active.
-#[test]
-fn fleet_simulator_devices_all_report_active() {
-    const N: usize = 25;
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = Keys::new(&tmp.path().join("k"));
+/// Runs `n` simulated devices (the 1,000-agent benchmark's tool) against a
+/// server started with `env`, deploys a bundle to them and waits until the
+/// control plane sees every one active. Returns the server and the
+/// simulator, still running.
+fn simulate_fleet(
+    tmp: &std::path::Path,
+    n: usize,
+    env: &[(&str, &str)],
+) -> (Server, ferry_e2e::fleet::Proc) {
+    let keys = Keys::new(&tmp.join("k"));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
-    let server = Server::start(&tmp.path().join("server"), &[]);
+    let server = Server::start(&tmp.join("server"), env);
     ferry_e2e::fleet::ok(&mut server.cli(&[
         "trust",
         "push",
         keys.path("v1.root").to_str().unwrap(),
     ]));
     ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
-    let ca = tmp.path().join("ca.pem");
+    let ca = tmp.join("ca.pem");
     let tok = server.json(&[
         "device",
         "token",
@@ -463,7 +465,7 @@ fn fleet_simulator_devices_all_report_active() {
         "--labels",
         "fleet=sim",
         "--uses",
-        &N.to_string(),
+        &n.to_string(),
         "--ca-out",
         ca.to_str().unwrap(),
     ]);
@@ -473,24 +475,60 @@ fn fleet_simulator_devices_all_report_active() {
         .arg("--ca")
         .arg(&ca)
         .arg("--dir")
-        .arg(tmp.path().join("sim"))
-        .args(["--devices", &N.to_string(), "--timeout-secs", "120"]);
-    let (mut sim, _) = ferry_e2e::fleet::spawn_until(cmd, &["running "]);
+        .arg(tmp.join("sim"))
+        .args(["--devices", &n.to_string(), "--timeout-secs", "120"]);
+    let (sim, _) = ferry_e2e::fleet::spawn_until(cmd, &["running "]);
     wait_for("all simulated devices connected", LONG, || {
         let v = server.json(&["device", "list"]);
-        let n = v["devices"]
+        let c = v["devices"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|d| d["connected"] == true)
             .count();
-        (n == N).then_some(())
+        (c == n).then_some(())
     });
     let dep = deploy(&server, "fraud", "1", "fleet=sim");
     wait_for("control plane sees every device active", LONG, || {
         let v = server.deployment(&dep);
-        (v["summary"]["active"] == N as u64).then_some(())
+        (v["summary"]["active"] == n as u64).then_some(())
     });
+    (server, sim)
+}
+
+/// The fleet simulator at a size a test can afford: every simulated device
+/// enrolls, downloads, verifies and reports, and the control plane sees all
+/// of them active.
+#[test]
+fn fleet_simulator_devices_all_report_active() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, mut sim) = simulate_fleet(tmp.path(), 25, &[]);
     // Still running (it stays up until told to stop), with no failure.
     assert!(sim.child.try_wait().unwrap().is_none());
+}
+
+/// The server's cap on concurrent downloads holds: twelve devices fetch at
+/// once through two slots (small chunks keep each download open a while),
+/// all of them finish, and no more than two were ever served together.
+#[test]
+fn server_caps_concurrent_downloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, mut sim) = simulate_fleet(
+        tmp.path(),
+        12,
+        &[
+            ("FERRY_FLEET_MAX_DOWNLOADS", "2"),
+            ("FERRY_FLEET_CHUNK_BYTES", "256"),
+        ],
+    );
+    assert!(sim.child.try_wait().unwrap().is_none());
+    let v = server.json(&["device", "list"]);
+    let dl = &v["downloads"];
+    assert_eq!(dl["limit"], 2, "{v}");
+    let peak = dl["peak"].as_u64().unwrap();
+    assert!((1..=2).contains(&peak), "peak {peak} over the cap: {v}");
+    wait_for("every download slot released", LONG, || {
+        let v = server.json(&["device", "list"]);
+        (v["downloads"]["in_flight"] == 0).then_some(())
+    });
 }

@@ -414,7 +414,7 @@ fn parse_alias(s: &str) -> ApiResult<String> {
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "request body is empty; expected JSON",
@@ -1453,7 +1453,12 @@ mod tests {
     fn openapi_lists_every_route() {
         let spec: Value = serde_json::from_str(OPENAPI).unwrap();
         let paths = spec["paths"].as_object().unwrap();
-        for (method, path) in ROUTES {
+        let all: Vec<(&str, &str)> = ROUTES
+            .iter()
+            .chain(crate::fleet::api::ROUTES)
+            .copied()
+            .collect();
+        for (method, path) in &all {
             let item = paths
                 .get(*path)
                 .unwrap_or_else(|| panic!("{path} missing from openapi.json"));
@@ -1468,12 +1473,12 @@ mod tests {
                 if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
                     n += 1;
                     assert!(
-                        ROUTES.contains(&(method.to_uppercase().as_str(), path.as_str())),
+                        all.contains(&(method.to_uppercase().as_str(), path.as_str())),
                         "openapi.json lists {method} {path}, which is not a route"
                     );
                 }
             }
         }
-        assert_eq!(n, ROUTES.len());
+        assert_eq!(n, all.len());
     }
 }

@@ -169,6 +169,12 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                             d["labels"]
                         );
                     }
+                    if let Some(dl) = v.get("downloads") {
+                        println!(
+                            "downloads: {} in flight, peak {}, limit {}",
+                            dl["in_flight"], dl["peak"], dl["limit"]
+                        );
+                    }
                 }
             }
             DeviceCmd::Show { id } => {

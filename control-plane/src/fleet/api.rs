@@ -2,6 +2,7 @@
 //! Mounted beside the registry API under `/api/v1`.
 
 use super::{db, Fleet};
+use crate::api::json_body;
 use crate::api::{ApiError, AppState, Auth};
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::Role;
@@ -10,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -68,6 +70,22 @@ async fn ok_audit(st: &AppState, a: &Auth, action: &str, target: &str, detail: S
         tracing::error!(error = %e, action, "audit append failed");
     }
 }
+
+/// Every fleet route (method, path): the OpenAPI document and the fleet
+/// RBAC matrix test are checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/fleet/devices"),
+    ("POST", "/api/v1/fleet/devices/tokens"),
+    ("GET", "/api/v1/fleet/devices/ca.pem"),
+    ("GET", "/api/v1/fleet/devices/{id}"),
+    ("PUT", "/api/v1/fleet/devices/{id}/labels"),
+    ("POST", "/api/v1/fleet/devices/{id}/revoke"),
+    ("GET", "/api/v1/deployments"),
+    ("POST", "/api/v1/deployments"),
+    ("GET", "/api/v1/deployments/{id}"),
+    ("PATCH", "/api/v1/deployments/{id}"),
+    ("DELETE", "/api/v1/deployments/{id}"),
+];
 
 pub fn routes(fleet: Arc<Fleet>) -> Router<AppState> {
     let v1 = Router::new()
@@ -130,9 +148,10 @@ async fn create_token(
     a: Auth,
     State(st): State<AppState>,
     Extension(fleet): Extension<Arc<Fleet>>,
-    Json(req): Json<TokenReq>,
+    body: Bytes,
 ) -> Res {
     need(&st, &a, Role::Operator, "device.token.create").await?;
+    let req: TokenReq = json_body(&body)?;
     let labels = parse_labels(req.labels.as_ref())?;
     let now = crate::now_unix() as i64;
     let expires_at = now + req.expires_in.unwrap_or(86_400).min(365 * 86_400) as i64;
@@ -197,7 +216,12 @@ async fn list_devices(
             v
         })
         .collect();
-    Ok(Json(json!({ "devices": items })))
+    let mut body = json!({ "devices": items });
+    // Slot usage is server-wide (all tenants), so only admins see it.
+    if a.p.role >= Role::Admin {
+        body["downloads"] = json!(fleet.download_slots());
+    }
+    Ok(Json(body))
 }
 
 async fn show_device(
@@ -225,9 +249,10 @@ async fn set_labels(
     State(st): State<AppState>,
     Extension(fleet): Extension<Arc<Fleet>>,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    body: Bytes,
 ) -> Res {
     need(&st, &a, Role::Operator, "device.label").await?;
+    let body: Value = json_body(&body)?;
     let labels = parse_labels(body.get("labels"))?;
     db::set_labels(&st.store, &a.p.tenant, &id, &labels)
         .await
@@ -264,9 +289,10 @@ async fn create_deployment(
     a: Auth,
     State(st): State<AppState>,
     Extension(fleet): Extension<Arc<Fleet>>,
-    Json(req): Json<DeployReq>,
+    body: Bytes,
 ) -> Res {
     need(&st, &a, Role::Operator, "deployment.create").await?;
+    let req: DeployReq = json_body(&body)?;
     let selector = parse_labels(req.selector.as_ref())?;
     let version: i64 = match &req.version {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
@@ -409,9 +435,10 @@ async fn scale_deployment(
     State(st): State<AppState>,
     Extension(fleet): Extension<Arc<Fleet>>,
     Path(id): Path<String>,
-    Json(body): Json<Value>,
+    body: Bytes,
 ) -> Res {
     need(&st, &a, Role::Operator, "deployment.scale").await?;
+    let body: Value = json_body(&body)?;
     let selector = parse_labels(body.get("selector"))?;
     db::update_selector(&st.store, &a.p.tenant, &id, &selector)
         .await

@@ -25,7 +25,7 @@ use ferry_protocol::ModelName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use quic::ALPN;
@@ -45,6 +45,8 @@ pub enum FleetError {
     Tls(String),
     #[error("online key {path}: {reason}")]
     OnlineKey { path: PathBuf, reason: String },
+    #[error("the fleet service is shutting down")]
+    ShuttingDown,
 }
 
 /// Settings of the fleet endpoint.
@@ -115,6 +117,33 @@ pub struct Fleet {
     /// Assembled bundles by (tenant, manifest digest).
     bundles: tokio::sync::Mutex<BundleCache>,
     downloads: tokio::sync::Semaphore,
+    /// Downloads being served now, and the most ever served at once: what
+    /// an admin sees of the cap (`GET /api/v1/fleet/devices`).
+    downloads_in_flight: AtomicUsize,
+    downloads_peak: AtomicUsize,
+}
+
+/// Download slot usage, fleet-wide.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DownloadSlots {
+    pub limit: usize,
+    pub in_flight: usize,
+    pub peak: usize,
+}
+
+/// One served download: holds a permit of the cap and counts itself in
+/// `downloads_in_flight` until dropped.
+pub(crate) struct DownloadSlot<'a> {
+    fleet: &'a Fleet,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for DownloadSlot<'_> {
+    fn drop(&mut self) {
+        self.fleet
+            .downloads_in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn now_micros() -> u64 {
@@ -185,11 +214,36 @@ impl Fleet {
             connections: Mutex::new(HashMap::new()),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
             downloads: tokio::sync::Semaphore::new(permits),
+            downloads_in_flight: AtomicUsize::new(0),
+            downloads_peak: AtomicUsize::new(0),
         }))
     }
 
     pub fn online_public_key(&self) -> PublicKey {
         PublicKey::from_signing_key(&self.online)
+    }
+
+    /// Waits for a download slot under the fleet-wide cap.
+    pub(crate) async fn download_slot(&self) -> Result<DownloadSlot<'_>, FleetError> {
+        let permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| FleetError::ShuttingDown)?;
+        let now = self.downloads_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.downloads_peak.fetch_max(now, Ordering::SeqCst);
+        Ok(DownloadSlot {
+            fleet: self,
+            _permit: permit,
+        })
+    }
+
+    pub fn download_slots(&self) -> DownloadSlots {
+        DownloadSlots {
+            limit: self.opts.max_concurrent_downloads.max(1),
+            in_flight: self.downloads_in_flight.load(Ordering::SeqCst),
+            peak: self.downloads_peak.load(Ordering::SeqCst),
+        }
     }
 
     /// Tells every connection to recompute its desired state.

@@ -496,7 +496,7 @@ async fn fetch(
         let _ = s.finish();
         return Ok(());
     };
-    let _permit = fleet.downloads.acquire().await.map_err(|e| e.to_string())?;
+    let _slot = fleet.download_slot().await.map_err(|e| e.to_string())?;
     let bytes = match fleet
         .bundle_bytes(&device.tenant, a.model.as_str(), a.version as i64, &hexd)
         .await
