@@ -304,6 +304,9 @@ fn run(args: RunArgs) -> Result<()> {
             ),
             None => None,
         };
+        if let Some(t) = &telemetry {
+            agent.set_event_sink(t.events.clone());
+        }
         // An enrolled device keeps a session with its control plane; serving
         // never waits for it.
         let fleet = match crate::fleet::Identity::load(&cfg.data_dir)? {

@@ -244,7 +244,31 @@ pub struct Agent {
     keep_versions: usize,
     sample_threshold: u64,
     counter: AtomicU64,
+    /// Activations, refusals, rollbacks and unloads for the telemetry
+    /// events topic.
+    events: Mutex<Events>,
 }
+
+/// One activation-path outcome, as the events topic reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceEvent {
+    /// `activated`, `refused`, `rolled_back` or `unloaded`.
+    pub kind: &'static str,
+    pub model: Option<String>,
+    pub version: Option<u64>,
+    pub detail: String,
+}
+
+/// Where events go: held until telemetry starts (side-loads happen before
+/// it does), then straight to its outbox.
+enum Events {
+    Pending(Vec<DeviceEvent>),
+    Live(Arc<dyn Fn(DeviceEvent) + Send + Sync>),
+}
+
+/// Events held before telemetry starts; more are dropped (without a broker
+/// nobody reads them).
+const MAX_PENDING_EVENTS: usize = 100;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -467,9 +491,42 @@ impl Agent {
             keep_versions: opts.keep_versions.max(1),
             sample_threshold: (rate * u64::MAX as f64) as u64,
             counter: AtomicU64::new(0),
+            events: Mutex::new(Events::Pending(Vec::new())),
         });
         agent.reload_from_state();
         Ok(agent)
+    }
+
+    /// Sends every later activation-path event to `sink`, after the ones
+    /// held so far.
+    pub fn set_event_sink(&self, sink: Arc<dyn Fn(DeviceEvent) + Send + Sync>) {
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Events::Pending(held) = &mut *g {
+            for e in held.drain(..) {
+                sink(e);
+            }
+        }
+        *g = Events::Live(sink);
+    }
+
+    fn event(&self, kind: &'static str, model: Option<&str>, version: Option<u64>, detail: String) {
+        self.record_event(DeviceEvent {
+            kind,
+            model: model.map(str::to_string),
+            version,
+            detail,
+        });
+    }
+
+    /// Reports an activation-path outcome decided outside `install` (the
+    /// fleet client refuses some bundles before installing them).
+    pub fn record_event(&self, e: DeviceEvent) {
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *g {
+            Events::Pending(held) if held.len() < MAX_PENDING_EVENTS => held.push(e),
+            Events::Pending(_) => {}
+            Events::Live(sink) => sink(e),
+        }
     }
 
     fn admin(&self) -> std::sync::MutexGuard<'_, Admin> {
@@ -598,6 +655,18 @@ impl Agent {
         fs::copy(bundle, &tmp).map_err(io_err("copying bundle", bundle))?;
         let result = self.install_verified_copy(&tmp, role, split);
         let _ = fs::remove_file(&tmp);
+        match &result {
+            Ok(a) => self.event(
+                "activated",
+                Some(&a.model),
+                Some(a.version),
+                match a.previous {
+                    Some(p) => format!("{}, previous v{p}", a.role.as_str()),
+                    None => a.role.as_str().to_string(),
+                },
+            ),
+            Err(e) => self.event("refused", None, None, format!("{}: {e}", e.code())),
+        }
         result
     }
 
@@ -728,6 +797,12 @@ impl Agent {
         self.save_state(&admin)?;
         self.publish(&admin);
         tracing::info!(model, version = target, ?previous, "rolled back");
+        self.event(
+            "rolled_back",
+            Some(model),
+            Some(target),
+            previous.map(|p| format!("from v{p}")).unwrap_or_default(),
+        );
         Ok(Activated {
             model: model.into(),
             version: target,
@@ -773,6 +848,7 @@ impl Agent {
         self.save_state(&admin)?;
         self.publish(&admin);
         tracing::info!(model, "unloaded");
+        self.event("unloaded", Some(model), None, String::new());
         Ok(())
     }
 

@@ -295,3 +295,51 @@ fn shadow_sees_every_request_and_never_answers() {
     );
     assert!(agent.table().models["m"].shadow.is_none());
 }
+
+/// Activations, refusals, rollbacks and unloads reach the event sink (the
+/// telemetry events topic), in order; those before the sink was set are
+/// held and delivered first.
+#[test]
+fn activation_path_events_reach_the_sink_in_order() {
+    use ferry_agent::serving::DeviceEvent;
+    use std::sync::Mutex;
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    let v1 = keys.bundle("bc_logreg", "m", 1);
+    let v2 = keys.bundle("bc_logreg", "m", 2);
+    // Held: no sink yet (side-loads run before telemetry starts).
+    agent.install(&v1, Role::Champion, None).unwrap();
+    let got = Arc::new(Mutex::new(Vec::<DeviceEvent>::new()));
+    let g = got.clone();
+    agent.set_event_sink(Arc::new(move |e| g.lock().unwrap().push(e)));
+    agent.install(&v2, Role::Champion, None).unwrap();
+    let mut tampered = std::fs::read(&v2).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let bad = data.path().join("tampered.ferry");
+    std::fs::write(&bad, &tampered).unwrap();
+    assert!(agent.install(&bad, Role::Champion, None).is_err());
+    agent.rollback("m").unwrap();
+    agent.unload("m").unwrap();
+    let got = got.lock().unwrap().clone();
+    let kinds: Vec<_> = got
+        .iter()
+        .map(|e| (e.kind, e.model.clone(), e.version))
+        .collect();
+    let m = || Some("m".to_string());
+    assert_eq!(
+        kinds,
+        vec![
+            ("activated", m(), Some(1)),
+            ("activated", m(), Some(2)),
+            ("refused", None, None),
+            ("rolled_back", m(), Some(1)),
+            ("unloaded", m(), None),
+        ]
+    );
+    assert_eq!(got[0].detail, "champion");
+    assert_eq!(got[1].detail, "champion, previous v1");
+    assert!(got[2].detail.contains(':'), "{}", got[2].detail);
+    assert_eq!(got[3].detail, "from v2");
+}

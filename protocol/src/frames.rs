@@ -73,6 +73,7 @@ pub enum AgentFrame {
     Enroll {
         protocol: u16,
         token: String,
+        #[serde(with = "serde_bytes")]
         public_key: Vec<u8>,
         hostname: String,
     },
@@ -99,6 +100,9 @@ pub enum ServerFrame {
     Chunk {
         digest: Digest,
         offset: u64,
+        // As bytes, not a sequence of u8: the same postcard wire format
+        // (length, then the bytes), copied in one go instead of byte by byte.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     FetchRefused {
@@ -114,8 +118,11 @@ pub enum ServerFrame {
     Enrolled {
         device_id: String,
         tenant: String,
+        #[serde(with = "serde_bytes")]
         certificate: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         ca_certificate: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         trust_root: Vec<u8>,
         online_key: PublicKey,
     },
@@ -169,6 +176,9 @@ pub enum FrameError {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// Start of the unread bytes in `buf` (consumed frames are dropped in
+    /// bulk, not moved after every frame).
+    start: usize,
 }
 
 impl FrameReader {
@@ -177,27 +187,36 @@ impl FrameReader {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete frame's bytes, if one has arrived. A declared
     /// length over [`FRAME_LIMIT`] is an error (the stream must be dropped).
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < 4 {
+        let b = &self.buf[self.start..];
+        if b.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len > FRAME_LIMIT {
             return Err(FrameError::TooLarge {
                 len,
                 limit: FRAME_LIMIT,
             });
         }
-        if self.buf.len() < 4 + len {
+        if b.len() < 4 + len {
             return Ok(None);
         }
-        let frame = self.buf[4..4 + len].to_vec();
-        self.buf.drain(..4 + len);
+        let frame = b[4..4 + len].to_vec();
+        self.start += 4 + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         Ok(Some(frame))
     }
 }
@@ -205,6 +224,35 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte fields keep postcard's sequence encoding (a varint length, then
+    /// the bytes), so agents and servers of either encoding interoperate.
+    #[test]
+    fn byte_fields_keep_the_sequence_wire_format() {
+        #[derive(Serialize)]
+        enum OldServerFrame {
+            _DesiredState(SignedDesiredState),
+            Chunk {
+                digest: Digest,
+                offset: u64,
+                data: Vec<u8>,
+            },
+        }
+        let digest = crate::keys::sha256(b"x");
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let old = encoding::encode(&OldServerFrame::Chunk {
+            digest,
+            offset: 5,
+            data: data.clone(),
+        });
+        let new = ServerFrame::Chunk {
+            digest,
+            offset: 5,
+            data,
+        };
+        assert_eq!(new.encode(), old);
+        assert_eq!(ServerFrame::decode(&old).unwrap(), new);
+    }
 
     #[test]
     fn frames_round_trip_through_the_reader_in_any_split() {

@@ -65,6 +65,90 @@ pub fn is_topic_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// An MQTT broker address: `mqtt://[user[:pass]@]host[:port]` (also
+/// `tcp://`; port 1883) or, over TLS, `mqtts://…` (also `ssl://`; port
+/// 8883). Agents and the control plane parse `--mqtt-url` with this.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: bool,
+}
+
+// Never print the password.
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    /// Without credentials: safe to log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (rest, tls) = if let Some(r) = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+        {
+            (r, false)
+        } else if let Some(r) = s
+            .strip_prefix("mqtts://")
+            .or_else(|| s.strip_prefix("ssl://"))
+        {
+            (r, true)
+        } else {
+            return Err(format!(
+                "MQTT URL {s:?} must start with mqtt:// or, for TLS, mqtts://"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (username, password) = match user {
+            Some(u) => match u.split_once(':') {
+                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
+                None => (Some(u.to_string()), None),
+            },
+            None => (None, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|e| format!("MQTT URL {s:?}: port {p:?}: {e}"))?,
+            ),
+            None => (hostport.to_string(), if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("MQTT URL {s:?} has no host"));
+        }
+        Ok(Self {
+            host,
+            port,
+            username,
+            password,
+            tls,
+        })
+    }
+}
+
 /// Why a window closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -335,6 +419,30 @@ pub struct Event {
     pub version: Option<u64>,
     #[serde(default)]
     pub detail: String,
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::BrokerUrl;
+
+    #[test]
+    fn broker_urls_parse() {
+        let u: BrokerUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 1883, false));
+        let u: BrokerUrl = "mqtt://dev:s3cret@broker.local".parse().unwrap();
+        assert_eq!(u.port, 1883);
+        assert_eq!(u.username.as_deref(), Some("dev"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{u:?}{u}").contains("s3cret"));
+        let u: BrokerUrl = "mqtts://broker.local".parse().unwrap();
+        assert_eq!((u.port, u.tls), (8883, true));
+        assert_eq!(u.to_string(), "mqtts://broker.local:8883");
+        let u: BrokerUrl = "ssl://b:1".parse().unwrap();
+        assert!(u.tls);
+        assert!("http://x".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
+    }
 }
 
 #[cfg(test)]

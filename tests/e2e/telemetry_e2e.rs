@@ -265,7 +265,21 @@ fn start_agent(
     device: &str,
     window_rows: u64,
 ) -> (Proc, SocketAddr) {
-    let args: Vec<String> = [
+    start_agent_with(dir, bundle, trust, mqtt, tenant, device, window_rows, &[])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_agent_with(
+    dir: &Path,
+    bundle: &Path,
+    trust: &Path,
+    mqtt: &str,
+    tenant: &str,
+    device: &str,
+    window_rows: u64,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let mut args: Vec<String> = [
         "run",
         "--bundle",
         &bundle.display().to_string(),
@@ -289,6 +303,7 @@ fn start_agent(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let (p, addr, _) = spawn_until(agent_bin(), &args, &[], |l| {
         l.strip_prefix("ferry-agent listening on http://")
             .map(|r| r.trim().parse::<SocketAddr>().unwrap())
@@ -607,6 +622,20 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["records"].as_array().unwrap().len(), 1, "{v}");
 
+    // A tampered bundle pushed to the agent is refused (a `refused` event
+    // on the events topic) and the model keeps serving.
+    let mut tampered = std::fs::read(&bundle).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let mut c = Conn::open(agent_addr);
+    let (s, b) = c.request("POST", "/v1/models/activate", None, &tampered);
+    assert!(
+        (400..500).contains(&s),
+        "{s} {}",
+        String::from_utf8_lossy(&b)
+    );
+    send_rows(agent_addr, &held_out[..1], "after-refusal");
+
     // Health: retained online while serving, offline after a clean stop.
     let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
     assert!(
@@ -686,6 +715,22 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
             l2.lock().unwrap().push(l);
         }
     });
+    let mut ev_sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t"])
+        .arg(format!("ferry/v1/{tenant}/+/events"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let e2 = events.clone();
+    let out = ev_sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&l) {
+                e2.lock().unwrap().push(v);
+            }
+        }
+    });
     let server = start_server(
         dir.path(),
         &tenant,
@@ -708,6 +753,25 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
         assert_same_psi(&psi_of(&v), &psi_of(w));
         assert_eq!(v["features"].as_array().unwrap().len(), 30);
     }
+    // Events, in the device's sequence: started, the side-loaded model
+    // activated, the tampered bundle refused.
+    let ev = wait_for("started, activated and refused events", || {
+        let e = events.lock().unwrap().clone();
+        (e.len() >= 3).then_some(e)
+    });
+    let _ = ev_sub.kill();
+    let _ = ev_sub.wait();
+    let kinds: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..3], ["started", "activated", "refused"], "{ev:?}");
+    assert_eq!(ev[1]["model"], "bc");
+    assert_eq!(ev[1]["version"], 1);
+    assert_eq!(ev[1]["detail"], "champion");
+    assert!(ev
+        .windows(2)
+        .all(|p| p[0]["seq"].as_u64() < p[1]["seq"].as_u64()));
+    assert!(ev
+        .iter()
+        .all(|e| e["schema"] == 1 && e["device"] == "dev-m"));
     drop(server.proc);
 }
 
@@ -720,6 +784,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path) -> Option<Mosquitto> {
+        Self::start_with(dir, "")
+    }
+
+    /// `listener_conf` goes after the listener line (TLS settings).
+    fn start_with(dir: &Path, listener_conf: &str) -> Option<Mosquitto> {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())?;
@@ -745,7 +814,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "user {me}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "user {me}\nlistener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 data.display()
             ),
         )
@@ -840,8 +909,9 @@ fn broker_outage_loses_no_window_and_keeps_order() {
     let mut by_seq = w.clone();
     by_seq.sort_by_key(|x| x["seq"].as_u64().unwrap());
     let seqs: Vec<u64> = by_seq.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
-    // seq 0 is the `started` event; windows are 1..=100, none missing.
-    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    // seq 0 is the `started` event, 1 the side-loaded model's `activated`;
+    // windows are 2..=101, none missing.
+    assert_eq!(seqs, (2..=101).collect::<Vec<u64>>());
     assert!(by_seq.iter().all(|x| x["rows"] == 100));
     let received: Vec<i64> = by_seq
         .iter()
@@ -862,4 +932,89 @@ fn broker_outage_loses_no_window_and_keeps_order() {
         assert_eq!(dev["health"]["outbox_dropped"], 0, "{dev}");
     }
     broker.stop();
+}
+
+/// TLS to the broker: a Mosquitto whose only listener is TLS, with a
+/// certificate from a test CA. The control plane and the agent both connect
+/// with `mqtts://` and `--mqtt-ca`, and drift summaries arrive; an agent
+/// without the CA does not get its summaries through.
+#[test]
+fn summaries_over_tls_to_an_external_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test broker CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca, crt, k) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("broker.pem"),
+        dir.path().join("broker.key"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let tls = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\n",
+        ca.display(),
+        crt.display(),
+        k.display()
+    );
+    let Some(broker) = Mosquitto::start_with(dir.path(), &tls) else {
+        if missing("the mosquitto broker binary (Debian package mosquitto)") {
+            return;
+        }
+        unreachable!()
+    };
+    let tenant = unique("tls");
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let ca_s = ca.display().to_string();
+    let server = start_server(
+        dir.path(),
+        &tenant,
+        &["--mqtt-url", &url, "--mqtt-ca", &ca_s],
+    );
+    assert_eq!(server.mqtt, url);
+    let (bundle, trust) = bundle(dir.path(), &tenant);
+    let (s, v) = call_raw(
+        server.http,
+        "PUT",
+        "/api/v1/trust-root",
+        &std::fs::read(&trust).unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let rows = read_rows(&fixtures().join("psi/bc_test.csv"));
+    // Without the CA: the broker's certificate is not trusted.
+    let (_untrusting, addr_u) =
+        start_agent(dir.path(), &bundle, &trust, &url, &tenant, "dev-no-ca", 10);
+    send_rows(addr_u, &rows[..20], "no-ca");
+    let (_agent, addr) = start_agent_with(
+        dir.path(),
+        &bundle,
+        &trust,
+        &url,
+        &tenant,
+        "dev-tls",
+        10,
+        &["--mqtt-ca", &ca_s],
+    );
+    send_rows(addr, &rows[..20], "tls");
+    let w = wait_for("two windows over TLS", || {
+        let w = drift_windows(server.http);
+        (w.len() >= 2).then_some(w)
+    });
+    assert!(w.iter().all(|x| x["device"] == "dev-tls"), "{w:?}");
+    assert_same_psi(&psi_of(&w[0]), &offline_psi(&rows[..10]));
+    // Sent first, the untrusting agent's windows never got through.
+    assert!(drift_windows(server.http)
+        .iter()
+        .all(|x| x["device"] != "dev-no-ca"));
 }

@@ -32,7 +32,6 @@ pub(crate) async fn read_server_frame(
     r: &mut quinn::RecvStream,
     reader: &mut FrameReader,
 ) -> Result<Option<ServerFrame>, FleetError> {
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Some(bytes) = reader
             .next_frame()
@@ -42,8 +41,9 @@ pub(crate) async fn read_server_frame(
                 .map(Some)
                 .map_err(|e| FleetError::Protocol(e.to_string()));
         }
-        match r.read(&mut buf).await {
-            Ok(Some(n)) => reader.push(&buf[..n]),
+        // quinn's own buffers, not a fresh zeroed one per frame.
+        match r.read_chunk(256 * 1024, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
             Ok(None) => return Ok(None),
             Err(e) => return Err(FleetError::Protocol(e.to_string())),
         }
@@ -80,6 +80,9 @@ pub trait Activator: Send + Sync + 'static {
     /// not have): signatures, assignment and target constraints, so a bundle
     /// this device would refuse is not downloaded to the end.
     fn precheck(&self, partial: &Path, a: &Assignment) -> Result<(), Refusal>;
+    /// A bundle refused before it reached `activate` (by the server, the
+    /// disk-space check or the header precheck).
+    fn refused(&self, _a: &Assignment, _r: &Refusal) {}
 }
 
 /// Target constraints of a verified manifest against this device.
@@ -203,8 +206,20 @@ impl Activator for AgentActivator {
         }
     }
 
+    fn refused(&self, a: &Assignment, r: &Refusal) {
+        self.agent.record_event(crate::serving::DeviceEvent {
+            kind: "refused",
+            model: Some(a.model.to_string()),
+            version: Some(a.version),
+            detail: format!("{}: {}", r.code, r.reason),
+        });
+    }
+
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal> {
-        precheck(&self.trust, bundle, a, now_unix())?;
+        if let Err(r) = precheck(&self.trust, bundle, a, now_unix()) {
+            self.refused(a, &r);
+            return Err(r);
+        }
         // install() copies, verifies every artifact, compiles the model, runs
         // the signed test vectors and only then swaps it in.
         self.agent
@@ -553,6 +568,7 @@ async fn reconcile(
             let path = match download(&ctx, &conn, &a, &tx).await {
                 Ok(p) => p,
                 Err(FetchError::Refused(r)) => {
+                    ctx.act.refused(&a, &r);
                     let _ = tx
                         .send(report(ActivationOutcome::Refused {
                             code: r.code.clone(),

@@ -36,14 +36,20 @@ pub struct TelemetryFile {
     pub username: Option<String>,
     pub password: Option<String>,
     pub health_secs: Option<u64>,
+    /// PEM CA certificate(s) for an `mqtts://` broker (default: the
+    /// system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Telemetry flags of `ferry-agent run`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TelemetryArgs {
-    /// MQTT broker for drift and health telemetry: mqtt://[user[:pass]@]host[:port]
+    /// MQTT broker for drift and health telemetry: mqtt://[user[:pass]@]host[:port], or mqtts://… for TLS
     #[arg(long, env = "FERRY_AGENT_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// CA certificate(s) (PEM) that signed an mqtts:// broker's certificate (default: the system's roots)
+    #[arg(long, env = "FERRY_AGENT_MQTT_CA")]
+    pub mqtt_ca: Option<std::path::PathBuf>,
     /// Tenant (topic level `ferry/v1/{tenant}/…`)
     #[arg(long, env = "FERRY_AGENT_TENANT")]
     pub tenant: Option<String>,
@@ -69,12 +75,21 @@ pub enum TelemetryConfigError {
     Name { what: &'static str, value: String },
     #[error("telemetry: a window needs a row or a time bound (window_rows or window_secs > 0)")]
     NoBound,
+    #[error("telemetry: broker CA {path}: {reason}")]
+    Ca {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("telemetry: --mqtt-ca needs an mqtts:// broker URL")]
+    CaWithoutTls,
 }
 
 /// The resolved telemetry settings.
 #[derive(Clone, Debug)]
 pub struct TelemetryConfig {
     pub url: MqttUrl,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub tenant: String,
     pub device: String,
     pub window: WindowConfig,
@@ -123,6 +138,12 @@ pub fn resolve(
             });
         }
     }
+    let ca = args.mqtt_ca.clone().or(file.ca_file);
+    let tls = match (url.tls, ca) {
+        (true, ca) => Some(tls_config(ca.as_deref())?),
+        (false, Some(_)) => return Err(TelemetryConfigError::CaWithoutTls),
+        (false, None) => None,
+    };
     let window = WindowConfig {
         rows: args.window_rows.or(file.window_rows).unwrap_or(1000),
         secs: args.window_secs.or(file.window_secs).unwrap_or(60),
@@ -132,6 +153,7 @@ pub fn resolve(
     }
     Ok(Some(TelemetryConfig {
         url,
+        tls,
         tenant,
         device,
         window,
@@ -147,9 +169,52 @@ pub fn resolve(
     }))
 }
 
+/// A rustls client configuration trusting `ca` (PEM), or the system's
+/// roots without one.
+fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let err = |reason: String| TelemetryConfigError::Ca {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no PEM certificate in it".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TelemetryConfigError::Ca {
+            path: ca.map(Path::to_path_buf).unwrap_or_default(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// A running telemetry task.
 pub struct Running {
     pub outbox: Arc<Outbox>,
+    /// Queues a device event (for `Agent::set_event_sink`).
+    pub events: Arc<dyn Fn(crate::serving::DeviceEvent) + Send + Sync>,
     pub stats: Arc<Stats>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -183,9 +248,19 @@ pub fn start(
     )?;
     let stats = Arc::new(Stats::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
+    let events = {
+        let (cfg, outbox) = (cfg.clone(), outbox.clone());
+        Arc::new(move |e: crate::serving::DeviceEvent| {
+            if let Err(err) =
+                publisher::queue_event(&cfg, &outbox, e.kind, e.model, e.version, e.detail)
+            {
+                tracing::error!(error = %err, kind = e.kind, "telemetry: queueing an event failed");
+            }
+        })
+    };
     println!(
-        "ferry-agent telemetry to mqtt://{}:{} as {}/{} (window: {} rows / {} s)",
-        cfg.url.host, cfg.url.port, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
+        "ferry-agent telemetry to {} as {}/{} (window: {} rows / {} s)",
+        cfg.url, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
     );
     let task = tokio::spawn(publisher::run(
         cfg,
@@ -196,6 +271,7 @@ pub fn start(
     ));
     Ok(Running {
         outbox,
+        events,
         stats,
         stop,
         task,

@@ -28,55 +28,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Broker address from `mqtt://[user[:pass]@]host[:port]` (or `tcp://`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MqttUrl {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl std::str::FromStr for MqttUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(|| {
-                format!("MQTT URL {s:?} must start with mqtt:// (TLS: not built in this agent)")
-            })?;
-        let rest = rest.trim_end_matches('/');
-        let (user, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        let (username, password) = match user {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|e| format!("MQTT URL {s:?}: port {p:?}: {e}"))?,
-            ),
-            None => (hostport.to_string(), 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("MQTT URL {s:?} has no host"));
-        }
-        Ok(Self {
-            host,
-            port,
-            username,
-            password,
-        })
-    }
-}
+/// The broker address (`mqtt://…` or, over TLS, `mqtts://…`).
+pub use ferry_protocol::telemetry::BrokerUrl as MqttUrl;
 
 /// Counters shared with `/metrics` and the health message.
 #[derive(Default)]
@@ -141,6 +94,11 @@ fn connect(cfg: &TelemetryConfig, will: Vec<u8>) -> Conn {
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
     o.set_clean_session(true);
     o.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(tls) = &cfg.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     if let Some(u) = &cfg.url.username {
         o.set_credentials(u.clone(), cfg.url.password.clone().unwrap_or_default());
     }
@@ -270,7 +228,7 @@ pub async fn run(
                         false
                     }
                     (Some(Err(e)), _) => {
-                        tracing::warn!(error = %e, broker = %format!("{}:{}", cfg.url.host, cfg.url.port), depth = outbox.depth(), "telemetry broker connection lost; queueing in the outbox");
+                        tracing::warn!(error = %e, broker = %cfg.url, depth = outbox.depth(), "telemetry broker connection lost; queueing in the outbox");
                         true
                     }
                     _ => true,
@@ -389,23 +347,5 @@ fn handle(ev: MqttEvent, c: &mut Conn, outbox: &Outbox, stats: &Stats) {
             }
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse() {
-        let u: MqttUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1883));
-        let u: MqttUrl = "mqtt://dev:s3cret@broker.local".parse().unwrap();
-        assert_eq!(u.port, 1883);
-        assert_eq!(u.username.as_deref(), Some("dev"));
-        assert_eq!(u.password.as_deref(), Some("s3cret"));
-        assert!("http://x".parse::<MqttUrl>().is_err());
-        assert!("mqtt://x:99999".parse::<MqttUrl>().is_err());
-        assert!("mqtt://:1883".parse::<MqttUrl>().is_err());
     }
 }

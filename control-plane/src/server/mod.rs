@@ -125,7 +125,7 @@ pub async fn serve_with(
     fleet: Option<crate::fleet::FleetOptions>,
 ) -> Result<(), ServerError> {
     let state = open(&cfg).await?;
-    let _telemetry = crate::telemetry::start(&state.store, &cfg.telemetry).await?;
+    let _telemetry = crate::telemetry::start(&state.store, &cfg.telemetry, &cfg.data).await?;
     let describe_blobs = state.blobs.describe().to_string();
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await

@@ -17,24 +17,28 @@ pub const SUBSCRIPTIONS: [&str; 3] = [
 /// Broker address for the ingest client.
 #[derive(Clone, Debug)]
 pub struct BrokerAddr {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    pub url: ferry_protocol::telemetry::BrokerUrl,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Runs forever, reconnecting with backoff.
 pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut o = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
+        let mut o = MqttOptions::new(client_id.clone(), broker.url.host.clone(), broker.url.port);
+        if let Some(tls) = &broker.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_session(false);
         o.set_manual_acks(true);
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_inflight(100);
-        if let Some(u) = &broker.username {
-            o.set_credentials(u.clone(), broker.password.clone().unwrap_or_default());
+        if let Some(u) = &broker.url.username {
+            o.set_credentials(u.clone(), broker.url.password.clone().unwrap_or_default());
         }
         let (client, mut el) = AsyncClient::new(o, 256);
         loop {
@@ -49,7 +53,7 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
                     if let Ok(mut g) = engine.mqtt.lock() {
                         *g = Some(client.clone());
                     }
-                    tracing::info!(broker = %format!("{}:{}", broker.host, broker.port), "telemetry ingest connected");
+                    tracing::info!(broker = %broker.url, "telemetry ingest connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     match engine.ingest(&p.topic, &p.payload).await {

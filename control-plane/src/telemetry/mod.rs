@@ -13,7 +13,9 @@ pub mod policy;
 pub mod webhook;
 
 use crate::store::Store;
+use ferry_protocol::telemetry::BrokerUrl;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where the embedded broker listens unless told otherwise (1883 is
@@ -22,8 +24,11 @@ pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1884";
 
 #[derive(Clone, Debug, Default)]
 pub struct TelemetryOptions {
-    /// External broker `mqtt://[user[:pass]@]host[:port]`; no embedded one.
+    /// External broker `mqtt://[user[:pass]@]host[:port]` (or `mqtts://`
+    /// for TLS); no embedded one.
     pub mqtt_url: Option<String>,
+    /// CA (PEM) of an `mqtts://` broker; default: the system's roots.
+    pub mqtt_ca: Option<PathBuf>,
     /// Embedded broker address (default [`DEFAULT_MQTT_LISTEN`]; port 0: any).
     pub mqtt_listen: Option<SocketAddr>,
     /// No broker, no ingest.
@@ -33,9 +38,12 @@ pub struct TelemetryOptions {
 /// `ferry server` telemetry flags.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TelemetryArgs {
-    /// Use this external MQTT broker (mqtt://[user[:pass]@]host[:port]) instead of the embedded one
+    /// Use this external MQTT broker (mqtt://[user[:pass]@]host[:port], or mqtts://… for TLS) instead of the embedded one
     #[arg(long, env = "FERRY_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// CA certificate(s) (PEM) that signed an mqtts:// broker's certificate (default: the system's roots)
+    #[arg(long, env = "FERRY_MQTT_CA")]
+    pub mqtt_ca: Option<PathBuf>,
     /// Address of the embedded MQTT broker (default 127.0.0.1:1884; port 0 picks a free port)
     #[arg(long, env = "FERRY_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
@@ -48,6 +56,7 @@ impl TelemetryArgs {
     pub fn options(&self) -> TelemetryOptions {
         TelemetryOptions {
             mqtt_url: self.mqtt_url.clone(),
+            mqtt_ca: self.mqtt_ca.clone(),
             mqtt_listen: self.mqtt_listen,
             disabled: self.no_mqtt,
         }
@@ -58,8 +67,17 @@ impl TelemetryArgs {
 pub enum TelemetryError {
     #[error("{0}")]
     Broker(#[from] broker::BrokerError),
-    #[error("--mqtt-url {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    #[error("--mqtt-url: {reason}")]
+    Url { reason: String },
+    #[error("--mqtt-ca {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+    #[error("--mqtt-ca needs an mqtts:// broker URL")]
+    CaWithoutTls,
+    #[error("MQTT client id file {path}: {source}")]
+    ClientId {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The running telemetry side of a server.
@@ -70,38 +88,63 @@ pub struct Telemetry {
     pub embedded: bool,
 }
 
-fn parse_url(url: &str) -> Result<ingest::BrokerAddr, TelemetryError> {
-    let err = |reason: &str| TelemetryError::Url {
-        url: url.into(),
-        reason: reason.into(),
+fn parse_url(url: &str) -> Result<BrokerUrl, TelemetryError> {
+    url.parse().map_err(|reason| TelemetryError::Url { reason })
+}
+
+/// A rustls client configuration trusting `ca` (PEM), or the system's roots.
+fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let err = |reason: String| TelemetryError::Ca {
+        path: ca.map(Path::to_path_buf).unwrap_or_default(),
+        reason,
     };
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| err("must start with mqtt://"))?
-        .trim_end_matches('/');
-    let (user, hostport) = match rest.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, rest),
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = match ca {
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?,
+        None => rustls_native_certs::load_native_certs().certs,
     };
-    let (username, password) = match user.map(|u| u.split_once(':')) {
-        Some(Some((a, b))) => (Some(a.to_string()), Some(b.to_string())),
-        Some(None) => (user.map(str::to_string), None),
-        None => (None, None),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| err("bad port"))?),
-        None => (hostport, 1883),
-    };
-    if host.is_empty() {
-        return Err(err("no host"));
+    for c in certs {
+        roots.add(c).map_err(|e| err(e.to_string()))?;
     }
-    Ok(ingest::BrokerAddr {
-        host: host.into(),
-        port,
-        username,
-        password,
-    })
+    if roots.is_empty() {
+        return Err(err("no CA certificate to trust".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The ingest's MQTT client id, kept in `DATA/telemetry/client-id`: its
+/// persistent session (what the broker queued while this server was away)
+/// is found again after a restart. Replicas have their own data
+/// directories, hence their own sessions.
+fn client_id(data: &Path) -> Result<String, TelemetryError> {
+    let path = data.join("telemetry").join("client-id");
+    let io = |source| TelemetryError::ClientId {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() && s.len() <= 64 {
+            return Ok(s.to_string());
+        }
+    }
+    let id = format!("ferry-server-{}", crate::auth::random_id("", 6));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&path, &id).map_err(io)?;
+    Ok(id)
 }
 
 /// Starts the broker (embedded unless `--mqtt-url`), the ingest subscriber
@@ -109,6 +152,7 @@ fn parse_url(url: &str) -> Result<ingest::BrokerAddr, TelemetryError> {
 pub async fn start(
     store: &Store,
     opts: &TelemetryOptions,
+    data: &Path,
 ) -> Result<Option<Telemetry>, TelemetryError> {
     if opts.disabled {
         println!("ferry server MQTT telemetry: off (--no-mqtt)");
@@ -116,8 +160,14 @@ pub async fn start(
     }
     let (addr, url, embedded) = match &opts.mqtt_url {
         Some(u) => {
-            let a = parse_url(u)?;
-            (a, u.clone(), false)
+            let url = parse_url(u)?;
+            let tls = match (url.tls, &opts.mqtt_ca) {
+                (true, ca) => Some(tls_config(ca.as_deref())?),
+                (false, Some(_)) => return Err(TelemetryError::CaWithoutTls),
+                (false, None) => None,
+            };
+            let shown = url.to_string();
+            (ingest::BrokerAddr { url, tls }, shown, false)
         }
         None => {
             let default: SocketAddr = DEFAULT_MQTT_LISTEN
@@ -137,10 +187,14 @@ pub async fn start(
             };
             (
                 ingest::BrokerAddr {
-                    host: bound.ip().to_string(),
-                    port: bound.port(),
-                    username: None,
-                    password: None,
+                    url: BrokerUrl {
+                        host: bound.ip().to_string(),
+                        port: bound.port(),
+                        username: None,
+                        password: None,
+                        tls: false,
+                    },
+                    tls: None,
                 },
                 format!("mqtt://{bound}"),
                 true,
@@ -156,11 +210,7 @@ pub async fn start(
         }
     );
     let engine = engine::Engine::new(store.clone(), engine::system_clock());
-    let client_id = format!(
-        "ferry-server-{}-{}",
-        std::process::id(),
-        crate::auth::random_id("", 3)
-    );
+    let client_id = client_id(data)?;
     tokio::spawn(ingest::run(engine.clone(), addr, client_id));
     let e2 = engine.clone();
     tokio::spawn(async move {
@@ -190,5 +240,24 @@ mod tests {
         assert_eq!(a.username.as_deref(), Some("u"));
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://x:y").is_err());
+    }
+
+    #[test]
+    fn client_id_survives_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let a = client_id(d.path()).unwrap();
+        assert!(a.starts_with("ferry-server-"));
+        assert_eq!(client_id(d.path()).unwrap(), a);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(client_id(other.path()).unwrap(), a);
+    }
+
+    #[test]
+    fn ca_files_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ca.pem");
+        std::fs::write(&p, "not a certificate").unwrap();
+        assert!(tls_config(Some(&p)).is_err());
+        assert!(tls_config(Some(&d.path().join("missing.pem"))).is_err());
     }
 }
