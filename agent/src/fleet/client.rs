@@ -772,13 +772,12 @@ async fn download(
         }
         if pos >= next_progress || pos == total {
             next_progress = pos + total / 10 + 1;
-            let _ = tx
-                .send(AgentFrame::Progress {
-                    manifest_digest: a.manifest_digest,
-                    received: pos,
-                    total,
-                })
-                .await;
+            // Advisory: never let a slow control stream hold up the download.
+            let _ = tx.try_send(AgentFrame::Progress {
+                manifest_digest: a.manifest_digest,
+                received: pos,
+                total,
+            });
         }
     }
     f.flush().await.map_err(|e| broken(e.to_string()))?;

@@ -413,7 +413,10 @@ async fn show_deployment(
             _ if dev.revoked_at.is_some() => ("revoked".to_string(), String::new()),
             _ if !wanted => ("superseded".to_string(), String::new()),
             Some((v, s, det)) if *v == d.version => (s.clone(), det.clone()),
-            _ => ("pending".to_string(), String::new()),
+            _ => match fleet.progress(&dev.id, &d.digest) {
+                Some(p) => (format!("downloading {p}%"), String::new()),
+                None => ("pending".to_string(), String::new()),
+            },
         };
         *counts.entry(state.clone()).or_default() += 1;
         rows.push(json!({

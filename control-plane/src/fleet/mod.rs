@@ -121,6 +121,16 @@ pub struct Fleet {
     /// an admin sees of the cap (`GET /api/v1/fleet/devices`).
     downloads_in_flight: AtomicUsize,
     downloads_peak: AtomicUsize,
+    /// Download progress by (device id, manifest digest hex), percent. Kept
+    /// in memory: progress is advisory, arrives ten times per download, and
+    /// writing it to the database made a thousand devices queue on SQLite's
+    /// single writer. Outcomes (active, failed) are stored.
+    progress: Mutex<HashMap<(String, String), u64>>,
+    /// Queues the fleet's own writes (reports, last-seen) in this process:
+    /// SQLite has one writer, and its busy handler makes waiting writers
+    /// sleep up to 100 ms at a time, which idled a thousand reporting
+    /// devices; an async queue wakes the next one at once.
+    pub(crate) writes: tokio::sync::Mutex<()>,
 }
 
 /// Download slot usage, fleet-wide.
@@ -216,6 +226,8 @@ impl Fleet {
             downloads: tokio::sync::Semaphore::new(permits),
             downloads_in_flight: AtomicUsize::new(0),
             downloads_peak: AtomicUsize::new(0),
+            progress: Mutex::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -396,7 +408,16 @@ impl Fleet {
                 .is_some_and(|c| c.stable_id() == conn.stable_id())
             {
                 m.remove(device);
+                self.clear_progress(device);
             }
+        }
+    }
+
+    /// Forgets the device's download progress (an outcome was reported, or
+    /// it went away).
+    pub(crate) fn clear_progress(&self, device: &str) {
+        if let Ok(mut m) = self.progress.lock() {
+            m.retain(|(d, _), _| d != device);
         }
     }
 
@@ -413,6 +434,30 @@ impl Fleet {
     }
 
     /// Devices connected now.
+    pub(crate) fn set_progress(&self, device: &str, digest: &str, pct: Option<u64>) {
+        if let Ok(mut m) = self.progress.lock() {
+            let key = (device.to_string(), digest.to_string());
+            match pct {
+                Some(p) => {
+                    m.insert(key, p);
+                }
+                None => {
+                    m.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Download progress of `device` for the bundle `digest`, if a download
+    /// is under way.
+    pub fn progress(&self, device: &str, digest: &str) -> Option<u64> {
+        self.progress
+            .lock()
+            .ok()?
+            .get(&(device.to_string(), digest.to_string()))
+            .copied()
+    }
+
     pub fn connected(&self) -> Vec<String> {
         self.connections
             .lock()

@@ -144,7 +144,10 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         return;
     }
     let now = crate::now_unix() as i64;
-    let _ = db::touch(&fleet.store, &device.id, now).await;
+    {
+        let _w = fleet.writes.lock().await;
+        let _ = db::touch(&fleet.store, &device.id, now).await;
+    }
     fleet.register(&device.id, conn.clone());
     tracing::info!(device = %device.id, tenant = %device.tenant, "device connected");
     loop {
@@ -161,6 +164,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         });
     }
     fleet.unregister(&device.id, &conn);
+    let _w = fleet.writes.lock().await;
     let _ = db::touch(&fleet.store, &device.id, crate::now_unix() as i64).await;
 }
 
@@ -384,6 +388,8 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             version,
             outcome,
         } => {
+            fleet.clear_progress(&device.id);
+            let _w = fleet.writes.lock().await;
             let target = format!("{model} v{version}");
             let (state, detail, outcome_s) = match &outcome {
                 ActivationOutcome::Activated => ("active".to_string(), String::new(), OUTCOME_OK),
@@ -424,22 +430,10 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             received,
             total,
         } => {
-            let digest = manifest_digest.to_hex();
-            if let Ok(deps) = db::live_deployments(&fleet.store, &device.tenant).await {
-                if let Some(d) = deps.iter().rev().find(|d| d.digest == digest) {
-                    let pct = (received * 100).checked_div(total).unwrap_or(100);
-                    let _ = db::set_device_model(
-                        &fleet.store,
-                        &device.id,
-                        &d.model,
-                        d.version,
-                        &format!("downloading {pct}%"),
-                        "",
-                        now,
-                    )
-                    .await;
-                }
-            }
+            let pct = (received.min(total) * 100)
+                .checked_div(total)
+                .unwrap_or(100);
+            fleet.set_progress(&device.id, &manifest_digest.to_hex(), Some(pct));
         }
         AgentFrame::DesiredStateRefused {
             sequence,
@@ -458,6 +452,7 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
                 .await;
         }
         AgentFrame::Heartbeat { .. } => {
+            let _w = fleet.writes.lock().await;
             let _ = db::touch(&fleet.store, &device.id, now).await;
         }
         AgentFrame::Hello { .. } | AgentFrame::Fetch { .. } | AgentFrame::Enroll { .. } => {}
