@@ -57,7 +57,7 @@ const fn c(
     }
 }
 
-use Role::{Admin, Publisher, Viewer};
+use Role::{Admin, Operator, Publisher, Viewer};
 
 /// In execution order: reads, then the mutations each role may do.
 const MATRIX: &[Cell] = &[
@@ -277,6 +277,83 @@ const MATRIX: &[Cell] = &[
         200,
         422,
     ),
+    // Telemetry: reads for any role; drift policies and alert
+    // acknowledgement for operators. The drift and metrics series answer
+    // an empty series for a name the tenant does not have (200).
+    c(
+        "GET",
+        "/api/v1/models/{name}/drift",
+        "/api/v1/models/{name}/drift",
+        Body::None,
+        Some(Viewer),
+        200,
+        200,
+    ),
+    c(
+        "GET",
+        "/api/v1/models/{name}/metrics",
+        "/api/v1/models/{name}/metrics",
+        Body::None,
+        Some(Viewer),
+        200,
+        200,
+    ),
+    c(
+        "GET",
+        "/api/v1/models/{name}/drift-config",
+        "/api/v1/models/{name}/drift-config",
+        Body::None,
+        Some(Viewer),
+        200,
+        404,
+    ),
+    c(
+        "GET",
+        "/api/v1/alerts",
+        "/api/v1/alerts",
+        Body::None,
+        Some(Viewer),
+        200,
+        200,
+    ),
+    c(
+        "GET",
+        "/api/v1/retrain-triggers",
+        "/api/v1/retrain-triggers",
+        Body::None,
+        Some(Viewer),
+        200,
+        200,
+    ),
+    c(
+        "GET",
+        "/api/v1/devices",
+        "/api/v1/devices",
+        Body::None,
+        Some(Viewer),
+        200,
+        200,
+    ),
+    c(
+        "POST",
+        "/api/v1/models/{name}/drift-config",
+        "/api/v1/models/{name}/drift-config",
+        Body::Json(r#"{"psi_threshold": 0.25, "min_drifted_rows": 50}"#),
+        Some(Operator),
+        200,
+        404,
+    ),
+    // No alert exists here (alerts come from device telemetry): the role
+    // gate answers first, then 404 in either tenant.
+    c(
+        "POST",
+        "/api/v1/alerts/alr_0000000000000000/ack",
+        "/api/v1/alerts/{id}/ack",
+        Body::None,
+        Some(Operator),
+        404,
+        404,
+    ),
     c(
         "GET",
         "/api/v1/audit",
@@ -308,7 +385,10 @@ const MATRIX: &[Cell] = &[
 
 #[test]
 fn matrix_covers_every_route() {
-    for (method, route) in ferry::api::ROUTES {
+    for (method, route) in ferry::api::ROUTES
+        .iter()
+        .chain(ferry::telemetry::api::ROUTES)
+    {
         assert!(
             MATRIX
                 .iter()
@@ -433,9 +513,12 @@ async fn rbac_matrix(b: Backend) {
                     }
                 }
                 // Tenant-scoped listings never show the other tenant's names.
+                // (The drift and metrics series echo the name asked for.)
                 if !tenant_is_own
                     && status == 200
                     && !path.starts_with("/api/v1/audit")
+                    && !path.ends_with("/drift")
+                    && !path.ends_with("/metrics")
                     && text.contains("rbac-")
                 {
                     failures.push(format!(

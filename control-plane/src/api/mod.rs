@@ -1456,6 +1456,7 @@ mod tests {
         let all: Vec<(&str, &str)> = ROUTES
             .iter()
             .chain(crate::fleet::api::ROUTES)
+            .chain(crate::telemetry::api::ROUTES)
             .copied()
             .collect();
         for (method, path) in &all {
