@@ -35,17 +35,12 @@ import sys
 import threading
 import time
 
+from benchproc import Proc, sh
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.environ.get("FERRY_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 WORK = os.path.join(ROOT, "target", "fleet-bench")
 ADMIN = "fy_" + "0" * 62 + "b7"
-
-
-def sh(*args, env=None):
-    r = subprocess.run(list(args), capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{r.stdout}{r.stderr}")
-    return r.stdout
 
 
 def make_model(path, mb):
@@ -63,45 +58,6 @@ def make_model(path, mb):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
-
-
-class Proc:
-    """A child whose stdout lines are collected in the background."""
-
-    def __init__(self, args, env=None, log=None):
-        err = open(log, "w") if log else subprocess.DEVNULL
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        self.lines = []
-        self.cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            with self.cv:
-                self.lines.append(line.rstrip("\n"))
-                self.cv.notify_all()
-
-    def wait_line(self, prefix, timeout=600):
-        until = time.time() + timeout
-        with self.cv:
-            while True:
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line[len(prefix):].strip()
-                if self.p.poll() is not None and not any(l.startswith(prefix) for l in self.lines):
-                    sys.exit(f"{self.p.args[0]} exited ({self.p.returncode}) before {prefix!r}: {self.lines[-5:]}")
-                left = until - time.time()
-                if left <= 0:
-                    sys.exit(f"timed out waiting for {prefix!r}")
-                self.cv.wait(min(left, 1.0))
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
 
 
 def cpu_seconds(pid):

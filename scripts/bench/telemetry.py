@@ -4,7 +4,7 @@
 From the repository root, with release binaries and paho-mqtt:
 
     cargo build --release -p ferry --bin ferry -p ferry-agent --bin ferry-agent
-    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install paho-mqtt==2.1.0
+    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install paho-mqtt==2.2.0
     /tmp/tv/bin/python scripts/bench/telemetry.py [--trials 5] [--devices 10000]
 
 1. Alert latency: `ferry server` (embedded broker, SQLite) and one
@@ -35,53 +35,13 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from benchproc import Proc, sh
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.environ.get("FERRY_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 WORK = os.path.join(ROOT, "target", "telemetry-bench")
 FIX = os.path.join(ROOT, "tests", "fixtures")
 ADMIN = "fy_" + "0" * 62 + "c3"
-
-
-def sh(*args, env=None):
-    r = subprocess.run(list(args), capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-class Proc:
-    def __init__(self, args, env=None, log=None):
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(log, "w"),
-                                  text=True, env=env)
-        self.lines = []
-        self.cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            with self.cv:
-                self.lines.append(line.rstrip("\n"))
-                self.cv.notify_all()
-
-    def wait_line(self, prefix, timeout=60):
-        end = time.time() + timeout
-        with self.cv:
-            while True:
-                for l in self.lines:
-                    if l.startswith(prefix):
-                        return l[len(prefix):]
-                left = end - time.time()
-                if left <= 0 or self.p.poll() is not None:
-                    sys.exit(f"timed out waiting for {prefix!r}")
-                self.cv.wait(min(left, 0.5))
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
 
 
 def rows(name):

@@ -692,45 +692,9 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tenant = unique("mq");
-    // A third-party consumer, subscribed before anything is published.
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-t",
-            &format!("ferry/v1/{tenant}/+/drift"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let l2 = lines.clone();
-    let out = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(l);
-        }
-    });
-    let mut ev_sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t"])
-        .arg(format!("ferry/v1/{tenant}/+/events"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let e2 = events.clone();
-    let out = ev_sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l) {
-                e2.lock().unwrap().push(v);
-            }
-        }
-    });
+    // Third-party consumers, subscribed before anything is published.
+    let (mut sub, lines) = mosquitto_sub(&format!("ferry/v1/{tenant}/+/drift"));
+    let (mut ev_sub, event_lines) = mosquitto_sub(&format!("ferry/v1/{tenant}/+/events"));
     let server = start_server(
         dir.path(),
         &tenant,
@@ -756,7 +720,12 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     // Events, in the device's sequence: started, the side-loaded model
     // activated, the tampered bundle refused.
     let ev = wait_for("started, activated and refused events", || {
-        let e = events.lock().unwrap().clone();
+        let e: Vec<Value> = event_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         (e.len() >= 3).then_some(e)
     });
     let _ = ev_sub.kill();
@@ -773,6 +742,25 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
         .iter()
         .all(|e| e["schema"] == 1 && e["device"] == "dev-m"));
     drop(server.proc);
+}
+
+/// `mosquitto_sub` on Mosquitto at 127.0.0.1:1883 (QoS 1), and the lines it
+/// prints as they arrive.
+fn mosquitto_sub(topic: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", topic])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    let out = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    (sub, lines)
 }
 
 /// A private Mosquitto (with persistence) the test can stop and restart.

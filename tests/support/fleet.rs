@@ -333,36 +333,25 @@ pub fn reference_rows() -> Vec<Value> {
     v["rows"].as_array().unwrap().clone()
 }
 
-/// A minimal HTTP/1.1 request over loopback; (status, JSON body).
+/// A minimal HTTP/1.1 request over loopback; (status, JSON body), or
+/// (0, null) when the connection fails.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, Value::Null);
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, Value::Null);
+    match request(addr, method, path, "", body) {
+        Some((status, text)) => (status, serde_json::from_str(&text).unwrap_or(Value::Null)),
+        None => (0, Value::Null),
     }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// An authenticated HTTP/1.1 request over loopback; (status, body text).
 /// An empty `token` sends no Authorization header.
 pub fn http_raw(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    request(addr, method, path, token, body)
+        .unwrap_or_else(|| panic!("{method} {path}: cannot reach {addr}"))
+}
+
+fn request(addr: &str, method: &str, path: &str, token: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let auth = if token.is_empty() {
         String::new()
     } else {
@@ -372,7 +361,7 @@ pub fn http_raw(addr: &str, method: &str, path: &str, token: &str, body: &str) -
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes()).ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -382,5 +371,5 @@ pub fn http_raw(addr: &str, method: &str, path: &str, token: &str, body: &str) -
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_string())
+    Some((status, body.to_string()))
 }
