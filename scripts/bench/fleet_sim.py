@@ -32,7 +32,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 from benchproc import Proc, sh

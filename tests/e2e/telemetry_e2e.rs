@@ -256,20 +256,9 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
     }
 }
 
-fn start_agent(
-    dir: &Path,
-    bundle: &Path,
-    trust: &Path,
-    mqtt: &str,
-    tenant: &str,
-    device: &str,
-    window_rows: u64,
-) -> (Proc, SocketAddr) {
-    start_agent_with(dir, bundle, trust, mqtt, tenant, device, window_rows, &[])
-}
-
+/// `extra`: more `ferry-agent run` flags.
 #[allow(clippy::too_many_arguments)]
-fn start_agent_with(
+fn start_agent(
     dir: &Path,
     bundle: &Path,
     trust: &Path,
@@ -536,6 +525,7 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
         tenant,
         device,
         held_out.len() as u64,
+        &[],
     );
 
     send_rows(agent_addr, &held_out, "held");
@@ -866,6 +856,7 @@ fn broker_outage_loses_no_window_and_keeps_order() {
         &tenant,
         "dev-o",
         100,
+        &[],
     );
     let rows = read_rows(&fixtures().join("psi/bc_test.csv"));
     let mut c = Conn::open(agent_addr);
@@ -981,10 +972,18 @@ fn summaries_over_tls_to_an_external_broker() {
     assert_eq!(s, 200, "{v}");
     let rows = read_rows(&fixtures().join("psi/bc_test.csv"));
     // Without the CA: the broker's certificate is not trusted.
-    let (_untrusting, addr_u) =
-        start_agent(dir.path(), &bundle, &trust, &url, &tenant, "dev-no-ca", 10);
+    let (_untrusting, addr_u) = start_agent(
+        dir.path(),
+        &bundle,
+        &trust,
+        &url,
+        &tenant,
+        "dev-no-ca",
+        10,
+        &[],
+    );
     send_rows(addr_u, &rows[..20], "no-ca");
-    let (_agent, addr) = start_agent_with(
+    let (_agent, addr) = start_agent(
         dir.path(),
         &bundle,
         &trust,

@@ -117,9 +117,9 @@ pub struct Fleet {
     /// Assembled bundles by (tenant, manifest digest).
     bundles: tokio::sync::Mutex<BundleCache>,
     downloads: tokio::sync::Semaphore,
-    /// Downloads being served now, and the most ever served at once: what
-    /// an admin sees of the cap (`GET /api/v1/fleet/devices`).
-    downloads_in_flight: AtomicUsize,
+    /// The most downloads ever served at once (what an admin sees of the
+    /// cap in `GET /api/v1/fleet/devices`; those in flight now are the
+    /// semaphore's permits in use).
     downloads_peak: AtomicUsize,
     /// Download progress by (device id, manifest digest hex), percent. Kept
     /// in memory: progress is advisory, arrives ten times per download, and
@@ -139,21 +139,6 @@ pub struct DownloadSlots {
     pub limit: usize,
     pub in_flight: usize,
     pub peak: usize,
-}
-
-/// One served download: holds a permit of the cap and counts itself in
-/// `downloads_in_flight` until dropped.
-pub(crate) struct DownloadSlot<'a> {
-    fleet: &'a Fleet,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl Drop for DownloadSlot<'_> {
-    fn drop(&mut self) {
-        self.fleet
-            .downloads_in_flight
-            .fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 fn now_micros() -> u64 {
@@ -224,7 +209,6 @@ impl Fleet {
             connections: Mutex::new(HashMap::new()),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
             downloads: tokio::sync::Semaphore::new(permits),
-            downloads_in_flight: AtomicUsize::new(0),
             downloads_peak: AtomicUsize::new(0),
             progress: Mutex::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
@@ -235,25 +219,26 @@ impl Fleet {
         PublicKey::from_signing_key(&self.online)
     }
 
-    /// Waits for a download slot under the fleet-wide cap.
-    pub(crate) async fn download_slot(&self) -> Result<DownloadSlot<'_>, FleetError> {
+    /// Waits for a download slot under the fleet-wide cap; the slot is
+    /// free again when the permit drops.
+    pub(crate) async fn download_slot(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, FleetError> {
         let permit = self
             .downloads
             .acquire()
             .await
             .map_err(|_| FleetError::ShuttingDown)?;
-        let now = self.downloads_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.downloads_peak.fetch_max(now, Ordering::SeqCst);
-        Ok(DownloadSlot {
-            fleet: self,
-            _permit: permit,
-        })
+        self.downloads_peak
+            .fetch_max(self.download_slots().in_flight, Ordering::SeqCst);
+        Ok(permit)
     }
 
     pub fn download_slots(&self) -> DownloadSlots {
+        let limit = self.opts.max_concurrent_downloads.max(1);
         DownloadSlots {
-            limit: self.opts.max_concurrent_downloads.max(1),
-            in_flight: self.downloads_in_flight.load(Ordering::SeqCst),
+            limit,
+            in_flight: limit.saturating_sub(self.downloads.available_permits()),
             peak: self.downloads_peak.load(Ordering::SeqCst),
         }
     }
@@ -434,17 +419,9 @@ impl Fleet {
     }
 
     /// Devices connected now.
-    pub(crate) fn set_progress(&self, device: &str, digest: &str, pct: Option<u64>) {
+    pub(crate) fn set_progress(&self, device: &str, digest: &str, pct: u64) {
         if let Ok(mut m) = self.progress.lock() {
-            let key = (device.to_string(), digest.to_string());
-            match pct {
-                Some(p) => {
-                    m.insert(key, p);
-                }
-                None => {
-                    m.remove(&key);
-                }
-            }
+            m.insert((device.to_string(), digest.to_string()), pct);
         }
     }
 

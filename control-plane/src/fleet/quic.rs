@@ -433,7 +433,7 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             let pct = (received.min(total) * 100)
                 .checked_div(total)
                 .unwrap_or(100);
-            fleet.set_progress(&device.id, &manifest_digest.to_hex(), Some(pct));
+            fleet.set_progress(&device.id, &manifest_digest.to_hex(), pct);
         }
         AgentFrame::DesiredStateRefused {
             sequence,
