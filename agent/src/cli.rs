@@ -202,7 +202,6 @@ fn run(args: RunArgs) -> Result<()> {
         Some(p) => FileConfig::read(p)?,
         None => FileConfig::default(),
     };
-    let telemetry = crate::telemetry::resolve(file.telemetry.take(), &args.telemetry)?;
     let mut bundles: Vec<BundleConfig> = args
         .bundle
         .iter()
@@ -227,13 +226,17 @@ fn run(args: RunArgs) -> Result<()> {
         });
     }
     // An enrolled device verifies against the trust root it was given.
-    let enrolled_trust = crate::fleet::enrolled_trust_root(
-        &args
-            .data
-            .clone()
-            .or(file.data_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("ferry-agent-data")),
-    );
+    let data_dir = args
+        .data
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("ferry-agent-data"));
+    let enrolled_trust = crate::fleet::enrolled_trust_root(&data_dir);
+    // An enrolled device publishes as itself, to the broker it was given,
+    // unless its configuration says otherwise.
+    let identity = crate::fleet::Identity::load(&data_dir)?;
+    let telemetry =
+        crate::telemetry::resolve(file.telemetry.take(), &args.telemetry, identity.as_ref())?;
     let cfg = config::resolve(
         file,
         Overrides {

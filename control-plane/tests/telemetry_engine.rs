@@ -303,6 +303,7 @@ async fn other_alert_kinds() {
         outbox_depth: 0,
         outbox_dropped: 0,
         published: 0,
+        mqtt_protocol: Some(5),
     };
     let topic = "ferry/v1/acme/d1/health";
     assert!(e

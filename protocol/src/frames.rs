@@ -125,6 +125,10 @@ pub enum ServerFrame {
         #[serde(with = "serde_bytes")]
         trust_root: Vec<u8>,
         online_key: PublicKey,
+        /// The MQTT broker the device sends telemetry to
+        /// (`mqtt://host:port` or `mqtts://…`, never with credentials), if
+        /// the control plane has one.
+        mqtt_url: Option<String>,
     },
     /// Answer to `Fetch` before the chunks: the full length of the object.
     FetchStart {

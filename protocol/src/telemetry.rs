@@ -400,6 +400,9 @@ pub struct Health {
     /// Summaries published and acknowledged since the agent started.
     #[serde(default)]
     pub published: u64,
+    /// MQTT protocol level of the device's connection: 5, or 4 for 3.1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_protocol: Option<u8>,
 }
 
 /// Something that happened on the device: `started`, `activated`,

@@ -532,3 +532,59 @@ fn server_caps_concurrent_downloads() {
         (v["downloads"]["in_flight"] == 0).then_some(())
     });
 }
+
+#[test]
+fn enrolled_agent_publishes_telemetry_as_itself_to_the_broker_it_was_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let bundle = keys.bundle("fraud", 1, "pub", &[]);
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let data = tmp.path().join("agent");
+    let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+    // The enrollment named the server's (embedded) broker, without
+    // credentials.
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(data.join("fleet").join("device.json")).unwrap())
+            .unwrap();
+    let broker = identity["mqtt_url"].as_str().unwrap().to_string();
+    assert!(broker.starts_with("mqtt://127.0.0.1:"), "{identity}");
+    // No telemetry flag at all: the agent uses its enrollment.
+    let agent = Agent::start(&data, &id, &[]);
+    deploy(&server, "fraud", "1", "");
+    wait_for("v1 serving", LONG, || {
+        (agent.infer("fraud").0 == 200).then_some(())
+    });
+    let http = server.url.trim_start_matches("http://");
+    let dev = wait_for("the device's health at the control plane", LONG, || {
+        let (code, body) =
+            ferry_e2e::fleet::http_raw(http, "GET", "/api/v1/devices", ferry_e2e::fleet::ADMIN, "");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == id.as_str() && d["status"] == "online")
+            .cloned()
+    });
+    // Published as the certificate's device and tenant.
+    assert_eq!(dev["health"]["device"], id.as_str());
+    assert_eq!(dev["health"]["tenant"], "default");
+    // The embedded broker (rumqttd) speaks 3.1.1 only: the agent's MQTT 5
+    // CONNECT was refused and it fell back.
+    assert_eq!(dev["health"]["mqtt_protocol"], 4, "{dev}");
+}

@@ -660,7 +660,22 @@ fn drift_alert_and_one_retraining_trigger_with_the_embedded_broker() {
     );
     assert_ne!(server.mqtt, "mqtt://127.0.0.1:1883");
     held_out_then_shifted(dir.path(), &server, &tenant, "dev-1");
+    // rumqttd's listener speaks 3.1.1 only: the agent's MQTT 5 CONNECT was
+    // refused, and it fell back.
+    assert_eq!(device_health(&server, "dev-1")["mqtt_protocol"], 4);
     drop(server.proc);
+}
+
+/// The device's last health message as the control plane stored it.
+fn device_health(server: &Server, device: &str) -> Value {
+    let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
+    d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["device"] == device)
+        .map(|x| x["health"].clone())
+        .unwrap_or_else(|| panic!("{device} not in {d}"))
 }
 
 fn mosquitto_up() -> bool {
@@ -685,6 +700,12 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     // Third-party consumers, subscribed before anything is published.
     let (mut sub, lines) = mosquitto_sub(&format!("ferry/v1/{tenant}/+/drift"));
     let (mut ev_sub, event_lines) = mosquitto_sub(&format!("ferry/v1/{tenant}/+/events"));
+    // An MQTT 5 subscriber printing each message's content type and payload
+    // format indicator: only an MQTT 5 publisher can have set them.
+    let (mut sub5, lines5) = mosquitto_sub_with(
+        &["-V", "mqttv5", "-F", "%C %F %p"],
+        &format!("ferry/v1/{tenant}/+/drift"),
+    );
     let server = start_server(
         dir.path(),
         &tenant,
@@ -698,6 +719,18 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     });
     let _ = sub.kill();
     let _ = sub.wait();
+    let got5 = wait_for("the MQTT 5 subscriber to print three summaries", || {
+        let l = lines5.lock().unwrap().clone();
+        (l.len() >= 3).then_some(l)
+    });
+    let _ = sub5.kill();
+    let _ = sub5.wait();
+    for (l5, l) in got5.iter().zip(&got) {
+        let payload = l5
+            .strip_prefix("application/json 1 ")
+            .unwrap_or_else(|| panic!("no MQTT 5 content type / payload format: {l5}"));
+        assert_eq!(payload, l);
+    }
     let stored = drift_windows(server.http);
     for (line, w) in got.iter().zip(&stored) {
         let v: Value = serde_json::from_str(line).unwrap();
@@ -731,14 +764,21 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     assert!(ev
         .iter()
         .all(|e| e["schema"] == 1 && e["device"] == "dev-m"));
+    assert_eq!(device_health(&server, "dev-m")["mqtt_protocol"], 5);
     drop(server.proc);
 }
 
 /// `mosquitto_sub` on Mosquitto at 127.0.0.1:1883 (QoS 1), and the lines it
 /// prints as they arrive.
 fn mosquitto_sub(topic: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+    mosquitto_sub_with(&[], topic)
+}
+
+/// [`mosquitto_sub`] with more of its flags (`-V mqttv5`, `-F FORMAT`).
+fn mosquitto_sub_with(flags: &[&str], topic: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
     let mut sub = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", topic])
+        .args(flags)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -758,6 +798,7 @@ struct Mosquitto {
     conf: PathBuf,
     port: u16,
     proc: Option<Proc>,
+    log: PathBuf,
 }
 
 impl Mosquitto {
@@ -792,8 +833,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "user {me}\nlistener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
-                data.display()
+                "user {me}\nlistener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_dest file {}\nconnection_messages true\n",
+                data.display(),
+                dir.join("mosquitto.log").display()
             ),
         )
         .unwrap();
@@ -802,6 +844,7 @@ impl Mosquitto {
             conf,
             port,
             proc: None,
+            log: dir.join("mosquitto.log"),
         };
         m.restart();
         Some(m)
@@ -829,6 +872,35 @@ impl Mosquitto {
         if let Some(mut p) = self.proc.take() {
             p.terminate();
         }
+    }
+
+    /// The broker's own record of each connection of `client_id`:
+    /// `(p5, c0, k10)` is MQTT 5, clean start off, keep-alive 10 s; Mosquitto
+    /// writes MQTT 3.1.1 as `p2`.
+    fn connections_of(&self, client_id: &str) -> Vec<String> {
+        let needle = format!(" as {client_id} (");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains(&needle))
+            .filter_map(|l| {
+                l.split(&needle)
+                    .nth(1)
+                    .map(|r| r.trim_end_matches(").").to_string())
+            })
+            .collect()
+    }
+
+    fn ingest_connections(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains(" as ferry-server-"))
+            .filter_map(|l| {
+                l.rsplit_once(" (")
+                    .map(|r| r.1.trim_end_matches(").").to_string())
+            })
+            .collect()
     }
 }
 
@@ -910,6 +982,18 @@ fn broker_outage_loses_no_window_and_keeps_order() {
     if let Some(dev) = dev {
         assert_eq!(dev["health"]["outbox_dropped"], 0, "{dev}");
     }
+    // MQTT 5 on both sides, before and after the restart: the control
+    // plane's session kept by the broker (clean start off, a session that
+    // never expires), the agent's clean.
+    let ingest = broker.ingest_connections();
+    assert!(ingest.len() >= 2, "{ingest:?}");
+    assert!(
+        ingest.iter().all(|c| c.starts_with("p5, c0,")),
+        "{ingest:?}"
+    );
+    let agent = broker.connections_of(&format!("ferry-{tenant}-dev-o"));
+    assert!(agent.len() >= 2, "{agent:?}");
+    assert!(agent.iter().all(|c| c.starts_with("p5, c1,")), "{agent:?}");
     broker.stop();
 }
 
@@ -956,10 +1040,18 @@ fn summaries_over_tls_to_an_external_broker() {
     let tenant = unique("tls");
     let url = format!("mqtts://localhost:{}", broker.port);
     let ca_s = ca.display().to_string();
+    // The control plane pinned to MQTT 3.1.1; the agents on auto.
     let server = start_server(
         dir.path(),
         &tenant,
-        &["--mqtt-url", &url, "--mqtt-ca", &ca_s],
+        &[
+            "--mqtt-url",
+            &url,
+            "--mqtt-ca",
+            &ca_s,
+            "--mqtt-version",
+            "3.1.1",
+        ],
     );
     assert_eq!(server.mqtt, url);
     let (bundle, trust) = bundle(dir.path(), &tenant);
@@ -1004,4 +1096,18 @@ fn summaries_over_tls_to_an_external_broker() {
     assert!(drift_windows(server.http)
         .iter()
         .all(|x| x["device"] != "dev-no-ca"));
+    // Mosquitto logs MQTT 3.1.1 as `p2` (its own numbering), 5 as `p5`.
+    let ingest = broker.ingest_connections();
+    assert!(
+        !ingest.is_empty() && ingest.iter().all(|c| c.starts_with("p2,")),
+        "{ingest:?}"
+    );
+    let agent = broker.connections_of(&format!("ferry-{tenant}-dev-tls"));
+    assert!(
+        !agent.is_empty() && agent.iter().all(|c| c.starts_with("p5,")),
+        "{agent:?}"
+    );
+    assert!(broker
+        .connections_of(&format!("ferry-{tenant}-dev-no-ca"))
+        .is_empty());
 }

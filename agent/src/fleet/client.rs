@@ -886,6 +886,7 @@ mod gate_tests {
             tenant: "t".into(),
             server: "127.0.0.1:1".into(),
             online_key: ferry_protocol::PublicKey::from_signing_key(&k),
+            mqtt_url: None,
         };
         let old = SignedDesiredState::sign(&doc(10, 1000), &k);
         let new = SignedDesiredState::sign(&doc(11, 1000), &k);

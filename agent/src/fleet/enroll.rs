@@ -17,6 +17,27 @@ pub struct EnrollOptions {
     pub hostname: Option<String>,
 }
 
+/// A broker on an unspecified address (an embedded broker on `0.0.0.0`)
+/// is reached on the host this device enrolled with.
+fn reachable_broker(url: &str, server: &str) -> String {
+    let Ok(mut u) = url.parse::<ferry_protocol::telemetry::BrokerUrl>() else {
+        return url.to_string();
+    };
+    let unspecified = u
+        .host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if unspecified {
+        if let Some((host, _)) = server.rsplit_once(':') {
+            u.host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+        }
+    }
+    u.to_string()
+}
+
 pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, FleetError> {
     let dir = fleet_dir(&opts.data);
     if dir.join("device.json").exists() {
@@ -67,6 +88,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, FleetError> {
             ca_certificate,
             trust_root,
             online_key,
+            mqtt_url,
         }) => {
             // The trust root must open before anything is stored.
             let signed = SignedTrustRoot::from_bytes(&trust_root)
@@ -87,6 +109,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, FleetError> {
                 tenant,
                 server: opts.server.clone(),
                 online_key,
+                mqtt_url: mqtt_url.map(|u| reachable_broker(&u, &opts.server)),
             };
             let json =
                 serde_json::to_vec_pretty(&id).map_err(|e| FleetError::Protocol(e.to_string()))?;

@@ -66,6 +66,10 @@ pub struct Identity {
     /// `HOST:PORT` of the control plane's QUIC endpoint.
     pub server: String,
     pub online_key: PublicKey,
+    /// The telemetry broker the control plane named at enrollment; used
+    /// when the agent's own configuration names none.
+    #[serde(default)]
+    pub mqtt_url: Option<String>,
 }
 
 pub fn fleet_dir(data: &Path) -> PathBuf {

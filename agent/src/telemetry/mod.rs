@@ -39,6 +39,8 @@ pub struct TelemetryFile {
     /// PEM CA certificate(s) for an `mqtts://` broker (default: the
     /// system's roots).
     pub ca_file: Option<std::path::PathBuf>,
+    /// `auto` (MQTT 5, falling back to 3.1.1), `5` or `3.1.1`.
+    pub mqtt_version: Option<String>,
 }
 
 /// Telemetry flags of `ferry-agent run`.
@@ -65,6 +67,9 @@ pub struct TelemetryArgs {
     /// Most messages kept while the broker is unreachable (oldest dropped, counted)
     #[arg(long, env = "FERRY_AGENT_OUTBOX_MAX")]
     pub outbox_max: Option<u64>,
+    /// MQTT version: auto (5, falling back to 3.1.1 when the broker refuses it), 5 or 3.1.1
+    #[arg(long, env = "FERRY_AGENT_MQTT_VERSION")]
+    pub mqtt_version: Option<ferry_mqtt::Version>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +87,15 @@ pub enum TelemetryConfigError {
     },
     #[error("telemetry: --mqtt-ca needs an mqtts:// broker URL")]
     CaWithoutTls,
+    #[error("telemetry: {0}")]
+    Version(String),
 }
 
 /// The resolved telemetry settings.
 #[derive(Clone, Debug)]
 pub struct TelemetryConfig {
     pub url: MqttUrl,
+    pub version: ferry_mqtt::Version,
     /// TLS to the broker (`mqtts://`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub tenant: String,
@@ -110,13 +118,20 @@ fn hostname() -> String {
         .unwrap_or_else(|| "device".into())
 }
 
-/// Flags win over the file; `None` when no broker is configured.
+/// Flags win over the file, the file over the enrollment (broker, tenant,
+/// device id); `None` when no broker is known.
 pub fn resolve(
     file: Option<TelemetryFile>,
     args: &TelemetryArgs,
+    enrolled: Option<&crate::fleet::Identity>,
 ) -> Result<Option<TelemetryConfig>, TelemetryConfigError> {
     let file = file.unwrap_or_default();
-    let Some(url) = args.mqtt_url.clone().or(file.mqtt_url) else {
+    let Some(url) = args
+        .mqtt_url
+        .clone()
+        .or(file.mqtt_url)
+        .or_else(|| enrolled.and_then(|i| i.mqtt_url.clone()))
+    else {
         return Ok(None);
     };
     let mut url: MqttUrl = url.parse().map_err(TelemetryConfigError::Url)?;
@@ -128,8 +143,14 @@ pub fn resolve(
         .tenant
         .clone()
         .or(file.tenant)
+        .or_else(|| enrolled.map(|i| i.tenant.clone()))
         .unwrap_or_else(|| "default".into());
-    let device = args.device.clone().or(file.device).unwrap_or_else(hostname);
+    let device = args
+        .device
+        .clone()
+        .or(file.device)
+        .or_else(|| enrolled.map(|i| i.device_id.clone()))
+        .unwrap_or_else(hostname);
     for (what, value) in [("tenant", &tenant), ("device", &device)] {
         if !ferry_protocol::telemetry::is_topic_name(value) || value.starts_with('_') {
             return Err(TelemetryConfigError::Name {
@@ -151,8 +172,14 @@ pub fn resolve(
     if window.rows == 0 && window.secs == 0 {
         return Err(TelemetryConfigError::NoBound);
     }
+    let version = match (args.mqtt_version, file.mqtt_version) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v.parse().map_err(TelemetryConfigError::Version)?,
+        (None, None) => ferry_mqtt::Version::Auto,
+    };
     Ok(Some(TelemetryConfig {
         url,
+        version,
         tls,
         tenant,
         device,
@@ -169,45 +196,11 @@ pub fn resolve(
     }))
 }
 
-/// A rustls client configuration trusting `ca` (PEM), or the system's
-/// roots without one.
 fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let err = |reason: String| TelemetryConfigError::Ca {
-                path: path.to_path_buf(),
-                reason,
-            };
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(e.to_string()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(err("no PEM certificate in it".into()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| err(e.to_string()))?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TelemetryConfigError::Ca {
-            path: ca.map(Path::to_path_buf).unwrap_or_default(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    ferry_mqtt::tls_config(ca).map_err(|e| TelemetryConfigError::Ca {
+        path: e.path,
+        reason: e.reason,
+    })
 }
 
 /// A running telemetry task.
@@ -259,8 +252,8 @@ pub fn start(
         })
     };
     println!(
-        "ferry-agent telemetry to {} as {}/{} (window: {} rows / {} s)",
-        cfg.url, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
+        "ferry-agent telemetry to {} (MQTT version {}) as {}/{} (window: {} rows / {} s)",
+        cfg.url, cfg.version, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
     );
     let task = tokio::spawn(publisher::run(
         cfg,

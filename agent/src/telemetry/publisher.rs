@@ -7,14 +7,19 @@
 //! old session can acknowledge a message of the new one. The health topic is
 //! retained: `online` on connect, the last will (`offline`) when the broker
 //! loses the device, `offline` on a clean shutdown.
+//!
+//! Each attempt speaks MQTT 5 or 3.1.1 as [`ferry_mqtt::Negotiation`]
+//! decides. Under MQTT 5 a broker may refuse a message in its PUBACK (an
+//! ACL, a quota): the message stays first in the outbox and is offered
+//! again after a pause, so nothing is lost and nothing overtakes it.
 
 use super::outbox::{Outbox, OutboxError};
 use super::window::Windows;
 use super::TelemetryConfig;
+use ferry_mqtt::{ConnError, Event as MqttEvent, Negotiation, Protocol};
 use ferry_protocol::telemetry::{
     topic, DriftSummary, Event, Health, KIND_DRIFT, KIND_EVENTS, KIND_HEALTH, TELEMETRY_SCHEMA,
 };
-use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +41,12 @@ pub use ferry_protocol::telemetry::BrokerUrl as MqttUrl;
 pub struct Stats {
     pub published: AtomicU64,
     pub connected: AtomicU64,
+    /// Protocol level of the current connection (5, or 4 for 3.1.1); 0
+    /// while disconnected.
+    pub protocol: AtomicU64,
+    /// Messages the broker refused in a PUBACK (MQTT 5) and that wait to
+    /// be offered again.
+    pub refused: AtomicU64,
 }
 
 enum Tag {
@@ -46,9 +57,11 @@ enum Tag {
 }
 
 struct Conn {
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<MqttEvent, String>>,
+    client: ferry_mqtt::Client,
+    events: mpsc::UnboundedReceiver<Result<MqttEvent, ConnError>>,
     connected: bool,
+    /// After a refused PUBACK: the outbox waits until then.
+    hold_until: Option<tokio::time::Instant>,
     /// Publishes handed to the client, in order, awaiting their packet id.
     sent: VecDeque<Tag>,
     by_pkid: HashMap<u16, Tag>,
@@ -58,6 +71,7 @@ struct Conn {
 fn health(
     cfg: &TelemetryConfig,
     status: &str,
+    protocol: Protocol,
     windows: &Windows,
     outbox: &Outbox,
     stats: &Stats,
@@ -77,6 +91,7 @@ fn health(
         outbox_depth: outbox.depth(),
         outbox_dropped: outbox.dropped().unwrap_or(0),
         published: stats.published.load(Ordering::Relaxed),
+        mqtt_protocol: Some(protocol.level()),
     };
     let mut h = h;
     if h.status == "offline-will" {
@@ -85,41 +100,32 @@ fn health(
     serde_json::to_vec(&h).unwrap_or_default()
 }
 
-fn connect(cfg: &TelemetryConfig, will: Vec<u8>) -> Conn {
-    let mut o = MqttOptions::new(
+fn connect(cfg: &TelemetryConfig, will: Vec<u8>, protocol: Protocol) -> Conn {
+    let mut o = ferry_mqtt::Options::new(
         format!("ferry-{}-{}", cfg.tenant, cfg.device),
-        cfg.url.host.clone(),
-        cfg.url.port,
+        cfg.url.clone(),
     );
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
-    o.set_clean_session(true);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(tls) = &cfg.tls {
-        o.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
-    if let Some(u) = &cfg.url.username {
-        o.set_credentials(u.clone(), cfg.url.password.clone().unwrap_or_default());
-    }
-    o.set_last_will(LastWill::new(
-        topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
-        will,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    let (client, mut el) = AsyncClient::new(o, 16);
+    o.keep_alive = Duration::from_secs(cfg.keep_alive_secs.max(5));
+    o.clean = true;
+    o.tls = cfg.tls.clone();
+    o.request_capacity = 16;
+    o.will = Some(ferry_mqtt::Will {
+        topic: topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
+        payload: will,
+        retain: true,
+    });
+    let (client, mut conn) = ferry_mqtt::connect(&o, protocol);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            match el.poll().await {
+            match conn.poll().await {
                 Ok(ev) => {
                     if tx.send(Ok(ev)).is_err() {
                         break;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(e));
                     break;
                 }
             }
@@ -129,6 +135,7 @@ fn connect(cfg: &TelemetryConfig, will: Vec<u8>) -> Conn {
         client,
         events: rx,
         connected: false,
+        hold_until: None,
         sent: VecDeque::new(),
         by_pkid: HashMap::new(),
         in_flight: None,
@@ -188,7 +195,7 @@ pub async fn run(
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let will = health(&cfg, "offline-will", &windows, &outbox, &stats);
+    let mut negotiation = Negotiation::new(cfg.version);
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(200);
     let mut next_attempt = tokio::time::Instant::now();
@@ -200,7 +207,9 @@ pub async fn run(
     let mut announced = false;
     loop {
         if conn.is_none() && tokio::time::Instant::now() >= next_attempt {
-            conn = Some(connect(&cfg, will.clone()));
+            let protocol = negotiation.next();
+            let will = health(&cfg, "offline-will", protocol, &windows, &outbox, &stats);
+            conn = Some(connect(&cfg, will, protocol));
         }
         tokio::select! {
             _ = ticker.tick() => {
@@ -227,8 +236,14 @@ pub async fn run(
                         }
                         false
                     }
-                    (Some(Err(e)), _) => {
-                        tracing::warn!(error = %e, broker = %cfg.url, depth = outbox.depth(), "telemetry broker connection lost; queueing in the outbox");
+                    (Some(Err(e)), c) => {
+                        let protocol = c.map(|c| c.client.protocol());
+                        if e.before_connack {
+                            tracing::warn!(error = %e, broker = %cfg.url, ?protocol, depth = outbox.depth(), "telemetry broker not connected; queueing in the outbox");
+                        } else {
+                            tracing::warn!(error = %e, broker = %cfg.url, depth = outbox.depth(), "telemetry broker connection lost; queueing in the outbox");
+                        }
+                        negotiation.failed(&e);
                         true
                     }
                     _ => true,
@@ -236,6 +251,7 @@ pub async fn run(
                 if lost {
                     conn = None;
                     stats.connected.store(0, Ordering::Relaxed);
+                    stats.protocol.store(0, Ordering::Relaxed);
                     last_health = None;
                     next_attempt = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(cfg.max_backoff_secs.max(1)));
@@ -254,13 +270,13 @@ pub async fn run(
                 last_health = Some(tokio::time::Instant::now());
                 publish_health(&cfg, c, "online", &windows, &outbox, &stats);
             }
-            if c.in_flight.is_none() {
+            let held = c
+                .hold_until
+                .is_some_and(|t| tokio::time::Instant::now() < t);
+            if c.in_flight.is_none() && !held {
                 match outbox.first() {
                     Ok(Some(m)) => {
-                        if c.client
-                            .try_publish(m.topic, QoS::AtLeastOnce, false, m.payload)
-                            .is_ok()
-                        {
+                        if c.client.try_publish(m.topic, m.payload, false).is_ok() {
                             c.sent.push_back(Tag::Queued(m.key));
                             c.in_flight = Some(m.key);
                         }
@@ -310,14 +326,9 @@ fn publish_health(
     outbox: &Outbox,
     stats: &Stats,
 ) {
-    let payload = health(cfg, status, windows, outbox, stats);
+    let payload = health(cfg, status, c.client.protocol(), windows, outbox, stats);
     if c.client
-        .try_publish(
-            topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
-            QoS::AtLeastOnce,
-            true,
-            payload,
-        )
+        .try_publish(topic(&cfg.tenant, &cfg.device, KIND_HEALTH), payload, true)
         .is_ok()
     {
         c.sent.push_back(Tag::Other);
@@ -326,26 +337,44 @@ fn publish_health(
 
 fn handle(ev: MqttEvent, c: &mut Conn, outbox: &Outbox, stats: &Stats) {
     match ev {
-        MqttEvent::Incoming(Packet::ConnAck(_)) => {
+        MqttEvent::Connected { .. } => {
             c.connected = true;
-            tracing::info!("telemetry broker connected");
+            let protocol = c.client.protocol();
+            stats
+                .protocol
+                .store(u64::from(protocol.level()), Ordering::Relaxed);
+            tracing::info!(%protocol, "telemetry broker connected");
         }
-        MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
+        MqttEvent::Sent { pkid } => {
             if let Some(tag) = c.sent.pop_front() {
                 c.by_pkid.insert(pkid, tag);
             }
         }
-        MqttEvent::Incoming(Packet::PubAck(ack)) => {
-            if let Some(Tag::Queued(key)) = c.by_pkid.remove(&ack.pkid) {
-                if let Err(e) = outbox.remove(key) {
-                    tracing::error!(error = %e, "telemetry outbox: removing an acknowledged message failed");
-                }
-                stats.published.fetch_add(1, Ordering::Relaxed);
-                if c.in_flight == Some(key) {
-                    c.in_flight = None;
-                }
+        MqttEvent::PubAck { pkid, refused } => {
+            let Some(tag) = c.by_pkid.remove(&pkid) else {
+                return;
+            };
+            let Tag::Queued(key) = tag else {
+                return;
+            };
+            if c.in_flight == Some(key) {
+                c.in_flight = None;
             }
+            if let Some(reason) = refused {
+                // Kept first in the outbox; offered again after a pause.
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                c.hold_until = Some(tokio::time::Instant::now() + REFUSED_PAUSE);
+                tracing::warn!(key, %reason, "telemetry: the broker refused a message; it stays queued");
+                return;
+            }
+            if let Err(e) = outbox.remove(key) {
+                tracing::error!(error = %e, "telemetry outbox: removing an acknowledged message failed");
+            }
+            stats.published.fetch_add(1, Ordering::Relaxed);
         }
-        _ => {}
+        MqttEvent::Message(_) | MqttEvent::Other => {}
     }
 }
+
+/// How long a message the broker refused waits before it is offered again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(2);

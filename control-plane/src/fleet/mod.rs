@@ -70,12 +70,15 @@ pub struct FleetOptions {
     /// Test hook (`FERRY_TEST_CORRUPT_MODEL`): serve this model's bundles
     /// with their last byte flipped, as a tampering network or disk would.
     pub corrupt_model: Option<String>,
+    /// The telemetry broker handed to devices at enrollment.
+    pub mqtt_url: Option<String>,
 }
 
 impl FleetOptions {
     pub fn new(quic: SocketAddr) -> Self {
         Self {
             quic,
+            mqtt_url: None,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             desired_ttl: std::env::var("FERRY_FLEET_DESIRED_TTL")
                 .ok()

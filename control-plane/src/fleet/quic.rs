@@ -282,6 +282,7 @@ async fn enroll(
         ca_certificate: fleet.ca.cert_der().to_vec(),
         trust_root: trust,
         online_key: fleet.online_public_key(),
+        mqtt_url: fleet.opts.mqtt_url.clone(),
     }
 }
 

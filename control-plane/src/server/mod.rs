@@ -148,7 +148,10 @@ pub async fn serve_with(
     let _ = std::io::stdout().flush();
     let mut router = api::router(state.clone());
     let mut _quic = None;
-    if let Some(opts) = fleet {
+    if let Some(mut opts) = fleet {
+        if opts.mqtt_url.is_none() {
+            opts.mqtt_url = _telemetry.as_ref().map(|t| t.advertised_url.clone());
+        }
         let fleet =
             crate::fleet::Fleet::open(state.store.clone(), state.blobs.clone(), &cfg.data, opts)
                 .await?;

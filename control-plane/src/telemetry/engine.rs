@@ -81,7 +81,7 @@ pub struct Engine {
     clock: Clock,
     http: reqwest::Client,
     /// Publishes alerts as MQTT events once the ingest client is connected.
-    pub mqtt: Mutex<Option<rumqttc::AsyncClient>>,
+    pub mqtt: Mutex<Option<ferry_mqtt::Client>>,
     policies: Mutex<HashMap<(String, String), (DriftPolicy, u64)>>,
     /// First class distribution seen per (tenant, model, version): the
     /// reference for prediction-shift alerts.
@@ -550,9 +550,8 @@ impl Engine {
             if let Some(c) = g.as_ref() {
                 let _ = c.try_publish(
                     topic(tenant, CONTROL_DEVICE, KIND_ALERTS),
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
                     event.to_string(),
+                    false,
                 );
             }
         }

@@ -1,10 +1,11 @@
-//! The control plane's MQTT subscriber: a persistent session
-//! (`clean_session = false`) subscribed to every tenant's drift, health and
-//! event topics at QoS 1, acknowledging each message only after the engine
-//! has stored it, so the broker redelivers what a crash interrupted.
+//! The control plane's MQTT subscriber: a persistent session (under MQTT 5
+//! with a session that never expires) subscribed to every tenant's drift,
+//! health and event topics at QoS 1, acknowledging each message only after
+//! the engine has stored it, so the broker redelivers what a crash
+//! interrupted.
 
 use super::engine::Engine;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use ferry_mqtt::{Event, Negotiation, Version};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,64 +21,72 @@ pub struct BrokerAddr {
     pub url: ferry_protocol::telemetry::BrokerUrl,
     /// TLS to the broker (`mqtts://`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub version: Version,
 }
 
 /// Runs forever, reconnecting with backoff.
 pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
     let mut backoff = Duration::from_millis(200);
+    let mut negotiation = Negotiation::new(broker.version);
+    let mut o = ferry_mqtt::Options::new(client_id, broker.url.clone());
+    o.tls = broker.tls.clone();
+    o.keep_alive = Duration::from_secs(10);
+    o.clean = false;
+    o.manual_acks = true;
+    o.inflight = 100;
+    o.request_capacity = 256;
+    let mut announced = None;
     loop {
-        let mut o = MqttOptions::new(client_id.clone(), broker.url.host.clone(), broker.url.port);
-        if let Some(tls) = &broker.tls {
-            o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        }
-        o.set_keep_alive(Duration::from_secs(10));
-        o.set_clean_session(false);
-        o.set_manual_acks(true);
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        o.set_inflight(100);
-        if let Some(u) = &broker.url.username {
-            o.set_credentials(u.clone(), broker.url.password.clone().unwrap_or_default());
-        }
-        let (client, mut el) = AsyncClient::new(o, 256);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+        let (client, mut conn) = ferry_mqtt::connect(&o, negotiation.next());
+        let ended = loop {
+            match conn.poll().await {
+                Ok(Event::Connected { session_present }) => {
                     backoff = Duration::from_millis(200);
+                    // A kept session has its subscriptions already;
+                    // subscribing again is harmless and covers a broker
+                    // that lost them.
                     for t in SUBSCRIPTIONS {
-                        if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                        if let Err(e) = client.try_subscribe(t) {
                             tracing::error!(topic = t, error = %e, "telemetry subscribe failed");
                         }
                     }
                     if let Ok(mut g) = engine.mqtt.lock() {
                         *g = Some(client.clone());
                     }
-                    tracing::info!(broker = %broker.url, "telemetry ingest connected");
+                    if announced != Some(client.protocol()) {
+                        announced = Some(client.protocol());
+                        println!(
+                            "ferry server MQTT ingest: connected to {} with {}",
+                            broker.url,
+                            client.protocol()
+                        );
+                    }
+                    tracing::info!(broker = %broker.url, protocol = %client.protocol(), session_present, "telemetry ingest connected");
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    match engine.ingest(&p.topic, &p.payload).await {
+                Ok(Event::Message(m)) => {
+                    match engine.ingest(&m.topic, &m.payload).await {
                         Ok(_) => {}
                         // A store failure is not acknowledged: the broker
                         // redelivers after reconnect.
                         Err(super::engine::IngestError::Store(e)) => {
-                            tracing::error!(topic = %p.topic, error = %e, "telemetry not stored; reconnecting for redelivery");
-                            break;
+                            tracing::error!(topic = %m.topic, error = %e, "telemetry not stored; reconnecting for redelivery");
+                            break None;
                         }
                         Err(e) => {
-                            tracing::warn!(topic = %p.topic, error = %e, "telemetry message refused");
+                            tracing::warn!(topic = %m.topic, error = %e, "telemetry message refused");
                         }
                     }
-                    if let Err(e) = client.try_ack(&p) {
+                    if let Err(e) = client.try_ack(&m) {
                         tracing::warn!(error = %e, "telemetry ack not queued");
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "telemetry ingest disconnected; reconnecting");
-                    break;
-                }
+                Err(e) => break Some(e),
             }
+        };
+        if let Some(e) = ended {
+            tracing::warn!(error = %e, protocol = %conn.protocol(), "telemetry ingest disconnected; reconnecting");
+            negotiation.failed(&e);
         }
         if let Ok(mut g) = engine.mqtt.lock() {
             *g = None;

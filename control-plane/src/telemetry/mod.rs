@@ -33,6 +33,10 @@ pub struct TelemetryOptions {
     pub mqtt_listen: Option<SocketAddr>,
     /// No broker, no ingest.
     pub disabled: bool,
+    /// Broker URL for enrolling devices (default: the one in use).
+    pub mqtt_advertise: Option<String>,
+    /// MQTT version the ingest speaks to an external broker.
+    pub mqtt_version: ferry_mqtt::Version,
 }
 
 /// `ferry server` telemetry flags.
@@ -47,9 +51,15 @@ pub struct TelemetryArgs {
     /// Address of the embedded MQTT broker (default 127.0.0.1:1884; port 0 picks a free port)
     #[arg(long, env = "FERRY_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
+    /// Broker URL given to devices at enrollment when it differs from the one this server uses (e.g. the embedded broker on 0.0.0.0, or a NAT)
+    #[arg(long, env = "FERRY_MQTT_ADVERTISE")]
+    pub mqtt_advertise: Option<String>,
     /// Run without MQTT telemetry (no broker, no ingest)
     #[arg(long, env = "FERRY_NO_MQTT")]
     pub no_mqtt: bool,
+    /// MQTT version for the external broker: auto (5, falling back to 3.1.1), 5 or 3.1.1
+    #[arg(long, env = "FERRY_MQTT_VERSION", default_value = "auto")]
+    pub mqtt_version: ferry_mqtt::Version,
 }
 
 impl TelemetryArgs {
@@ -59,6 +69,8 @@ impl TelemetryArgs {
             mqtt_ca: self.mqtt_ca.clone(),
             mqtt_listen: self.mqtt_listen,
             disabled: self.no_mqtt,
+            mqtt_advertise: self.mqtt_advertise.clone(),
+            mqtt_version: self.mqtt_version,
         }
     }
 }
@@ -83,8 +95,11 @@ pub enum TelemetryError {
 /// The running telemetry side of a server.
 pub struct Telemetry {
     pub engine: Arc<engine::Engine>,
-    /// `mqtt://host:port` agents should publish to.
+    /// The broker as printed (never with a password).
     pub broker_url: String,
+    /// `mqtt://host:port` (no credentials) that enrolling devices are
+    /// given: `--mqtt-advertise`, else the broker in use.
+    pub advertised_url: String,
     pub embedded: bool,
 }
 
@@ -92,35 +107,11 @@ fn parse_url(url: &str) -> Result<BrokerUrl, TelemetryError> {
     url.parse().map_err(|reason| TelemetryError::Url { reason })
 }
 
-/// A rustls client configuration trusting `ca` (PEM), or the system's roots.
 fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let err = |reason: String| TelemetryError::Ca {
-        path: ca.map(Path::to_path_buf).unwrap_or_default(),
-        reason,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = match ca {
-        Some(path) => CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(e.to_string()))?,
-        None => rustls_native_certs::load_native_certs().certs,
-    };
-    for c in certs {
-        roots.add(c).map_err(|e| err(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(err("no CA certificate to trust".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    ferry_mqtt::tls_config(ca).map_err(|e| TelemetryError::Ca {
+        path: e.path,
+        reason: e.reason,
+    })
 }
 
 /// The ingest's MQTT client id, kept in `DATA/telemetry/client-id`: its
@@ -167,7 +158,15 @@ pub async fn start(
                 (false, None) => None,
             };
             let shown = url.to_string();
-            (ingest::BrokerAddr { url, tls }, shown, false)
+            (
+                ingest::BrokerAddr {
+                    url,
+                    tls,
+                    version: opts.mqtt_version,
+                },
+                shown,
+                false,
+            )
         }
         None => {
             let default: SocketAddr = DEFAULT_MQTT_LISTEN
@@ -195,10 +194,27 @@ pub async fn start(
                         tls: false,
                     },
                     tls: None,
+                    // rumqttd's listener here speaks 3.1.1 only.
+                    version: ferry_mqtt::Version::V311,
                 },
                 format!("mqtt://{bound}"),
                 true,
             )
+        }
+    };
+    let advertised = match &opts.mqtt_advertise {
+        Some(u) => {
+            let mut a = parse_url(u)?;
+            a.username = None;
+            a.password = None;
+            a.to_string()
+        }
+        None => {
+            // The server's own credentials are not the devices'.
+            let mut a = addr.url.clone();
+            a.username = None;
+            a.password = None;
+            a.to_string()
         }
     };
     println!(
@@ -225,6 +241,7 @@ pub async fn start(
     Ok(Some(Telemetry {
         engine,
         broker_url: url,
+        advertised_url: advertised,
         embedded,
     }))
 }
