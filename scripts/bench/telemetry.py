@@ -19,6 +19,9 @@ From the repository root, with release binaries and paho-mqtt:
    the last stored, and the publisher's own rate for comparison.
 
 FERRY_BENCH_BIN selects the binaries' directory (default target/release).
+--broker mqtt://127.0.0.1:1883 runs both against an external broker
+(Mosquitto speaks MQTT 5, which agent and control plane then use) instead
+of the embedded rumqttd (MQTT 3.1.1 only).
 """
 
 import argparse
@@ -39,6 +42,7 @@ from benchproc import Proc, sh
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.environ.get("FERRY_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 WORK = os.path.join(ROOT, "target", "telemetry-bench")
+BROKER = None  # --broker
 FIX = os.path.join(ROOT, "tests", "fixtures")
 ADMIN = "fy_" + "0" * 62 + "c3"
 
@@ -77,7 +81,8 @@ def setup(label):
     sh(ferry, "bundle", "build", f"{m}/bc_logreg.onnx", "--name", "bc", "--version", "1",
        "--baseline", f"{m}/bc_logreg.baseline.csv", "--sign-with", f"{work}/keys/pub.key",
        "--out", f"{work}/bc.ferry")
-    server = Proc([ferry, "server", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0",
+    mqtt_args = ["--mqtt-url", BROKER] if BROKER else ["--mqtt-listen", "127.0.0.1:0"]
+    server = Proc([ferry, "server", "--http", "127.0.0.1:0", *mqtt_args,
                    "--rate-limit-per-minute", "0", "--data", f"{work}/server"], env=env,
                   log=f"{work}/server.log")
     http_addr = server.wait_line("ferry server listening on http://").split()[0]
@@ -212,10 +217,15 @@ def ingest(devices, rounds, template):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--broker", default=None,
+                    help="external broker URL (e.g. mqtt://127.0.0.1:1883, Mosquitto: MQTT 5) "
+                         "instead of the embedded rumqttd (MQTT 3.1.1)")
     ap.add_argument("--rate", type=float, default=300, help="rows/s sent to the agent")
     ap.add_argument("--devices", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
+    global BROKER
+    BROKER = a.broker
     captured = []
     lat = []
     for i in range(a.trials):

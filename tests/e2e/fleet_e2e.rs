@@ -424,6 +424,18 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
         let data = tmp.path().join(format!("agent-{name}"));
         let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
         let agent = Agent::start(&data, &id, &[]);
+        // The replay hook resends a connection's first state after a newer
+        // one: the deployment must come after the session is up, or the
+        // first state already holds it and nothing is replayed.
+        wait_for("the device's session", LONG, || {
+            let v = server.json(&["device", "list"]);
+            v["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["id"] == id.as_str() && d["connected"] == true)
+                .then_some(())
+        });
         deploy(&server, "fraud", "1", "");
         let rec = refused_audit(&server, "device.desired_state", code);
         assert_eq!(rec["actor"], format!("device {id}"));
