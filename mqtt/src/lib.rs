@@ -245,6 +245,21 @@ impl Client {
         }
     }
 
+    /// Acknowledges a message received with [`Options::manual_acks`],
+    /// waiting for room in the request queue. The connection must be
+    /// polled by another task meanwhile (a full queue only drains there).
+    pub async fn ack(&self, m: &Message) -> Result<(), ClientError> {
+        match (self, &m.raw) {
+            (Client::V5(c), Raw::V5(p)) => c.ack(p).await.map_err(|e| ClientError(e.to_string())),
+            (Client::V311(c), Raw::V311(p)) => {
+                c.ack(p).await.map_err(|e| ClientError(e.to_string()))
+            }
+            _ => Err(ClientError(
+                "message from a connection of the other protocol".into(),
+            )),
+        }
+    }
+
     pub fn try_disconnect(&self) -> Result<(), ClientError> {
         match self {
             Client::V5(c) => c.try_disconnect().map_err(|e| ClientError(e.to_string())),

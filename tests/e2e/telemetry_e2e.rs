@@ -1111,3 +1111,71 @@ fn summaries_over_tls_to_an_external_broker() {
         .connections_of(&format!("ferry-{tenant}-dev-no-ca"))
         .is_empty());
 }
+
+/// A burst far larger than the ingest's request queue (256) and MQTT 5's
+/// receive maximum (100): every message is stored and acknowledged. (The
+/// stall this guards against, acks dropped when the queue was full, showed
+/// with 10,000 drift summaries in `scripts/bench/telemetry.py --broker`;
+/// these lighter health messages did not reproduce it before the fix.)
+#[test]
+fn ingest_keeps_up_with_a_burst_over_mqtt_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(dir.path()) else {
+        if missing("the mosquitto broker binary (Debian package mosquitto)") {
+            return;
+        }
+        unreachable!()
+    };
+    let tenant = unique("burst");
+    let server = start_server(
+        dir.path(),
+        &tenant,
+        &["--mqtt-url", &format!("mqtt://127.0.0.1:{}", broker.port)],
+    );
+    wait_for("the ingest's MQTT 5 session", || {
+        (!broker.ingest_connections().is_empty()).then_some(())
+    });
+    const N: usize = 3000;
+    let url = ferry_protocol::telemetry::BrokerUrl {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+        username: None,
+        password: None,
+        tls: false,
+    };
+    // One publisher, every message queued at once: the broker forwards
+    // them to the ingest as fast as it acknowledges.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut o = ferry_mqtt::Options::new("burst-publisher", url);
+        o.request_capacity = N + 16;
+        let (client, mut conn) = ferry_mqtt::connect(&o, ferry_mqtt::Protocol::V5);
+        for i in 0..N {
+            let health = serde_json::json!({
+                "schema": 1, "tenant": tenant, "device": format!("d{i}"),
+                "status": "online", "at_ms": 1, "agent_version": "0",
+            });
+            client
+                .try_publish(
+                    format!("ferry/v1/{tenant}/d{i}/health"),
+                    health.to_string(),
+                    false,
+                )
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < N {
+            match tokio::time::timeout(Duration::from_secs(60), conn.poll()).await {
+                Ok(Ok(ferry_mqtt::Event::PubAck { refused: None, .. })) => acked += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publisher: {other:?} after {acked} acks"),
+            }
+        }
+    });
+    let n = wait_for("every device's health stored", || {
+        let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
+        let n = d["devices"].as_array().map_or(0, |a| a.len());
+        (n == N).then_some(n)
+    });
+    assert_eq!(n, N);
+}

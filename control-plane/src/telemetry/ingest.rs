@@ -38,8 +38,29 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
     let mut announced = None;
     loop {
         let (client, mut conn) = ferry_mqtt::connect(&o, negotiation.next());
+        let protocol = conn.protocol();
+        // The event loop runs in its own task: acknowledgements wait for
+        // room in the client's request queue, which only the event loop
+        // drains. (Polling and acking in one task dropped acks under load,
+        // and an MQTT 5 broker then stopped at the receive maximum.) The
+        // channel is unbounded because a bounded one could deadlock with a
+        // full request queue; the broker's flow control (receive maximum,
+        // in-flight window) bounds what is unacknowledged.
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let poller = tokio::spawn(async move {
+            loop {
+                let ev = conn.poll().await;
+                let end = ev.is_err();
+                if tx.send(ev).is_err() || end {
+                    break;
+                }
+            }
+        });
         let ended = loop {
-            match conn.poll().await {
+            let Some(ev) = events.recv().await else {
+                break None;
+            };
+            match ev {
                 Ok(Event::Connected { session_present }) => {
                     backoff = Duration::from_millis(200);
                     // A kept session has its subscriptions already;
@@ -76,16 +97,18 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
                             tracing::warn!(topic = %m.topic, error = %e, "telemetry message refused");
                         }
                     }
-                    if let Err(e) = client.try_ack(&m) {
-                        tracing::warn!(error = %e, "telemetry ack not queued");
+                    if let Err(e) = client.ack(&m).await {
+                        tracing::warn!(error = %e, "telemetry ack not queued; reconnecting for redelivery");
+                        break None;
                     }
                 }
                 Ok(_) => {}
                 Err(e) => break Some(e),
             }
         };
+        poller.abort();
         if let Some(e) = ended {
-            tracing::warn!(error = %e, protocol = %conn.protocol(), "telemetry ingest disconnected; reconnecting");
+            tracing::warn!(error = %e, %protocol, "telemetry ingest disconnected; reconnecting");
             negotiation.failed(&e);
         }
         if let Ok(mut g) = engine.mqtt.lock() {
