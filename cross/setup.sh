@@ -5,7 +5,13 @@
 #
 #   cross/setup.sh [aarch64|armv7|all]     (default: all)
 #
-# Exit status 3: aarch64 is installed but armv7 could not be (mirror problem).
+# armv7: when the prebuilt armhf std (libstd-rust-web-dev:armhf 1.96, from
+# bookworm-security's armhf index, often mid-sync on the mirror) cannot be
+# installed, installs rust-web-src instead (the same rustc's library sources,
+# an amd64/all package) plus the cross linker and the cross glibc; cross/
+# target.py then builds std from source (build_std = "auto" in the target file).
+#
+# Exit status 3: aarch64 is installed but armv7 could not be by either path.
 #
 # apt treats all indexes under one Release file as a unit: if one
 # architecture's index fails (a mirror mid-sync), the others from the same
@@ -40,9 +46,26 @@ case "$which_targets" in
   aarch64|all)
     install_arch arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstd-rust-web-dev:arm64 ;;
 esac
+all_installed() { for p in "$@"; do installed "$p" || return 1; done; }
+version_of() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null; }
+armv7_prebuilt=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libstd-rust-web-dev:armhf)
+armv7_source=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross rust-web-src)
 case "$which_targets" in
   armv7|all)
-    if ! install_arch armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libstd-rust-web-dev:armhf; then
+    if all_installed "${armv7_prebuilt[@]}"; then
+      echo "cross: armv7 toolchain present (prebuilt std)"
+    elif all_installed "${armv7_source[@]}"; then
+      echo "cross: armv7 toolchain present (std built from rust-web-src)"
+    elif ! install_arch armhf "${armv7_prebuilt[@]}"; then
+      echo "cross: prebuilt armhf std not installable; installing rust-web-src to build std from source" >&2
+      if ! install_arch amd64 "${armv7_source[@]}"; then
+        [ "$which_targets" = all ] && status=3 || status=1
+      fi
+    fi
+    # build-std needs the library sources of exactly this rustc.
+    if ! all_installed "${armv7_prebuilt[@]}" && installed rust-web-src &&
+       [ "$(version_of rust-web-src)" != "$(version_of rustc-web)" ]; then
+      echo "cross: rust-web-src $(version_of rust-web-src) does not match rustc-web $(version_of rustc-web)" >&2
       [ "$which_targets" = all ] && status=3 || status=1
     fi ;;
 esac

@@ -9,25 +9,29 @@
 #
 #   cross/test-emulated.sh [TARGET]    (default rpi4-aarch64; build it first
 #                                       with cross/target.py build TARGET)
+#
+# The host `ferry` (bundle signing) builds into $CARGO_TARGET_DIR if set,
+# else target/ (CI reuses the main tests' build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${1:-rpi4-aarch64}"
 triple=$(python3 -c "import tomllib;print(tomllib.load(open('firmware-targets/$target.toml','rb'))['triple'])")
 agent=$(python3 cross/target.py path "$target")
 [ -x "$agent" ] || { echo "missing $agent: run cross/target.py build $target" >&2; exit 1; }
-case "$triple" in
-  aarch64-*) qemu="qemu-aarch64-static -L /" ;;  # one sysroot: see .cargo/config.toml
-  armv7-*) qemu="qemu-arm-static -L /" ;;
-  *) qemu="" ;;
-esac
+# qemu-user with one glibc sysroot (multiarch or cross package, never mixed:
+# see .cargo/config.toml); empty for the host target.
+qemu=$(python3 cross/target.py runner "$target")
 
 echo "== ferry-protocol tests for $triple under qemu"
-RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
-  cargo test --locked -p ferry-protocol --target "$triple" --lib --tests  # rustdoc is rustup's: no ARM std
+# Debian's rustc into target/cross, qemu as cargo's runner, std built from
+# source where the target file asks for it. rustdoc is rustup's (no ARM std),
+# so no doctests.
+python3 cross/target.py cargo "$target" test --locked -p ferry-protocol --lib --tests
 
 echo "== agent under emulation"
-cargo build --locked -q -p ferry --bin ferry
-ferry=target/debug/ferry
+host_dir="${CARGO_TARGET_DIR:-target}"
+CARGO_TARGET_DIR="$host_dir" cargo build --locked -q -p ferry --bin ferry
+ferry="$host_dir/debug/ferry"
 work=$(mktemp -d -t ferry-emu.XXXXXX)
 agent_pid=""
 cleanup() { [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null; rm -rf "$work"; }
