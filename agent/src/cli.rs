@@ -312,7 +312,7 @@ fn run(args: RunArgs) -> Result<()> {
         }
         // An enrolled device keeps a session with its control plane; serving
         // never waits for it.
-        let fleet = match crate::fleet::Identity::load(&cfg.data_dir)? {
+        let fleet = match identity {
             Some(id) => {
                 tracing::info!(device = %id.device_id, server = %id.server, "fleet session starting");
                 let mut opts = crate::fleet::ClientOptions::new(&cfg.data_dir);

@@ -138,7 +138,7 @@ pub struct Options {
     /// `false`: a persistent session, kept by the broker while we are away
     /// (under MQTT 5: with a session expiry that never ends).
     pub clean: bool,
-    /// Incoming QoS 1 messages are acknowledged only by [`Client::try_ack`].
+    /// Incoming QoS 1 messages are acknowledged only by [`Client::ack`].
     pub manual_acks: bool,
     pub max_packet_bytes: u32,
     /// Most unacknowledged QoS 1 messages in each direction.
@@ -231,17 +231,6 @@ impl Client {
             Client::V311(c) => c
                 .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
                 .map_err(|e| ClientError(e.to_string())),
-        }
-    }
-
-    /// Acknowledges a message received with [`Options::manual_acks`].
-    pub fn try_ack(&self, m: &Message) -> Result<(), ClientError> {
-        match (self, &m.raw) {
-            (Client::V5(c), Raw::V5(p)) => c.try_ack(p).map_err(|e| ClientError(e.to_string())),
-            (Client::V311(c), Raw::V311(p)) => c.try_ack(p).map_err(|e| ClientError(e.to_string())),
-            _ => Err(ClientError(
-                "message from a connection of the other protocol".into(),
-            )),
         }
     }
 

@@ -407,22 +407,8 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
         ),
     ] {
         let server = Server::start(&tmp.path().join(format!("server-{name}")), &[env]);
-        ferry_e2e::fleet::ok(&mut server.cli(&[
-            "trust",
-            "push",
-            keys.path("v1.root").to_str().unwrap(),
-        ]));
-        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
-        let ca = tmp.path().join(format!("ca-{name}.pem"));
-        let tok = server.json(&[
-            "device",
-            "token",
-            "create",
-            "--ca-out",
-            ca.to_str().unwrap(),
-        ]);
         let data = tmp.path().join(format!("agent-{name}"));
-        let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+        let id = enroll_with_bundle(&server, &keys, &bundle, &data);
         let agent = Agent::start(&data, &id, &[]);
         // The replay hook resends a connection's first state after a newer
         // one: the deployment must come after the session is up, or the
@@ -449,6 +435,31 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
             assert_eq!(agent.infer("fraud").0, 404);
         }
     }
+}
+
+/// Pushes the v1 trust root and `bundle`, makes a one-use enrollment token
+/// and enrolls an agent into `data`; its device id.
+fn enroll_with_bundle(
+    server: &Server,
+    keys: &Keys,
+    bundle: &std::path::Path,
+    data: &std::path::Path,
+) -> String {
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+    let ca = data.with_extension("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    Agent::enroll(server, tok["token"].as_str().unwrap(), &ca, data)
 }
 
 /// Runs `n` simulated devices (the 1,000-agent benchmark's tool) against a
@@ -551,22 +562,8 @@ fn enrolled_agent_publishes_telemetry_as_itself_to_the_broker_it_was_given() {
     let keys = Keys::new(&tmp.path().join("k"));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
     let server = Server::start(&tmp.path().join("server"), &[]);
-    ferry_e2e::fleet::ok(&mut server.cli(&[
-        "trust",
-        "push",
-        keys.path("v1.root").to_str().unwrap(),
-    ]));
-    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
-    let ca = tmp.path().join("ca.pem");
-    let tok = server.json(&[
-        "device",
-        "token",
-        "create",
-        "--ca-out",
-        ca.to_str().unwrap(),
-    ]);
     let data = tmp.path().join("agent");
-    let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+    let id = enroll_with_bundle(&server, &keys, &bundle, &data);
     // The enrollment named the server's (embedded) broker, without
     // credentials.
     let identity: Value =

@@ -801,9 +801,18 @@ struct Mosquitto {
     log: PathBuf,
 }
 
+/// `None` (the test returns) where Mosquitto is not installed; with
+/// `CI=true` that fails the test instead.
+fn mosquitto_missing() -> Option<Mosquitto> {
+    missing("the mosquitto broker binary (Debian package mosquitto)");
+    None
+}
+
 impl Mosquitto {
-    fn start(dir: &Path) -> Option<Mosquitto> {
-        Self::start_with(dir, "")
+    /// A private Mosquitto, or `None` where it is not installed (see
+    /// [`mosquitto_missing`]).
+    fn start_or_skip(dir: &Path) -> Option<Mosquitto> {
+        Self::start_with(dir, "").or_else(mosquitto_missing)
     }
 
     /// `listener_conf` goes after the listener line (TLS settings).
@@ -907,11 +916,8 @@ impl Mosquitto {
 #[test]
 fn broker_outage_loses_no_window_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut broker) = Mosquitto::start(dir.path()) else {
-        if missing("the mosquitto broker binary (Debian package mosquitto)") {
-            return;
-        }
-        unreachable!()
+    let Some(mut broker) = Mosquitto::start_or_skip(dir.path()) else {
+        return;
     };
     let tenant = unique("out");
     let server = start_server(
@@ -1031,11 +1037,8 @@ fn summaries_over_tls_to_an_external_broker() {
         crt.display(),
         k.display()
     );
-    let Some(broker) = Mosquitto::start_with(dir.path(), &tls) else {
-        if missing("the mosquitto broker binary (Debian package mosquitto)") {
-            return;
-        }
-        unreachable!()
+    let Some(broker) = Mosquitto::start_with(dir.path(), &tls).or_else(mosquitto_missing) else {
+        return;
     };
     let tenant = unique("tls");
     let url = format!("mqtts://localhost:{}", broker.port);
@@ -1120,11 +1123,8 @@ fn summaries_over_tls_to_an_external_broker() {
 #[test]
 fn ingest_keeps_up_with_a_burst_over_mqtt_5() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(dir.path()) else {
-        if missing("the mosquitto broker binary (Debian package mosquitto)") {
-            return;
-        }
-        unreachable!()
+    let Some(broker) = Mosquitto::start_or_skip(dir.path()) else {
+        return;
     };
     let tenant = unique("burst");
     let server = start_server(

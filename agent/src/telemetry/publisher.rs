@@ -41,12 +41,6 @@ pub use ferry_protocol::telemetry::BrokerUrl as MqttUrl;
 pub struct Stats {
     pub published: AtomicU64,
     pub connected: AtomicU64,
-    /// Protocol level of the current connection (5, or 4 for 3.1.1); 0
-    /// while disconnected.
-    pub protocol: AtomicU64,
-    /// Messages the broker refused in a PUBACK (MQTT 5) and that wait to
-    /// be offered again.
-    pub refused: AtomicU64,
 }
 
 enum Tag {
@@ -204,7 +198,6 @@ pub async fn run(
     // `None`: due now (at every new connection).
     let mut last_health: Option<tokio::time::Instant> = None;
     let mut draining_until: Option<tokio::time::Instant> = None;
-    let mut announced = false;
     loop {
         if conn.is_none() && tokio::time::Instant::now() >= next_attempt {
             let protocol = negotiation.next();
@@ -231,9 +224,6 @@ pub async fn run(
                 let lost = match (ev, conn.as_mut()) {
                     (Some(Ok(ev)), Some(c)) => {
                         handle(ev, c, &outbox, &stats);
-                        if c.connected && !announced {
-                            announced = true;
-                        }
                         false
                     }
                     (Some(Err(e)), c) => {
@@ -251,7 +241,6 @@ pub async fn run(
                 if lost {
                     conn = None;
                     stats.connected.store(0, Ordering::Relaxed);
-                    stats.protocol.store(0, Ordering::Relaxed);
                     last_health = None;
                     next_attempt = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(cfg.max_backoff_secs.max(1)));
@@ -339,11 +328,7 @@ fn handle(ev: MqttEvent, c: &mut Conn, outbox: &Outbox, stats: &Stats) {
     match ev {
         MqttEvent::Connected { .. } => {
             c.connected = true;
-            let protocol = c.client.protocol();
-            stats
-                .protocol
-                .store(u64::from(protocol.level()), Ordering::Relaxed);
-            tracing::info!(%protocol, "telemetry broker connected");
+            tracing::info!(protocol = %c.client.protocol(), "telemetry broker connected");
         }
         MqttEvent::Sent { pkid } => {
             if let Some(tag) = c.sent.pop_front() {
@@ -362,7 +347,6 @@ fn handle(ev: MqttEvent, c: &mut Conn, outbox: &Outbox, stats: &Stats) {
             }
             if let Some(reason) = refused {
                 // Kept first in the outbox; offered again after a pause.
-                stats.refused.fetch_add(1, Ordering::Relaxed);
                 c.hold_until = Some(tokio::time::Instant::now() + REFUSED_PAUSE);
                 tracing::warn!(key, %reason, "telemetry: the broker refused a message; it stays queued");
                 return;

@@ -268,13 +268,4 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         assert_ne!(client_id(other.path()).unwrap(), a);
     }
-
-    #[test]
-    fn ca_files_are_checked() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("ca.pem");
-        std::fs::write(&p, "not a certificate").unwrap();
-        assert!(tls_config(Some(&p)).is_err());
-        assert!(tls_config(Some(&d.path().join("missing.pem"))).is_err());
-    }
 }
