@@ -7,7 +7,8 @@
 //!     --addr 127.0.0.1:8081 --path /v2/models/m/infer --body req.json \
 //!     --concurrency 16 --duration 10
 //!
-//! std only: no async runtime sits between the socket and the clock.
+//! Blocking std sockets: no async runtime sits between the socket and the
+//! clock.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,10 +68,20 @@ fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
     })
 }
 
+/// Turns off delayed ACKs until the next receive (Linux re-arms them). A
+/// server that writes its response in two segments with Nagle on (uvicorn,
+/// under mlflow) would otherwise wait up to 40 ms for our ACK on every
+/// keep-alive request: a stall of the client's making, not the server's.
+/// Set once per request, before the response's first segment arrives.
+fn quickack(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
+}
+
 /// Sends one request and reads the whole response. Returns (status, keep
 /// the connection).
 fn roundtrip(c: &mut Conn, req: &[u8]) -> std::io::Result<(u16, bool)> {
     c.w.write_all(req)?;
+    quickack(&c.w);
     let mut line = String::new();
     if c.r.read_line(&mut line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());

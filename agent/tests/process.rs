@@ -140,6 +140,57 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
     assert_eq!(stats["first_seq"].as_u64().unwrap(), from);
 }
 
+/// Default (async) durability: what was answered more than a flush interval
+/// (plus the log's group linger) before a kill -9 survives it.
+#[test]
+fn kill_9_keeps_async_records_older_than_the_flush_interval() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let bundle = keys.bundle("bc_logreg", "fraud", 1);
+    let dir = data.path().to_str().unwrap();
+    let trust = keys.trust_path.to_str().unwrap();
+    let mut agent = Process::spawn(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        trust,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir,
+        "--log-flush-ms",
+        "100",
+    ]);
+    let rows = reference_rows("bc_logreg");
+    let mut conn = Conn::open(agent.addr).unwrap();
+    for i in 0..250 {
+        let r = conn
+            .request(
+                "POST",
+                "/v2/models/fraud/infer",
+                &[],
+                &infer_body(&format!("a-{i}"), &rows[..1]),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // The contract is 100 ms + the 5 ms linger; wait twenty times that.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    agent.kill9();
+    let agent = Process::spawn(&[
+        "run",
+        "--trust",
+        trust,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir,
+    ]);
+    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    assert_eq!(stats["records"], 250, "{stats}");
+}
+
 #[test]
 fn refused_side_load_without_a_previous_version_exits_with_the_reason() {
     let keys = Keys::new();

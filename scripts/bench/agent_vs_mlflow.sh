@@ -26,7 +26,7 @@ MODEL=${MODEL:-bc_logreg}
 # Only the agent is measured: release build of it alone; the operator CLI
 # (bundle signing) may be a debug build.
 if [ -z "${SKIP_BUILD:-}" ]; then  # SKIP_BUILD=1: use the binaries already built
-  cargo build --release -p ferry-agent --bin ferry-agent >&2
+  cargo build --release -p ferry-agent --bin ferry-agent --example loadgen >&2
   cargo build -p ferry --bin ferry >&2
 fi
 BIN=$ROOT/target/release
@@ -41,8 +41,6 @@ PIDS=()
 # mlflow's workers are children: stop each server's whole process group.
 cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-# The load generator is std-only: compile it directly, optimised.
-rustc --edition 2021 -O -o "$WORK/loadgen" agent/examples/loadgen.rs
 F=$ROOT/tests/fixtures/models
 
 "$FERRY" key generate --out "$WORK/keys" --name root >/dev/null
@@ -92,7 +90,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 IDLE_RSS=$(rss_kb "$AGENT_PID")
 
 run() { # name addr path body concurrency
-  "$WORK/loadgen" --addr "$2" --path "$3" --body "$4" --concurrency "$5" \
+  "$BIN/examples/loadgen" --addr "$2" --path "$3" --body "$4" --concurrency "$5" \
     --duration "$DURATION" --warmup 1
 }
 declare -A R
