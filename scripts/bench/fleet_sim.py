@@ -116,7 +116,7 @@ def run(devices, mb, label):
         print(f"[{label}] {devices} devices enrolled and connected in {time.time() - t:.1f}s",
               file=sys.stderr)
         pid = server.p.pid
-        cpu0 = cpu_seconds(pid)
+        cpu0, sim_cpu0 = cpu_seconds(pid), cpu_seconds(sim.p.pid)
         t0 = time.time()
         dep = json.loads(cli("deploy", "big", "--version", "1", "--selector", "fleet=sim",
                              "--json"))["id"]
@@ -129,6 +129,7 @@ def run(devices, mb, label):
             time.sleep(0.25)
         cp_done = time.time()
         cpu = cpu_seconds(pid) - cpu0
+        sim_cpu = cpu_seconds(sim.p.pid) - sim_cpu0
         return {
             "devices": devices,
             "bundle_bytes": size,
@@ -137,6 +138,7 @@ def run(devices, mb, label):
             "server_cpu_s": round(cpu, 2),
             "server_cpu_share_of_2_cores": round(cpu / (cp_done - t0) / 2, 2),
             "server_peak_rss_mb": round(peak_rss_mb(pid), 1),
+            "simulator_cpu_s": round(sim_cpu, 2),
             "aggregate_mb_per_s": round(devices * size / (1 << 20) / (sim_done - t0), 1),
         }
     finally:

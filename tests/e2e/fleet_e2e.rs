@@ -263,10 +263,19 @@ fn enroll_deploy_promote_and_refusals() {
         "{rows:?}"
     );
     assert_eq!(a0.infer("fraud").1["model_version"], "2");
-    // v1's deployment is still live underneath (superseded): remove it
-    // first, or removing v2's would fall back to it.
-    ferry_e2e::fleet::ok(&mut server.cli(&["undeploy", &d1]));
-    ferry_e2e::fleet::ok(&mut server.cli(&["undeploy", &d2]));
+    // v1's deployment is still live underneath (superseded): removing v2's
+    // falls back to it, which agents that ran v2 refuse as a rollback. The
+    // CLI warns; removing v1's then has nothing older to warn about.
+    let out = ferry_e2e::fleet::run(&mut server.cli(&["undeploy", &d2]));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 device(s) fall back to fraud version 1") && err.contains("rollback"),
+        "{err}"
+    );
+    let out = ferry_e2e::fleet::run(&mut server.cli(&["undeploy", &d1]));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && !err.contains("warning"), "{err}");
     wait_for("undeployed model unloads", LONG, || {
         (a0.infer("fraud").0 == 404).then_some(())
     });

@@ -83,10 +83,44 @@ pub async fn connect(
         .map_err(|e| err(e.to_string()))
 }
 
+/// Socket buffer asked for, each way. The kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// The QUIC endpoint's UDP socket, with room for bursts. At download rates
+/// the kernel's default receive buffer (about 208 KiB) overflows, and QUIC
+/// reads the dropped packets as congestion and slows down. One socket
+/// carries every simulated device in the fleet simulator, where this
+/// matters most.
 pub fn client_endpoint() -> Result<quinn::Endpoint, FleetError> {
-    let bind: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
-    quinn::Endpoint::client(bind).map_err(|e| FleetError::Connect {
+    let err = |e: std::io::Error| FleetError::Connect {
         server: "(local endpoint)".into(),
         reason: e.to_string(),
-    })
+    };
+    let bind: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(err)?;
+    // Best effort: a smaller buffer only costs speed.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&bind.into()).map_err(err)?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < UDP_BUFFER {
+        tracing::debug!(
+            got,
+            wanted = UDP_BUFFER,
+            "UDP receive buffer capped by net.core.rmem_max"
+        );
+    }
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(err)
 }

@@ -352,9 +352,13 @@ pub fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
 pub fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
     let c = args.conn.client()?;
     block_on(async move {
-        c.call(Method::DELETE, &format!("/deployments/{}", args.id), None)
+        let v = c
+            .call(Method::DELETE, &format!("/deployments/{}", args.id), None)
             .await?;
         println!("deployment {} removed", args.id);
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", w.as_str().unwrap_or_default());
+        }
         Ok(())
     })?
 }

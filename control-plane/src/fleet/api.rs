@@ -465,10 +465,129 @@ async fn delete_deployment(
     Path(id): Path<String>,
 ) -> Res {
     need(&st, &a, Role::Operator, "deployment.delete").await?;
+    let gone = db::deployment(&st.store, &a.p.tenant, &id)
+        .await
+        .map_err(store_err)?;
     db::delete_deployment(&st.store, &a.p.tenant, &id, crate::now_unix() as i64)
         .await
         .map_err(store_err)?;
     ok_audit(&st, &a, "deployment.delete", &id, String::new()).await;
     fleet.changed();
-    Ok(Json(json!({ "id": id, "deleted": true })))
+    // The deletion stands either way; the warnings only tell the operator
+    // what devices will do next.
+    let warnings = match (
+        db::live_deployments(&st.store, &a.p.tenant).await,
+        db::devices(&st.store, &a.p.tenant).await,
+    ) {
+        (Ok(live), Ok(devices)) => rollback_warnings(&gone, &live, &devices),
+        _ => Vec::new(),
+    };
+    Ok(Json(
+        json!({ "id": id, "deleted": true, "warnings": warnings }),
+    ))
+}
+
+/// Devices that `gone` reached and that now fall back to an older
+/// deployment of the same model. Agents refuse a version below the highest
+/// they have run (anti-rollback), so those devices keep serving what they
+/// have and report the refusal. One line per older version.
+pub fn rollback_warnings(
+    gone: &db::Deployment,
+    live: &[db::Deployment],
+    devices: &[db::Device],
+) -> Vec<String> {
+    let mut older: std::collections::BTreeMap<i64, usize> = Default::default();
+    for d in devices.iter().filter(|d| d.revoked_at.is_none()) {
+        if !db::matches(&gone.selector, &d.labels) {
+            continue;
+        }
+        // `live` is in creation order: the last match wins, as in
+        // `Fleet::assignments`.
+        let next = live
+            .iter()
+            .filter(|l| l.model == gone.model && db::matches(&l.selector, &d.labels))
+            .last();
+        if let Some(next) = next.filter(|n| n.version < gone.version) {
+            *older.entry(next.version).or_default() += 1;
+        }
+    }
+    older
+        .into_iter()
+        .map(|(v, n)| {
+            format!(
+                "{n} device(s) fall back to {} version {v}, older than version {}: \
+                 agents that ran version {} refuse it as a rollback and keep serving it; \
+                 deploy version {} or newer instead, or undeploy version {v} too",
+                gone.model, gone.version, gone.version, gone.version
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> db::Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn dep(id: &str, version: i64, selector: &[(&str, &str)]) -> db::Deployment {
+        db::Deployment {
+            id: id.into(),
+            tenant: "t".into(),
+            model: "fraud".into(),
+            version,
+            digest: String::new(),
+            selector: labels(selector),
+            created_at: 0,
+            created_by: "op".into(),
+            deleted_at: None,
+        }
+    }
+
+    fn device(id: &str, l: &[(&str, &str)], revoked: bool) -> db::Device {
+        db::Device {
+            id: id.into(),
+            tenant: "t".into(),
+            hostname: id.into(),
+            labels: labels(l),
+            created_at: 0,
+            revoked_at: revoked.then_some(1),
+            last_seen: None,
+        }
+    }
+
+    #[test]
+    fn undeploying_onto_an_older_version_warns_per_version_and_counts_devices() {
+        let gone = dep("v3", 3, &[("site", "berlin")]);
+        let live = vec![
+            dep("v1", 1, &[]),                  // everyone
+            dep("v2", 2, &[("hw", "rpi4")]),    // newer, for the Pis
+            dep("other", 9, &[("x", "never")]), // matches nobody
+        ];
+        let devices = vec![
+            device("a", &[("site", "berlin")], false), // falls to v1
+            device("b", &[("site", "berlin"), ("hw", "rpi4")], false), // to v2
+            device("c", &[("site", "berlin"), ("hw", "rpi4")], false), // to v2
+            device("d", &[("site", "paris")], false),  // never had v3
+            device("e", &[("site", "berlin")], true),  // revoked
+        ];
+        let w = rollback_warnings(&gone, &live, &devices);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("1 device(s) fall back to fraud version 1"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("2 device(s) fall back to fraud version 2"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("refuse it as a rollback"), "{w:?}");
+        // Nothing older underneath, or a newer one: no warning.
+        assert!(rollback_warnings(&gone, &[], &devices).is_empty());
+        assert!(rollback_warnings(&dep("v1", 1, &[]), &[dep("v3", 3, &[])], &devices).is_empty());
+    }
 }

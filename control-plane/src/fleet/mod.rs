@@ -59,7 +59,10 @@ pub struct FleetOptions {
     /// half of it.
     pub desired_ttl: u64,
     /// Downloads served at once, fleet-wide; further fetches wait
-    /// (`FERRY_FLEET_MAX_DOWNLOADS`, default 256).
+    /// (`FERRY_FLEET_MAX_DOWNLOADS`, default 64). On one machine's
+    /// CPU, fewer streams at a time finish a fleet sooner (docs/BENCHMARKS.md);
+    /// devices on slow links want more, since the aggregate rate is at most
+    /// this many times a device's rate.
     pub max_concurrent_downloads: usize,
     /// Test hook (`FERRY_TEST_REPLAY_DESIRED`): after every new desired
     /// state, send the connection's first one again, as a replaying
@@ -88,7 +91,7 @@ impl FleetOptions {
             max_concurrent_downloads: std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
                 .ok()
                 .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(256)
+                .unwrap_or(64)
                 .max(1),
             chunk_bytes: std::env::var("FERRY_FLEET_CHUNK_BYTES")
                 .ok()

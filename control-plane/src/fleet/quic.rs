@@ -55,13 +55,48 @@ fn server_config(fleet: &Fleet) -> Result<quinn::ServerConfig, FleetError> {
     Ok(sc)
 }
 
+/// Socket buffer asked for, each way; the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// The fleet's UDP socket, with room for bursts: every device's packets
+/// (their ACKs, at download rates) arrive on this one socket. With the
+/// kernel's default buffer (about 208 KiB) they overflow it, and QUIC reads
+/// the drops as congestion.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer only costs speed.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < UDP_BUFFER {
+        tracing::warn!(
+            got,
+            wanted = UDP_BUFFER,
+            "QUIC receive buffer capped by net.core.rmem_max; raise it for large fleets"
+        );
+    }
+    Ok(socket.into())
+}
+
 pub(super) fn start(fleet: Arc<Fleet>) -> Result<(quinn::Endpoint, SocketAddr), FleetError> {
     let sc = server_config(&fleet)?;
-    let endpoint =
-        quinn::Endpoint::server(sc, fleet.opts.quic).map_err(|source| FleetError::Io {
-            what: format!("binding QUIC on {}", fleet.opts.quic),
-            source,
-        })?;
+    let bind_err = |source| FleetError::Io {
+        what: format!("binding QUIC on {}", fleet.opts.quic),
+        source,
+    };
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(sc),
+        udp_socket(fleet.opts.quic).map_err(bind_err)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(|source| FleetError::Io {
         what: "reading the QUIC address".into(),
         source,
