@@ -505,8 +505,8 @@ pub fn rollback_warnings(
         // `Fleet::assignments`.
         let next = live
             .iter()
-            .filter(|l| l.model == gone.model && db::matches(&l.selector, &d.labels))
-            .last();
+            .rev()
+            .find(|l| l.model == gone.model && db::matches(&l.selector, &d.labels));
         if let Some(next) = next.filter(|n| n.version < gone.version) {
             *older.entry(next.version).or_default() += 1;
         }
