@@ -12,26 +12,30 @@ use common::{
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[test]
-fn kill_9_mid_load_loses_no_acknowledged_record() {
-    let keys = Keys::new();
-    let data = tempfile::tempdir().unwrap();
+/// An agent side-loading the `bc_logreg` fixture as model `fraud`, with its
+/// data in `dir`, plus `extra` flags.
+fn side_load(keys: &Keys, dir: &str, extra: &[&str]) -> Process {
     let bundle = keys.bundle("bc_logreg", "fraud", 1);
-    let dir = data.path().to_str().unwrap();
     let trust = keys.trust_path.to_str().unwrap();
-    let mut agent = Process::spawn(&[
+    let mut args = vec![
         "run",
         "--bundle",
         bundle.to_str().unwrap(),
         "--trust",
         trust,
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir,
-        "--log-durability",
-        "sync",
-    ]);
+    ];
+    args.extend(["--listen", "127.0.0.1:0", "--data", dir]);
+    args.extend(extra);
+    Process::spawn(&args)
+}
+
+#[test]
+fn kill_9_mid_load_loses_no_acknowledged_record() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let trust = keys.trust_path.to_str().unwrap();
+    let mut agent = side_load(&keys, dir, &["--log-durability", "sync"]);
     let rows = reference_rows("bc_logreg");
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -146,22 +150,9 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
 fn kill_9_keeps_async_records_older_than_the_flush_interval() {
     let keys = Keys::new();
     let data = tempfile::tempdir().unwrap();
-    let bundle = keys.bundle("bc_logreg", "fraud", 1);
     let dir = data.path().to_str().unwrap();
     let trust = keys.trust_path.to_str().unwrap();
-    let mut agent = Process::spawn(&[
-        "run",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--trust",
-        trust,
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir,
-        "--log-flush-ms",
-        "100",
-    ]);
+    let mut agent = side_load(&keys, dir, &["--log-flush-ms", "100"]);
     let rows = reference_rows("bc_logreg");
     let mut conn = Conn::open(agent.addr).unwrap();
     for i in 0..250 {
