@@ -43,6 +43,8 @@ pub enum LogError {
     Decode { seq: u64, reason: String },
     #[error("inference log: a record of {0} bytes is over the record limit")]
     TooLarge(usize),
+    #[error("inference log: cannot start the writer thread: {0}")]
+    Writer(std::io::Error),
 }
 
 /// When an appended record is known to be on disk.
@@ -237,7 +239,7 @@ impl InferenceLog {
         let writer = std::thread::Builder::new()
             .name("ferry-log-writer".into())
             .spawn(move || s.write_loop())
-            .map_err(|e| LogError::Sled(sled::Error::Io(e)))?;
+            .map_err(LogError::Writer)?;
         Ok(Self {
             shared,
             writer: Some(writer),

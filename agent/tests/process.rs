@@ -29,6 +29,20 @@ fn side_load(keys: &Keys, dir: &str, extra: &[&str]) -> Process {
     Process::spawn(&args)
 }
 
+/// The agent again, from the data directory alone: the saved state
+/// reactivates the model, the log reopens.
+fn restart(trust: &str, dir: &str) -> Process {
+    Process::spawn(&[
+        "run",
+        "--trust",
+        trust,
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir,
+    ])
+}
+
 #[test]
 fn kill_9_mid_load_loses_no_acknowledged_record() {
     let keys = Keys::new();
@@ -78,15 +92,7 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
 
     // Restart from the data directory alone: the saved state reactivates
     // the model, the log reopens.
-    let agent = Process::spawn(&[
-        "run",
-        "--trust",
-        trust,
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir,
-    ]);
+    let agent = restart(trust, dir);
     let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
     let records = stats["records"].as_u64().unwrap();
     assert!(
@@ -169,15 +175,7 @@ fn kill_9_keeps_async_records_older_than_the_flush_interval() {
     // The contract is 100 ms + the 5 ms linger; wait twenty times that.
     std::thread::sleep(std::time::Duration::from_secs(2));
     agent.kill9();
-    let agent = Process::spawn(&[
-        "run",
-        "--trust",
-        trust,
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir,
-    ]);
+    let agent = restart(trust, dir);
     let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
     assert_eq!(stats["records"], 250, "{stats}");
 }

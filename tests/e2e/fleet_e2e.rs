@@ -454,12 +454,7 @@ fn enroll_with_bundle(
     bundle: &std::path::Path,
     data: &std::path::Path,
 ) -> String {
-    ferry_e2e::fleet::ok(&mut server.cli(&[
-        "trust",
-        "push",
-        keys.path("v1.root").to_str().unwrap(),
-    ]));
-    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+    push_trust_and_model(server, keys, bundle);
     let ca = data.with_extension("ca.pem");
     let tok = server.json(&[
         "device",
@@ -469,6 +464,16 @@ fn enroll_with_bundle(
         ca.to_str().unwrap(),
     ]);
     Agent::enroll(server, tok["token"].as_str().unwrap(), &ca, data)
+}
+
+/// Pushes the tenant's trust root (`v1.root`) and `bundle` to `server`.
+fn push_trust_and_model(server: &Server, keys: &Keys, bundle: &std::path::Path) {
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("v1.root").to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
 }
 
 /// Runs `n` simulated devices (the 1,000-agent benchmark's tool) against a
@@ -483,12 +488,7 @@ fn simulate_fleet(
     let keys = Keys::new(&tmp.join("k"));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
     let server = Server::start(&tmp.join("server"), env);
-    ferry_e2e::fleet::ok(&mut server.cli(&[
-        "trust",
-        "push",
-        keys.path("v1.root").to_str().unwrap(),
-    ]));
-    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", bundle.to_str().unwrap()]));
+    push_trust_and_model(&server, &keys, &bundle);
     let ca = tmp.join("ca.pem");
     let tok = server.json(&[
         "device",

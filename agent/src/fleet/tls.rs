@@ -85,7 +85,7 @@ pub async fn connect(
 
 /// Socket buffer asked for, each way. The kernel caps it at
 /// `net.core.rmem_max` / `wmem_max`.
-pub const UDP_BUFFER: usize = 4 << 20;
+const UDP_BUFFER: usize = 4 << 20;
 
 /// The QUIC endpoint's UDP socket, with room for bursts. At download rates
 /// the kernel's default receive buffer (about 208 KiB) overflows, and QUIC
