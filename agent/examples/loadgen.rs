@@ -7,13 +7,16 @@
 //!     --addr 127.0.0.1:8081 --path /v2/models/m/infer --body req.json \
 //!     --concurrency 16 --duration 10
 //!
-//! Blocking std sockets: no async runtime sits between the socket and the
-//! clock.
+//! One event loop drives every connection, as wrk does: on a 2-core machine
+//! a thread per connection would spend the cores on context switches that
+//! the server under test needs. `--threads N` runs N loops instead.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 struct Args {
     addr: SocketAddr,
@@ -21,6 +24,7 @@ struct Args {
     body: Vec<u8>,
     content_type: String,
     concurrency: usize,
+    threads: usize,
     duration: f64,
     warmup: f64,
 }
@@ -32,6 +36,7 @@ fn args() -> Args {
         body: Vec::new(),
         content_type: "application/json".into(),
         concurrency: 1,
+        threads: 1,
         duration: 10.0,
         warmup: 1.0,
     };
@@ -45,6 +50,7 @@ fn args() -> Args {
             "--body" => a.body = std::fs::read(val).expect("--body file"),
             "--content-type" => a.content_type = val.clone(),
             "--concurrency" => a.concurrency = val.parse().expect("--concurrency N"),
+            "--threads" => a.threads = val.parse().expect("--threads N"),
             "--duration" => a.duration = val.parse().expect("--duration seconds"),
             "--warmup" => a.warmup = val.parse().expect("--warmup seconds"),
             other => panic!("unknown flag {other}"),
@@ -55,16 +61,14 @@ fn args() -> Args {
 }
 
 struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
+    s: BufReader<TcpStream>,
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-    let s = TcpStream::connect(addr)?;
+async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+    let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(Conn {
-        r: BufReader::new(s.try_clone()?),
-        w: s,
+        s: BufReader::with_capacity(16 * 1024, s),
     })
 }
 
@@ -79,11 +83,11 @@ fn quickack(s: &TcpStream) {
 
 /// Sends one request and reads the whole response. Returns (status, keep
 /// the connection).
-fn roundtrip(c: &mut Conn, req: &[u8]) -> std::io::Result<(u16, bool)> {
-    c.w.write_all(req)?;
-    quickack(&c.w);
-    let mut line = String::new();
-    if c.r.read_line(&mut line)? == 0 {
+async fn roundtrip(c: &mut Conn, req: &[u8], line: &mut String) -> std::io::Result<(u16, bool)> {
+    c.s.get_mut().write_all(req).await?;
+    quickack(c.s.get_ref());
+    line.clear();
+    if c.s.read_line(line).await? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     let status = line
@@ -94,7 +98,7 @@ fn roundtrip(c: &mut Conn, req: &[u8]) -> std::io::Result<(u16, bool)> {
     let (mut len, mut chunked, mut keep) = (0usize, false, true);
     loop {
         line.clear();
-        c.r.read_line(&mut line)?;
+        c.s.read_line(line).await?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
@@ -112,19 +116,78 @@ fn roundtrip(c: &mut Conn, req: &[u8]) -> std::io::Result<(u16, bool)> {
     if chunked {
         loop {
             line.clear();
-            c.r.read_line(&mut line)?;
+            c.s.read_line(line).await?;
             let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
             let mut buf = vec![0; n + 2];
-            c.r.read_exact(&mut buf)?;
+            c.s.read_exact(&mut buf).await?;
             if n == 0 {
                 break;
             }
         }
     } else {
         let mut buf = vec![0; len];
-        c.r.read_exact(&mut buf)?;
+        c.s.read_exact(&mut buf).await?;
     }
     Ok((status, keep))
+}
+
+/// One closed-loop connection until `end`; latencies after `warm_until`.
+async fn client(
+    addr: SocketAddr,
+    req: std::sync::Arc<Vec<u8>>,
+    warm_until: Instant,
+    end: Instant,
+) -> (Vec<u32>, u64) {
+    let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
+    let mut errors = 0u64;
+    let mut line = String::new();
+    let mut conn = connect(addr).await.ok();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => {
+                conn = connect(addr).await.ok();
+                if conn.is_none() {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        let r = roundtrip(c, &req, &mut line).await;
+        let us = t0.elapsed().as_micros() as u32;
+        let measuring = t0 >= warm_until;
+        match r {
+            Ok((200, keep)) => {
+                if measuring {
+                    lat.push(us);
+                }
+                if !keep {
+                    conn = None;
+                }
+            }
+            Ok((_, keep)) => {
+                if measuring {
+                    errors += 1;
+                }
+                if !keep {
+                    conn = None;
+                }
+            }
+            Err(_) => {
+                if measuring {
+                    errors += 1;
+                }
+                conn = None;
+            }
+        }
+    }
+    (lat, errors)
 }
 
 fn main() {
@@ -138,70 +201,33 @@ fn main() {
     )
     .into_bytes();
     req.extend_from_slice(&a.body);
+    let req = std::sync::Arc::new(req);
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(a.threads);
+        b
+    }
+    .enable_all()
+    .build()
+    .unwrap();
     let start = Instant::now();
     let warm_until = start + Duration::from_secs_f64(a.warmup);
     let end = warm_until + Duration::from_secs_f64(a.duration);
-    let threads: Vec<_> = (0..a.concurrency)
-        .map(|_| {
-            let req = req.clone();
-            let addr = a.addr;
-            std::thread::spawn(move || {
-                let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
-                let mut errors = 0u64;
-                let mut conn = connect(addr).ok();
-                loop {
-                    let now = Instant::now();
-                    if now >= end {
-                        break;
-                    }
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => {
-                            conn = connect(addr).ok();
-                            if conn.is_none() {
-                                errors += 1;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            continue;
-                        }
-                    };
-                    let t0 = Instant::now();
-                    let r = roundtrip(c, &req);
-                    let us = t0.elapsed().as_micros() as u32;
-                    let measuring = t0 >= warm_until;
-                    match r {
-                        Ok((200, keep)) => {
-                            if measuring {
-                                lat.push(us);
-                            }
-                            if !keep {
-                                conn = None;
-                            }
-                        }
-                        Ok((_, keep)) => {
-                            if measuring {
-                                errors += 1;
-                            }
-                            if !keep {
-                                conn = None;
-                            }
-                        }
-                        Err(_) => {
-                            if measuring {
-                                errors += 1;
-                            }
-                            conn = None;
-                        }
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
+    let results: Vec<(Vec<u32>, u64)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..a.concurrency)
+            .map(|_| tokio::spawn(client(a.addr, req.clone(), warm_until, end)))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
     let mut all = Vec::new();
     let mut errors = 0;
-    for t in threads {
-        let (l, e) = t.join().unwrap();
+    for (l, e) in results {
         all.extend(l);
         errors += e;
     }

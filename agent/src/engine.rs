@@ -2,9 +2,12 @@
 //! optimised plan, run on validated inputs.
 //!
 //! Two plans are kept when the first input's batch dimension is symbolic: one
-//! with the symbol left free (any batch size) and one specialised to a batch
-//! of one, because single-row requests are the common case on a device and
-//! a concrete plan skips shape resolution on every call.
+//! with the symbol left free (any batch size) and one specialised to the
+//! batch size the engine is loaded for ([`PlanFor`]). Serving specialises to
+//! one row, the common case on a device: a concrete plan skips shape
+//! resolution on every call. Batch scoring specialises to its block size:
+//! with concrete shapes tract picks matrix kernels that fit them (1.6× on
+//! the digits MLP).
 
 use ferry_protocol::{DType, Dim, Schema, TensorData};
 use std::collections::HashMap;
@@ -60,8 +63,26 @@ pub struct Output {
 pub struct Engine {
     schema: Schema,
     any_batch: Plan,
-    /// Plan specialised to batch size 1, when the batch dimension is symbolic.
-    single: Option<Plan>,
+    /// Plan specialised to `rows` rows, when the batch dimension is symbolic.
+    fixed: Option<(usize, Plan)>,
+}
+
+/// The batch size an engine's specialised plan is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanFor {
+    /// Single-row requests (serving).
+    Serving,
+    /// Blocks of this many rows (offline scoring).
+    Blocks(usize),
+}
+
+impl PlanFor {
+    fn rows(self) -> usize {
+        match self {
+            PlanFor::Serving => 1,
+            PlanFor::Blocks(n) => n.max(1),
+        }
+    }
 }
 
 fn datum_type(d: DType) -> Option<DatumType> {
@@ -122,8 +143,18 @@ impl Engine {
         Self::load_bytes(&bytes, schema)
     }
 
-    /// Loads a model from its ONNX bytes (a verified bundle's artifact).
+    /// Loads a model from its ONNX bytes (a verified bundle's artifact), for
+    /// serving.
     pub fn load_bytes(bytes: &[u8], schema: &Schema) -> Result<Self, LoadError> {
+        Self::load_bytes_for(bytes, schema, PlanFor::Serving)
+    }
+
+    /// Loads a model with its specialised plan built for `plan_for`.
+    pub fn load_bytes_for(
+        bytes: &[u8],
+        schema: &Schema,
+        plan_for: PlanFor,
+    ) -> Result<Self, LoadError> {
         // tract's ONNX front end with Ferry's tree-ensemble evaluator.
         let onnx = crate::trees::onnx();
         let proto = onnx
@@ -170,8 +201,11 @@ impl Engine {
                 .map_err(compile)?;
         }
         let typed = model.into_typed().map_err(compile)?;
-        let typed = typed.into_decluttered().map_err(compile)?;
-        let single = match &batch_symbol {
+        let mut typed = typed.into_decluttered().map_err(compile)?;
+        // Softmax/argmax tails over a few classes: our row loops, not tract's.
+        crate::rowops::substitute(&mut typed).map_err(compile)?;
+        let rows = plan_for.rows();
+        let fixed = match &batch_symbol {
             Some(sym)
                 if schema
                     .inputs
@@ -179,13 +213,14 @@ impl Engine {
                     .is_some_and(|s| s.shape.first() == Some(&Dim::Symbolic(sym.to_string()))) =>
             {
                 let mut subs = HashMap::new();
-                subs.insert(sym.clone(), TDim::Val(1));
+                subs.insert(sym.clone(), TDim::Val(rows as i64));
                 // A failure here only loses the fast path, not the model.
                 typed
                     .set_symbols(&subs)
                     .and_then(|m| m.into_optimized())
                     .and_then(|m| m.into_runnable())
                     .ok()
+                    .map(|p| (rows, p))
             }
             _ => None,
         };
@@ -196,7 +231,7 @@ impl Engine {
         Ok(Self {
             schema: schema.clone(),
             any_batch,
-            single,
+            fixed,
         })
     }
 
@@ -207,13 +242,13 @@ impl Engine {
     /// Runs the model on inputs given in schema order (already validated
     /// against the schema by the caller).
     pub fn run(&self, inputs: Vec<Input>) -> Result<Vec<Output>, RunError> {
-        let batch_one = inputs.first().and_then(|i| i.shape.first()) == Some(&1);
+        let rows = inputs.first().and_then(|i| i.shape.first()).copied();
         let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
         for (spec, input) in self.schema.inputs.iter().zip(inputs) {
             values.push(to_tract(&spec.name, spec.dtype, input)?.into_tvalue());
         }
-        let plan = match (&self.single, batch_one) {
-            (Some(p), true) => p,
+        let plan = match &self.fixed {
+            Some((n, p)) if rows == Some(*n) => p,
             _ => &self.any_batch,
         };
         // A panic inside an operator must fail this request, not the agent.

@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus text metrics;
 //! - [`server`]: the axum HTTP API on TCP and a Unix socket;
 //! - [`score`]: offline batch scoring;
+//! - [`rowops`]: row-wise softmax and reductions over a short last axis, replacing tract's per-row kernels;
 //! - [`trees`]: fast tree-ensemble evaluation (ONNX-ML TreeEnsemble* ops) inside tract;
 //! - [`telemetry`]: drift windows, the sled outbox and the MQTT publisher;
 //! - [`fleet`]: enrollment and the QUIC session with the control plane (desired state, resumable downloads, activation reports);
@@ -22,6 +23,7 @@ pub mod fleet;
 pub mod inference_log;
 pub mod metrics;
 pub mod oip;
+pub mod rowops;
 pub mod score;
 pub mod server;
 pub mod serving;

@@ -6,8 +6,9 @@
 //! order. Memory stays bounded by the channel depth whatever the file size.
 //! Output goes to a temporary file renamed into place only on success.
 
+use crate::engine::PlanFor;
 use crate::engine::{Engine, Input, Output};
-use crate::serving::{verify_and_load, ActivateError};
+use crate::serving::{verify_and_load_for, ActivateError};
 use ferry_protocol::{DType, Schema, TensorData, TrustRoot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -97,7 +98,7 @@ pub fn score_bundle(
     trust: &TrustRoot,
     opts: &ScoreOptions,
 ) -> Result<ScoreSummary, ScoreError> {
-    let loaded = verify_and_load(trust, bundle, |_| None)?;
+    let loaded = verify_and_load_for(trust, bundle, |_| None, PlanFor::Blocks(opts.batch_rows))?;
     score(&loaded.engine, opts)
 }
 

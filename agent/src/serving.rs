@@ -11,7 +11,7 @@
 //! copied into the store, compiled, checked against its test vectors, and
 //! only then published. A refused bundle leaves the previous version serving.
 
-use crate::engine::{Engine, Input, LoadError, Output, RunError};
+use crate::engine::{Engine, Input, LoadError, Output, PlanFor, RunError};
 use crate::inference_log::{
     Durability, Entry, FeedbackRecord, InferenceLog, InferenceRecord, LogError,
 };
@@ -325,6 +325,17 @@ pub fn verify_and_load(
     bundle: &Path,
     highest_seen: impl Fn(&str) -> Option<u64>,
 ) -> Result<Loaded, ActivateError> {
+    verify_and_load_for(trust, bundle, highest_seen, PlanFor::Serving)
+}
+
+/// [`verify_and_load`], with the engine's specialised plan built for
+/// `plan_for` (offline scoring passes its block size).
+pub fn verify_and_load_for(
+    trust: &TrustRoot,
+    bundle: &Path,
+    highest_seen: impl Fn(&str) -> Option<u64>,
+    plan_for: PlanFor,
+) -> Result<Loaded, ActivateError> {
     let f = File::open(bundle).map_err(io_err("opening bundle", bundle))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     // Peek the model name for the anti-rollback check, then verify the whole
@@ -362,13 +373,14 @@ pub fn verify_and_load(
     if model_bytes.is_empty() {
         return Err(ActivateError::NoModel);
     }
-    let engine = Engine::load_bytes(&model_bytes, &manifest.schema).map_err(|source| {
-        ActivateError::Load {
-            model: manifest.model.to_string(),
-            version: manifest.version,
-            source,
-        }
-    })?;
+    let engine =
+        Engine::load_bytes_for(&model_bytes, &manifest.schema, plan_for).map_err(|source| {
+            ActivateError::Load {
+                model: manifest.model.to_string(),
+                version: manifest.version,
+                source,
+            }
+        })?;
     check_test_vectors(&manifest, &engine)?;
     Ok(Loaded {
         manifest,

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{reference, reference_rows, Keys};
-use ferry_agent::engine::Input;
-use ferry_agent::serving::{verify_and_load, Agent, Role};
+use ferry_agent::engine::{Engine, Input, PlanFor};
+use ferry_agent::serving::{verify_and_load, verify_and_load_for, Agent, Role};
 use ferry_protocol::TensorData;
 
 fn check_model(model: &str) {
@@ -35,10 +35,9 @@ fn check_model(model: &str) {
         })
         .collect();
     let width = rows[0].len();
-    let check = |batch: &[Vec<f64>], offset: usize| {
+    let check = |engine: &Engine, batch: &[Vec<f64>], offset: usize| {
         let data: Vec<f32> = batch.iter().flatten().map(|x| *x as f32).collect();
-        let out = loaded
-            .engine
+        let out = engine
             .run(vec![Input {
                 shape: vec![batch.len(), width],
                 data: TensorData::F32(data),
@@ -69,10 +68,14 @@ fn check_model(model: &str) {
         }
     };
     // The whole batch (symbolic-batch plan) and every row alone (batch-1 plan).
-    check(&rows, 0);
+    check(&loaded.engine, &rows, 0);
     for (i, r) in rows.iter().enumerate() {
-        check(std::slice::from_ref(r), i);
+        check(&loaded.engine, std::slice::from_ref(r), i);
     }
+    // The batch-scoring plan, specialised to this batch's size.
+    let blocks =
+        verify_and_load_for(&keys.trust, &bundle, |_| None, PlanFor::Blocks(rows.len())).unwrap();
+    check(&blocks.engine, &rows, 0);
 }
 
 #[test]
