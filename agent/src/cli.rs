@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// Per-agent download rate limit from the control plane, bytes/s.
     #[arg(long, env = "FERRY_AGENT_FLEET_MAX_BYTES_PER_SEC")]
     pub fleet_max_bytes_per_sec: Option<u64>,
-    /// Runtime worker threads (default: one per core).
+    /// Runtime worker threads, and TCP serving loops (default: one per core).
     #[arg(long, env = "FERRY_AGENT_WORKERS")]
     pub workers: Option<usize>,
     #[command(flatten)]
@@ -329,6 +329,9 @@ fn run(args: RunArgs) -> Result<()> {
             listen: cfg.listen,
             unix_socket: cfg.unix_socket.clone(),
             max_body: cfg.max_body_bytes,
+            tcp_loops: args
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
         let bound = server::bind(&opts).await?;
         if let Some(a) = bound.local_addr {

@@ -222,6 +222,7 @@ fn unix_socket_serves_the_same_api() {
                 listen: None,
                 unix_socket: Some(sock2),
                 max_body: 1 << 20,
+                tcp_loops: 1,
             };
             let bound = ferry_agent::server::bind(&opts).await.unwrap();
             tx.send(()).unwrap();

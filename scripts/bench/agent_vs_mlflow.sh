@@ -93,10 +93,22 @@ run() { # name addr path body concurrency
   "$BIN/examples/loadgen" --addr "$2" --path "$3" --body "$4" --concurrency "$5" \
     --duration "$DURATION" --warmup 1
 }
+# How the kernel spread mlflow's keep-alive connections over its worker
+# processes: a worker holds its connections for the whole run, so a skewed
+# split leaves one core idle and mlflow's rate varies about 2x from run to run.
+split() { # port
+  sleep 3
+  ss -Htnp state established "( sport = :$1 )" 2>/dev/null |
+    grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{printf "%s%s:%s", (NR>1?" ":""), $2, $1}'
+}
 declare -A R
+declare -a MLFLOW_SPLIT
 for c in 1 16; do
   R[agent_$c]=$(run agent "127.0.0.1:$AGENT_PORT" /v2/models/m/infer "$WORK/agent.json" "$c")
+  split "$MLFLOW_PORT" >"$WORK/split" &
   R[mlflow_$c]=$(run mlflow "127.0.0.1:$MLFLOW_PORT" /invocations "$WORK/mlflow.json" "$c")
+  wait $!
+  MLFLOW_SPLIT[$c]=$(cat "$WORK/split")
 done
 LOADED_RSS=$(rss_kb "$AGENT_PID")
 
@@ -114,4 +126,5 @@ for c in 1 16; do
   a=$(field "${R[agent_$c]}" rps); m=$(field "${R[mlflow_$c]}" rps)
   echo "ratio req/s agent/mlflow at c=$c: $("$BENCH_VENV/bin/python" -c "print(round($a/$m, 1))")x"
 done
+echo "mlflow connections per worker process at c=16: ${MLFLOW_SPLIT[16]:-unknown}"
 echo "agent idle RSS with the model loaded: $((IDLE_RSS / 1024)) MiB ($IDLE_RSS kB); after the load runs: $((LOADED_RSS / 1024)) MiB"

@@ -139,6 +139,7 @@ impl Served {
                     listen: Some("127.0.0.1:0".parse().unwrap()),
                     unix_socket: None,
                     max_body,
+                    tcp_loops: 2,
                 };
                 let bound = server::bind(&opts).await.unwrap();
                 addr_tx.send(bound.local_addr.unwrap()).unwrap();
