@@ -250,3 +250,36 @@ fn unix_socket_serves_the_same_api() {
     stop_tx.send(()).unwrap();
     t.join().unwrap();
 }
+
+/// Serving loops share their port through SO_REUSEPORT, which would also let
+/// a second agent join the port and take half its traffic. A second agent
+/// must instead fail to bind, whether the first serves one loop or several.
+#[test]
+fn a_second_agent_cannot_bind_a_port_in_use() {
+    use ferry_agent::server::{bind, ServeError, ServeOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = |listen: std::net::SocketAddr, tcp_loops| ServeOptions {
+            listen: Some(listen),
+            unix_socket: None,
+            max_body: 1 << 20,
+            tcp_loops,
+        };
+        for first_loops in [1, 2] {
+            let first = bind(&opts("127.0.0.1:0".parse().unwrap(), first_loops))
+                .await
+                .unwrap();
+            let addr = first.local_addr.unwrap();
+            for second_loops in [1, 2] {
+                let second = bind(&opts(addr, second_loops)).await;
+                assert!(
+                    matches!(second, Err(ServeError::Bind { .. })),
+                    "{first_loops} then {second_loops} loops: the second bind succeeded"
+                );
+            }
+        }
+    });
+}
