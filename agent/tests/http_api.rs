@@ -251,9 +251,8 @@ fn unix_socket_serves_the_same_api() {
     t.join().unwrap();
 }
 
-/// Serving loops share their port through SO_REUSEPORT, which would also let
-/// a second agent join the port and take half its traffic. A second agent
-/// must instead fail to bind, whether the first serves one loop or several.
+/// A second agent on the same port must fail to bind rather than share it,
+/// whether the first serves TCP on one loop or several.
 #[test]
 fn a_second_agent_cannot_bind_a_port_in_use() {
     use ferry_agent::server::{bind, ServeError, ServeOptions};
