@@ -90,6 +90,22 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     Ok(n)
 }
 
+/// The arithmetic of a two-input `+ − × ÷` node of tract's that keeps its
+/// input type (no quantised output).
+fn plain_arith(node: &TypedNode) -> Option<Arith> {
+    let op = node.op_as::<TypedBinOp>()?;
+    if op.1.is_some() || node.inputs.len() != 2 {
+        return None;
+    }
+    match op.0.name() {
+        "Add" => Some(Arith::Add),
+        "Sub" => Some(Arith::Sub),
+        "Mul" => Some(Arith::Mul),
+        "Div" => Some(Arith::Div),
+        _ => None,
+    }
+}
+
 /// `x ∘ c` or `c ∘ x` for `∘` in + − × ÷, where `x` is float32 with a
 /// concrete last axis of width W and `c` a constant that only varies along
 /// that axis (a scaler's means and scales, a layer's bias). tract takes its
@@ -98,19 +114,9 @@ fn row_broadcast(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<(OutletId, RowBroadcast)>> {
-    let Some(op) = node.op_as::<TypedBinOp>() else {
+    let Some(arith) = plain_arith(node) else {
         return Ok(None);
     };
-    let arith = match op.0.name() {
-        "Add" => Arith::Add,
-        "Sub" => Arith::Sub,
-        "Mul" => Arith::Mul,
-        "Div" => Arith::Div,
-        _ => return Ok(None),
-    };
-    if op.1.is_some() || node.inputs.len() != 2 {
-        return Ok(None);
-    }
     let out = &model.node_output_facts(node.id)?[0].shape;
     for (xi, ci) in [(0, 1), (1, 0)] {
         let x = model.outlet_fact(node.inputs[xi])?;
@@ -254,19 +260,9 @@ impl TypedOp for RowSoftmax {
 /// `x ∘ y` where `y` has `x`'s shape but a last axis of 1 (a probability
 /// normalised by its row sum). Same two inputs as tract's op.
 fn column_broadcast(model: &TypedModel, node: &TypedNode) -> TractResult<Option<ColumnBroadcast>> {
-    let Some(op) = node.op_as::<TypedBinOp>() else {
+    let Some(arith) = plain_arith(node) else {
         return Ok(None);
     };
-    let arith = match op.0.name() {
-        "Add" => Arith::Add,
-        "Sub" => Arith::Sub,
-        "Mul" => Arith::Mul,
-        "Div" => Arith::Div,
-        _ => return Ok(None),
-    };
-    if op.1.is_some() || node.inputs.len() != 2 {
-        return Ok(None);
-    }
     let (a, b) = (
         model.outlet_fact(node.inputs[0])?,
         model.outlet_fact(node.inputs[1])?,
