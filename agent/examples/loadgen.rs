@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 struct Args {
@@ -61,14 +61,23 @@ fn args() -> Args {
 }
 
 struct Conn {
-    s: BufReader<TcpStream>,
+    s: TcpStream,
+    /// Bytes read and not yet consumed, `buf[at..filled]`: one buffer per
+    /// connection for its whole life, so a round trip allocates nothing and
+    /// leaves the cores to the server under test.
+    buf: Vec<u8>,
+    at: usize,
+    filled: usize,
 }
 
 async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(Conn {
-        s: BufReader::with_capacity(16 * 1024, s),
+        s,
+        buf: vec![0; 64 * 1024],
+        at: 0,
+        filled: 0,
     })
 }
 
@@ -81,52 +90,117 @@ fn quickack(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
 }
 
+impl Conn {
+    /// Reads more bytes after what is buffered; compacts or grows first
+    /// when the buffer is full.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.filled == self.buf.len() {
+            if self.at > 0 {
+                self.buf.copy_within(self.at..self.filled, 0);
+                self.filled -= self.at;
+                self.at = 0;
+            } else {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        let n = self.s.read(&mut self.buf[self.filled..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.filled += n;
+        Ok(())
+    }
+
+    /// The next CRLF-terminated line, without its terminator, as a range of
+    /// `buf`; consumed.
+    async fn line(&mut self) -> std::io::Result<std::ops::Range<usize>> {
+        let mut from = self.at;
+        loop {
+            if let Some(i) = self.buf[from..self.filled].iter().position(|&b| b == b'\n') {
+                let start = self.at;
+                let end = from + i;
+                self.at = end + 1;
+                let end = if end > start && self.buf[end - 1] == b'\r' {
+                    end - 1
+                } else {
+                    end
+                };
+                return Ok(start..end);
+            }
+            from = self.filled;
+            let before = self.at;
+            self.fill().await?;
+            // `fill` may have moved the unread bytes to the front.
+            from -= before - self.at;
+        }
+    }
+
+    /// Skips `n` bytes of body.
+    async fn skip(&mut self, mut n: usize) -> std::io::Result<()> {
+        loop {
+            let have = (self.filled - self.at).min(n);
+            self.at += have;
+            n -= have;
+            if n == 0 {
+                return Ok(());
+            }
+            self.at = 0;
+            self.filled = 0;
+            self.fill().await?;
+        }
+    }
+}
+
+fn header_is(line: &[u8], name: &[u8]) -> Option<String> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    line[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(name)
+        .then(|| String::from_utf8_lossy(line[colon + 1..].trim_ascii()).to_ascii_lowercase())
+}
+
 /// Sends one request and reads the whole response. Returns (status, keep
 /// the connection).
-async fn roundtrip(c: &mut Conn, req: &[u8], line: &mut String) -> std::io::Result<(u16, bool)> {
-    c.s.get_mut().write_all(req).await?;
-    quickack(c.s.get_ref());
-    line.clear();
-    if c.s.read_line(line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
+async fn roundtrip(c: &mut Conn, req: &[u8]) -> std::io::Result<(u16, bool)> {
+    c.s.write_all(req).await?;
+    quickack(&c.s);
+    let status_line = c.line().await?;
+    let status = std::str::from_utf8(&c.buf[status_line])
+        .ok()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (mut len, mut chunked, mut keep) = (0usize, false, true);
     loop {
-        line.clear();
-        c.s.read_line(line).await?;
-        let l = line.trim_end();
+        let r = c.line().await?;
+        let l = &c.buf[r];
         if l.is_empty() {
             break;
         }
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-            match k.as_str() {
-                "content-length" => len = v.parse().unwrap_or(0),
-                "transfer-encoding" => chunked = v.contains("chunked"),
-                "connection" => keep = v != "close",
-                _ => {}
-            }
+        // Only the three headers that frame the body are looked at; the
+        // rest cost a byte compare each.
+        if let Some(v) = header_is(l, b"content-length") {
+            len = v.parse().unwrap_or(0);
+        } else if let Some(v) = header_is(l, b"transfer-encoding") {
+            chunked = v.contains("chunked");
+        } else if let Some(v) = header_is(l, b"connection") {
+            keep = v != "close";
         }
     }
     if chunked {
         loop {
-            line.clear();
-            c.s.read_line(line).await?;
-            let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
-            let mut buf = vec![0; n + 2];
-            c.s.read_exact(&mut buf).await?;
+            let r = c.line().await?;
+            let n = std::str::from_utf8(&c.buf[r])
+                .ok()
+                .and_then(|l| usize::from_str_radix(l.trim(), 16).ok())
+                .unwrap_or(0);
+            c.skip(n + 2).await?;
             if n == 0 {
                 break;
             }
         }
     } else {
-        let mut buf = vec![0; len];
-        c.s.read_exact(&mut buf).await?;
+        c.skip(len).await?;
     }
     Ok((status, keep))
 }
@@ -140,7 +214,6 @@ async fn client(
 ) -> (Vec<u32>, u64) {
     let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
     let mut errors = 0u64;
-    let mut line = String::new();
     let mut conn = connect(addr).await.ok();
     loop {
         let now = Instant::now();
@@ -159,7 +232,7 @@ async fn client(
             }
         };
         let t0 = Instant::now();
-        let r = roundtrip(c, &req, &mut line).await;
+        let r = roundtrip(c, &req).await;
         let us = t0.elapsed().as_micros() as u32;
         let measuring = t0 >= warm_until;
         match r {

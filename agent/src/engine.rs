@@ -202,6 +202,9 @@ impl Engine {
         }
         let typed = model.into_typed().map_err(compile)?;
         let mut typed = typed.into_decluttered().map_err(compile)?;
+        // Narrow matrix products with their bias and ReLU: one fused layer
+        // each, with weights packed once here instead of per call.
+        crate::dense::fuse(&mut typed).map_err(compile)?;
         // Softmax/argmax tails over a few classes: our row loops, not tract's.
         crate::rowops::substitute(&mut typed).map_err(compile)?;
         let rows = plan_for.rows();
@@ -305,9 +308,13 @@ fn to_tract(name: &str, dtype: DType, input: Input) -> Result<Tensor, RunError> 
 }
 
 fn plain<D: Datum + Copy>(t: &Tensor) -> Option<Vec<D>> {
-    t.to_plain_array_view::<D>()
-        .ok()
-        .map(|v| v.iter().copied().collect())
+    let view = t.to_plain_array_view::<D>().ok()?;
+    // A contiguous tensor (every plan output here) is one copy, not an
+    // element-by-element walk.
+    Some(match view.as_slice() {
+        Some(s) => s.to_vec(),
+        None => view.iter().copied().collect(),
+    })
 }
 
 fn from_tract(name: &str, t: &Tensor) -> Result<Output, RunError> {

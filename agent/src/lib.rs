@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dense;
 pub mod engine;
 pub mod fleet;
 pub mod inference_log;

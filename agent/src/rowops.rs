@@ -21,6 +21,7 @@ use tract_onnx::tract_hir::tract_core::internal::{
     as_op, op_as_typed_op, op_out_of_plan, EvalContext, EvalOp, Op, StaticName, TypedOp,
 };
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::cast::{cast, Cast};
 use tract_onnx::tract_hir::tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 use tract_onnx::tract_hir::tract_ndarray::Array1;
 
@@ -65,6 +66,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         // Same inputs, same output facts: the node keeps its wiring.
         model.node_mut(id).op = op;
     }
+    n += integer_label_casts(model)?;
     // Binary ops with a constant row lose an input: rewire through patches.
     // A patch only appends nodes, so the ids collected here stay valid.
     let binops: Vec<usize> = model
@@ -88,6 +90,38 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         model.compact()?;
     }
     Ok(n)
+}
+
+/// tract reads ONNX's `Cast(to=INT64)` as a cast to `TDim`, its symbolic
+/// integer: a classifier's label output then becomes one heap-allocated
+/// expression per row, cast back to int64 when the engine hands it out.
+/// Where such a cast of integers feeds nothing but model outputs, it casts
+/// to int64 directly; returns how many.
+fn integer_label_casts(model: &mut TypedModel) -> TractResult<usize> {
+    let mut found = Vec::new();
+    for node in model.nodes() {
+        let Some(op) = node.op_as::<Cast>() else {
+            continue;
+        };
+        let [input] = node.inputs[..] else { continue };
+        let from = model.outlet_fact(input)?.datum_type;
+        let out = OutletId::new(node.id, 0);
+        if op.to == DatumType::TDim
+            && matches!(from, DatumType::I32 | DatumType::I64)
+            && node.outputs.len() == 1
+            && model.outlet_successors(out).is_empty()
+            && model.outputs.contains(&out)
+        {
+            found.push(node.id);
+        }
+    }
+    for &id in &found {
+        let node = model.node_mut(id);
+        node.op = Box::new(cast(DatumType::I64));
+        let shape = node.outputs[0].fact.shape.clone();
+        node.outputs[0].fact = DatumType::I64.fact(shape);
+    }
+    Ok(found.len())
 }
 
 /// The arithmetic of a two-input `+ − × ÷` node of tract's that keeps its
@@ -140,15 +174,11 @@ fn row_broadcast(
         let Some(width) = x.shape[x.rank() - 1].as_i64().map(|w| w as usize) else {
             continue;
         };
-        let cshape = konst.shape();
-        let leading_ones = cshape.len() <= x.rank() && cshape.iter().rev().skip(1).all(|&d| d == 1);
-        let values = konst.try_as_plain_ram()?;
-        let values = values.as_slice::<f32>()?;
-        let row: Vec<f32> = match (cshape.last().copied(), values) {
-            _ if !leading_ones => continue,
-            (None | Some(1), &[v]) => vec![v; width],
-            (Some(w), v) if w == width && v.len() == width => v.to_vec(),
-            _ => continue,
+        if konst.rank() > x.rank() {
+            continue;
+        }
+        let Some(row) = const_row(konst, width)? else {
+            continue;
         };
         return Ok(Some((
             node.inputs[xi],
@@ -160,6 +190,24 @@ fn row_broadcast(
         )));
     }
     Ok(None)
+}
+
+/// A float32 constant that only varies along its last axis, as a row of
+/// `width` values: one value or `width` of them, every other axis 1.
+pub(crate) fn const_row(konst: &Tensor, width: usize) -> TractResult<Option<Vec<f32>>> {
+    if konst.datum_type() != DatumType::F32 {
+        return Ok(None);
+    }
+    let shape = konst.shape();
+    if !shape.iter().rev().skip(1).all(|&d| d == 1) {
+        return Ok(None);
+    }
+    let plain = konst.try_as_plain_ram()?;
+    Ok(match (shape.last().copied(), plain.as_slice::<f32>()?) {
+        (None | Some(1), &[v]) => Some(vec![v; width]),
+        (Some(w), v) if w == width && v.len() == width => Some(v.to_vec()),
+        _ => None,
+    })
 }
 
 /// `exp(x)` for float32, branch-free so a loop over a slice vectorises.
@@ -191,6 +239,29 @@ fn exp_f32(x: f32) -> f32 {
 
 /// Softmax over each contiguous row of `data` (row length `width`), in place.
 pub fn softmax_rows(data: &mut [f32], width: usize) {
+    // Compiled again for the widest vectors the CPU has (AVX-512 here, NEON
+    // on ARM), chosen at run time: the exp loop below is most of the work.
+    pulp::Arch::new().dispatch(SoftmaxKernel { data, width });
+}
+
+struct SoftmaxKernel<'a> {
+    data: &'a mut [f32],
+    width: usize,
+}
+
+impl pulp::WithSimd for SoftmaxKernel<'_> {
+    type Output = ();
+
+    // Inlined into pulp's per-CPU entry points, so LLVM vectorises the
+    // loops below with that CPU's instructions.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        softmax_rows_simd(self.data, self.width);
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_simd(data: &mut [f32], width: usize) {
     if width == 0 {
         return;
     }
@@ -475,47 +546,56 @@ pub struct RowReduce {
 
 /// Index of the first (or last) extreme of `row`, tract's and onnxruntime's
 /// tie rule. `better(a, b)`: a beats b strictly.
+#[inline(always)]
 fn arg_extreme(row: &[f32], start: f32, take_last: bool, better: impl Fn(f32, f32) -> bool) -> i64 {
     let mut best = start;
     let mut at = 0usize;
     for (i, &x) in row.iter().enumerate() {
-        if better(x, best) || (take_last && x == best) {
-            best = x;
-            at = i;
-        }
+        // Selects, not a branch: where the winner sits is random from row
+        // to row, and a mispredicted jump per row cost more than the row.
+        let wins = better(x, best) | (take_last & (x == best));
+        best = if wins { x } else { best };
+        at = if wins { i } else { at };
     }
     at as i64
 }
 
+/// A 1-D tensor of `n` values from `values`, written in place (an ndarray
+/// turned into a tensor would be copied once more).
+fn collect_tensor<T: Datum + Copy + tract_num_traits::Zero>(
+    n: usize,
+    values: impl Iterator<Item = T>,
+) -> TractResult<Tensor> {
+    let mut t = Tensor::zero::<T>(&[n])?;
+    {
+        let mut plain = t.try_as_plain_ram_mut()?;
+        for (slot, v) in plain.as_slice_mut::<T>()?.iter_mut().zip(values) {
+            *slot = v;
+        }
+    }
+    Ok(t)
+}
+
 impl RowReduce {
-    fn reduce(&self, x: &[f32], width: usize) -> Tensor {
+    fn reduce(&self, x: &[f32], width: usize) -> TractResult<Tensor> {
+        let n = x.len() / width;
         let rows = x.chunks_exact(width);
         match self.kind {
-            RowReducer::ArgMax { take_last } => {
-                let v: Vec<i64> = rows
-                    .map(|r| arg_extreme(r, f32::MIN, take_last, |a, b| a > b))
-                    .collect();
-                Array1::from_vec(v).into_tensor()
+            RowReducer::ArgMax { take_last } => collect_tensor(
+                n,
+                rows.map(|r| arg_extreme(r, f32::MIN, take_last, |a, b| a > b)),
+            ),
+            RowReducer::ArgMin { take_last } => collect_tensor(
+                n,
+                rows.map(|r| arg_extreme(r, f32::MAX, take_last, |a, b| a < b)),
+            ),
+            RowReducer::Sum => collect_tensor(n, rows.map(|r| r.iter().sum::<f32>())),
+            RowReducer::Max => {
+                collect_tensor(n, rows.map(|r| r.iter().copied().fold(f32::MIN, f32::max)))
             }
-            RowReducer::ArgMin { take_last } => {
-                let v: Vec<i64> = rows
-                    .map(|r| arg_extreme(r, f32::MAX, take_last, |a, b| a < b))
-                    .collect();
-                Array1::from_vec(v).into_tensor()
+            RowReducer::Min => {
+                collect_tensor(n, rows.map(|r| r.iter().copied().fold(f32::MAX, f32::min)))
             }
-            RowReducer::Sum => {
-                Array1::from_vec(rows.map(|r| r.iter().sum()).collect::<Vec<f32>>()).into_tensor()
-            }
-            RowReducer::Max => Array1::from_vec(
-                rows.map(|r| r.iter().copied().fold(f32::MIN, f32::max))
-                    .collect::<Vec<f32>>(),
-            )
-            .into_tensor(),
-            RowReducer::Min => Array1::from_vec(
-                rows.map(|r| r.iter().copied().fold(f32::MAX, f32::min))
-                    .collect::<Vec<f32>>(),
-            )
-            .into_tensor(),
         }
     }
 }
@@ -551,7 +631,7 @@ impl EvalOp for RowReduce {
                 RowReducer::Min => Array1::from_vec(vec![f32::MAX; n]).into_tensor(),
             }
         } else {
-            self.reduce(input.try_as_plain_ram()?.as_slice::<f32>()?, width)
+            self.reduce(input.try_as_plain_ram()?.as_slice::<f32>()?, width)?
         };
         Ok(tvec!(out.into_shape(&shape)?.into_tvalue()))
     }
@@ -694,7 +774,9 @@ mod tests {
         let r = RowReduce {
             kind: RowReducer::ArgMax { take_last: false },
         };
-        let t = r.reduce(&[1.0, 3.0, 3.0, 0.0, 5.0, 5.0, 5.0, 1.0], 4);
+        let t = r
+            .reduce(&[1.0, 3.0, 3.0, 0.0, 5.0, 5.0, 5.0, 1.0], 4)
+            .expect("reduce");
         assert_eq!(
             t.try_as_plain_ram()
                 .ok()
@@ -705,7 +787,9 @@ mod tests {
         let r = RowReduce {
             kind: RowReducer::ArgMax { take_last: true },
         };
-        let t = r.reduce(&[1.0, 3.0, 3.0, 0.0, 5.0, 5.0, 5.0, 1.0], 4);
+        let t = r
+            .reduce(&[1.0, 3.0, 3.0, 0.0, 5.0, 5.0, 5.0, 1.0], 4)
+            .expect("reduce");
         assert_eq!(
             t.try_as_plain_ram()
                 .ok()
@@ -716,7 +800,7 @@ mod tests {
         let r = RowReduce {
             kind: RowReducer::ArgMin { take_last: false },
         };
-        let t = r.reduce(&[1.0, 3.0, 0.0, 0.0], 2);
+        let t = r.reduce(&[1.0, 3.0, 0.0, 0.0], 2).expect("reduce");
         assert_eq!(
             t.try_as_plain_ram()
                 .ok()
