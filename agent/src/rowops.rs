@@ -260,17 +260,51 @@ impl pulp::WithSimd for SoftmaxKernel<'_> {
     }
 }
 
+/// Calls `$f::<W>(args)` with the width `W` fixed for short rows (2 to 16
+/// values), `$f::<0>` (width read at run time) otherwise. With the width a
+/// constant, the per-row loops unroll: no loop branch per value, and the
+/// CPU overlaps several rows.
+macro_rules! by_width {
+    ($width:expr, $f:ident ( $($arg:expr),* )) => {
+        match $width {
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            12 => $f::<12>($($arg),*),
+            13 => $f::<13>($($arg),*),
+            14 => $f::<14>($($arg),*),
+            15 => $f::<15>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            _ => $f::<0>($($arg),*),
+        }
+    };
+}
+
 #[inline(always)]
 fn softmax_rows_simd(data: &mut [f32], width: usize) {
+    by_width!(width, softmax_passes(data, width))
+}
+
+/// `W` is the row width when not 0; `width` otherwise.
+#[inline(always)]
+fn softmax_passes<const W: usize>(data: &mut [f32], width: usize) {
+    let width = if W == 0 { width } else { W };
     if width == 0 {
         return;
     }
     for row in data.chunks_exact_mut(width) {
         let mut max = f32::NEG_INFINITY;
         for &x in row.iter() {
-            if x > max {
-                max = x;
-            }
+            // A select, not a branch; NaN never wins, and then spreads
+            // through the subtraction below.
+            max = if x > max { x } else { max };
         }
         for x in row.iter_mut() {
             *x -= max;
@@ -576,19 +610,33 @@ fn collect_tensor<T: Datum + Copy + tract_num_traits::Zero>(
     Ok(t)
 }
 
+/// The index of each row's extreme; `W` is the row width when not 0.
+fn arg_rows<const W: usize>(
+    x: &[f32],
+    width: usize,
+    start: f32,
+    take_last: bool,
+    better: impl Fn(f32, f32) -> bool + Copy,
+) -> TractResult<Tensor> {
+    let width = if W == 0 { width } else { W };
+    collect_tensor(
+        x.len() / width,
+        x.chunks_exact(width)
+            .map(|r| arg_extreme(r, start, take_last, better)),
+    )
+}
+
 impl RowReduce {
     fn reduce(&self, x: &[f32], width: usize) -> TractResult<Tensor> {
         let n = x.len() / width;
         let rows = x.chunks_exact(width);
         match self.kind {
-            RowReducer::ArgMax { take_last } => collect_tensor(
-                n,
-                rows.map(|r| arg_extreme(r, f32::MIN, take_last, |a, b| a > b)),
-            ),
-            RowReducer::ArgMin { take_last } => collect_tensor(
-                n,
-                rows.map(|r| arg_extreme(r, f32::MAX, take_last, |a, b| a < b)),
-            ),
+            RowReducer::ArgMax { take_last } => {
+                by_width!(width, arg_rows(x, width, f32::MIN, take_last, |a, b| a > b))
+            }
+            RowReducer::ArgMin { take_last } => {
+                by_width!(width, arg_rows(x, width, f32::MAX, take_last, |a, b| a < b))
+            }
             RowReducer::Sum => collect_tensor(n, rows.map(|r| r.iter().sum::<f32>())),
             RowReducer::Max => {
                 collect_tensor(n, rows.map(|r| r.iter().copied().fold(f32::MIN, f32::max)))
@@ -691,6 +739,36 @@ mod tests {
         let mut nan = vec![1.0, f32::NAN, 0.0];
         softmax_rows(&mut nan, 3);
         assert!(nan.iter().all(|x| x.is_nan()));
+    }
+
+    /// Widths with a fixed-width copy of the loops (2–16) and without one
+    /// (1, 17, 40) give the same softmax and argmax.
+    #[test]
+    fn every_width_path_agrees_with_the_textbook() -> TractResult<()> {
+        for width in [1usize, 2, 7, 10, 16, 17, 40] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * width)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+                .collect();
+            let mut got = x.clone();
+            softmax_rows(&mut got, width);
+            let arg = RowReduce {
+                kind: RowReducer::ArgMax { take_last: false },
+            }
+            .reduce(&x, width)?;
+            let arg = arg.try_as_plain_ram()?.as_slice::<i64>()?.to_vec();
+            for (r, row) in x.chunks(width).enumerate() {
+                let m = row.iter().copied().fold(f32::MIN, f32::max);
+                let e: Vec<f64> = row.iter().map(|v| f64::from(v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for (g, e) in got[r * width..(r + 1) * width].iter().zip(&e) {
+                    assert!((f64::from(*g) - e / s).abs() < 1e-6, "width {width}");
+                }
+                let first = row.iter().position(|&v| v == m).map(|i| i as i64);
+                assert_eq!(Some(arg[r]), first, "width {width}, row {r}");
+            }
+        }
+        Ok(())
     }
 
     #[test]
