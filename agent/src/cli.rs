@@ -487,8 +487,6 @@ pub struct BenchArgs {
 /// In-process engine throughput: one batch of `rows` rows cut into blocks the
 /// way `score` cuts them, spread over the cores. Prints one JSON line.
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    use crate::engine::Input;
-    use ferry_protocol::TensorData;
     let trust = read_trust(&args.trust)?;
     let loaded = crate::serving::verify_and_load_for(
         &trust,
@@ -527,9 +525,13 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     for _ in 0..args.repeat.max(1) {
         // Input tensors are built before the clock starts, as onnxruntime's
         // are (its script times `run` on a ready array).
-        let mut lanes: Vec<Vec<Vec<f32>>> = vec![Vec::new(); threads];
+        let mut lanes: Vec<Vec<tract_onnx::prelude::Tensor>> =
+            (0..threads).map(|_| Vec::new()).collect();
         for (i, b) in blocks.iter().enumerate() {
-            lanes[i % threads].push(b.to_vec());
+            lanes[i % threads].push(tract_onnx::prelude::Tensor::from_shape(
+                &[b.len() / width, width],
+                b,
+            )?);
         }
         let t0 = std::time::Instant::now();
         std::thread::scope(|s| -> Result<()> {
@@ -538,11 +540,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
                 .map(|lane| {
                     let engine = &loaded.engine;
                     s.spawn(move || -> Result<(), crate::engine::RunError> {
-                        for chunk in lane {
-                            engine.run(vec![Input {
-                                shape: vec![chunk.len() / width, width],
-                                data: TensorData::F32(chunk),
-                            }])?;
+                        for block in lane {
+                            engine.run_block(block)?;
                         }
                         Ok(())
                     })

@@ -250,6 +250,41 @@ impl Engine {
         for (spec, input) in self.schema.inputs.iter().zip(inputs) {
             values.push(to_tract(&spec.name, spec.dtype, input)?.into_tvalue());
         }
+        self.run_values(values, rows)
+    }
+
+    /// Runs a block of rows (rows × features) already in tract's layout, for
+    /// a model with one input. The batch paths parse rows straight into it
+    /// and so skip the copy `run` makes of every input.
+    pub fn run_block(&self, block: Tensor) -> Result<Vec<Output>, RunError> {
+        let spec = match &self.schema.inputs[..] {
+            [spec] => spec,
+            _ => {
+                return Err(RunError::Exec(format!(
+                    "a block is one input; the model takes {}",
+                    self.schema.inputs.len()
+                )))
+            }
+        };
+        if datum_type(spec.dtype) != Some(block.datum_type()) {
+            return Err(input_err(
+                &spec.name,
+                format!(
+                    "a {:?} block for a {:?} input",
+                    block.datum_type(),
+                    spec.dtype
+                ),
+            ));
+        }
+        let rows = block.shape().first().copied();
+        self.run_values(tvec![block.into_tvalue()], rows)
+    }
+
+    fn run_values(
+        &self,
+        values: TVec<TValue>,
+        rows: Option<usize>,
+    ) -> Result<Vec<Output>, RunError> {
         let plan = match &self.fixed {
             Some((n, p)) if rows == Some(*n) => p,
             _ => &self.any_batch,

@@ -462,20 +462,39 @@ fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
     let n = lines.len();
     let mut out = Vec::with_capacity(n * 48);
     if n > 0 {
-        let data = match job.dtype {
-            DType::F64 => TensorData::F64(values),
-            _ => TensorData::F32(values.into_iter().map(|x| x as f32).collect()),
+        let run_err = |reason: String| ScoreError::Run {
+            line: block.first_line,
+            reason,
         };
-        let outputs = job
-            .engine
-            .run(vec![Input {
+        let outputs = match job.dtype {
+            DType::F32 => {
+                // Parsed values go straight into the engine's tensor: no
+                // float32 vector to copy in afterwards.
+                let mut t = tract_onnx::prelude::Tensor::zero::<f32>(&[n, job.width])
+                    .map_err(|e| run_err(e.to_string()))?;
+                {
+                    let mut plain = t
+                        .try_as_plain_ram_mut()
+                        .map_err(|e| run_err(e.to_string()))?;
+                    let slots = plain
+                        .as_slice_mut::<f32>()
+                        .map_err(|e| run_err(e.to_string()))?;
+                    for (slot, v) in slots.iter_mut().zip(&values) {
+                        *slot = *v as f32;
+                    }
+                }
+                job.engine.run_block(t)
+            }
+            DType::F64 => job.engine.run(vec![Input {
                 shape: vec![n, job.width],
-                data,
-            }])
-            .map_err(|e| ScoreError::Run {
-                line: block.first_line,
-                reason: e.to_string(),
-            })?;
+                data: TensorData::F64(values),
+            }]),
+            _ => job.engine.run(vec![Input {
+                shape: vec![n, job.width],
+                data: TensorData::F32(values.into_iter().map(|x| x as f32).collect()),
+            }]),
+        }
+        .map_err(|e| run_err(e.to_string()))?;
         format_rows(&outputs, &lines, job.output_format, &mut out);
     }
     Ok(Done {

@@ -35,14 +35,21 @@ fn check_model(model: &str) {
         })
         .collect();
     let width = rows[0].len();
-    let check = |engine: &Engine, batch: &[Vec<f64>], offset: usize| {
+    let check_with = |engine: &Engine, batch: &[Vec<f64>], offset: usize, as_block: bool| {
         let data: Vec<f32> = batch.iter().flatten().map(|x| *x as f32).collect();
-        let out = engine
-            .run(vec![Input {
-                shape: vec![batch.len(), width],
-                data: TensorData::F32(data),
-            }])
-            .unwrap();
+        let out = if as_block {
+            // The batch paths' entry: rows already in a tract tensor.
+            let block =
+                tract_onnx::prelude::Tensor::from_shape(&[batch.len(), width], &data).unwrap();
+            engine.run_block(block).unwrap()
+        } else {
+            engine
+                .run(vec![Input {
+                    shape: vec![batch.len(), width],
+                    data: TensorData::F32(data),
+                }])
+                .unwrap()
+        };
         let TensorData::I64(got_labels) = &out[0].data else {
             panic!("label is {:?}", out[0].data.dtype())
         };
@@ -67,6 +74,9 @@ fn check_model(model: &str) {
             }
         }
     };
+    let check = |engine: &Engine, batch: &[Vec<f64>], offset: usize| {
+        check_with(engine, batch, offset, false)
+    };
     // The whole batch (symbolic-batch plan) and every row alone (batch-1 plan).
     check(&loaded.engine, &rows, 0);
     for (i, r) in rows.iter().enumerate() {
@@ -76,6 +86,12 @@ fn check_model(model: &str) {
     let blocks =
         verify_and_load_for(&keys.trust, &bundle, |_| None, PlanFor::Blocks(rows.len())).unwrap();
     check(&blocks.engine, &rows, 0);
+    check_with(&blocks.engine, &rows, 0, true);
+    // A block of the wrong type is refused, not reinterpreted.
+    let f64_block =
+        tract_onnx::prelude::Tensor::from_shape(&[1, width], &vec![0.0f64; width]).unwrap();
+    let err = blocks.engine.run_block(f64_block).unwrap_err();
+    assert!(err.to_string().contains("block"), "{err}");
 }
 
 #[test]
