@@ -203,10 +203,9 @@ fn tile<S: Simd, const MR: usize>(
     }
 }
 
-#[allow(clippy::needless_range_loop)]
 /// `MR` rows × `C` vectors of columns starting at vector `c0`, kept in
 /// registers across the whole `k` loop.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 #[inline(always)]
 fn columns<S: Simd, const MR: usize, const C: usize>(
     simd: S,

@@ -466,8 +466,13 @@ fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
             line: block.first_line,
             reason,
         };
+        // `score` takes float32 or float64 inputs only (checked at start).
         let outputs = match job.dtype {
-            DType::F32 => {
+            DType::F64 => job.engine.run(vec![Input {
+                shape: vec![n, job.width],
+                data: TensorData::F64(values),
+            }]),
+            _ => {
                 // Parsed values go straight into the engine's tensor: no
                 // float32 vector to copy in afterwards.
                 let mut t = tract_onnx::prelude::Tensor::zero::<f32>(&[n, job.width])
@@ -485,14 +490,6 @@ fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
                 }
                 job.engine.run_block(t)
             }
-            DType::F64 => job.engine.run(vec![Input {
-                shape: vec![n, job.width],
-                data: TensorData::F64(values),
-            }]),
-            _ => job.engine.run(vec![Input {
-                shape: vec![n, job.width],
-                data: TensorData::F32(values.into_iter().map(|x| x as f32).collect()),
-            }]),
         }
         .map_err(|e| run_err(e.to_string()))?;
         format_rows(&outputs, &lines, job.output_format, &mut out);
