@@ -7,11 +7,11 @@ use crate::keyfile::{tmp_path, KeyFileError};
 use crate::onnx_schema::{self, OnnxSchemaError};
 use crate::test_vectors::{self, TestVectorError};
 use ed25519_dalek::SigningKey;
-use ferry_protocol::bundle::BundleHeader;
 use ferry_protocol::keys::{Digest, Hasher};
 use ferry_protocol::manifest::{
     ArtifactRef, Lineage, Manifest, ManifestError, Runtime, TargetConstraints,
 };
+use ferry_protocol::SignedManifest;
 use ferry_protocol::{ModelName, Version};
 use indicatif::ProgressBar;
 use std::collections::BTreeMap;
@@ -144,7 +144,7 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
     };
     manifest.validate()?;
     let signers: Vec<&SigningKey> = spec.signers.iter().collect();
-    let header = BundleHeader::sign(&manifest, &signers);
+    let header = SignedManifest::sign(&manifest, &signers);
 
     // Write beside the target and rename, so a crash never leaves a
     // half-written bundle under the final name.

@@ -6,18 +6,16 @@
 //! ```text
 //! magic      8 bytes  "FERRYBN\x01"
 //! header_len u32 LE   length of the encoded header
-//! header     encoding::encode(BundleHeader { manifest bytes, signatures })
+//! header     encoding::encode(SignedManifest { manifest bytes, signatures })
 //! artifacts  each artifact's bytes, in manifest order, nothing after
 //! ```
 
 use crate::encoding::{self, DecodeError};
-use crate::keys::{self, Digest, Domain, Hasher, Signature};
-use crate::manifest::{ArtifactRef, Manifest};
+use crate::keys::{Digest, Hasher};
+use crate::manifest::{ArtifactRef, SignedManifest};
 use crate::trust::TrustRoot;
 use crate::verify::{verify_manifest, VerifiedManifest, VerifyError};
 use crate::{UnixTime, Version};
-use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
 use std::io::Read;
 
 pub const MAGIC: [u8; 8] = *b"FERRYBN\x01";
@@ -27,33 +25,7 @@ pub const HEADER_LIMIT: usize = 16 * 1024 * 1024;
 /// Read size when streaming artifacts.
 const CHUNK: usize = 64 * 1024;
 
-/// The signed part of a bundle: the manifest's exact bytes and publisher
-/// signatures over them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BundleHeader {
-    pub manifest: Vec<u8>,
-    pub signatures: Vec<Signature>,
-}
-
-impl BundleHeader {
-    /// Encodes `manifest` and signs it with each of `keys`.
-    pub fn sign(manifest: &Manifest, keys: &[&SigningKey]) -> Self {
-        let bytes = encoding::encode(manifest);
-        let signatures = keys
-            .iter()
-            .map(|k| keys::sign(Domain::Manifest, &bytes, k))
-            .collect();
-        Self {
-            manifest: bytes,
-            signatures,
-        }
-    }
-
-    /// Decodes the manifest without verifying anything (for `inspect`).
-    pub fn peek_manifest(&self) -> Result<Manifest, DecodeError> {
-        encoding::decode(&self.manifest, crate::manifest::MANIFEST_LIMIT, "manifest")
-    }
-
+impl SignedManifest {
     /// The preamble of a bundle file: magic, length, encoded header.
     pub fn to_preamble(&self) -> Vec<u8> {
         let header = encoding::encode(self);
@@ -70,7 +42,7 @@ impl BundleHeader {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifiedBundle {
     pub manifest: VerifiedManifest,
-    pub header: BundleHeader,
+    pub header: SignedManifest,
 }
 
 /// Checks one artifact's bytes as they stream in: never more than declared,
@@ -148,7 +120,7 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), Ve
 
 /// Reads the preamble (magic, header) from `r`, leaving it at the first
 /// artifact byte. Nothing is verified yet.
-pub fn read_header(r: &mut impl Read) -> Result<BundleHeader, VerifyError> {
+pub fn read_header(r: &mut impl Read) -> Result<SignedManifest, VerifyError> {
     let mut magic = [0u8; 8];
     let mut got = 0;
     while got < magic.len() {
@@ -243,7 +215,7 @@ pub fn verify(
 /// computed them).
 pub fn write(
     out: &mut impl std::io::Write,
-    header: &BundleHeader,
+    header: &SignedManifest,
     artifacts: &mut [&mut dyn Read],
 ) -> std::io::Result<()> {
     out.write_all(&header.to_preamble())?;

@@ -20,9 +20,11 @@ pub mod trust;
 pub mod verify;
 
 pub use baseline::{psi, Baseline, FeatureBaseline, FeatureKind};
-pub use bundle::{BundleHeader, VerifiedBundle};
+pub use bundle::VerifiedBundle;
 pub use keys::{Digest, KeyId, PublicKey, Signature};
-pub use manifest::{ArtifactRef, Lineage, Manifest, Runtime, TargetConstraints, TestVectors};
+pub use manifest::{
+    ArtifactRef, Lineage, Manifest, Runtime, SignedManifest, TargetConstraints, TestVectors,
+};
 pub use model::{DType, Dim, ModelName, Schema, Tensor, TensorData, TensorSpec, Version};
 pub use trust::{Publisher, SignedTrustRoot, TrustRoot};
 pub use verify::{verify_manifest, VerifiedManifest, VerifyError};

@@ -1,9 +1,11 @@
 //! The bundle manifest: what a publisher signs.
 
 use crate::baseline::Baseline;
-use crate::keys::Digest;
+use crate::encoding::{self, DecodeError};
+use crate::keys::{self, Digest, Domain, Signature};
 use crate::model::{is_safe_name, ModelName, Schema, Tensor, Version};
 use crate::UnixTime;
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -164,5 +166,33 @@ impl Manifest {
     /// The model file (first artifact).
     pub fn model_artifact(&self) -> Option<&ArtifactRef> {
         self.artifacts.first()
+    }
+}
+
+/// A manifest as signed: its exact encoded bytes and the publisher
+/// signatures over them (the header of a bundle file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedManifest {
+    pub manifest: Vec<u8>,
+    pub signatures: Vec<Signature>,
+}
+
+impl SignedManifest {
+    /// Encodes `manifest` and signs it with each of `keys`.
+    pub fn sign(manifest: &Manifest, keys: &[&SigningKey]) -> Self {
+        let bytes = encoding::encode(manifest);
+        let signatures = keys
+            .iter()
+            .map(|k| keys::sign(Domain::Manifest, &bytes, k))
+            .collect();
+        Self {
+            manifest: bytes,
+            signatures,
+        }
+    }
+
+    /// Decodes the manifest without verifying anything (for `inspect`).
+    pub fn peek_manifest(&self) -> Result<Manifest, DecodeError> {
+        encoding::decode(&self.manifest, MANIFEST_LIMIT, "manifest")
     }
 }

@@ -1,10 +1,9 @@
 //! Manifest verification against a trust root: the one gate every bundle
 //! passes before any of its bytes are used.
 
-use crate::bundle::BundleHeader;
 use crate::encoding::{self, DecodeError};
 use crate::keys::{self, Digest, Domain, KeyId};
-use crate::manifest::{Manifest, ManifestError, MANIFEST_LIMIT};
+use crate::manifest::{Manifest, ManifestError, SignedManifest, MANIFEST_LIMIT};
 use crate::trust::{TrustError, TrustRoot};
 use crate::{UnixTime, Version};
 
@@ -127,7 +126,7 @@ impl VerifyError {
 /// tampered, then unknown).
 pub fn verify_manifest(
     trust: &TrustRoot,
-    header: &BundleHeader,
+    header: &SignedManifest,
     now: UnixTime,
     highest_seen: Option<Version>,
 ) -> Result<VerifiedManifest, VerifyError> {

@@ -3,12 +3,13 @@
 #![allow(clippy::unwrap_used)]
 
 use ed25519_dalek::SigningKey;
-use ferry_protocol::bundle::{self, BundleHeader};
+use ferry_protocol::bundle;
 use ferry_protocol::keys::{sha256, PublicKey};
 use ferry_protocol::manifest::{ArtifactRef, Lineage, Manifest, Runtime, TargetConstraints};
 use ferry_protocol::model::{DType, Dim, ModelName, Schema, TensorSpec};
 use ferry_protocol::trust::{Publisher, SignedTrustRoot, TrustError, TrustRoot};
 use ferry_protocol::verify::VerifyError;
+use ferry_protocol::SignedManifest;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -90,7 +91,7 @@ fn manifest(name: &str, version: u64) -> Manifest {
 }
 
 fn bundle_bytes(m: &Manifest, signers: &[&SigningKey], payload: &[u8]) -> Vec<u8> {
-    let header = BundleHeader::sign(m, signers);
+    let header = SignedManifest::sign(m, signers);
     let mut out = header.to_preamble();
     out.extend_from_slice(payload);
     out
@@ -124,7 +125,7 @@ fn tampered_artifact() {
 #[test]
 fn tampered_manifest() {
     let w = world();
-    let mut header = BundleHeader::sign(&manifest("m", 1), &[&w.publisher]);
+    let mut header = SignedManifest::sign(&manifest("m", 1), &[&w.publisher]);
     // Change the version inside the signed bytes.
     let mut m = manifest("m", 1);
     m.version = 99;
@@ -257,7 +258,7 @@ fn endless_data_and_short_data() {
 fn endless_stream_is_cut_at_the_declared_length() {
     // A reader that never ends: verification must stop after len + 1 bytes.
     let w = world();
-    let header = BundleHeader::sign(&manifest("m", 1), &[&w.publisher]);
+    let header = SignedManifest::sign(&manifest("m", 1), &[&w.publisher]);
     let preamble = header.to_preamble();
     let mut endless = std::io::Read::chain(
         std::io::Cursor::new([preamble, MODEL_BYTES.to_vec()].concat()),
@@ -423,7 +424,7 @@ proptest! {
 
     #[test]
     fn header_round_trips(m in arb_manifest(), seed in any::<u8>()) {
-        let h = BundleHeader::sign(&m, &[&key(seed)]);
+        let h = SignedManifest::sign(&m, &[&key(seed)]);
         let pre = h.to_preamble();
         let back = bundle::read_header(&mut &pre[..]).unwrap();
         prop_assert_eq!(back, h);

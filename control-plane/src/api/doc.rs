@@ -2,9 +2,9 @@
 //! functions over stored manifests.
 
 use ferry_protocol::baseline::FeatureKind;
-use ferry_protocol::bundle::BundleHeader;
 use ferry_protocol::encoding;
 use ferry_protocol::trust::TrustRoot;
+use ferry_protocol::SignedManifest;
 use ferry_protocol::{Manifest, Schema, TensorSpec};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::store::VersionRow;
 
 /// Decodes the stored header (hex of the canonical encoding).
-pub fn header(row: &VersionRow) -> Option<BundleHeader> {
+pub fn header(row: &VersionRow) -> Option<SignedManifest> {
     let bytes = hex::decode(&row.header).ok()?;
     encoding::decode(
         &bytes,
