@@ -17,6 +17,7 @@
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dense;
 pub mod engine;
