@@ -54,12 +54,16 @@ pub enum ServeError {
     NoListener,
 }
 
+/// A JSON error. A server-side failure's detail (engine, log store,
+/// runtime) goes to the agent's log; the client gets its code only.
 fn error(status: StatusCode, code: &str, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({ "error": msg.to_string(), "code": code })),
-    )
-        .into_response()
+    let msg = if status.is_server_error() {
+        tracing::error!(code, error = %msg, "request failed");
+        "internal error (details are in the agent's log)".to_string()
+    } else {
+        msg.to_string()
+    };
+    (status, Json(json!({ "error": msg, "code": code }))).into_response()
 }
 
 fn body_error(r: BytesRejection, limit: usize) -> Response {
@@ -126,4 +130,39 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listen::run(bound, router(agent, max_body), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: Response) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(axum::body::to_bytes(r.into_body(), usize::MAX))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn server_side_failures_keep_their_detail_out_of_the_response() {
+        let r = error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "log_failed",
+            "sled: /var/lib/ferry/log/conf: disk full",
+        );
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let v = body(r);
+        assert_eq!(v["code"], "log_failed");
+        assert!(!v["error"].as_str().unwrap().contains("sled"), "{v}");
+        // A client's own mistake is explained to it.
+        let v = body(error(
+            StatusCode::BAD_REQUEST,
+            "bad_input",
+            "input \"x\": 3 values",
+        ));
+        assert_eq!(v["error"], "input \"x\": 3 values");
+    }
 }

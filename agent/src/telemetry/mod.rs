@@ -120,19 +120,29 @@ fn hostname() -> String {
         .unwrap_or_else(|| "device".into())
 }
 
+/// What enrollment told this device that telemetry falls back on (the
+/// caller reads it from the fleet identity; telemetry does not depend on
+/// the fleet module).
+#[derive(Clone, Copy, Debug)]
+pub struct Enrolled<'a> {
+    pub mqtt_url: Option<&'a str>,
+    pub tenant: &'a str,
+    pub device_id: &'a str,
+}
+
 /// Flags win over the file, the file over the enrollment (broker, tenant,
 /// device id); `None` when no broker is known.
 pub fn resolve(
     file: Option<TelemetryFile>,
     args: &TelemetryArgs,
-    enrolled: Option<&crate::fleet::Identity>,
+    enrolled: Option<Enrolled<'_>>,
 ) -> Result<Option<TelemetryConfig>, TelemetryConfigError> {
     let file = file.unwrap_or_default();
     let Some(url) = args
         .mqtt_url
         .clone()
         .or(file.mqtt_url)
-        .or_else(|| enrolled.and_then(|i| i.mqtt_url.clone()))
+        .or_else(|| enrolled.and_then(|i| i.mqtt_url.map(str::to_string)))
     else {
         return Ok(None);
     };
@@ -145,13 +155,13 @@ pub fn resolve(
         .tenant
         .clone()
         .or(file.tenant)
-        .or_else(|| enrolled.map(|i| i.tenant.clone()))
+        .or_else(|| enrolled.map(|i| i.tenant.to_string()))
         .unwrap_or_else(|| "default".into());
     let device = args
         .device
         .clone()
         .or(file.device)
-        .or_else(|| enrolled.map(|i| i.device_id.clone()))
+        .or_else(|| enrolled.map(|i| i.device_id.to_string()))
         .unwrap_or_else(hostname);
     for (what, value) in [("tenant", &tenant), ("device", &device)] {
         if !ferry_protocol::telemetry::is_topic_name(value) || value.starts_with('_') {

@@ -1,6 +1,6 @@
 //! The 16-byte tree node both layouts walk, and the branch rule: shared by
-//! the pointer layout ([`super::ensemble`]) and the padded complete-tree
-//! layout ([`super::complete`]).
+//! the pointer layout (`ensemble`) and the padded complete-tree layout
+//! (`complete`).
 
 /// Low bits of `Node::feature`: the feature index.
 pub(crate) const FEATURE_MASK: u32 = (1 << 28) - 1;
