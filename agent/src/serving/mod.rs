@@ -6,13 +6,13 @@
 //! one short: in-flight requests finish on the plan they started with, and
 //! the old plan is freed when the last of them returns.
 //!
-//! - [`verify`]: bundle file → [`LoadedModel`] (verify, compile, test vectors);
-//! - [`routing`]: the [`Table`], roles and the routing hash;
-//! - [`local_store`]: `models/`, `incoming/` and `state.json` on disk;
-//! - [`activation`]: install, rollback, clear, unload, prune (one mutex);
-//! - [`infer`]: route and run decoded requests; the wire codec is the
-//!   caller's;
-//! - [`events`]: activation-path events on their way to telemetry.
+//! - `verify`: bundle file → [`LoadedModel`] (verify, compile, test vectors);
+//! - `routing`: the [`Table`], roles and the routing hash;
+//! - `local_store`: `models/`, `incoming/` and `state.json` on disk;
+//! - `activation`: install, rollback, clear, unload, prune (one mutex);
+//! - `infer`: [`Agent::route`] and [`RouteRef::run`] for decoded requests;
+//!   the wire codec is the caller's;
+//! - `events`: activation-path events on their way to telemetry.
 
 mod activation;
 mod error;
