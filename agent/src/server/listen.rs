@@ -100,7 +100,7 @@ impl axum::serve::Listener for Dealt {
 
 /// Accepts on `l` and deals connections to `loops` in turn, until `stop`.
 /// Round robin keeps the loops evenly loaded, which a kernel hash over
-/// `SO_REUSEPORT` listeners did not (52 % against 38 % of samples).
+/// `SO_REUSEPORT` listeners did not (docs/BENCHMARKS.md).
 async fn deal(
     l: std::net::TcpListener,
     loops: Vec<tokio::sync::mpsc::UnboundedSender<Handed>>,

@@ -37,9 +37,8 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// TCP event loops. With more than one, each runs on its own thread and
     /// single-threaded runtime; an acceptor deals connections to them in
-    /// turn, and a request never wakes another thread (on two cores the
-    /// work-stealing runtime spent a fifth of its time on those wake-ups).
-    /// With one, TCP is served on the caller's runtime.
+    /// turn, so a request never wakes another thread (measurements in
+    /// docs/BENCHMARKS.md). With one, TCP is served on the caller's runtime.
     pub tcp_loops: usize,
 }
 
