@@ -141,3 +141,42 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_versions_list_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(store.load_state().unwrap(), ActivationState::default());
+        assert_eq!(store.versions("m"), None);
+
+        let mut state = ActivationState::default();
+        state.models.insert(
+            "m".into(),
+            ModelState {
+                champion: Some(10),
+                challenger: Some((9, 0.25)),
+                history: vec![2],
+                highest_seen: 10,
+                ..Default::default()
+            },
+        );
+        store.save_state(&state).unwrap();
+        assert_eq!(store.load_state().unwrap(), state);
+        assert!(state.models["m"].in_use(9) && !state.models["m"].in_use(2));
+
+        for v in [10, 2, 9] {
+            let tmp = store.incoming(format!("t{v}"));
+            fs::write(&tmp, b"bundle").unwrap();
+            store.keep(&tmp, "m", v).unwrap();
+        }
+        // Zero-padded names: 10 sorts after 9 on disk as in memory.
+        assert_eq!(store.versions("m"), Some(vec![2, 9, 10]));
+        store.remove("m", 9);
+        store.remove("m", 9);
+        assert_eq!(store.versions("m"), Some(vec![2, 10]));
+    }
+}
