@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     for model in ["bc_logreg", "digits_mlp"] {
         let bundle = keys.bundle(model, model, 1);
-        let loaded = verify_and_load(&keys.trust, &bundle, |_| None).unwrap();
+        let loaded = verify_and_load(&keys.trust, &bundle, common::now(), |_| None).unwrap();
         let rows = common::reference_rows(model);
         let width = rows[0].len();
         let one: Vec<f32> = rows[0].iter().map(|x| *x as f32).collect();

@@ -20,7 +20,7 @@ use ferry_protocol::{ModelName, PublicKey, TensorData};
 use std::path::Path;
 use std::sync::Arc;
 
-fn loaded() -> Arc<ferry_agent::serving::Loaded> {
+fn loaded() -> Arc<ferry_agent::serving::LoadedModel> {
     let dir = tempfile::tempdir().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -65,7 +65,7 @@ fn loaded() -> Arc<ferry_agent::serving::Loaded> {
         &indicatif::ProgressBar::hidden(),
     )
     .unwrap();
-    Arc::new(verify_and_load(&trust, &out, |_| None).unwrap())
+    Arc::new(verify_and_load(&trust, &out, now, |_| None).unwrap())
 }
 
 fn bench(c: &mut Criterion) {
@@ -106,7 +106,7 @@ fn bench(c: &mut Criterion) {
             now += 1;
             windows.observe(Observation {
                 model: "bc",
-                loaded: &loaded,
+                manifest: &loaded.manifest,
                 variant: "champion",
                 input: Some(&input),
                 bins: &bins,
@@ -127,7 +127,7 @@ fn bench(c: &mut Criterion) {
             let id = format!("req-{i}");
             windows.observe(Observation {
                 model: "bc",
-                loaded: &loaded,
+                manifest: &loaded.manifest,
                 variant: "champion",
                 input: Some(&input),
                 bins: &bins,
@@ -147,7 +147,7 @@ fn bench(c: &mut Criterion) {
     for _ in 0..1000 {
         windows.observe(Observation {
             model: "bc",
-            loaded: &loaded,
+            manifest: &loaded.manifest,
             variant: "champion",
             input: Some(&input),
             bins: &bins,

@@ -1,6 +1,7 @@
 //! Command line: `ferry-agent run` (the daemon) and `ferry-agent score`
 //! (offline batch scoring). `main.rs` only calls [`main`].
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, BundleConfig, FileConfig, Overrides};
 use crate::inference_log::Durability;
 use crate::score::{self, Format, ScoreOptions};
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 use ferry_protocol::trust::SignedTrustRoot;
 use ferry_protocol::TrustRoot;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -156,13 +158,6 @@ pub struct ScoreArgs {
     pub no_progress: bool,
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Reads and verifies a trust root file.
 pub fn read_trust(path: &Path) -> Result<TrustRoot> {
     let bytes =
@@ -170,7 +165,7 @@ pub fn read_trust(path: &Path) -> Result<TrustRoot> {
     let signed = SignedTrustRoot::from_bytes(&bytes)
         .with_context(|| format!("trust root {}", path.display()))?;
     signed
-        .open(now_unix())
+        .open(SystemClock.now_unix())
         .with_context(|| format!("trust root {}", path.display()))
 }
 
@@ -275,8 +270,12 @@ fn run(args: RunArgs) -> Result<()> {
     // An enrolled device publishes as itself, to the broker it was given,
     // unless its configuration says otherwise.
     let identity = crate::fleet::Identity::load(&data_dir)?;
-    let telemetry =
-        crate::telemetry::resolve(file.telemetry.take(), &args.telemetry, identity.as_ref())?;
+    let enrolled = identity.as_ref().map(|i| crate::telemetry::Enrolled {
+        mqtt_url: i.mqtt_url.as_deref(),
+        tenant: &i.tenant,
+        device_id: &i.device_id,
+    });
+    let telemetry = crate::telemetry::resolve(file.telemetry.take(), &args.telemetry, enrolled)?;
     let cfg = config::resolve(
         file,
         Overrides {
@@ -304,6 +303,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_max_bytes: cfg.log_max_bytes,
         log_durability: cfg.durability,
         log_flush_ms: cfg.flush_every_ms,
+        clock: Arc::new(SystemClock),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
     for b in &cfg.bundles {
@@ -437,7 +437,7 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
         progress: !args.no_progress,
     };
     let start = std::time::Instant::now();
-    let summary = score::score_bundle(&args.bundle, &trust, &opts)?;
+    let summary = score::score_bundle(&args.bundle, &trust, SystemClock.now_unix(), &opts)?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "scored {} rows in {:.3} s ({:.0} rows/s) -> {}",
@@ -491,6 +491,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let loaded = crate::serving::verify_and_load_for(
         &trust,
         &args.bundle,
+        SystemClock.now_unix(),
         |_| None,
         crate::engine::PlanFor::Blocks(args.batch_rows),
     )?;

@@ -6,6 +6,8 @@
 //! - [`engine`]: tract-onnx plans, run on validated inputs;
 //! - [`oip`]: Open Inference Protocol v2 codec and request validation;
 //! - [`serving`]: activation, hot swap, rollback, A/B and shadow routing;
+//!   requests are routed and run there, decoded and encoded by [`server`];
+//! - [`clock`]: the time source passed in (only the CLI reads the system clock);
 //! - [`inference_log`]: the bounded, crash-safe record log;
 //! - [`metrics`]: Prometheus text metrics;
 //! - [`server`]: the axum HTTP API on TCP and a Unix socket;
@@ -17,6 +19,7 @@
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dense;
 pub mod engine;

@@ -92,13 +92,21 @@ pub struct ScoreSummary {
     pub bad_lines: Vec<u64>,
 }
 
-/// Loads `bundle` (verified against `trust`) and scores with it.
+/// Loads `bundle` (verified against `trust` at `now_unix`) and scores with
+/// it.
 pub fn score_bundle(
     bundle: &Path,
     trust: &TrustRoot,
+    now_unix: u64,
     opts: &ScoreOptions,
 ) -> Result<ScoreSummary, ScoreError> {
-    let loaded = verify_and_load_for(trust, bundle, |_| None, PlanFor::Blocks(opts.batch_rows))?;
+    let loaded = verify_and_load_for(
+        trust,
+        bundle,
+        now_unix,
+        |_| None,
+        PlanFor::Blocks(opts.batch_rows),
+    )?;
     score(&loaded.engine, opts)
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{reference, reference_rows, Keys};
+use common::{now, reference, reference_rows, Keys};
 use ferry_agent::engine::{Engine, Input, PlanFor};
 use ferry_agent::serving::{verify_and_load, verify_and_load_for, Agent, Role};
 use ferry_protocol::TensorData;
@@ -13,7 +13,7 @@ use ferry_protocol::TensorData;
 fn check_model(model: &str) {
     let keys = Keys::new();
     let bundle = keys.bundle(model, model, 1);
-    let loaded = verify_and_load(&keys.trust, &bundle, |_| None).unwrap();
+    let loaded = verify_and_load(&keys.trust, &bundle, now(), |_| None).unwrap();
     let rows = reference_rows(model);
     let want = reference(model);
     let labels: Vec<i64> = want["outputs"]["label"]
@@ -83,8 +83,14 @@ fn check_model(model: &str) {
         check(&loaded.engine, std::slice::from_ref(r), i);
     }
     // The batch-scoring plan, specialised to this batch's size.
-    let blocks =
-        verify_and_load_for(&keys.trust, &bundle, |_| None, PlanFor::Blocks(rows.len())).unwrap();
+    let blocks = verify_and_load_for(
+        &keys.trust,
+        &bundle,
+        now(),
+        |_| None,
+        PlanFor::Blocks(rows.len()),
+    )
+    .unwrap();
     check(&blocks.engine, &rows, 0);
     check_with(&blocks.engine, &rows, 0, true);
     // A block of the wrong type is refused, not reinterpreted.

@@ -1,6 +1,6 @@
 //! Drift and health telemetry: windows on the inference path
-//! ([`window`]), a bounded sled outbox ([`outbox`]) and the MQTT publisher
-//! ([`publisher`]). Payloads are `ferry_protocol::telemetry`'s JSON types,
+//! ([`window`]), device events ([`events`]), a bounded sled outbox
+//! ([`outbox`]) and the MQTT publisher ([`publisher`]). Payloads are `ferry_protocol::telemetry`'s JSON types,
 //! documented in `docs/telemetry.md`.
 //!
 //! Configuration: the `[telemetry]` table of `agent.toml`, overridden by
@@ -8,10 +8,12 @@
 //! (and `FERRY_AGENT_*` variables). Without a broker URL nothing is counted
 //! and nothing is published.
 
+pub mod events;
 pub mod outbox;
 pub mod publisher;
 pub mod window;
 
+pub use events::{DeviceEvent, EventSink};
 pub use outbox::Outbox;
 pub use publisher::{MqttUrl, Stats};
 pub use window::{WindowConfig, Windows};
@@ -118,19 +120,29 @@ fn hostname() -> String {
         .unwrap_or_else(|| "device".into())
 }
 
+/// What enrollment told this device that telemetry falls back on (the
+/// caller reads it from the fleet identity; telemetry does not depend on
+/// the fleet module).
+#[derive(Clone, Copy, Debug)]
+pub struct Enrolled<'a> {
+    pub mqtt_url: Option<&'a str>,
+    pub tenant: &'a str,
+    pub device_id: &'a str,
+}
+
 /// Flags win over the file, the file over the enrollment (broker, tenant,
 /// device id); `None` when no broker is known.
 pub fn resolve(
     file: Option<TelemetryFile>,
     args: &TelemetryArgs,
-    enrolled: Option<&crate::fleet::Identity>,
+    enrolled: Option<Enrolled<'_>>,
 ) -> Result<Option<TelemetryConfig>, TelemetryConfigError> {
     let file = file.unwrap_or_default();
     let Some(url) = args
         .mqtt_url
         .clone()
         .or(file.mqtt_url)
-        .or_else(|| enrolled.and_then(|i| i.mqtt_url.clone()))
+        .or_else(|| enrolled.and_then(|i| i.mqtt_url.map(str::to_string)))
     else {
         return Ok(None);
     };
@@ -143,13 +155,13 @@ pub fn resolve(
         .tenant
         .clone()
         .or(file.tenant)
-        .or_else(|| enrolled.map(|i| i.tenant.clone()))
+        .or_else(|| enrolled.map(|i| i.tenant.to_string()))
         .unwrap_or_else(|| "default".into());
     let device = args
         .device
         .clone()
         .or(file.device)
-        .or_else(|| enrolled.map(|i| i.device_id.clone()))
+        .or_else(|| enrolled.map(|i| i.device_id.to_string()))
         .unwrap_or_else(hostname);
     for (what, value) in [("tenant", &tenant), ("device", &device)] {
         if !ferry_protocol::telemetry::is_topic_name(value) || value.starts_with('_') {
@@ -207,7 +219,7 @@ fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryC
 pub struct Running {
     pub outbox: Arc<Outbox>,
     /// Queues a device event (for `Agent::set_event_sink`).
-    pub events: Arc<dyn Fn(crate::serving::DeviceEvent) + Send + Sync>,
+    pub events: Arc<dyn EventSink>,
     pub stats: Arc<Stats>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -241,16 +253,10 @@ pub fn start(
     )?;
     let stats = Arc::new(Stats::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let events = {
-        let (cfg, outbox) = (cfg.clone(), outbox.clone());
-        Arc::new(move |e: crate::serving::DeviceEvent| {
-            if let Err(err) =
-                publisher::queue_event(&cfg, &outbox, e.kind, e.model, e.version, e.detail)
-            {
-                tracing::error!(error = %err, kind = e.kind, "telemetry: queueing an event failed");
-            }
-        })
-    };
+    let events = Arc::new(OutboxEvents {
+        cfg: cfg.clone(),
+        outbox: outbox.clone(),
+    });
     println!(
         "ferry-agent telemetry to {} (MQTT version {}) as {}/{} (window: {} rows / {} s)",
         cfg.url, cfg.version, cfg.tenant, cfg.device, cfg.window.rows, cfg.window.secs
@@ -269,4 +275,25 @@ pub fn start(
         stop,
         task,
     })
+}
+
+/// Device events into the outbox, as `events` messages.
+struct OutboxEvents {
+    cfg: TelemetryConfig,
+    outbox: Arc<Outbox>,
+}
+
+impl EventSink for OutboxEvents {
+    fn record(&self, e: DeviceEvent) {
+        if let Err(err) = publisher::queue_event(
+            &self.cfg,
+            &self.outbox,
+            e.kind,
+            e.model,
+            e.version,
+            e.detail,
+        ) {
+            tracing::error!(error = %err, kind = e.kind, "telemetry: queueing an event failed");
+        }
+    }
 }

@@ -9,12 +9,11 @@
 //! task reads the clock.
 
 use crate::engine::{Input, Output};
-use crate::serving::Loaded;
 use ferry_protocol::telemetry::{
     histogram_quantile, latency_bucket, ClosedBy, DriftSummary, FeatureCounts, NumericStats,
     Predictions, LATENCY_BOUNDS_US, TELEMETRY_SCHEMA,
 };
-use ferry_protocol::TensorData;
+use ferry_protocol::{Manifest, TensorData};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,7 +39,8 @@ impl Default for WindowConfig {
 }
 
 struct Window {
-    loaded: Arc<Loaded>,
+    /// The served version's manifest: its baseline bins the features.
+    manifest: Arc<Manifest>,
     model: String,
     version: u64,
     variant: &'static str,
@@ -59,11 +59,11 @@ struct Window {
 }
 
 impl Window {
-    fn new(loaded: Arc<Loaded>, model: &str, variant: &'static str, now_ms: u64) -> Self {
-        let counts = loaded.manifest.baseline.as_ref().map(FeatureCounts::new);
-        let version = loaded.manifest.version;
+    fn new(manifest: Arc<Manifest>, model: &str, variant: &'static str, now_ms: u64) -> Self {
+        let counts = manifest.baseline.as_ref().map(FeatureCounts::new);
+        let version = manifest.version;
         Self {
-            loaded,
+            manifest,
             model: model.to_string(),
             version,
             variant,
@@ -83,7 +83,7 @@ impl Window {
     }
 
     fn summary(&self, closed_by: ClosedBy, end_ms: u64) -> DriftSummary {
-        let baseline = self.loaded.manifest.baseline.as_ref();
+        let baseline = self.manifest.baseline.as_ref();
         let (features, psi, missing, out_of_range) = match (baseline, &self.counts) {
             (Some(b), Some(c)) => (
                 b.features.iter().map(|f| f.name.clone()).collect(),
@@ -155,7 +155,8 @@ pub struct Windows {
 /// One request as the inference path saw it.
 pub struct Observation<'a> {
     pub model: &'a str,
-    pub loaded: &'a Arc<Loaded>,
+    /// The manifest of the version that answered.
+    pub manifest: &'a Arc<Manifest>,
     pub variant: &'static str,
     pub input: Option<&'a Input>,
     /// Bin indices per row (the inference log's `bins`).
@@ -207,7 +208,7 @@ impl Windows {
             return;
         }
         let mut inner = self.lock();
-        let version = o.loaded.manifest.version;
+        let version = o.manifest.version;
         let idx = match inner
             .open
             .iter()
@@ -215,9 +216,12 @@ impl Windows {
         {
             Some(i) => i,
             None => {
-                inner
-                    .open
-                    .push(Window::new(o.loaded.clone(), o.model, o.variant, o.now_ms));
+                inner.open.push(Window::new(
+                    o.manifest.clone(),
+                    o.model,
+                    o.variant,
+                    o.now_ms,
+                ));
                 inner.open.len() - 1
             }
         };
@@ -230,7 +234,7 @@ impl Windows {
             for row in o.bins {
                 c.add_bins(row);
             }
-            if let (Some(b), Some(input)) = (&w.loaded.manifest.baseline, o.input) {
+            if let (Some(b), Some(input)) = (&w.manifest.baseline, o.input) {
                 let width = b.features.len();
                 if width > 0 && input.shape.len() == 2 && input.shape[1] == width {
                     let mut count = |i: usize, x: f64| {

@@ -6,7 +6,7 @@
 //! A leaf above level `D` is padded with dummy splits whose subtrees all end
 //! in that same leaf, so any path through the padding reaches it.
 
-use super::ensemble::{goes_true, Node, FEATURE_MASK};
+use super::node::{goes_true, Node, FEATURE_MASK};
 
 /// Deepest ensemble padded this way: 2^10 leaves per tree at most.
 pub(crate) const MAX_DEPTH: u32 = 10;

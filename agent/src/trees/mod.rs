@@ -12,6 +12,7 @@
 
 mod complete;
 pub mod ensemble;
+mod node;
 pub mod op;
 pub mod parse;
 

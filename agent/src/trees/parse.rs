@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
 
-use super::ensemble::{Aggregate, Ensemble, Kind, Mode, Node, PostTransform, FEATURE_MASK};
+use super::ensemble::{Aggregate, Ensemble, Kind, PostTransform};
+use super::node::{Mode, Node, FEATURE_MASK};
 use super::TreeError;
 
 const CLASSIFIER_ATTRS: &[&str] = &[

@@ -5,6 +5,7 @@
 
 use ed25519_dalek::SigningKey;
 use ferry::bundle_build::{build, BuildSpec};
+use ferry_agent::clock::SystemClock;
 use ferry_agent::inference_log::Durability;
 use ferry_agent::server::{self, ServeOptions};
 use ferry_agent::serving::{Agent, AgentOptions};
@@ -111,6 +112,7 @@ impl Keys {
             log_max_bytes: 64 << 20,
             log_durability: Durability::Async,
             log_flush_ms: 100,
+            clock: Arc::new(SystemClock),
         }
     }
 }
