@@ -27,11 +27,12 @@ struct Fx {
 async fn fx() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
     let now = Arc::new(AtomicU64::new(T0));
     let n = now.clone();
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+    // The store stamps audit records on the same clock as the engine.
+    let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
     let engine = Engine::new(store.clone(), clock);
     Fx {
         _dir: dir,
