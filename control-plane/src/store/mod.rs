@@ -13,6 +13,7 @@
 //!
 //! Time comes from the [`Clock`](crate::clock::Clock) given at connection.
 
+mod alerts;
 mod aliases;
 mod audit;
 pub mod fleet;
