@@ -306,24 +306,4 @@ impl Store {
             m.finish(out).await
         }
     }
-
-    /// Records the outcome of a trigger's webhook delivery.
-    pub async fn record_delivery(
-        &self,
-        id: &str,
-        delivered: bool,
-        attempts: i64,
-        last_error: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE retrain_triggers SET delivered = $1, attempts = $2, last_error = $3 WHERE id = $4",
-        )
-        .bind(i64::from(delivered))
-        .bind(attempts)
-        .bind(last_error)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
 }
