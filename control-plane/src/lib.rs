@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod bundle_build;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod fleet;
 pub mod keyfile;

@@ -700,15 +700,18 @@ async fn migrations_run_once_and_state_survives_restart(b: Backend) {
     assert_eq!(
         b.exec(
             &srv.data,
-            "UPDATE ferry_migrations SET name = name WHERE version = 1"
+            "UPDATE _sqlx_migrations SET description = description WHERE version = 1"
         )
         .await,
         1
     );
     // Every migration the store knows is recorded exactly once.
     assert_eq!(
-        b.exec(&srv.data, "UPDATE ferry_migrations SET name = name")
-            .await,
+        b.exec(
+            &srv.data,
+            "UPDATE _sqlx_migrations SET description = description"
+        )
+        .await,
         ferry::store::MIGRATION_COUNT as u64
     );
     let out = srv.cli_ok(ADMIN, &["audit", "verify"]);

@@ -1,8 +1,10 @@
-//! The telemetry engine on a real SQLite store with a clock the test
-//! controls: validation and refusals, de-duplication, drift alerts with
+//! The telemetry engine on a real store (SQLite and PostgreSQL) with a
+//! clock the test controls: validation and refusals, de-duplication, drift alerts with
 //! their cooldown, other alert kinds, and the time-based retraining trigger
 //! firing on schedule — without sleeping minutes.
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use ferry::audit::{AuditEntry, OUTCOME_OK};
 use ferry::store::{AuditQuery, Store};
@@ -14,27 +16,35 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::Backend;
 
 const T0: u64 = 1_795_449_360_000; // 2026-11-23 15:56:00 UTC, ms
 
 struct Fx {
     _dir: tempfile::TempDir,
+    /// Keeps a PostgreSQL test database alive.
+    _db: Backend,
     store: Store,
     now: Arc<AtomicU64>,
     engine: Arc<Engine>,
 }
 
-async fn fx() -> Fx {
+async fn fx(b: Backend) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
+    let url = match &b {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
+        Backend::Postgres(db) => db.url.clone(),
+    };
     let now = Arc::new(AtomicU64::new(T0));
     let n = now.clone();
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+    // The store stamps audit records on the same clock as the engine.
+    let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
     let engine = Engine::new(store.clone(), clock);
     Fx {
         _dir: dir,
+        _db: b,
         store,
         now,
         engine,
@@ -137,9 +147,8 @@ async fn wait_hooks(got: &Arc<Mutex<Vec<Vec<u8>>>>, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn bad_messages_are_refused_with_reasons() {
-    let f = fx().await;
+async fn bad_messages_are_refused_with_reasons(b: Backend) {
+    let f = fx(b).await;
     let e = &f.engine;
     let good = serde_json::to_vec(&summary("d1", 1, &[0.1], 10)).unwrap();
     let r = e.ingest("ferry/v1/acme/d1/nonsense", &good).await;
@@ -171,9 +180,8 @@ async fn bad_messages_are_refused_with_reasons() {
     assert!(o.duplicate);
 }
 
-#[tokio::test]
-async fn one_drift_episode_fires_one_alert_and_one_trigger() {
-    let f = fx().await;
+async fn one_drift_episode_fires_one_alert_and_one_trigger(b: Backend) {
+    let f = fx(b).await;
     let (url, hooks) = receiver();
     save_policy(
         &f.store,
@@ -230,9 +238,8 @@ async fn one_drift_episode_fires_one_alert_and_one_trigger() {
     assert_eq!(audit.len(), 2);
 }
 
-#[tokio::test]
-async fn feature_selection_and_fleet_fraction() {
-    let f = fx().await;
+async fn feature_selection_and_fleet_fraction(b: Backend) {
+    let f = fx(b).await;
     save_policy(
         &f.store,
         "acme",
@@ -266,9 +273,8 @@ async fn feature_selection_and_fleet_fraction() {
     assert_eq!(o.alerts.len(), 1, "{o:?}");
 }
 
-#[tokio::test]
-async fn other_alert_kinds() {
-    let f = fx().await;
+async fn other_alert_kinds(b: Backend) {
+    let f = fx(b).await;
     save_policy(
         &f.store,
         "acme",
@@ -330,9 +336,8 @@ async fn other_alert_kinds() {
     assert!(o.alerts.is_empty());
 }
 
-#[tokio::test]
-async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock() {
-    let f = fx().await;
+async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock(b: Backend) {
+    let f = fx(b).await;
     let (url, hooks) = receiver();
     save_policy(
         &f.store,
@@ -367,3 +372,11 @@ async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock() {
     assert_eq!(body["evidence"]["schedule"], "0 * * * *");
     assert_eq!(body["evidence"]["due_at_ms"], T0 + 4 * 60_000);
 }
+
+both_backends!(
+    bad_messages_are_refused_with_reasons,
+    one_drift_episode_fires_one_alert_and_one_trigger,
+    feature_selection_and_fleet_fraction,
+    other_alert_kinds,
+    time_based_trigger_fires_on_schedule_with_a_controlled_clock,
+);

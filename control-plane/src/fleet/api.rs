@@ -1,11 +1,12 @@
 //! REST endpoints of the fleet: enrollment tokens, devices, deployments.
 //! Mounted beside the registry API under `/api/v1`.
 
-use super::{db, Fleet};
+use super::Fleet;
 use crate::api::json_body;
 use crate::api::{ApiError, AppState, Auth};
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::Role;
+use crate::store::fleet::{self as db, NewEnrollmentToken};
 use crate::store::StoreError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -61,14 +62,8 @@ async fn need(st: &AppState, a: &Auth, role: Role, action: &str) -> Result<(), A
     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg))
 }
 
-async fn ok_audit(st: &AppState, a: &Auth, action: &str, target: &str, detail: String) {
-    if let Err(e) = st
-        .store
-        .audit(entry(a, action, target, OUTCOME_OK, detail))
-        .await
-    {
-        tracing::error!(error = %e, action, "audit append failed");
-    }
+fn ok_entry(a: &Auth, action: &str, target: &str, detail: String) -> AuditEntry {
+    entry(a, action, target, OUTCOME_OK, detail)
 }
 
 /// Every fleet route (method, path): the OpenAPI document and the fleet
@@ -158,21 +153,16 @@ async fn create_token(
     let uses = req.uses.unwrap_or(1).clamp(1, 1_000_000) as i64;
     let token = format!("fe_{}", hex::encode(rand::random::<[u8; 32]>()));
     let id = crate::auth::random_id("enr_", 6);
-    db::insert_token(
-        &st.store,
-        &id,
-        &a.p.tenant,
-        &crate::auth::hash_token(&token),
-        &labels,
+    let new = NewEnrollmentToken {
+        id: id.clone(),
+        tenant: a.p.tenant.clone(),
+        hash: crate::auth::hash_token(&token),
+        labels: labels.clone(),
         expires_at,
         uses,
-        &a.p.actor(),
-        now,
-    )
-    .await
-    .map_err(store_err)?;
-    ok_audit(
-        &st,
+        created_by: a.p.actor(),
+    };
+    let audit = ok_entry(
         &a,
         "device.token.create",
         &id,
@@ -180,8 +170,11 @@ async fn create_token(
             "labels {}, uses {uses}, expires {expires_at}",
             db::labels_to_string(&labels)
         ),
-    )
-    .await;
+    );
+    st.store
+        .create_enrollment_token(&new, audit)
+        .await
+        .map_err(store_err)?;
     Ok(Json(json!({
         "id": id,
         "token": token,
@@ -203,9 +196,7 @@ async fn list_devices(
     State(st): State<AppState>,
     Extension(fleet): Extension<Arc<Fleet>>,
 ) -> Res {
-    let devs = db::devices(&st.store, &a.p.tenant)
-        .await
-        .map_err(store_err)?;
+    let devs = st.store.devices(&a.p.tenant).await.map_err(store_err)?;
     let online = fleet.connected();
     let items: Vec<Value> = devs
         .into_iter()
@@ -230,9 +221,7 @@ async fn show_device(
     Extension(fleet): Extension<Arc<Fleet>>,
     Path(id): Path<String>,
 ) -> Res {
-    let d = db::device(&st.store, &a.p.tenant, &id)
-        .await
-        .map_err(store_err)?;
+    let d = st.store.device(&a.p.tenant, &id).await.map_err(store_err)?;
     let assignments = fleet.assignments(&d).await.map_err(store_err)?;
     let connected = fleet.connected().contains(&d.id);
     let mut v = json!(d);
@@ -254,10 +243,11 @@ async fn set_labels(
     need(&st, &a, Role::Operator, "device.label").await?;
     let body: Value = json_body(&body)?;
     let labels = parse_labels(body.get("labels"))?;
-    db::set_labels(&st.store, &a.p.tenant, &id, &labels)
+    let audit = ok_entry(&a, "device.label", &id, db::labels_to_string(&labels));
+    st.store
+        .set_device_labels(&a.p.tenant, &id, &labels, audit)
         .await
         .map_err(store_err)?;
-    ok_audit(&st, &a, "device.label", &id, db::labels_to_string(&labels)).await;
     fleet.changed();
     Ok(Json(json!({ "id": id, "labels": labels })))
 }
@@ -269,11 +259,12 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Res {
     need(&st, &a, Role::Operator, "device.revoke").await?;
-    db::revoke(&st.store, &a.p.tenant, &id, crate::now_unix() as i64)
+    let audit = ok_entry(&a, "device.revoke", &id, String::new());
+    st.store
+        .revoke_device(&a.p.tenant, &id, audit)
         .await
         .map_err(store_err)?;
     fleet.disconnect(&id, "device revoked");
-    ok_audit(&st, &a, "device.revoke", &id, String::new()).await;
     Ok(Json(json!({ "id": id, "revoked": true })))
 }
 
@@ -354,11 +345,7 @@ async fn create_deployment(
         created_by: a.p.actor(),
         deleted_at: None,
     };
-    db::insert_deployment(&st.store, &d)
-        .await
-        .map_err(store_err)?;
-    ok_audit(
-        &st,
+    let audit = ok_entry(
         &a,
         "deployment.create",
         &d.id,
@@ -368,14 +355,19 @@ async fn create_deployment(
             d.version,
             db::labels_to_string(&d.selector)
         ),
-    )
-    .await;
+    );
+    st.store
+        .create_deployment(&d, audit)
+        .await
+        .map_err(store_err)?;
     fleet.changed();
     Ok(Json(json!(d)))
 }
 
 async fn list_deployments(a: Auth, State(st): State<AppState>) -> Res {
-    let deps = db::live_deployments(&st.store, &a.p.tenant)
+    let deps = st
+        .store
+        .live_deployments(&a.p.tenant)
         .await
         .map_err(store_err)?;
     Ok(Json(json!({ "deployments": deps })))
@@ -387,13 +379,15 @@ async fn show_deployment(
     Extension(fleet): Extension<Arc<Fleet>>,
     Path(id): Path<String>,
 ) -> Res {
-    let d = db::deployment(&st.store, &a.p.tenant, &id)
+    let d = st
+        .store
+        .deployment(&a.p.tenant, &id)
         .await
         .map_err(store_err)?;
-    let devices = db::devices(&st.store, &a.p.tenant)
-        .await
-        .map_err(store_err)?;
-    let states = db::device_models(&st.store, &a.p.tenant, &d.model)
+    let devices = st.store.devices(&a.p.tenant).await.map_err(store_err)?;
+    let states = st
+        .store
+        .device_models(&a.p.tenant, &d.model)
         .await
         .map_err(store_err)?;
     let online = fleet.connected();
@@ -443,17 +437,11 @@ async fn scale_deployment(
     need(&st, &a, Role::Operator, "deployment.scale").await?;
     let body: Value = json_body(&body)?;
     let selector = parse_labels(body.get("selector"))?;
-    db::update_selector(&st.store, &a.p.tenant, &id, &selector)
+    let audit = ok_entry(&a, "deployment.scale", &id, db::labels_to_string(&selector));
+    st.store
+        .scale_deployment(&a.p.tenant, &id, &selector, audit)
         .await
         .map_err(store_err)?;
-    ok_audit(
-        &st,
-        &a,
-        "deployment.scale",
-        &id,
-        db::labels_to_string(&selector),
-    )
-    .await;
     fleet.changed();
     Ok(Json(json!({ "id": id, "selector": selector })))
 }
@@ -465,19 +453,18 @@ async fn delete_deployment(
     Path(id): Path<String>,
 ) -> Res {
     need(&st, &a, Role::Operator, "deployment.delete").await?;
-    let gone = db::deployment(&st.store, &a.p.tenant, &id)
+    let audit = ok_entry(&a, "deployment.delete", &id, String::new());
+    let gone = st
+        .store
+        .delete_deployment(&a.p.tenant, &id, audit)
         .await
         .map_err(store_err)?;
-    db::delete_deployment(&st.store, &a.p.tenant, &id, crate::now_unix() as i64)
-        .await
-        .map_err(store_err)?;
-    ok_audit(&st, &a, "deployment.delete", &id, String::new()).await;
     fleet.changed();
     // The deletion stands either way; the warnings only tell the operator
     // what devices will do next.
     let warnings = match (
-        db::live_deployments(&st.store, &a.p.tenant).await,
-        db::devices(&st.store, &a.p.tenant).await,
+        st.store.live_deployments(&a.p.tenant).await,
+        st.store.devices(&a.p.tenant).await,
     ) {
         (Ok(live), Ok(devices)) => rollback_warnings(&gone, &live, &devices),
         _ => Vec::new(),

@@ -12,11 +12,11 @@
 
 pub mod api;
 pub mod ca;
-pub mod db;
 mod quic;
 
 use crate::audit::AuditEntry;
 use crate::blobs::Blobs;
+use crate::store::fleet as db;
 use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
 use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState, Variant};
@@ -278,7 +278,7 @@ impl Fleet {
     /// What `device` should run now: per model, the newest live deployment
     /// whose selector matches its labels.
     pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
-        let deps = db::live_deployments(&self.store, &device.tenant).await?;
+        let deps = self.store.live_deployments(&device.tenant).await?;
         let mut by_model: std::collections::BTreeMap<String, db::Deployment> = Default::default();
         for d in deps {
             if db::matches(&d.selector, &device.labels) {
@@ -448,6 +448,26 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// The audit record of something a device did (or was refused).
+    fn audit_entry(
+        tenant: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: String,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant: tenant.to_string(),
+            request_id: String::new(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            detail,
+        }
+    }
+
     async fn audit(
         &self,
         tenant: &str,
@@ -457,15 +477,7 @@ impl Fleet {
         outcome: &str,
         detail: String,
     ) {
-        let e = AuditEntry {
-            tenant: tenant.to_string(),
-            request_id: String::new(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            detail,
-        };
+        let e = Self::audit_entry(tenant, actor, action, target, outcome, detail);
         if let Err(err) = self.store.audit(e).await {
             tracing::error!(error = %err, action, "audit append failed");
         }

@@ -152,7 +152,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         enrollment(fleet, conn).await;
         return;
     };
-    let device = match db::device_by_fingerprint(&fleet.store, &fp).await {
+    let device = match fleet.store.device_by_fingerprint(&fp).await {
         Ok(Some(d)) => d,
         Ok(None) => {
             conn.close(quinn::VarInt::from_u32(3), b"unknown device certificate");
@@ -178,10 +178,9 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         conn.close(quinn::VarInt::from_u32(3), b"device is revoked");
         return;
     }
-    let now = crate::now_unix() as i64;
     {
         let _w = fleet.writes.lock().await;
-        let _ = db::touch(&fleet.store, &device.id, now).await;
+        let _ = fleet.store.touch_device(&device.id).await;
     }
     fleet.register(&device.id, conn.clone());
     tracing::info!(device = %device.id, tenant = %device.tenant, "device connected");
@@ -200,7 +199,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     }
     fleet.unregister(&device.id, &conn);
     let _w = fleet.writes.lock().await;
-    let _ = db::touch(&fleet.store, &device.id, crate::now_unix() as i64).await;
+    let _ = fleet.store.touch_device(&device.id).await;
 }
 
 async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
@@ -254,7 +253,7 @@ async fn enroll(
     }
     let now = crate::now_unix() as i64;
     let hash = crate::auth::hash_token(token);
-    let (token_id, tenant, labels) = match db::consume_token(&fleet.store, &hash, now).await {
+    let (token_id, tenant, labels) = match fleet.store.consume_enrollment_token(&hash).await {
         Ok(Ok(t)) => t,
         Ok(Err(why)) => {
             let reason = match why {
@@ -293,23 +292,25 @@ async fn enroll(
         revoked_at: None,
         last_seen: None,
     };
-    if let Err(e) = db::insert_device(&fleet.store, &device, &sha256(&cert).to_hex()).await {
+    let entry = Fleet::audit_entry(
+        &tenant,
+        &format!("enrollment token {token_id}"),
+        "device.enroll",
+        &device_id,
+        OUTCOME_OK,
+        format!(
+            "hostname {:?}, labels {}",
+            device.hostname,
+            db::labels_to_string(&device.labels)
+        ),
+    );
+    if let Err(e) = fleet
+        .store
+        .enroll_device(&device, &sha256(&cert).to_hex(), entry)
+        .await
+    {
         return refused("internal", e.to_string());
     }
-    fleet
-        .audit(
-            &tenant,
-            &format!("enrollment token {token_id}"),
-            "device.enroll",
-            &device_id,
-            OUTCOME_OK,
-            format!(
-                "hostname {:?}, labels {}",
-                device.hostname,
-                db::labels_to_string(&device.labels)
-            ),
-        )
-        .await;
     ServerFrame::Enrolled {
         device_id,
         tenant,
@@ -389,7 +390,7 @@ async fn control(
             changed = changes.changed() => {
                 if changed.is_err() { return Ok(()); }
                 // Labels may have changed too.
-                if let Ok(d) = db::device(&fleet.store, &device.tenant, &device.id).await {
+                if let Ok(d) = fleet.store.device(&device.tenant, &device.id).await {
                     if d.revoked_at.is_some() { return Ok(()); }
                     device = d;
                 }
@@ -416,7 +417,6 @@ async fn control(
 }
 
 async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
-    let now = crate::now_unix() as i64;
     let actor = format!("device {}", device.id);
     match frame {
         AgentFrame::Report {
@@ -440,26 +440,28 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
                     OUTCOME_REFUSED,
                 ),
             };
-            let _ = db::set_device_model(
-                &fleet.store,
-                &device.id,
-                model.as_str(),
-                version as i64,
-                &state,
-                &detail,
-                now,
-            )
-            .await;
-            fleet
-                .audit(
-                    &device.tenant,
-                    &actor,
-                    "device.activate",
-                    &target,
-                    outcome_s,
-                    detail,
+            let entry = Fleet::audit_entry(
+                &device.tenant,
+                &actor,
+                "device.activate",
+                &target,
+                outcome_s,
+                detail.clone(),
+            );
+            if let Err(e) = fleet
+                .store
+                .report_device_model(
+                    &device.id,
+                    model.as_str(),
+                    version as i64,
+                    &state,
+                    &detail,
+                    entry,
                 )
-                .await;
+                .await
+            {
+                tracing::error!(device = %device.id, error = %e, "storing an activation report failed");
+            }
         }
         AgentFrame::Progress {
             manifest_digest,
@@ -489,7 +491,7 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
         }
         AgentFrame::Heartbeat { .. } => {
             let _w = fleet.writes.lock().await;
-            let _ = db::touch(&fleet.store, &device.id, now).await;
+            let _ = fleet.store.touch_device(&device.id).await;
         }
         AgentFrame::Hello { .. } | AgentFrame::Fetch { .. } | AgentFrame::Enroll { .. } => {}
     }

@@ -30,6 +30,8 @@ pub enum ServerError {
 /// Opens everything the server needs; separate from [`serve`] so tests and
 /// tools can use the same wiring.
 pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServerError> {
+    #[cfg(feature = "failpoints")]
+    failpoints_from_env();
     let io = |what: String| move |source| ServerError::Io { what, source };
     std::fs::create_dir_all(&cfg.data).map_err(io(format!("creating {}", cfg.data.display())))?;
     let tmp = cfg.data.join("tmp");
@@ -59,6 +61,24 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServerError> {
             root_tenant: cfg.root_tenant.clone(),
         },
     ))
+}
+
+/// Test builds only: sets the failpoints named in `FAILPOINTS`
+/// (`name=actions;…`, the `fail` crate's syntax).
+#[cfg(feature = "failpoints")]
+fn failpoints_from_env() {
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+        return;
+    };
+    for item in spec.split(';').filter(|s| !s.trim().is_empty()) {
+        let Some((name, actions)) = item.split_once('=') else {
+            tracing::warn!(item, "FAILPOINTS entry is not name=actions");
+            continue;
+        };
+        if let Err(e) = fail::cfg(name.trim(), actions.trim()) {
+            tracing::warn!(item, error = %e, "FAILPOINTS entry refused");
+        }
+    }
 }
 
 /// On an empty database, creates the first admin token of the root tenant:

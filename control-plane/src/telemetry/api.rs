@@ -7,13 +7,13 @@ use super::policy::DriftPolicy;
 use crate::api::{ApiError, AppState, Auth};
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::Role;
+use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery, WindowRow};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use sqlx::Row;
 
 /// The telemetry routes (method, path), as `crate::api::ROUTES` lists its own.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -45,10 +45,6 @@ pub fn routes() -> Router<AppState> {
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg)
-}
-
-fn db(e: sqlx::Error) -> ApiError {
-    ApiError::from(crate::store::StoreError::Db(e))
 }
 
 fn model_name(s: &str) -> R<String> {
@@ -103,32 +99,14 @@ fn query(q: &Option<String>, extra_allowed: &[&str]) -> R<Q> {
     Ok(out)
 }
 
-async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<sqlx::any::AnyRow>> {
-    let mut sql = String::from(
-        "SELECT device, seq, version, variant, window_start_ms, window_end_ms, rows_seen, requests, errors, latency_p50_us, latency_p99_us, labelled, correct, max_psi, drifted, summary, received_at_ms FROM telemetry_windows WHERE tenant = $1 AND model = $2 AND window_end_ms >= $3",
-    );
-    let mut n = 3;
-    if q.version.is_some() {
-        n += 1;
-        sql += &format!(" AND version = ${n}");
-    }
-    if q.device.is_some() {
-        n += 1;
-        sql += &format!(" AND device = ${n}");
-    }
-    n += 1;
-    sql += &format!(" ORDER BY window_end_ms, device, seq LIMIT ${n}");
-    let mut qq = sqlx::query(&sql).bind(tenant).bind(model).bind(q.since_ms);
-    if let Some(v) = q.version {
-        qq = qq.bind(v);
-    }
-    if let Some(d) = &q.device {
-        qq = qq.bind(d.as_str());
-    }
-    qq.bind(q.limit)
-        .fetch_all(st.store.pool())
-        .await
-        .map_err(db)
+async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<WindowRow>> {
+    let wq = WindowQuery {
+        version: q.version,
+        device: q.device.clone(),
+        since_ms: q.since_ms,
+        limit: q.limit,
+    };
+    Ok(st.store.windows(tenant, model, &wq).await?)
 }
 
 /// `GET /models/{name}/drift`: PSI per feature per window.
@@ -145,8 +123,7 @@ async fn drift(
         .unwrap_or_default();
     let mut points = Vec::new();
     for r in windows(&st, &a.p.tenant, &name, &q).await? {
-        let summary: String = r.try_get("summary").map_err(db)?;
-        let s: ferry_protocol::telemetry::DriftSummary = serde_json::from_str(&summary)
+        let s: ferry_protocol::telemetry::DriftSummary = serde_json::from_str(&r.summary)
             .map_err(|e| ApiError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
         points.push(json!({
             "device": s.device, "seq": s.seq, "version": s.version, "variant": s.variant,
@@ -154,8 +131,8 @@ async fn drift(
             "rows": s.rows, "features": s.features, "psi": s.psi,
             "missing": s.missing, "out_of_range": s.out_of_range,
             "max_psi": policy.max_psi(&s),
-            "drifted": r.try_get::<i64, _>("drifted").map_err(db)? == 1,
-            "received_at_ms": r.try_get::<i64, _>("received_at_ms").map_err(db)?,
+            "drifted": r.drifted,
+            "received_at_ms": r.received_at_ms,
         }));
     }
     Ok(Json(json!({
@@ -177,20 +154,19 @@ async fn metrics(
     let q = query(&raw, &[])?;
     let mut points = Vec::new();
     for r in windows(&st, &a.p.tenant, &name, &q).await? {
-        let g = |c: &str| r.try_get::<i64, _>(c).map_err(db);
-        let (start, end, requests) = (g("window_start_ms")?, g("window_end_ms")?, g("requests")?);
-        let (labelled, correct, errors) = (g("labelled")?, g("correct")?, g("errors")?);
+        let (start, end, requests) = (r.window_start_ms, r.window_end_ms, r.requests);
+        let (labelled, correct, errors) = (r.labelled, r.correct, r.errors);
         let secs = (end - start) as f64 / 1000.0;
         points.push(json!({
-            "device": r.try_get::<String, _>("device").map_err(db)?,
-            "seq": g("seq")?,
-            "version": g("version")?,
-            "variant": r.try_get::<String, _>("variant").map_err(db)?,
+            "device": r.device,
+            "seq": r.seq,
+            "version": r.version,
+            "variant": r.variant,
             "window_start_ms": start, "window_end_ms": end,
-            "requests": requests, "rows": g("rows_seen")?, "errors": errors,
+            "requests": requests, "rows": r.rows_seen, "errors": errors,
             "error_rate": if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
             "throughput_rps": if secs > 0.0 { Some(requests as f64 / secs) } else { None },
-            "latency_p50_us": g("latency_p50_us")?, "latency_p99_us": g("latency_p99_us")?,
+            "latency_p50_us": r.latency_p50_us, "latency_p99_us": r.latency_p99_us,
             "labelled": labelled,
             "accuracy": if labelled > 0 { Some(correct as f64 / labelled as f64) } else { None },
         }));
@@ -296,56 +272,41 @@ async fn set_policy(
     Ok(Json(shown))
 }
 
-fn alert_json(r: &sqlx::any::AnyRow) -> R<Value> {
-    let s = |c: &str| r.try_get::<String, _>(c).map_err(db);
-    let i = |c: &str| r.try_get::<i64, _>(c).map_err(db);
-    let ack = i("acknowledged_at_ms")?;
-    Ok(json!({
-        "id": s("id")?, "model": s("model")?, "version": i("version")?, "kind": s("kind")?,
-        "device": s("device")?, "opened_at_ms": i("opened_at_ms")?,
-        "evidence": serde_json::from_str::<Value>(&s("evidence")?).unwrap_or(Value::Null),
+fn alert_json(r: &AlertRow) -> Value {
+    let ack = r.acknowledged_at_ms;
+    json!({
+        "id": r.id, "model": r.model, "version": r.version, "kind": r.kind,
+        "device": r.device, "opened_at_ms": r.opened_at_ms,
+        "evidence": serde_json::from_str::<Value>(&r.evidence).unwrap_or(Value::Null),
         "acknowledged": ack > 0,
         "acknowledged_at_ms": if ack > 0 { Some(ack) } else { None },
-        "acknowledged_by": s("acknowledged_by")?,
-    }))
+        "acknowledged_by": r.acknowledged_by,
+    })
 }
 
 /// `GET /alerts?model=&kind=&open=true`.
 async fn alerts(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) -> R {
     let q = query(&raw, &["model", "kind", "open"])?;
-    let mut sql = String::from(
-        "SELECT id, model, version, kind, device, opened_at_ms, evidence, acknowledged_at_ms, acknowledged_by FROM alerts WHERE tenant = $1 AND opened_at_ms >= $2",
-    );
-    let mut binds: Vec<String> = Vec::new();
+    let mut aq = AlertQuery {
+        since_ms: q.since_ms,
+        device: q.device.clone(),
+        limit: q.limit,
+        ..Default::default()
+    };
     for (k, v) in &q.extra {
         match k.as_str() {
-            "model" => {
-                binds.push(v.clone());
-                sql += &format!(" AND model = ${}", binds.len() + 2);
-            }
-            "kind" => {
-                binds.push(v.clone());
-                sql += &format!(" AND kind = ${}", binds.len() + 2);
-            }
+            "model" => aq.model = Some(v.clone()),
+            "kind" => aq.kind = Some(v.clone()),
             "open" => match v.as_str() {
-                "true" => sql += " AND acknowledged_at_ms = 0",
-                "false" => sql += " AND acknowledged_at_ms > 0",
+                "true" => aq.open = Some(true),
+                "false" => aq.open = Some(false),
                 _ => return Err(bad("open must be true or false")),
             },
             _ => {}
         }
     }
-    if let Some(d) = &q.device {
-        binds.push(d.clone());
-        sql += &format!(" AND device = ${}", binds.len() + 2);
-    }
-    sql += &format!(" ORDER BY opened_at_ms, id LIMIT {}", q.limit);
-    let mut qq = sqlx::query(&sql).bind(a.p.tenant.as_str()).bind(q.since_ms);
-    for b in &binds {
-        qq = qq.bind(b.as_str());
-    }
-    let rows = qq.fetch_all(st.store.pool()).await.map_err(db)?;
-    let list = rows.iter().map(alert_json).collect::<R<Vec<_>>>()?;
+    let rows = st.store.alerts(&a.p.tenant, &aq).await?;
+    let list = rows.iter().map(alert_json).collect::<Vec<_>>();
     Ok(Json(json!({ "alerts": list })))
 }
 
@@ -353,26 +314,19 @@ async fn alerts(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) ->
 async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R {
     let action = "alert.ack";
     require(&st, &a, Role::Operator, action, &id).await?;
-    let now = crate::now_unix() as i64 * 1000;
-    let n = sqlx::query(
-        "UPDATE alerts SET acknowledged_at_ms = $1, acknowledged_by = $2 WHERE id = $3 AND tenant = $4 AND acknowledged_at_ms = 0",
-    )
-    .bind(now)
-    .bind(a.p.actor())
-    .bind(id.as_str())
-    .bind(a.p.tenant.as_str())
-    .execute(st.store.pool())
-    .await
-    .map_err(db)?
-    .rows_affected();
-    let row = sqlx::query(
-        "SELECT id, model, version, kind, device, opened_at_ms, evidence, acknowledged_at_ms, acknowledged_by FROM alerts WHERE id = $1 AND tenant = $2",
-    )
-    .bind(id.as_str())
-    .bind(a.p.tenant.as_str())
-    .fetch_optional(st.store.pool())
-    .await
-    .map_err(db)?;
+    let entry = AuditEntry {
+        tenant: a.p.tenant.clone(),
+        request_id: a.rid.clone(),
+        actor: a.p.actor(),
+        action: action.into(),
+        target: id.clone(),
+        outcome: OUTCOME_OK.into(),
+        detail: String::new(),
+    };
+    let row = st
+        .store
+        .ack_alert(&a.p.tenant, &id, &a.p.actor(), entry)
+        .await?;
     let Some(row) = row else {
         let e = ApiError::new(
             StatusCode::NOT_FOUND,
@@ -381,20 +335,7 @@ async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R {
         );
         return Err(refuse(&st, &a, action, &id, e).await);
     };
-    if n == 1 {
-        st.store
-            .audit(AuditEntry {
-                tenant: a.p.tenant.clone(),
-                request_id: a.rid.clone(),
-                actor: a.p.actor(),
-                action: action.into(),
-                target: id.clone(),
-                outcome: OUTCOME_OK.into(),
-                detail: String::new(),
-            })
-            .await?;
-    }
-    Ok(Json(alert_json(&row)?))
+    Ok(Json(alert_json(&row)))
 }
 
 /// `GET /retrain-triggers?model=`.
@@ -405,27 +346,17 @@ async fn triggers(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) 
         .iter()
         .find(|(k, _)| k == "model")
         .map(|(_, v)| v.clone());
-    let mut sql = String::from(
-        "SELECT id, model, version, reason, alert_id, fired_at_ms, payload, delivered, attempts, last_error FROM retrain_triggers WHERE tenant = $1 AND fired_at_ms >= $2",
-    );
-    if model.is_some() {
-        sql += " AND model = $3";
-    }
-    sql += &format!(" ORDER BY fired_at_ms, id LIMIT {}", q.limit);
-    let mut qq = sqlx::query(&sql).bind(a.p.tenant.as_str()).bind(q.since_ms);
-    if let Some(m) = &model {
-        qq = qq.bind(m.as_str());
-    }
-    let rows = qq.fetch_all(st.store.pool()).await.map_err(db)?;
+    let rows = st
+        .store
+        .triggers(&a.p.tenant, q.since_ms, model.as_deref(), q.limit)
+        .await?;
     let mut list = Vec::new();
     for r in rows {
-        let s = |c: &str| r.try_get::<String, _>(c).map_err(db);
-        let i = |c: &str| r.try_get::<i64, _>(c).map_err(db);
         list.push(json!({
-            "id": s("id")?, "model": s("model")?, "version": i("version")?, "reason": s("reason")?,
-            "alert_id": s("alert_id")?, "fired_at_ms": i("fired_at_ms")?,
-            "payload": serde_json::from_str::<Value>(&s("payload")?).unwrap_or(Value::Null),
-            "delivered": i("delivered")? == 1, "attempts": i("attempts")?, "last_error": s("last_error")?,
+            "id": r.id, "model": r.model, "version": r.version, "reason": r.reason,
+            "alert_id": r.alert_id, "fired_at_ms": r.fired_at_ms,
+            "payload": serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
+            "delivered": r.delivered, "attempts": r.attempts, "last_error": r.last_error,
         }));
     }
     Ok(Json(json!({ "triggers": list })))
@@ -433,21 +364,14 @@ async fn triggers(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) 
 
 /// `GET /devices`: latest health per device.
 async fn devices(a: Auth, State(st): State<AppState>) -> R {
-    let rows = sqlx::query(
-        "SELECT device, status, at_ms, payload, received_at_ms FROM device_health WHERE tenant = $1 ORDER BY device",
-    )
-    .bind(a.p.tenant.as_str())
-    .fetch_all(st.store.pool())
-    .await
-    .map_err(db)?;
+    let rows = st.store.device_health(&a.p.tenant).await?;
     let mut list = Vec::new();
     for r in rows {
-        let payload: String = r.try_get("payload").map_err(db)?;
         list.push(json!({
-            "device": r.try_get::<String, _>("device").map_err(db)?,
-            "status": r.try_get::<String, _>("status").map_err(db)?,
-            "received_at_ms": r.try_get::<i64, _>("received_at_ms").map_err(db)?,
-            "health": serde_json::from_str::<Value>(&payload).unwrap_or(Value::Null),
+            "device": r.device,
+            "status": r.status,
+            "received_at_ms": r.received_at_ms,
+            "health": serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
         }));
     }
     Ok(Json(json!({ "devices": list })))

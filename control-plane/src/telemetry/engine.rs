@@ -12,13 +12,13 @@ use super::cron::Cron;
 use super::policy::{self, Aggregation, DriftPolicy};
 use super::webhook;
 use crate::audit::{AuditEntry, OUTCOME_OK};
+use crate::store::telemetry::{NewAlert, NewTrigger};
 use crate::store::{Store, StoreError};
 use ferry_protocol::telemetry::{
     parse_topic, topic, DriftSummary, Event, Health, CONTROL_DEVICE, KIND_ALERTS, KIND_DRIFT,
     KIND_EVENTS, KIND_HEALTH, MAX_PAYLOAD,
 };
 use serde_json::{json, Value};
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,16 +26,11 @@ use std::sync::{Arc, Mutex};
 /// (tenant, model, version).
 type ModelVersion = (String, String, u64);
 
-/// Milliseconds since the epoch.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// The engine's clock (milliseconds; any `Fn() -> u64` closure is one).
+pub type Clock = crate::clock::SharedClock;
 
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    })
+    crate::clock::SystemClock::shared()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +45,6 @@ pub enum IngestError {
     Mismatch { topic: String, payload: String },
     #[error("{0}")]
     Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for IngestError {
-    fn from(e: sqlx::Error) -> Self {
-        IngestError::Store(StoreError::Db(e))
-    }
 }
 
 /// What one message did.
@@ -95,10 +84,6 @@ pub struct Engine {
 /// through another replica applies within it.
 const POLICY_TTL_MS: u64 = 1000;
 
-fn db(e: sqlx::Error) -> IngestError {
-    IngestError::Store(StoreError::Db(e))
-}
-
 impl Engine {
     pub fn new(store: Store, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
@@ -117,7 +102,7 @@ impl Engine {
     }
 
     pub fn now_ms(&self) -> u64 {
-        (self.clock)()
+        self.clock.now_ms()
     }
 
     /// The model's policy (the default when none was set).
@@ -214,22 +199,20 @@ impl Engine {
                         reason: e.to_string(),
                     })?;
                 check(&e.tenant, &e.device)?;
-                let n = sqlx::query(
-                    "INSERT INTO device_events (tenant, device, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, device, seq) DO NOTHING",
-                )
-                .bind(tenant)
-                .bind(device)
-                .bind(e.seq as i64)
-                .bind(e.at_ms as i64)
-                .bind(e.kind.as_str())
-                .bind(String::from_utf8_lossy(payload).into_owned())
-                .execute(self.store.pool())
-                .await
-                .map_err(db)?
-                .rows_affected();
+                let stored = self
+                    .store
+                    .insert_device_event(
+                        tenant,
+                        device,
+                        e.seq as i64,
+                        e.at_ms as i64,
+                        e.kind.as_str(),
+                        &String::from_utf8_lossy(payload),
+                    )
+                    .await?;
                 Ok(Outcome {
-                    stored: n == 1,
-                    duplicate: n == 0,
+                    stored,
+                    duplicate: !stored,
                     ..Default::default()
                 })
             }
@@ -239,26 +222,20 @@ impl Engine {
 
     async fn health(&self, h: Health, raw: String) -> Result<Outcome, IngestError> {
         let now = self.now_ms();
-        let prev: Option<String> =
-            sqlx::query("SELECT status FROM device_health WHERE tenant = $1 AND device = $2")
-                .bind(h.tenant.as_str())
-                .bind(h.device.as_str())
-                .fetch_optional(self.store.pool())
-                .await?
-                .map(|r| r.try_get::<String, _>("status"))
-                .transpose()?;
-        sqlx::query(
-            "INSERT INTO device_health (tenant, device, status, at_ms, payload, received_at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant, device) DO UPDATE SET status = excluded.status, at_ms = excluded.at_ms, payload = excluded.payload, received_at_ms = excluded.received_at_ms",
-        )
-        .bind(h.tenant.as_str())
-        .bind(h.device.as_str())
-        .bind(h.status.as_str())
-        .bind(h.at_ms as i64)
-        .bind(raw)
-        .bind(now as i64)
-        .execute(self.store.pool())
-        .await?;
+        let prev = self
+            .store
+            .device_health_status(&h.tenant, &h.device)
+            .await?;
+        self.store
+            .put_device_health(
+                &h.tenant,
+                &h.device,
+                &h.status,
+                h.at_ms as i64,
+                &raw,
+                now as i64,
+            )
+            .await?;
         let mut out = Outcome {
             stored: true,
             ..Default::default()
@@ -287,33 +264,11 @@ impl Engine {
         let p = self.policy(&s.tenant, &s.model).await?;
         let drifted = p.is_drifted(&s);
         let max_psi = p.max_psi(&s).unwrap_or(-1.0);
-        let n = sqlx::query(
-            "INSERT INTO telemetry_windows (tenant, device, seq, model, version, variant, window_start_ms, window_end_ms, rows_seen, requests, errors, latency_p50_us, latency_p99_us, labelled, correct, max_psi, drifted, summary, received_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (tenant, device, seq) DO NOTHING",
-        )
-        .bind(s.tenant.as_str())
-        .bind(s.device.as_str())
-        .bind(s.seq as i64)
-        .bind(s.model.as_str())
-        .bind(s.version as i64)
-        .bind(s.variant.as_str())
-        .bind(s.window_start_ms as i64)
-        .bind(s.window_end_ms as i64)
-        .bind(s.rows as i64)
-        .bind(s.requests as i64)
-        .bind(s.errors as i64)
-        .bind(i64::from(s.latency_p50_us))
-        .bind(i64::from(s.latency_p99_us))
-        .bind(s.labelled as i64)
-        .bind(s.correct as i64)
-        .bind(max_psi)
-        .bind(i64::from(drifted))
-        .bind(raw)
-        .bind(now as i64)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
-        if n == 0 {
+        let stored = self
+            .store
+            .insert_window(&s, max_psi, drifted, &raw, now as i64)
+            .await?;
+        if !stored {
             return Ok(Outcome {
                 duplicate: true,
                 ..Default::default()
@@ -376,27 +331,19 @@ impl Engine {
         out: &mut Outcome,
     ) -> Result<(), IngestError> {
         let since = now.saturating_sub(p.lookback_secs * 1000) as i64;
-        let rows = sqlx::query(
-            "SELECT device, seq, drifted, rows_seen FROM telemetry_windows WHERE tenant = $1 AND model = $2 AND received_at_ms >= $3 ORDER BY seq",
-        )
-        .bind(s.tenant.as_str())
-        .bind(s.model.as_str())
-        .bind(since)
-        .fetch_all(self.store.pool())
-        .await?;
+        let rows = self
+            .store
+            .recent_windows(&s.tenant, &s.model, since)
+            .await?;
         let mut drifted_rows: u64 = 0;
         let mut latest: HashMap<String, (i64, bool)> = HashMap::new();
-        for r in &rows {
-            let device: String = r.try_get("device")?;
-            let seq: i64 = r.try_get("seq")?;
-            let d: i64 = r.try_get("drifted")?;
-            let n: i64 = r.try_get("rows_seen")?;
-            if d == 1 {
+        for (device, seq, d, n) in rows {
+            if d {
                 drifted_rows += n.max(0) as u64;
             }
-            let e = latest.entry(device).or_insert((seq, d == 1));
+            let e = latest.entry(device).or_insert((seq, d));
             if seq >= e.0 {
-                *e = (seq, d == 1);
+                *e = (seq, d);
             }
         }
         let devices = latest.len().max(1);
@@ -444,45 +391,15 @@ impl Engine {
         {
             out.alerts.push(alert.clone());
             if let Some(t) = self
-                .trigger(&s.tenant, &s.model, s.version, "drift", &alert, evidence, p)
+                .trigger(
+                    &s.tenant, &s.model, s.version, "drift", &alert, evidence, p, None,
+                )
                 .await?
             {
                 out.triggers.push(t);
             }
         }
         Ok(())
-    }
-
-    /// Takes the (tenant, model, key) gate when its last firing is at least
-    /// `cooldown_ms` ago; false when another firing holds it.
-    async fn gate(
-        &self,
-        tenant: &str,
-        model: &str,
-        key: &str,
-        now: u64,
-        cooldown_ms: u64,
-    ) -> Result<bool, IngestError> {
-        sqlx::query(
-            "INSERT INTO trigger_state (tenant, model, key, last_ms) VALUES ($1, $2, $3, -1) ON CONFLICT (tenant, model, key) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(model)
-        .bind(key)
-        .execute(self.store.pool())
-        .await?;
-        let n = sqlx::query(
-            "UPDATE trigger_state SET last_ms = $4 WHERE tenant = $1 AND model = $2 AND key = $3 AND (last_ms < 0 OR last_ms <= $5)",
-        )
-        .bind(tenant)
-        .bind(model)
-        .bind(key)
-        .bind(now as i64)
-        .bind(now as i64 - cooldown_ms as i64)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
     }
 
     /// Raises an alert of `kind` unless one fired within `cooldown_ms`;
@@ -504,41 +421,37 @@ impl Engine {
         } else {
             format!("alert:{kind}")
         };
+        let id = crate::auth::random_id("alr_", 8);
+        let alert = NewAlert {
+            id: id.clone(),
+            tenant: tenant.into(),
+            model: model.into(),
+            version: version as i64,
+            kind: kind.into(),
+            device: device.into(),
+            evidence: evidence.to_string(),
+            gate_key,
+        };
+        let entry = AuditEntry {
+            tenant: tenant.into(),
+            request_id: id.clone(),
+            actor: "ferry telemetry".into(),
+            action: "alert.raise".into(),
+            target: if model.is_empty() {
+                format!("device {device}")
+            } else {
+                format!("{model} v{version}")
+            },
+            outcome: OUTCOME_OK.into(),
+            detail: format!("{kind} alert {id} from device {device}"),
+        };
         if !self
-            .gate(tenant, model, &gate_key, now, cooldown_ms)
+            .store
+            .raise_alert(&alert, now as i64, cooldown_ms as i64, entry)
             .await?
         {
             return Ok(None);
         }
-        let id = crate::auth::random_id("alr_", 8);
-        sqlx::query(
-            "INSERT INTO alerts (id, tenant, model, version, kind, device, opened_at_ms, evidence, acknowledged_at_ms, acknowledged_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '')",
-        )
-        .bind(id.as_str())
-        .bind(tenant)
-        .bind(model)
-        .bind(version as i64)
-        .bind(kind)
-        .bind(device)
-        .bind(now as i64)
-        .bind(evidence.to_string())
-        .execute(self.store.pool())
-        .await?;
-        self.store
-            .audit(AuditEntry {
-                tenant: tenant.into(),
-                request_id: id.clone(),
-                actor: "ferry telemetry".into(),
-                action: "alert.raise".into(),
-                target: if model.is_empty() {
-                    format!("device {device}")
-                } else {
-                    format!("{model} v{version}")
-                },
-                outcome: OUTCOME_OK.into(),
-                detail: format!("{kind} alert {id} from device {device}"),
-            })
-            .await?;
         self.counters.alerts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(tenant, model, version, kind, device, alert = %id, "alert raised");
         let event = json!({
@@ -560,7 +473,8 @@ impl Engine {
 
     /// Fires a retraining trigger: stores, audits, and delivers the webhook
     /// (retried with backoff, in the background). The caller holds the
-    /// episode's gate.
+    /// episode's gate, or names the schedule slot (key, last firing) to take
+    /// in the same transaction; `None` when another firing took it.
     #[allow(clippy::too_many_arguments)]
     async fn trigger(
         &self,
@@ -571,6 +485,7 @@ impl Engine {
         alert_id: &str,
         evidence: Value,
         p: &DriftPolicy,
+        slot: Option<(&str, i64)>,
     ) -> Result<Option<String>, IngestError> {
         let now = self.now_ms();
         let id = crate::auth::random_id("trg_", 8);
@@ -586,38 +501,45 @@ impl Engine {
             "evidence": evidence,
         })
         .to_string();
-        sqlx::query(
-            "INSERT INTO retrain_triggers (id, tenant, model, version, reason, alert_id, fired_at_ms, payload, delivered, attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, '')",
-        )
-        .bind(id.as_str())
-        .bind(tenant)
-        .bind(model)
-        .bind(version as i64)
-        .bind(reason)
-        .bind(alert_id)
-        .bind(now as i64)
-        .bind(payload.as_str())
-        .execute(self.store.pool())
-        .await?;
-        self.store
-            .audit(AuditEntry {
-                tenant: tenant.into(),
-                request_id: id.clone(),
-                actor: "ferry telemetry".into(),
-                action: "retrain.trigger".into(),
-                target: format!("{model} v{version}"),
-                outcome: OUTCOME_OK.into(),
-                detail: format!(
-                    "{reason} trigger {id}{}; webhook {}",
-                    if alert_id.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" for alert {alert_id}")
-                    },
-                    p.webhook_url.as_deref().unwrap_or("(none configured)")
-                ),
-            })
-            .await?;
+        let t = NewTrigger {
+            id: id.clone(),
+            tenant: tenant.into(),
+            model: model.into(),
+            version: version as i64,
+            reason: reason.into(),
+            alert_id: alert_id.into(),
+            fired_at_ms: now as i64,
+            payload: payload.clone(),
+        };
+        let entry = AuditEntry {
+            tenant: tenant.into(),
+            request_id: id.clone(),
+            actor: "ferry telemetry".into(),
+            action: "retrain.trigger".into(),
+            target: format!("{model} v{version}"),
+            outcome: OUTCOME_OK.into(),
+            detail: format!(
+                "{reason} trigger {id}{}; webhook {}",
+                if alert_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for alert {alert_id}")
+                },
+                p.webhook_url.as_deref().unwrap_or("(none configured)")
+            ),
+        };
+        match slot {
+            None => self.store.fire_trigger(&t, entry).await?,
+            Some((key, last)) => {
+                if !self
+                    .store
+                    .fire_scheduled_trigger(&t, key, last, entry)
+                    .await?
+                {
+                    return Ok(None);
+                }
+            }
+        }
         self.counters.triggers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(tenant, model, version, reason, trigger = %id, "retraining triggered");
         if let Some(url) = p.webhook_url.clone() {
@@ -629,15 +551,7 @@ impl Engine {
             tokio::spawn(async move {
                 let (ok, attempts, err) =
                     webhook::deliver(&http, &url, &secret, &id2, payload.as_bytes(), &retry).await;
-                let _ = sqlx::query(
-                    "UPDATE retrain_triggers SET delivered = $1, attempts = $2, last_error = $3 WHERE id = $4",
-                )
-                .bind(i64::from(ok))
-                .bind(attempts as i64)
-                .bind(err)
-                .bind(id2.as_str())
-                .execute(store.pool())
-                .await;
+                let _ = store.record_delivery(&id2, ok, attempts as i64, &err).await;
             });
         }
         Ok(Some(id))
@@ -647,14 +561,9 @@ impl Engine {
     /// fired since the last tick. Returns the triggers fired.
     pub async fn tick(&self) -> Result<Vec<String>, IngestError> {
         let now = self.now_ms();
-        let rows = sqlx::query("SELECT tenant, model, config FROM drift_policies")
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows = self.store.drift_policy_configs().await?;
         let mut fired = Vec::new();
-        for r in rows {
-            let tenant: String = r.try_get("tenant")?;
-            let model: String = r.try_get("model")?;
-            let config: String = r.try_get("config")?;
+        for (tenant, model, config) in rows {
             let Ok(p) = serde_json::from_str::<DriftPolicy>(&config) else {
                 continue;
             };
@@ -666,49 +575,35 @@ impl Engine {
             };
             let key = format!("schedule:{expr}");
             // First sight of a schedule: start counting from now.
-            sqlx::query(
-                "INSERT INTO trigger_state (tenant, model, key, last_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, model, key) DO NOTHING",
-            )
-            .bind(tenant.as_str())
-            .bind(model.as_str())
-            .bind(key.as_str())
-            .bind(now as i64)
-            .execute(self.store.pool())
-            .await?;
-            let last: i64 = sqlx::query(
-                "SELECT last_ms FROM trigger_state WHERE tenant = $1 AND model = $2 AND key = $3",
-            )
-            .bind(tenant.as_str())
-            .bind(model.as_str())
-            .bind(key.as_str())
-            .fetch_one(self.store.pool())
-            .await?
-            .try_get("last_ms")?;
+            let last = self
+                .store
+                .schedule_last_fired(&tenant, &model, &key, now as i64)
+                .await?;
             let Some(due) = cron.next_after(last.max(0) as u64 / 1000) else {
                 continue;
             };
             if due * 1000 > now {
                 continue;
             }
-            // Take the slot: only the replica whose UPDATE matches fires.
-            let n = sqlx::query(
-                "UPDATE trigger_state SET last_ms = $4 WHERE tenant = $1 AND model = $2 AND key = $3 AND last_ms = $5",
-            )
-            .bind(tenant.as_str())
-            .bind(model.as_str())
-            .bind(key.as_str())
-            .bind(now as i64)
-            .bind(last)
-            .execute(self.store.pool())
-            .await?
-            .rows_affected();
-            if n != 1 {
-                continue;
-            }
-            let version = latest_version(&self.store, &tenant, &model).await?;
+            let version = self
+                .store
+                .max_version(&tenant, &model)
+                .await?
+                .unwrap_or(0)
+                .max(0) as u64;
             let evidence = json!({"schedule": expr, "due_at_ms": due * 1000});
+            // Only the replica whose update of the slot matches fires.
             if let Some(t) = self
-                .trigger(&tenant, &model, version, "schedule", "", evidence, &p)
+                .trigger(
+                    &tenant,
+                    &model,
+                    version,
+                    "schedule",
+                    "",
+                    evidence,
+                    &p,
+                    Some((&key, last)),
+                )
                 .await?
             {
                 fired.push(t);
@@ -718,36 +613,20 @@ impl Engine {
     }
 }
 
-async fn latest_version(store: &Store, tenant: &str, model: &str) -> Result<u64, IngestError> {
-    let v: Option<i64> =
-        sqlx::query("SELECT MAX(version) AS v FROM versions WHERE tenant = $1 AND model = $2")
-            .bind(tenant)
-            .bind(model)
-            .fetch_one(store.pool())
-            .await?
-            .try_get("v")
-            .ok();
-    Ok(v.unwrap_or(0).max(0) as u64)
-}
-
 pub async fn load_policy(
     store: &Store,
     tenant: &str,
     model: &str,
 ) -> Result<Option<DriftPolicy>, StoreError> {
-    let row = sqlx::query("SELECT config FROM drift_policies WHERE tenant = $1 AND model = $2")
-        .bind(tenant)
-        .bind(model)
-        .fetch_optional(store.pool())
-        .await?;
-    let Some(r) = row else { return Ok(None) };
-    let config: String = r.try_get("config")?;
+    let Some(config) = store.drift_policy_config(tenant, model).await? else {
+        return Ok(None);
+    };
     serde_json::from_str(&config)
         .map(Some)
         .map_err(|e| StoreError::Corrupt(format!("drift policy of {model}: {e}")))
 }
 
-/// Stores a policy, audited in the same chain.
+/// Stores a policy and its audit record in one transaction.
 pub async fn save_policy(
     store: &Store,
     tenant: &str,
@@ -757,17 +636,5 @@ pub async fn save_policy(
 ) -> Result<(), StoreError> {
     let config = serde_json::to_string(p)
         .map_err(|e| StoreError::Corrupt(format!("drift policy of {model}: {e}")))?;
-    sqlx::query(
-        "INSERT INTO drift_policies (tenant, model, config, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (tenant, model) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-    )
-    .bind(tenant)
-    .bind(model)
-    .bind(config)
-    .bind(crate::now_unix() as i64)
-    .bind(entry.actor.as_str())
-    .execute(store.pool())
-    .await?;
-    store.audit(entry).await?;
-    Ok(())
+    store.put_drift_policy(tenant, model, &config, entry).await
 }

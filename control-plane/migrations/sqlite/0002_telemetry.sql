@@ -1,15 +1,15 @@
 -- Ferry control plane schema, version 2: drift and health telemetry,
 -- drift policies, alerts and retraining triggers. Same dialect rules as
--- 0001 (one file for SQLite and PostgreSQL). Absent values are stored as
+-- 0001 (key columns collate "C" on PostgreSQL). Absent values are stored as
 -- sentinels (-1, 0, '') rather than NULL, which sqlx's Any driver binds
 -- uniformly on both backends.
 
 -- One row per drift summary (per device, per window), as received.
 CREATE TABLE telemetry_windows (
-    tenant {{TEXT_KEY}} NOT NULL,
-    device {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    device TEXT NOT NULL,
     seq BIGINT NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     variant TEXT NOT NULL,
     window_start_ms BIGINT NOT NULL,
@@ -33,8 +33,8 @@ CREATE INDEX telemetry_windows_model ON telemetry_windows (tenant, model, window
 
 -- Latest health message per device (retained topic).
 CREATE TABLE device_health (
-    tenant {{TEXT_KEY}} NOT NULL,
-    device {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    device TEXT NOT NULL,
     status TEXT NOT NULL,
     at_ms BIGINT NOT NULL,
     payload TEXT NOT NULL,
@@ -44,8 +44,8 @@ CREATE TABLE device_health (
 
 -- Device events (activations, refusals, rollbacks, starts).
 CREATE TABLE device_events (
-    tenant {{TEXT_KEY}} NOT NULL,
-    device {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    device TEXT NOT NULL,
     seq BIGINT NOT NULL,
     at_ms BIGINT NOT NULL,
     kind TEXT NOT NULL,
@@ -55,8 +55,8 @@ CREATE TABLE device_events (
 
 -- Drift policy per model, as JSON (see telemetry::policy::DriftPolicy).
 CREATE TABLE drift_policies (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     config TEXT NOT NULL,
     updated_at BIGINT NOT NULL,
     updated_by TEXT NOT NULL,
@@ -65,8 +65,8 @@ CREATE TABLE drift_policies (
 
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     kind TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -80,8 +80,8 @@ CREATE INDEX alerts_tenant ON alerts (tenant, opened_at_ms);
 -- Retraining triggers fired (drift-based or scheduled) and their delivery.
 CREATE TABLE retrain_triggers (
     id TEXT PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     reason TEXT NOT NULL,
     alert_id TEXT NOT NULL,
@@ -96,9 +96,9 @@ CREATE INDEX retrain_triggers_model ON retrain_triggers (tenant, model, fired_at
 -- Cooldown and schedule state: one row per (tenant, model, key). Firing is
 -- a conditional UPDATE, so replicas over one database fire once.
 CREATE TABLE trigger_state (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
-    key {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
     last_ms BIGINT NOT NULL,
     PRIMARY KEY (tenant, model, key)
 );

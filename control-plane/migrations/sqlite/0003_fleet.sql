@@ -4,7 +4,7 @@
 
 CREATE TABLE enrollment_tokens (
     id TEXT PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,
     labels TEXT NOT NULL,
     expires_at BIGINT NOT NULL,
@@ -14,8 +14,8 @@ CREATE TABLE enrollment_tokens (
 );
 
 CREATE TABLE devices (
-    id {{TEXT_KEY}} PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL,
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
     fingerprint TEXT NOT NULL UNIQUE,
     hostname TEXT NOT NULL,
     labels TEXT NOT NULL,
@@ -26,8 +26,8 @@ CREATE TABLE devices (
 CREATE INDEX devices_tenant ON devices (tenant, id);
 
 CREATE TABLE deployments (
-    id {{TEXT_KEY}} PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL,
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
     model TEXT NOT NULL,
     version BIGINT NOT NULL,
     digest TEXT NOT NULL,
@@ -42,8 +42,8 @@ CREATE TABLE deployments (
 CREATE INDEX deployments_tenant ON deployments (tenant, deleted_at);
 
 CREATE TABLE device_models (
-    device_id {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    device_id TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     state TEXT NOT NULL,
     detail TEXT NOT NULL,

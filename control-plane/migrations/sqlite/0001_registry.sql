@@ -1,17 +1,17 @@
--- Ferry control plane schema, version 1. One file serves SQLite and
--- PostgreSQL: the types used (BIGINT, TEXT, DOUBLE PRECISION) mean the same
--- on both. `{{TEXT_KEY}}` becomes `TEXT COLLATE "C"` on PostgreSQL (byte
--- order, as SQLite compares) and `TEXT` on SQLite, so listings page in the
--- same order on both backends.
+-- Ferry control plane schema, version 1 (SQLite). The PostgreSQL file of
+-- the same number differs only in key columns: `TEXT COLLATE "C"` there
+-- (byte order, as SQLite compares), so listings page in the same order on
+-- both backends. The types used (BIGINT, TEXT, DOUBLE PRECISION) mean the
+-- same on both.
 
 CREATE TABLE tenants (
-    name {{TEXT_KEY}} PRIMARY KEY,
+    name TEXT PRIMARY KEY,
     created_at BIGINT NOT NULL
 );
 
 CREATE TABLE tokens (
     id TEXT PRIMARY KEY,
-    tenant {{TEXT_KEY}} NOT NULL REFERENCES tenants(name),
+    tenant TEXT NOT NULL REFERENCES tenants(name),
     name TEXT NOT NULL,
     role TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,
@@ -21,7 +21,7 @@ CREATE TABLE tokens (
 );
 
 CREATE TABLE trust_roots (
-    tenant {{TEXT_KEY}} NOT NULL REFERENCES tenants(name),
+    tenant TEXT NOT NULL REFERENCES tenants(name),
     version BIGINT NOT NULL,
     signed TEXT NOT NULL,
     created_at BIGINT NOT NULL,
@@ -30,17 +30,17 @@ CREATE TABLE trust_roots (
 );
 
 CREATE TABLE projects (
-    tenant {{TEXT_KEY}} NOT NULL REFERENCES tenants(name),
-    name {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
     description TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (tenant, name)
 );
 
 CREATE TABLE models (
-    tenant {{TEXT_KEY}} NOT NULL REFERENCES tenants(name),
-    name {{TEXT_KEY}} NOT NULL,
-    project {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
+    project TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (tenant, name)
@@ -48,8 +48,8 @@ CREATE TABLE models (
 CREATE INDEX models_project ON models (tenant, project, name);
 
 CREATE TABLE versions (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     digest TEXT NOT NULL,
     header TEXT NOT NULL,
@@ -63,8 +63,8 @@ CREATE TABLE versions (
 );
 
 CREATE TABLE version_artifacts (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     idx BIGINT NOT NULL,
     name TEXT NOT NULL,
@@ -75,8 +75,8 @@ CREATE TABLE version_artifacts (
 CREATE INDEX version_artifacts_digest ON version_artifacts (digest);
 
 CREATE TABLE version_tags (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     key TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -85,8 +85,8 @@ CREATE TABLE version_tags (
 CREATE INDEX version_tags_kv ON version_tags (tenant, key, value);
 
 CREATE TABLE version_metrics (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
     version BIGINT NOT NULL,
     key TEXT NOT NULL,
     value DOUBLE PRECISION NOT NULL,
@@ -95,9 +95,9 @@ CREATE TABLE version_metrics (
 CREATE INDEX version_metrics_kv ON version_metrics (tenant, key, value);
 
 CREATE TABLE aliases (
-    tenant {{TEXT_KEY}} NOT NULL,
-    model {{TEXT_KEY}} NOT NULL,
-    alias {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    alias TEXT NOT NULL,
     version BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     updated_by TEXT NOT NULL,
@@ -107,13 +107,13 @@ CREATE TABLE aliases (
 -- One hash chain per tenant. The head row doubles as the tenant's write
 -- lock: every mutating transaction starts by updating it.
 CREATE TABLE audit_heads (
-    tenant {{TEXT_KEY}} PRIMARY KEY,
+    tenant TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,
     hash TEXT NOT NULL
 );
 
 CREATE TABLE audit (
-    tenant {{TEXT_KEY}} NOT NULL,
+    tenant TEXT NOT NULL,
     seq BIGINT NOT NULL,
     at BIGINT NOT NULL,
     request_id TEXT NOT NULL,

@@ -1,0 +1,125 @@
+//! The audit chain's storage: appending under the tenant lock, the head,
+//! listings.
+
+use super::sql::Sql;
+#[cfg(feature = "failpoints")]
+use super::StoreError;
+use super::{Result, Store, Tx};
+use crate::audit::{AuditEntry, AuditRecord, ChainHead, GENESIS};
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+// Mapped by hand: `#[derive(FromRow)]` needs sqlx's proc-macro crate, which
+// builds both drivers (bundled SQLite included) a second time for the host.
+impl FromRow<'_, AnyRow> for AuditRecord {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(AuditRecord {
+            tenant: r.try_get("tenant")?,
+            seq: r.try_get("seq")?,
+            at: r.try_get("at")?,
+            request_id: r.try_get("request_id")?,
+            actor: r.try_get("actor")?,
+            action: r.try_get("action")?,
+            target: r.try_get("target")?,
+            outcome: r.try_get("outcome")?,
+            detail: r.try_get("detail")?,
+            prev_hash: r.try_get("prev_hash")?,
+            hash: r.try_get("hash")?,
+        })
+    }
+}
+
+impl Store {
+    /// Chains `entry` after the tenant's head; the caller holds the lock.
+    pub(super) async fn append(&self, tx: &mut Tx, entry: AuditEntry) -> Result<AuditRecord> {
+        // `return` fails every append; `return(ACTION)` only that action's,
+        // so a test can set up through the API and then break one route.
+        #[cfg(feature = "failpoints")]
+        if fail::eval("store::audit_append", |arg| {
+            arg.is_none_or(|a| a.is_empty() || a == entry.action)
+        }) == Some(true)
+        {
+            return Err(StoreError::Injected("store::audit_append"));
+        }
+        let (seq, prev): (i64, String) =
+            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = $1")
+                .bind(entry.tenant.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+        let r = entry.seal(seq + 1, self.now(), &prev);
+        sqlx::query(
+            "INSERT INTO audit (tenant, seq, at, request_id, actor, action, target, outcome, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(r.tenant.as_str())
+        .bind(r.seq)
+        .bind(r.at)
+        .bind(r.request_id.as_str())
+        .bind(r.actor.as_str())
+        .bind(r.action.as_str())
+        .bind(r.target.as_str())
+        .bind(r.outcome.as_str())
+        .bind(r.detail.as_str())
+        .bind(r.prev_hash.as_str())
+        .bind(r.hash.as_str())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE tenant = $3")
+            .bind(r.seq)
+            .bind(r.hash.as_str())
+            .bind(r.tenant.as_str())
+            .execute(&mut **tx)
+            .await?;
+        Ok(r)
+    }
+
+    /// Appends one record on its own (refusals, and actions with nothing
+    /// else to write).
+    pub async fn audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        let mut tx = self.begin_locked(&entry.tenant).await?;
+        let r = self.append(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    pub async fn audit_head(&self, tenant: &str) -> Result<ChainHead> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(match row {
+            Some((seq, hash)) => ChainHead { seq, hash },
+            None => ChainHead {
+                seq: 0,
+                hash: GENESIS.to_string(),
+            },
+        })
+    }
+
+    pub async fn audit_list(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let mut sql = Sql::new(
+            "SELECT tenant, seq, at, request_id, actor, action, target, outcome, detail, prev_hash, hash FROM audit WHERE tenant = ",
+        );
+        sql.push_bind(tenant.to_string());
+        if let Some(a) = &q.action {
+            sql.push(" AND action = ").push_bind(a.clone());
+        }
+        if let Some(o) = &q.outcome {
+            sql.push(" AND outcome = ").push_bind(o.clone());
+        }
+        if let Some(s) = q.after_seq {
+            sql.push(" AND seq > ").push_bind(s);
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(q.limit);
+        Ok(sql.query_as().fetch_all(self.pool()).await?)
+    }
+}

@@ -1,0 +1,487 @@
+//! Fleet tables (migration 0003): enrollment tokens, devices, deployments
+//! and per-device model state.
+
+use super::{Result, Store, StoreError};
+use crate::audit::AuditEntry;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+use std::collections::BTreeMap;
+
+pub type Labels = BTreeMap<String, String>;
+
+pub fn labels_to_string(l: &Labels) -> String {
+    serde_json::to_string(l).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn labels_from_string(s: &str) -> Labels {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+/// Whether every `k=v` of `selector` is among `labels`.
+pub fn matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Device {
+    pub id: String,
+    pub tenant: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_seen: Option<i64>,
+}
+
+// Mapped by hand (see `AuditRecord`'s mapper); labels are stored as JSON.
+impl FromRow<'_, AnyRow> for Device {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Device {
+            id: r.try_get("id")?,
+            tenant: r.try_get("tenant")?,
+            hostname: r.try_get("hostname")?,
+            labels: labels_from_string(&r.try_get::<String, _>("labels")?),
+            created_at: r.try_get("created_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+            last_seen: r.try_get("last_seen")?,
+        })
+    }
+}
+
+const DEVICE_COLS: &str = "id, tenant, hostname, labels, created_at, revoked_at, last_seen";
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub tenant: String,
+    pub model: String,
+    pub version: i64,
+    pub digest: String,
+    pub selector: Labels,
+    pub created_at: i64,
+    pub created_by: String,
+    pub deleted_at: Option<i64>,
+}
+
+impl FromRow<'_, AnyRow> for Deployment {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Deployment {
+            id: r.try_get("id")?,
+            tenant: r.try_get("tenant")?,
+            model: r.try_get("model")?,
+            version: r.try_get("version")?,
+            digest: r.try_get("digest")?,
+            selector: labels_from_string(&r.try_get::<String, _>("selector")?),
+            created_at: r.try_get("created_at")?,
+            created_by: r.try_get("created_by")?,
+            deleted_at: r.try_get("deleted_at")?,
+        })
+    }
+}
+
+const DEPLOYMENT_COLS: &str =
+    "id, tenant, model, version, digest, selector, created_at, created_by, deleted_at";
+
+/// A new enrollment token, stored by hash.
+#[derive(Clone, Debug)]
+pub struct NewEnrollmentToken {
+    pub id: String,
+    pub tenant: String,
+    pub hash: String,
+    pub labels: Labels,
+    pub expires_at: i64,
+    pub uses: i64,
+    pub created_by: String,
+}
+
+/// Why an enrollment token was not accepted.
+#[derive(Debug, PartialEq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired,
+    Used,
+}
+
+/// One device's report on one model: (version, state, detail).
+pub type DeviceModelState = (i64, String, String);
+
+/// Strictly increasing microseconds in this process, from `now_us`, so
+/// deployments created in one burst keep their order.
+fn creation_micros(now_us: i64) -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let prev = LAST.fetch_max(now_us, Ordering::SeqCst);
+    if prev >= now_us {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now_us
+    }
+}
+
+impl Store {
+    /// Stores an enrollment token (audited as `entry`).
+    pub async fn create_enrollment_token(
+        &self,
+        t: &NewEnrollmentToken,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            sqlx::query(
+                "INSERT INTO enrollment_tokens (id, tenant, hash, labels, expires_at, uses_left, created_at, created_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(t.id.as_str())
+            .bind(t.tenant.as_str())
+            .bind(t.hash.as_str())
+            .bind(labels_to_string(&t.labels))
+            .bind(t.expires_at)
+            .bind(t.uses)
+            .bind(self.now())
+            .bind(t.created_by.as_str())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    /// Takes one use of the token with `hash`: its id, tenant and labels.
+    pub async fn consume_enrollment_token(
+        &self,
+        hash: &str,
+    ) -> Result<Result<(String, String, Labels), TokenRefusal>> {
+        let now = self.now();
+        // Write first: a transaction that reads and then writes cannot upgrade
+        // its SQLite snapshot under concurrent enrollments ("database is
+        // locked"); one conditional UPDATE takes the write lock at once and is
+        // atomic on both databases.
+        let mut tx = self.pool().begin().await?;
+        let n = sqlx::query(
+            "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
+             WHERE hash = $1 AND uses_left > 0 AND expires_at > $2",
+        )
+        .bind(hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, tenant, labels, expires_at FROM enrollment_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, tenant, labels, expires_at)) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if n == 0 {
+            return Ok(Err(if now >= expires_at {
+                TokenRefusal::Expired
+            } else {
+                TokenRefusal::Used
+            }));
+        }
+        tx.commit().await?;
+        Ok(Ok((id, tenant, labels_from_string(&labels))))
+    }
+
+    /// Records an enrolled device (audited as `entry`).
+    pub async fn enroll_device(
+        &self,
+        d: &Device,
+        fingerprint: &str,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            sqlx::query(
+                "INSERT INTO devices (id, tenant, fingerprint, hostname, labels, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(d.id.as_str())
+            .bind(d.tenant.as_str())
+            .bind(fingerprint)
+            .bind(d.hostname.as_str())
+            .bind(labels_to_string(&d.labels))
+            .bind(d.created_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    pub async fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE fingerprint = $1"
+        ))
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn device(&self, tenant: &str, id: &str) -> Result<Device> {
+        let row: Option<Device> = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.ok_or_else(|| StoreError::NotFound(format!("device {id:?}")))
+    }
+
+    pub async fn devices(&self, tenant: &str) -> Result<Vec<Device>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE tenant = $1 ORDER BY id"
+        ))
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn set_device_labels(
+        &self,
+        tenant: &str,
+        id: &str,
+        labels: &Labels,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+                let n = sqlx::query("UPDATE devices SET labels = $1 WHERE tenant = $2 AND id = $3")
+                    .bind(labels_to_string(labels))
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("device {id:?}")));
+                }
+                Ok(())
+            }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    pub async fn revoke_device(&self, tenant: &str, id: &str, entry: AuditEntry) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            let n = sqlx::query(
+                "UPDATE devices SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
+            )
+            .bind(self.now())
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "device {id:?} (or already revoked)"
+                )));
+            }
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    /// Records that the device was seen now (not audited).
+    pub async fn touch_device(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+            .bind(self.now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a deployment (audited as `entry`).
+    pub async fn create_deployment(&self, d: &Deployment, entry: AuditEntry) -> Result<()> {
+        let created_us = creation_micros(self.clock.now_micros() as i64);
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            sqlx::query(
+                "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(d.id.as_str())
+            .bind(d.tenant.as_str())
+            .bind(d.model.as_str())
+            .bind(d.version)
+            .bind(d.digest.as_str())
+            .bind(labels_to_string(&d.selector))
+            .bind(d.created_at)
+            .bind(created_us)
+            .bind(d.created_by.as_str())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    pub async fn deployment(&self, tenant: &str, id: &str) -> Result<Deployment> {
+        let row: Option<Deployment> = sqlx::query_as(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.ok_or_else(|| StoreError::NotFound(format!("deployment {id:?}")))
+    }
+
+    /// Live (not deleted) deployments of `tenant`, oldest first.
+    pub async fn live_deployments(&self, tenant: &str) -> Result<Vec<Deployment>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND deleted_at IS NULL ORDER BY created_us, id"
+        ))
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Replaces a live deployment's selector (audited as `entry`).
+    pub async fn scale_deployment(
+        &self,
+        tenant: &str,
+        id: &str,
+        selector: &Labels,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            let n = sqlx::query(
+                "UPDATE deployments SET selector = $1 WHERE tenant = $2 AND id = $3 AND deleted_at IS NULL",
+            )
+            .bind(labels_to_string(selector))
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("deployment {id:?}")));
+            }
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    /// Marks a deployment deleted (audited as `entry`); returns it as it
+    /// was.
+    pub async fn delete_deployment(
+        &self,
+        tenant: &str,
+        id: &str,
+        entry: AuditEntry,
+    ) -> Result<Deployment> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            let gone: Option<Deployment> = sqlx::query_as(&format!(
+                "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let n = sqlx::query(
+                "UPDATE deployments SET deleted_at = $1 WHERE tenant = $2 AND id = $3 AND deleted_at IS NULL",
+            )
+            .bind(self.now())
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            match gone {
+                Some(d) if n == 1 => Ok(d),
+                _ => Err(StoreError::NotFound(format!("deployment {id:?}"))),
+            }
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    /// Records a device's activation report on `model` (audited as
+    /// `entry`).
+    pub async fn report_device_model(
+        &self,
+        device_id: &str,
+        model: &str,
+        version: i64,
+        state: &str,
+        detail: &str,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        {
+            let mut m = self.mutation(entry).await?;
+            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let out: Result<_> = async {
+            sqlx::query(
+                "INSERT INTO device_models (device_id, model, version, state, detail, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (device_id, model) DO UPDATE SET version = excluded.version, state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
+            )
+            .bind(device_id)
+            .bind(model)
+            .bind(version)
+            .bind(state)
+            .bind(detail)
+            .bind(self.now())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+            .await;
+            m.finish(out).await
+        }
+    }
+
+    /// (version, state, detail) of `model` on each device of `tenant`.
+    pub async fn device_models(
+        &self,
+        tenant: &str,
+        model: &str,
+    ) -> Result<BTreeMap<String, DeviceModelState>> {
+        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT m.device_id, m.version, m.state, m.detail FROM device_models m JOIN devices d ON d.id = m.device_id \
+             WHERE d.tenant = $1 AND m.model = $2",
+        )
+        .bind(tenant)
+        .bind(model)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, v, s, det)| (d, (v, s, det)))
+            .collect())
+    }
+}

@@ -1,0 +1,185 @@
+//! Models and the filters shared by model and version listings.
+
+use super::sql::Sql;
+use super::{not_found_model, Result, Store};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub project: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub latest_version: Option<i64>,
+    pub versions: i64,
+    pub aliases: BTreeMap<String, i64>,
+}
+
+impl FromRow<'_, AnyRow> for ModelSummary {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ModelSummary {
+            name: r.try_get("name")?,
+            project: r.try_get("project")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            latest_version: r.try_get("latest")?,
+            versions: r.try_get("n")?,
+            aliases: BTreeMap::new(),
+        })
+    }
+}
+
+/// A comparison on a version metric (`auc>=0.9`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricFilter {
+    pub key: String,
+    pub op: &'static str,
+    pub value: f64,
+}
+
+/// Filters shared by model and version listings.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub name_prefix: Option<String>,
+    pub query: Option<String>,
+    pub project: Option<String>,
+    /// `(key, Some(value))` or `(key, None)` for "has the tag".
+    pub tags: Vec<(String, Option<String>)>,
+    pub aliases: Vec<String>,
+    pub metrics: Vec<MetricFilter>,
+    pub include_archived: bool,
+}
+
+const MODEL_COLS: &str = "SELECT m.name, m.project, m.created_at, m.updated_at, \
+     (SELECT MAX(x.version) FROM versions x WHERE x.tenant = m.tenant AND x.model = m.name AND x.status = 'ready') AS latest, \
+     (SELECT COUNT(*) FROM versions x WHERE x.tenant = m.tenant AND x.model = m.name) AS n \
+     FROM models m WHERE m.tenant = ";
+
+impl Filters {
+    /// Appends the filter conditions on a version alias `v` (columns
+    /// `v.tenant`, `v.model`, `v.version`, `v.status`).
+    pub(super) fn push_version_conditions(&self, sql: &mut Sql) {
+        if !self.include_archived {
+            sql.push(" AND v.status = 'ready'");
+        }
+        for (k, v) in &self.tags {
+            sql.push(" AND EXISTS (SELECT 1 FROM version_tags t WHERE t.tenant = v.tenant AND t.model = v.model AND t.version = v.version AND t.key = ")
+                .push_bind(k.clone());
+            if let Some(v) = v {
+                sql.push(" AND t.value = ").push_bind(v.clone());
+            }
+            sql.push(")");
+        }
+        for m in &self.metrics {
+            sql.push(" AND EXISTS (SELECT 1 FROM version_metrics mt WHERE mt.tenant = v.tenant AND mt.model = v.model AND mt.version = v.version AND mt.key = ")
+                .push_bind(m.key.clone())
+                // `op` is one of a fixed set of comparison operators.
+                .push(&format!(" AND mt.value {} ", m.op))
+                .push_bind(m.value)
+                .push(")");
+        }
+        for a in &self.aliases {
+            sql.push(" AND EXISTS (SELECT 1 FROM aliases al WHERE al.tenant = v.tenant AND al.model = v.model AND al.version = v.version AND al.alias = ")
+                .push_bind(a.clone())
+                .push(")");
+        }
+    }
+
+    fn push_name_conditions(&self, sql: &mut Sql, col: &str) {
+        if let Some(p) = &self.name_prefix {
+            sql.push(&format!(" AND substr({col}, 1, CAST("))
+                .push_bind(p.chars().count() as i64)
+                .push(" AS INTEGER)) = ")
+                .push_bind(p.clone());
+        }
+        if let Some(q) = &self.query {
+            // Names use [A-Za-z0-9._-]; `_` is the only LIKE wildcard among them.
+            let pat = format!("%{}%", q.to_lowercase().replace('_', "!_"));
+            sql.push(&format!(" AND LOWER({col}) LIKE "))
+                .push_bind(pat)
+                .push(" ESCAPE '!'");
+        }
+    }
+}
+
+impl Store {
+    /// Models matching `f`, by name, after `page_token` (a name), at most
+    /// `limit`. A model matches when it has a version matching every
+    /// version-level filter.
+    pub async fn list_models(
+        &self,
+        tenant: &str,
+        f: &Filters,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ModelSummary>> {
+        let mut sql = Sql::new(MODEL_COLS);
+        sql.push_bind(tenant.to_string());
+        f.push_name_conditions(&mut sql, "m.name");
+        if let Some(p) = &f.project {
+            sql.push(" AND m.project = ").push_bind(p.clone());
+        }
+        if let Some(a) = after {
+            sql.push(" AND m.name > ").push_bind(a.to_string());
+        }
+        sql.push(
+            " AND EXISTS (SELECT 1 FROM versions v WHERE v.tenant = m.tenant AND v.model = m.name",
+        );
+        f.push_version_conditions(&mut sql);
+        sql.push(") ORDER BY m.name LIMIT ").push_bind(limit);
+        let mut out: Vec<ModelSummary> = sql.query_as().fetch_all(self.pool()).await?;
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT model, alias, version FROM aliases WHERE tenant = $1 AND model >= $2 AND model <= $3",
+            )
+            .bind(tenant)
+            .bind(first.name.as_str())
+            .bind(last.name.as_str())
+            .fetch_all(self.pool())
+            .await?;
+            let mut by_model: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+            for (model, alias, version) in rows {
+                by_model.entry(model).or_default().insert(alias, version);
+            }
+            for m in &mut out {
+                if let Some(a) = by_model.remove(&m.name) {
+                    m.aliases = a;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn model(&self, tenant: &str, name: &str) -> Result<ModelSummary> {
+        // A model with only archived versions still shows.
+        let mut sql = Sql::new(MODEL_COLS);
+        sql.push_bind(tenant.to_string())
+            .push(" AND m.name = ")
+            .push_bind(name.to_string());
+        let row: Option<ModelSummary> = sql.query_as().fetch_optional(self.pool()).await?;
+        let Some(mut m) = row else {
+            return Err(not_found_model(name));
+        };
+        m.aliases = self
+            .aliases(tenant, name)
+            .await?
+            .into_iter()
+            .map(|a| (a.alias, a.version))
+            .collect();
+        Ok(m)
+    }
+
+    pub(super) async fn model_exists(&self, tenant: &str, model: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM models WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(model)
+                .fetch_optional(self.pool())
+                .await?
+                .is_some(),
+        )
+    }
+}
