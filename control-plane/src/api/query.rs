@@ -181,6 +181,75 @@ pub fn parse_filters(pairs: &[(String, String)]) -> ApiResult<(Filters, i64, Opt
     Ok((f, limit, page))
 }
 
+/// Labels or a selector: a JSON object of strings; absent or `null` is
+/// empty.
+pub fn parse_labels(v: Option<&serde_json::Value>) -> ApiResult<super::types::Labels> {
+    use serde_json::Value;
+    let mut out = super::types::Labels::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(s) = v.as_str() else {
+                    return Err(ApiError::bad_request(format!(
+                        "label {k:?} must be a string"
+                    )));
+                };
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+        Some(_) => return Err(ApiError::bad_request("labels must be an object of strings")),
+    }
+    Ok(out)
+}
+
+/// The telemetry series' filters: `version`, `device`, `since_ms`,
+/// `limit`, plus the keys an endpoint allows in `extra_allowed`.
+pub struct SeriesQuery {
+    pub version: Option<i64>,
+    pub device: Option<String>,
+    pub since_ms: i64,
+    pub limit: i64,
+    /// The endpoint's own keys, in order.
+    pub extra: Vec<(String, String)>,
+}
+
+pub fn series_query(q: &Option<String>, extra_allowed: &[&str]) -> ApiResult<SeriesQuery> {
+    let mut out = SeriesQuery {
+        version: None,
+        device: None,
+        since_ms: 0,
+        limit: 500,
+        extra: Vec::new(),
+    };
+    for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        let int = |v: &str| {
+            v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::bad_request(format!("{k}={v:?} is not a non-negative integer"))
+            })
+        };
+        match k.as_ref() {
+            "version" => out.version = Some(int(&v)?),
+            "device" => out.device = Some(v.into_owned()),
+            "since_ms" => out.since_ms = int(&v)?,
+            "limit" => out.limit = int(&v)?.clamp(1, 10_000),
+            other if extra_allowed.contains(&other) => {
+                out.extra.push((other.to_string(), v.into_owned()))
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                "unknown query parameter {other:?} (allowed: version, device, since_ms, limit{})",
+                extra_allowed
+                    .iter()
+                    .map(|s| format!(", {s}"))
+                    .collect::<String>()
+            )))
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

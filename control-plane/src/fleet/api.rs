@@ -4,6 +4,7 @@
 use super::{db, Fleet};
 use crate::action::Action;
 use crate::api::json_body;
+use crate::api::query::parse_labels;
 use crate::api::types::{
     AssignmentInfo, Deployment, DeploymentDeleted, DeploymentDetail, DeploymentDevice,
     DeploymentList, DeploymentRequest, DeploymentScaled, Device, DeviceDetail, DeviceLabels,
@@ -90,33 +91,6 @@ impl From<db::Deployment> for Deployment {
             deleted_at: d.deleted_at,
         }
     }
-}
-
-fn parse_labels(v: Option<&Value>) -> Result<db::Labels, ApiError> {
-    let mut out = db::Labels::new();
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Some(s) = v.as_str() else {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("label {k:?} must be a string"),
-                    ));
-                };
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "labels must be an object of strings",
-            ))
-        }
-    }
-    Ok(out)
 }
 
 /// Create an enrollment token.

@@ -5,6 +5,7 @@
 use super::engine::{load_policy, save_policy};
 use super::policy::DriftPolicy;
 use crate::action::Action;
+use crate::api::query::{series_query as query, SeriesQuery as Q};
 use crate::api::types::{
     Alert, AlertList, DeviceHealth, DeviceHealthList, DriftPoint, DriftPolicyView, DriftSeries,
     ErrorBody, MetricPoint, MetricSeries, Trigger, TriggerList,
@@ -56,52 +57,6 @@ fn db(e: sqlx::Error) -> ApiError {
 
 fn model_name(s: &str) -> R<String> {
     crate::api::query::parse_name(s)
-}
-
-/// Common filters: `version`, `device`, `since_ms`, `limit`.
-struct Q {
-    version: Option<i64>,
-    device: Option<String>,
-    since_ms: i64,
-    limit: i64,
-    extra: Vec<(String, String)>,
-}
-
-fn query(q: &Option<String>, extra_allowed: &[&str]) -> R<Q> {
-    let mut out = Q {
-        version: None,
-        device: None,
-        since_ms: 0,
-        limit: 500,
-        extra: Vec::new(),
-    };
-    for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
-        let int = |v: &str| {
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| bad(format!("{k}={v:?} is not a non-negative integer")))
-        };
-        match k.as_ref() {
-            "version" => out.version = Some(int(&v)?),
-            "device" => out.device = Some(v.into_owned()),
-            "since_ms" => out.since_ms = int(&v)?,
-            "limit" => out.limit = int(&v)?.clamp(1, 10_000),
-            other if extra_allowed.contains(&other) => {
-                out.extra.push((other.to_string(), v.into_owned()))
-            }
-            other => {
-                return Err(bad(format!(
-                "unknown query parameter {other:?} (allowed: version, device, since_ms, limit{})",
-                extra_allowed
-                    .iter()
-                    .map(|s| format!(", {s}"))
-                    .collect::<String>()
-            )))
-            }
-        }
-    }
-    Ok(out)
 }
 
 async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<sqlx::any::AnyRow>> {
