@@ -104,3 +104,47 @@ impl From<RegistryError> for ApiError {
 pub async fn no_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ApiError) -> (StatusCode, String) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_answer_a_generic_500() {
+        let secret = "relation \"tokens\" does not exist at /var/lib/ferry";
+        for e in [
+            ApiError::from(StoreError::Corrupt(secret.into())),
+            ApiError::from(RegistryError::Internal(secret.into())),
+            ApiError::internal(secret),
+        ] {
+            let (status, text) = body(e).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!text.contains("tokens"), "{text}");
+            let v: ErrorBody = serde_json::from_str(&text).unwrap();
+            assert_eq!(v.code, "internal");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_keep_their_status_code_and_message() {
+        let (status, text) = body(StoreError::NotFound("no model \"m\"".into()).into()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let v: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v.code.as_str(), v.error.as_str()),
+            ("not_found", "no model \"m\"")
+        );
+        let e: ApiError = RegistryError::TooLarge { max: 10 }.into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        );
+    }
+}
