@@ -1,10 +1,12 @@
-//! HTTP client for the control plane API, used by the operator CLI: JSON
-//! calls, streamed bundle upload and download.
+//! HTTP client for the control plane API, used by the operator CLI: typed
+//! JSON calls (the bodies of [`crate::api::types`]), streamed bundle upload
+//! and download.
 
+use crate::api::types::ErrorBody;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
@@ -127,47 +129,81 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Err(ClientError::Api {
-            status,
-            code: v["code"].as_str().unwrap_or("unknown").to_string(),
-            message: v["error"].as_str().map(str::to_string).unwrap_or(text),
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => ClientError::Api {
+                status,
+                code: e.code,
+                message: e.error,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: "unknown".into(),
+                message: text,
+            },
         })
     }
 
-    /// A JSON request; `body` is sent as JSON when given.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
         let resp = self.check(resp).await?;
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.call(Method::GET, path, None).await
+    /// A JSON request; `body` is sent as JSON when given.
+    pub async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            let text =
+                serde_json::to_string(b).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(text);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        self.read(resp).await
+    }
+
+    /// A request without a body.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        self.call::<(), T>(method, path, None).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(Method::GET, path).await
+    }
+
+    /// A GET whose answer is text (the CA certificate).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let resp = self.check(resp).await?;
+        resp.text().await.map_err(|e| self.transport(e))
     }
 
     /// Streams a file as the request body.
-    pub async fn put_file(
+    pub async fn put_file<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         file: &Path,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<T, ClientError> {
         let io = |source| ClientError::Io {
             path: file.to_path_buf(),
             source,
@@ -185,9 +221,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
-        let resp = self.check(resp).await?;
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
+        self.read(resp).await
     }
 
     /// Streams a GET response into `out` (written beside it, then renamed).

@@ -3,6 +3,7 @@
 //! The operator side (`key`, `trust`, `bundle`) runs on the operator's
 //! machine and is the only place publisher private keys are used.
 
+pub mod action;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod fleet;
 pub mod keyfile;
 pub mod onnx_schema;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -6,9 +6,13 @@ use ferry_protocol::encoding;
 use ferry_protocol::trust::TrustRoot;
 use ferry_protocol::SignedManifest;
 use ferry_protocol::{Manifest, Schema, TensorSpec};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::types::{
+    BaselineFeature, BaselineSummary, ComparedVersion, Comparison, ManifestDoc, MetricComparison,
+    ModelDoc, SchemaDoc, SignatureInfo, TagComparison, TensorDoc,
+};
 use crate::store::VersionRow;
 
 /// Decodes the stored header (hex of the canonical encoding).
@@ -26,80 +30,93 @@ pub fn manifest(row: &VersionRow) -> Option<Manifest> {
     serde_json::from_str(&row.manifest).ok()
 }
 
-fn baseline_summary(m: &Manifest) -> Value {
-    match &m.baseline {
-        None => Value::Null,
-        Some(b) => json!({
-            "rows": b.rows,
-            "features": b.features.iter().map(|f| match &f.kind {
-                FeatureKind::Numeric { edges, min, max, .. } => json!({
-                    "name": f.name, "kind": "numeric", "bins": edges.len() + 1, "min": min, "max": max,
-                }),
-                FeatureKind::Categorical { categories, .. } => json!({
-                    "name": f.name, "kind": "categorical", "categories": categories.len(),
-                }),
-            }).collect::<Vec<_>>(),
-        }),
-    }
+fn baseline_summary(m: &Manifest) -> Option<BaselineSummary> {
+    let b = m.baseline.as_ref()?;
+    Some(BaselineSummary {
+        rows: b.rows,
+        features: b
+            .features
+            .iter()
+            .map(|f| match &f.kind {
+                FeatureKind::Numeric {
+                    edges, min, max, ..
+                } => BaselineFeature {
+                    name: f.name.clone(),
+                    kind: "numeric".into(),
+                    bins: Some(edges.len() + 1),
+                    min: Some(*min),
+                    max: Some(*max),
+                    categories: None,
+                },
+                FeatureKind::Categorical { categories, .. } => BaselineFeature {
+                    name: f.name.clone(),
+                    kind: "categorical".into(),
+                    bins: None,
+                    min: None,
+                    max: None,
+                    categories: Some(categories.len()),
+                },
+            })
+            .collect(),
+    })
 }
 
 /// The full description of one version.
-pub fn model_doc(project: &str, row: &VersionRow, trust: Option<&TrustRoot>) -> Value {
-    let m = manifest(row);
-    let h = header(row);
-    let signatures: Vec<Value> = h
+pub fn model_doc(project: &str, row: &VersionRow, trust: Option<&TrustRoot>) -> ModelDoc {
+    let signatures = header(row)
         .map(|h| {
             h.signatures
                 .iter()
-                .map(|s| {
-                    let publisher = trust
+                .map(|s| SignatureInfo {
+                    key_id: s.key_id.to_hex(),
+                    publisher: trust
                         .and_then(|t| t.publisher(&s.key_id))
-                        .map(|p| p.name.clone());
-                    json!({ "key_id": s.key_id.to_hex(), "publisher": publisher })
+                        .map(|p| p.name.clone()),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let mut doc = json!({
-        "model": row.model,
-        "version": row.version,
-        "project": project,
-        "status": row.status,
-        "aliases": row.aliases,
-        "digest": row.digest,
-        "size": row.size,
-        "registered_at": row.created_at,
-        "registered_by": row.created_by,
-        "signatures": signatures,
+    let manifest = manifest(row).map(|m| ManifestDoc {
+        runtime: json!(m.runtime),
+        schema: schema_doc(&m.schema),
+        metrics: m.metrics.clone(),
+        tags: m.tags.clone(),
+        lineage: json!(m.lineage),
+        target: json!(m.target),
+        created_at: m.created_at,
+        expires_at: m.expires_at,
+        artifacts: m.artifacts.iter().map(|a| json!(a)).collect(),
+        baseline: baseline_summary(&m),
+        test_vectors: m.test_vectors.as_ref().map_or(0, |t| t.vectors.len()),
     });
-    if let (Some(m), Some(obj)) = (m, doc.as_object_mut()) {
-        obj.insert("runtime".into(), json!(m.runtime));
-        obj.insert("schema".into(), schema_json(&m.schema));
-        obj.insert("metrics".into(), json!(m.metrics));
-        obj.insert("tags".into(), json!(m.tags));
-        obj.insert("lineage".into(), json!(m.lineage));
-        obj.insert("target".into(), json!(m.target));
-        obj.insert("created_at".into(), json!(m.created_at));
-        obj.insert("expires_at".into(), json!(m.expires_at));
-        obj.insert("artifacts".into(), json!(m.artifacts));
-        obj.insert("baseline".into(), baseline_summary(&m));
-        obj.insert(
-            "test_vectors".into(),
-            json!(m.test_vectors.as_ref().map_or(0, |t| t.vectors.len())),
-        );
+    ModelDoc {
+        model: row.model.clone(),
+        version: row.version,
+        project: project.to_string(),
+        status: row.status.clone(),
+        aliases: row.aliases.clone(),
+        digest: row.digest.clone(),
+        size: row.size,
+        registered_at: row.created_at,
+        registered_by: row.created_by.clone(),
+        signatures,
+        manifest,
     }
-    doc
 }
 
-fn spec_json(t: &TensorSpec) -> Value {
-    json!({ "name": t.name, "datatype": t.dtype.oip_name(), "shape": t.shape_string() })
+fn spec_doc(t: &TensorSpec) -> TensorDoc {
+    TensorDoc {
+        name: t.name.clone(),
+        datatype: t.dtype.oip_name().to_string(),
+        shape: t.shape_string(),
+    }
 }
 
-fn schema_json(s: &Schema) -> Value {
-    json!({
-        "inputs": s.inputs.iter().map(spec_json).collect::<Vec<_>>(),
-        "outputs": s.outputs.iter().map(spec_json).collect::<Vec<_>>(),
-    })
+fn schema_doc(s: &Schema) -> SchemaDoc {
+    SchemaDoc {
+        inputs: s.inputs.iter().map(spec_doc).collect(),
+        outputs: s.outputs.iter().map(spec_doc).collect(),
+    }
 }
 
 fn spec_changes(kind: &str, a: &[TensorSpec], b: &[TensorSpec], out: &mut Vec<String>) {
@@ -205,9 +222,10 @@ fn baseline_changes(a: &Manifest, b: &Manifest) -> Vec<String> {
 
 /// Side-by-side comparison; the first version is the base that deltas are
 /// taken against.
-pub fn compare(rows: &[VersionRow]) -> Value {
+pub fn compare(rows: &[VersionRow]) -> Comparison {
     let manifests: Vec<Option<Manifest>> = rows.iter().map(manifest).collect();
     let base = rows.first();
+    let base_manifest = manifests.first().and_then(|m| m.as_ref());
     let key = |r: &VersionRow| r.version.to_string();
     let mut metric_names = BTreeSet::new();
     let mut tag_names = BTreeSet::new();
@@ -215,65 +233,69 @@ pub fn compare(rows: &[VersionRow]) -> Value {
         metric_names.extend(m.metrics.keys().cloned());
         tag_names.extend(m.tags.keys().cloned());
     }
-    let metrics: Vec<Value> = metric_names
+    let metrics = metric_names
         .iter()
         .map(|name| {
-            let mut values = Map::new();
-            let mut delta = Map::new();
-            let base_v = manifests
-                .first()
-                .and_then(|m| m.as_ref())
-                .and_then(|m| m.metrics.get(name).copied());
+            let mut values = BTreeMap::new();
+            let mut delta = BTreeMap::new();
+            let base_v = base_manifest.and_then(|m| m.metrics.get(name).copied());
             for (r, m) in rows.iter().zip(&manifests) {
                 let v = m.as_ref().and_then(|m| m.metrics.get(name).copied());
-                values.insert(key(r), json!(v));
+                values.insert(key(r), v);
                 if let (Some(b), Some(v)) = (base_v, v) {
                     if Some(r.version) != base.map(|b| b.version) {
-                        delta.insert(key(r), json!(v - b));
+                        delta.insert(key(r), v - b);
                     }
                 }
             }
-            json!({ "name": name, "values": values, "delta": delta })
+            MetricComparison {
+                name: name.clone(),
+                values,
+                delta,
+            }
         })
         .collect();
-    let tags: Vec<Value> = tag_names
+    let tags = tag_names
         .iter()
-        .map(|name| {
-            let values: BTreeMap<String, Option<String>> = rows
+        .map(|name| TagComparison {
+            name: name.clone(),
+            values: rows
                 .iter()
                 .zip(&manifests)
                 .map(|(r, m)| (key(r), m.as_ref().and_then(|m| m.tags.get(name).cloned())))
-                .collect();
-            json!({ "name": name, "values": values })
+                .collect(),
         })
         .collect();
     let mut versions = Vec::new();
-    let mut schema = Map::new();
-    let mut baseline = Map::new();
-    let mut size_delta = Map::new();
+    let mut schema_changes_by = BTreeMap::new();
+    let mut baseline = BTreeMap::new();
+    let mut size_delta = BTreeMap::new();
     for (r, m) in rows.iter().zip(&manifests) {
-        versions.push(json!({
-            "version": r.version, "status": r.status, "aliases": r.aliases,
-            "digest": r.digest, "size": r.size, "registered_at": r.created_at,
-            "lineage": m.as_ref().map(|m| json!(m.lineage)),
-        }));
-        if let (Some(b), Some(bm), Some(m)) = (base, manifests.first().and_then(|m| m.as_ref()), m)
-        {
+        versions.push(ComparedVersion {
+            version: r.version,
+            status: r.status.clone(),
+            aliases: r.aliases.clone(),
+            digest: r.digest.clone(),
+            size: r.size,
+            registered_at: r.created_at,
+            lineage: m.as_ref().map(|m| json!(m.lineage)),
+        });
+        if let (Some(b), Some(bm), Some(m)) = (base, base_manifest, m) {
             if r.version != b.version {
-                schema.insert(key(r), json!(schema_changes(&bm.schema, &m.schema)));
-                baseline.insert(key(r), json!(baseline_changes(bm, m)));
-                size_delta.insert(key(r), json!(r.size - b.size));
+                schema_changes_by.insert(key(r), schema_changes(&bm.schema, &m.schema));
+                baseline.insert(key(r), baseline_changes(bm, m));
+                size_delta.insert(key(r), r.size - b.size);
             }
         }
     }
-    json!({
-        "model": base.map(|b| b.model.clone()),
-        "base": base.map(|b| b.version),
-        "versions": versions,
-        "metrics": metrics,
-        "tags": tags,
-        "size_delta": size_delta,
-        "schema_changes": schema,
-        "baseline_changes": baseline,
-    })
+    Comparison {
+        model: base.map(|b| b.model.clone()),
+        base: base.map(|b| b.version),
+        versions,
+        metrics,
+        tags,
+        size_delta,
+        schema_changes: schema_changes_by,
+        baseline_changes: baseline,
+    }
 }

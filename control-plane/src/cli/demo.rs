@@ -5,6 +5,7 @@
 //! is. Every step is the same `ferry` / `ferry-agent` command a user would
 //! type, so the demo cannot drift from the product.
 
+use crate::api::types::{Deployment, DeploymentDetail, DeviceTokenCreated};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
@@ -337,7 +338,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     run(op(&["model", "push", &bundle]))?;
 
     step("enroll one agent (its key is made on the device)");
-    let tok: Value = serde_json::from_str(&run(op(&[
+    let tok: DeviceTokenCreated = serde_json::from_str(&run(op(&[
         "device",
         "token",
         "create",
@@ -349,9 +350,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         &p("ca.pem"),
         "--json",
     ]))?)?;
-    let token = tok["token"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no token in {tok}"))?;
+    let token = tok.token.as_str();
     let mut enroll = Command::new(&agent_bin);
     enroll.args([
         "enroll",
@@ -398,7 +397,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let agent_addr = found[0].clone();
 
     step("deploy breast-cancer v1 to site=demo");
-    let dep: Value = serde_json::from_str(&run(op(&[
+    let dep: Deployment = serde_json::from_str(&run(op(&[
         "deploy",
         MODEL,
         "--version",
@@ -407,14 +406,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "site=demo",
         "--json",
     ]))?)?;
-    let dep_id = dep["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no deployment id in {dep}"))?
-        .to_string();
+    let dep_id = dep.id;
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let v: Value = serde_json::from_str(&run(op(&["deployments", &dep_id, "--json"]))?)?;
-        let state = v["devices"][0]["state"].as_str().unwrap_or("").to_string();
+        let v: DeploymentDetail =
+            serde_json::from_str(&run(op(&["deployments", &dep_id, "--json"]))?)?;
+        let first = v.devices.first();
+        let state = first.map(|d| d.state.clone()).unwrap_or_default();
         if state == "active" {
             println!("{device}: active");
             break;
@@ -422,7 +420,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         if state == "failed" {
             bail!(
                 "the device refused the bundle: {}",
-                v["devices"][0]["detail"]
+                first.map(|d| d.detail.as_str()).unwrap_or_default()
             );
         }
         if Instant::now() > until {

@@ -1,48 +1,16 @@
 //! `ferry device …` (enrollment tokens, devices) and `ferry deploy` /
 //! `ferry deployments` / `ferry undeploy`.
 
-use crate::client::{Client, ClientError, Credentials};
+use super::conn::{block_on, print_json, Conn};
+use crate::api::types::{
+    Deployment, DeploymentDeleted, DeploymentDetail, DeploymentList, DeploymentRequest,
+    DeviceDetail, DeviceLabels, DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenRequest,
+    LabelsRequest,
+};
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Control plane URL (http://HOST:PORT)
-    #[arg(long, env = "FERRY_SERVER", global = true)]
-    server: Option<String>,
-    /// API token
-    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
-    /// Print JSON
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-impl Conn {
-    fn client(&self) -> anyhow::Result<Client> {
-        let saved = Credentials::load();
-        let server = self
-            .server
-            .clone()
-            .or(saved.server)
-            .ok_or(ClientError::NotLoggedIn)?;
-        let token = self
-            .token
-            .clone()
-            .or(saved.token)
-            .ok_or(ClientError::NotLoggedIn)?;
-        Ok(Client::new(&server, &token))
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
-}
 
 fn labels(s: &[(String, String)]) -> Value {
     let m: serde_json::Map<String, Value> = s
@@ -50,6 +18,11 @@ fn labels(s: &[(String, String)]) -> Value {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     Value::Object(m)
+}
+
+/// Labels as the server's answers print them (`{"k":"v"}`).
+fn shown<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// `k=v,k=v`.
@@ -123,93 +96,85 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 uses,
                 ca_out,
             }) => {
-                let l = l.0;
-                let v = c
-                    .call(
-                        Method::POST,
-                        "/fleet/devices/tokens",
-                        Some(&json!({"labels": labels(&l), "expires_in": expires.as_secs(), "uses": uses})),
-                    )
+                let req = DeviceTokenRequest {
+                    labels: Some(labels(&l.0)),
+                    expires_in: Some(expires.as_secs()),
+                    uses: Some(uses),
+                };
+                let v: DeviceTokenCreated = c
+                    .call(Method::POST, "/fleet/devices/tokens", Some(&req))
                     .await?;
                 if let Some(p) = &ca_out {
-                    std::fs::write(p, v["ca_pem"].as_str().unwrap_or_default())?;
+                    std::fs::write(p, &v.ca_pem)?;
                 }
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    print_json(&v)?;
                 } else {
-                    println!("{}", v["token"].as_str().unwrap_or_default());
+                    println!("{}", v.token);
                     eprintln!(
                         "enrollment token {} for tenant {} (labels {}, {} use(s), expires at {}); enroll with:\n  ferry-agent enroll --server {} --token TOKEN --ca {}",
-                        v["id"].as_str().unwrap_or_default(),
-                        v["tenant"].as_str().unwrap_or_default(),
-                        v["labels"],
-                        v["uses"],
-                        v["expires_at"],
-                        v["quic"].as_str().unwrap_or_default(),
+                        v.id,
+                        v.tenant,
+                        shown(&v.labels),
+                        v.uses,
+                        v.expires_at,
+                        v.quic,
                         ca_out.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "ca.pem (ferry device ca > ca.pem)".into())
                     );
                 }
             }
             DeviceCmd::List => {
-                let v = c.get("/fleet/devices").await?;
+                let v: DeviceList = c.get("/fleet/devices").await?;
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    print_json(&v)?;
                 } else {
                     println!(
                         "{:<22} {:<10} {:<9} {:<8} LABELS",
                         "ID", "HOST", "CONNECTED", "REVOKED"
                     );
-                    for d in v["devices"].as_array().cloned().unwrap_or_default() {
+                    for d in &v.devices {
                         println!(
                             "{:<22} {:<10} {:<9} {:<8} {}",
-                            d["id"].as_str().unwrap_or_default(),
-                            d["hostname"].as_str().unwrap_or_default(),
-                            d["connected"],
-                            !d["revoked_at"].is_null(),
-                            d["labels"]
+                            d.id,
+                            d.hostname,
+                            d.connected,
+                            d.revoked_at.is_some(),
+                            shown(&d.labels)
                         );
                     }
-                    if let Some(dl) = v.get("downloads") {
+                    if let Some(dl) = &v.downloads {
                         println!(
                             "downloads: {} in flight, peak {}, limit {}",
-                            dl["in_flight"], dl["peak"], dl["limit"]
+                            dl.in_flight, dl.peak, dl.limit
                         );
                     }
                 }
             }
             DeviceCmd::Show { id } => {
-                let v = c.get(&format!("/fleet/devices/{id}")).await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                let v: DeviceDetail = c.get(&format!("/fleet/devices/{id}")).await?;
+                print_json(&v)?;
             }
             DeviceCmd::Label { id, labels: l } => {
-                let v = c
+                let req = LabelsRequest {
+                    labels: Some(labels(&l.0)),
+                };
+                let v: DeviceLabels = c
                     .call(
                         Method::PUT,
                         &format!("/fleet/devices/{id}/labels"),
-                        Some(&json!({"labels": labels(&l.0)})),
+                        Some(&req),
                     )
                     .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             }
             DeviceCmd::Revoke { id } => {
-                c.call(Method::POST, &format!("/fleet/devices/{id}/revoke"), None)
+                let _: DeviceRevoked = c
+                    .send(Method::POST, &format!("/fleet/devices/{id}/revoke"))
                     .await?;
                 println!("device {id} revoked");
             }
             DeviceCmd::Ca => {
-                let resp = reqwest::Client::new()
-                    .get(format!("{}/api/v1/fleet/devices/ca.pem", c.server()))
-                    .bearer_auth(
-                        args.conn
-                            .token
-                            .clone()
-                            .or(Credentials::load().token)
-                            .unwrap_or_default(),
-                    )
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                print!("{}", resp.text().await?);
+                print!("{}", c.get_text("/fleet/devices/ca.pem").await?);
             }
         }
         Ok(())
@@ -249,22 +214,17 @@ pub struct UndeployArgs {
     id: String,
 }
 
-fn print_status(v: &Value) {
+fn print_status(v: &DeploymentDetail) {
+    let d = &v.deployment;
     println!(
         "deployment {}: {} v{} to {}",
-        v["id"].as_str().unwrap_or_default(),
-        v["model"].as_str().unwrap_or_default(),
-        v["version"],
-        v["selector"]
+        d.id,
+        d.model,
+        d.version,
+        shown(&d.selector)
     );
-    for d in v["devices"].as_array().cloned().unwrap_or_default() {
-        let detail = d["detail"].as_str().unwrap_or_default();
-        println!(
-            "  {:<22} {:<16} {}",
-            d["device"].as_str().unwrap_or_default(),
-            d["state"].as_str().unwrap_or_default(),
-            detail
-        );
+    for d in &v.devices {
+        println!("  {:<22} {:<16} {}", d.device, d.state, d.detail);
     }
 }
 
@@ -275,32 +235,28 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         Err(_) => json!(args.version),
     };
     block_on(async move {
-        let l = args.selector.0;
-        let v = c
-            .call(
-                Method::POST,
-                "/deployments",
-                Some(&json!({"model": args.model, "version": version, "selector": labels(&l)})),
-            )
-            .await?;
-        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let req = DeploymentRequest {
+            model: args.model,
+            version,
+            selector: Some(labels(&args.selector.0)),
+        };
+        let v: Deployment = c.call(Method::POST, "/deployments", Some(&req)).await?;
+        let id = v.id.clone();
         if args.conn.json && args.wait.is_none() {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(());
+            return print_json(&v);
         }
         println!("{id}");
         if let Some(wait) = args.wait {
             let until = std::time::Instant::now() + wait;
             loop {
-                let s = c.get(&format!("/deployments/{id}")).await?;
-                let devs = s["devices"].as_array().cloned().unwrap_or_default();
-                let settled = devs.iter().all(|d| {
-                    let st = d["state"].as_str().unwrap_or_default();
+                let s: DeploymentDetail = c.get(&format!("/deployments/{id}")).await?;
+                let settled = s.devices.iter().all(|d| {
+                    let st = d.state.as_str();
                     st == "active" || st == "failed" || st == "revoked" || st == "superseded"
                 });
                 if settled || std::time::Instant::now() >= until {
                     if args.conn.json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
+                        print_json(&s)?;
                     } else {
                         print_status(&s);
                     }
@@ -321,25 +277,25 @@ pub fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
     block_on(async move {
         match &args.id {
             Some(id) => {
-                let v = c.get(&format!("/deployments/{id}")).await?;
+                let v: DeploymentDetail = c.get(&format!("/deployments/{id}")).await?;
                 if args.conn.json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    print_json(&v)?;
                 } else {
                     print_status(&v);
                 }
             }
             None => {
-                let v = c.get("/deployments").await?;
+                let v: DeploymentList = c.get("/deployments").await?;
                 if args.conn.json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    print_json(&v)?;
                 } else {
-                    for d in v["deployments"].as_array().cloned().unwrap_or_default() {
+                    for d in &v.deployments {
                         println!(
                             "{:<16} {} v{} {}",
-                            d["id"].as_str().unwrap_or_default(),
-                            d["model"].as_str().unwrap_or_default(),
-                            d["version"],
-                            d["selector"]
+                            d.id,
+                            d.model,
+                            d.version,
+                            shown(&d.selector)
                         );
                     }
                 }
@@ -352,12 +308,12 @@ pub fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
 pub fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
     let c = args.conn.client()?;
     block_on(async move {
-        let v = c
-            .call(Method::DELETE, &format!("/deployments/{}", args.id), None)
+        let v: DeploymentDeleted = c
+            .send(Method::DELETE, &format!("/deployments/{}", args.id))
             .await?;
         println!("deployment {} removed", args.id);
-        for w in v["warnings"].as_array().into_iter().flatten() {
-            eprintln!("warning: {}", w.as_str().unwrap_or_default());
+        for w in &v.warnings {
+            eprintln!("warning: {w}");
         }
         Ok(())
     })?

@@ -2,9 +2,11 @@
 //! `anyhow` (this is the binary's edge); the work is done by the typed
 //! library modules.
 
+mod audit;
 // `BundleCmd::Build` carries every build flag; it is parsed once per run.
 #[allow(clippy::large_enum_variant)]
 mod bundle;
+mod conn;
 mod demo;
 mod device;
 mod key;
@@ -45,7 +47,7 @@ pub enum Command {
     /// API tokens (admin)
     Token(remote::TokenArgs),
     /// The tamper-evident audit trail
-    Audit(remote::AuditArgs),
+    Audit(audit::AuditArgs),
     /// Fleet devices: enrollment tokens, list, label, revoke
     Device(device::DeviceArgs),
     /// Deploy a model version to the devices matching a selector
@@ -77,7 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => remote::login(a),
         Command::Model(a) => remote::model(a),
         Command::Token(a) => remote::token(a),
-        Command::Audit(a) => remote::audit_cmd(a),
+        Command::Audit(a) => audit::audit_cmd(a),
         Command::Device(a) => device::device(a),
         Command::Deploy(a) => device::deploy(a),
         Command::Deployments(a) => device::deployments(a),

@@ -1,105 +1,17 @@
 //! Operator commands that talk to `ferry server`: login, model, token,
-//! trust push, audit.
+//! trust push.
 
-use crate::audit::{self, AuditRecord, ChainHead};
-use crate::client::{Client, ClientError, Credentials};
+use super::conn::{block_on, cell, enc, print_json, table, when, Conn};
+use crate::api::types::{
+    AliasRemoved, AliasRequest, AliasSet, Comparison, Deleted, ModelDetail, ModelDoc, ModelList,
+    RegisteredVersion, TokenCreated, TokenList, TokenRequest, TokenRevoked, TrustRootSet,
+    VersionList, VersionStatus, WhoAmI,
+};
+use crate::client::{Client, Credentials};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::Method;
-use serde_json::{json, Value};
 use std::path::PathBuf;
-
-/// Where the server is and who we are; flags beat FERRY_* variables, which
-/// beat what `ferry login` stored.
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Control plane URL (http://HOST:PORT)
-    #[arg(long, env = "FERRY_SERVER", global = true)]
-    server: Option<String>,
-    /// API token
-    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
-    /// Print JSON instead of tables
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-impl Conn {
-    fn client(&self) -> anyhow::Result<Client> {
-        let saved = Credentials::load();
-        let server = self
-            .server
-            .clone()
-            .or(saved.server)
-            .ok_or(ClientError::NotLoggedIn)?;
-        let token = self
-            .token
-            .clone()
-            .or(saved.token)
-            .ok_or(ClientError::NotLoggedIn)?;
-        Ok(Client::new(&server, &token))
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
-}
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// Prints rows under headers, columns padded.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < w.len() {
-                w[i] = w[i].max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for r in rows {
-        line(r);
-    }
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(x) => x.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn when(v: &Value) -> String {
-    v.as_i64()
-        .and_then(|t| u64::try_from(t).ok())
-        .map(|t| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-            )
-            .to_string()
-        })
-        .unwrap_or_else(|| "-".into())
-}
-
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
 
 // ------------------------------------------------------------------ login
 
@@ -121,7 +33,7 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
         .clone()
         .context("--token TOKEN is required")?;
     let client = Client::new(&server, &token);
-    let who = block_on(client.get("/whoami"))??;
+    let who: WhoAmI = block_on(client.get("/whoami"))??;
     let path = Credentials {
         server: Some(server.clone()),
         token: Some(token),
@@ -129,9 +41,9 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
     .save()?;
     println!(
         "logged in to {server} as {} (tenant {}, role {}); saved to {}",
-        s(&who["token_name"]),
-        s(&who["tenant"]),
-        s(&who["role"]),
+        who.token_name,
+        who.tenant,
+        who.role,
         path.display()
     );
     Ok(())
@@ -239,22 +151,22 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
                 Some(p) => format!("/models?project={}", enc(p)),
                 None => "/models".into(),
             };
-            let v = c.put_file(Method::POST, &path, &bundle).await?;
+            let v: RegisteredVersion = c.put_file(Method::POST, &path, &bundle).await?;
             if json_out {
                 return print_json(&v);
             }
             println!(
                 "{} {}@{} sha256:{} ({} bytes, project {})",
-                if v["status"] == "restored" {
+                if v.status == "restored" {
                     "re-registered"
                 } else {
                     "registered"
                 },
-                s(&v["model"]),
-                s(&v["version"]),
-                s(&v["digest"]),
-                s(&v["size"]),
-                s(&v["project"])
+                v.model,
+                v.version,
+                v.digest,
+                v.size,
+                v.project
             );
         }
         ModelCmd::List {
@@ -294,75 +206,70 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             if include_archived {
                 add("include_archived", "true");
             }
-            let v = c.get(&format!("/models?{}", q.join("&"))).await?;
+            let v: ModelList = c.get(&format!("/models?{}", q.join("&"))).await?;
             if json_out {
                 return print_json(&v);
             }
-            let rows = v["models"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|m| {
-                            let aliases = m["aliases"]
-                                .as_object()
-                                .map(|o| {
-                                    o.iter()
-                                        .map(|(k, v)| format!("{k}={v}"))
-                                        .collect::<Vec<_>>()
-                                        .join(",")
-                                })
-                                .unwrap_or_default();
-                            vec![
-                                s(&m["name"]),
-                                s(&m["project"]),
-                                s(&m["latest_version"]),
-                                s(&m["versions"]),
-                                if aliases.is_empty() {
-                                    "-".into()
-                                } else {
-                                    aliases
-                                },
-                                when(&m["updated_at"]),
-                            ]
-                        })
-                        .collect()
+            let rows = v
+                .models
+                .iter()
+                .map(|m| {
+                    let aliases = m
+                        .aliases
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        m.name.clone(),
+                        m.project.clone(),
+                        cell(&m.latest_version),
+                        m.versions.to_string(),
+                        if aliases.is_empty() {
+                            "-".into()
+                        } else {
+                            aliases
+                        },
+                        when(Some(m.updated_at)),
+                    ]
                 })
-                .unwrap_or_default();
+                .collect();
             table(
                 &[
                     "name", "project", "latest", "versions", "aliases", "updated",
                 ],
                 rows,
             );
-            if let Some(t) = v["next_page_token"].as_str() {
+            if let Some(t) = &v.next_page_token {
                 println!("more: --page-token {t}");
             }
         }
         ModelCmd::Show { name } => {
-            let v = c.get(&format!("/models/{}", enc(&name))).await?;
+            let v: ModelDetail = c.get(&format!("/models/{}", enc(&name))).await?;
             if json_out {
                 return print_json(&v);
             }
-            println!("model     {}", s(&v["name"]));
-            println!("project   {}", s(&v["project"]));
+            let m = &v.summary;
+            println!("model     {}", m.name);
+            println!("project   {}", m.project);
             println!(
                 "versions  {} (latest ready: {})",
-                s(&v["versions"]),
-                s(&v["latest_version"])
+                m.versions,
+                cell(&m.latest_version)
             );
-            println!("aliases   {}", s(&v["aliases"]));
-            println!("created   {}", when(&v["created_at"]));
-            println!("updated   {}", when(&v["updated_at"]));
-            if !v["latest"].is_null() {
-                println!("metrics   {}", s(&v["latest"]["metrics"]));
-                println!("tags      {}", s(&v["latest"]["tags"]));
+            println!("aliases   {}", cell(&m.aliases));
+            println!("created   {}", when(Some(m.created_at)));
+            println!("updated   {}", when(Some(m.updated_at)));
+            if let Some(latest) = &v.latest {
+                println!("metrics   {}", cell(&latest.metrics));
+                println!("tags      {}", cell(&latest.tags));
             }
         }
         ModelCmd::Versions {
             name,
             include_archived,
         } => {
-            let v = c
+            let v: VersionList = c
                 .get(&format!(
                     "/models/{}/versions?limit=1000&include_archived={include_archived}",
                     enc(&name)
@@ -371,31 +278,23 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             if json_out {
                 return print_json(&v);
             }
-            let rows = v["versions"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            vec![
-                                s(&r["version"]),
-                                s(&r["status"]),
-                                r["aliases"]
-                                    .as_array()
-                                    .map(|x| x.iter().map(s).collect::<Vec<_>>().join(","))
-                                    .filter(|x| !x.is_empty())
-                                    .unwrap_or_else(|| "-".into()),
-                                s(&r["metrics"]),
-                                s(&r["size"]),
-                                when(&r["created_at"]),
-                                r["digest"]
-                                    .as_str()
-                                    .map(|d| d.chars().take(12).collect())
-                                    .unwrap_or_default(),
-                            ]
-                        })
-                        .collect()
+            let rows = v
+                .versions
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.version.to_string(),
+                        r.status.clone(),
+                        Some(r.aliases.join(","))
+                            .filter(|x| !x.is_empty())
+                            .unwrap_or_else(|| "-".into()),
+                        cell(&r.metrics),
+                        r.size.to_string(),
+                        when(Some(r.created_at)),
+                        r.digest.chars().take(12).collect(),
+                    ]
                 })
-                .unwrap_or_default();
+                .collect();
             table(
                 &[
                     "version",
@@ -410,14 +309,14 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             );
         }
         ModelCmd::Describe { name, version } => {
-            let v = c
+            let v: ModelDoc = c
                 .get(&format!("/models/{}/versions/{version}", enc(&name)))
                 .await?;
             print_json(&v)?;
         }
         ModelCmd::Compare { name, versions } => {
             let list: Vec<String> = versions.iter().map(u64::to_string).collect();
-            let v = c
+            let v: Comparison = c
                 .get(&format!(
                     "/models/{}/compare?versions={}",
                     enc(&name),
@@ -430,35 +329,35 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             let mut headers = vec!["metric".to_string()];
             headers.extend(list.iter().map(|x| format!("v{x}")));
             headers.extend(list.iter().skip(1).map(|x| format!("Δv{x}")));
-            let rows = v["metrics"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|m| {
-                            let mut r = vec![s(&m["name"])];
-                            r.extend(list.iter().map(|x| s(&m["values"][x])));
-                            r.extend(list.iter().skip(1).map(|x| match m["delta"][x].as_f64() {
-                                Some(d) => format!("{d:+.6}"),
-                                None => "-".into(),
-                            }));
-                            r
-                        })
-                        .collect()
+            let rows = v
+                .metrics
+                .iter()
+                .map(|m| {
+                    let mut r = vec![m.name.clone()];
+                    r.extend(
+                        list.iter()
+                            .map(|x| cell(&m.values.get(x).copied().flatten())),
+                    );
+                    r.extend(list.iter().skip(1).map(|x| match m.delta.get(x) {
+                        Some(d) => format!("{d:+.6}"),
+                        None => "-".into(),
+                    }));
+                    r
                 })
-                .unwrap_or_default();
+                .collect();
             let h: Vec<&str> = headers.iter().map(String::as_str).collect();
             table(&h, rows);
             for x in list.iter().skip(1) {
                 println!(
                     "\nv{} -> v{x}: size {:+} bytes",
                     list[0],
-                    v["size_delta"][x].as_i64().unwrap_or(0)
+                    v.size_delta.get(x).copied().unwrap_or(0)
                 );
-                for change in v["schema_changes"][x].as_array().into_iter().flatten() {
-                    println!("  schema: {}", s(change));
+                for change in v.schema_changes.get(x).into_iter().flatten() {
+                    println!("  schema: {change}");
                 }
-                for change in v["baseline_changes"][x].as_array().into_iter().flatten() {
-                    println!("  baseline: {}", s(change));
+                for change in v.baseline_changes.get(x).into_iter().flatten() {
+                    println!("  baseline: {change}");
                 }
             }
         }
@@ -468,11 +367,11 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             alias,
             expect_current,
         } => {
-            let mut body = json!({ "version": version });
-            if let Some(e) = expect_current {
-                body["expect_current"] = json!(e);
-            }
-            let v = c
+            let body = AliasRequest {
+                version,
+                expect_current: expect_current.map(Some),
+            };
+            let v: AliasSet = c
                 .call(
                     Method::PUT,
                     &format!("/models/{}/aliases/{}", enc(&name), enc(&alias)),
@@ -484,23 +383,20 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             }
             println!(
                 "{name}@{alias} -> {version} (was {})",
-                v["previous"]
-                    .as_i64()
-                    .map_or("unset".into(), |p| p.to_string())
+                v.previous.map_or("unset".into(), |p| p.to_string())
             );
         }
         ModelCmd::Unalias { name, alias } => {
-            let v = c
-                .call(
+            let v: AliasRemoved = c
+                .send(
                     Method::DELETE,
                     &format!("/models/{}/aliases/{}", enc(&name), enc(&alias)),
-                    None,
                 )
                 .await?;
             if json_out {
                 return print_json(&v);
             }
-            println!("removed {name}@{alias} (was {})", s(&v["removed_from"]));
+            println!("removed {name}@{alias} (was {})", v.removed_from);
         }
         ModelCmd::Archive { name, version } => {
             archive_or_restore(&c, json_out, &name, version, true).await?;
@@ -513,14 +409,14 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
                 Some(v) => format!("/models/{}/versions/{v}", enc(&name)),
                 None => format!("/models/{}", enc(&name)),
             };
-            let v = c.call(Method::DELETE, &path, None).await?;
+            let v: Deleted = c.send(Method::DELETE, &path).await?;
             if json_out {
                 return print_json(&v);
             }
-            let n = v["artifacts_removed"].as_array().map_or(0, Vec::len);
             println!(
-                "deleted {} ({n} unreferenced artifacts removed)",
-                s(&v["deleted"])
+                "deleted {} ({} unreferenced artifacts removed)",
+                v.deleted,
+                v.artifacts_removed.len()
             );
         }
         ModelCmd::Download { name, version, out } => {
@@ -545,17 +441,16 @@ async fn archive_or_restore(
     archive: bool,
 ) -> anyhow::Result<()> {
     let verb = if archive { "archive" } else { "restore" };
-    let v = c
-        .call(
+    let v: VersionStatus = c
+        .send(
             Method::POST,
             &format!("/models/{}/versions/{version}/{verb}", enc(name)),
-            None,
         )
         .await?;
     if json_out {
         return print_json(&v);
     }
-    println!("{name}@{version}: {}", s(&v["status"]));
+    println!("{name}@{version}: {}", v.status);
     Ok(())
 }
 
@@ -600,53 +495,42 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     block_on(async move {
         match args.cmd {
             TokenCmd::Create { name, role, tenant } => {
-                let mut body = json!({ "name": name, "role": role });
-                if let Some(t) = tenant {
-                    body["tenant"] = json!(t);
-                }
-                let v = c.call(Method::POST, "/tokens", Some(&body)).await?;
+                let body = TokenRequest { name, role, tenant };
+                let v: TokenCreated = c.call(Method::POST, "/tokens", Some(&body)).await?;
                 if json_out {
                     return print_json(&v);
                 }
                 println!(
                     "token {} ({}, {} in tenant {}):\n{}",
-                    s(&v["id"]),
-                    s(&v["name"]),
-                    s(&v["role"]),
-                    s(&v["tenant"]),
-                    s(&v["token"])
+                    v.info.id, v.info.name, v.info.role, v.info.tenant, v.token
                 );
             }
             TokenCmd::List => {
-                let v = c.get("/tokens").await?;
+                let v: TokenList = c.get("/tokens").await?;
                 if json_out {
                     return print_json(&v);
                 }
-                let rows = v["tokens"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|t| {
-                                vec![
-                                    s(&t["id"]),
-                                    s(&t["name"]),
-                                    s(&t["role"]),
-                                    when(&t["created_at"]),
-                                    if t["revoked_at"].is_null() {
-                                        "active".into()
-                                    } else {
-                                        format!("revoked {}", when(&t["revoked_at"]))
-                                    },
-                                ]
-                            })
-                            .collect()
+                let rows = v
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.role.clone(),
+                            when(Some(t.created_at)),
+                            match t.revoked_at {
+                                None => "active".into(),
+                                Some(r) => format!("revoked {}", when(Some(r))),
+                            },
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 table(&["id", "name", "role", "created", "state"], rows);
             }
             TokenCmd::Revoke { id } => {
-                let v = c
-                    .call(Method::DELETE, &format!("/tokens/{}", enc(&id)), None)
+                let v: TokenRevoked = c
+                    .send(Method::DELETE, &format!("/tokens/{}", enc(&id)))
                     .await?;
                 if json_out {
                     return print_json(&v);
@@ -680,158 +564,17 @@ pub fn trust(cmd: TrustAll) -> anyhow::Result<()> {
         TrustAll::Local(c) => super::trust::run(c),
         TrustAll::Push { file, conn } => {
             let c = conn.client()?;
-            let v = block_on(c.put_file(Method::PUT, "/trust-root", &file))??;
+            let v: TrustRootSet = block_on(c.put_file(Method::PUT, "/trust-root", &file))??;
             if conn.json {
                 return print_json(&v);
             }
             println!(
                 "trust root v{} set for tenant {} ({} publishers)",
-                s(&v["version"]),
-                s(&v["tenant"]),
-                v["publishers"].as_array().map_or(0, Vec::len)
+                v.version,
+                v.tenant,
+                v.publishers.len()
             );
             Ok(())
         }
     }
-}
-
-// ------------------------------------------------------------------ audit
-
-#[derive(Args, Debug)]
-pub struct AuditArgs {
-    #[command(flatten)]
-    conn: Conn,
-    #[command(subcommand)]
-    cmd: AuditCmd,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AuditCmd {
-    /// List audit records (admin)
-    List {
-        #[arg(long)]
-        action: Option<String>,
-        /// ok or refused
-        #[arg(long)]
-        outcome: Option<String>,
-        #[arg(long)]
-        after_seq: Option<i64>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Fetch the whole chain and recompute every hash; names the first
-    /// broken record and exits non-zero if any was altered or removed
-    Verify,
-}
-
-async fn fetch_chain(c: &Client) -> anyhow::Result<(String, ChainHead, Vec<AuditRecord>)> {
-    let mut records: Vec<AuditRecord> = Vec::new();
-    let mut head: Option<ChainHead> = None;
-    let mut tenant = String::new();
-    let mut after = 0i64;
-    loop {
-        let v = c
-            .get(&format!("/audit?after_seq={after}&limit=1000"))
-            .await?;
-        if head.is_none() {
-            head =
-                Some(serde_json::from_value(v["head"].clone()).context("reading the chain head")?);
-            tenant = s(&v["tenant"]);
-        }
-        let page: Vec<AuditRecord> =
-            serde_json::from_value(v["records"].clone()).context("reading audit records")?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        let n = page.len();
-        records.extend(page);
-        if n < 1000 {
-            break;
-        }
-    }
-    let head = head.context("no chain head in the response")?;
-    records.retain(|r| r.seq <= head.seq);
-    Ok((tenant, head, records))
-}
-
-pub fn audit_cmd(args: AuditArgs) -> anyhow::Result<()> {
-    let c = args.conn.client()?;
-    let json_out = args.conn.json;
-    block_on(async move {
-        match args.cmd {
-            AuditCmd::List {
-                action,
-                outcome,
-                after_seq,
-                limit,
-            } => {
-                let mut q = vec![format!("limit={limit}")];
-                if let Some(a) = action {
-                    q.push(format!("action={}", enc(&a)));
-                }
-                if let Some(o) = outcome {
-                    q.push(format!("outcome={}", enc(&o)));
-                }
-                if let Some(s) = after_seq {
-                    q.push(format!("after_seq={s}"));
-                }
-                let v = c.get(&format!("/audit?{}", q.join("&"))).await?;
-                if json_out {
-                    return print_json(&v);
-                }
-                let rows = v["records"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                vec![
-                                    s(&r["seq"]),
-                                    when(&r["at"]),
-                                    s(&r["actor"]),
-                                    s(&r["action"]),
-                                    s(&r["target"]),
-                                    s(&r["outcome"]),
-                                    s(&r["detail"]),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                table(
-                    &[
-                        "seq", "at", "actor", "action", "target", "outcome", "detail",
-                    ],
-                    rows,
-                );
-            }
-            AuditCmd::Verify => {
-                let (tenant, head, records) = fetch_chain(&c).await?;
-                match audit::verify_chain(&records, Some(&head)) {
-                    Ok(n) => {
-                        if json_out {
-                            return print_json(
-                                &json!({ "tenant": tenant, "ok": true, "records": n, "head": head }),
-                            );
-                        }
-                        println!(
-                            "audit chain of tenant {tenant}: {n} records verified, head {} {}",
-                            head.seq, head.hash
-                        );
-                    }
-                    Err(b) => {
-                        if json_out {
-                            print_json(
-                                &json!({ "tenant": tenant, "ok": false, "first_broken": b }),
-                            )?;
-                        }
-                        anyhow::bail!(
-                            "audit chain of tenant {tenant} is BROKEN at record {}: {}",
-                            b.seq,
-                            b.reason
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    })?
 }

@@ -2,151 +2,111 @@
 //! Mounted beside the registry API under `/api/v1`.
 
 use super::Fleet;
+use crate::action::Action;
 use crate::api::json_body;
+use crate::api::query::parse_labels;
+use crate::api::types::{
+    AssignmentInfo, Deployment, DeploymentDeleted, DeploymentDetail, DeploymentDevice,
+    DeploymentList, DeploymentRequest, DeploymentScaled, Device, DeviceDetail, DeviceLabels,
+    DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenRequest, Downloads, ErrorBody,
+    LabelsRequest, ScaleRequest,
+};
 use crate::api::{ApiError, AppState, Auth};
-use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
+use crate::audit::OUTCOME_OK;
 use crate::auth::Role;
 use crate::store::fleet::{self as db, NewEnrollmentToken};
 use crate::store::StoreError;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
+use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-type Res = Result<Json<Value>, ApiError>;
+type Res<T> = Result<Json<T>, ApiError>;
 
 fn store_err(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-        other => {
-            tracing::error!("internal error: {other}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                other.to_string(),
-            )
+    e.into()
+}
+
+/// The fleet routes' state: the API's, and the fleet.
+#[derive(Clone)]
+pub struct FleetState {
+    pub app: AppState,
+    pub fleet: Arc<Fleet>,
+}
+
+impl FromRef<FleetState> for AppState {
+    fn from_ref(s: &FleetState) -> Self {
+        s.app.clone()
+    }
+}
+
+impl FromRef<FleetState> for Arc<Fleet> {
+    fn from_ref(s: &FleetState) -> Self {
+        s.fleet.clone()
+    }
+}
+
+pub fn routes() -> OpenApiRouter<FleetState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_devices))
+        .routes(routes!(create_token))
+        .routes(routes!(ca_pem))
+        .routes(routes!(show_device))
+        .routes(routes!(set_labels))
+        .routes(routes!(revoke))
+        .routes(routes!(list_deployments, create_deployment))
+        .routes(routes!(
+            show_deployment,
+            scale_deployment,
+            delete_deployment
+        ))
+}
+
+fn device_dto(d: db::Device, connected: bool) -> Device {
+    Device {
+        id: d.id,
+        tenant: d.tenant,
+        hostname: d.hostname,
+        labels: d.labels,
+        created_at: d.created_at,
+        revoked_at: d.revoked_at,
+        last_seen: d.last_seen,
+        connected,
+    }
+}
+
+impl From<db::Deployment> for Deployment {
+    fn from(d: db::Deployment) -> Self {
+        Deployment {
+            id: d.id,
+            tenant: d.tenant,
+            model: d.model,
+            version: d.version,
+            digest: d.digest,
+            selector: d.selector,
+            created_at: d.created_at,
+            created_by: d.created_by,
+            deleted_at: d.deleted_at,
         }
     }
 }
 
-fn entry(a: &Auth, action: &str, target: &str, outcome: &str, detail: String) -> AuditEntry {
-    AuditEntry {
-        tenant: a.p.tenant.clone(),
-        request_id: a.rid.clone(),
-        actor: a.p.actor(),
-        action: action.into(),
-        target: target.into(),
-        outcome: outcome.into(),
-        detail,
-    }
-}
-
-async fn need(st: &AppState, a: &Auth, role: Role, action: &str) -> Result<(), ApiError> {
-    if a.p.role >= role {
-        return Ok(());
-    }
-    let msg = format!(
-        "{action} needs the {} role; this token has {}",
-        role.as_str(),
-        a.p.role.as_str()
-    );
-    let _ = st
-        .store
-        .audit(entry(a, action, "", OUTCOME_REFUSED, msg.clone()))
-        .await;
-    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg))
-}
-
-fn ok_entry(a: &Auth, action: &str, target: &str, detail: String) -> AuditEntry {
-    entry(a, action, target, OUTCOME_OK, detail)
-}
-
-/// Every fleet route (method, path): the OpenAPI document and the fleet
-/// RBAC matrix test are checked against this list.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/fleet/devices"),
-    ("POST", "/api/v1/fleet/devices/tokens"),
-    ("GET", "/api/v1/fleet/devices/ca.pem"),
-    ("GET", "/api/v1/fleet/devices/{id}"),
-    ("PUT", "/api/v1/fleet/devices/{id}/labels"),
-    ("POST", "/api/v1/fleet/devices/{id}/revoke"),
-    ("GET", "/api/v1/deployments"),
-    ("POST", "/api/v1/deployments"),
-    ("GET", "/api/v1/deployments/{id}"),
-    ("PATCH", "/api/v1/deployments/{id}"),
-    ("DELETE", "/api/v1/deployments/{id}"),
-];
-
-pub fn routes(fleet: Arc<Fleet>) -> Router<AppState> {
-    let v1 = Router::new()
-        .route("/fleet/devices", get(list_devices))
-        .route("/fleet/devices/tokens", post(create_token))
-        .route("/fleet/devices/ca.pem", get(ca_pem))
-        .route("/fleet/devices/{id}", get(show_device))
-        .route("/fleet/devices/{id}/labels", put(set_labels))
-        .route("/fleet/devices/{id}/revoke", post(revoke))
-        .route(
-            "/deployments",
-            get(list_deployments).post(create_deployment),
-        )
-        .route(
-            "/deployments/{id}",
-            get(show_deployment)
-                .patch(scale_deployment)
-                .delete(delete_deployment),
-        );
-    Router::new().nest("/api/v1", v1).layer(Extension(fleet))
-}
-
-fn parse_labels(v: Option<&Value>) -> Result<db::Labels, ApiError> {
-    let mut out = db::Labels::new();
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Some(s) = v.as_str() else {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("label {k:?} must be a string"),
-                    ));
-                };
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "labels must be an object of strings",
-            ))
-        }
-    }
-    Ok(out)
-}
-
-#[derive(Deserialize)]
-struct TokenReq {
-    labels: Option<Value>,
-    /// Lifetime in seconds (default one day).
-    expires_in: Option<u64>,
-    /// How many devices may enroll with it (default 1).
-    uses: Option<u64>,
-}
-
+/// Create an enrollment token.
+#[utoipa::path(post, path = "/api/v1/fleet/devices/tokens", tag = "fleet",
+    request_body = DeviceTokenRequest,
+    responses((status = 200, body = DeviceTokenCreated), (status = "4XX", body = ErrorBody)))]
 async fn create_token(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     body: Bytes,
-) -> Res {
-    need(&st, &a, Role::Operator, "device.token.create").await?;
-    let req: TokenReq = json_body(&body)?;
+) -> Res<DeviceTokenCreated> {
+    a.authorize(Action::DeviceTokenCreate, "").await?;
+    let req: DeviceTokenRequest = json_body(&body)?;
     let labels = parse_labels(req.labels.as_ref())?;
     let now = crate::now_unix() as i64;
     let expires_at = now + req.expires_in.unwrap_or(86_400).min(365 * 86_400) as i64;
@@ -162,10 +122,10 @@ async fn create_token(
         uses,
         created_by: a.p.actor(),
     };
-    let audit = ok_entry(
-        &a,
-        "device.token.create",
+    let audit = a.entry(
+        Action::DeviceTokenCreate,
         &id,
+        OUTCOME_OK,
         format!(
             "labels {}, uses {uses}, expires {expires_at}",
             db::labels_to_string(&labels)
@@ -175,115 +135,143 @@ async fn create_token(
         .create_enrollment_token(&new, audit)
         .await
         .map_err(store_err)?;
-    Ok(Json(json!({
-        "id": id,
-        "token": token,
-        "tenant": a.p.tenant,
-        "labels": labels,
-        "uses": uses,
-        "expires_at": expires_at,
-        "quic": fleet.opts.quic.to_string(),
-        "ca_pem": fleet.ca.cert_pem(),
-    })))
+    Ok(Json(DeviceTokenCreated {
+        id,
+        token,
+        tenant: a.p.tenant.clone(),
+        labels,
+        uses,
+        expires_at,
+        quic: fleet.opts.quic.to_string(),
+        ca_pem: fleet.ca.cert_pem(),
+    }))
 }
 
-async fn ca_pem(_a: Auth, Extension(fleet): Extension<Arc<Fleet>>) -> String {
-    fleet.ca.cert_pem()
+/// The control plane's CA certificate (PEM), for `ferry-agent enroll --ca`.
+#[utoipa::path(get, path = "/api/v1/fleet/devices/ca.pem", tag = "fleet",
+    responses((status = 200, body = String, content_type = "application/x-pem-file"), (status = "4XX", body = ErrorBody)))]
+async fn ca_pem(a: Auth, State(fleet): State<Arc<Fleet>>) -> Result<String, ApiError> {
+    a.authorize(Action::DeviceCa, "").await?;
+    Ok(fleet.ca.cert_pem())
 }
 
+/// The tenant's devices with labels and connection state.
+#[utoipa::path(get, path = "/api/v1/fleet/devices", tag = "fleet",
+    responses((status = 200, body = DeviceList), (status = "4XX", body = ErrorBody)))]
 async fn list_devices(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
-) -> Res {
+    State(fleet): State<Arc<Fleet>>,
+) -> Res<DeviceList> {
+    a.authorize(Action::DeviceList, "").await?;
     let devs = st.store.devices(&a.p.tenant).await.map_err(store_err)?;
     let online = fleet.connected();
-    let items: Vec<Value> = devs
+    let devices = devs
         .into_iter()
         .map(|d| {
             let connected = online.contains(&d.id);
-            let mut v = json!(d);
-            v["connected"] = json!(connected);
-            v
+            device_dto(d, connected)
         })
         .collect();
-    let mut body = json!({ "devices": items });
     // Slot usage is server-wide (all tenants), so only admins see it.
-    if a.p.role >= Role::Admin {
-        body["downloads"] = json!(fleet.download_slots());
-    }
-    Ok(Json(body))
+    let downloads = (a.p.role >= Role::Admin).then(|| {
+        let s = fleet.download_slots();
+        Downloads {
+            limit: s.limit,
+            in_flight: s.in_flight,
+            peak: s.peak,
+        }
+    });
+    Ok(Json(DeviceList { devices, downloads }))
 }
 
+/// One device and what it should run.
+#[utoipa::path(get, path = "/api/v1/fleet/devices/{id}", tag = "fleet",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeviceDetail), (status = "4XX", body = ErrorBody)))]
 async fn show_device(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
-) -> Res {
+) -> Res<DeviceDetail> {
+    a.authorize(Action::DeviceShow, &id).await?;
     let d = st.store.device(&a.p.tenant, &id).await.map_err(store_err)?;
     let assignments = fleet.assignments(&d).await.map_err(store_err)?;
     let connected = fleet.connected().contains(&d.id);
-    let mut v = json!(d);
-    v["connected"] = json!(connected);
-    v["assignments"] = json!(assignments
-        .iter()
-        .map(|x| json!({"model": x.model.as_str(), "version": x.version, "digest": x.manifest_digest.to_hex()}))
-        .collect::<Vec<_>>());
-    Ok(Json(v))
+    Ok(Json(DeviceDetail {
+        device: device_dto(d, connected),
+        assignments: assignments
+            .iter()
+            .map(|x| AssignmentInfo {
+                model: x.model.as_str().to_string(),
+                version: x.version,
+                digest: x.manifest_digest.to_hex(),
+            })
+            .collect(),
+    }))
 }
 
+/// Replace a device's labels.
+#[utoipa::path(put, path = "/api/v1/fleet/devices/{id}/labels", tag = "fleet",
+    params(("id" = String, Path)),
+    request_body = LabelsRequest,
+    responses((status = 200, body = DeviceLabels), (status = "4XX", body = ErrorBody)))]
 async fn set_labels(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Res {
-    need(&st, &a, Role::Operator, "device.label").await?;
-    let body: Value = json_body(&body)?;
-    let labels = parse_labels(body.get("labels"))?;
-    let audit = ok_entry(&a, "device.label", &id, db::labels_to_string(&labels));
+) -> Res<DeviceLabels> {
+    a.authorize(Action::DeviceLabel, &id).await?;
+    let body: LabelsRequest = json_body(&body)?;
+    let labels = parse_labels(body.labels.as_ref())?;
+    let audit = a.entry(
+        Action::DeviceLabel,
+        &id,
+        OUTCOME_OK,
+        db::labels_to_string(&labels),
+    );
     st.store
         .set_device_labels(&a.p.tenant, &id, &labels, audit)
         .await
         .map_err(store_err)?;
     fleet.changed();
-    Ok(Json(json!({ "id": id, "labels": labels })))
+    Ok(Json(DeviceLabels { id, labels }))
 }
 
+/// Revoke a device: its connection is closed and it cannot reconnect.
+#[utoipa::path(post, path = "/api/v1/fleet/devices/{id}/revoke", tag = "fleet",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeviceRevoked), (status = "4XX", body = ErrorBody)))]
 async fn revoke(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
-) -> Res {
-    need(&st, &a, Role::Operator, "device.revoke").await?;
-    let audit = ok_entry(&a, "device.revoke", &id, String::new());
+) -> Res<DeviceRevoked> {
+    a.authorize(Action::DeviceRevoke, &id).await?;
     st.store
-        .revoke_device(&a.p.tenant, &id, audit)
+        .revoke_device(&a.p.tenant, &id, a.ok(Action::DeviceRevoke, &id))
         .await
         .map_err(store_err)?;
     fleet.disconnect(&id, "device revoked");
-    Ok(Json(json!({ "id": id, "revoked": true })))
+    Ok(Json(DeviceRevoked { id, revoked: true }))
 }
 
-#[derive(Deserialize)]
-struct DeployReq {
-    model: String,
-    /// A version number or an alias (`production`).
-    version: Value,
-    selector: Option<Value>,
-}
-
+/// Deploy a model version to the devices matching a selector.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "fleet",
+    request_body = DeploymentRequest,
+    responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn create_deployment(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     body: Bytes,
-) -> Res {
-    need(&st, &a, Role::Operator, "deployment.create").await?;
-    let req: DeployReq = json_body(&body)?;
+) -> Res<Deployment> {
+    a.authorize(Action::DeploymentCreate, "").await?;
+    let req: DeploymentRequest = json_body(&body)?;
     let selector = parse_labels(req.selector.as_ref())?;
     let version: i64 = match &req.version {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
@@ -345,10 +333,10 @@ async fn create_deployment(
         created_by: a.p.actor(),
         deleted_at: None,
     };
-    let audit = ok_entry(
-        &a,
-        "deployment.create",
+    let audit = a.entry(
+        Action::DeploymentCreate,
         &d.id,
+        OUTCOME_OK,
         format!(
             "{} v{} to {}",
             d.model,
@@ -361,24 +349,35 @@ async fn create_deployment(
         .await
         .map_err(store_err)?;
     fleet.changed();
-    Ok(Json(json!(d)))
+    Ok(Json(d.into()))
 }
 
-async fn list_deployments(a: Auth, State(st): State<AppState>) -> Res {
+/// The tenant's live deployments.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "fleet",
+    responses((status = 200, body = DeploymentList), (status = "4XX", body = ErrorBody)))]
+async fn list_deployments(a: Auth, State(st): State<AppState>) -> Res<DeploymentList> {
+    a.authorize(Action::DeploymentList, "").await?;
     let deps = st
         .store
         .live_deployments(&a.p.tenant)
         .await
         .map_err(store_err)?;
-    Ok(Json(json!({ "deployments": deps })))
+    Ok(Json(DeploymentList {
+        deployments: deps.into_iter().map(Into::into).collect(),
+    }))
 }
 
+/// A deployment with each matched device's state.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "fleet",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeploymentDetail), (status = "4XX", body = ErrorBody)))]
 async fn show_deployment(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
-) -> Res {
+) -> Res<DeploymentDetail> {
+    a.authorize(Action::DeploymentShow, &id).await?;
     let d = st
         .store
         .deployment(&a.p.tenant, &id)
@@ -413,50 +412,64 @@ async fn show_deployment(
             },
         };
         *counts.entry(state.clone()).or_default() += 1;
-        rows.push(json!({
-            "device": dev.id,
-            "hostname": dev.hostname,
-            "connected": online.contains(&dev.id),
-            "state": state,
-            "detail": detail,
-        }));
+        rows.push(DeploymentDevice {
+            device: dev.id.clone(),
+            hostname: dev.hostname.clone(),
+            connected: online.contains(&dev.id),
+            state,
+            detail,
+        });
     }
-    let mut v = json!(d);
-    v["devices"] = json!(rows);
-    v["summary"] = json!(counts);
-    Ok(Json(v))
+    Ok(Json(DeploymentDetail {
+        deployment: d.into(),
+        devices: rows,
+        summary: counts,
+    }))
 }
 
+/// Change a deployment's selector.
+#[utoipa::path(patch, path = "/api/v1/deployments/{id}", tag = "fleet",
+    params(("id" = String, Path)),
+    request_body = ScaleRequest,
+    responses((status = 200, body = DeploymentScaled), (status = "4XX", body = ErrorBody)))]
 async fn scale_deployment(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Res {
-    need(&st, &a, Role::Operator, "deployment.scale").await?;
-    let body: Value = json_body(&body)?;
-    let selector = parse_labels(body.get("selector"))?;
-    let audit = ok_entry(&a, "deployment.scale", &id, db::labels_to_string(&selector));
+) -> Res<DeploymentScaled> {
+    a.authorize(Action::DeploymentScale, &id).await?;
+    let body: ScaleRequest = json_body(&body)?;
+    let selector = parse_labels(body.selector.as_ref())?;
+    let audit = a.entry(
+        Action::DeploymentScale,
+        &id,
+        OUTCOME_OK,
+        db::labels_to_string(&selector),
+    );
     st.store
         .scale_deployment(&a.p.tenant, &id, &selector, audit)
         .await
         .map_err(store_err)?;
     fleet.changed();
-    Ok(Json(json!({ "id": id, "selector": selector })))
+    Ok(Json(DeploymentScaled { id, selector }))
 }
 
+/// Remove a deployment from the devices' desired state.
+#[utoipa::path(delete, path = "/api/v1/deployments/{id}", tag = "fleet",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeploymentDeleted), (status = "4XX", body = ErrorBody)))]
 async fn delete_deployment(
     a: Auth,
     State(st): State<AppState>,
-    Extension(fleet): Extension<Arc<Fleet>>,
+    State(fleet): State<Arc<Fleet>>,
     Path(id): Path<String>,
-) -> Res {
-    need(&st, &a, Role::Operator, "deployment.delete").await?;
-    let audit = ok_entry(&a, "deployment.delete", &id, String::new());
+) -> Res<DeploymentDeleted> {
+    a.authorize(Action::DeploymentDelete, &id).await?;
     let gone = st
         .store
-        .delete_deployment(&a.p.tenant, &id, audit)
+        .delete_deployment(&a.p.tenant, &id, a.ok(Action::DeploymentDelete, &id))
         .await
         .map_err(store_err)?;
     fleet.changed();
@@ -469,9 +482,11 @@ async fn delete_deployment(
         (Ok(live), Ok(devices)) => rollback_warnings(&gone, &live, &devices),
         _ => Vec::new(),
     };
-    Ok(Json(
-        json!({ "id": id, "deleted": true, "warnings": warnings }),
-    ))
+    Ok(Json(DeploymentDeleted {
+        id,
+        deleted: true,
+        warnings,
+    }))
 }
 
 /// Devices that `gone` reached and that now fall back to an older

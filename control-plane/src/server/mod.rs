@@ -1,12 +1,20 @@
 //! `ferry server`: opens the store and the artifact store, bootstraps the
 //! first admin token, and serves the API until SIGINT/SIGTERM.
 
+pub mod openapi;
+
+pub use openapi::{document, DOCUMENT_PATH};
+
 use crate::api::{self, AppState, Limits};
 use crate::audit::{AuditEntry, OUTCOME_OK};
 use crate::auth::{self, Role};
 use crate::blobs::{BlobError, Blobs, S3Options};
 use crate::config::ServerConfig;
+use crate::fleet::api::FleetState;
+use crate::fleet::Fleet;
 use crate::store::{Store, StoreError};
+use axum::Router;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -166,28 +174,46 @@ pub async fn serve_with(
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let mut router = api::router(state.clone());
+    let mut fleet_state = None;
     let mut _quic = None;
     if let Some(mut opts) = fleet {
         if opts.mqtt_url.is_none() {
             opts.mqtt_url = _telemetry.as_ref().map(|t| t.advertised_url.clone());
         }
-        let fleet =
-            crate::fleet::Fleet::open(state.store.clone(), state.blobs.clone(), &cfg.data, opts)
-                .await?;
+        let fleet = Fleet::open(state.store.clone(), state.blobs.clone(), &cfg.data, opts).await?;
         let (endpoint, quic) = fleet.start_quic()?;
         println!("ferry fleet listening on quic://{quic}");
         let _ = std::io::stdout().flush();
-        router = router.merge(crate::fleet::api::routes(fleet).with_state(state));
+        fleet_state = Some(fleet);
         _quic = Some(endpoint);
     }
-    axum::serve(listener, router)
+    axum::serve(listener, app(state, fleet_state))
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|source| ServerError::Io {
             what: "serving".into(),
             source,
         })
+}
+
+/// Every route of the server: the registry, telemetry, the OpenAPI
+/// document, and the fleet when it runs. Unknown paths answer a JSON 404;
+/// every response carries the request id.
+pub fn app(state: AppState, fleet: Option<Arc<Fleet>>) -> Router {
+    let (registry, _) = api::routes().split_for_parts();
+    let (telemetry, _) = crate::telemetry::api::routes().split_for_parts();
+    let (doc, _) = openapi::routes().split_for_parts();
+    let mut router = registry
+        .merge(telemetry)
+        .merge(doc)
+        .with_state(state.clone());
+    if let Some(fleet) = fleet {
+        let (routes, _) = crate::fleet::api::routes().split_for_parts();
+        router = router.merge(routes.with_state(FleetState { app: state, fleet }));
+    }
+    router
+        .fallback(api::error::no_route)
+        .layer(axum::middleware::from_fn(api::auth::request_id))
 }
 
 async fn shutdown() {

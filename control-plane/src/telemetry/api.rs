@@ -4,43 +4,47 @@
 
 use super::engine::{load_policy, save_policy};
 use super::policy::DriftPolicy;
+use crate::action::Action;
+use crate::api::query::{series_query as query, SeriesQuery as Q};
+use crate::api::types::{
+    Alert, AlertList, DeviceHealth, DeviceHealthList, DriftPoint, DriftPolicyView, DriftSeries,
+    ErrorBody, MetricPoint, MetricSeries, Trigger, TriggerList,
+};
 use crate::api::{ApiError, AppState, Auth};
-use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
-use crate::auth::Role;
+use crate::audit::OUTCOME_OK;
 use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery, WindowRow};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The telemetry routes (method, path), as `crate::api::ROUTES` lists its own.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/models/{name}/drift"),
-    ("GET", "/api/v1/models/{name}/metrics"),
-    ("GET", "/api/v1/models/{name}/drift-config"),
-    ("POST", "/api/v1/models/{name}/drift-config"),
-    ("GET", "/api/v1/alerts"),
-    ("POST", "/api/v1/alerts/{id}/ack"),
-    ("GET", "/api/v1/retrain-triggers"),
-    ("GET", "/api/v1/devices"),
-];
+type R<T> = Result<T, ApiError>;
 
-type R<T = Json<Value>> = Result<T, ApiError>;
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(drift))
+        .routes(routes!(metrics))
+        .routes(routes!(get_policy, set_policy))
+        .routes(routes!(alerts))
+        .routes(routes!(ack))
+        .routes(routes!(triggers))
+        .routes(routes!(devices))
+}
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/models/{name}/drift", get(drift))
-        .route("/models/{name}/metrics", get(metrics))
-        .route(
-            "/models/{name}/drift-config",
-            get(get_policy).post(set_policy),
-        )
-        .route("/alerts", get(alerts))
-        .route("/alerts/{id}/ack", post(ack))
-        .route("/retrain-triggers", get(triggers))
-        .route("/devices", get(devices))
+/// A policy as shown: the stored fields less the webhook secret.
+fn policy_view(p: &DriftPolicy, model: &str, default: Option<bool>) -> DriftPolicyView {
+    let policy = match p.public_json() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    DriftPolicyView {
+        model: model.to_string(),
+        default,
+        policy,
+    }
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -48,55 +52,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 fn model_name(s: &str) -> R<String> {
-    ferry_protocol::ModelName::new(s)
-        .map(|n| n.to_string())
-        .map_err(|e| bad(e.to_string()))
-}
-
-/// Common filters: `version`, `device`, `since_ms`, `limit`.
-struct Q {
-    version: Option<i64>,
-    device: Option<String>,
-    since_ms: i64,
-    limit: i64,
-    extra: Vec<(String, String)>,
-}
-
-fn query(q: &Option<String>, extra_allowed: &[&str]) -> R<Q> {
-    let mut out = Q {
-        version: None,
-        device: None,
-        since_ms: 0,
-        limit: 500,
-        extra: Vec::new(),
-    };
-    for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
-        let int = |v: &str| {
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| bad(format!("{k}={v:?} is not a non-negative integer")))
-        };
-        match k.as_ref() {
-            "version" => out.version = Some(int(&v)?),
-            "device" => out.device = Some(v.into_owned()),
-            "since_ms" => out.since_ms = int(&v)?,
-            "limit" => out.limit = int(&v)?.clamp(1, 10_000),
-            other if extra_allowed.contains(&other) => {
-                out.extra.push((other.to_string(), v.into_owned()))
-            }
-            other => {
-                return Err(bad(format!(
-                "unknown query parameter {other:?} (allowed: version, device, since_ms, limit{})",
-                extra_allowed
-                    .iter()
-                    .map(|s| format!(", {s}"))
-                    .collect::<String>()
-            )))
-            }
-        }
-    }
-    Ok(out)
+    crate::api::query::parse_name(s)
 }
 
 async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<WindowRow>> {
@@ -109,14 +65,19 @@ async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<Windo
     Ok(st.store.windows(tenant, model, &wq).await?)
 }
 
-/// `GET /models/{name}/drift`: PSI per feature per window.
+/// PSI per feature per window.
+#[utoipa::path(get, path = "/api/v1/models/{name}/drift", tag = "telemetry",
+    params(("name" = String, Path), ("version" = Option<i64>, Query), ("device" = Option<String>, Query),
+        ("since_ms" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = DriftSeries), (status = "4XX", body = ErrorBody)))]
 async fn drift(
     a: Auth,
     State(st): State<AppState>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> R {
+) -> R<Json<DriftSeries>> {
     let name = model_name(&name)?;
+    a.authorize(Action::DriftSeries, &name).await?;
     let q = query(&raw, &[])?;
     let policy = load_policy(&st.store, &a.p.tenant, &name)
         .await?
@@ -125,108 +86,117 @@ async fn drift(
     for r in windows(&st, &a.p.tenant, &name, &q).await? {
         let s: ferry_protocol::telemetry::DriftSummary = serde_json::from_str(&r.summary)
             .map_err(|e| ApiError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
-        points.push(json!({
-            "device": s.device, "seq": s.seq, "version": s.version, "variant": s.variant,
-            "window_start_ms": s.window_start_ms, "window_end_ms": s.window_end_ms,
-            "rows": s.rows, "features": s.features, "psi": s.psi,
-            "missing": s.missing, "out_of_range": s.out_of_range,
-            "max_psi": policy.max_psi(&s),
-            "drifted": r.drifted,
-            "received_at_ms": r.received_at_ms,
-        }));
+        points.push(DriftPoint {
+            max_psi: policy.max_psi(&s),
+            device: s.device,
+            seq: s.seq,
+            version: s.version,
+            variant: s.variant,
+            window_start_ms: s.window_start_ms,
+            window_end_ms: s.window_end_ms,
+            rows: s.rows,
+            features: s.features,
+            psi: s.psi,
+            missing: s.missing,
+            out_of_range: s.out_of_range,
+            drifted: r.drifted,
+            received_at_ms: r.received_at_ms,
+        });
     }
-    Ok(Json(json!({
-        "model": name,
-        "psi_threshold": policy.psi_threshold,
-        "windows": points,
-    })))
+    Ok(Json(DriftSeries {
+        model: name,
+        psi_threshold: policy.psi_threshold,
+        windows: points,
+    }))
 }
 
-/// `GET /models/{name}/metrics`: latency, throughput, errors, accuracy per
-/// window.
+/// Latency, throughput, errors and accuracy per window.
+#[utoipa::path(get, path = "/api/v1/models/{name}/metrics", tag = "telemetry",
+    params(("name" = String, Path), ("version" = Option<i64>, Query), ("device" = Option<String>, Query),
+        ("since_ms" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = MetricSeries), (status = "4XX", body = ErrorBody)))]
 async fn metrics(
     a: Auth,
     State(st): State<AppState>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> R {
+) -> R<Json<MetricSeries>> {
     let name = model_name(&name)?;
+    a.authorize(Action::MetricSeries, &name).await?;
     let q = query(&raw, &[])?;
     let mut points = Vec::new();
     for r in windows(&st, &a.p.tenant, &name, &q).await? {
         let (start, end, requests) = (r.window_start_ms, r.window_end_ms, r.requests);
         let (labelled, correct, errors) = (r.labelled, r.correct, r.errors);
         let secs = (end - start) as f64 / 1000.0;
-        points.push(json!({
-            "device": r.device,
-            "seq": r.seq,
-            "version": r.version,
-            "variant": r.variant,
-            "window_start_ms": start, "window_end_ms": end,
-            "requests": requests, "rows": r.rows_seen, "errors": errors,
-            "error_rate": if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
-            "throughput_rps": if secs > 0.0 { Some(requests as f64 / secs) } else { None },
-            "latency_p50_us": r.latency_p50_us, "latency_p99_us": r.latency_p99_us,
-            "labelled": labelled,
-            "accuracy": if labelled > 0 { Some(correct as f64 / labelled as f64) } else { None },
-        }));
+        points.push(MetricPoint {
+            device: r.device,
+            seq: r.seq,
+            version: r.version,
+            variant: r.variant,
+            window_start_ms: start,
+            window_end_ms: end,
+            requests,
+            rows: r.rows_seen,
+            errors,
+            error_rate: if requests > 0 {
+                errors as f64 / requests as f64
+            } else {
+                0.0
+            },
+            throughput_rps: if secs > 0.0 {
+                Some(requests as f64 / secs)
+            } else {
+                None
+            },
+            latency_p50_us: r.latency_p50_us,
+            latency_p99_us: r.latency_p99_us,
+            labelled,
+            accuracy: if labelled > 0 {
+                Some(correct as f64 / labelled as f64)
+            } else {
+                None
+            },
+        });
     }
-    Ok(Json(json!({ "model": name, "windows": points })))
+    Ok(Json(MetricSeries {
+        model: name,
+        windows: points,
+    }))
 }
 
-async fn get_policy(a: Auth, State(st): State<AppState>, Path(name): Path<String>) -> R {
+/// The model's drift policy (`default`: none was saved).
+#[utoipa::path(get, path = "/api/v1/models/{name}/drift-config", tag = "telemetry",
+    params(("name" = String, Path)),
+    responses((status = 200, body = DriftPolicyView), (status = "4XX", body = ErrorBody)))]
+async fn get_policy(
+    a: Auth,
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> R<Json<DriftPolicyView>> {
     let name = model_name(&name)?;
+    a.authorize(Action::DriftPolicyShow, &name).await?;
     st.store.model(&a.p.tenant, &name).await?;
     let stored = load_policy(&st.store, &a.p.tenant, &name).await?;
     let is_default = stored.is_none();
     let p = stored.unwrap_or_default();
-    let mut v = p.public_json();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("model".into(), json!(name));
-        o.insert("default".into(), json!(is_default));
-    }
-    Ok(Json(v))
+    Ok(Json(policy_view(&p, &name, Some(is_default))))
 }
 
-async fn refuse(st: &AppState, a: &Auth, action: &str, target: &str, err: ApiError) -> ApiError {
-    let _ = st
-        .store
-        .audit(AuditEntry {
-            tenant: a.p.tenant.clone(),
-            request_id: a.rid.clone(),
-            actor: a.p.actor(),
-            action: action.into(),
-            target: target.into(),
-            outcome: OUTCOME_REFUSED.into(),
-            detail: format!("{}: {}", err.code, err.message),
-        })
-        .await;
-    err
-}
-
-async fn require(st: &AppState, a: &Auth, role: Role, action: &str, target: &str) -> R<()> {
-    if a.p.role >= role {
-        return Ok(());
-    }
-    let e = ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("role {} may not {action} (needs {role} or above)", a.p.role),
-    );
-    Err(refuse(st, a, action, target, e).await)
-}
-
-/// `POST /models/{name}/drift-config`: replaces the model's policy (fields
-/// left out take their defaults).
+/// Replace the model's drift policy (fields left out take their defaults).
+#[utoipa::path(post, path = "/api/v1/models/{name}/drift-config", tag = "telemetry",
+    params(("name" = String, Path)),
+    request_body(content = Object, description = "a drift policy"),
+    responses((status = 200, body = DriftPolicyView), (status = "4XX", body = ErrorBody)))]
 async fn set_policy(
     a: Auth,
     State(st): State<AppState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> R {
+) -> R<Json<DriftPolicyView>> {
     let name = model_name(&name)?;
-    let action = "drift_policy.set";
-    require(&st, &a, Role::Operator, action, &name).await?;
+    let action = Action::DriftPolicySet;
+    a.authorize(action, &name).await?;
     st.store.model(&a.p.tenant, &name).await?;
     let p: DriftPolicy = if body.is_empty() {
         return Err(bad("request body is empty; expected a JSON drift policy"));
@@ -235,57 +205,54 @@ async fn set_policy(
             Ok(p) => p,
             Err(e) => {
                 let err = bad(format!("invalid drift policy: {e}"));
-                return Err(refuse(&st, &a, action, &name, err).await);
+                return Err(a.refuse(action, &name, err).await);
             }
         }
     };
     if let Err(m) = p.validate() {
-        return Err(refuse(
-            &st,
-            &a,
-            action,
-            &name,
-            bad(format!("invalid drift policy: {m}")),
-        )
-        .await);
+        return Err(a
+            .refuse(action, &name, bad(format!("invalid drift policy: {m}")))
+            .await);
     }
-    let mut shown = p.public_json();
+    let shown = p.public_json();
     save_policy(
         &st.store,
         &a.p.tenant,
         &name,
         &p,
-        AuditEntry {
-            tenant: a.p.tenant.clone(),
-            request_id: a.rid.clone(),
-            actor: a.p.actor(),
-            action: action.into(),
-            target: name.clone(),
-            outcome: OUTCOME_OK.into(),
-            detail: shown.to_string(),
-        },
+        a.entry(action, name.clone(), OUTCOME_OK, shown.to_string()),
     )
     .await?;
-    if let Some(o) = shown.as_object_mut() {
-        o.insert("model".into(), json!(name));
-    }
-    Ok(Json(shown))
+    Ok(Json(policy_view(&p, &name, None)))
 }
 
-fn alert_json(r: &AlertRow) -> Value {
+fn alert_json(r: &AlertRow) -> Alert {
     let ack = r.acknowledged_at_ms;
-    json!({
-        "id": r.id, "model": r.model, "version": r.version, "kind": r.kind,
-        "device": r.device, "opened_at_ms": r.opened_at_ms,
-        "evidence": serde_json::from_str::<Value>(&r.evidence).unwrap_or(Value::Null),
-        "acknowledged": ack > 0,
-        "acknowledged_at_ms": if ack > 0 { Some(ack) } else { None },
-        "acknowledged_by": r.acknowledged_by,
-    })
+    Alert {
+        id: r.id.clone(),
+        model: r.model.clone(),
+        version: r.version,
+        kind: r.kind.clone(),
+        device: r.device.clone(),
+        opened_at_ms: r.opened_at_ms,
+        evidence: serde_json::from_str::<Value>(&r.evidence).unwrap_or(Value::Null),
+        acknowledged: ack > 0,
+        acknowledged_at_ms: if ack > 0 { Some(ack) } else { None },
+        acknowledged_by: r.acknowledged_by.clone(),
+    }
 }
 
-/// `GET /alerts?model=&kind=&open=true`.
-async fn alerts(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) -> R {
+/// Alerts, oldest first.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "telemetry",
+    params(("model" = Option<String>, Query), ("kind" = Option<String>, Query), ("open" = Option<bool>, Query),
+        ("device" = Option<String>, Query), ("since_ms" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = AlertList), (status = "4XX", body = ErrorBody)))]
+async fn alerts(
+    a: Auth,
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> R<Json<AlertList>> {
+    a.authorize(Action::AlertList, "alerts").await?;
     let q = query(&raw, &["model", "kind", "open"])?;
     let mut aq = AlertQuery {
         since_ms: q.since_ms,
@@ -306,26 +273,20 @@ async fn alerts(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) ->
         }
     }
     let rows = st.store.alerts(&a.p.tenant, &aq).await?;
-    let list = rows.iter().map(alert_json).collect::<Vec<_>>();
-    Ok(Json(json!({ "alerts": list })))
+    let alerts = rows.iter().map(alert_json).collect();
+    Ok(Json(AlertList { alerts }))
 }
 
-/// `POST /alerts/{id}/ack`.
-async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R {
-    let action = "alert.ack";
-    require(&st, &a, Role::Operator, action, &id).await?;
-    let entry = AuditEntry {
-        tenant: a.p.tenant.clone(),
-        request_id: a.rid.clone(),
-        actor: a.p.actor(),
-        action: action.into(),
-        target: id.clone(),
-        outcome: OUTCOME_OK.into(),
-        detail: String::new(),
-    };
+/// Acknowledge an alert.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "telemetry",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Alert), (status = "4XX", body = ErrorBody)))]
+async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R<Json<Alert>> {
+    let action = Action::AlertAck;
+    a.authorize(action, &id).await?;
     let row = st
         .store
-        .ack_alert(&a.p.tenant, &id, &a.p.actor(), entry)
+        .ack_alert(&a.p.tenant, &id, &a.p.actor(), a.ok(action, id.clone()))
         .await?;
     let Some(row) = row else {
         let e = ApiError::new(
@@ -333,13 +294,21 @@ async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R {
             "not_found",
             format!("no alert {id:?}"),
         );
-        return Err(refuse(&st, &a, action, &id, e).await);
+        return Err(a.refuse(action, &id, e).await);
     };
     Ok(Json(alert_json(&row)))
 }
 
-/// `GET /retrain-triggers?model=`.
-async fn triggers(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) -> R {
+/// Retraining triggers and their webhook deliveries.
+#[utoipa::path(get, path = "/api/v1/retrain-triggers", tag = "telemetry",
+    params(("model" = Option<String>, Query), ("since_ms" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = TriggerList), (status = "4XX", body = ErrorBody)))]
+async fn triggers(
+    a: Auth,
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> R<Json<TriggerList>> {
+    a.authorize(Action::TriggerList, "retrain-triggers").await?;
     let q = query(&raw, &["model"])?;
     let model = q
         .extra
@@ -352,27 +321,36 @@ async fn triggers(a: Auth, State(st): State<AppState>, RawQuery(raw): RawQuery) 
         .await?;
     let mut list = Vec::new();
     for r in rows {
-        list.push(json!({
-            "id": r.id, "model": r.model, "version": r.version, "reason": r.reason,
-            "alert_id": r.alert_id, "fired_at_ms": r.fired_at_ms,
-            "payload": serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
-            "delivered": r.delivered, "attempts": r.attempts, "last_error": r.last_error,
-        }));
+        list.push(Trigger {
+            payload: serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
+            id: r.id,
+            model: r.model,
+            version: r.version,
+            reason: r.reason,
+            alert_id: r.alert_id,
+            fired_at_ms: r.fired_at_ms,
+            delivered: r.delivered,
+            attempts: r.attempts,
+            last_error: r.last_error,
+        });
     }
-    Ok(Json(json!({ "triggers": list })))
+    Ok(Json(TriggerList { triggers: list }))
 }
 
-/// `GET /devices`: latest health per device.
-async fn devices(a: Auth, State(st): State<AppState>) -> R {
+/// The latest health report per device.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "telemetry",
+    responses((status = 200, body = DeviceHealthList), (status = "4XX", body = ErrorBody)))]
+async fn devices(a: Auth, State(st): State<AppState>) -> R<Json<DeviceHealthList>> {
+    a.authorize(Action::DeviceHealthList, "devices").await?;
     let rows = st.store.device_health(&a.p.tenant).await?;
     let mut list = Vec::new();
     for r in rows {
-        list.push(json!({
-            "device": r.device,
-            "status": r.status,
-            "received_at_ms": r.received_at_ms,
-            "health": serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
-        }));
+        list.push(DeviceHealth {
+            health: serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
+            device: r.device,
+            status: r.status,
+            received_at_ms: r.received_at_ms,
+        });
     }
-    Ok(Json(json!({ "devices": list })))
+    Ok(Json(DeviceHealthList { devices: list }))
 }

@@ -1,0 +1,211 @@
+//! Request ids, the [`Auth`] extractor (bearer token, rate limit) and the
+//! one RBAC check, [`Auth::authorize`], which audits every refusal.
+
+use super::error::{ApiError, ApiResult};
+use super::state::AppState;
+use crate::action::Action;
+use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
+use crate::auth::{self, Principal};
+use crate::registry::{Caller, Refused};
+use crate::store::StoreError;
+use axum::extract::{FromRef, FromRequestParts, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Takes the caller's `x-request-id` when it is sane, else makes one, and
+/// echoes it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| auth::random_id("req_", 8));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The authenticated caller and the request id, for audit records.
+pub struct Auth {
+    pub p: Principal,
+    pub rid: String,
+    state: AppState,
+}
+
+impl<S> FromRequestParts<S> for Auth
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let rid = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "missing Authorization: Bearer TOKEN header",
+            ));
+        };
+        let principal = if auth::well_formed(token) {
+            state.store.principal(&auth::hash_token(token)).await?
+        } else {
+            None
+        };
+        let Some(p) = principal else {
+            // Failed logins are audited in the root tenant's chain.
+            let _ = state
+                .store
+                .audit(AuditEntry {
+                    tenant: state.limits.root_tenant.clone(),
+                    request_id: rid.clone(),
+                    actor: "anonymous".into(),
+                    action: "auth.login".into(),
+                    target: format!("{} {}", parts.method, parts.uri.path()),
+                    outcome: OUTCOME_REFUSED.into(),
+                    detail: "unknown or revoked token".into(),
+                })
+                .await;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "unknown or revoked token",
+            ));
+        };
+        if !state.allow(&p.token_id) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "token {} is over its limit of {} requests per minute",
+                    p.token_id, state.limits.rate_per_minute
+                ),
+            ));
+        }
+        Ok(Auth { p, rid, state })
+    }
+}
+
+impl Auth {
+    /// An audit entry of this caller.
+    pub fn entry(
+        &self,
+        action: Action,
+        target: impl Into<String>,
+        outcome: &str,
+        detail: impl Into<String>,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant: self.p.tenant.clone(),
+            request_id: self.rid.clone(),
+            actor: self.p.actor(),
+            action: action.audit_name().into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// An `ok` entry for a mutation (the store appends it in the same
+    /// transaction).
+    pub fn ok(&self, action: Action, target: impl Into<String>) -> AuditEntry {
+        self.entry(action, target, OUTCOME_OK, "")
+    }
+
+    /// Refuses (audited) unless the caller's role is at least the one
+    /// `action` needs. The refusal reads the same for every route.
+    pub async fn authorize(&self, action: Action, target: impl Into<String>) -> ApiResult<()> {
+        if self.p.role >= action.required_role() {
+            return Ok(());
+        }
+        let err = ApiError::forbidden(action.refusal(self.p.role));
+        Err(self.refuse(action, target, err).await)
+    }
+
+    /// Appends a refusal and returns the error to send.
+    pub async fn refuse(
+        &self,
+        action: Action,
+        target: impl Into<String>,
+        err: ApiError,
+    ) -> ApiError {
+        let e = self.entry(
+            action,
+            target,
+            OUTCOME_REFUSED,
+            format!("{}: {}", err.code, err.message),
+        );
+        if let Err(x) = self.state.store.audit(e).await {
+            tracing::error!(error = %x, "audit append failed");
+        }
+        err
+    }
+
+    /// Passes a mutation's result through; a refusal (any 4xx: conflict,
+    /// not found, a refused bundle) is audited.
+    pub async fn audited<T, E>(&self, action: Action, target: &str, r: Result<T, E>) -> ApiResult<T>
+    where
+        ApiError: From<E>,
+    {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let err = ApiError::from(e);
+                if err.status.is_client_error() {
+                    Err(self.refuse(action, target, err).await)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The error for a registry refusal; a 4xx is audited with the target
+    /// the refusal names.
+    pub async fn rejected(&self, action: Action, r: Refused) -> ApiError {
+        let err = ApiError::from(r.error);
+        if err.status.is_client_error() {
+            self.refuse(action, r.target, err).await
+        } else {
+            err
+        }
+    }
+
+    /// Who this caller is, for the registry's operations.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            tenant: self.p.tenant.clone(),
+            actor: self.p.actor(),
+            request_id: self.rid.clone(),
+        }
+    }
+
+    /// Appends `entry` in its own transaction.
+    pub async fn append(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.state.store.audit(entry).await.map(drop)
+    }
+}
