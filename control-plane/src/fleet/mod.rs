@@ -494,3 +494,56 @@ impl Fleet {
         quic::start(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(id: &str, version: i64) -> db::Deployment {
+        db::Deployment {
+            id: id.into(),
+            tenant: "t".into(),
+            model: "fraud".into(),
+            version,
+            digest: ferry_protocol::keys::sha256(id.as_bytes()).to_hex(),
+            selector: db::Labels::new(),
+            created_at: 0,
+            created_by: "admin".into(),
+            deleted_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_deployments_are_fetched_once_per_change() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        let blobs = Blobs::local(&d.path().join("artifacts")).unwrap();
+        let opts = FleetOptions::new(([127, 0, 0, 1], 0).into());
+        let fleet = Fleet::open(store, blobs, d.path(), opts).await.unwrap();
+        let device = db::Device {
+            id: "dev_a".into(),
+            tenant: "t".into(),
+            hostname: "h".into(),
+            labels: db::Labels::new(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+        };
+        let version = |a: Vec<Assignment>| a.iter().map(|a| a.version).collect::<Vec<_>>();
+        db::insert_deployment(&fleet.store, &deployment("d1", 1))
+            .await
+            .unwrap();
+        fleet.changed();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [1]);
+        // A row written without announcing a change is not read again: every
+        // device computes this change from the list fetched once...
+        db::insert_deployment(&fleet.store, &deployment("d2", 2))
+            .await
+            .unwrap();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [1]);
+        // ...and the next change fetches it afresh.
+        fleet.changed();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [2]);
+    }
+}
