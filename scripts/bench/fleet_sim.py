@@ -172,8 +172,12 @@ def main():
     ap.add_argument("--quinn", action="store_true")
     a = ap.parse_args()
     if "FERRY_BENCH_BIN" not in os.environ:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry", "--bin", "ferry",
-                        "-p", "ferry-e2e", "--bin", "ferry-fleet-sim"], cwd=ROOT, check=True)
+        # Two builds: in one, Cargo would unify features and give `ferry` the
+        # failpoints that ferry-e2e (the simulator's crate) enables.
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry", "--bin", "ferry"],
+                       cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferry-e2e", "--bin",
+                        "ferry-fleet-sim"], cwd=ROOT, check=True)
     fleet = run(a.devices, a.mb, "fleet")
     print(json.dumps(fleet, indent=2))
     single = run(1, a.single_mb, "single")

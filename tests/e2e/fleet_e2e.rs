@@ -70,7 +70,7 @@ fn enroll_deploy_promote_and_refusals() {
 
     let server = Server::start(
         &tmp.path().join("server"),
-        &[("FERRY_TEST_CORRUPT_MODEL", "tampered")],
+        &[("FAILPOINTS", "fleet-corrupt-model=return(tampered)")],
     );
     ferry_e2e::fleet::ok(&mut server.cli(&[
         "trust",
@@ -221,7 +221,7 @@ fn enroll_deploy_promote_and_refusals() {
         .build()
         .unwrap();
     let answer = rt
-        .block_on(ferry_agent::fleet::client::probe_fetch(
+        .block_on(ferry_agent::fleet::sim::probe_fetch(
             &a0.data,
             ferry_protocol::keys::Digest::from_hex(&digest).unwrap(),
         ))
@@ -283,10 +283,11 @@ fn enroll_deploy_promote_and_refusals() {
 }
 
 /// A download cut at half way by killing the agent resumes from where it
-/// stopped; then kill -9 at random points of downloads and activations,
-/// 20 times, never leaves a partial or unverified model active.
+/// stopped; then the agent exits on the spot (as kill -9 would) at each
+/// crash point of its fetch/activate path, once each, and never leaves a
+/// partial or unverified model active.
 #[test]
-fn resume_after_kill_and_kill9_never_activates_a_partial_file() {
+fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
     let tmp = tempfile::tempdir().unwrap();
     let keys = Keys::new(&tmp.path().join("k"));
     let server = Server::start(
@@ -298,7 +299,7 @@ fn resume_after_kill_and_kill9_never_activates_a_partial_file() {
         "push",
         keys.path("v1.root").to_str().unwrap(),
     ]));
-    let bundles: Vec<_> = (1..=21)
+    let bundles: Vec<_> = (1..=4)
         .map(|v| keys.bundle("slow", v, "pub", &[]))
         .collect();
     for b in &bundles {
@@ -355,45 +356,53 @@ fn resume_after_kill_and_kill9_never_activates_a_partial_file() {
     assert!(at >= size / 2, "resumed at {at} of {size}");
     assert_eq!(agent.infer("slow").1["model_version"], "1");
 
-    // --- kill -9 at random points of later downloads and activations.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for v in 2..=21u64 {
-        deploy(&server, "slow", &v.to_string(), "site=x");
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(seed % 5000));
+    // --- exit at each crash point of the agent's fetch/activate path (the
+    // `failpoints` feature of the e2e build), once each: half way through a
+    // download, after the download before activation, after activation
+    // before the report. Crash points inside the serving core's install
+    // (copy, compile, swap) are not here yet.
+    for (v, point) in [
+        (2u64, "fleet-download-half"),
+        (3, "fleet-downloaded"),
+        (4, "fleet-activated"),
+    ] {
         agent.kill();
+        agent.restart_with_failpoints(&format!("{point}=1*return"));
+        let dep = deploy(&server, "slow", &v.to_string(), "site=x");
+        let status = agent.wait_exit(LONG);
+        assert_eq!(status.code(), Some(137), "{point}: {status}");
         // Whatever is in the store and active must be complete and verified.
         let state: Value = std::fs::read(data.join("state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        if let Some(active) = state["models"]["slow"]["champion"].as_u64() {
-            let stored = data.join(format!("models/slow/{active:020}.ferry"));
-            ferry_e2e::fleet::ok(&mut ferry_e2e::fleet::ferry(&[
-                "bundle",
-                "verify",
-                stored.to_str().unwrap(),
-                "--trust",
-                keys.path("v1.root").to_str().unwrap(),
-            ]));
-        }
+        let active = state["models"]["slow"]["champion"].as_u64().unwrap();
+        let stored = data.join(format!("models/slow/{active:020}.ferry"));
+        ferry_e2e::fleet::ok(&mut ferry_e2e::fleet::ferry(&[
+            "bundle",
+            "verify",
+            stored.to_str().unwrap(),
+            "--trust",
+            keys.path("v1.root").to_str().unwrap(),
+        ]));
+        let expect_active = if point == "fleet-activated" { v } else { v - 1 };
+        assert_eq!(active, expect_active, "{point}");
         agent.restart();
         let (status, body) = agent.infer("slow");
-        assert_eq!(status, 200, "after kill {v}: {body}");
+        assert_eq!(status, 200, "after {point}: {body}");
+        wait_state(&server, &dep, &id, "active");
+        assert_eq!(agent.infer("slow").1["model_version"], v.to_string());
     }
-    // In the end the last deployment becomes active.
-    let last = server.json(&["deployments"])["deployments"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_state(&server, &last, &id, "active");
-    assert_eq!(agent.infer("slow").1["model_version"], "21");
+    if partial_left(&data) {
+        panic!("a partial download was left behind");
+    }
+}
+
+/// Whether a partial download is still on disk.
+fn partial_left(data: &std::path::Path) -> bool {
+    std::fs::read_dir(data.join("fleet/partial"))
+        .map(|d| d.count() > 0)
+        .unwrap_or(false)
 }
 
 /// Replayed and expired desired-state documents are refused by the agent,
@@ -406,7 +415,7 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
     for (name, env, code) in [
         (
             "replay",
-            ("FERRY_TEST_REPLAY_DESIRED", "1"),
+            ("FAILPOINTS", "fleet-replay-desired=return"),
             "replayed_desired_state",
         ),
         (

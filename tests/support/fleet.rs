@@ -126,7 +126,8 @@ impl Server {
         ])
         .arg(data)
         .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
-        .env_remove("FERRY_TEST_CORRUPT_MODEL");
+        // Failpoints only where a test names them.
+        .env_remove("FAILPOINTS");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -291,15 +292,45 @@ impl Agent {
     }
 
     pub fn restart(&mut self) {
+        self.restart_with_failpoints("");
+    }
+
+    /// Starts the agent again with `FAILPOINTS` set to `failpoints` (none
+    /// when empty), e.g. `fleet-downloaded=1*return` to make it exit at
+    /// that crash point.
+    pub fn restart_with_failpoints(&mut self, failpoints: &str) {
         self.proc = None;
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.args(["run", "--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data)
             .args(&self.extra)
             .env("FERRY_LOG", "info");
+        if failpoints.is_empty() {
+            cmd.env_remove("FAILPOINTS");
+        } else {
+            cmd.env("FAILPOINTS", failpoints);
+        }
         let (proc, found) = spawn_until(cmd, &["ferry-agent listening on http://"]);
         self.proc = Some(proc);
         self.addr = found[0].clone();
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself (at a crash
+    /// point); its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + timeout;
+        let p = self.proc.as_mut().expect("the agent is running");
+        loop {
+            if let Some(status) = p.child.try_wait().expect("waiting for the agent") {
+                self.proc = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "the agent did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// kill -9.

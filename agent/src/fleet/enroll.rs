@@ -2,7 +2,7 @@
 //! operator's token over a server-authenticated QUIC connection, store the
 //! certificate, CA, trust root and online key the control plane returns.
 
-use super::client::{read_server_frame, send_frame};
+use super::wire::{read_server_frame, send_frame};
 use super::{fleet_dir, io, tls, write_atomic, FleetError, Identity};
 use ferry_protocol::frames::{AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION};
 use ferry_protocol::trust::SignedTrustRoot;

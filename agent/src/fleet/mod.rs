@@ -14,18 +14,94 @@
 //! Nothing from the network is activated unless `serving::Agent::install`
 //! verified it completely (signatures, lengths, digests, test vectors)
 //! against the enrolled trust root.
+//!
+//! Modules: `reconcile` decides (pure: no I/O, no clock, no tokio);
+//! `session` runs the QUIC session and executes its actions, with
+//! `download` (resumable fetches) and `activator` (the serving core's
+//! install path); `gate` checks desired-state documents, `target` a
+//! bundle's target constraints; `enroll`, `tls` and `wire` are the
+//! transport. `sim` (feature `sim`) is the fleet simulator and probes for
+//! tests.
 
-pub mod client;
+pub mod activator;
+pub mod download;
 pub mod enroll;
+pub mod gate;
+pub mod reconcile;
+pub mod session;
+#[cfg(feature = "sim")]
 pub mod sim;
+pub mod target;
 mod tls;
+mod wire;
 
 use ferry_protocol::keys::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub use client::{run, ClientOptions};
+pub use activator::{precheck, Activator, AgentActivator};
 pub use enroll::{enroll, EnrollOptions};
+pub use session::{run, run_with, ClientOptions};
+pub use target::check_target;
+
+/// Why a bundle was not activated: a stable code and a sentence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub code: String,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: &str, reason: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reconnect delays: `d` doubles from `min` to `max`, and each delay is
+/// drawn from `[d/2, d)`, so devices cut off together (a broker or
+/// control-plane restart) do not come back in lockstep, and no delay
+/// exceeds `max`. Never ends.
+pub fn backoff(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    // backon's jitter adds up to the delay again: halve both bounds.
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min / 2)
+        .with_max_delay(max / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// A crash point: with the `failpoints` feature and `FAILPOINTS=NAME=return`
+/// the process exits on the spot, as `kill -9` or a power cut would. The
+/// fleet e2e tests stop the agent at each point of the fetch/activate path
+/// this way; a build without the feature has none.
+pub(crate) fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |_| ()).is_some() {
+        eprintln!("failpoint {name}: exiting");
+        std::process::exit(137);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// The mutual-TLS client configuration of the enrolled device in `data`.
+pub(crate) fn device_client_config(data: &Path) -> Result<quinn::ClientConfig, FleetError> {
+    let dir = fleet_dir(data);
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(io("reading", &p))
+    };
+    tls::client_config(
+        &read("ca.der")?,
+        Some((read("device.der")?, read("device.key")?)),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -169,6 +245,29 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let mut b = backoff(min, max);
+        let mut cap = min;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..12 {
+            let d = b.next().unwrap();
+            // (backon computes the jitter in f32: allow its rounding.)
+            let slack = Duration::from_micros(10);
+            assert!(d >= cap / 2 && d <= cap + slack, "{d:?} vs {cap:?}");
+            seen.insert(d);
+            cap = (cap * 2).min(max);
+        }
+        // Jittered: the delays at the cap are not all the same.
+        assert!(seen.len() > 6, "{seen:?}");
+        let d = backoff(min, max).next().unwrap();
+        assert!(
+            d <= min + Duration::from_micros(10),
+            "a fresh backoff starts small: {d:?}"
+        );
+    }
 
     #[test]
     fn pem_decodes_and_der_passes_through() {

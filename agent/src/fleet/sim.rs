@@ -6,13 +6,18 @@
 //! artifact's length and digest — but runs no model. It reuses the agent's
 //! session code through [`Activator`], so what it measures is what devices
 //! do. `ferry-fleet-sim` (in `tests/`) is the command-line front end.
+//!
+//! Test support, compiled only with the `sim` feature (the `tests` crate
+//! enables it): no product binary carries it.
 
-use super::client::{now_unix, precheck, run_with, Activator, ClientOptions, Refusal};
+use super::activator::{now_unix, precheck, Activator};
 use super::enroll::{enroll, EnrollOptions};
-use super::{tls, FleetError};
+use super::session::{run_with, ClientOptions};
+use super::wire::{read_server_frame, send_frame};
+use super::{tls, FleetError, Identity, Refusal};
 use ferry_protocol::bundle::read_verified;
 use ferry_protocol::desired::Assignment;
-use ferry_protocol::frames::InstalledBundle;
+use ferry_protocol::frames::{AgentFrame, FrameReader, InstalledBundle, ServerFrame};
 use ferry_protocol::keys::Digest;
 use ferry_protocol::{ModelName, SignedTrustRoot, TrustRoot};
 use std::collections::HashMap;
@@ -62,16 +67,6 @@ impl Activator for SimActivator {
                 })
             })
             .collect()
-    }
-
-    fn is_active(&self, a: &Assignment) -> bool {
-        self.active
-            .lock()
-            .map(|m| {
-                m.get(a.model.as_str())
-                    .is_some_and(|(v, _)| *v == a.version)
-            })
-            .unwrap_or(false)
     }
 
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal> {
@@ -137,7 +132,7 @@ pub async fn enroll_all(opts: &SimOptions) -> Result<Vec<PathBuf>, FleetError> {
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.enroll_concurrency.max(1)));
     let mut tasks = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
-        if super::Identity::load(d)?.is_some() {
+        if Identity::load(d)?.is_some() {
             continue;
         }
         let eo = EnrollOptions {
@@ -208,4 +203,30 @@ pub async fn wait_activated(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Connects as the enrolled device in `data`, asks for `digest` and returns
+/// the control plane's first answer: `Ok(total length)` or `Err(reason)`
+/// when it refuses. For the refusal tests.
+pub async fn probe_fetch(data: &Path, digest: Digest) -> Result<Result<u64, String>, FleetError> {
+    let id = Identity::load(data)?.ok_or_else(|| FleetError::Bad {
+        path: super::fleet_dir(data).join("device.json"),
+        reason: "not enrolled".into(),
+    })?;
+    let cfg = super::device_client_config(data)?;
+    let endpoint = tls::client_endpoint()?;
+    let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+    let (mut s, mut r) = conn
+        .open_bi()
+        .await
+        .map_err(|e| FleetError::Protocol(e.to_string()))?;
+    send_frame(&mut s, &AgentFrame::Fetch { digest, offset: 0 }).await?;
+    let mut reader = FrameReader::new();
+    let answer = match read_server_frame(&mut r, &mut reader).await? {
+        Some(ServerFrame::FetchStart { total, .. }) => Ok(total),
+        Some(ServerFrame::FetchRefused { reason, .. }) => Err(reason),
+        other => Err(format!("unexpected answer {other:?}")),
+    };
+    conn.close(quinn::VarInt::from_u32(0), b"probe done");
+    Ok(answer)
 }

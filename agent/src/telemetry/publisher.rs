@@ -191,7 +191,15 @@ pub async fn run(
 ) {
     let mut negotiation = Negotiation::new(cfg.version);
     let mut conn: Option<Conn> = None;
-    let mut backoff = Duration::from_millis(200);
+    // Jittered: after a broker restart, devices do not reconnect together.
+    let reconnect = || {
+        crate::fleet::backoff(
+            Duration::from_millis(200),
+            Duration::from_secs(cfg.max_backoff_secs.max(1)),
+        )
+    };
+    let mut backoff = reconnect();
+    let mut backoff_fresh = true;
     let mut next_attempt = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,8 +250,9 @@ pub async fn run(
                     conn = None;
                     stats.connected.store(0, Ordering::Relaxed);
                     last_health = None;
-                    next_attempt = tokio::time::Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(cfg.max_backoff_secs.max(1)));
+                    next_attempt = tokio::time::Instant::now()
+                        + backoff.next().unwrap_or(Duration::from_secs(cfg.max_backoff_secs.max(1)));
+                    backoff_fresh = false;
                 }
             }
         }
@@ -251,7 +260,10 @@ pub async fn run(
             tracing::error!(error = %e, "telemetry: queueing a summary failed");
         }
         if let Some(c) = conn.as_mut().filter(|c| c.connected) {
-            backoff = Duration::from_millis(200);
+            if !backoff_fresh {
+                backoff = reconnect();
+                backoff_fresh = true;
+            }
             stats.connected.store(1, Ordering::Relaxed);
             if last_health
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(cfg.health_secs.max(1)))

@@ -11,6 +11,7 @@
 //!   a strictly increasing sequence number and an expiry.
 
 pub mod api;
+pub mod assign;
 pub mod ca;
 mod quic;
 
@@ -19,9 +20,8 @@ use crate::blobs::Blobs;
 use crate::store::fleet as db;
 use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
-use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState, Variant};
-use ferry_protocol::keys::{Digest, PublicKey};
-use ferry_protocol::ModelName;
+use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState};
+use ferry_protocol::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,15 +64,8 @@ pub struct FleetOptions {
     /// devices on slow links want more, since the aggregate rate is at most
     /// this many times a device's rate.
     pub max_concurrent_downloads: usize,
-    /// Test hook (`FERRY_TEST_REPLAY_DESIRED`): after every new desired
-    /// state, send the connection's first one again, as a replaying
-    /// attacker would.
-    pub replay_desired: bool,
     /// Bytes per chunk frame (`FERRY_FLEET_CHUNK_BYTES`, default 64 KiB).
     pub chunk_bytes: usize,
-    /// Test hook (`FERRY_TEST_CORRUPT_MODEL`): serve this model's bundles
-    /// with their last byte flipped, as a tampering network or disk would.
-    pub corrupt_model: Option<String>,
     /// The telemetry broker handed to devices at enrollment.
     pub mqtt_url: Option<String>,
 }
@@ -87,7 +80,6 @@ impl FleetOptions {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(3600),
-            replay_desired: std::env::var("FERRY_TEST_REPLAY_DESIRED").is_ok_and(|v| v == "1"),
             max_concurrent_downloads: std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
                 .ok()
                 .and_then(|s| s.parse::<usize>().ok())
@@ -98,15 +90,36 @@ impl FleetOptions {
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(64 * 1024)
                 .clamp(256, 1024 * 1024),
-            corrupt_model: std::env::var("FERRY_TEST_CORRUPT_MODEL")
-                .ok()
-                .filter(|s| !s.is_empty()),
         }
     }
 }
 
 /// Assembled bundle files by (tenant, manifest digest).
 type BundleCache = HashMap<(String, String), Arc<Vec<u8>>>;
+
+/// A tenant's live deployments as fetched at a change generation.
+struct Fetched {
+    generation: u64,
+    at: std::time::Instant,
+    deployments: Arc<Vec<db::Deployment>>,
+}
+
+/// How long fetched deployments serve without a local change: bounds how
+/// stale a change made through another replica can be here.
+const DEPLOYMENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The argument of the failpoint `name` when a test configured it
+/// (`FAILPOINTS=name=return(arg)`; empty without an argument). Always
+/// `None` in a build without the `failpoints` feature.
+pub(crate) fn failpoint(name: &str) -> Option<String> {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |arg| arg.unwrap_or_default());
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        None
+    }
+}
 
 /// Shared state of the fleet service.
 pub struct Fleet {
@@ -122,6 +135,9 @@ pub struct Fleet {
     connections: Mutex<HashMap<String, quinn::Connection>>,
     /// Assembled bundles by (tenant, manifest digest).
     bundles: tokio::sync::Mutex<BundleCache>,
+    /// Live deployments by tenant, fetched once per change for every
+    /// connected device (the lock makes the others wait for that fetch).
+    deployments: tokio::sync::Mutex<HashMap<String, Fetched>>,
     downloads: tokio::sync::Semaphore,
     /// The most downloads ever served at once (what an admin sees of the
     /// cap in `GET /api/v1/fleet/devices`; those in flight now are the
@@ -214,6 +230,7 @@ impl Fleet {
             changes,
             connections: Mutex::new(HashMap::new()),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
+            deployments: tokio::sync::Mutex::new(HashMap::new()),
             downloads: tokio::sync::Semaphore::new(permits),
             downloads_peak: AtomicUsize::new(0),
             progress: Mutex::new(HashMap::new()),
@@ -275,34 +292,34 @@ impl Fleet {
         }
     }
 
-    /// What `device` should run now: per model, the newest live deployment
-    /// whose selector matches its labels.
-    pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
-        let deps = self.store.live_deployments(&device.tenant).await?;
-        let mut by_model: std::collections::BTreeMap<String, db::Deployment> = Default::default();
-        for d in deps {
-            if db::matches(&d.selector, &device.labels) {
-                by_model.insert(d.model.clone(), d);
+    /// Live deployments of `tenant`, from one query per change: every
+    /// connected device recomputes its desired state after a change, and
+    /// all of them read the same fetched list.
+    async fn live_deployments(&self, tenant: &str) -> Result<Arc<Vec<db::Deployment>>, StoreError> {
+        let generation = *self.changes.borrow();
+        let mut cache = self.deployments.lock().await;
+        if let Some(f) = cache.get(tenant) {
+            if f.generation == generation && f.at.elapsed() < DEPLOYMENTS_MAX_AGE {
+                return Ok(f.deployments.clone());
             }
         }
-        let mut out = Vec::new();
-        for (_, d) in by_model {
-            let (Ok(model), Ok(digest)) = (
-                ModelName::try_from(d.model.clone()),
-                Digest::from_hex(&d.digest),
-            ) else {
-                tracing::error!(deployment = %d.id, "deployment names an invalid model or digest; skipped");
-                continue;
-            };
-            out.push(Assignment {
-                model,
-                version: d.version as u64,
-                manifest_digest: digest,
-                variant: Variant::Champion,
-                traffic_percent: 100,
-            });
-        }
-        Ok(out)
+        let deployments = Arc::new(self.store.live_deployments(tenant).await?);
+        cache.insert(
+            tenant.to_string(),
+            Fetched {
+                generation,
+                at: std::time::Instant::now(),
+                deployments: deployments.clone(),
+            },
+        );
+        Ok(deployments)
+    }
+
+    /// What `device` should run now: per model, the newest live deployment
+    /// whose selector matches its labels ([`assign::assign`]).
+    pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
+        let deployments = self.live_deployments(&device.tenant).await?;
+        Ok(assign::assign(&deployments, &device.labels))
     }
 
     /// Signs a fresh desired-state document for `device` at `now`.
@@ -487,5 +504,71 @@ impl Fleet {
     /// dropped or the endpoint is closed.
     pub fn start_quic(self: &Arc<Self>) -> Result<(quinn::Endpoint, SocketAddr), FleetError> {
         quic::start(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(id: &str, version: i64) -> db::Deployment {
+        db::Deployment {
+            id: id.into(),
+            tenant: "t".into(),
+            model: "fraud".into(),
+            version,
+            digest: ferry_protocol::keys::sha256(id.as_bytes()).to_hex(),
+            selector: db::Labels::new(),
+            created_at: 0,
+            created_by: "admin".into(),
+            deleted_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_deployments_are_fetched_once_per_change() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        let blobs = Blobs::local(&d.path().join("artifacts")).unwrap();
+        let opts = FleetOptions::new(([127, 0, 0, 1], 0).into());
+        let fleet = Fleet::open(store, blobs, d.path(), opts).await.unwrap();
+        let device = db::Device {
+            id: "dev_a".into(),
+            tenant: "t".into(),
+            hostname: "h".into(),
+            labels: db::Labels::new(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+        };
+        let version = |a: Vec<Assignment>| a.iter().map(|a| a.version).collect::<Vec<_>>();
+        let entry = || AuditEntry {
+            tenant: "t".into(),
+            request_id: String::new(),
+            actor: "test".into(),
+            action: "deployment.create".into(),
+            target: String::new(),
+            outcome: crate::audit::OUTCOME_OK.into(),
+            detail: String::new(),
+        };
+        fleet
+            .store
+            .create_deployment(&deployment("d1", 1), entry())
+            .await
+            .unwrap();
+        fleet.changed();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [1]);
+        // A row written without announcing a change is not read again: every
+        // device computes this change from the list fetched once...
+        fleet
+            .store
+            .create_deployment(&deployment("d2", 2), entry())
+            .await
+            .unwrap();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [1]);
+        // ...and the next change fetches it afresh.
+        fleet.changed();
+        assert_eq!(version(fleet.assignments(&device).await.unwrap()), [2]);
     }
 }

@@ -372,7 +372,6 @@ async fn control(
     };
     let first = push(device.clone()).await?;
     send(&mut s, &ServerFrame::DesiredState(first.clone())).await?;
-    let replay = fleet.opts.replay_desired.then_some(first);
     let refresh = Duration::from_secs((fleet.opts.desired_ttl / 2).max(1));
     let mut refresh_at = tokio::time::Instant::now() + refresh;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
@@ -395,8 +394,10 @@ async fn control(
                     device = d;
                 }
                 send(&mut s, &ServerFrame::DesiredState(push(device.clone()).await?)).await?;
-                if let Some(old) = &replay {
-                    send(&mut s, &ServerFrame::DesiredState(old.clone())).await?;
+                // Failpoint: after every new desired state, send the
+                // connection's first one again, as a replaying attacker would.
+                if super::failpoint("fleet-replay-desired").is_some() {
+                    send(&mut s, &ServerFrame::DesiredState(first.clone())).await?;
                 }
                 refresh_at = tokio::time::Instant::now() + refresh;
             }
@@ -564,13 +565,15 @@ async fn fetch(
             )
             .await;
     }
-    let corrupt = fleet.opts.corrupt_model.as_deref() == Some(a.model.as_str());
+    // Failpoint `fleet-corrupt-model=return(MODEL)`: serve MODEL's bundles
+    // with their last byte flipped, as a tampering network or disk would.
+    let corrupt = super::failpoint("fleet-corrupt-model").as_deref() == Some(a.model.as_str());
     let mut pos = start;
     while pos < bytes.len() {
         let end = (pos + fleet.opts.chunk_bytes).min(bytes.len());
         let mut data = bytes[pos..end].to_vec();
         if corrupt && end == bytes.len() {
-            // Test hook: flip the last byte of the bundle.
+            // Failpoint: flip the last byte of the bundle.
             if let Some(b) = data.last_mut() {
                 *b ^= 0x55;
             }

@@ -24,9 +24,23 @@ pub struct BrokerAddr {
     pub version: Version,
 }
 
+/// Reconnect delays: `d` doubles from 200 ms to 5 s and each is drawn
+/// from `[d/2, d)` (backon's jitter adds up to the delay again, hence the
+/// halved bounds), so replicas cut off by a broker restart do not
+/// reconnect in lockstep.
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(2500))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Runs forever, reconnecting with backoff.
 pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = reconnect_backoff();
     let mut negotiation = Negotiation::new(broker.version);
     let mut o = ferry_mqtt::Options::new(client_id, broker.url.clone());
     o.tls = broker.tls.clone();
@@ -62,7 +76,7 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
             };
             match ev {
                 Ok(Event::Connected { session_present }) => {
-                    backoff = Duration::from_millis(200);
+                    backoff = reconnect_backoff();
                     // A kept session has its subscriptions already;
                     // subscribing again is harmless and covers a broker
                     // that lost them.
@@ -114,7 +128,6 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
         if let Ok(mut g) = engine.mqtt.lock() {
             *g = None;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }

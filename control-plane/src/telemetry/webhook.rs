@@ -31,8 +31,17 @@ pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
+/// A delay of the configured schedule, drawn from `[d/2, d]`: alerts raised
+/// together (one drift across a fleet) do not retry against the receiver
+/// in lockstep. The schedule is the operator's list, not a formula, which
+/// backon's builders cannot express; the jitter is the same as theirs.
+fn jittered(ms: u64) -> std::time::Duration {
+    let half = ms / 2;
+    std::time::Duration::from_millis(half + rand::random::<u64>() % (ms - half + 1))
+}
+
 /// Posts `body` to `url`: the first try, then one more after each delay in
-/// `retry_ms`. Returns (delivered, attempts, last error).
+/// `retry_ms` (jittered). Returns (delivered, attempts, last error).
 pub async fn deliver(
     http: &reqwest::Client,
     url: &str,
@@ -46,7 +55,7 @@ pub async fn deliver(
     let mut last = String::new();
     for delay in std::iter::once(&0).chain(retry_ms) {
         if *delay > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(*delay)).await;
+            tokio::time::sleep(jittered(*delay)).await;
         }
         attempts += 1;
         let r = http
@@ -72,6 +81,16 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_are_jittered_within_the_schedule() {
+        let seen: std::collections::HashSet<_> = (0..50).map(|_| jittered(1000)).collect();
+        assert!(seen
+            .iter()
+            .all(|d| d.as_millis() >= 500 && d.as_millis() <= 1000));
+        assert!(seen.len() > 5, "{seen:?}");
+        assert!(jittered(1) <= std::time::Duration::from_millis(1));
+    }
 
     #[test]
     fn rfc4231_case_2() {
