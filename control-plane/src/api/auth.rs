@@ -7,7 +7,6 @@ use crate::action::Action;
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::{self, Principal};
 use crate::registry::{Caller, Refused};
-use crate::store::StoreError;
 use axum::extract::{FromRef, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -202,10 +201,5 @@ impl Auth {
             actor: self.p.actor(),
             request_id: self.rid.clone(),
         }
-    }
-
-    /// Appends `entry` in its own transaction.
-    pub async fn append(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.state.store.audit(entry).await.map(drop)
     }
 }

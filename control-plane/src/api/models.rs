@@ -156,7 +156,7 @@ pub async fn register(
         &a.caller(),
         &upload,
         project,
-        crate::now_unix(),
+        st.store.clock().now_secs(),
     )
     .await;
     let reg = match r {

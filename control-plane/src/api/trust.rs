@@ -39,7 +39,9 @@ pub async fn put_trust_root(
 ) -> ApiResult<Json<TrustRootSet>> {
     a.authorize(Action::TrustPush, "trust root").await?;
     let root =
-        match registry::put_trust_root(&st.store, &a.caller(), &body, crate::now_unix()).await {
+        match registry::put_trust_root(&st.store, &a.caller(), &body, st.store.clock().now_secs())
+            .await
+        {
             Ok(r) => r,
             Err(refused) => return Err(a.rejected(Action::TrustPush, refused).await),
         };

@@ -108,7 +108,7 @@ async fn create_token(
     a.authorize(Action::DeviceTokenCreate, "").await?;
     let req: DeviceTokenRequest = json_body(&body)?;
     let labels = parse_labels(req.labels.as_ref())?;
-    let now = crate::now_unix() as i64;
+    let now = st.store.clock().now_secs() as i64;
     let expires_at = now + req.expires_in.unwrap_or(86_400).min(365 * 86_400) as i64;
     let uses = req.uses.unwrap_or(1).clamp(1, 1_000_000) as i64;
     let token = format!("fe_{}", hex::encode(rand::random::<[u8; 32]>()));
@@ -329,7 +329,7 @@ async fn create_deployment(
         version,
         digest: row.digest.clone(),
         selector,
-        created_at: crate::now_unix() as i64,
+        created_at: st.store.clock().now_secs() as i64,
         created_by: a.p.actor(),
         deleted_at: None,
     };

@@ -163,13 +163,6 @@ pub struct DownloadSlots {
     pub peak: usize,
 }
 
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 fn load_online_key(path: &Path) -> Result<SigningKey, FleetError> {
     let err = |reason: String| FleetError::OnlineKey {
         path: path.to_path_buf(),
@@ -276,7 +269,7 @@ impl Fleet {
     }
 
     fn next_sequence(&self) -> u64 {
-        let now = now_micros();
+        let now = self.store.clock().now_micros();
         let mut cur = self.last_sequence.load(Ordering::Relaxed);
         loop {
             let next = now.max(cur + 1);

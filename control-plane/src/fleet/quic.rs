@@ -251,7 +251,7 @@ async fn enroll(
             format!("protocol {protocol} is not supported (this server speaks {PROTOCOL_VERSION})"),
         );
     }
-    let now = crate::now_unix() as i64;
+    let now = fleet.store.clock().now_secs() as i64;
     let hash = crate::auth::hash_token(token);
     let (token_id, tenant, labels) = match fleet.store.consume_enrollment_token(&hash).await {
         Ok(Ok(t)) => t,
@@ -365,7 +365,7 @@ async fn control(
         let fleet = fleet.clone();
         async move {
             fleet
-                .desired_state(&d, crate::now_unix())
+                .desired_state(&d, fleet.store.clock().now_secs())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -406,7 +406,7 @@ async fn control(
                 refresh_at = tokio::time::Instant::now() + refresh;
             }
             _ = heartbeat.tick() => {
-                send(&mut s, &ServerFrame::Heartbeat { at: crate::now_unix() }).await?;
+                send(&mut s, &ServerFrame::Heartbeat { at: fleet.store.clock().now_secs() }).await?;
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { return Ok(()); };

@@ -1,6 +1,6 @@
 //! Aliases: movable names (`production`) pointing at a model's versions.
 
-use super::{Result, Store, StoreError, Tx};
+use super::{Result, Store, StoreError};
 use crate::audit::AuditEntry;
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -23,34 +23,6 @@ impl FromRow<'_, AnyRow> for AliasRow {
             updated_by: r.try_get("updated_by")?,
         })
     }
-}
-
-/// (alias, version) of `model`, those pointing at `version` when given.
-pub(super) async fn aliases_of(
-    tx: &mut Tx,
-    tenant: &str,
-    model: &str,
-    version: Option<i64>,
-) -> Result<Vec<(String, i64)>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT alias, version FROM aliases WHERE tenant = $1 AND model = $2 ORDER BY alias",
-    )
-    .bind(tenant)
-    .bind(model)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter(|(_, v)| version.is_none_or(|x| x == *v))
-        .collect())
-}
-
-pub(super) fn deployed_message(model: &str, version: i64, held: &[(String, i64)]) -> String {
-    let names: Vec<&str> = held.iter().map(|(a, _)| a.as_str()).collect();
-    format!(
-        "{model}@{version} is deployed (alias {}); move or remove the alias first",
-        names.join(", ")
-    )
 }
 
 impl Store {

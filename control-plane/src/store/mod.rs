@@ -138,6 +138,11 @@ impl Store {
         &self.pool
     }
 
+    /// The clock this store (and everything that shares it) reads time from.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// Seconds since the epoch on the store's clock.
     fn now(&self) -> i64 {
         self.clock.now_secs() as i64

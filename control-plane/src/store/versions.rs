@@ -1,6 +1,5 @@
 //! Model versions: registration, listing, archiving and deletion.
 
-use super::aliases::{aliases_of, deployed_message};
 use super::sql::Sql;
 use super::{not_found_model, Filters, Orphans, Result, Store, StoreError, Tx};
 use crate::audit::AuditEntry;
@@ -84,6 +83,35 @@ pub enum Registered {
 }
 
 const VERSION_COLS: &str = "SELECT v.model, v.version, v.digest, v.header, v.manifest, v.size, v.status, v.created_at, v.created_by FROM versions v";
+
+/// (alias, version) of `model` (the aliases that keep a version from being
+/// archived or deleted), those pointing at `version` when given.
+pub(super) async fn aliases_of(
+    tx: &mut Tx,
+    tenant: &str,
+    model: &str,
+    version: Option<i64>,
+) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT alias, version FROM aliases WHERE tenant = $1 AND model = $2 ORDER BY alias",
+    )
+    .bind(tenant)
+    .bind(model)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, v)| version.is_none_or(|x| x == *v))
+        .collect())
+}
+
+pub(super) fn deployed_message(model: &str, version: i64, held: &[(String, i64)]) -> String {
+    let names: Vec<&str> = held.iter().map(|(a, _)| a.as_str()).collect();
+    format!(
+        "{model}@{version} is deployed (alias {}); move or remove the alias first",
+        names.join(", ")
+    )
+}
 
 /// The status of one version, or which of model and version is missing.
 pub(super) async fn version_status(

@@ -29,10 +29,6 @@ type ModelVersion = (String, String, u64);
 /// The engine's clock (milliseconds; any `Fn() -> u64` closure is one).
 pub type Clock = crate::clock::SharedClock;
 
-pub fn system_clock() -> Clock {
-    crate::clock::SystemClock::shared()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("topic {0:?} is not ferry/v1/{{tenant}}/{{device}}/{{drift|health|events}}")]

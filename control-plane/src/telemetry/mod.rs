@@ -225,7 +225,7 @@ pub async fn start(
             "external"
         }
     );
-    let engine = engine::Engine::new(store.clone(), engine::system_clock());
+    let engine = engine::Engine::new(store.clone(), store.clock().clone());
     let client_id = client_id(data)?;
     tokio::spawn(ingest::run(engine.clone(), addr, client_id));
     let e2 = engine.clone();
