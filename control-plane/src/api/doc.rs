@@ -2,9 +2,7 @@
 //! functions over stored manifests.
 
 use ferry_protocol::baseline::FeatureKind;
-use ferry_protocol::encoding;
 use ferry_protocol::trust::TrustRoot;
-use ferry_protocol::SignedManifest;
 use ferry_protocol::{Manifest, Schema, TensorSpec};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,21 +12,6 @@ use super::types::{
     ModelDoc, SchemaDoc, SignatureInfo, TagComparison, TensorDoc,
 };
 use crate::store::VersionRow;
-
-/// Decodes the stored header (hex of the canonical encoding).
-pub fn header(row: &VersionRow) -> Option<SignedManifest> {
-    let bytes = hex::decode(&row.header).ok()?;
-    encoding::decode(
-        &bytes,
-        ferry_protocol::bundle::HEADER_LIMIT,
-        "bundle header",
-    )
-    .ok()
-}
-
-pub fn manifest(row: &VersionRow) -> Option<Manifest> {
-    serde_json::from_str(&row.manifest).ok()
-}
 
 fn baseline_summary(m: &Manifest) -> Option<BaselineSummary> {
     let b = m.baseline.as_ref()?;
@@ -63,7 +46,8 @@ fn baseline_summary(m: &Manifest) -> Option<BaselineSummary> {
 
 /// The full description of one version.
 pub fn model_doc(project: &str, row: &VersionRow, trust: Option<&TrustRoot>) -> ModelDoc {
-    let signatures = header(row)
+    let signatures = row
+        .signed_manifest()
         .map(|h| {
             h.signatures
                 .iter()
@@ -76,7 +60,7 @@ pub fn model_doc(project: &str, row: &VersionRow, trust: Option<&TrustRoot>) -> 
                 .collect()
         })
         .unwrap_or_default();
-    let manifest = manifest(row).map(|m| ManifestDoc {
+    let manifest = row.manifest().map(|m| ManifestDoc {
         runtime: json!(m.runtime),
         schema: schema_doc(&m.schema),
         metrics: m.metrics.clone(),
@@ -223,7 +207,7 @@ fn baseline_changes(a: &Manifest, b: &Manifest) -> Vec<String> {
 /// Side-by-side comparison; the first version is the base that deltas are
 /// taken against.
 pub fn compare(rows: &[VersionRow]) -> Comparison {
-    let manifests: Vec<Option<Manifest>> = rows.iter().map(manifest).collect();
+    let manifests: Vec<Option<Manifest>> = rows.iter().map(VersionRow::manifest).collect();
     let base = rows.first();
     let base_manifest = manifests.first().and_then(|m| m.as_ref());
     let key = |r: &VersionRow| r.version.to_string();

@@ -7,7 +7,7 @@ use super::query::{parse_filters, parse_name, parse_project, query_pairs, FILTER
 use super::state::AppState;
 use super::types::RegisteredVersion;
 use super::types::{Deleted, ErrorBody, LatestVersion, ModelDetail, ModelList, ModelSummary};
-use super::{doc, versions};
+use super::versions;
 use crate::action::Action;
 use crate::registry::{self, RegistryError, Upload};
 use axum::body::Body;
@@ -98,7 +98,7 @@ pub async fn show_model(
     let latest = match m.latest_version {
         Some(v) => {
             let row = st.store.version(&a.p.tenant, &name, v).await?;
-            let man = doc::manifest(&row);
+            let man = row.manifest();
             Some(LatestVersion {
                 version: v,
                 metrics: man.as_ref().map(|m| m.metrics.clone()),

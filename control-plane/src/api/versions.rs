@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 fn summary(r: crate::store::VersionRow) -> VersionSummary {
-    let m = doc::manifest(&r);
+    let m = r.manifest();
     VersionSummary {
         metrics: m.as_ref().map(|m| m.metrics.clone()),
         tags: m.as_ref().map(|m| m.tags.clone()),
@@ -141,7 +141,8 @@ pub async fn download(
     a.authorize(Action::VersionDownload, format!("{name}@{version}"))
         .await?;
     let row = st.store.version(&a.p.tenant, &name, version).await?;
-    let header = doc::header(&row)
+    let header = row
+        .signed_manifest()
         .ok_or_else(|| ApiError::internal("stored bundle header does not decode"))?;
     let preamble = header.to_preamble();
     let artifacts = st.store.artifacts(&a.p.tenant, &name, version).await?;

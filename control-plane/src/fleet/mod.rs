@@ -364,7 +364,8 @@ impl Fleet {
                 row.digest
             ));
         }
-        let header = crate::api::doc::header(&row)
+        let header = row
+            .signed_manifest()
             .ok_or_else(|| "stored bundle header does not decode".to_string())?;
         let mut out = header.to_preamble();
         let arts = self

@@ -2,11 +2,10 @@
 
 use super::{Result, Store, StoreError};
 use crate::audit::AuditEntry;
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct AliasRow {
     pub alias: String,
     pub version: i64,

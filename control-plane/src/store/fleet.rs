@@ -22,7 +22,7 @@ pub fn matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Device {
     pub id: String,
     pub tenant: String,
@@ -50,7 +50,7 @@ impl FromRow<'_, AnyRow> for Device {
 
 const DEVICE_COLS: &str = "id, tenant, hostname, labels, created_at, revoked_at, last_seen";
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Deployment {
     pub id: String,
     pub tenant: String,

@@ -2,12 +2,11 @@
 
 use super::sql::Sql;
 use super::{not_found_model, Result, Store};
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ModelSummary {
     pub name: String,
     pub project: String,

@@ -3,11 +3,10 @@
 use super::{Result, Store, StoreError};
 use crate::audit::AuditEntry;
 use crate::auth::{Principal, Role};
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct TokenInfo {
     pub id: String,
     pub tenant: String,

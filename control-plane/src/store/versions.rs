@@ -3,18 +3,15 @@
 use super::sql::Sql;
 use super::{not_found_model, Filters, Orphans, Result, Store, StoreError, Tx};
 use crate::audit::AuditEntry;
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct VersionRow {
     pub model: String,
     pub version: i64,
     pub digest: String,
-    #[serde(skip)]
     pub header: String,
-    #[serde(skip)]
     pub manifest: String,
     pub size: i64,
     pub status: String,
@@ -40,7 +37,7 @@ impl FromRow<'_, AnyRow> for VersionRow {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ArtifactRow {
     pub name: String,
     pub digest: String,
@@ -74,12 +71,30 @@ pub struct NewVersion {
     pub created_by: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registered {
     Created,
     /// An archived version with the same digest was pushed again.
     Restored,
+}
+
+impl VersionRow {
+    /// The stored signed manifest (hex of its canonical encoding); `None` if
+    /// the row does not decode.
+    pub fn signed_manifest(&self) -> Option<ferry_protocol::SignedManifest> {
+        let bytes = hex::decode(&self.header).ok()?;
+        ferry_protocol::encoding::decode(
+            &bytes,
+            ferry_protocol::bundle::HEADER_LIMIT,
+            "bundle header",
+        )
+        .ok()
+    }
+
+    /// The stored manifest (JSON); `None` if the row does not decode.
+    pub fn manifest(&self) -> Option<ferry_protocol::Manifest> {
+        serde_json::from_str(&self.manifest).ok()
+    }
 }
 
 const VERSION_COLS: &str = "SELECT v.model, v.version, v.digest, v.header, v.manifest, v.size, v.status, v.created_at, v.created_by FROM versions v";
