@@ -94,54 +94,52 @@ impl std::fmt::Display for BrokerUrl {
     /// Without credentials: safe to log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
     }
 }
 
 impl std::str::FromStr for BrokerUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (rest, tls) = if let Some(r) = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-        {
-            (r, false)
-        } else if let Some(r) = s
-            .strip_prefix("mqtts://")
-            .or_else(|| s.strip_prefix("ssl://"))
-        {
-            (r, true)
-        } else {
-            return Err(format!(
-                "MQTT URL {s:?} must start with mqtt:// or, for TLS, mqtts://"
-            ));
+        let url = url::Url::parse(s).map_err(|e| format!("MQTT URL {s:?}: {e}"))?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => {
+                return Err(format!(
+                    "MQTT URL {s:?} must start with mqtt:// or, for TLS, mqtts://"
+                ))
+            }
         };
-        let rest = rest.trim_end_matches('/');
-        let (user, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        let (username, password) = match user {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|e| format!("MQTT URL {s:?}: port {p:?}: {e}"))?,
-            ),
-            None => (hostport.to_string(), if tls { 8883 } else { 1883 }),
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("MQTT URL {s:?} has no host")),
         };
         if host.is_empty() {
             return Err(format!("MQTT URL {s:?} has no host"));
         }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(format!("MQTT URL {s:?}: a broker URL has no path or query"));
+        }
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|e| format!("MQTT URL {s:?}: credentials: {e}"))
+        };
+        let username = match url.username() {
+            "" => None,
+            u => Some(decode(u)?),
+        };
+        let password = url.password().map(decode).transpose()?;
         Ok(Self {
             host,
-            port,
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
             username,
             password,
             tls,
@@ -445,6 +443,17 @@ mod url_tests {
         assert!("http://x".parse::<BrokerUrl>().is_err());
         assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
         assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
+        // What the hand-written parser got wrong: percent-encoded
+        // credentials, and an IPv6 literal without a port.
+        let u: BrokerUrl = "mqtt://dev%40site:p%3Ass@b".parse().unwrap();
+        assert_eq!(u.username.as_deref(), Some("dev@site"));
+        assert_eq!(u.password.as_deref(), Some("p:ss"));
+        let u: BrokerUrl = "mqtt://[::1]".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1883));
+        assert_eq!(u.to_string(), "mqtt://[::1]:1883");
+        let u: BrokerUrl = "mqtts://[::1]:8884/".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 8884, true));
+        assert!("mqtt://b:1/some/path".parse::<BrokerUrl>().is_err());
     }
 }
 

@@ -3,10 +3,14 @@
 
 use crate::blobs::Blobs;
 use crate::store::Store;
-use std::collections::HashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+
+/// Above this many tracked tokens, the limiter forgets those whose quota
+/// has refilled (revoked or idle tokens must not accumulate).
+const TRACKED_TOKENS: usize = 10_000;
 
 /// Server-wide settings the handlers need.
 #[derive(Clone, Debug)]
@@ -26,41 +30,32 @@ pub struct AppState {
     pub blobs: Blobs,
     pub tmp: PathBuf,
     pub limits: Limits,
-    buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
+    /// `None` when rate limiting is off.
+    limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
 }
 
 impl AppState {
     pub fn new(store: Store, blobs: Blobs, tmp: PathBuf, limits: Limits) -> Self {
+        let limiter = NonZeroU32::new(limits.rate_per_minute)
+            .map(|rate| Arc::new(RateLimiter::keyed(Quota::per_minute(rate))));
         Self {
             store,
             blobs,
             tmp,
             limits,
-            buckets: Arc::new(Mutex::new(HashMap::new())),
+            limiter,
         }
     }
 
-    /// Token bucket per token: `rate_per_minute` capacity, refilled
-    /// continuously.
+    /// Whether `token_id` may make another request now: `rate_per_minute`
+    /// per token, with a burst of as many (GCRA).
     pub(crate) fn allow(&self, token_id: &str) -> bool {
-        let rate = self.limits.rate_per_minute;
-        if rate == 0 {
-            return true;
-        }
-        let cap = f64::from(rate);
-        let Ok(mut b) = self.buckets.lock() else {
+        let Some(limiter) = &self.limiter else {
             return true;
         };
-        let now = Instant::now();
-        let entry = b.entry(token_id.to_string()).or_insert((cap, now));
-        let refill = now.duration_since(entry.1).as_secs_f64() * cap / 60.0;
-        entry.0 = (entry.0 + refill).min(cap);
-        entry.1 = now;
-        if entry.0 >= 1.0 {
-            entry.0 -= 1.0;
-            true
-        } else {
-            false
+        if limiter.len() > TRACKED_TOKENS {
+            limiter.retain_recent();
         }
+        limiter.check_key(&token_id.to_string()).is_ok()
     }
 }
