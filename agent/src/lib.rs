@@ -16,6 +16,7 @@
 //! - [`trees`]: fast tree-ensemble evaluation (ONNX-ML TreeEnsemble* ops) inside tract;
 //! - [`telemetry`]: drift windows, the sled outbox and the MQTT publisher;
 //! - [`fleet`]: enrollment and the QUIC session with the control plane (desired state, resumable downloads, activation reports);
+//! - `failpoint`: crash points for the e2e tests (feature `failpoints`);
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod dense;
 pub mod engine;
+mod failpoint;
 pub mod fleet;
 pub mod inference_log;
 pub mod metrics;

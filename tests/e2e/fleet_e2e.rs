@@ -284,8 +284,9 @@ fn enroll_deploy_promote_and_refusals() {
 
 /// A download cut at half way by killing the agent resumes from where it
 /// stopped; then the agent exits on the spot (as kill -9 would) at each
-/// crash point of its fetch/activate path, once each, and never leaves a
-/// partial or unverified model active.
+/// crash point of its fetch/activate path and of the serving core's
+/// install, once each, and never leaves a partial or unverified model
+/// active, nor a download or a copy behind.
 #[test]
 fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -299,7 +300,7 @@ fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
         "push",
         keys.path("v1.root").to_str().unwrap(),
     ]));
-    let bundles: Vec<_> = (1..=4)
+    let bundles: Vec<_> = (1..=8)
         .map(|v| keys.bundle("slow", v, "pub", &[]))
         .collect();
     for b in &bundles {
@@ -320,7 +321,13 @@ fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
     let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
     // About four seconds per bundle at this rate.
     let rate = (size / 4).max(256).to_string();
-    let mut agent = Agent::start(&data, &id, &["--fleet-max-bytes-per-sec", &rate]);
+    // One stored version: pruning runs at every install, and must never
+    // delete what the saved state still names.
+    let mut agent = Agent::start(
+        &data,
+        &id,
+        &["--fleet-max-bytes-per-sec", &rate, "--keep-versions", "1"],
+    );
 
     // --- cut at >= 50 %, kill, restart: it resumes.
     let d1 = deploy(&server, "slow", "1", "site=x");
@@ -356,15 +363,23 @@ fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
     assert!(at >= size / 2, "resumed at {at} of {size}");
     assert_eq!(agent.infer("slow").1["model_version"], "1");
 
-    // --- exit at each crash point of the agent's fetch/activate path (the
-    // `failpoints` feature of the e2e build), once each: half way through a
-    // download, after the download before activation, after activation
-    // before the report. Crash points inside the serving core's install
-    // (copy, compile, swap) are not here yet.
+    // --- exit at each crash point (the `failpoints` feature of the e2e
+    // build; `agent/src/failpoint.rs`), once each, in the order an
+    // activation passes them: half way through a download; after the
+    // download; in install after the copy into `incoming/`, after
+    // verify/compile/test vectors and the move into `models/`, after
+    // `state.json` is saved, after the routing-table swap; after install
+    // before the report. Until `state.json` is saved the previous version
+    // is the active one; the restarted agent finds the complete download
+    // and installs it again, so every deployment ends `active` on `v`.
     for (v, point) in [
         (2u64, "fleet-download-half"),
         (3, "fleet-downloaded"),
-        (4, "fleet-activated"),
+        (4, "serving-install-copied"),
+        (5, "serving-install-verified"),
+        (6, "serving-install-saved"),
+        (7, "serving-install-swapped"),
+        (8, "fleet-activated"),
     ] {
         agent.kill();
         agent.restart_with_failpoints(&format!("{point}=1*return"));
@@ -385,17 +400,56 @@ fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
             "--trust",
             keys.path("v1.root").to_str().unwrap(),
         ]));
-        let expect_active = if point == "fleet-activated" { v } else { v - 1 };
+        let saved = matches!(
+            point,
+            "serving-install-saved" | "serving-install-swapped" | "fleet-activated"
+        );
+        let expect_active = if saved { v } else { v - 1 };
         assert_eq!(active, expect_active, "{point}");
+        if point.starts_with("serving-install-") {
+            // Install runs on the complete download, which the restart
+            // installs again (or, once installed, discards).
+            let part = std::fs::read_dir(data.join("fleet/partial"))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .collect::<Vec<_>>();
+            let full = std::fs::metadata(&bundles[v as usize - 1]).unwrap().len();
+            assert_eq!(part, [full], "{point}: the download on disk");
+        }
+        if point == "serving-install-verified" {
+            // Stored, but nothing names it: it must not serve after restart.
+            assert!(data.join(format!("models/slow/{v:020}.ferry")).exists());
+        }
         agent.restart();
+        // Straight after the restart it serves what state.json names, or
+        // already `v` if the reinstall was quick; never anything else.
         let (status, body) = agent.infer("slow");
         assert_eq!(status, 200, "after {point}: {body}");
+        let serving = body["model_version"].as_str().unwrap().to_string();
+        assert!(
+            serving == expect_active.to_string() || serving == v.to_string(),
+            "after {point}: serving v{serving}"
+        );
         wait_state(&server, &dep, &id, "active");
         assert_eq!(agent.infer("slow").1["model_version"], v.to_string());
     }
     if partial_left(&data) {
         panic!("a partial download was left behind");
     }
+    let left = |dir: &str| {
+        std::fs::read_dir(data.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // A copy abandoned at `serving-install-copied` is cleared at the next start.
+    assert_eq!(left("incoming"), Vec::<String>::new(), "incoming/");
+    // Versions left by a crash before pruning are pruned at the next install.
+    assert_eq!(
+        left("models/slow"),
+        [format!("{:020}.ferry", 8)],
+        "models/slow"
+    );
 }
 
 /// Whether a partial download is still on disk.

@@ -4,7 +4,8 @@
 
 use super::activator::Activator;
 use super::wire::{read_server_frame, send_frame};
-use super::{crash_point, fleet_dir, Refusal};
+use super::{fleet_dir, Refusal};
+use crate::failpoint::crash_point;
 use ferry_protocol::desired::Assignment;
 use ferry_protocol::frames::{AgentFrame, FrameReader, ServerFrame};
 use ferry_protocol::keys::Digest;

@@ -76,20 +76,6 @@ pub fn backoff(min: Duration, max: Duration) -> backon::ExponentialBackoff {
         .build()
 }
 
-/// A crash point: with the `failpoints` feature and `FAILPOINTS=NAME=return`
-/// the process exits on the spot, as `kill -9` or a power cut would. The
-/// fleet e2e tests stop the agent at each point of the fetch/activate path
-/// this way; a build without the feature has none.
-pub(crate) fn crash_point(name: &str) {
-    #[cfg(feature = "failpoints")]
-    if fail::eval(name, |_| ()).is_some() {
-        eprintln!("failpoint {name}: exiting");
-        std::process::exit(137);
-    }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
-}
-
 /// The mutual-TLS client configuration of the enrolled device in `data`.
 pub(crate) fn device_client_config(data: &Path) -> Result<quinn::ClientConfig, FleetError> {
     let dir = fleet_dir(data);

@@ -9,7 +9,8 @@ use super::download::{partial_len, partial_path, scan_partials, FetchError, Fetc
 use super::gate::{save_floor, DesiredGate};
 use super::reconcile::{Action, FetchResult, Outcome, Reconciler, Restored};
 use super::wire::{read_server_frame, send_frame};
-use super::{crash_point, fleet_dir, tls, write_atomic, FleetError, Identity, Refusal};
+use super::{fleet_dir, tls, write_atomic, FleetError, Identity, Refusal};
+use crate::failpoint::crash_point;
 use crate::serving::Agent;
 use ferry_protocol::desired::Assignment;
 use ferry_protocol::frames::{AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION};
@@ -56,10 +57,21 @@ fn load_managed(data: &Path) -> BTreeSet<String> {
 /// What a (re)started agent knows: what serves, what it manages, what it
 /// had half downloaded.
 fn restore(data: &Path, act: &dyn Activator) -> Restored {
+    let installed = act.installed();
+    let mut partials = scan_partials(data);
+    // A crash after install but before the activate job removed its
+    // download leaves the file behind: the bundle serves, so it is done with.
+    partials.retain(|digest, _| {
+        let done = installed.iter().any(|b| b.manifest_digest == *digest);
+        if done {
+            let _ = std::fs::remove_file(partial_path(data, digest));
+        }
+        !done
+    });
     Restored {
-        installed: act.installed(),
+        installed,
         managed: load_managed(data),
-        partials: scan_partials(data),
+        partials,
     }
 }
 

@@ -2,12 +2,20 @@
 //! test vectors, then publish), rollback, clearing a role, unloading, and
 //! pruning old versions. Serialised by one mutex and all-or-nothing: a
 //! refused bundle leaves the previous version serving.
+//!
+//! A change is durable once `state.json` is saved; that happens before the
+//! routing table swaps (nothing serves that a restart would forget) and
+//! before superseded versions are deleted (a crash never leaves a saved
+//! state naming a deleted file). Install passes the crash points
+//! `serving-install-copied`, `-verified`, `-saved` and `-swapped` (see
+//! `crate::failpoint`).
 
 use super::error::{io_err, ActivateError};
 use super::local_store::{ActivationState, ModelState};
 use super::routing::{ModelRoutes, Role, Route, Table};
 use super::verify::{verify_and_load, LoadedModel};
 use super::Agent;
+use crate::failpoint::crash_point;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs;
@@ -133,11 +141,28 @@ impl Agent {
         self.table.store(Arc::new(table));
     }
 
-    /// Prunes, saves and publishes after a change to `model`'s state.
-    fn commit(&self, act: &mut Activations, model: &str) -> Result<(), ActivateError> {
-        self.prune(act, model);
+    /// Saves, publishes, then deletes what `prune` let go of, after a
+    /// change to `model`'s state. `installing` enables install's crash
+    /// points.
+    fn commit(
+        &self,
+        act: &mut Activations,
+        model: &str,
+        installing: bool,
+    ) -> Result<(), ActivateError> {
+        let unused = self.prune(act, model);
         self.store.save_state(&act.state)?;
+        if installing {
+            crash_point("serving-install-saved");
+        }
         self.publish(act);
+        if installing {
+            crash_point("serving-install-swapped");
+        }
+        // Only now: the previous state.json may still have named them.
+        for v in unused {
+            self.store.remove(model, v);
+        }
         Ok(())
     }
 
@@ -165,6 +190,7 @@ impl Agent {
             .store
             .incoming(format!("{}-{n}.ferry", std::process::id()));
         fs::copy(bundle, &tmp).map_err(io_err("copying bundle", bundle))?;
+        crash_point("serving-install-copied");
         let result = self.install_verified_copy(&tmp, role, split);
         let _ = fs::remove_file(&tmp);
         match &result {
@@ -200,6 +226,7 @@ impl Agent {
         let name = loaded.manifest.model.to_string();
         let version = loaded.manifest.version;
         self.store.keep(tmp, &name, version)?;
+        crash_point("serving-install-verified");
         act.loaded.insert((name.clone(), version), loaded);
         let st = act.state.models.entry(name.clone()).or_default();
         st.highest_seen = st.highest_seen.max(version);
@@ -228,7 +255,7 @@ impl Agent {
                 Role::Champion => {}
             }
         }
-        self.commit(&mut act, &name)?;
+        self.commit(&mut act, &name, true)?;
         tracing::info!(model = %name, version, role = role.as_str(), ?previous, "activated");
         Ok(Activated {
             model: name,
@@ -239,20 +266,22 @@ impl Agent {
     }
 
     /// Keeps the newest `keep_versions` stored versions of `model` plus any
-    /// in use; deletes the rest and forgets their compiled plans.
-    fn prune(&self, act: &mut Activations, model: &str) {
+    /// in use: forgets the rest (history, compiled plans) and returns them
+    /// for `commit` to delete once the state is saved.
+    fn prune(&self, act: &mut Activations, model: &str) -> Vec<u64> {
         let Some(st) = act.state.models.get(model).cloned() else {
-            return;
+            return Vec::new();
         };
         let Some(versions) = self.store.versions(model) else {
-            return;
+            return Vec::new();
         };
         let keep_from = versions.len().saturating_sub(self.keep_versions);
-        for (i, v) in versions.iter().enumerate() {
-            if i < keep_from && !st.in_use(*v) {
-                self.store.remove(model, *v);
-            }
-        }
+        let unused: Vec<u64> = versions
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| *i < keep_from && !st.in_use(**v))
+            .map(|(_, v)| *v)
+            .collect();
         let stored: Vec<u64> = versions
             .iter()
             .enumerate()
@@ -263,6 +292,7 @@ impl Agent {
             st.history.retain(|v| stored.contains(v));
         }
         act.loaded.retain(|(m, v), _| m != model || st.in_use(*v));
+        unused
     }
 
     /// Reactivates the previous champion from the local store (no download).
@@ -287,7 +317,7 @@ impl Agent {
             st.history.pop();
             st.champion.replace(target)
         };
-        self.commit(&mut act, model)?;
+        self.commit(&mut act, model, false)?;
         tracing::info!(model, version = target, ?previous, "rolled back");
         self.event(
             "rolled_back",
@@ -316,7 +346,7 @@ impl Agent {
             Role::Shadow => st.shadow = None,
             Role::Champion => {}
         }
-        self.commit(&mut act, model)
+        self.commit(&mut act, model, false)
     }
 
     /// Stops serving `model` in every role (the control plane undeployed
@@ -333,7 +363,7 @@ impl Agent {
         st.challenger = None;
         st.shadow = None;
         st.history.clear();
-        self.commit(&mut act, model)?;
+        self.commit(&mut act, model, false)?;
         tracing::info!(model, "unloaded");
         self.event("unloaded", Some(model), None, String::new());
         Ok(())

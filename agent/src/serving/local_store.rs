@@ -95,6 +95,21 @@ impl LocalStore {
         self.dir.join("incoming").join(name)
     }
 
+    /// Deletes what is left in `incoming/`: copies and uploads of a process
+    /// that died mid-install. Only for `Agent::open`, before anything of
+    /// this process writes there.
+    pub(super) fn clear_incoming(&self) {
+        let dir = self.dir.join("incoming");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if let Err(err) = fs::remove_file(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "stale incoming file not removed");
+            }
+        }
+    }
+
     /// Moves a verified copy into place as `model` v`version`.
     pub(super) fn keep(
         &self,
@@ -178,5 +193,13 @@ mod tests {
         store.remove("m", 9);
         store.remove("m", 9);
         assert_eq!(store.versions("m"), Some(vec![2, 10]));
+
+        // A copy left by a crash mid-install is gone after the next open.
+        fs::write(store.incoming("12-0.ferry".into()), b"half").unwrap();
+        store.clear_incoming();
+        assert_eq!(
+            fs::read_dir(dir.path().join("incoming")).unwrap().count(),
+            0
+        );
     }
 }

@@ -89,6 +89,8 @@ impl Agent {
             path: log_dir.clone(),
             reason: e.to_string(),
         })?;
+        // The log is open (and locked): no other process installs here.
+        store.clear_incoming();
         let state = store.load_state()?;
         let rate = opts.sample_rate.clamp(0.0, 1.0);
         let agent = Arc::new(Self {
