@@ -3,8 +3,10 @@
 //! with a generic 500, so database and object-store text never reaches a
 //! client.
 
+use crate::fleet::service::FleetServiceError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
+use crate::telemetry::service::TelemetryError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -96,6 +98,29 @@ impl From<RegistryError> for ApiError {
             }
             E::CrossTenant { .. } => ApiError::forbidden(e.to_string()),
             E::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<FleetServiceError> for ApiError {
+    fn from(e: FleetServiceError) -> Self {
+        use FleetServiceError as E;
+        match e {
+            E::Store(s) => s.into(),
+            E::NoAlias { .. } => ApiError::not_found(e.to_string()),
+            E::Archived { .. } => ApiError::new(StatusCode::CONFLICT, "archived", e.to_string()),
+        }
+    }
+}
+
+impl From<TelemetryError> for ApiError {
+    fn from(e: TelemetryError) -> Self {
+        use TelemetryError as E;
+        match e {
+            E::Store(s) => s.into(),
+            E::BadRequest(m) => ApiError::bad_request(m),
+            E::InvalidPolicy(_) => ApiError::bad_request(e.to_string()),
+            E::NoAlert { .. } => ApiError::not_found(e.to_string()),
         }
     }
 }

@@ -1,23 +1,21 @@
 //! Telemetry routes under `/api/v1`: drift and metrics time series, drift
 //! policies, alerts (with acknowledge) and retraining triggers. Reads need
 //! any role of the tenant; changes need operator or above and are audited.
+//! The handlers parse, authorize and answer; [`super::service`] does the
+//! work.
 
-use super::engine::{load_policy, save_policy};
-use super::policy::DriftPolicy;
+use super::service::{self, TelemetryError};
 use crate::action::Action;
 use crate::api::query::{series_query as query, SeriesQuery as Q};
 use crate::api::types::{
-    Alert, AlertList, DeviceHealth, DeviceHealthList, DriftPoint, DriftPolicyView, DriftSeries,
-    ErrorBody, MetricPoint, MetricSeries, Trigger, TriggerList,
+    Alert, AlertList, DeviceHealthList, DriftPolicyView, DriftSeries, ErrorBody, MetricSeries,
+    TriggerList,
 };
 use crate::api::{ApiError, AppState, Auth};
-use crate::audit::OUTCOME_OK;
-use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery, WindowRow};
+use crate::store::telemetry::{AlertQuery, WindowQuery};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::Json;
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,35 +32,26 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devices))
 }
 
-/// A policy as shown: the stored fields less the webhook secret.
-fn policy_view(p: &DriftPolicy, model: &str, default: Option<bool>) -> DriftPolicyView {
-    let policy = match p.public_json() {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    DriftPolicyView {
-        model: model.to_string(),
-        default,
-        policy,
-    }
-}
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg)
-}
-
 fn model_name(s: &str) -> R<String> {
     crate::api::query::parse_name(s)
 }
 
-async fn windows(st: &AppState, tenant: &str, model: &str, q: &Q) -> R<Vec<WindowRow>> {
-    let wq = WindowQuery {
+fn window_query(q: &Q) -> WindowQuery {
+    WindowQuery {
         version: q.version,
         device: q.device.clone(),
         since_ms: q.since_ms,
         limit: q.limit,
-    };
-    Ok(st.store.windows(tenant, model, &wq).await?)
+    }
+}
+
+/// The service's answer; a refusal it names is audited against `target`.
+async fn answer<T>(a: &Auth, action: Action, target: &str, r: Result<T, TelemetryError>) -> R<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_refusal() => Err(a.refuse(action, target, e.into()).await),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// PSI per feature per window.
@@ -79,35 +68,8 @@ async fn drift(
     let name = model_name(&name)?;
     a.authorize(Action::DriftSeries, &name).await?;
     let q = query(&raw, &[])?;
-    let policy = load_policy(&st.store, &a.p.tenant, &name)
-        .await?
-        .unwrap_or_default();
-    let mut points = Vec::new();
-    for r in windows(&st, &a.p.tenant, &name, &q).await? {
-        let s: ferry_protocol::telemetry::DriftSummary = serde_json::from_str(&r.summary)
-            .map_err(|e| ApiError::from(crate::store::StoreError::Corrupt(e.to_string())))?;
-        points.push(DriftPoint {
-            max_psi: policy.max_psi(&s),
-            device: s.device,
-            seq: s.seq,
-            version: s.version,
-            variant: s.variant,
-            window_start_ms: s.window_start_ms,
-            window_end_ms: s.window_end_ms,
-            rows: s.rows,
-            features: s.features,
-            psi: s.psi,
-            missing: s.missing,
-            out_of_range: s.out_of_range,
-            drifted: r.drifted,
-            received_at_ms: r.received_at_ms,
-        });
-    }
-    Ok(Json(DriftSeries {
-        model: name,
-        psi_threshold: policy.psi_threshold,
-        windows: points,
-    }))
+    let s = service::drift_series(&st.store, &a.caller(), &name, &window_query(&q)).await?;
+    Ok(Json(s))
 }
 
 /// Latency, throughput, errors and accuracy per window.
@@ -124,45 +86,8 @@ async fn metrics(
     let name = model_name(&name)?;
     a.authorize(Action::MetricSeries, &name).await?;
     let q = query(&raw, &[])?;
-    let mut points = Vec::new();
-    for r in windows(&st, &a.p.tenant, &name, &q).await? {
-        let (start, end, requests) = (r.window_start_ms, r.window_end_ms, r.requests);
-        let (labelled, correct, errors) = (r.labelled, r.correct, r.errors);
-        let secs = (end - start) as f64 / 1000.0;
-        points.push(MetricPoint {
-            device: r.device,
-            seq: r.seq,
-            version: r.version,
-            variant: r.variant,
-            window_start_ms: start,
-            window_end_ms: end,
-            requests,
-            rows: r.rows_seen,
-            errors,
-            error_rate: if requests > 0 {
-                errors as f64 / requests as f64
-            } else {
-                0.0
-            },
-            throughput_rps: if secs > 0.0 {
-                Some(requests as f64 / secs)
-            } else {
-                None
-            },
-            latency_p50_us: r.latency_p50_us,
-            latency_p99_us: r.latency_p99_us,
-            labelled,
-            accuracy: if labelled > 0 {
-                Some(correct as f64 / labelled as f64)
-            } else {
-                None
-            },
-        });
-    }
-    Ok(Json(MetricSeries {
-        model: name,
-        windows: points,
-    }))
+    let s = service::metric_series(&st.store, &a.caller(), &name, &window_query(&q)).await?;
+    Ok(Json(s))
 }
 
 /// The model's drift policy (`default`: none was saved).
@@ -176,11 +101,7 @@ async fn get_policy(
 ) -> R<Json<DriftPolicyView>> {
     let name = model_name(&name)?;
     a.authorize(Action::DriftPolicyShow, &name).await?;
-    st.store.model(&a.p.tenant, &name).await?;
-    let stored = load_policy(&st.store, &a.p.tenant, &name).await?;
-    let is_default = stored.is_none();
-    let p = stored.unwrap_or_default();
-    Ok(Json(policy_view(&p, &name, Some(is_default))))
+    Ok(Json(service::policy(&st.store, &a.caller(), &name).await?))
 }
 
 /// Replace the model's drift policy (fields left out take their defaults).
@@ -197,49 +118,8 @@ async fn set_policy(
     let name = model_name(&name)?;
     let action = Action::DriftPolicySet;
     a.authorize(action, &name).await?;
-    st.store.model(&a.p.tenant, &name).await?;
-    let p: DriftPolicy = if body.is_empty() {
-        return Err(bad("request body is empty; expected a JSON drift policy"));
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(p) => p,
-            Err(e) => {
-                let err = bad(format!("invalid drift policy: {e}"));
-                return Err(a.refuse(action, &name, err).await);
-            }
-        }
-    };
-    if let Err(m) = p.validate() {
-        return Err(a
-            .refuse(action, &name, bad(format!("invalid drift policy: {m}")))
-            .await);
-    }
-    let shown = p.public_json();
-    save_policy(
-        &st.store,
-        &a.p.tenant,
-        &name,
-        &p,
-        a.entry(action, name.clone(), OUTCOME_OK, shown.to_string()),
-    )
-    .await?;
-    Ok(Json(policy_view(&p, &name, None)))
-}
-
-fn alert_json(r: &AlertRow) -> Alert {
-    let ack = r.acknowledged_at_ms;
-    Alert {
-        id: r.id.clone(),
-        model: r.model.clone(),
-        version: r.version,
-        kind: r.kind.clone(),
-        device: r.device.clone(),
-        opened_at_ms: r.opened_at_ms,
-        evidence: serde_json::from_str::<Value>(&r.evidence).unwrap_or(Value::Null),
-        acknowledged: ack > 0,
-        acknowledged_at_ms: if ack > 0 { Some(ack) } else { None },
-        acknowledged_by: r.acknowledged_by.clone(),
-    }
+    let r = service::set_policy(&st.store, &a.caller(), &name, &body).await;
+    Ok(Json(answer(&a, action, &name, r).await?))
 }
 
 /// Alerts, oldest first.
@@ -267,14 +147,12 @@ async fn alerts(
             "open" => match v.as_str() {
                 "true" => aq.open = Some(true),
                 "false" => aq.open = Some(false),
-                _ => return Err(bad("open must be true or false")),
+                _ => return Err(ApiError::bad_request("open must be true or false")),
             },
             _ => {}
         }
     }
-    let rows = st.store.alerts(&a.p.tenant, &aq).await?;
-    let alerts = rows.iter().map(alert_json).collect();
-    Ok(Json(AlertList { alerts }))
+    Ok(Json(service::alerts(&st.store, &a.caller(), &aq).await?))
 }
 
 /// Acknowledge an alert.
@@ -284,19 +162,8 @@ async fn alerts(
 async fn ack(a: Auth, State(st): State<AppState>, Path(id): Path<String>) -> R<Json<Alert>> {
     let action = Action::AlertAck;
     a.authorize(action, &id).await?;
-    let row = st
-        .store
-        .ack_alert(&a.p.tenant, &id, &a.p.actor(), a.ok(action, id.clone()))
-        .await?;
-    let Some(row) = row else {
-        let e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no alert {id:?}"),
-        );
-        return Err(a.refuse(action, &id, e).await);
-    };
-    Ok(Json(alert_json(&row)))
+    let r = service::ack_alert(&st.store, &a.caller(), &id).await;
+    Ok(Json(answer(&a, action, &id, r).await?))
 }
 
 /// Retraining triggers and their webhook deliveries.
@@ -314,27 +181,9 @@ async fn triggers(
         .extra
         .iter()
         .find(|(k, _)| k == "model")
-        .map(|(_, v)| v.clone());
-    let rows = st
-        .store
-        .triggers(&a.p.tenant, q.since_ms, model.as_deref(), q.limit)
-        .await?;
-    let mut list = Vec::new();
-    for r in rows {
-        list.push(Trigger {
-            payload: serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
-            id: r.id,
-            model: r.model,
-            version: r.version,
-            reason: r.reason,
-            alert_id: r.alert_id,
-            fired_at_ms: r.fired_at_ms,
-            delivered: r.delivered,
-            attempts: r.attempts,
-            last_error: r.last_error,
-        });
-    }
-    Ok(Json(TriggerList { triggers: list }))
+        .map(|(_, v)| v.as_str());
+    let list = service::triggers(&st.store, &a.caller(), model, q.since_ms, q.limit).await?;
+    Ok(Json(list))
 }
 
 /// The latest health report per device.
@@ -342,15 +191,5 @@ async fn triggers(
     responses((status = 200, body = DeviceHealthList), (status = "4XX", body = ErrorBody)))]
 async fn devices(a: Auth, State(st): State<AppState>) -> R<Json<DeviceHealthList>> {
     a.authorize(Action::DeviceHealthList, "devices").await?;
-    let rows = st.store.device_health(&a.p.tenant).await?;
-    let mut list = Vec::new();
-    for r in rows {
-        list.push(DeviceHealth {
-            health: serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
-            device: r.device,
-            status: r.status,
-            received_at_ms: r.received_at_ms,
-        });
-    }
-    Ok(Json(DeviceHealthList { devices: list }))
+    Ok(Json(service::device_health(&st.store, &a.caller()).await?))
 }

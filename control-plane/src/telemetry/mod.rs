@@ -10,6 +10,7 @@ pub mod cron;
 pub mod engine;
 pub mod ingest;
 pub mod policy;
+pub mod service;
 pub mod webhook;
 
 use crate::store::Store;
