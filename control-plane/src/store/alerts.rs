@@ -174,7 +174,7 @@ impl Store {
     ) -> Result<bool> {
         let raised = {
             let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let tx = &mut m.tx;
             let out: Result<_> = async {
                 if !take_gate(tx, &a.tenant, &a.model, &a.gate_key, now_ms, cooldown_ms).await? {
                     return Ok(None);
@@ -252,7 +252,7 @@ impl Store {
         let now_ms = self.now() * 1000;
         let acked = {
             let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let tx = &mut m.tx;
             let out: Result<_> = async {
                 let n = sqlx::query(
                     "UPDATE alerts SET acknowledged_at_ms = $1, acknowledged_by = $2 WHERE id = $3 AND tenant = $4 AND acknowledged_at_ms = 0",
@@ -287,12 +287,10 @@ impl Store {
     /// Stores a retraining trigger whose gate the caller holds, audited as
     /// `entry`.
     pub async fn fire_trigger(&self, t: &NewTrigger, entry: AuditEntry) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async { insert_trigger(tx, t).await }.await;
-            m.finish(out).await
-        }
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async { insert_trigger(tx, t).await }.await;
+        m.finish(out).await
     }
 
     /// The last firing (ms) of a scheduled trigger, starting the count at
@@ -335,7 +333,7 @@ impl Store {
     ) -> Result<bool> {
         let fired = {
             let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let tx = &mut m.tx;
             let out: Result<_> = async {
                 let n = sqlx::query(
                     "UPDATE trigger_state SET last_ms = $4 WHERE tenant = $1 AND model = $2 AND key = $3 AND last_ms = $5",

@@ -50,10 +50,9 @@ impl Store {
         by: &str,
         entry: AuditEntry,
     ) -> Result<Option<i64>> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, entry) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let (tx, entry) = (&mut m.tx, &mut m.entry);
+        let out: Result<_> = async {
             let status = super::versions::version_status(tx, tenant, model, version).await?;
             if status != "ready" {
                 return Err(StoreError::Conflict(format!(
@@ -97,9 +96,8 @@ impl Store {
             };
             Ok(current)
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// Removes an alias (undeploy). Returns the version it pointed at.
@@ -110,33 +108,31 @@ impl Store {
         alias: &str,
         entry: AuditEntry,
     ) -> Result<i64> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
-                let v: Option<i64> = sqlx::query_scalar(
-                    "SELECT version FROM aliases WHERE tenant = $1 AND model = $2 AND alias = $3",
-                )
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
+            let v: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM aliases WHERE tenant = $1 AND model = $2 AND alias = $3",
+            )
+            .bind(tenant)
+            .bind(model)
+            .bind(alias)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(v) = v else {
+                return Err(StoreError::NotFound(format!(
+                    "model {model:?} has no alias {alias:?}"
+                )));
+            };
+            sqlx::query("DELETE FROM aliases WHERE tenant = $1 AND model = $2 AND alias = $3")
                 .bind(tenant)
                 .bind(model)
                 .bind(alias)
-                .fetch_optional(&mut **tx)
+                .execute(&mut **tx)
                 .await?;
-                let Some(v) = v else {
-                    return Err(StoreError::NotFound(format!(
-                        "model {model:?} has no alias {alias:?}"
-                    )));
-                };
-                sqlx::query("DELETE FROM aliases WHERE tenant = $1 AND model = $2 AND alias = $3")
-                    .bind(tenant)
-                    .bind(model)
-                    .bind(alias)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(v)
-            }
-            .await;
-            m.finish(out).await
+            Ok(v)
         }
+        .await;
+        m.finish(out).await
     }
 }

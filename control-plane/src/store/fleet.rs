@@ -125,10 +125,9 @@ impl Store {
         t: &NewEnrollmentToken,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             sqlx::query(
                 "INSERT INTO enrollment_tokens (id, tenant, hash, labels, expires_at, uses_left, created_at, created_by) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -145,9 +144,8 @@ impl Store {
             .await?;
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// Takes one use of the token with `hash`: its id, tenant and labels.
@@ -197,10 +195,9 @@ impl Store {
         fingerprint: &str,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             sqlx::query(
                 "INSERT INTO devices (id, tenant, fingerprint, hostname, labels, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -214,9 +211,8 @@ impl Store {
             .await?;
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     pub async fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>> {
@@ -255,32 +251,29 @@ impl Store {
         labels: &Labels,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
-                let n = sqlx::query("UPDATE devices SET labels = $1 WHERE tenant = $2 AND id = $3")
-                    .bind(labels_to_string(labels))
-                    .bind(tenant)
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if n == 0 {
-                    return Err(StoreError::NotFound(format!("device {id:?}")));
-                }
-                Ok(())
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
+            let n = sqlx::query("UPDATE devices SET labels = $1 WHERE tenant = $2 AND id = $3")
+                .bind(labels_to_string(labels))
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("device {id:?}")));
             }
-            .await;
-            m.finish(out).await
+            Ok(())
         }
+        .await;
+        m.finish(out).await
     }
 
     pub async fn revoke_device(&self, tenant: &str, id: &str, entry: AuditEntry) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             let n = sqlx::query(
                 "UPDATE devices SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
             )
@@ -297,9 +290,8 @@ impl Store {
             }
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// Records that the device was seen now (not audited).
@@ -317,25 +309,25 @@ impl Store {
         let created_us = creation_micros(self.clock.now_micros() as i64);
         {
             let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let tx = &mut m.tx;
             let out: Result<_> = async {
-            sqlx::query(
-                "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(d.id.as_str())
-            .bind(d.tenant.as_str())
-            .bind(d.model.as_str())
-            .bind(d.version)
-            .bind(d.digest.as_str())
-            .bind(labels_to_string(&d.selector))
-            .bind(d.created_at)
-            .bind(created_us)
-            .bind(d.created_by.as_str())
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        }
+                sqlx::query(
+                    "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(d.id.as_str())
+                .bind(d.tenant.as_str())
+                .bind(d.model.as_str())
+                .bind(d.version)
+                .bind(d.digest.as_str())
+                .bind(labels_to_string(&d.selector))
+                .bind(d.created_at)
+                .bind(created_us)
+                .bind(d.created_by.as_str())
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
             .await;
             m.finish(out).await
         }
@@ -370,10 +362,9 @@ impl Store {
         selector: &Labels,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             let n = sqlx::query(
                 "UPDATE deployments SET selector = $1 WHERE tenant = $2 AND id = $3 AND deleted_at IS NULL",
             )
@@ -388,9 +379,8 @@ impl Store {
             }
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// Marks a deployment deleted (audited as `entry`); returns it as it
@@ -401,10 +391,9 @@ impl Store {
         id: &str,
         entry: AuditEntry,
     ) -> Result<Deployment> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             let gone: Option<Deployment> = sqlx::query_as(&format!(
                 "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND id = $2"
             ))
@@ -426,9 +415,8 @@ impl Store {
                 _ => Err(StoreError::NotFound(format!("deployment {id:?}"))),
             }
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// Records a device's activation report on `model` (audited as
@@ -442,10 +430,9 @@ impl Store {
         detail: &str,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             sqlx::query(
                 "INSERT INTO device_models (device_id, model, version, state, detail, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (device_id, model) DO UPDATE SET version = excluded.version, state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
@@ -460,9 +447,8 @@ impl Store {
             .await?;
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     /// (version, state, detail) of `model` on each device of `tenant`.

@@ -43,10 +43,9 @@ impl Store {
         description: &str,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             self.ensure_tenant(tx, tenant).await?;
             let n = sqlx::query(
                 "INSERT INTO projects (tenant, name, description, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, name) DO NOTHING",
@@ -63,8 +62,7 @@ impl Store {
             }
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 }

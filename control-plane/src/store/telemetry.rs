@@ -287,21 +287,21 @@ impl Store {
         let by = entry.actor.clone();
         {
             let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
+            let tx = &mut m.tx;
             let out: Result<_> = async {
-            sqlx::query(
-                "INSERT INTO drift_policies (tenant, model, config, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (tenant, model) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-            )
-            .bind(tenant)
-            .bind(model)
-            .bind(config)
-            .bind(self.now())
-            .bind(by.as_str())
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        }
+                sqlx::query(
+                    "INSERT INTO drift_policies (tenant, model, config, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant, model) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                )
+                .bind(tenant)
+                .bind(model)
+                .bind(config)
+                .bind(self.now())
+                .bind(by.as_str())
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
             .await;
             m.finish(out).await
         }

@@ -106,10 +106,9 @@ impl Store {
         created_by: &str,
         entry: AuditEntry,
     ) -> Result<TokenInfo> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, entry) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let (tx, entry) = (&mut m.tx, &mut m.entry);
+        let out: Result<_> = async {
             self.ensure_tenant(tx, tenant).await?;
             let info = TokenInfo {
                 id: crate::auth::random_id("tok_", 8),
@@ -135,9 +134,8 @@ impl Store {
             entry.target = format!("token {} ({name}, {role})", info.id);
             Ok(info)
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 
     pub async fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenInfo>> {
@@ -150,10 +148,9 @@ impl Store {
     }
 
     pub async fn revoke_token(&self, tenant: &str, id: &str, entry: AuditEntry) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             let n = sqlx::query(
                 "UPDATE tokens SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
             )
@@ -168,8 +165,7 @@ impl Store {
             }
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 }

@@ -25,10 +25,9 @@ impl Store {
         created_by: &str,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
             self.ensure_tenant(tx, tenant).await?;
             let current: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(version) AS v FROM trust_roots WHERE tenant = $1")
@@ -52,8 +51,7 @@ impl Store {
             .await?;
             Ok(())
         }
-            .await;
-            m.finish(out).await
-        }
+        .await;
+        m.finish(out).await
     }
 }

@@ -265,18 +265,16 @@ impl Store {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, entry) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
-                self.ensure_tenant(tx, &nv.tenant).await?;
-                let outcome = self.write_version(tx, nv, entry).await?;
-                check_blobs().await.map_err(StoreError::Corrupt)?;
-                Ok(outcome)
-            }
-            .await;
-            m.finish(out).await
+        let mut m = self.mutation(entry).await?;
+        let (tx, entry) = (&mut m.tx, &mut m.entry);
+        let out: Result<_> = async {
+            self.ensure_tenant(tx, &nv.tenant).await?;
+            let outcome = self.write_version(tx, nv, entry).await?;
+            check_blobs().await.map_err(StoreError::Corrupt)?;
+            Ok(outcome)
         }
+        .await;
+        m.finish(out).await
     }
 
     async fn write_version(
@@ -397,26 +395,25 @@ impl Store {
         archived: bool,
         entry: AuditEntry,
     ) -> Result<()> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
-                let status = version_status(tx, tenant, model, version).await?;
-                let want = if archived { "archived" } else { "ready" };
-                if status == want {
-                    return Err(StoreError::Conflict(format!(
-                        "{model}@{version} is already {want}"
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
+            let status = version_status(tx, tenant, model, version).await?;
+            let want = if archived { "archived" } else { "ready" };
+            if status == want {
+                return Err(StoreError::Conflict(format!(
+                    "{model}@{version} is already {want}"
+                )));
+            }
+            if archived {
+                let held = aliases_of(tx, tenant, model, Some(version)).await?;
+                if !held.is_empty() {
+                    return Err(StoreError::Conflict(deployed_message(
+                        model, version, &held,
                     )));
                 }
-                if archived {
-                    let held = aliases_of(tx, tenant, model, Some(version)).await?;
-                    if !held.is_empty() {
-                        return Err(StoreError::Conflict(deployed_message(
-                            model, version, &held,
-                        )));
-                    }
-                }
-                sqlx::query(
+            }
+            sqlx::query(
                 "UPDATE versions SET status = $1 WHERE tenant = $2 AND model = $3 AND version = $4",
             )
             .bind(want)
@@ -425,11 +422,10 @@ impl Store {
             .bind(version)
             .execute(&mut **tx)
             .await?;
-                Ok(())
-            }
-            .await;
-            m.finish(out).await
+            Ok(())
         }
+        .await;
+        m.finish(out).await
     }
 
     /// Deletes one version (or, with `version = None`, every version and the
@@ -442,85 +438,82 @@ impl Store {
         version: Option<i64>,
         entry: AuditEntry,
     ) -> Result<Orphans> {
-        {
-            let mut m = self.mutation(entry).await?;
-            let (tx, _) = (&mut m.tx, &mut m.entry);
-            let out: Result<_> = async {
-                match version {
-                    Some(v) => {
-                        version_status(tx, tenant, model, v).await?;
-                    }
-                    None => {
-                        let m = sqlx::query(
-                            "SELECT 1 AS one FROM models WHERE tenant = $1 AND name = $2",
-                        )
-                        .bind(tenant)
-                        .bind(model)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        if m.is_none() {
-                            return Err(not_found_model(model));
-                        }
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
+            match version {
+                Some(v) => {
+                    version_status(tx, tenant, model, v).await?;
+                }
+                None => {
+                    let m =
+                        sqlx::query("SELECT 1 AS one FROM models WHERE tenant = $1 AND name = $2")
+                            .bind(tenant)
+                            .bind(model)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    if m.is_none() {
+                        return Err(not_found_model(model));
                     }
                 }
-                let held = aliases_of(tx, tenant, model, version).await?;
-                if !held.is_empty() {
-                    return Err(StoreError::Conflict(match version {
-                        Some(v) => deployed_message(model, v, &held),
-                        None => format!(
-                            "model {model} is deployed ({}); remove its aliases first",
-                            held.iter()
-                                .map(|(a, v)| format!("{a} -> {v}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    }));
-                }
-                let digests: Vec<String> = version_scope(
-                    "SELECT DISTINCT digest FROM version_artifacts",
-                    tenant,
-                    model,
-                    version,
-                )
-                .query_scalar()
-                .fetch_all(&mut **tx)
-                .await?;
-                for table in [
-                    "version_artifacts",
-                    "version_tags",
-                    "version_metrics",
-                    "versions",
-                ] {
-                    version_scope(&format!("DELETE FROM {table}"), tenant, model, version)
-                        .query()
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                let left: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) AS n FROM versions WHERE tenant = $1 AND model = $2",
-                )
-                .bind(tenant)
-                .bind(model)
-                .fetch_one(&mut **tx)
-                .await?;
-                if left == 0 {
-                    sqlx::query("DELETE FROM models WHERE tenant = $1 AND name = $2")
-                        .bind(tenant)
-                        .bind(model)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                let mut orphans = Vec::new();
-                for d in digests {
-                    if !super::gc::blob_referenced(tx, tenant, &d).await? {
-                        orphans.push(d);
-                    }
-                }
-                Ok(orphans)
             }
-            .await;
-            m.finish(out).await
+            let held = aliases_of(tx, tenant, model, version).await?;
+            if !held.is_empty() {
+                return Err(StoreError::Conflict(match version {
+                    Some(v) => deployed_message(model, v, &held),
+                    None => format!(
+                        "model {model} is deployed ({}); remove its aliases first",
+                        held.iter()
+                            .map(|(a, v)| format!("{a} -> {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }));
+            }
+            let digests: Vec<String> = version_scope(
+                "SELECT DISTINCT digest FROM version_artifacts",
+                tenant,
+                model,
+                version,
+            )
+            .query_scalar()
+            .fetch_all(&mut **tx)
+            .await?;
+            for table in [
+                "version_artifacts",
+                "version_tags",
+                "version_metrics",
+                "versions",
+            ] {
+                version_scope(&format!("DELETE FROM {table}"), tenant, model, version)
+                    .query()
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let left: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) AS n FROM versions WHERE tenant = $1 AND model = $2",
+            )
+            .bind(tenant)
+            .bind(model)
+            .fetch_one(&mut **tx)
+            .await?;
+            if left == 0 {
+                sqlx::query("DELETE FROM models WHERE tenant = $1 AND name = $2")
+                    .bind(tenant)
+                    .bind(model)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let mut orphans = Vec::new();
+            for d in digests {
+                if !super::gc::blob_referenced(tx, tenant, &d).await? {
+                    orphans.push(d);
+                }
+            }
+            Ok(orphans)
         }
+        .await;
+        m.finish(out).await
     }
 }
 
