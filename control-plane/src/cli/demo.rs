@@ -482,22 +482,32 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  deployment          FERRY_SERVER={api} FERRY_TOKEN={admin} ferry deployments {dep_id}"
     );
+    // Listen before saying "ready": a Ctrl-C right after that line must stop
+    // the demo cleanly, not kill it with the default handler.
+    let stop = if args.exit_after_traffic {
+        None
+    } else {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_runtime = rt.enter();
+        Some((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    };
     println!("Try:");
     println!("  curl -s -H 'content-type: application/json' -d '{sample}' {url}");
     println!("ferry demo ready");
     let _ = std::io::stdout().flush();
 
-    if !args.exit_after_traffic {
+    if let Some((mut interrupt, mut terminate)) = stop {
         println!("Ctrl-C stops everything.");
         let _ = std::io::stdout().flush();
         rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
-                r = tokio::signal::ctrl_c() => r,
-                _ = term.recv() => Ok(()),
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-        })?;
+        });
         println!("stopping");
     }
     // The agent first, so it does not spend its last moments reconnecting.
