@@ -1,0 +1,1 @@
+//! Attacks on the admin surface (see docs/security.md).

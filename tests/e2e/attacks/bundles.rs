@@ -1,0 +1,1 @@
+//! Attacks on the bundles surface (see docs/security.md).

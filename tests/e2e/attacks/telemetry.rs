@@ -1,0 +1,1 @@
+//! Attacks on the telemetry surface (see docs/security.md).

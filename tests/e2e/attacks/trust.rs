@@ -1,0 +1,1 @@
+//! Attacks on the trust surface (see docs/security.md).
