@@ -191,14 +191,16 @@ pub fn score(engine: &Engine, opts: &ScoreOptions) -> Result<ScoreSummary, Score
         reader
             .read_until(b'\n', &mut pending)
             .map_err(io("reading", &opts.input))?;
-        let line = String::from_utf8_lossy(&pending);
-        let fields: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(',').collect();
-        let numeric = fields.iter().all(|f| unquote(f).parse::<f64>().is_ok());
-        if !numeric && !line.trim().is_empty() {
-            if fields.len() != width {
+        let mut header = csv::ByteRecord::new();
+        let mut first = csv_reader(&pending);
+        // An unreadable first line is left to the row parser, which says why.
+        let has_row = first.read_byte_record(&mut header).unwrap_or(false);
+        let numeric = header.iter().all(|f| parse_field(f).is_some());
+        if has_row && !numeric {
+            if header.len() != width {
                 return Err(ScoreError::Header {
                     line: 1,
-                    got: fields.len(),
+                    got: header.len(),
                     want: width,
                 });
             }
@@ -383,30 +385,46 @@ fn run_pipeline(
     reader_result
 }
 
-fn unquote(f: &str) -> &str {
-    let f = f.trim();
-    f.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(f)
+/// A reader for one block of CSV lines: no header (the first line is
+/// handled apart), fields trimmed, rows of any width (checked per row so the
+/// error names the line).
+fn csv_reader(bytes: &[u8]) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes)
 }
 
-fn parse_csv_row(line: &str, width: usize, row: &mut Vec<f64>) -> Result<(), String> {
-    row.clear();
-    for (i, f) in line.split(',').enumerate() {
-        if i >= width {
-            return Err(format!("expected {width} fields, found more"));
-        }
-        let f = unquote(f);
-        let x = if f.is_empty() || f.eq_ignore_ascii_case("nan") {
-            f64::NAN
-        } else {
-            f.parse::<f64>()
-                .map_err(|_| format!("field {} ({f:?}) is not a number", i + 1))?
-        };
-        row.push(x);
+/// A numeric field; empty and `NaN` are missing values.
+fn parse_field(f: &[u8]) -> Option<f64> {
+    let f = std::str::from_utf8(f).ok()?;
+    if f.is_empty() || f.eq_ignore_ascii_case("nan") {
+        Some(f64::NAN)
+    } else {
+        f.parse::<f64>().ok()
     }
-    if row.len() != width {
-        return Err(format!("expected {width} fields, found {}", row.len()));
+}
+
+fn parse_csv_row(rec: &csv::ByteRecord, width: usize, row: &mut Vec<f64>) -> Result<(), String> {
+    row.clear();
+    if rec.len() != width {
+        let found = if rec.len() > width {
+            "more".to_string()
+        } else {
+            rec.len().to_string()
+        };
+        return Err(format!("expected {width} fields, found {found}"));
+    }
+    for (i, f) in rec.iter().enumerate() {
+        let x = parse_field(f).ok_or_else(|| {
+            format!(
+                "field {} ({:?}) is not a number",
+                i + 1,
+                String::from_utf8_lossy(f)
+            )
+        })?;
+        row.push(x);
     }
     Ok(())
 }
@@ -437,34 +455,84 @@ fn parse_json_row(line: &str, width: usize, row: &mut Vec<f64>) -> Result<(), St
 }
 
 fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
-    let text = std::str::from_utf8(&block.bytes).map_err(|e| ScoreError::BadRow {
-        line: block.first_line,
-        reason: format!("not UTF-8 ({e})"),
-    })?;
     let mut values: Vec<f64> = Vec::with_capacity(job.width * 1024);
     let mut lines: Vec<u64> = Vec::new();
     let mut bad = Vec::new();
     let mut row = Vec::with_capacity(job.width);
-    for (k, l) in text.split_terminator('\n').enumerate() {
-        let l = l.strip_suffix('\r').unwrap_or(l);
-        let line = block.first_line + k as u64;
-        if l.trim().is_empty() {
-            continue;
+    let mut keep = |line: u64, parsed: Result<(), String>, row: &[f64]| match parsed {
+        Ok(()) => {
+            values.extend_from_slice(row);
+            lines.push(line);
+            Ok(())
         }
-        let parsed = match job.input_format {
-            Format::Csv => parse_csv_row(l, job.width, &mut row),
-            Format::Ndjson => parse_json_row(l, job.width, &mut row),
-        };
-        match parsed {
-            Ok(()) => {
-                values.extend_from_slice(&row);
-                lines.push(line);
+        Err(reason) if job.skip => {
+            tracing::debug!(line, %reason, "skipped bad row");
+            bad.push(line);
+            Ok(())
+        }
+        Err(reason) => Err(ScoreError::BadRow { line, reason }),
+    };
+    match job.input_format {
+        Format::Csv => {
+            // The csv crate handles quoting and skips blank lines. Its line
+            // counter lags on CRLF, so a record's line is counted here from
+            // the first byte of its content.
+            let mut reader = csv_reader(&block.bytes);
+            let mut rec = csv::ByteRecord::new();
+            let (mut counted_to, mut line) = (0usize, block.first_line);
+            let mut line_at = |byte: usize| {
+                let end = byte.min(block.bytes.len());
+                if end > counted_to {
+                    let newlines = block.bytes[counted_to..end]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count();
+                    line += newlines as u64;
+                    counted_to = end;
+                }
+                line
+            };
+            loop {
+                let at = line_at(reader.position().byte() as usize);
+                match reader.read_byte_record(&mut rec) {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        // The recorded start may sit before the previous
+                        // terminator's `\n` (CRLF) or blank lines: skip them.
+                        let mut start = rec.position().map_or(0, |p| p.byte() as usize);
+                        while block
+                            .bytes
+                            .get(start)
+                            .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+                        {
+                            start += 1;
+                        }
+                        let line = line_at(start);
+                        let parsed = parse_csv_row(&rec, job.width, &mut row);
+                        keep(line, parsed, &row)?;
+                    }
+                    // Reading bytes from memory with flexible widths has no
+                    // error case left but a malformed record; say where.
+                    Err(e) => {
+                        keep(at, Err(format!("unreadable CSV ({e})")), &row)?;
+                        break;
+                    }
+                }
             }
-            Err(reason) if job.skip => {
-                tracing::debug!(line, %reason, "skipped bad row");
-                bad.push(line);
+        }
+        Format::Ndjson => {
+            let text = std::str::from_utf8(&block.bytes).map_err(|e| ScoreError::BadRow {
+                line: block.first_line,
+                reason: format!("not UTF-8 ({e})"),
+            })?;
+            for (k, l) in text.split_terminator('\n').enumerate() {
+                let l = l.strip_suffix('\r').unwrap_or(l);
+                if l.trim().is_empty() {
+                    continue;
+                }
+                let parsed = parse_json_row(l, job.width, &mut row);
+                keep(block.first_line + k as u64, parsed, &row)?;
             }
-            Err(reason) => return Err(ScoreError::BadRow { line, reason }),
         }
     }
     let n = lines.len();

@@ -365,6 +365,34 @@ fn score_csv_and_ndjson_match_the_reference_and_report_bad_rows() {
     assert!(err.contains("skipped 2 bad rows (lines 4, 7)"), "{err}");
     assert_eq!(std::fs::read_to_string(&out2).unwrap().lines().count(), 99);
 
+    // Quoting follows RFC 4180 (the csv crate): a header name with a comma
+    // inside quotes is one field, and quoted numbers are numbers.
+    let mut quoted: Vec<String> = src.lines().map(str::to_string).collect();
+    for (i, fmt) in [(0, "cm"), (1, "")] {
+        let (head, rest) = quoted[i].split_once(',').unwrap();
+        let head = if fmt.is_empty() {
+            head.to_string()
+        } else {
+            format!("{head}, {fmt}")
+        };
+        quoted[i] = format!("\"{head}\",{rest}");
+    }
+    let q_path = dir.path().join("quoted.csv");
+    std::fs::write(&q_path, quoted.join("\r\n") + "\r\n").unwrap();
+    let q_out = dir.path().join("quoted-preds.csv");
+    let o = score(&[
+        "--bundle",
+        &b,
+        "--trust",
+        &t,
+        "--input",
+        q_path.to_str().unwrap(),
+        "--output",
+        q_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&q_out).unwrap(), text);
+
     // NDJSON in, NDJSON out.
     let nd = dir.path().join("rows.ndjson");
     let rows = reference_rows("bc_logreg");
