@@ -1,3 +1,4 @@
 //! Helpers for the end-to-end tests: locating binaries, free ports, fixtures.
 
+pub mod admin;
 pub mod fleet;
