@@ -95,7 +95,11 @@ pub struct RunArgs {
     pub admin_listen: Option<String>,
     /// A host name the inference port answers to besides localhost,
     /// 127.0.0.1 and [::1] (repeatable).
-    #[arg(long = "allowed-host", env = "FERRY_AGENT_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        env = "FERRY_AGENT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub allowed_hosts: Vec<String>,
     /// Most rows one infer request may carry.
     #[arg(long, env = "FERRY_AGENT_MAX_BATCH_ROWS")]

@@ -277,7 +277,9 @@ fn loopback_admin(s: &str) -> Result<SocketAddr, ConfigError> {
         value: s.into(),
         reason,
     };
-    let a: SocketAddr = s.parse().map_err(|e: std::net::AddrParseError| bad(e.to_string()))?;
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?;
     if !a.ip().is_loopback() {
         return Err(bad("the admin port must be on a loopback address".into()));
     }
@@ -392,6 +394,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.allowed_hosts, vec!["edge-7.local".to_string()]);
-        assert_eq!((c.max_batch_rows, c.model_max_batch_rows["fraud"]), (100, 10));
+        assert_eq!(
+            (c.max_batch_rows, c.model_max_batch_rows["fraud"]),
+            (100, 10)
+        );
     }
 }

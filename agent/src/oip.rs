@@ -693,9 +693,19 @@ mod tests {
         let e = decode(&body, Some(json.len()), &schema(), 4).unwrap_err();
         assert_eq!(e.code(), "too_many_rows", "{e}");
         assert!(e.to_string().contains("at most 4"), "{e}");
-        assert_eq!(decode(&body, Some(json.len()), &schema(), 5).unwrap().inputs[0].shape, [5, 2]);
+        assert_eq!(
+            decode(&body, Some(json.len()), &schema(), 5)
+                .unwrap()
+                .inputs[0]
+                .shape,
+            [5, 2]
+        );
         // Refused on the declared shape alone, whatever the data.
-        let huge = br#"{"inputs":[{"name":"input","shape":[100000000,2],"datatype":"FP32","data":[]}]}"#;
-        assert_eq!(decode(huge, None, &schema(), 65_536).unwrap_err().code(), "too_many_rows");
+        let huge =
+            br#"{"inputs":[{"name":"input","shape":[100000000,2],"datatype":"FP32","data":[]}]}"#;
+        assert_eq!(
+            decode(huge, None, &schema(), 65_536).unwrap_err().code(),
+            "too_many_rows"
+        );
     }
 }

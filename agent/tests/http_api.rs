@@ -202,6 +202,51 @@ fn bad_inputs_get_json_4xx_and_the_server_keeps_serving() {
     );
 }
 
+/// L11: a model's batch-row limit refuses a request with more rows before
+/// it runs, counted under its reason; one at the limit runs.
+#[test]
+fn a_batch_over_the_models_row_limit_is_refused() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    agent
+        .install(&keys.bundle("bc_logreg", "fraud", 1), Role::Champion, None)
+        .unwrap();
+    let s = Served::start_with(
+        agent,
+        ferry_agent::server::ServeOptions {
+            rows: ferry_agent::server::RowLimits {
+                default: 1000,
+                per_model: [("fraud".to_string(), 2)].into_iter().collect(),
+            },
+            ..Default::default()
+        },
+    );
+    let rows = reference_rows("bc_logreg");
+    let r = http(
+        s.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("three", &rows[..3]),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["code"], "too_many_rows", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 2"), "{v}");
+    let r = http(
+        s.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("two", &rows[..2]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    assert!(
+        m.contains(r#"ferry_request_rejected_total{model="fraud",reason="too_many_rows"} 1"#),
+        "{m}"
+    );
+}
+
 #[test]
 fn unix_socket_serves_the_inference_api() {
     use std::io::{Read, Write};

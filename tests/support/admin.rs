@@ -29,7 +29,9 @@ fn head(method: &str, path: &str, headers: &[(&str, &str)], len: usize) -> Strin
     for (k, v) in headers {
         h.push_str(&format!("{k}: {v}\r\n"));
     }
-    h.push_str(&format!("content-length: {len}\r\nconnection: close\r\n\r\n"));
+    h.push_str(&format!(
+        "content-length: {len}\r\nconnection: close\r\n\r\n"
+    ));
     h
 }
 
@@ -61,7 +63,10 @@ pub fn admin_request(
 /// A JSON request to the admin socket.
 pub fn admin_json(sock: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let (s, b) = admin_request(sock, method, path, "application/json", body.as_bytes());
-    (s, serde_json::from_str(&b).unwrap_or(serde_json::Value::Null))
+    (
+        s,
+        serde_json::from_str(&b).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// One request over TCP with exactly `headers` (plus content-length and

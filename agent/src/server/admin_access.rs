@@ -63,7 +63,10 @@ pub fn load_or_create_token(path: &Path) -> Result<String, AccessError> {
             mode,
         });
     }
-    let token = std::fs::read_to_string(path).map_err(io)?.trim().to_string();
+    let token = std::fs::read_to_string(path)
+        .map_err(io)?
+        .trim()
+        .to_string();
     if token.is_empty() {
         return Err(AccessError::Empty(path.to_path_buf()));
     }
@@ -133,7 +136,7 @@ pub(super) fn bind_admin_socket(path: &Path) -> Result<tokio::net::UnixListener,
         .create(&private)
         .map_err(err)?;
     let staged = private.join("s");
-    let bound = (|| {
+    let bound = (|| -> std::io::Result<tokio::net::UnixListener> {
         let l = tokio::net::UnixListener::bind(&staged)?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&staged, path)?;

@@ -134,7 +134,12 @@ fn accepted_content_type(value: &str) -> bool {
     media == "application/json" || media == "application/octet-stream"
 }
 
-fn check(hosts: &Hosts, method: &Method, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), (Refusal, String)> {
+fn check(
+    hosts: &Hosts,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(), (Refusal, String)> {
     let Some(host) = authority(headers, uri) else {
         return Err((Refusal::NoHost, String::new()));
     };
@@ -189,7 +194,13 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        check(hosts, &method, &headers, &Uri::from_static("/v2/models/m/infer")).map_err(|e| e.0)
+        check(
+            hosts,
+            &method,
+            &headers,
+            &Uri::from_static("/v2/models/m/infer"),
+        )
+        .map_err(|e| e.0)
     }
 
     #[test]
@@ -240,17 +251,33 @@ mod tests {
                 "{ct}"
             );
         }
-        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/octet-stream"] {
-            assert_eq!(run(&hosts, Method::POST, &[h, ("content-type", ct)]), Ok(()), "{ct}");
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/octet-stream",
+        ] {
+            assert_eq!(
+                run(&hosts, Method::POST, &[h, ("content-type", ct)]),
+                Ok(()),
+                "{ct}"
+            );
         }
         // tritonclient: no content type, no origin.
         assert_eq!(run(&hosts, Method::POST, &[h]), Ok(()));
         // A browser's blob POST: no content type, but an origin.
         assert_eq!(
-            run(&hosts, Method::POST, &[h, ("origin", "http://127.0.0.1:8081")]),
+            run(
+                &hosts,
+                Method::POST,
+                &[h, ("origin", "http://127.0.0.1:8081")]
+            ),
             Err(Refusal::ContentType)
         );
-        for o in ["https://evil.example", "null", "http://localhost.evil.example:80"] {
+        for o in [
+            "https://evil.example",
+            "null",
+            "http://localhost.evil.example:80",
+        ] {
             assert_eq!(
                 run(&hosts, Method::GET, &[h, ("origin", o)]),
                 Err(Refusal::ForeignOrigin),
@@ -261,7 +288,11 @@ mod tests {
             run(
                 &hosts,
                 Method::POST,
-                &[h, ("origin", "http://localhost:3000"), ("content-type", "application/json")]
+                &[
+                    h,
+                    ("origin", "http://localhost:3000"),
+                    ("content-type", "application/json")
+                ]
             ),
             Ok(())
         );

@@ -191,7 +191,10 @@ mod tests {
                 let o = o.clone();
                 std::thread::spawn(move || {
                     (0..each)
-                        .map(|i| o.push("t/x", |s| format!("{t}-{i}-{s}").into_bytes()).unwrap())
+                        .map(|i| {
+                            o.push("t/x", |s| format!("{t}-{i}-{s}").into_bytes())
+                                .unwrap()
+                        })
                         .collect::<Vec<u64>>()
                 })
             })
@@ -209,7 +212,11 @@ mod tests {
         let mut payloads = std::collections::HashSet::new();
         while let Some(m) = o.first().unwrap() {
             let text = String::from_utf8(m.payload).unwrap();
-            assert!(text.ends_with(&format!("-{}", m.key)), "{text} under {}", m.key);
+            assert!(
+                text.ends_with(&format!("-{}", m.key)),
+                "{text} under {}",
+                m.key
+            );
             payloads.insert(text);
             o.remove(m.key).unwrap();
         }

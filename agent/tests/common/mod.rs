@@ -131,6 +131,17 @@ pub struct Served {
 
 impl Served {
     pub fn start(agent: Arc<Agent>, max_body: usize) -> Self {
+        Self::start_with(
+            agent,
+            ServeOptions {
+                max_body,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// With `opts`; the TCP address and admin socket are chosen here.
+    pub fn start_with(agent: Arc<Agent>, opts: ServeOptions) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let a = agent.clone();
@@ -147,9 +158,8 @@ impl Served {
                 let opts = ServeOptions {
                     listen: Some("127.0.0.1:0".parse().unwrap()),
                     admin_socket: Some(admin_sock),
-                    max_body,
                     tcp_loops: 2,
-                    ..Default::default()
+                    ..opts
                 };
                 let bound = server::bind(&opts).await.unwrap();
                 addr_tx.send(bound.local_addr.unwrap()).unwrap();

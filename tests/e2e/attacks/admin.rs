@@ -45,7 +45,10 @@ fn start(extra: &[&str]) -> Running {
         .arg(&data)
         .args(extra)
         .env("FERRY_LOG", "info");
-    let mut wanted = vec!["ferry-agent listening on http://", "ferry-agent admin on unix:"];
+    let mut wanted = vec![
+        "ferry-agent listening on http://",
+        "ferry-agent admin on unix:",
+    ];
     let tcp = extra.contains(&"--admin-listen");
     if tcp {
         wanted.push("ferry-agent admin on http://");
@@ -163,7 +166,10 @@ fn browser_requests_to_the_inference_port_are_refused() {
         ),
         (
             "a text/plain POST",
-            vec![("host", &a.addr), ("content-type", "text/plain;charset=UTF-8")],
+            vec![
+                ("host", &a.addr),
+                ("content-type", "text/plain;charset=UTF-8"),
+            ],
             415,
             "unsupported_content_type",
         ),
@@ -178,7 +184,10 @@ fn browser_requests_to_the_inference_port_are_refused() {
         ),
         (
             "a multipart POST",
-            vec![("host", &a.addr), ("content-type", "multipart/form-data; boundary=x")],
+            vec![
+                ("host", &a.addr),
+                ("content-type", "multipart/form-data; boundary=x"),
+            ],
             415,
             "unsupported_content_type",
         ),
@@ -210,11 +219,23 @@ fn browser_requests_to_the_inference_port_are_refused() {
         ),
     ];
     for (what, headers, status, want) in &cases {
-        let (s, b) = raw_tcp(&a.addr, "POST", "/v2/models/fraud/feedback", headers, feedback);
+        let (s, b) = raw_tcp(
+            &a.addr,
+            "POST",
+            "/v2/models/fraud/feedback",
+            headers,
+            feedback,
+        );
         assert_eq!((s, code(&b).as_str()), (*status, *want), "{what}: {b}");
     }
     // DNS rebinding reads nothing either.
-    let (s, b) = raw_tcp(&a.addr, "GET", "/v2/models/fraud", &[("host", &rebound)], b"");
+    let (s, b) = raw_tcp(
+        &a.addr,
+        "GET",
+        "/v2/models/fraud",
+        &[("host", &rebound)],
+        b"",
+    );
     assert_eq!((s, code(&b).as_str()), (421, "foreign_host"), "{b}");
     // The same request as the device's own application sends it works.
     let (s, b) = a.local(
@@ -253,8 +274,7 @@ fn the_admin_socket_is_0600_and_serves_the_agent_cli() {
     assert_eq!(a.served_version(), 1);
 
     let v3 = a.keys.bundle("fraud", 3, "pub", &[]);
-    let r: Value =
-        serde_json::from_str(&a.admin_cli(&["activate", v3.to_str().unwrap()])).unwrap();
+    let r: Value = serde_json::from_str(&a.admin_cli(&["activate", v3.to_str().unwrap()])).unwrap();
     assert_eq!(r["version"], 3, "{r}");
     assert_eq!(a.served_version(), 3);
 
@@ -319,7 +339,13 @@ fn the_admin_tcp_port_refuses_a_missing_or_wrong_token() {
 
     // The admin port is never put on the network.
     let out = Command::new(bin("ferry-agent"))
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
         .arg("--trust")
         .arg(a.keys.path("v1.root"))
         .arg("--data")
