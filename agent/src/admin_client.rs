@@ -2,7 +2,7 @@
 //! the admin Unix socket (never the inference port). One HTTP/1.1 request
 //! per connection; an upload is streamed from its file.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use ferry_agent::server::{self, ServeOptions};
 use ferry_agent::serving::{Agent, AgentOptions};
 use ferry_protocol::trust::{Publisher, SignedTrustRoot, TrustRoot};
 use ferry_protocol::{ModelName, PublicKey};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
