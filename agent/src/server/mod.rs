@@ -223,13 +223,10 @@ pub async fn serve(
     let hosts = Arc::new(guard::Hosts::new(&opts.allowed_hosts));
     let guarded = guard::layer(inference.clone(), hosts.clone());
     let admin = admin_router(agent, opts);
-    let admin_tcp = match &opts.admin_token {
-        Some(t) => Some(guard::layer(
-            admin_access::require_token(admin.clone(), t.clone()),
-            hosts,
-        )),
-        None => None,
-    };
+    let admin_tcp = opts
+        .admin_token
+        .as_ref()
+        .map(|t| guard::layer(admin_access::require_token(admin.clone(), t.clone()), hosts));
     listen::run(
         bound,
         listen::Apps {
