@@ -4,6 +4,7 @@
 //! rebinding, text/plain and form POSTs), the admin socket's mode, the
 //! admin TCP port's token, and activation uploads streamed to disk.
 //! Every test runs a real `ferry-agent` process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ferry_e2e::admin::{admin_json, admin_request, raw_tcp};
 use ferry_e2e::fleet::{bin, ok, spawn_until, wait_for, Keys, Proc};
@@ -157,7 +158,9 @@ fn browser_requests_to_the_inference_port_are_refused() {
     let feedback = br#"{"id": "victim", "label": 0}"#;
     let port = a.addr.rsplit_once(':').unwrap().1;
     let rebound = format!("attacker.example:{port}");
-    let cases: [(&str, Vec<(&str, &str)>, u16, &str); 7] = [
+    /// (what, headers, status, code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 7] = [
         (
             "DNS rebinding: feedback with the attacker's Host",
             vec![("host", &rebound), ("content-type", "application/json")],
