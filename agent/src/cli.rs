@@ -36,6 +36,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Enroll this device with a control plane (generates the device key here).
     Enroll(EnrollArgs),
+    /// Ask the running agent over its admin socket: models, activate,
+    /// rollback, clear, log, ack.
+    Admin(crate::admin_client::AdminArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,9 +83,27 @@ pub struct RunArgs {
     /// TCP address for the local API (`none` for Unix socket only).
     #[arg(long, env = "FERRY_AGENT_LISTEN")]
     pub listen: Option<String>,
-    /// Also serve the local API on this Unix socket.
+    /// Also serve the inference API on this Unix socket.
     #[arg(long, env = "FERRY_AGENT_UNIX_SOCKET")]
     pub unix_socket: Option<PathBuf>,
+    /// The admin API's Unix socket, mode 0600 (default: DATA/admin.sock).
+    #[arg(long, env = "FERRY_AGENT_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+    /// Also serve the admin API on this loopback TCP address; requests need
+    /// `Authorization: Bearer` with the token in DATA/admin.token.
+    #[arg(long, env = "FERRY_AGENT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// A host name the inference port answers to besides localhost,
+    /// 127.0.0.1 and [::1] (repeatable).
+    #[arg(
+        long = "allowed-host",
+        env = "FERRY_AGENT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Most rows one infer request may carry.
+    #[arg(long, env = "FERRY_AGENT_MAX_BATCH_ROWS")]
+    pub max_batch_rows: Option<u64>,
     /// Data directory (model store, inference log, state).
     #[arg(long, env = "FERRY_AGENT_DATA")]
     pub data: Option<PathBuf>,
@@ -195,6 +216,14 @@ pub fn main() -> Result<()> {
             bench_cmd(args)
         }
         Command::Enroll(args) => enroll_cmd(args),
+        Command::Admin(args) => {
+            let a = crate::admin_client::run(&args)?;
+            println!("{}", a.body);
+            if !(200..300).contains(&a.status) {
+                bail!("the agent answered {}", a.status);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -281,9 +310,13 @@ fn run(args: RunArgs) -> Result<()> {
         Overrides {
             listen: args.listen.clone(),
             unix_socket: args.unix_socket.clone(),
+            admin_socket: args.admin_socket.clone(),
+            admin_listen: args.admin_listen.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
             data_dir: args.data.clone(),
             trust_root: args.trust.clone().or(enrolled_trust),
             max_body_bytes: args.max_body_bytes,
+            max_batch_rows: args.max_batch_rows,
             keep_versions: args.keep_versions,
             json_logs: args.log_json.then_some(true),
             log_max_bytes: args.log_max_bytes,
@@ -324,11 +357,25 @@ fn run(args: RunArgs) -> Result<()> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build().context("starting the runtime")?;
+    let admin_token = match cfg.admin_listen {
+        Some(_) => Some(server::admin_access::load_or_create_token(
+            &cfg.data_dir.join(config::ADMIN_TOKEN),
+        )?),
+        None => None,
+    };
     rt.block_on(async move {
         let opts = ServeOptions {
             listen: cfg.listen,
             unix_socket: cfg.unix_socket.clone(),
+            admin_socket: Some(cfg.admin_socket.clone()),
+            admin_listen: cfg.admin_listen,
+            admin_token,
+            allowed_hosts: cfg.allowed_hosts.clone(),
             max_body: cfg.max_body_bytes,
+            rows: server::RowLimits {
+                default: cfg.max_batch_rows,
+                per_model: cfg.model_max_batch_rows.clone(),
+            },
             tcp_loops: args
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -340,6 +387,10 @@ fn run(args: RunArgs) -> Result<()> {
         }
         if let Some(p) = &cfg.unix_socket {
             println!("ferry-agent listening on unix:{}", p.display());
+        }
+        println!("ferry-agent admin on unix:{}", cfg.admin_socket.display());
+        if let Some(a) = bound.admin_addr {
+            println!("ferry-agent admin on http://{a}");
         }
         tracing::info!(addr = ?bound.local_addr, unix = ?cfg.unix_socket, "serving");
         crate::systemd::ready_and_watchdog();
@@ -365,7 +416,7 @@ fn run(args: RunArgs) -> Result<()> {
             }
             None => None,
         };
-        server::serve(bound, agent.clone(), cfg.max_body_bytes, shutdown_signal()).await?;
+        server::serve(bound, agent.clone(), &opts, shutdown_signal()).await?;
         if let Some(f) = fleet {
             f.abort();
         }

@@ -11,6 +11,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_KEEP_VERSIONS: usize = 3;
+/// Most rows (the first dimension of an input) one infer request may carry.
+pub const DEFAULT_MAX_BATCH_ROWS: u64 = 65_536;
+/// The admin socket's file name in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+/// The admin bearer token's file name in the data directory.
+pub const ADMIN_TOKEN: &str = "admin.token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,9 +38,23 @@ pub enum ConfigError {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub unix_socket: Option<PathBuf>,
+    /// The admin API's Unix socket (default `DATA/admin.sock`, mode 0600).
+    pub admin_socket: Option<PathBuf>,
+    /// An optional loopback TCP port for the admin API; every request needs
+    /// the bearer token in `DATA/admin.token`.
+    pub admin_listen: Option<String>,
+    /// Host names (besides localhost, 127.0.0.1 and [::1]) the inference
+    /// port answers to, e.g. the device's name on the LAN.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     pub data_dir: Option<PathBuf>,
     pub trust_root: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
+    /// Most rows one infer request may carry, for every model.
+    pub max_batch_rows: Option<u64>,
+    /// Per-model overrides of `max_batch_rows`.
+    #[serde(default)]
+    pub model_max_batch_rows: std::collections::BTreeMap<String, u64>,
     pub keep_versions: Option<usize>,
     /// `text` or `json`.
     pub log_format: Option<String>,
@@ -87,9 +107,14 @@ impl FileConfig {
 pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     pub unix_socket: Option<PathBuf>,
+    pub admin_socket: PathBuf,
+    pub admin_listen: Option<SocketAddr>,
+    pub allowed_hosts: Vec<String>,
     pub data_dir: PathBuf,
     pub trust_root: PathBuf,
     pub max_body_bytes: usize,
+    pub max_batch_rows: u64,
+    pub model_max_batch_rows: std::collections::BTreeMap<String, u64>,
     pub keep_versions: usize,
     pub json_logs: bool,
     pub log_max_bytes: u64,
@@ -105,9 +130,14 @@ pub struct AgentConfig {
 pub struct Overrides {
     pub listen: Option<String>,
     pub unix_socket: Option<PathBuf>,
+    pub admin_socket: Option<PathBuf>,
+    pub admin_listen: Option<String>,
+    /// Added to the file's list.
+    pub allowed_hosts: Vec<String>,
     pub data_dir: Option<PathBuf>,
     pub trust_root: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
+    pub max_batch_rows: Option<u64>,
     pub keep_versions: Option<usize>,
     pub json_logs: Option<bool>,
     pub log_max_bytes: Option<u64>,
@@ -167,13 +197,48 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
     };
     let mut bundles = file.bundles;
     bundles.extend(o.bundles);
+    let data_dir = o
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("ferry-agent-data"));
+    let admin_listen = match o.admin_listen.or(file.admin_listen).as_deref() {
+        None | Some("") | Some("none") => None,
+        Some(s) => Some(loopback_admin(s)?),
+    };
+    let mut allowed_hosts = file.allowed_hosts;
+    allowed_hosts.extend(o.allowed_hosts);
+    for h in &allowed_hosts {
+        if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(ConfigError::Value {
+                what: "allowed host",
+                value: h.clone(),
+                reason: "a host name, optionally with :port".into(),
+            });
+        }
+    }
+    let max_batch_rows = o
+        .max_batch_rows
+        .or(file.max_batch_rows)
+        .unwrap_or(DEFAULT_MAX_BATCH_ROWS);
+    if max_batch_rows == 0 || file.model_max_batch_rows.values().any(|n| *n == 0) {
+        return Err(ConfigError::Value {
+            what: "max_batch_rows",
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
     Ok(AgentConfig {
         listen,
         unix_socket: o.unix_socket.or(file.unix_socket),
-        data_dir: o
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("ferry-agent-data")),
+        admin_socket: o
+            .admin_socket
+            .or(file.admin_socket)
+            .unwrap_or_else(|| data_dir.join(ADMIN_SOCKET)),
+        admin_listen,
+        allowed_hosts,
+        data_dir,
+        max_batch_rows,
+        model_max_batch_rows: file.model_max_batch_rows,
         trust_root: o
             .trust_root
             .or(file.trust_root)
@@ -202,6 +267,23 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
             .unwrap_or(100),
         bundles,
     })
+}
+
+/// The admin TCP address: loopback only (the token is not a reason to put
+/// the admin API on the network).
+fn loopback_admin(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |reason: String| ConfigError::Value {
+        what: "admin listen address",
+        value: s.into(),
+        reason,
+    };
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?;
+    if !a.ip().is_loopback() {
+        return Err(bad("the admin port must be on a loopback address".into()));
+    }
+    Ok(a)
 }
 
 #[cfg(test)]
@@ -262,5 +344,59 @@ mod tests {
             },
         );
         assert!(matches!(bad, Err(ConfigError::Value { .. })));
+    }
+
+    #[test]
+    fn admin_defaults_to_a_socket_in_the_data_dir_and_tcp_only_on_loopback() {
+        let c = resolve(
+            FileConfig::default(),
+            Overrides {
+                data_dir: Some("/d".into()),
+                trust_root: Some("t".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.admin_socket, Path::new("/d/admin.sock"));
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.max_batch_rows, DEFAULT_MAX_BATCH_ROWS);
+        for (addr, ok) in [
+            ("127.0.0.1:9100", true),
+            ("[::1]:9100", true),
+            ("0.0.0.0:9100", false),
+            ("192.168.1.5:9100", false),
+        ] {
+            let r = resolve(
+                FileConfig::default(),
+                Overrides {
+                    admin_listen: Some(addr.into()),
+                    trust_root: Some("t".into()),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.is_ok(), ok, "{addr}: {r:?}");
+        }
+        let file: FileConfig = toml::from_str(
+            r#"
+            allowed_hosts = ["edge-7.local"]
+            max_batch_rows = 100
+            [model_max_batch_rows]
+            fraud = 10
+            "#,
+        )
+        .unwrap();
+        let c = resolve(
+            file,
+            Overrides {
+                trust_root: Some("t".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.allowed_hosts, vec!["edge-7.local".to_string()]);
+        assert_eq!(
+            (c.max_batch_rows, c.model_max_batch_rows["fraud"]),
+            (100, 10)
+        );
     }
 }

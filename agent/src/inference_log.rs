@@ -26,8 +26,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Largest record accepted from the log (decoding limit).
-const RECORD_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest encoded record: `append` refuses (or trims) anything larger and
+/// `read_from` decodes up to it, so every stored record can be read back
+/// and a cursor never sticks on one.
+pub const RECORD_LIMIT: usize = 64 * 1024 * 1024;
 const META_DROPPED: &[u8] = b"dropped";
 const META_NEXT: &[u8] = b"next_seq";
 /// Bytes of the length prefix in front of each record in a group.
@@ -248,9 +250,13 @@ impl InferenceLog {
 
     /// Appends an entry; returns its sequence number. Does no I/O unless the
     /// log is at its bound (see [`InferenceLog::wait_durable`]).
+    ///
+    /// A record that would encode over [`RECORD_LIMIT`] is kept without its
+    /// sampled payload (the full inputs are what make a record large); one
+    /// still over the limit is refused with [`LogError::TooLarge`].
     pub fn append(&self, entry: &Entry) -> Result<u64, LogError> {
         let s = &self.shared;
-        let bytes = ferry_protocol::encoding::encode(entry);
+        let bytes = within_limit(entry)?;
         let len = u32::try_from(bytes.len()).map_err(|_| LogError::TooLarge(bytes.len()))?;
         let framed = (FRAME + bytes.len()) as u64;
         let (seq, started, total) = {
@@ -367,6 +373,42 @@ impl InferenceLog {
         self.shared.db.flush()?;
         Ok(())
     }
+}
+
+/// `entry` encoded, without its sampled payload if that is what puts it
+/// over [`RECORD_LIMIT`].
+fn within_limit(entry: &Entry) -> Result<Vec<u8>, LogError> {
+    let bytes = ferry_protocol::encoding::encode(entry);
+    if bytes.len() <= RECORD_LIMIT {
+        return Ok(bytes);
+    }
+    let Entry::Inference(r) = entry else {
+        return Err(LogError::TooLarge(bytes.len()));
+    };
+    if r.payload.is_none() {
+        return Err(LogError::TooLarge(bytes.len()));
+    }
+    let slim = Entry::Inference(InferenceRecord {
+        time_ms: r.time_ms,
+        model: r.model.clone(),
+        version: r.version,
+        variant: r.variant.clone(),
+        latency_us: r.latency_us,
+        request_id: r.request_id.clone(),
+        error: r.error.clone(),
+        outputs: r.outputs.clone(),
+        bins: r.bins.clone(),
+        payload: None,
+    });
+    let bytes = ferry_protocol::encoding::encode(&slim);
+    tracing::warn!(
+        model = %r.model,
+        "inference log: a sampled payload over the record limit was left out"
+    );
+    if bytes.len() > RECORD_LIMIT {
+        return Err(LogError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
 }
 
 impl Drop for InferenceLog {

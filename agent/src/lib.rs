@@ -19,6 +19,7 @@
 //! - `failpoint`: crash points for the e2e tests (feature `failpoints`);
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
+pub mod admin_client;
 pub mod cli;
 pub mod clock;
 pub mod config;

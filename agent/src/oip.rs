@@ -51,6 +51,8 @@ pub enum RequestError {
     UnknownOutput { name: String, expected: String },
     #[error("binary data: {0}")]
     Binary(String),
+    #[error("input {name:?}: {rows} rows, at most {limit} per request for this model")]
+    TooManyRows { name: String, rows: u64, limit: u64 },
 }
 
 impl RequestError {
@@ -67,6 +69,7 @@ impl RequestError {
             RequestError::Data { .. } => "bad_data",
             RequestError::UnknownOutput { .. } => "unknown_output",
             RequestError::Binary(_) => "bad_binary_data",
+            RequestError::TooManyRows { .. } => "too_many_rows",
         }
     }
 }
@@ -182,11 +185,13 @@ fn bool_param(p: &Option<Map<String, Value>>, key: &str) -> Option<bool> {
 
 /// Decodes an infer request body. `json_len` is the
 /// `Inference-Header-Content-Length` header when present: the JSON part is
-/// that long and binary tensor data follows.
+/// that long and binary tensor data follows. An input whose first (batch)
+/// dimension is over `max_rows` is refused before its data is converted.
 pub fn decode(
     body: &[u8],
     json_len: Option<usize>,
     schema: &Schema,
+    max_rows: u64,
 ) -> Result<Decoded, RequestError> {
     let (json, mut binary) = match json_len {
         Some(n) if n <= body.len() => body.split_at(n),
@@ -235,6 +240,13 @@ pub fn decode(
             });
         }
         let shape: Vec<u64> = input.shape.iter().map(|d| *d as u64).collect();
+        if let Some(&rows) = shape.first().filter(|r| **r > max_rows) {
+            return Err(RequestError::TooManyRows {
+                name: input.name,
+                rows,
+                limit: max_rows,
+            });
+        }
         if !spec.accepts_shape(&shape) {
             return Err(RequestError::Shape {
                 name: input.name,
@@ -623,8 +635,8 @@ mod tests {
     fn nested_and_flat_data_decode_alike() {
         let a = br#"{"inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
         let b = br#"{"id":"x","inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#;
-        let da = decode(a, None, &schema()).unwrap();
-        let db = decode(b, None, &schema()).unwrap();
+        let da = decode(a, None, &schema(), u64::MAX).unwrap();
+        let db = decode(b, None, &schema(), u64::MAX).unwrap();
         assert_eq!(da.inputs[0].data, db.inputs[0].data);
         assert_eq!(db.id.as_deref(), Some("x"));
     }
@@ -635,7 +647,7 @@ mod tests {
         let mut body = json.to_vec();
         body.extend_from_slice(&1.5f32.to_le_bytes());
         body.extend_from_slice(&(-2f32).to_le_bytes());
-        let d = decode(&body, Some(json.len()), &schema()).unwrap();
+        let d = decode(&body, Some(json.len()), &schema(), u64::MAX).unwrap();
         assert_eq!(d.inputs[0].data, TensorData::F32(vec![1.5, -2.0]));
     }
 
@@ -667,8 +679,33 @@ mod tests {
             (br#"{"inputs":[]}"#, "missing_input"),
         ];
         for (body, code) in cases {
-            let e = decode(body, None, &s).unwrap_err();
+            let e = decode(body, None, &s, u64::MAX).unwrap_err();
             assert_eq!(e.code(), *code, "{e}");
         }
+    }
+
+    #[test]
+    fn a_batch_over_the_row_limit_is_refused_before_its_data_is_read() {
+        // Binary tensors: 5 rows in 40 bytes.
+        let json = br#"{"inputs":[{"name":"input","shape":[5,2],"datatype":"FP32","parameters":{"binary_data_size":40}}]}"#;
+        let mut body = json.to_vec();
+        body.extend_from_slice(&[0u8; 40]);
+        let e = decode(&body, Some(json.len()), &schema(), 4).unwrap_err();
+        assert_eq!(e.code(), "too_many_rows", "{e}");
+        assert!(e.to_string().contains("at most 4"), "{e}");
+        assert_eq!(
+            decode(&body, Some(json.len()), &schema(), 5)
+                .unwrap()
+                .inputs[0]
+                .shape,
+            [5, 2]
+        );
+        // Refused on the declared shape alone, whatever the data.
+        let huge =
+            br#"{"inputs":[{"name":"input","shape":[100000000,2],"datatype":"FP32","data":[]}]}"#;
+        assert_eq!(
+            decode(huge, None, &schema(), 65_536).unwrap_err().code(),
+            "too_many_rows"
+        );
     }
 }

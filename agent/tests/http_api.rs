@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{http, infer_body, reference, reference_rows, Conn, Keys, Served};
+use common::{admin, http, infer_body, reference, reference_rows, Conn, Keys, Served};
 use ferry_agent::serving::{Agent, Role};
 
 fn serve(max_body: usize) -> (Keys, tempfile::TempDir, Served) {
@@ -113,7 +113,7 @@ fn oip_endpoints_and_outputs() {
         br#"{"id":"req-1","label":1}"#,
     );
     assert_eq!(fb.status, 200, "{}", String::from_utf8_lossy(&fb.body));
-    let log = http(s.addr, "GET", "/v1/log?from=0&limit=100", b"").json();
+    let log = admin(&s.admin, "GET", "/v1/log?from=0&limit=100", b"").json();
     let entries = log["records"].as_array().unwrap();
     assert!(entries
         .iter()
@@ -202,8 +202,53 @@ fn bad_inputs_get_json_4xx_and_the_server_keeps_serving() {
     );
 }
 
+/// L11: a model's batch-row limit refuses a request with more rows before
+/// it runs, counted under its reason; one at the limit runs.
 #[test]
-fn unix_socket_serves_the_same_api() {
+fn a_batch_over_the_models_row_limit_is_refused() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    agent
+        .install(&keys.bundle("bc_logreg", "fraud", 1), Role::Champion, None)
+        .unwrap();
+    let s = Served::start_with(
+        agent,
+        ferry_agent::server::ServeOptions {
+            rows: ferry_agent::server::RowLimits {
+                default: 1000,
+                per_model: [("fraud".to_string(), 2)].into_iter().collect(),
+            },
+            ..Default::default()
+        },
+    );
+    let rows = reference_rows("bc_logreg");
+    let r = http(
+        s.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("three", &rows[..3]),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["code"], "too_many_rows", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 2"), "{v}");
+    let r = http(
+        s.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("two", &rows[..2]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    assert!(
+        m.contains(r#"ferry_request_rejected_total{model="fraud",reason="too_many_rows"} 1"#),
+        "{m}"
+    );
+}
+
+#[test]
+fn unix_socket_serves_the_inference_api() {
     use std::io::{Read, Write};
     let keys = Keys::new();
     let data = tempfile::tempdir().unwrap();
@@ -223,10 +268,11 @@ fn unix_socket_serves_the_same_api() {
                 unix_socket: Some(sock2),
                 max_body: 1 << 20,
                 tcp_loops: 1,
+                ..Default::default()
             };
             let bound = ferry_agent::server::bind(&opts).await.unwrap();
             tx.send(()).unwrap();
-            ferry_agent::server::serve(bound, agent, 1 << 20, async move {
+            ferry_agent::server::serve(bound, agent, &opts, async move {
                 let _ = stop_rx.await;
             })
             .await
@@ -247,6 +293,16 @@ fn unix_socket_serves_the_same_api() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"id\":\"u1\""), "{resp}");
+    // The admin API is not on it.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    write!(
+        s,
+        "POST /v1/log/ack HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{{\"upto\": 0}}"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     stop_tx.send(()).unwrap();
     t.join().unwrap();
 }
@@ -263,9 +319,9 @@ fn a_second_agent_cannot_bind_a_port_in_use() {
     rt.block_on(async {
         let opts = |listen: std::net::SocketAddr, tcp_loops| ServeOptions {
             listen: Some(listen),
-            unix_socket: None,
             max_body: 1 << 20,
             tcp_loops,
+            ..Default::default()
         };
         for first_loops in [1, 2] {
             let first = bind(&opts("127.0.0.1:0".parse().unwrap(), first_loops))

@@ -146,3 +146,45 @@ fn records_stored_one_per_key_by_older_agents_are_kept() {
     let log = InferenceLog::open(dir.path(), 1 << 20, Durability::Async, 50).unwrap();
     assert_eq!(log.stats().records, 4);
 }
+
+/// L13: what `append` accepts, `read_from` reads. A sampled payload that
+/// would put a record over the limit is left out; a record still over it is
+/// refused at append, and the cursor reads on past both.
+#[test]
+fn a_record_over_the_limit_never_sticks_the_cursor() {
+    use ferry_agent::inference_log::{FeedbackRecord, LogError, RECORD_LIMIT};
+    let dir = tempfile::tempdir().unwrap();
+    let log = InferenceLog::open(dir.path(), 1 << 30, Durability::Async, 50).unwrap();
+    log.append(&record(0)).unwrap();
+    // A sampled request whose full inputs alone are over the limit.
+    let floats = RECORD_LIMIT / 4 + 1024;
+    let Entry::Inference(mut big) = record(1) else {
+        unreachable!()
+    };
+    big.payload = Some(vec![Tensor {
+        name: "input".into(),
+        shape: vec![1, floats as u64],
+        data: TensorData::F32(vec![0.5; floats]),
+    }]);
+    assert_eq!(log.append(&Entry::Inference(big)).unwrap(), 1);
+    // A record that is large without any payload is refused.
+    let huge = Entry::Feedback(FeedbackRecord {
+        time_ms: 2,
+        model: "m".into(),
+        request_id: "r2".into(),
+        label_json: "1".repeat(RECORD_LIMIT + 1),
+    });
+    assert!(matches!(log.append(&huge), Err(LogError::TooLarge(_))));
+    log.append(&record(3)).unwrap();
+    let all = log.read_from(0, 100).unwrap();
+    let seqs: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [0, 1, 2], "every stored record reads back, in order");
+    match &all[1].1 {
+        Entry::Inference(r) => {
+            assert_eq!(r.request_id.as_deref(), Some("r1"));
+            assert!(r.payload.is_none(), "the oversized payload was left out");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.read_from(2, 100).unwrap().len(), 1);
+}

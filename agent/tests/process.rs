@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    fixtures, http, infer_body, python_with, reference, reference_rows, Conn, Keys, Process,
+    admin, fixtures, http, infer_body, python_with, reference, reference_rows, Conn, Keys, Process,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,7 +93,7 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
     // Restart from the data directory alone: the saved state reactivates
     // the model, the log reopens.
     let agent = restart(trust, dir);
-    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    let stats = admin(&agent.admin, "GET", "/v1/log/stats", b"").json();
     let records = stats["records"].as_u64().unwrap();
     assert!(
         records >= acknowledged,
@@ -108,8 +108,8 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
     let mut from = 0;
     let mut read = 0;
     loop {
-        let page = http(
-            agent.addr,
+        let page = admin(
+            &agent.admin,
             "GET",
             &format!("/v1/log?from={from}&limit=1000"),
             b"",
@@ -137,15 +137,15 @@ fn kill_9_mid_load_loses_no_acknowledged_record() {
     );
 
     // Acknowledged records are deleted; sequence numbers move on.
-    let ack = http(
-        agent.addr,
+    let ack = admin(
+        &agent.admin,
         "POST",
         "/v1/log/ack",
         format!("{{\"upto\": {}}}", from - 1).as_bytes(),
     )
     .json();
     assert_eq!(ack["deleted"].as_u64().unwrap(), read);
-    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    let stats = admin(&agent.admin, "GET", "/v1/log/stats", b"").json();
     assert_eq!(stats["records"], 1); // the "after" request
     assert_eq!(stats["first_seq"].as_u64().unwrap(), from);
 }
@@ -176,7 +176,7 @@ fn kill_9_keeps_async_records_older_than_the_flush_interval() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     agent.kill9();
     let agent = restart(trust, dir);
-    let stats = http(agent.addr, "GET", "/v1/log/stats", b"").json();
+    let stats = admin(&agent.admin, "GET", "/v1/log/stats", b"").json();
     assert_eq!(stats["records"], 250, "{stats}");
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, infer_body, reference_rows, Conn, Keys, Served};
+use common::{admin, http, infer_body, reference_rows, Conn, Keys, Served};
 use ferry_agent::serving::{Agent, Role};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,7 +99,7 @@ fn twenty_swaps_under_concurrent_load_drop_nothing_and_rollback_needs_no_downloa
     for b in &bundles {
         std::fs::remove_file(b).unwrap();
     }
-    let r = http(s.addr, "POST", "/v1/models/m/rollback", b"");
+    let r = admin(&s.admin, "POST", "/v1/models/m/rollback", b"");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["version"], 20);
     let v = http(
@@ -290,7 +290,7 @@ fn shadow_sees_every_request_and_never_answers() {
     );
     // Stopping the shadow.
     assert_eq!(
-        http(s.addr, "DELETE", "/v1/models/m/shadow", b"").status,
+        admin(&s.admin, "DELETE", "/v1/models/m/shadow", b"").status,
         200
     );
     assert!(agent.table().models["m"].shadow.is_none());

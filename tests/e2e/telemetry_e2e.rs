@@ -104,7 +104,7 @@ impl Conn {
             .map(|t| format!("authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         self.w.write_all(head.as_bytes()).unwrap();
@@ -617,13 +617,15 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
     let mut tampered = std::fs::read(&bundle).unwrap();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    let mut c = Conn::open(agent_addr);
-    let (s, b) = c.request("POST", "/v1/models/activate", None, &tampered);
-    assert!(
-        (400..500).contains(&s),
-        "{s} {}",
-        String::from_utf8_lossy(&b)
+    let sock = ferry_e2e::admin::admin_socket(&dir.join(format!("agent-{device}")));
+    let (s, b) = ferry_e2e::admin::admin_request(
+        &sock,
+        "POST",
+        "/v1/models/activate",
+        "application/octet-stream",
+        &tampered,
     );
+    assert!((400..500).contains(&s), "{s} {b}");
     send_rows(agent_addr, &held_out[..1], "after-refusal");
 
     // Health: retained online while serving, offline after a clean stop.

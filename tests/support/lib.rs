@@ -1,4 +1,5 @@
 //! Helpers for the end-to-end tests: locating binaries, free ports, fixtures.
 
+pub mod admin;
 pub mod db;
 pub mod fleet;

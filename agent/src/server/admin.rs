@@ -1,11 +1,10 @@
 //! The device's own admin endpoints: activation state, side-load, rollback,
 //! clearing a challenger or shadow, and the inference log.
 
-use super::{body_error, error, App};
+use super::{error, App};
 use crate::serving::{ActivateError, Role};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,8 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-/// Largest bundle accepted by `POST /v1/models/activate`.
-pub(super) const BUNDLE_LIMIT: usize = 4 << 30;
+/// Largest bundle accepted by `POST /v1/models/activate` (streamed to
+/// disk, never held in memory).
+const BUNDLE_LIMIT: u64 = 4 << 30;
 
 pub(super) async fn models(State(app): State<App>) -> Response {
     Json(json!(app.agent.state())).into_response()
@@ -31,27 +31,30 @@ pub(super) struct ActivateQuery {
 pub(super) async fn activate(
     State(app): State<App>,
     Query(q): Query<ActivateQuery>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Response {
     let role: Role = match q.role.as_deref().unwrap_or("champion").parse() {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_role", e),
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return body_error(r, BUNDLE_LIMIT),
-    };
     let agent = app.agent.clone();
+    let upload = match q.path {
+        Some(p) => Upload::OnDevice(p),
+        None => {
+            let tmp = agent.upload_path();
+            match receive(req.into_body(), &tmp, BUNDLE_LIMIT).await {
+                Ok(()) => Upload::Received(tmp),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return e.response();
+                }
+            }
+        }
+    };
     let job = move || -> Result<_, ActivateError> {
-        match q.path {
-            Some(p) => agent.install(&p, role, q.split),
-            None => {
-                let tmp = agent.upload_path();
-                std::fs::write(&tmp, &body).map_err(|source| ActivateError::Io {
-                    what: "writing upload",
-                    path: tmp.clone(),
-                    source,
-                })?;
+        match upload {
+            Upload::OnDevice(p) => agent.install(&p, role, q.split),
+            Upload::Received(tmp) => {
                 let r = agent.install(&tmp, role, q.split);
                 let _ = std::fs::remove_file(&tmp);
                 r
@@ -63,6 +66,62 @@ pub(super) async fn activate(
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
+}
+
+/// Where the bundle to activate is.
+enum Upload {
+    /// `?path=`: a file already on the device.
+    OnDevice(PathBuf),
+    /// The request body, received into `incoming/`.
+    Received(PathBuf),
+}
+
+/// Why an upload was not received.
+#[derive(Debug)]
+enum ReceiveError {
+    TooLarge(u64),
+    Body(axum::Error),
+    Io(std::io::Error),
+}
+
+impl ReceiveError {
+    fn response(&self) -> Response {
+        match self {
+            ReceiveError::TooLarge(limit) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the bundle is over the {limit}-byte limit"),
+            ),
+            ReceiveError::Body(e) => error(StatusCode::BAD_REQUEST, "bad_body", e),
+            ReceiveError::Io(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e),
+        }
+    }
+}
+
+/// Streams `body` into a new file at `path`, refusing it past `limit`
+/// bytes: the bundle is never held in memory.
+async fn receive(body: Body, path: &std::path::Path, limit: u64) -> Result<(), ReceiveError> {
+    use axum::body::HttpBody;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(ReceiveError::Io)?;
+    let mut body = body;
+    let mut received: u64 = 0;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let Ok(data) = frame.map_err(ReceiveError::Body)?.into_data() else {
+            continue; // trailers
+        };
+        received = received.saturating_add(data.len() as u64);
+        if received > limit {
+            return Err(ReceiveError::TooLarge(limit));
+        }
+        file.write_all(&data).await.map_err(ReceiveError::Io)?;
+    }
+    file.flush().await.map_err(ReceiveError::Io)?;
+    Ok(())
 }
 
 pub(super) async fn rollback(State(app): State<App>, Path(name): Path<String>) -> Response {

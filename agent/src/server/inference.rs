@@ -212,9 +212,11 @@ pub(super) async fn run_infer(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let agent = app.agent.clone();
+    let max_rows = app.rows.for_model(&name);
     let result = if body.len() <= INLINE_BODY {
         infer_body(
             &agent,
+            max_rows,
             &name,
             version.as_deref(),
             &body,
@@ -227,6 +229,7 @@ pub(super) async fn run_infer(
         match tokio::task::spawn_blocking(move || {
             infer_body(
                 &a,
+                max_rows,
                 &name,
                 version.as_deref(),
                 &body,
@@ -273,6 +276,7 @@ pub(super) async fn run_infer(
 /// `x-ferry-routing-key` header.
 fn infer_body(
     agent: &Arc<Agent>,
+    max_rows: u64,
     model: &str,
     pinned: Option<&str>,
     body: &[u8],
@@ -280,7 +284,7 @@ fn infer_body(
     header_key: Option<&str>,
 ) -> Result<Encoded, InferFailure> {
     let decode = |schema: &ferry_protocol::Schema| {
-        oip::decode(body, json_len, schema).map_err(|e| {
+        oip::decode(body, json_len, schema, max_rows).map_err(|e| {
             agent.rejected(model, e.code());
             InferFailure::Request(e)
         })
@@ -302,7 +306,7 @@ fn infer_body(
     // The shadow sees the same request, decoded against its own schema; one
     // it cannot read is skipped, never refused.
     if let Some(shadow) = routing.shadow() {
-        if let Ok(d) = oip::decode(body, json_len, shadow.schema()) {
+        if let Ok(d) = oip::decode(body, json_len, shadow.schema(), max_rows) {
             shadow.spawn(d.id, d.inputs);
         }
     }

@@ -1,7 +1,9 @@
-//! Listeners: TCP (on the caller's runtime, or dealt round robin to
-//! per-core single-threaded loops) and a Unix socket, with graceful
-//! shutdown.
+//! Listeners: the inference port on TCP (on the caller's runtime, or dealt
+//! round robin to per-core single-threaded loops) and optionally a Unix
+//! socket; the admin API on its own Unix socket and optional loopback TCP
+//! port. Graceful shutdown for all.
 
+use super::admin_access::bind_admin_socket;
 use super::{ServeError, ServeOptions};
 use axum::Router;
 use std::net::SocketAddr;
@@ -11,22 +13,57 @@ pub struct Bound {
     tcp: Option<std::net::TcpListener>,
     tcp_loops: usize,
     unix: Option<tokio::net::UnixListener>,
+    admin_unix: Option<tokio::net::UnixListener>,
+    admin_tcp: Option<tokio::net::TcpListener>,
     pub local_addr: Option<SocketAddr>,
+    /// Where the admin TCP port was bound (port 0 picks one).
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// The routers each listener serves.
+pub(super) struct Apps {
+    /// The inference port (checked: host, origin, content type).
+    pub tcp: Router,
+    /// The inference API on its Unix socket.
+    pub unix: Router,
+    /// The admin API on its Unix socket.
+    pub admin: Router,
+    /// The admin API on its TCP port (token and checks), when configured.
+    pub admin_tcp: Option<Router>,
+}
+
+async fn bind_tcp(a: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(a)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: a.to_string(),
+            source,
+        })
 }
 
 pub async fn bind(opts: &ServeOptions) -> Result<Bound, ServeError> {
     if opts.listen.is_none() && opts.unix_socket.is_none() {
         return Err(ServeError::NoListener);
     }
+    if opts.admin_listen.is_some() && opts.admin_token.is_none() {
+        return Err(ServeError::NoAdminToken);
+    }
     let tcp = match opts.listen {
         Some(a) => {
-            let err = |source| ServeError::Bind {
+            let l = bind_tcp(a).await?;
+            Some(l.into_std().map_err(|source| ServeError::Bind {
                 what: a.to_string(),
                 source,
-            };
-            let l = tokio::net::TcpListener::bind(a).await.map_err(err)?;
-            Some(l.into_std().map_err(err)?)
+            })?)
         }
+        None => None,
+    };
+    let admin_tcp = match opts.admin_listen {
+        Some(a) => Some(bind_tcp(a).await?),
+        None => None,
+    };
+    let admin_unix = match &opts.admin_socket {
+        Some(p) => Some(bind_admin_socket(p)?),
         None => None,
     };
     let unix = match &opts.unix_socket {
@@ -43,11 +80,15 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound, ServeError> {
         None => None,
     };
     let local_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_tcp.as_ref().and_then(|l| l.local_addr().ok());
     Ok(Bound {
         tcp,
         tcp_loops: opts.tcp_loops.max(1),
         unix,
+        admin_unix,
+        admin_tcp,
         local_addr,
+        admin_addr,
     })
 }
 
@@ -136,7 +177,7 @@ async fn deal(
 /// Serves `app` until `shutdown` resolves, then drains in-flight requests.
 pub(super) async fn run(
     bound: Bound,
-    app: Router,
+    apps: Apps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -146,7 +187,7 @@ pub(super) async fn run(
         (None, _) => {}
         (Some(l), 1) => {
             let stop = tx.subscribe();
-            let app = app.clone();
+            let app = apps.tcp.clone();
             tasks.push(tokio::spawn(async move {
                 let l = tokio::net::TcpListener::from_std(l)?;
                 // Nagle would add up to 40 ms to small responses.
@@ -162,7 +203,7 @@ pub(super) async fn run(
             for i in 0..n {
                 let (conn_tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 senders.push(conn_tx);
-                let (app, stop) = (app.clone(), tx.subscribe());
+                let (app, stop) = (apps.tcp.clone(), tx.subscribe());
                 let (done_tx, done_rx) = tokio::sync::oneshot::channel();
                 std::thread::Builder::new()
                     .name(format!("ferry-http-{i}"))
@@ -179,14 +220,13 @@ pub(super) async fn run(
         }
     }
     if let Some(l) = bound.unix {
-        let mut rx = tx.subscribe();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.recv().await;
-                })
-                .await
-        }));
+        tasks.push(tokio::spawn(serve_on(l, apps.unix, tx.subscribe())));
+    }
+    if let Some(l) = bound.admin_unix {
+        tasks.push(tokio::spawn(serve_on(l, apps.admin, tx.subscribe())));
+    }
+    if let (Some(l), Some(app)) = (bound.admin_tcp, apps.admin_tcp) {
+        tasks.push(tokio::spawn(serve_on(l, app, tx.subscribe())));
     }
     shutdown.await;
     let _ = tx.send(());

@@ -6,6 +6,7 @@
 //! (`dropped`, persisted), never silently.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -30,6 +31,12 @@ pub struct Outbox {
     queue: sled::Tree,
     meta: sled::Tree,
     max_entries: u64,
+    /// Serialises every read-modify-write of `meta` (the sequence number
+    /// and the drop counter): the publisher and the serving core's event
+    /// sink push from different threads, and two pushes reading the same
+    /// `next_seq` would write the same key, one message silently replacing
+    /// the other.
+    write: Mutex<()>,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -59,7 +66,12 @@ impl Outbox {
             queue,
             meta,
             max_entries: max_entries.max(1),
+            write: Mutex::new(()),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The next sequence number to assign (persisted across restarts).
@@ -70,6 +82,7 @@ impl Outbox {
     /// Appends a message under the next sequence number, which it returns;
     /// `make` builds the payload for that number. Flushed before returning.
     pub fn push(&self, topic: &str, make: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
+        let _write = self.lock();
         let seq = self.next_seq()?;
         let payload = make(seq);
         let mut value = Vec::with_capacity(2 + topic.len() + payload.len());
@@ -121,6 +134,7 @@ impl Outbox {
 
     /// Drops a message that can never be sent (corrupt), counting it.
     pub fn discard(&self, key: u64) -> Result<(), OutboxError> {
+        let _write = self.lock();
         self.queue.remove(key.to_be_bytes())?;
         let d = get_u64(&self.meta, DROPPED)? + 1;
         self.meta.insert(DROPPED, &d.to_be_bytes())?;
@@ -165,5 +179,47 @@ mod tests {
         assert_eq!(o.first().unwrap().unwrap().key, 3);
         assert_eq!(o.next_seq().unwrap(), 5);
         assert_eq!(o.dropped().unwrap(), 2);
+    }
+
+    #[test]
+    fn concurrent_pushes_never_share_a_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = std::sync::Arc::new(Outbox::open(dir.path(), 1_000_000).unwrap());
+        let (threads, each) = (8u64, 50u64);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            o.push("t/x", |s| format!("{t}-{i}-{s}").into_bytes())
+                                .unwrap()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        // Every push got its own number and every message is still queued.
+        assert_eq!(seqs.len() as u64, threads * each);
+        assert_eq!(o.depth(), threads * each);
+        assert_eq!(o.next_seq().unwrap(), threads * each);
+        let mut payloads = std::collections::HashSet::new();
+        while let Some(m) = o.first().unwrap() {
+            let text = String::from_utf8(m.payload).unwrap();
+            assert!(
+                text.ends_with(&format!("-{}", m.key)),
+                "{text} under {}",
+                m.key
+            );
+            payloads.insert(text);
+            o.remove(m.key).unwrap();
+        }
+        assert_eq!(payloads.len() as u64, threads * each);
     }
 }

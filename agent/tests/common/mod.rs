@@ -11,7 +11,7 @@ use ferry_agent::server::{self, ServeOptions};
 use ferry_agent::serving::{Agent, AgentOptions};
 use ferry_protocol::trust::{Publisher, SignedTrustRoot, TrustRoot};
 use ferry_protocol::{ModelName, PublicKey};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -117,19 +117,37 @@ impl Keys {
     }
 }
 
-/// An agent served in-process on 127.0.0.1 (a real socket).
+/// An agent served in-process on 127.0.0.1 (a real socket), with its admin
+/// API on a Unix socket.
 pub struct Served {
     pub agent: Arc<Agent>,
     pub addr: SocketAddr,
+    /// The admin socket.
+    pub admin: PathBuf,
+    _admin_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Served {
     pub fn start(agent: Arc<Agent>, max_body: usize) -> Self {
+        Self::start_with(
+            agent,
+            ServeOptions {
+                max_body,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// With `opts`; the TCP address and admin socket are chosen here.
+    pub fn start_with(agent: Arc<Agent>, opts: ServeOptions) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let a = agent.clone();
+        let admin_dir = tempfile::tempdir().unwrap();
+        let admin = admin_dir.path().join("admin.sock");
+        let admin_sock = admin.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -139,13 +157,13 @@ impl Served {
             rt.block_on(async move {
                 let opts = ServeOptions {
                     listen: Some("127.0.0.1:0".parse().unwrap()),
-                    unix_socket: None,
-                    max_body,
+                    admin_socket: Some(admin_sock),
                     tcp_loops: 2,
+                    ..opts
                 };
                 let bound = server::bind(&opts).await.unwrap();
                 addr_tx.send(bound.local_addr.unwrap()).unwrap();
-                server::serve(bound, a, max_body, async move {
+                server::serve(bound, a, &opts, async move {
                     let _ = stop_rx.await;
                 })
                 .await
@@ -156,6 +174,8 @@ impl Served {
         Self {
             agent,
             addr,
+            admin,
+            _admin_dir: admin_dir,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -174,10 +194,11 @@ impl Drop for Served {
 }
 
 /// The `ferry-agent` binary as a child process; waits for its
-/// "listening" line and reads the port from it.
+/// "listening" and "admin" lines and reads the port and socket from them.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: PathBuf,
 }
 
 impl Process {
@@ -190,18 +211,26 @@ impl Process {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
             let line = lines
                 .next()
                 .expect("agent exited before listening")
                 .unwrap();
             if let Some(a) = line.strip_prefix("ferry-agent listening on http://") {
-                break a.parse().unwrap();
+                addr = Some(a.parse().unwrap());
             }
-        };
+            if let Some(p) = line.strip_prefix("ferry-agent admin on unix:") {
+                admin = Some(PathBuf::from(p));
+            }
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        Self {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -269,43 +298,62 @@ impl Conn {
         let mut msg = head.into_bytes();
         msg.extend_from_slice(body);
         self.w.write_all(&msg)?;
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            self.r.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_string(), v.trim().to_string());
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
-        let mut body = vec![0; len];
-        self.r.read_exact(&mut body)?;
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        read_response(&mut self.r)
     }
+}
+
+/// Reads one response (its body has a `content-length`).
+pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_string(), v.trim().to_string());
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request to the admin API on its Unix socket.
+pub fn admin(sock: &Path, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("admin socket {}: {e}", sock.display()));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    read_response(&mut BufReader::new(s)).unwrap()
 }
 
 /// One request on a fresh connection.
