@@ -443,7 +443,9 @@ fn enroll_cmd(args: EnrollArgs) -> Result<()> {
     let pin = match (&args.trust, &args.root_fingerprint) {
         (Some(path), _) => crate::fleet::RootPin::File(path.clone()),
         (None, Some(fp)) => crate::fleet::RootPin::Fingerprint(fp.clone()),
-        (None, None) => bail!("give --trust FILE or --root-fingerprint SHA256 to pin the trust root"),
+        (None, None) => {
+            bail!("give --trust FILE or --root-fingerprint SHA256 to pin the trust root")
+        }
     };
     let id = rt.block_on(crate::fleet::enroll(&crate::fleet::EnrollOptions {
         server: args.server.clone(),

@@ -103,10 +103,16 @@ pub enum AgentFrame {
     },
     /// The trust root the device holds now: sent after `Hello` and after
     /// every change.
-    TrustRoot { version: u64, expires_at: u64 },
+    TrustRoot {
+        version: u64,
+        expires_at: u64,
+    },
     /// Trust roots the agent refused (not a valid successor chain of the
     /// one it holds), so the control plane can audit it.
-    TrustRootRefused { code: String, reason: String },
+    TrustRootRefused {
+        code: String,
+        reason: String,
+    },
 }
 
 /// Frames the control plane sends.
@@ -161,7 +167,9 @@ pub enum ServerFrame {
     /// Signed trust roots of the device's tenant, oldest first: at
     /// enrollment every version, on the control stream the versions after
     /// the one the device holds.
-    TrustRoots { chain: Vec<SignedTrustRoot> },
+    TrustRoots {
+        chain: Vec<SignedTrustRoot>,
+    },
 }
 
 impl AgentFrame {
@@ -315,7 +323,7 @@ mod tests {
             version: 2,
             expires_at: 99,
             threshold: 1,
-            root_keys: vec![crate::keys::PublicKey::from_signing_key(&k)],
+            root_keys: vec![PublicKey::from_signing_key(&k)],
             publishers: vec![],
             publisher_threshold: 1,
             revoked: vec![],

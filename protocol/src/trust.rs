@@ -6,7 +6,7 @@
 //! of its own.
 
 use crate::encoding::{self, DecodeError};
-use crate::keys::{self, Domain, KeyId, PublicKey, Signature};
+use crate::keys::{self, Digest, Domain, KeyId, PublicKey, Signature};
 use crate::UnixTime;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -88,16 +88,16 @@ impl TrustError {
 /// The fingerprint of a signed trust root: the SHA-256 of its encoded file
 /// bytes, as `ferry trust init` and `ferry device token create` print it.
 /// A device pins the root it enrolls with by this value.
-pub fn fingerprint(signed: &SignedTrustRoot) -> crate::keys::Digest {
-    crate::keys::sha256(&signed.to_bytes())
+pub fn fingerprint(signed: &SignedTrustRoot) -> Digest {
+    keys::sha256(&signed.to_bytes())
 }
 
 /// Parses a fingerprint as printed (64 hex digits, optionally after
 /// `sha256:`).
-pub fn parse_fingerprint(s: &str) -> Option<crate::keys::Digest> {
+pub fn parse_fingerprint(s: &str) -> Option<Digest> {
     let s = s.trim();
     let s = s.strip_prefix("sha256:").unwrap_or(s);
-    crate::keys::Digest::from_hex(s).ok()
+    Digest::from_hex(s).ok()
 }
 
 /// Follows `chain` from `current`: every root in it newer than the one
@@ -297,7 +297,11 @@ impl SignedTrustRoot {
     }
 
     /// [`Self::open_as_successor`], checking expiry only when `now` is given.
-    fn successor(&self, current: &TrustRoot, now: Option<UnixTime>) -> Result<TrustRoot, TrustError> {
+    fn successor(
+        &self,
+        current: &TrustRoot,
+        now: Option<UnixTime>,
+    ) -> Result<TrustRoot, TrustError> {
         let new = match now {
             Some(now) => self.open(now)?,
             None => self.open_any_time()?,
@@ -364,7 +368,10 @@ mod tests {
         let (got, _) = follow_chain(&v1, &chain, 2_000).unwrap().unwrap();
         assert_eq!(got.version, 3);
         let v2 = s2.open(0).unwrap();
-        assert_eq!(follow_chain(&v2, &chain, 500).unwrap().unwrap().0.version, 3);
+        assert_eq!(
+            follow_chain(&v2, &chain, 500).unwrap().unwrap().0.version,
+            3
+        );
         let v3 = s3.open(0).unwrap();
         assert_eq!(follow_chain(&v3, &chain, 500).unwrap(), None);
         // The newest expired: refused.
@@ -392,7 +399,10 @@ mod tests {
         let s = SignedTrustRoot::sign(&root("acme", 1, 1_000, 1, 10), &[&key(1)]);
         let fp = fingerprint(&s);
         assert_eq!(parse_fingerprint(&fp.to_hex()), Some(fp));
-        assert_eq!(parse_fingerprint(&format!("sha256:{}", fp.to_hex())), Some(fp));
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{}", fp.to_hex())),
+            Some(fp)
+        );
         assert_eq!(parse_fingerprint("nope"), None);
     }
 

@@ -785,7 +785,10 @@ fn trust_root_rotation_reaches_devices_without_reenrollment() {
         })
     });
     assert!(
-        rec["detail"].as_str().unwrap().contains("now holds v2 (was v1)"),
+        rec["detail"]
+            .as_str()
+            .unwrap()
+            .contains("now holds v2 (was v1)"),
         "{rec}"
     );
     assert_eq!(
@@ -838,7 +841,11 @@ fn trust_root_rotation_reaches_devices_without_reenrollment() {
         (held_root(&server, &ids[0]) == Some(3)).then_some(())
     });
     let devs = server.json(&["device", "list"]);
-    assert_eq!(devs["devices"].as_array().unwrap().len(), 2, "no re-enrollment");
+    assert_eq!(
+        devs["devices"].as_array().unwrap().len(),
+        2,
+        "no re-enrollment"
+    );
 }
 
 /// C1, expiry: a device whose trust root expired keeps serving what it

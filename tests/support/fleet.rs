@@ -126,9 +126,9 @@ impl Server {
             .args(extra)
             .arg("--data")
             .arg(data)
-        .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
-        // Failpoints only where a test names them.
-        .env_remove("FAILPOINTS");
+            .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
+            // Failpoints only where a test names them.
+            .env_remove("FAILPOINTS");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -270,7 +270,13 @@ impl Agent {
     /// Enrolls a device in `data`, pinning the trust root file `root` (the
     /// operator's, e.g. `keys.path("v1.root")`); its device id.
     pub fn enroll(server: &Server, token: &str, ca: &Path, data: &Path, root: &Path) -> String {
-        let out = ok(&mut Self::enroll_cmd(server, token, ca, data, &[std::ffi::OsStr::new("--trust"), root.as_os_str()]));
+        let out = ok(&mut Self::enroll_cmd(
+            server,
+            token,
+            ca,
+            data,
+            &[std::ffi::OsStr::new("--trust"), root.as_os_str()],
+        ));
         device_id_in(&out)
     }
 

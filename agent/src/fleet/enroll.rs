@@ -58,7 +58,7 @@ pub fn accept_delivered_root(
     all.push(delivered.clone());
     let anchor = match pin {
         RootPin::File(path) => {
-            let bytes = std::fs::read(path).map_err(super::io("reading", path))?;
+            let bytes = std::fs::read(path).map_err(io("reading", path))?;
             SignedTrustRoot::from_bytes(&bytes).map_err(|e| FleetError::Bad {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -66,9 +66,7 @@ pub fn accept_delivered_root(
         }
         RootPin::Fingerprint(fp) => {
             let want = parse_fingerprint(fp).ok_or_else(|| {
-                FleetError::Protocol(format!(
-                    "--root-fingerprint {fp:?}: expected 64 hex digits"
-                ))
+                FleetError::Protocol(format!("--root-fingerprint {fp:?}: expected 64 hex digits"))
             })?;
             all.iter()
                 .find(|s| fingerprint(s) == want)
@@ -99,9 +97,9 @@ pub fn accept_delivered_root(
         Ok(None) => (pinned.clone(), anchor.clone()),
         Err(e) => {
             return Err(refused(format!(
-                "the delivered trust root v{} is not the pinned v{} nor a valid successor of it: {e}",
-                delivered_root.version, pinned.version
-            )))
+            "the delivered trust root v{} is not the pinned v{} nor a valid successor of it: {e}",
+            delivered_root.version, pinned.version
+        )))
         }
     };
     // What the control plane says is current must be what the chain led
@@ -276,7 +274,8 @@ mod tests {
     fn the_pinned_root_or_its_successor_chain_is_accepted() {
         let v1 = signed("acme", 1, 1, &[1]);
         let v2 = signed("acme", 2, 1, &[1]);
-        let got = accept_delivered_root(&fp(&v1), &v1, &[v1.clone()], "acme", 5).unwrap();
+        let got =
+            accept_delivered_root(&fp(&v1), &v1, std::slice::from_ref(&v1), "acme", 5).unwrap();
         assert_eq!(got, v1);
         let got =
             accept_delivered_root(&fp(&v1), &v2, &[v1.clone(), v2.clone()], "acme", 5).unwrap();
@@ -315,7 +314,7 @@ mod tests {
         let e = code(accept_delivered_root(
             &RootPin::File(file),
             &forged1,
-            &[forged1.clone()],
+            std::slice::from_ref(&forged1),
             "acme",
             5,
         ));

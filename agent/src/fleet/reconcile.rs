@@ -268,13 +268,12 @@ impl Reconciler {
         self.busy = false;
         self.activate_next = None;
         // Persistence asked for is still owed; frames for the old session are not.
-        self.queue
-            .retain(|a| {
-                matches!(
-                    a,
-                    Action::SaveSequence(_) | Action::SaveManaged(_) | Action::SaveTrust { .. }
-                )
-            });
+        self.queue.retain(|a| {
+            matches!(
+                a,
+                Action::SaveSequence(_) | Action::SaveManaged(_) | Action::SaveTrust { .. }
+            )
+        });
     }
 
     /// A desired-state document arrived at `now`; `installed` is what

@@ -191,7 +191,9 @@ pub async fn run_with(
             &ctx.id.server,
             ctx.id.server_name.as_deref(),
             ctx.cfg.clone(),
-        ).await {
+        )
+        .await
+        {
             Ok(conn) => {
                 let res = session(&ctx, &conn, &mut rec, &mut heard).await;
                 if revoked(&conn) {

@@ -194,13 +194,12 @@ impl Windows {
     /// Records when the trust root in use expires (the serving core calls
     /// this at start and on every rotation).
     pub fn set_trust_expiry(&self, expires_at: u64) {
-        self.trust_expires_at
-            .store(expires_at, std::sync::atomic::Ordering::Relaxed);
+        self.trust_expires_at.store(expires_at, Ordering::Relaxed);
     }
 
     /// Seconds from `now` until the trust root in use expires, if known.
     pub fn trust_expires_in(&self, now: u64) -> Option<i64> {
-        match self.trust_expires_at.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.trust_expires_at.load(Ordering::Relaxed) {
             0 => None,
             at => Some(at as i64 - now as i64),
         }

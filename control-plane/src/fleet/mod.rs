@@ -599,8 +599,7 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
         let ms = Arc::new(AtomicU64::new(1_800_000_000_000));
         let clock_ms = ms.clone();
-        let clock: crate::clock::SharedClock =
-            Arc::new(move || clock_ms.load(Ordering::SeqCst));
+        let clock: crate::clock::SharedClock = Arc::new(move || clock_ms.load(Ordering::SeqCst));
         let device = db::Device {
             id: "dev_a".into(),
             tenant: "t".into(),
@@ -645,7 +644,10 @@ mod tests {
         // A device that applied a microsecond-clock number from an older
         // server: the next document goes above its floor.
         let old = 1_800_000_000_000_000;
-        let (s, seq) = fleet.desired_state(&device, now(), Some(old)).await.unwrap();
+        let (s, seq) = fleet
+            .desired_state(&device, now(), Some(old))
+            .await
+            .unwrap();
         assert_eq!(seq, old + 1);
         floor = Some(old);
         accept(&key, &s, now(), &mut floor);

@@ -8,9 +8,9 @@
 
 use super::{db, Fleet};
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
-use ferry_protocol::frames::{AgentFrame, ServerFrame};
 use crate::store::telemetry::NewAlert;
 use crate::store::{Store, StoreError};
+use ferry_protocol::frames::{AgentFrame, ServerFrame};
 use ferry_protocol::trust::SignedTrustRoot;
 use std::time::{Duration, Instant};
 
@@ -292,7 +292,14 @@ mod tests {
             detail: String::new(),
         };
         store
-            .put_trust_root("acme", 1, &hex::encode(signed.to_bytes()), None, "test", entry)
+            .put_trust_root(
+                "acme",
+                1,
+                &hex::encode(signed.to_bytes()),
+                None,
+                "test",
+                entry,
+            )
             .await
             .unwrap();
         (d, store)
@@ -324,7 +331,11 @@ mod tests {
         };
         let records = store.audit_list("acme", &q).await.unwrap();
         assert_eq!(records.len(), 1);
-        assert!(records[0].detail.contains("expires in 10 day(s)"), "{:?}", records[0]);
+        assert!(
+            records[0].detail.contains("expires in 10 day(s)"),
+            "{:?}",
+            records[0]
+        );
     }
 
     #[tokio::test]

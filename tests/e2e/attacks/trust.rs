@@ -31,7 +31,14 @@ fn token(server: &Server, ca: &Path, uses: &str) -> Value {
 }
 
 fn deploy(server: &Server, model: &str, version: &str) -> String {
-    let v = server.json(&["deploy", model, "--version", version, "--selector", "site=lab"]);
+    let v = server.json(&[
+        "deploy",
+        model,
+        "--version",
+        version,
+        "--selector",
+        "site=lab",
+    ]);
     v["id"].as_str().unwrap().to_string()
 }
 
@@ -46,11 +53,15 @@ fn device_state(server: &Server, dep: &str, device: &str, want: &str) -> String 
 }
 
 fn refused_audit(server: &Server, action: &str, needle: &str) -> Value {
-    wait_for(&format!("audit {action} refused with {needle}"), LONG, || {
-        server.audit(action).into_iter().find(|r| {
-            r["outcome"] == "refused" && r["detail"].as_str().unwrap_or("").contains(needle)
-        })
-    })
+    wait_for(
+        &format!("audit {action} refused with {needle}"),
+        LONG,
+        || {
+            server.audit(action).into_iter().find(|r| {
+                r["outcome"] == "refused" && r["detail"].as_str().unwrap_or("").contains(needle)
+            })
+        },
+    )
 }
 
 /// An attacker's trust root for tenant `default` at `version`: its own
@@ -153,7 +164,11 @@ fn a_forged_root_in_the_database_cannot_enroll_a_pinned_device() {
     insert_root(&server, 2, &forged);
     let pins: [(&str, PathBuf, String); 2] = [
         ("file", tmp.path().join("dev-file"), String::new()),
-        ("fingerprint", tmp.path().join("dev-fp"), fingerprint_of(&v1)),
+        (
+            "fingerprint",
+            tmp.path().join("dev-fp"),
+            fingerprint_of(&v1),
+        ),
     ];
     for (kind, data, fp) in &pins {
         let pin: Vec<&OsStr> = if *kind == "file" {
@@ -174,7 +189,11 @@ fn a_forged_root_in_the_database_cannot_enroll_a_pinned_device() {
 
     // The attacker replaces the whole history with a root of its own at
     // version 1: the pinned fingerprint or file does not match it.
-    sql(&server, "DELETE FROM trust_roots WHERE tenant = 'default'", None);
+    sql(
+        &server,
+        "DELETE FROM trust_roots WHERE tenant = 'default'",
+        None,
+    );
     let forged1 = forged_root(&keys, "1");
     insert_root(&server, 1, &forged1);
     let data = tmp.path().join("dev-fp2");
@@ -183,10 +202,7 @@ fn a_forged_root_in_the_database_cannot_enroll_a_pinned_device() {
     let out = run(&mut Agent::enroll_cmd(&server, &token, &ca, &data, &pin));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("no root with the pinned fingerprint"),
-        "{err}"
-    );
+    assert!(err.contains("no root with the pinned fingerprint"), "{err}");
     let data = tmp.path().join("dev-file2");
     let pin = [OsStr::new("--trust"), v1.as_os_str()];
     let out = run(&mut Agent::enroll_cmd(&server, &token, &ca, &data, &pin));

@@ -7,9 +7,9 @@
 
 use super::*;
 use ed25519_dalek::SigningKey;
-use ferry_protocol::trust::SignedTrustRoot;
 use ferry_protocol::desired::Variant;
 use ferry_protocol::keys::{sha256, PublicKey};
+use ferry_protocol::trust::SignedTrustRoot;
 use ferry_protocol::trust::{Publisher, TrustRoot};
 use ferry_protocol::ModelName;
 use std::collections::BTreeMap;
@@ -478,7 +478,11 @@ fn trust_root_rotation_reaches_the_device_and_an_offline_one_catches_up() {
     let a1 = p.server.publish("fraud", 1, true);
     p.server.deploy(&a1);
     p.connect();
-    assert_eq!(p.server.held(), Some(1), "the device says which root it holds");
+    assert_eq!(
+        p.server.held(),
+        Some(1),
+        "the device says which root it holds"
+    );
     assert_eq!(p.device.version("fraud"), Some(1));
     // Rotation: publisher B added, A revoked. Offered, followed, persisted,
     // reported.
@@ -539,7 +543,11 @@ fn a_forged_expired_or_foreign_trust_root_is_refused_and_changes_nothing() {
     p.deliver_trust(&[SignedTrustRoot::sign(&expired, &[&root_key])]);
     assert_eq!(
         p.server.trust_refusals(),
-        ["trust_root_signatures", "trust_root_tenant", "trust_root_expired"]
+        [
+            "trust_root_signatures",
+            "trust_root_tenant",
+            "trust_root_expired"
+        ]
     );
     assert_eq!(p.device.trust, held, "nothing persisted");
     assert_eq!(p.server.held(), Some(1));
