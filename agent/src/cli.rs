@@ -42,6 +42,7 @@ pub enum Command {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("pin").required(true).multiple(false)))]
 pub struct EnrollArgs {
     /// The control plane's QUIC address, HOST:PORT.
     #[arg(long, env = "FERRY_AGENT_SERVER")]
@@ -52,6 +53,19 @@ pub struct EnrollArgs {
     /// The control plane's CA certificate (PEM).
     #[arg(long)]
     pub ca: PathBuf,
+    /// Pin: the tenant's trust root file, as `ferry trust init` wrote it.
+    /// The control plane must deliver this root or a valid successor chain
+    /// of it; anything else is refused.
+    #[arg(long, env = "FERRY_AGENT_ENROLL_TRUST", group = "pin")]
+    pub trust: Option<PathBuf>,
+    /// Pin: the SHA-256 fingerprint of the tenant's trust root, as
+    /// `ferry trust init` and `ferry device token create` print it.
+    #[arg(long, env = "FERRY_AGENT_ROOT_FINGERPRINT", group = "pin")]
+    pub root_fingerprint: Option<String>,
+    /// The name the control plane's certificate must carry, when `--server`
+    /// is an address that differs from it (default: the host of `--server`).
+    #[arg(long, env = "FERRY_AGENT_SERVER_NAME")]
+    pub server_name: Option<String>,
     /// Data directory the identity is stored in (the one `run` uses).
     #[arg(long, env = "FERRY_AGENT_DATA", default_value = "ferry-agent-data")]
     pub data: PathBuf,
@@ -177,6 +191,26 @@ pub struct ScoreArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// Reads the trust root a device runs with: signatures checked, expiry
+/// not. An expired root keeps what was verified serving (new activations
+/// are refused against the expiry); it is logged loudly.
+fn read_held_trust(path: &Path, now: u64) -> Result<TrustRoot> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading trust root {}", path.display()))?;
+    let root = SignedTrustRoot::from_bytes(&bytes)
+        .and_then(|s| s.open_any_time())
+        .with_context(|| format!("trust root {}", path.display()))?;
+    if let Err(e) = root.check_expiry(now) {
+        tracing::error!(path = %path.display(), error = %e, "trust root expired: stored models keep serving, new activations are refused until a successor root arrives");
+    } else {
+        let days = root.expires_at.saturating_sub(now) / 86_400;
+        if days < 30 {
+            tracing::warn!(path = %path.display(), days, "trust root expires soon");
+        }
+    }
+    Ok(root)
 }
 
 /// Reads and verifies a trust root file.
@@ -327,7 +361,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
     )?;
     init_tracing(cfg.json_logs);
-    let trust = read_trust(&cfg.trust_root)?;
+    let trust = read_held_trust(&cfg.trust_root, SystemClock.now_unix())?;
     let agent = Agent::open(AgentOptions {
         data_dir: cfg.data_dir.clone(),
         trust,
@@ -411,8 +445,7 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::info!(device = %id.device_id, server = %id.server, "fleet session starting");
                 let mut opts = crate::fleet::ClientOptions::new(&cfg.data_dir);
                 opts.max_bytes_per_sec = args.fleet_max_bytes_per_sec;
-                let fleet_trust = read_trust(&cfg.trust_root)?;
-                Some(tokio::spawn(crate::fleet::run(agent.clone(), fleet_trust, opts)))
+                Some(tokio::spawn(crate::fleet::run(agent.clone(), opts)))
             }
             None => None,
         };
@@ -458,10 +491,19 @@ fn enroll_cmd(args: EnrollArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let pin = match (&args.trust, &args.root_fingerprint) {
+        (Some(path), _) => crate::fleet::RootPin::File(path.clone()),
+        (None, Some(fp)) => crate::fleet::RootPin::Fingerprint(fp.clone()),
+        (None, None) => {
+            bail!("give --trust FILE or --root-fingerprint SHA256 to pin the trust root")
+        }
+    };
     let id = rt.block_on(crate::fleet::enroll(&crate::fleet::EnrollOptions {
         server: args.server.clone(),
+        server_name: args.server_name.clone(),
         token: args.token.clone(),
         ca: args.ca.clone(),
+        pin,
         data: args.data.clone(),
         hostname: args.hostname.clone(),
     }))?;

@@ -35,6 +35,9 @@ pub struct FileConfig {
     pub rate_limit_per_minute: Option<u32>,
     pub root_tenant: Option<String>,
     pub db_max_connections: Option<u32>,
+    /// Names and addresses the fleet's QUIC certificate carries
+    /// (`--quic-name`); default: this host's name and the `--quic` address.
+    pub quic_names: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -310,6 +310,7 @@ async fn other_alert_kinds(b: Backend) {
         outbox_dropped: 0,
         published: 0,
         mqtt_protocol: Some(5),
+        trust_root_expires_in: Some(30 * 86_400),
     };
     let topic = "ferry/v1/acme/d1/health";
     assert!(e

@@ -15,11 +15,22 @@
 //! - fetch: one bidirectional stream per download: `Fetch { digest, offset }`
 //!   answered by `FetchStart`, then `Chunk`s up to the end, or `FetchRefused`.
 //!   QUIC's per-stream flow control paces the chunks.
+//!
+//! Trust roots: after `Enrolled` the enrollment stream carries one
+//! [`ServerFrame::TrustRoots`] with every version of the tenant's root, so a
+//! device pinned to an older one can follow the chain to the current one.
+//! On the control stream the agent says which root it holds
+//! ([`AgentFrame::TrustRoot`]) and the control plane answers with the
+//! successors it lacks; the agent accepts them only as a valid successor
+//! chain of the root it holds. New variants sit at the end of each enum, and
+//! the control plane sends `TrustRoots` on the control stream only to agents
+//! that sent `TrustRoot`, so older agents never see it.
 
 use crate::desired::SignedDesiredState;
 use crate::encoding::{self, DecodeError};
 use crate::keys::{Digest, PublicKey};
 use crate::model::{ModelName, Version};
+use crate::trust::SignedTrustRoot;
 use serde::{Deserialize, Serialize};
 
 /// Protocol revision spoken in `Hello`; bumped on incompatible changes.
@@ -90,6 +101,18 @@ pub enum AgentFrame {
         code: String,
         reason: String,
     },
+    /// The trust root the device holds now: sent after `Hello` and after
+    /// every change.
+    TrustRoot {
+        version: u64,
+        expires_at: u64,
+    },
+    /// Trust roots the agent refused (not a valid successor chain of the
+    /// one it holds), so the control plane can audit it.
+    TrustRootRefused {
+        code: String,
+        reason: String,
+    },
 }
 
 /// Frames the control plane sends.
@@ -140,6 +163,12 @@ pub enum ServerFrame {
     Refused {
         code: String,
         reason: String,
+    },
+    /// Signed trust roots of the device's tenant, oldest first: at
+    /// enrollment every version, on the control stream the versions after
+    /// the one the device holds.
+    TrustRoots {
+        chain: Vec<SignedTrustRoot>,
     },
 }
 
@@ -284,6 +313,30 @@ mod tests {
             }
             assert_eq!(got, frames);
         }
+    }
+
+    #[test]
+    fn trust_root_frames_round_trip() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let root = crate::trust::TrustRoot {
+            tenant: "acme".into(),
+            version: 2,
+            expires_at: 99,
+            threshold: 1,
+            root_keys: vec![PublicKey::from_signing_key(&k)],
+            publishers: vec![],
+            publisher_threshold: 1,
+            revoked: vec![],
+        };
+        let f = ServerFrame::TrustRoots {
+            chain: vec![SignedTrustRoot::sign(&root, &[&k])],
+        };
+        assert_eq!(ServerFrame::decode(&f.encode()).unwrap(), f);
+        let a = AgentFrame::TrustRoot {
+            version: 2,
+            expires_at: 99,
+        };
+        assert_eq!(AgentFrame::decode(&a.encode()).unwrap(), a);
     }
 
     #[test]

@@ -401,6 +401,10 @@ pub struct Health {
     /// MQTT protocol level of the device's connection: 5, or 4 for 3.1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt_protocol: Option<u8>,
+    /// Seconds until the device's trust root expires (negative: expired;
+    /// it then refuses every new bundle but keeps serving what it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_root_expires_in: Option<i64>,
 }
 
 /// Something that happened on the device: `started`, `activated`,

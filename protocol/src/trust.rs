@@ -6,7 +6,7 @@
 //! of its own.
 
 use crate::encoding::{self, DecodeError};
-use crate::keys::{self, Domain, KeyId, PublicKey, Signature};
+use crate::keys::{self, Digest, Domain, KeyId, PublicKey, Signature};
 use crate::UnixTime;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,68 @@ pub enum TrustError {
     NotNewer { current: u64, new: u64 },
     #[error("new trust root is for tenant {new:?}, the current one for {current:?}")]
     TenantChanged { current: String, new: String },
+}
+
+impl TrustError {
+    /// A short stable code for reports and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TrustError::Decode(_) => "malformed_trust_root",
+            TrustError::Expired { .. } => "trust_root_expired",
+            TrustError::Invalid(_) => "invalid_trust_root",
+            TrustError::BelowThreshold { .. } => "trust_root_signatures",
+            TrustError::NotNewer { .. } => "trust_root_not_newer",
+            TrustError::TenantChanged { .. } => "trust_root_tenant",
+        }
+    }
+}
+
+/// The fingerprint of a signed trust root: the SHA-256 of its encoded file
+/// bytes, as `ferry trust init` and `ferry device token create` print it.
+/// A device pins the root it enrolls with by this value.
+pub fn fingerprint(signed: &SignedTrustRoot) -> Digest {
+    keys::sha256(&signed.to_bytes())
+}
+
+/// Parses a fingerprint as printed (64 hex digits, optionally after
+/// `sha256:`).
+pub fn parse_fingerprint(s: &str) -> Option<Digest> {
+    let s = s.trim();
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    Digest::from_hex(s).ok()
+}
+
+/// Follows `chain` from `current`: every root in it newer than the one
+/// before must be its valid successor (same tenant, higher version, signed
+/// by a threshold of the previous root's keys and of its own). Roots at or
+/// below `current`'s version are skipped, so a chain from version 1 can be
+/// offered to a device holding any version. Intermediate roots may have
+/// expired since (they are history); the last one must be unexpired at
+/// `now`. `None`: nothing newer than `current`.
+pub fn follow_chain(
+    current: &TrustRoot,
+    chain: &[SignedTrustRoot],
+    now: UnixTime,
+) -> Result<Option<(TrustRoot, SignedTrustRoot)>, TrustError> {
+    let mut links: Vec<(u64, &SignedTrustRoot)> = Vec::with_capacity(chain.len());
+    for s in chain {
+        links.push((s.peek()?.version, s));
+    }
+    links.sort_by_key(|(v, _)| *v);
+    let mut held = current.clone();
+    let mut last: Option<(TrustRoot, SignedTrustRoot)> = None;
+    for (version, signed) in links {
+        if version <= held.version {
+            continue;
+        }
+        let next = signed.successor(&held, None)?;
+        held = next.clone();
+        last = Some((next, signed.clone()));
+    }
+    if let Some((root, _)) = &last {
+        root.check_expiry(now)?;
+    }
+    Ok(last)
 }
 
 /// Matches `name` against a glob with `*` wildcards.
@@ -200,6 +262,16 @@ impl SignedTrustRoot {
     /// Opens a root provisioned out of band: it must be consistent, signed by
     /// a threshold of its own root keys, and unexpired at `now`.
     pub fn open(&self, now: UnixTime) -> Result<TrustRoot, TrustError> {
+        let root = self.open_any_time()?;
+        root.check_expiry(now)?;
+        Ok(root)
+    }
+
+    /// Opens a root without looking at its expiry: consistent and signed by
+    /// a threshold of its own root keys. For a root a device already holds
+    /// (what it verified keeps serving after expiry; new bundles are still
+    /// checked against the expiry) and for the history of a chain.
+    pub fn open_any_time(&self) -> Result<TrustRoot, TrustError> {
         let root = self.peek()?;
         root.validate()?;
         let have = root.count_root_signatures(&self.root, &self.signatures);
@@ -210,7 +282,6 @@ impl SignedTrustRoot {
                 need: root.threshold as usize,
             });
         }
-        root.check_expiry(now)?;
         Ok(root)
     }
 
@@ -222,7 +293,19 @@ impl SignedTrustRoot {
         current: &TrustRoot,
         now: UnixTime,
     ) -> Result<TrustRoot, TrustError> {
-        let new = self.open(now)?;
+        self.successor(current, Some(now))
+    }
+
+    /// [`Self::open_as_successor`], checking expiry only when `now` is given.
+    fn successor(
+        &self,
+        current: &TrustRoot,
+        now: Option<UnixTime>,
+    ) -> Result<TrustRoot, TrustError> {
+        let new = match now {
+            Some(now) => self.open(now)?,
+            None => self.open_any_time()?,
+        };
         if new.tenant != current.tenant {
             return Err(TrustError::TenantChanged {
                 current: current.tenant.clone(),
@@ -250,6 +333,78 @@ impl SignedTrustRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn root(tenant: &str, version: u64, expires_at: u64, root_key: u8, publisher: u8) -> TrustRoot {
+        TrustRoot {
+            tenant: tenant.into(),
+            version,
+            expires_at,
+            threshold: 1,
+            root_keys: vec![PublicKey::from_signing_key(&key(root_key))],
+            publishers: vec![Publisher {
+                name: format!("p{publisher}"),
+                key: PublicKey::from_signing_key(&key(publisher)),
+                scopes: vec!["*".into()],
+            }],
+            publisher_threshold: 1,
+            revoked: vec![],
+        }
+    }
+
+    #[test]
+    fn a_chain_of_two_rotations_is_followed_from_any_held_version() {
+        let v1 = root("acme", 1, 1_000, 1, 10);
+        let s2 = SignedTrustRoot::sign(&root("acme", 2, 1_000, 1, 11), &[&key(1)]);
+        // v3 rotates the root key too: signed by the old one and the new one.
+        let s3 = SignedTrustRoot::sign(&root("acme", 3, 5_000, 2, 12), &[&key(1), &key(2)]);
+        let chain = [s3.clone(), s2.clone()];
+        let (got, signed) = follow_chain(&v1, &chain, 500).unwrap().unwrap();
+        assert_eq!((got.version, signed), (3, s3.clone()));
+        // v2 expired by now (history); the newest is what must be valid.
+        let (got, _) = follow_chain(&v1, &chain, 2_000).unwrap().unwrap();
+        assert_eq!(got.version, 3);
+        let v2 = s2.open(0).unwrap();
+        assert_eq!(
+            follow_chain(&v2, &chain, 500).unwrap().unwrap().0.version,
+            3
+        );
+        let v3 = s3.open(0).unwrap();
+        assert_eq!(follow_chain(&v3, &chain, 500).unwrap(), None);
+        // The newest expired: refused.
+        let e = follow_chain(&v1, &chain, 6_000).unwrap_err();
+        assert_eq!(e.code(), "trust_root_expired");
+    }
+
+    #[test]
+    fn a_forged_or_foreign_link_breaks_the_chain() {
+        let v1 = root("acme", 1, 1_000, 1, 10);
+        // Signed only by a key the held root does not list.
+        let forged = SignedTrustRoot::sign(&root("acme", 2, 1_000, 9, 99), &[&key(9)]);
+        let e = follow_chain(&v1, &[forged], 500).unwrap_err();
+        assert_eq!(e.code(), "trust_root_signatures");
+        let other = SignedTrustRoot::sign(&root("other", 2, 1_000, 1, 10), &[&key(1)]);
+        let e = follow_chain(&v1, &[other], 500).unwrap_err();
+        assert_eq!(e.code(), "trust_root_tenant");
+        // A gap (v3 signed by a root key v1 does not have) is refused too.
+        let s3 = SignedTrustRoot::sign(&root("acme", 3, 1_000, 2, 12), &[&key(2)]);
+        assert!(follow_chain(&v1, &[s3], 500).is_err());
+    }
+
+    #[test]
+    fn fingerprints_parse_as_printed() {
+        let s = SignedTrustRoot::sign(&root("acme", 1, 1_000, 1, 10), &[&key(1)]);
+        let fp = fingerprint(&s);
+        assert_eq!(parse_fingerprint(&fp.to_hex()), Some(fp));
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{}", fp.to_hex())),
+            Some(fp)
+        );
+        assert_eq!(parse_fingerprint("nope"), None);
+    }
 
     #[test]
     fn globs() {

@@ -96,15 +96,16 @@ def run(devices, mb, label):
         cli = lambda *a: sh(ferry, *a, env=cenv)
         cli("trust", "push", f"{work}/trust.root")
         cli("model", "push", f"{work}/big.ferry")
-        tok = json.loads(cli("device", "token", "create", "--labels", "fleet=sim", "--uses",
-                             str(devices), "--ca-out", f"{work}/ca.pem", "--json"))["token"]
+        minted = json.loads(cli("device", "token", "create", "--labels", "fleet=sim", "--uses",
+                                str(devices), "--ca-out", f"{work}/ca.pem", "--json"))
+        tok, root_fp = minted["token"], minted["root_fingerprint"]
         # SIM_DIR (e.g. /dev/shm/fleet-sim): where the simulated devices keep
         # their keys and downloads; 1,000 devices share this one machine's disk.
         sim_dir = os.path.join(os.environ.get("SIM_DIR", work), label, "sim")
         shutil.rmtree(sim_dir, ignore_errors=True)
         t = time.time()
         sim = Proc([os.path.join(REL, "ferry-fleet-sim"), "--server", quic, "--token", tok,
-                    "--ca", f"{work}/ca.pem", "--dir", sim_dir, "--devices", str(devices),
+                    "--ca", f"{work}/ca.pem", "--root-fingerprint", root_fp, "--dir", sim_dir, "--devices", str(devices),
                     "--timeout-secs", os.environ.get("SIM_TIMEOUT", "600")],
                    env=dict(os.environ, FERRY_LOG=os.environ.get("SIM_LOG", "warn")), log=f"{work}/sim.log")
         sim.wait_line("running ")

@@ -27,6 +27,10 @@ struct Args {
     token: String,
     #[arg(long)]
     ca: PathBuf,
+    /// The tenant's trust root fingerprint (`ferry device token create`
+    /// prints it); every simulated device pins it.
+    #[arg(long)]
+    root_fingerprint: String,
     #[arg(long)]
     dir: PathBuf,
     #[arg(long, default_value_t = 1000)]
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             server: args.server.clone(),
             token: args.token.clone(),
             ca: args.ca.clone(),
+            pin: ferry_agent::fleet::RootPin::Fingerprint(args.root_fingerprint.clone()),
             dir: args.dir.clone(),
             devices: args.devices,
             enroll_concurrency: args.enroll_concurrency,

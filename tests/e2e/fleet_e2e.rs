@@ -65,7 +65,6 @@ fn enroll_deploy_promote_and_refusals() {
     let good2 = keys.bundle("fraud", 2, "pub", &[]);
     let tampered = keys.bundle("tampered", 1, "pub", &[]);
     let arm = keys.bundle("armonly", 1, "pub", &["--arch", "aarch64"]);
-    let newkey = keys.bundle("newkey", 1, "pub2", &[]);
     let other = keys.bundle("elsewhere", 1, "pub", &[]);
 
     let server = Server::start(
@@ -100,7 +99,7 @@ fn enroll_deploy_promote_and_refusals() {
     let mut agents = Vec::new();
     for i in 0..3 {
         let data = tmp.path().join(format!("agent{i}"));
-        let id = Agent::enroll(&server, &token, &ca, &data);
+        let id = Agent::enroll(&server, &token, &ca, &data, &keys.path("v1.root"));
         assert!(data.join("fleet/device.key").exists());
         assert!(data.join("fleet/trust.root").exists());
         agents.push(Agent::start(&data, &id, &[]));
@@ -117,6 +116,8 @@ fn enroll_deploy_promote_and_refusals() {
                 "--ca",
             ])
             .arg(&ca)
+            .arg("--trust")
+            .arg(keys.path("v1.root"))
             .arg("--data")
             .arg(tmp.path().join("agent-extra")),
     );
@@ -188,18 +189,10 @@ fn enroll_deploy_promote_and_refusals() {
     let detail = wait_state(&server, &da, &a0.device_id, "failed");
     assert!(detail.starts_with("wrong_architecture"), "{detail}");
     refused_audit(&server, "device.activate", "wrong_architecture");
-    // Signed by a key the device's trust root does not know: the tenant
-    // moved to a v2 root with a new publisher the devices were not given.
-    ferry_e2e::fleet::ok(&mut server.cli(&[
-        "trust",
-        "push",
-        keys.path("v2.root").to_str().unwrap(),
-    ]));
-    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", newkey.to_str().unwrap()]));
-    let dk = deploy(&server, "newkey", "1", "site=berlin");
-    let detail = wait_state(&server, &dk, &a0.device_id, "failed");
-    assert!(detail.starts_with("unknown_key"), "{detail}");
-    refused_audit(&server, "device.activate", "unknown_key");
+    // A bundle signed by a key the device's root does not know is refused
+    // as `unknown_key` in attacks::trust (a forged root in the database);
+    // a revoked key after a rotation in
+    // `trust_root_rotation_reaches_devices_without_reenrollment`.
     // The refused bundles never displaced what serves.
     for a in &agents {
         assert_eq!(a.infer("fraud").1["model_version"], "2");
@@ -318,7 +311,13 @@ fn resume_after_kill_and_crash_points_never_activate_a_partial_file() {
         ca.to_str().unwrap(),
     ]);
     let data = tmp.path().join("agent");
-    let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data);
+    let id = Agent::enroll(
+        &server,
+        tok["token"].as_str().unwrap(),
+        &ca,
+        &data,
+        &keys.path("v1.root"),
+    );
     // About four seconds per bundle at this rate.
     let rate = (size / 4).max(256).to_string();
     // One stored version: pruning runs at every install, and must never
@@ -526,7 +525,13 @@ fn enroll_with_bundle(
         "--ca-out",
         ca.to_str().unwrap(),
     ]);
-    Agent::enroll(server, tok["token"].as_str().unwrap(), &ca, data)
+    Agent::enroll(
+        server,
+        tok["token"].as_str().unwrap(),
+        &ca,
+        data,
+        &keys.path("v1.root"),
+    )
 }
 
 /// Pushes the tenant's trust root (`v1.root`) and `bundle` to `server`.
@@ -569,6 +574,8 @@ fn simulate_fleet(
         .arg(tok["token"].as_str().unwrap())
         .arg("--ca")
         .arg(&ca)
+        .arg("--root-fingerprint")
+        .arg(tok["root_fingerprint"].as_str().unwrap())
         .arg("--dir")
         .arg(tmp.join("sim"))
         .args(["--devices", &n.to_string(), "--timeout-secs", "120"]);
@@ -668,4 +675,245 @@ fn enrolled_agent_publishes_telemetry_as_itself_to_the_broker_it_was_given() {
     // The embedded broker (rumqttd) speaks 3.1.1 only: the agent's MQTT 5
     // CONNECT was refused and it fell back.
     assert_eq!(dev["health"]["mqtt_protocol"], 4, "{dev}");
+}
+
+/// `ferry trust init` for tenant `default` with the shared root key.
+fn make_root(keys: &Keys, version: &str, publishers: &[&str], revoke: &[&str], out: &str) {
+    let root_key = keys.path("keys/root.key");
+    let mut args: Vec<String> = vec![
+        "trust".into(),
+        "init".into(),
+        "--root-key".into(),
+        root_key.display().to_string(),
+        "--tenant".into(),
+        "default".into(),
+        "--version".into(),
+        version.into(),
+        "--out".into(),
+        keys.path(out).display().to_string(),
+    ];
+    for p in publishers {
+        args.push("--publisher".into());
+        args.push(keys.path(&format!("keys/{p}.pub")).display().to_string());
+    }
+    for r in revoke {
+        let id = ferry::keyfile::read_public_key(&keys.path(&format!("keys/{r}.pub")))
+            .unwrap()
+            .id();
+        args.push("--revoke".into());
+        args.push(id.to_hex());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ferry_e2e::fleet::ok(&mut ferry_e2e::fleet::ferry(&refs));
+}
+
+/// The trust-root version `device` reports holding, per `ferry device list`.
+fn held_root(server: &Server, device: &str) -> Option<u64> {
+    let v = server.json(&["device", "list"]);
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == device)
+        .and_then(|d| d["trust_root_version"].as_u64())
+}
+
+/// C1: the operator rotates the tenant's trust root (publisher B added,
+/// publisher A revoked) with `ferry trust push` only. Connected devices
+/// take the new root without re-enrollment: they refuse A's new bundles and
+/// activate B's. A device offline through two rotations follows the chain
+/// from the root it holds when it reconnects, and a restarted agent runs
+/// with the rotated root.
+#[test]
+fn trust_root_rotation_reaches_devices_without_reenrollment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let v1 = keys.path("v1.root");
+    ferry_e2e::fleet::ok(&mut server.cli(&["trust", "push", v1.to_str().unwrap()]));
+    // Signed by A while A is trusted: the registry takes them now.
+    let a1 = keys.bundle("fraud", 1, "pub", &[]);
+    let a2 = keys.bundle("fraud", 2, "pub", &[]);
+    for b in [&a1, &a2] {
+        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=rot",
+        "--uses",
+        "2",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let token = tok["token"].as_str().unwrap();
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let data = tmp.path().join(format!("agent{i}"));
+        let id = Agent::enroll(&server, token, &ca, &data, &v1);
+        agents.push(Agent::start(&data, &id, &[]));
+    }
+    let d1 = deploy(&server, "fraud", "1", "site=rot");
+    for a in &agents {
+        wait_state(&server, &d1, &a.device_id, "active");
+        wait_for("held root reported", LONG, || {
+            (held_root(&server, &a.device_id) == Some(1)).then_some(())
+        });
+    }
+    let ids: Vec<String> = agents.iter().map(|a| a.device_id.clone()).collect();
+
+    // The second device goes offline for both rotations.
+    agents[1].kill();
+    let (online, offline) = (&agents[0], &ids[1]);
+
+    // Rotation 1: B (pub2) added, A (pub) revoked.
+    make_root(&keys, "2", &["pub2"], &["pub"], "rot-v2.root");
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("rot-v2.root").to_str().unwrap(),
+    ]));
+    wait_for("the online device holds v2", LONG, || {
+        (held_root(&server, &online.device_id) == Some(2)).then_some(())
+    });
+    let rec = wait_for("audit of the device's new root", LONG, || {
+        server.audit("device.trust_root").into_iter().find(|r| {
+            r["outcome"] == "ok" && r["actor"] == format!("device {}", online.device_id).as_str()
+        })
+    });
+    assert!(
+        rec["detail"]
+            .as_str()
+            .unwrap()
+            .contains("now holds v2 (was v1)"),
+        "{rec}"
+    );
+    assert_eq!(
+        std::fs::read(online.data.join("fleet/trust.root")).unwrap(),
+        std::fs::read(keys.path("rot-v2.root")).unwrap()
+    );
+    // A's new bundle (registered before the rotation) is refused.
+    let d2 = deploy(&server, "fraud", "2", "site=rot");
+    let detail = wait_state(&server, &d2, &online.device_id, "failed");
+    assert!(detail.starts_with("revoked_key"), "{detail}");
+    assert_eq!(online.infer("fraud").1["model_version"], "1");
+    // B's bundle activates.
+    let b3 = keys.bundle("fraud", 3, "pub2", &[]);
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", b3.to_str().unwrap()]));
+    let d3 = deploy(&server, "fraud", "3", "site=rot");
+    wait_state(&server, &d3, &online.device_id, "active");
+    assert_eq!(online.infer("fraud").1["model_version"], "3");
+
+    // Rotation 2 while the second device is still away.
+    make_root(&keys, "3", &["pub2"], &["pub"], "rot-v3.root");
+    ferry_e2e::fleet::ok(&mut server.cli(&[
+        "trust",
+        "push",
+        keys.path("rot-v3.root").to_str().unwrap(),
+    ]));
+    wait_for("the online device holds v3", LONG, || {
+        (held_root(&server, &online.device_id) == Some(3)).then_some(())
+    });
+
+    // The offline device comes back holding v1: it follows v1 -> v2 -> v3
+    // and activates B's bundle, with the identity it enrolled with.
+    agents[1].restart();
+    let back = &agents[1];
+    assert_eq!(&back.device_id, offline);
+    wait_state(&server, &d3, offline, "active");
+    wait_for("B's model serving on the returning device", LONG, || {
+        (back.infer("fraud").1["model_version"] == "3").then_some(())
+    });
+    assert_eq!(held_root(&server, offline), Some(3));
+    assert_eq!(
+        std::fs::read(back.data.join("fleet/trust.root")).unwrap(),
+        std::fs::read(keys.path("rot-v3.root")).unwrap()
+    );
+    // A restart runs with the rotated root from disk.
+    agents[0].restart();
+    wait_for("v3 serving after a restart", LONG, || {
+        (agents[0].infer("fraud").1["model_version"] == "3").then_some(())
+    });
+    wait_for("restarted device reports v3", LONG, || {
+        (held_root(&server, &ids[0]) == Some(3)).then_some(())
+    });
+    let devs = server.json(&["device", "list"]);
+    assert_eq!(
+        devs["devices"].as_array().unwrap().len(),
+        2,
+        "no re-enrollment"
+    );
+}
+
+/// C1, expiry: a device whose trust root expired keeps serving what it
+/// verified, `ferry-agent run` still starts and serves it, and a new
+/// activation is refused with `trust_root_expired` in its report.
+#[test]
+fn an_expired_trust_root_keeps_serving_and_refuses_new_activations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let a1 = keys.bundle("fraud", 1, "pub", &[]);
+    let a2 = keys.bundle("fraud", 2, "pub", &[]);
+    // A root that expires soon: long enough to push, enroll and activate
+    // v1 on a loaded machine.
+    let short = keys.path("short.root");
+    ferry_e2e::fleet::ok(&mut ferry_e2e::fleet::ferry(&[
+        "trust",
+        "init",
+        "--root-key",
+        keys.path("keys/root.key").to_str().unwrap(),
+        "--publisher",
+        keys.path("keys/pub.pub").to_str().unwrap(),
+        "--tenant",
+        "default",
+        "--expires",
+        "40s",
+        "--out",
+        short.to_str().unwrap(),
+    ]));
+    ferry_e2e::fleet::ok(&mut server.cli(&["trust", "push", short.to_str().unwrap()]));
+    for b in [&a1, &a2] {
+        ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+    let ca = tmp.path().join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=exp",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let data = tmp.path().join("agent");
+    let id = Agent::enroll(&server, tok["token"].as_str().unwrap(), &ca, &data, &short);
+    let mut agent = Agent::start(&data, &id, &[]);
+    let d1 = deploy(&server, "fraud", "1", "site=exp");
+    wait_state(&server, &d1, &id, "active");
+    // Wait until the root has expired (a fact, not a duration).
+    let root = ferry_protocol::SignedTrustRoot::from_bytes(&std::fs::read(&short).unwrap())
+        .unwrap()
+        .open_any_time()
+        .unwrap();
+    wait_for("the trust root to expire", LONG, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now > root.expires_at).then_some(())
+    });
+    // Restarted past expiry: it starts and serves what it verified.
+    agent.restart();
+    wait_for("v1 serving after a restart past expiry", LONG, || {
+        (agent.infer("fraud").1["model_version"] == "1").then_some(())
+    });
+    // A new activation is refused with the reason.
+    let d2 = deploy(&server, "fraud", "2", "site=exp");
+    let detail = wait_state(&server, &d2, &id, "failed");
+    assert!(detail.starts_with("trust_root_expired"), "{detail}");
+    assert_eq!(agent.infer("fraud").1["model_version"], "1");
 }

@@ -218,7 +218,13 @@ fn fleet_rbac_matrix() {
     let mut devices = Vec::new();
     for i in 0..5 {
         let data = tmp.path().join(format!("dev{i}"));
-        devices.push(Agent::enroll(&server, tok, &ca, &data));
+        devices.push(Agent::enroll(
+            &server,
+            tok,
+            &ca,
+            &data,
+            &keys.path("v1.root"),
+        ));
     }
 
     let mut own = Vec::new();

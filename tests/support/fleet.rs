@@ -115,19 +115,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with(data, env, "127.0.0.1:0", &[])
+    }
+
+    /// [`Server::start`] with the QUIC endpoint on `quic` and `extra`
+    /// flags (e.g. `--quic-name NAME`).
+    pub fn start_with(data: &Path, env: &[(&str, &str)], quic: &str, extra: &[&str]) -> Server {
         let mut cmd = Command::new(bin("ferry"));
-        cmd.args([
-            "server",
-            "--http",
-            "127.0.0.1:0",
-            "--quic",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data)
-        .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
-        // Failpoints only where a test names them.
-        .env_remove("FAILPOINTS");
+        cmd.args(["server", "--http", "127.0.0.1:0", "--quic", quic])
+            .args(extra)
+            .arg("--data")
+            .arg(data)
+            .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
+            // Failpoints only where a test names them.
+            .env_remove("FAILPOINTS");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -266,17 +267,36 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn enroll(server: &Server, token: &str, ca: &Path, data: &Path) -> String {
-        let out = ok(Command::new(bin("ferry-agent"))
-            .args(["enroll", "--server", &server.quic, "--token", token, "--ca"])
+    /// Enrolls a device in `data`, pinning the trust root file `root` (the
+    /// operator's, e.g. `keys.path("v1.root")`); its device id.
+    pub fn enroll(server: &Server, token: &str, ca: &Path, data: &Path, root: &Path) -> String {
+        let out = ok(&mut Self::enroll_cmd(
+            server,
+            token,
+            ca,
+            data,
+            &[std::ffi::OsStr::new("--trust"), root.as_os_str()],
+        ));
+        device_id_in(&out)
+    }
+
+    /// The `ferry-agent enroll` command with `pin` (`--trust FILE` or
+    /// `--root-fingerprint FP`, and anything else) appended.
+    pub fn enroll_cmd(
+        server: &Server,
+        token: &str,
+        ca: &Path,
+        data: &Path,
+        pin: &[&std::ffi::OsStr],
+    ) -> Command {
+        let mut c = Command::new(bin("ferry-agent"));
+        c.args(["enroll", "--server", &server.quic, "--token", token, "--ca"])
             .arg(ca)
             .arg("--data")
             .arg(data)
-            .args(["--hostname", "test-device"]));
-        out.split_whitespace()
-            .find(|w| w.starts_with("dev_"))
-            .unwrap()
-            .to_string()
+            .args(["--hostname", "test-device"])
+            .args(pin);
+        c
     }
 
     pub fn start(data: &Path, device_id: &str, extra: &[&str]) -> Agent {
@@ -354,6 +374,14 @@ impl Agent {
             &body.to_string(),
         )
     }
+}
+
+/// The device id (`dev_…`) in `ferry-agent enroll`'s output.
+pub fn device_id_in(out: &str) -> String {
+    out.split_whitespace()
+        .find(|w| w.starts_with("dev_"))
+        .unwrap()
+        .to_string()
 }
 
 pub fn reference_rows() -> Vec<Value> {

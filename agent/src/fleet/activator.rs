@@ -29,6 +29,9 @@ pub trait Activator: Send + Sync + 'static {
     /// A bundle refused before it reached `activate` (by the server, the
     /// disk-space check or the header precheck).
     fn refused(&self, _a: &Assignment, _r: &Refusal) {}
+    /// A successor trust root was accepted and persisted: verify later
+    /// bundles against it.
+    fn set_trust(&self, _root: TrustRoot) {}
 }
 
 /// Verifies the bundle's signed manifest against `trust`, that it is the
@@ -81,7 +84,6 @@ pub(crate) fn now_unix() -> u64 {
 /// Activation through the serving core's atomic install path.
 pub struct AgentActivator {
     pub agent: Arc<Agent>,
-    pub trust: TrustRoot,
 }
 
 impl Activator for AgentActivator {
@@ -103,7 +105,11 @@ impl Activator for AgentActivator {
     }
 
     fn precheck(&self, partial: &Path, a: &Assignment) -> Result<(), Refusal> {
-        precheck(&self.trust, partial, a, now_unix()).map(|_| ())
+        precheck(&self.agent.trust(), partial, a, now_unix()).map(|_| ())
+    }
+
+    fn set_trust(&self, root: TrustRoot) {
+        self.agent.set_trust(root);
     }
 
     fn unload(&self, model: &str) -> Result<(), Refusal> {
@@ -123,7 +129,7 @@ impl Activator for AgentActivator {
     }
 
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal> {
-        if let Err(r) = precheck(&self.trust, bundle, a, now_unix()) {
+        if let Err(r) = precheck(&self.agent.trust(), bundle, a, now_unix()) {
             self.refused(a, &r);
             return Err(r);
         }

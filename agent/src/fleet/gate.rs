@@ -88,6 +88,7 @@ mod tests {
             device_id: "dev_a".into(),
             tenant: "t".into(),
             server: "127.0.0.1:1".into(),
+            server_name: None,
             online_key: ferry_protocol::PublicKey::from_signing_key(&k),
             mqtt_url: None,
         };

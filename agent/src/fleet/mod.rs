@@ -5,7 +5,9 @@
 //! - `device.key` (PKCS#8, generated here, never sent), `device.der` (the
 //!   certificate the control plane's device CA issued for it), `ca.der`;
 //! - `device.json`: device id, tenant, server address, online public key;
-//! - `trust.root`: the tenant's signed trust root, delivered at enrollment;
+//! - `trust.root`: the tenant's signed trust root: the pinned one (or its
+//!   successor) at enrollment, replaced atomically by each verified
+//!   successor the control plane sends;
 //! - `sequence`: highest desired-state sequence applied (replay floor);
 //! - `managed.json`: models the control plane put here, which it may also
 //!   take away again (undeploy); side-loaded models are never in it;
@@ -41,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use activator::{precheck, Activator, AgentActivator};
-pub use enroll::{enroll, EnrollOptions};
+pub use enroll::{accept_delivered_root, enroll, EnrollOptions, RootPin};
 pub use session::{run, run_with, ClientOptions};
 pub use target::check_target;
 
@@ -103,6 +105,8 @@ pub enum FleetError {
     Connect { server: String, reason: String },
     #[error("the control plane refused enrollment ({code}): {reason}")]
     Refused { code: String, reason: String },
+    #[error("this device refused the control plane's trust root ({code}): {reason}")]
+    Untrusted { code: &'static str, reason: String },
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("{path}: {reason}")]
@@ -127,6 +131,9 @@ pub struct Identity {
     pub tenant: String,
     /// `HOST:PORT` of the control plane's QUIC endpoint.
     pub server: String,
+    /// The name its certificate must carry, when not the host of `server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
     pub online_key: PublicKey,
     /// The telemetry broker the control plane named at enrollment; used
     /// when the agent's own configuration names none.

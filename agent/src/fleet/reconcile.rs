@@ -17,6 +17,7 @@ use super::Refusal;
 use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState};
 use ferry_protocol::frames::{ActivationOutcome, AgentFrame, InstalledBundle};
 use ferry_protocol::keys::Digest;
+use ferry_protocol::trust::{follow_chain, SignedTrustRoot, TrustRoot};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 /// What the reconciler asks the session to do. The first four are quick
@@ -30,6 +31,12 @@ pub enum Action {
     /// Persist the models the control plane put here (`fleet/managed.json`):
     /// only these are ever unloaded, so side-loaded models are left alone.
     SaveManaged(BTreeSet<String>),
+    /// Persist a trust root accepted as the successor of the held one
+    /// (`fleet/trust.root`, atomically), then verify bundles against it.
+    SaveTrust {
+        root: TrustRoot,
+        signed: SignedTrustRoot,
+    },
     /// Send a frame on the control stream: a report, or the refusal of a
     /// desired-state document.
     Send(AgentFrame),
@@ -88,6 +95,8 @@ pub struct Restored {
     pub managed: BTreeSet<String>,
     /// `fleet/partial/*.part`: bytes on disk by digest.
     pub partials: HashMap<Digest, u64>,
+    /// `fleet/trust.root`: the trust root this device holds.
+    pub trust: Option<TrustRoot>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,6 +117,7 @@ pub struct Reconciler {
     installed: HashMap<String, u64>,
     managed: BTreeSet<String>,
     partials: HashMap<Digest, u64>,
+    trust: Option<TrustRoot>,
     link: Link,
     // Per session.
     desired: Option<DesiredState>,
@@ -151,6 +161,7 @@ impl Reconciler {
             installed: active_versions(&restored.installed),
             managed: restored.managed,
             partials: restored.partials,
+            trust: restored.trust,
             link: Link::Down,
             desired: None,
             reported: HashSet::new(),
@@ -171,6 +182,57 @@ impl Reconciler {
         self.link == Link::Revoked
     }
 
+    /// The trust root this device holds.
+    pub fn trust(&self) -> Option<&TrustRoot> {
+        self.trust.as_ref()
+    }
+
+    fn say_trust(&mut self) {
+        if let Some(t) = &self.trust {
+            self.queue.push_back(Action::Send(AgentFrame::TrustRoot {
+                version: t.version,
+                expires_at: t.expires_at,
+            }));
+        }
+    }
+
+    /// Trust roots arrived at `now`: accepted only as a valid successor
+    /// chain of the held root (threshold of the old root's keys, strictly
+    /// higher versions, same tenant, the newest unexpired); persisted before
+    /// use. Bundles refused in this session are tried again under the new
+    /// root. A chain that does not verify changes nothing and is reported.
+    pub fn handle_trust_roots(&mut self, chain: &[SignedTrustRoot], now: u64) {
+        if self.link != Link::Up {
+            return;
+        }
+        let Some(held) = &self.trust else {
+            self.queue
+                .push_back(Action::Send(AgentFrame::TrustRootRefused {
+                    code: "no_trust_root".into(),
+                    reason: "this device holds no trust root to follow a chain from".into(),
+                }));
+            return;
+        };
+        match follow_chain(held, chain, now) {
+            Ok(Some((root, signed))) => {
+                tracing::info!(from = held.version, to = root.version, "trust root rotated");
+                self.trust = Some(root.clone());
+                self.queue.push_back(Action::SaveTrust { root, signed });
+                self.failed.clear();
+                self.say_trust();
+            }
+            Ok(None) => self.say_trust(),
+            Err(e) => {
+                tracing::error!(error = %e, code = e.code(), held = held.version, "trust roots refused; keeping the held one");
+                self.queue
+                    .push_back(Action::Send(AgentFrame::TrustRootRefused {
+                        code: e.code().into(),
+                        reason: e.to_string(),
+                    }));
+            }
+        }
+    }
+
     /// A session is up: what was reported or refused in the last one is
     /// forgotten (the control plane hears it again).
     pub fn handle_connected(&mut self) {
@@ -179,6 +241,7 @@ impl Reconciler {
         }
         self.forget_session();
         self.link = Link::Up;
+        self.say_trust();
     }
 
     /// The session ended; a job in flight is abandoned (a download resumes
@@ -205,8 +268,12 @@ impl Reconciler {
         self.busy = false;
         self.activate_next = None;
         // Persistence asked for is still owed; frames for the old session are not.
-        self.queue
-            .retain(|a| matches!(a, Action::SaveSequence(_) | Action::SaveManaged(_)));
+        self.queue.retain(|a| {
+            matches!(
+                a,
+                Action::SaveSequence(_) | Action::SaveManaged(_) | Action::SaveTrust { .. }
+            )
+        });
     }
 
     /// A desired-state document arrived at `now`; `installed` is what

@@ -14,7 +14,6 @@ use crate::failpoint::crash_point;
 use crate::serving::Agent;
 use ferry_protocol::desired::Assignment;
 use ferry_protocol::frames::{AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION};
-use ferry_protocol::TrustRoot;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,6 +71,21 @@ fn restore(data: &Path, act: &dyn Activator) -> Restored {
         installed,
         managed: load_managed(data),
         partials,
+        trust: held_trust_root(data),
+    }
+}
+
+/// `fleet/trust.root`, opened without looking at its expiry (an expired
+/// root still anchors the chain to its successors).
+fn held_trust_root(data: &Path) -> Option<ferry_protocol::TrustRoot> {
+    let path = fleet_dir(data).join("trust.root");
+    let bytes = std::fs::read(&path).ok()?;
+    match ferry_protocol::SignedTrustRoot::from_bytes(&bytes).and_then(|s| s.open_any_time()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "held trust root does not open");
+            None
+        }
     }
 }
 
@@ -102,18 +116,24 @@ impl Ctx {
                 assignment,
                 refusal,
             } => self.act.refused(&assignment, &refusal),
+            Action::SaveTrust { root, signed } => {
+                let path = fleet_dir(&self.opts.data).join("trust.root");
+                match write_atomic(&path, &signed.to_bytes(), false) {
+                    Ok(()) => self.act.set_trust(root),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not persist the new trust root; keeping the held one")
+                    }
+                }
+            }
             other => tracing::error!(action = ?other, "not a local action"),
         }
     }
 }
 
-/// Runs the agent's session with `agent` activating bundles.
-pub async fn run(
-    agent: Arc<Agent>,
-    trust: TrustRoot,
-    opts: ClientOptions,
-) -> Result<(), FleetError> {
-    let act = Arc::new(AgentActivator { agent, trust });
+/// Runs the agent's session with `agent` activating bundles (against the
+/// trust root it holds, which the session replaces on rotation).
+pub async fn run(agent: Arc<Agent>, opts: ClientOptions) -> Result<(), FleetError> {
+    let act = Arc::new(AgentActivator { agent });
     run_with(act, opts, None).await
 }
 
@@ -166,7 +186,14 @@ pub async fn run_with(
         // Whether the control plane said anything in this session: a
         // revoked device is refused before it does.
         let mut heard = false;
-        let res = match tls::connect(&endpoint, &ctx.id.server, ctx.cfg.clone()).await {
+        let res = match tls::connect_named(
+            &endpoint,
+            &ctx.id.server,
+            ctx.id.server_name.as_deref(),
+            ctx.cfg.clone(),
+        )
+        .await
+        {
             Ok(conn) => {
                 let res = session(&ctx, &conn, &mut rec, &mut heard).await;
                 if revoked(&conn) {
@@ -276,6 +303,10 @@ async fn session(
                     Ok(Some(ServerFrame::DesiredState(signed))) => {
                         *heard = true;
                         rec.handle_desired(&signed, &ctx.act.installed(), now_unix());
+                    }
+                    Ok(Some(ServerFrame::TrustRoots { chain })) => {
+                        *heard = true;
+                        rec.handle_trust_roots(&chain, now_unix());
                     }
                     Ok(Some(ServerFrame::Refused { code, reason })) => {
                         return Err(FleetError::Refused { code, reason });

@@ -115,6 +115,8 @@ pub struct SimOptions {
     pub server: String,
     pub token: String,
     pub ca: PathBuf,
+    /// The trust root every device pins.
+    pub pin: super::RootPin,
     /// One data directory per device is made under here.
     pub dir: PathBuf,
     pub devices: usize,
@@ -139,6 +141,8 @@ pub async fn enroll_all(opts: &SimOptions) -> Result<Vec<PathBuf>, FleetError> {
             server: opts.server.clone(),
             token: opts.token.clone(),
             ca: opts.ca.clone(),
+            pin: opts.pin.clone(),
+            server_name: None,
             data: d.clone(),
             hostname: Some(format!("sim-{i:05}")),
         };
@@ -215,7 +219,7 @@ pub async fn probe_fetch(data: &Path, digest: Digest) -> Result<Result<u64, Stri
     })?;
     let cfg = super::device_client_config(data)?;
     let endpoint = tls::client_endpoint()?;
-    let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+    let conn = tls::connect_named(&endpoint, &id.server, id.server_name.as_deref(), cfg).await?;
     let (mut s, mut r) = conn
         .open_bi()
         .await

@@ -66,12 +66,17 @@ pub fn resolve(server: &str) -> Result<(String, std::net::SocketAddr), FleetErro
     Ok((host, addr))
 }
 
-pub async fn connect(
+/// Connects to `server` (`HOST:PORT`), verifying that the certificate
+/// carries `name` (default: the host of `server`). The name is checked in
+/// full either way; only which name is expected changes.
+pub async fn connect_named(
     endpoint: &quinn::Endpoint,
     server: &str,
+    name: Option<&str>,
     cfg: quinn::ClientConfig,
 ) -> Result<quinn::Connection, FleetError> {
     let (host, addr) = resolve(server)?;
+    let host = name.map(str::to_string).unwrap_or(host);
     let err = |reason: String| FleetError::Connect {
         server: server.to_string(),
         reason,

@@ -102,12 +102,16 @@ impl Agent {
                 version,
             });
         }
-        let loaded = Arc::new(verify_and_load(
-            &self.trust,
-            &path,
-            self.clock.now_unix(),
-            |_| None,
-        )?);
+        // A stored version was verified when it was installed. Re-checking
+        // it at a restart must not drop it because the trust root expired
+        // since: it is checked as of the root's last valid second (new
+        // activations are still refused after expiry).
+        let trust = self.trust.load();
+        let now = self
+            .clock
+            .now_unix()
+            .min(trust.expires_at.saturating_sub(1));
+        let loaded = Arc::new(verify_and_load(&trust, &path, now, |_| None)?);
         act.loaded
             .insert((model.to_string(), version), loaded.clone());
         Ok(loaded)
@@ -216,7 +220,8 @@ impl Agent {
     ) -> Result<Activated, ActivateError> {
         let mut act = self.activations();
         let highest = |name: &str| act.state.models.get(name).map(|s| s.highest_seen);
-        let loaded = match verify_and_load(&self.trust, tmp, self.clock.now_unix(), highest) {
+        let loaded = match verify_and_load(&self.trust.load(), tmp, self.clock.now_unix(), highest)
+        {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "activation refused; previous version keeps serving");

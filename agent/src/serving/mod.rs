@@ -61,7 +61,9 @@ pub struct Agent {
     pub metrics: Metrics,
     /// Drift windows (telemetry); a no-op until enabled.
     pub telemetry: Arc<crate::telemetry::Windows>,
-    trust: TrustRoot,
+    /// The trust root bundles verify against; the fleet session replaces
+    /// it with a verified successor (`set_trust`).
+    trust: ArcSwap<TrustRoot>,
     store: LocalStore,
     keep_versions: usize,
     sample_threshold: u64,
@@ -93,13 +95,15 @@ impl Agent {
         store.clear_incoming();
         let state = store.load_state()?;
         let rate = opts.sample_rate.clamp(0.0, 1.0);
+        let telemetry: Arc<crate::telemetry::Windows> = Arc::default();
+        telemetry.set_trust_expiry(opts.trust.expires_at);
         let agent = Arc::new(Self {
             table: ArcSwap::from_pointee(Table::default()),
             activations: Mutex::new(Activations::new(state)),
             log,
             metrics: Metrics::default(),
-            telemetry: Arc::default(),
-            trust: opts.trust,
+            telemetry,
+            trust: ArcSwap::from_pointee(opts.trust),
             store,
             keep_versions: opts.keep_versions.max(1),
             sample_threshold: (rate * u64::MAX as f64) as u64,
@@ -109,6 +113,19 @@ impl Agent {
         });
         agent.reload_from_state();
         Ok(agent)
+    }
+
+    /// The trust root new bundles are verified against.
+    pub fn trust(&self) -> Arc<TrustRoot> {
+        self.trust.load_full()
+    }
+
+    /// Replaces the trust root (the caller verified it as a successor of
+    /// the current one and persisted it). Later activations verify against
+    /// it; what serves keeps serving.
+    pub fn set_trust(&self, root: TrustRoot) {
+        self.telemetry.set_trust_expiry(root.expires_at);
+        self.trust.store(Arc::new(root));
     }
 
     /// The routing table as it is now (requests hold it while they run).

@@ -86,6 +86,7 @@ fn health(
         outbox_dropped: outbox.dropped().unwrap_or(0),
         published: stats.published.load(Ordering::Relaxed),
         mqtt_protocol: Some(protocol.level()),
+        trust_root_expires_in: windows.trust_expires_in(now_ms() / 1000),
     };
     let mut h = h;
     if h.status == "offline-will" {

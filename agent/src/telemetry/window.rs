@@ -150,6 +150,9 @@ pub struct Windows {
     inner: Mutex<Inner>,
     /// Woken when a window closes by rows.
     pub closed_notify: tokio::sync::Notify,
+    /// When the trust root the serving core verifies against expires
+    /// (Unix seconds; 0: not known), for the health message.
+    trust_expires_at: std::sync::atomic::AtomicU64,
 }
 
 /// One request as the inference path saw it.
@@ -188,6 +191,20 @@ pub fn label_text(json: &str) -> Option<String> {
 }
 
 impl Windows {
+    /// Records when the trust root in use expires (the serving core calls
+    /// this at start and on every rotation).
+    pub fn set_trust_expiry(&self, expires_at: u64) {
+        self.trust_expires_at.store(expires_at, Ordering::Relaxed);
+    }
+
+    /// Seconds from `now` until the trust root in use expires, if known.
+    pub fn trust_expires_in(&self, now: u64) -> Option<i64> {
+        match self.trust_expires_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at as i64 - now as i64),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -360,6 +360,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         token,
         "--ca",
         &p("ca.pem"),
+        // The device pins the operator's trust root, made offline above:
+        // the control plane cannot hand it another.
+        "--trust",
+        &p("trust.root"),
         "--data",
         &p("agent"),
         "--hostname",

@@ -111,15 +111,20 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                     print_json(&v)?;
                 } else {
                     println!("{}", v.token);
+                    let pin = v.root_fingerprint.as_deref().unwrap_or(
+                        "FINGERPRINT (the tenant has no trust root yet: ferry trust push)",
+                    );
                     eprintln!(
-                        "enrollment token {} for tenant {} (labels {}, {} use(s), expires at {}); enroll with:\n  ferry-agent enroll --server {} --token TOKEN --ca {}",
+                        "enrollment token {} for tenant {} (labels {}, {} use(s), expires at {}); trust root fingerprint {}; enroll with:\n  ferry-agent enroll --server {} --token TOKEN --ca {} --root-fingerprint {}\n(check the fingerprint against the one `ferry trust init` printed)",
                         v.id,
                         v.tenant,
                         shown(&v.labels),
                         v.uses,
                         v.expires_at,
+                        pin,
                         v.quic,
-                        ca_out.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "ca.pem (ferry device ca > ca.pem)".into())
+                        ca_out.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "ca.pem (ferry device ca > ca.pem)".into()),
+                        pin
                     );
                 }
             }

@@ -34,14 +34,25 @@ pub struct ServerArgs {
     /// QUIC on this UDP address (port 0 picks a free port)
     #[arg(long, env = "FERRY_QUIC")]
     quic: Option<SocketAddr>,
+    /// A DNS name or address the fleet's QUIC certificate is valid for
+    /// (repeatable; FERRY_QUIC_NAME takes a comma-separated list). Devices
+    /// verify it against the host they enroll with. Default: this host's
+    /// name, the --quic address and loopback
+    #[arg(long = "quic-name", env = "FERRY_QUIC_NAME", value_delimiter = ',')]
+    quic_names: Vec<String>,
     #[command(flatten)]
     telemetry: crate::telemetry::TelemetryArgs,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
+    let mut file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
+    };
+    let quic_names = if args.quic_names.is_empty() {
+        file.quic_names.take().unwrap_or_default()
+    } else {
+        args.quic_names.clone()
     };
     let mut cfg = config::resolve(
         file,
@@ -60,7 +71,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(crate::server::serve_with(
         cfg,
-        args.quic.map(crate::fleet::FleetOptions::new),
+        args.quic
+            .map(|q| crate::fleet::FleetOptions::new(q).with_names(&quic_names)),
     ))?;
     Ok(())
 }

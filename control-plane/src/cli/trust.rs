@@ -105,6 +105,12 @@ pub fn run(cmd: TrustCmd) -> anyhow::Result<()> {
                 root.publishers.len(),
                 out.display()
             );
+            // Devices pin this at enrollment (`ferry-agent enroll
+            // --root-fingerprint`, or `--trust` with the file itself).
+            println!(
+                "fingerprint {}",
+                ferry_protocol::trust::fingerprint(&signed).to_hex()
+            );
             Ok(())
         }
         TrustCmd::Show { file } => {

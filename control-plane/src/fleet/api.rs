@@ -60,8 +60,11 @@ pub fn routes() -> OpenApiRouter<FleetState> {
         ))
 }
 
-fn device_dto(d: db::Device, connected: bool) -> Device {
+fn device_dto(fleet: &Fleet, d: db::Device, connected: bool) -> Device {
+    let held = fleet.held_root(&d.id);
     Device {
+        trust_root_version: held.map(|h| h.0),
+        trust_root_expires_at: held.map(|h| h.1),
         id: d.id,
         tenant: d.tenant,
         hostname: d.hostname,
@@ -112,6 +115,7 @@ async fn create_token(
         expires_at: t.expires_at,
         quic: fleet.opts.quic.to_string(),
         ca_pem: fleet.ca.cert_pem(),
+        root_fingerprint: t.root_fingerprint,
     }))
 }
 
@@ -131,7 +135,7 @@ async fn list_devices(a: Auth, State(fleet): State<Arc<Fleet>>) -> Res<DeviceLis
     let devices = service::devices(&fleet, &a.caller())
         .await?
         .into_iter()
-        .map(|(d, connected)| device_dto(d, connected))
+        .map(|(d, connected)| device_dto(&fleet, d, connected))
         .collect();
     // Slot usage is server-wide (all tenants), so only admins see it.
     let downloads = (a.p.role >= Role::Admin).then(|| {
@@ -157,7 +161,7 @@ async fn show_device(
     a.authorize(Action::DeviceShow, &id).await?;
     let v = service::device(&fleet, &a.caller(), &id).await?;
     Ok(Json(DeviceDetail {
-        device: device_dto(v.device, v.connected),
+        device: device_dto(&fleet, v.device, v.connected),
         assignments: v
             .assignments
             .iter()

@@ -8,13 +8,18 @@
 //! - a device can fetch only a bundle assigned to it by its current desired
 //!   state (so never another tenant's);
 //! - desired state is signed with the control plane's online key and carries
-//!   a strictly increasing sequence number and an expiry.
+//!   a strictly increasing sequence number (a persisted counter, never the
+//!   clock: `sequence`) and an expiry;
+//! - devices follow the tenant's trust-root chain from the version they hold
+//!   (`trust`); they verify it, this server cannot forge it.
 
 pub mod api;
 pub mod assign;
 pub mod ca;
 mod quic;
+mod sequence;
 pub mod service;
+pub mod trust;
 
 use crate::audit::AuditEntry;
 use crate::blobs::Blobs;
@@ -26,7 +31,7 @@ use ferry_protocol::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use quic::ALPN;
@@ -48,6 +53,8 @@ pub enum FleetError {
     OnlineKey { path: PathBuf, reason: String },
     #[error("the fleet service is shutting down")]
     ShuttingDown,
+    #[error("desired-state sequence: {0}")]
+    Sequence(String),
 }
 
 /// Settings of the fleet endpoint.
@@ -76,7 +83,7 @@ impl FleetOptions {
         Self {
             quic,
             mqtt_url: None,
-            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            server_names: default_server_names(quic, &host_name()),
             desired_ttl: std::env::var("FERRY_FLEET_DESIRED_TTL")
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -93,6 +100,53 @@ impl FleetOptions {
                 .clamp(256, 1024 * 1024),
         }
     }
+}
+
+impl FleetOptions {
+    /// The certificate names: `names` when given (`--quic-name`), else the
+    /// default ([`default_server_names`]). Names are never wildcards made
+    /// up here, and the agents verify them in full.
+    pub fn with_names(mut self, names: &[String]) -> Self {
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !names.is_empty() {
+            self.server_names = names;
+        }
+        self
+    }
+}
+
+/// This machine's host name (`/etc/hostname`, or `HOSTNAME`), if any.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The default certificate names: the host's name, the QUIC address when it
+/// is a specific one, and loopback (`localhost`, 127.0.0.1, ::1).
+pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: String| {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    };
+    if let Some(h) = host {
+        add(h.clone());
+    }
+    if !quic.ip().is_unspecified() {
+        add(quic.ip().to_string());
+    }
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        add(n.to_string());
+    }
+    names
 }
 
 /// Assembled bundle files by (tenant, manifest digest).
@@ -129,7 +183,13 @@ pub struct Fleet {
     pub ca: ca::DeviceCa,
     online: SigningKey,
     pub opts: FleetOptions,
-    last_sequence: AtomicU64,
+    /// Desired-state sequence numbers (`DATA/fleet/sequence`).
+    sequence: sequence::Sequencer,
+    /// Current trust-root version by tenant, read at most every few
+    /// seconds (`trust::TRUST_VERSION_MAX_AGE`).
+    trust_versions: tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<u64>)>>,
+    /// The trust root each device reported holding: (version, expires_at).
+    held_roots: Mutex<HashMap<String, (u64, u64)>>,
     /// Bumped on every change that may alter some device's desired state.
     changes: tokio::sync::watch::Sender<u64>,
     /// Open connections by device id (closed on revocation).
@@ -212,6 +272,7 @@ impl Fleet {
         })?;
         let ca = ca::DeviceCa::load_or_create(&dir)?;
         let online = load_online_key(&dir.join("online.key"))?;
+        let sequence = sequence::Sequencer::open(&dir.join("sequence"))?;
         let (changes, _) = tokio::sync::watch::channel(0);
         let permits = opts.max_concurrent_downloads.max(1);
         Ok(Arc::new(Self {
@@ -220,7 +281,9 @@ impl Fleet {
             ca,
             online,
             opts,
-            last_sequence: AtomicU64::new(0),
+            sequence,
+            trust_versions: tokio::sync::Mutex::new(HashMap::new()),
+            held_roots: Mutex::new(HashMap::new()),
             changes,
             connections: Mutex::new(HashMap::new()),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
@@ -269,21 +332,18 @@ impl Fleet {
         self.changes.subscribe()
     }
 
-    fn next_sequence(&self) -> u64 {
-        let now = self.store.clock().now_micros();
-        let mut cur = self.last_sequence.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(cur + 1);
-            match self.last_sequence.compare_exchange(
-                cur,
-                next,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(c) => cur = c,
-            }
-        }
+    /// The next desired-state sequence number for a device whose replay
+    /// floor is `floor` (the highest it applied, as its `Hello` said, or
+    /// the last this connection sent): above the persisted counter and
+    /// above the floor. The clock plays no part. A device's floor never
+    /// moves the shared counter, so one device cannot push every other
+    /// device's numbers up.
+    pub(crate) fn next_sequence(&self, floor: Option<u64>) -> Result<u64, FleetError> {
+        let n = self.sequence.next()?;
+        Ok(match floor {
+            Some(f) => n.max(f.saturating_add(1)),
+            None => n,
+        })
     }
 
     /// Live deployments of `tenant`, from one query per change: every
@@ -316,22 +376,25 @@ impl Fleet {
         Ok(assign::assign(&deployments, &device.labels))
     }
 
-    /// Signs a fresh desired-state document for `device` at `now`.
+    /// Signs a fresh desired-state document for `device` at `now`, numbered
+    /// above `floor` ([`Self::next_sequence`]).
     pub async fn desired_state(
         &self,
         device: &db::Device,
         now: u64,
-    ) -> Result<SignedDesiredState, StoreError> {
+        floor: Option<u64>,
+    ) -> Result<(SignedDesiredState, u64), FleetError> {
         let assignments = self.assignments(device).await?;
+        let sequence = self.next_sequence(floor)?;
         let doc = DesiredState {
             tenant: device.tenant.clone(),
             device_id: device.id.clone(),
-            sequence: self.next_sequence(),
+            sequence,
             issued_at: now,
             expires_at: now + self.opts.desired_ttl,
             assignments,
         };
-        Ok(SignedDesiredState::sign(&doc, &self.online))
+        Ok((SignedDesiredState::sign(&doc, &self.online), sequence))
     }
 
     /// Signs an arbitrary document with the online key (test hooks and the
@@ -497,8 +560,12 @@ impl Fleet {
 
     /// Binds the QUIC endpoint and serves until the returned handle is
     /// dropped or the endpoint is closed.
+    /// Also starts the hourly trust-root expiry check (alerts 30 days
+    /// ahead).
     pub fn start_quic(self: &Arc<Self>) -> Result<(quinn::Endpoint, SocketAddr), FleetError> {
-        quic::start(self.clone())
+        let started = quic::start(self.clone())?;
+        self.spawn_expiry_alerts();
+        Ok(started)
     }
 }
 
@@ -518,6 +585,72 @@ mod tests {
             created_by: "admin".into(),
             deleted_at: None,
         }
+    }
+
+    /// M6: desired-state sequence numbers come from a persisted counter, so
+    /// a clock stepped back (while running, or across a restart) never
+    /// makes a device refuse the next document as a replay; and a device
+    /// whose floor is above the counter (numbers from an older server or
+    /// another replica) gets numbers above its floor.
+    #[tokio::test]
+    async fn sequence_numbers_survive_clock_steps_back_and_restarts() {
+        use std::sync::atomic::AtomicU64;
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
+        let ms = Arc::new(AtomicU64::new(1_800_000_000_000));
+        let clock_ms = ms.clone();
+        let clock: crate::clock::SharedClock = Arc::new(move || clock_ms.load(Ordering::SeqCst));
+        let device = db::Device {
+            id: "dev_a".into(),
+            tenant: "t".into(),
+            hostname: "h".into(),
+            labels: db::Labels::new(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+        };
+        let open = |clock: crate::clock::SharedClock| {
+            let url = url.clone();
+            let dir = d.path().to_path_buf();
+            async move {
+                let store = Store::connect_with(&url, 2, clock).await.unwrap();
+                let blobs = Blobs::local(&dir.join("artifacts")).unwrap();
+                let opts = FleetOptions::new(([127, 0, 0, 1], 0).into());
+                Fleet::open(store, blobs, &dir, opts).await.unwrap()
+            }
+        };
+        let fleet = open(clock.clone()).await;
+        let key = fleet.online_public_key();
+        // The device's side: the real check with its persisted floor.
+        fn accept(key: &PublicKey, signed: &SignedDesiredState, now: u64, floor: &mut Option<u64>) {
+            let doc = signed.verify(key, "dev_a", now, *floor).unwrap();
+            *floor = Some(doc.sequence);
+        }
+        let mut floor: Option<u64> = None;
+        let now = || ms.load(Ordering::SeqCst) / 1000;
+        let (s, _) = fleet.desired_state(&device, now(), floor).await.unwrap();
+        accept(&key, &s, now(), &mut floor);
+        // The clock steps back a day while the server runs.
+        ms.fetch_sub(86_400_000, Ordering::SeqCst);
+        let (s, _) = fleet.desired_state(&device, now(), None).await.unwrap();
+        accept(&key, &s, now(), &mut floor);
+        drop(fleet);
+        // And back a year across a restart: the counter continues above
+        // everything issued before, even for a device that says no floor.
+        ms.fetch_sub(365 * 86_400_000, Ordering::SeqCst);
+        let fleet = open(clock.clone()).await;
+        let (s, _) = fleet.desired_state(&device, now(), None).await.unwrap();
+        accept(&key, &s, now(), &mut floor);
+        // A device that applied a microsecond-clock number from an older
+        // server: the next document goes above its floor.
+        let old = 1_800_000_000_000_000;
+        let (s, seq) = fleet
+            .desired_state(&device, now(), Some(old))
+            .await
+            .unwrap();
+        assert_eq!(seq, old + 1);
+        floor = Some(old);
+        accept(&key, &s, now(), &mut floor);
     }
 
     #[tokio::test]

@@ -183,6 +183,14 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         let _ = fleet.store.touch_device(&device.id).await;
     }
     fleet.register(&device.id, conn.clone());
+    // A revocation between the check above and `register` found no
+    // connection to close: check again now that this one is registered.
+    if let Ok(d) = fleet.store.device(&device.tenant, &device.id).await {
+        if d.revoked_at.is_some() {
+            fleet.disconnect(&device.id, "device is revoked");
+            return;
+        }
+    }
     tracing::info!(device = %device.id, tenant = %device.tenant, "device connected");
     loop {
         let (s, r) = match conn.accept_bi().await {
@@ -228,7 +236,21 @@ async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
             reason: "expected an Enroll frame".into(),
         },
     };
+    let tenant = match &reply {
+        ServerFrame::Enrolled { tenant, .. } => Some(tenant.clone()),
+        _ => None,
+    };
     let _ = send(&mut s, &reply).await;
+    // Every version of the tenant's root, so a device pinned to an older
+    // one can follow the chain to the current one (it verifies each link).
+    if let Some(tenant) = tenant {
+        match fleet.trust_chain(&tenant, 0).await {
+            Ok(chain) => {
+                let _ = send(&mut s, &ServerFrame::TrustRoots { chain }).await;
+            }
+            Err(e) => tracing::error!(tenant, error = %e, "reading the trust-root chain failed"),
+        }
+    }
     let _ = s.finish();
     // Let the reply reach the device before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
@@ -330,7 +352,11 @@ async fn stream(
 ) -> Result<(), String> {
     let mut reader = FrameReader::new();
     match read_frame(&mut r, &mut reader).await? {
-        Some(AgentFrame::Hello { protocol, .. }) => {
+        Some(AgentFrame::Hello {
+            protocol,
+            last_sequence,
+            ..
+        }) => {
             if protocol != PROTOCOL_VERSION {
                 send(
                     &mut s,
@@ -342,7 +368,7 @@ async fn stream(
                 .await?;
                 return Ok(());
             }
-            control(fleet, device, s, r, reader).await
+            control(fleet, device, s, r, reader, last_sequence).await
         }
         Some(AgentFrame::Fetch { digest, offset }) => fetch(fleet, device, s, digest, offset).await,
         Some(_) => Err("unexpected first frame".into()),
@@ -350,27 +376,47 @@ async fn stream(
     }
 }
 
+/// Sends the device the tenant's roots after the one it holds, if it holds
+/// an older one ([`Fleet::trust_offer`]).
+async fn offer_trust(
+    fleet: &Fleet,
+    device: &db::Device,
+    view: &mut super::trust::TrustView,
+    s: &mut quinn::SendStream,
+) -> Result<(), String> {
+    match fleet.trust_offer(device, view).await {
+        Ok(Some(frame)) => send(s, &frame).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The control stream: push desired state now, on every change and before
-/// it expires; take reports.
+/// it expires; offer newer trust roots; take reports.
 async fn control(
     fleet: Arc<Fleet>,
     device: db::Device,
     mut s: quinn::SendStream,
     mut r: quinn::RecvStream,
     mut reader: FrameReader,
+    last_sequence: Option<u64>,
 ) -> Result<(), String> {
     let mut changes = fleet.subscribe();
     let mut device = device;
-    let push = |d: db::Device| {
+    let mut trust = super::trust::TrustView::default();
+    // The device's replay floor: every document goes above it.
+    let mut floor = last_sequence;
+    let push = |d: db::Device, floor: Option<u64>| {
         let fleet = fleet.clone();
         async move {
             fleet
-                .desired_state(&d, fleet.store.clock().now_secs())
+                .desired_state(&d, fleet.store.clock().now_secs(), floor)
                 .await
                 .map_err(|e| e.to_string())
         }
     };
-    let first = push(device.clone()).await?;
+    let (first, seq) = push(device.clone(), floor).await?;
+    floor = Some(seq);
     send(&mut s, &ServerFrame::DesiredState(first.clone())).await?;
     let refresh = Duration::from_secs((fleet.opts.desired_ttl / 2).max(1));
     let mut refresh_at = tokio::time::Instant::now() + refresh;
@@ -393,25 +439,39 @@ async fn control(
                     if d.revoked_at.is_some() { return Ok(()); }
                     device = d;
                 }
-                send(&mut s, &ServerFrame::DesiredState(push(device.clone()).await?)).await?;
+                let (doc, seq) = push(device.clone(), floor).await?;
+                floor = Some(seq);
+                send(&mut s, &ServerFrame::DesiredState(doc)).await?;
                 // Failpoint: after every new desired state, send the
                 // connection's first one again, as a replaying attacker would.
                 if super::failpoint("fleet-replay-desired").is_some() {
                     send(&mut s, &ServerFrame::DesiredState(first.clone())).await?;
                 }
+                offer_trust(&fleet, &device, &mut trust, &mut s).await?;
                 refresh_at = tokio::time::Instant::now() + refresh;
             }
             _ = tokio::time::sleep_until(refresh_at) => {
-                send(&mut s, &ServerFrame::DesiredState(push(device.clone()).await?)).await?;
+                let (doc, seq) = push(device.clone(), floor).await?;
+                floor = Some(seq);
+                send(&mut s, &ServerFrame::DesiredState(doc)).await?;
                 refresh_at = tokio::time::Instant::now() + refresh;
             }
             _ = heartbeat.tick() => {
                 send(&mut s, &ServerFrame::Heartbeat { at: fleet.store.clock().now_secs() }).await?;
+                // A `ferry trust push` (through any replica) reaches the
+                // devices within a heartbeat or two.
+                offer_trust(&fleet, &device, &mut trust, &mut s).await?;
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { return Ok(()); };
                 tracing::debug!(device = %device.id, frame = ?frame, "control frame");
-                report(&fleet, &device, frame).await;
+                match frame {
+                    f @ (AgentFrame::TrustRoot { .. } | AgentFrame::TrustRootRefused { .. }) => {
+                        fleet.trust_report(&device, &mut trust, f).await;
+                        offer_trust(&fleet, &device, &mut trust, &mut s).await?;
+                    }
+                    f => report(&fleet, &device, f).await,
+                }
             }
         }
     }
@@ -494,7 +554,11 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             let _w = fleet.writes.lock().await;
             let _ = fleet.store.touch_device(&device.id).await;
         }
-        AgentFrame::Hello { .. } | AgentFrame::Fetch { .. } | AgentFrame::Enroll { .. } => {}
+        AgentFrame::Hello { .. }
+        | AgentFrame::Fetch { .. }
+        | AgentFrame::Enroll { .. }
+        | AgentFrame::TrustRoot { .. }
+        | AgentFrame::TrustRootRefused { .. } => {}
     }
 }
 

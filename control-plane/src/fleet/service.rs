@@ -39,6 +39,9 @@ pub struct MintedToken {
     pub labels: Labels,
     pub uses: i64,
     pub expires_at: i64,
+    /// SHA-256 fingerprint (hex) of the tenant's current trust root, which
+    /// enrolling devices pin (`ferry-agent enroll --root-fingerprint`).
+    pub root_fingerprint: Option<String>,
 }
 
 /// Default lifetime of an enrollment token, and the longest allowed.
@@ -75,12 +78,20 @@ pub async fn create_enrollment_token(
         db::labels_to_string(&labels)
     );
     fleet.store.create_enrollment_token(&new, audit).await?;
+    let root_fingerprint = fleet
+        .store
+        .trust_root(&caller.tenant)
+        .await?
+        .and_then(|(_, hexed)| hex::decode(hexed).ok())
+        .and_then(|b| ferry_protocol::SignedTrustRoot::from_bytes(&b).ok())
+        .map(|s| ferry_protocol::trust::fingerprint(&s).to_hex());
     Ok(MintedToken {
         id,
         token,
         labels,
         uses,
         expires_at,
+        root_fingerprint,
     })
 }
 
@@ -141,13 +152,16 @@ pub async fn set_labels(
     Ok(())
 }
 
-/// Revokes a device and closes its connection; it cannot reconnect.
+/// Revokes a device and closes its connection; it cannot reconnect. The
+/// change is announced, so a control stream of this device that survived
+/// the close (a connection registered during the revocation) stops too.
 pub async fn revoke(fleet: &Fleet, caller: &Caller, id: &str) -> Result<(), FleetServiceError> {
     fleet
         .store
         .revoke_device(&caller.tenant, id, caller.ok(Action::DeviceRevoke, id))
         .await?;
     fleet.disconnect(id, "device revoked");
+    fleet.changed();
     Ok(())
 }
 

@@ -14,6 +14,29 @@ impl Store {
         .await?)
     }
 
+    /// Every stored version of the tenant's trust root after `after`, oldest
+    /// first: (version, signed bytes as hex). Devices follow this chain.
+    pub async fn trust_roots_after(&self, tenant: &str, after: i64) -> Result<Vec<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT version, signed FROM trust_roots WHERE tenant = $1 AND version > $2 ORDER BY version",
+        )
+        .bind(tenant)
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every tenant's current trust root: (tenant, version, signed hex).
+    pub async fn current_trust_roots(&self) -> Result<Vec<(String, i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT t.tenant, t.version, t.signed FROM trust_roots t \
+             WHERE t.version = (SELECT MAX(u.version) FROM trust_roots u WHERE u.tenant = t.tenant) \
+             ORDER BY t.tenant",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Stores a new trust root; `expect_current` is the version the caller
     /// checked succession against (a concurrent replacement makes this fail).
     pub async fn put_trust_root(

@@ -9,6 +9,8 @@ use super::*;
 use ed25519_dalek::SigningKey;
 use ferry_protocol::desired::Variant;
 use ferry_protocol::keys::{sha256, PublicKey};
+use ferry_protocol::trust::SignedTrustRoot;
+use ferry_protocol::trust::{Publisher, TrustRoot};
 use ferry_protocol::ModelName;
 use std::collections::BTreeMap;
 
@@ -18,7 +20,19 @@ struct Bundle {
     bytes: Vec<u8>,
     /// False: its test vectors fail at activation.
     good: bool,
+    /// Seed of the publisher key that signed it.
+    publisher: u8,
 }
+
+/// Publisher key `seed` (the fake signatures are by seed).
+fn publisher_key(seed: u8) -> PublicKey {
+    PublicKey::from_signing_key(&SigningKey::from_bytes(&[seed; 32]))
+}
+
+/// The tenant's root key in the fake control plane.
+const ROOT_SEED: u8 = 1;
+/// The publisher of `Server::publish`.
+const PUB_A: u8 = 10;
 
 /// The control plane's side.
 struct Server {
@@ -34,6 +48,8 @@ struct Server {
     bytes_sent: u64,
     frames: Vec<AgentFrame>,
     revoked: bool,
+    /// Every version of the tenant's trust root, oldest first.
+    roots: Vec<SignedTrustRoot>,
 }
 
 impl Server {
@@ -49,6 +65,10 @@ impl Server {
             bytes_sent: 0,
             frames: vec![],
             revoked: false,
+            roots: vec![SignedTrustRoot::sign(
+                &trust_root(1, &[PUB_A], &[], 1_000_000),
+                &[&SigningKey::from_bytes(&[ROOT_SEED; 32])],
+            )],
         }
     }
 
@@ -56,7 +76,14 @@ impl Server {
     fn publish(&mut self, model: &str, version: u64, good: bool) -> Assignment {
         let bytes = format!("{model} v{version} ").repeat(200).into_bytes();
         let digest = sha256(&bytes);
-        self.bundles.insert(digest, Bundle { bytes, good });
+        self.bundles.insert(
+            digest,
+            Bundle {
+                bytes,
+                good,
+                publisher: PUB_A,
+            },
+        );
         Assignment {
             model: ModelName::try_from(model.to_string()).unwrap(),
             version,
@@ -126,6 +153,26 @@ impl Server {
     }
 }
 
+fn trust_root(version: u64, publishers: &[u8], revoked: &[u8], expires_at: u64) -> TrustRoot {
+    TrustRoot {
+        tenant: "t".into(),
+        version,
+        expires_at,
+        threshold: 1,
+        root_keys: vec![publisher_key(ROOT_SEED)],
+        publishers: publishers
+            .iter()
+            .map(|s| Publisher {
+                name: format!("p{s}"),
+                key: publisher_key(*s),
+                scopes: vec!["*".into()],
+            })
+            .collect(),
+        publisher_threshold: 1,
+        revoked: revoked.iter().map(|s| publisher_key(*s).id()).collect(),
+    }
+}
+
 /// The device: what survives a restart (its disk) and what serves.
 #[derive(Default)]
 struct Device {
@@ -134,6 +181,8 @@ struct Device {
     managed: BTreeSet<String>,
     floor: Option<u64>,
     refusals: Vec<String>,
+    /// `fleet/trust.root`; `None`: activation checks no publisher.
+    trust: Option<TrustRoot>,
 }
 
 impl Device {
@@ -194,8 +243,27 @@ impl Pair {
                     .iter()
                     .map(|(d, b)| (*d, b.len() as u64))
                     .collect(),
+                trust: device.trust.clone(),
             },
         )
+    }
+
+    /// The control plane offers the roots after the one the device said
+    /// it holds (as its control loop does).
+    fn offer_trust(&mut self) {
+        let Some(held) = self.server.held() else {
+            return;
+        };
+        let chain = self.server.chain_after(held);
+        if chain.is_empty() {
+            return;
+        }
+        self.deliver_trust(&chain);
+    }
+
+    fn deliver_trust(&mut self, chain: &[SignedTrustRoot]) {
+        self.rec.handle_trust_roots(chain, self.now);
+        self.run();
     }
 
     /// The agent process restarts: only the disk is left.
@@ -257,6 +325,10 @@ impl Pair {
         match action {
             Action::SaveSequence(s) => device.floor = Some(s),
             Action::SaveManaged(m) => device.managed = m,
+            Action::SaveTrust { root, signed } => {
+                assert_eq!(signed.open_any_time().unwrap(), root);
+                device.trust = Some(root);
+            }
             Action::RecordRefusal { refusal, .. } => device.refusals.push(refusal.code),
             Action::Send(f) => {
                 assert!(self.up, "a frame sent without a session: {f:?}");
@@ -311,6 +383,17 @@ impl Pair {
                 let bundle = &server.bundles[&d];
                 let result = if part != bundle.bytes {
                     Err(Refusal::new("digest_mismatch", "not the assigned bundle"))
+                } else if let Some(r) = device.trust.as_ref().and_then(|t| {
+                    let id = publisher_key(bundle.publisher).id();
+                    if t.is_revoked(&id) {
+                        Some(Refusal::new("revoked_key", "publisher key revoked"))
+                    } else if t.publisher(&id).is_none() {
+                        Some(Refusal::new("unknown_key", "publisher key unknown"))
+                    } else {
+                        None
+                    }
+                }) {
+                    Err(r)
                 } else if !bundle.good {
                     Err(Refusal::new("test_vectors_failed", "outputs differ"))
                 } else {
@@ -329,6 +412,9 @@ impl Pair {
 fn pair() -> Pair {
     Pair::new(Server::new(), Device::default())
 }
+
+/// Trust-root rotation and refused roots.
+mod trust;
 
 #[test]
 fn a_fresh_device_fetches_activates_and_reports_once() {

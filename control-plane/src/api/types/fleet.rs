@@ -33,6 +33,11 @@ pub struct DeviceTokenCreated {
     /// The fleet's QUIC address.
     pub quic: String,
     pub ca_pem: String,
+    /// SHA-256 fingerprint of the tenant's current trust root, for
+    /// `ferry-agent enroll --root-fingerprint` (compare it with the one
+    /// `ferry trust init` printed); absent while the tenant has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_fingerprint: Option<String>,
 }
 
 /// An enrolled device.
@@ -46,6 +51,13 @@ pub struct Device {
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
     pub connected: bool,
+    /// The trust-root version the device reported holding (as last heard
+    /// by the replica that answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_root_version: Option<u64>,
+    /// When that root expires (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_root_expires_at: Option<u64>,
 }
 
 /// Download slot usage, server-wide.
