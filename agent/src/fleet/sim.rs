@@ -361,11 +361,7 @@ impl DeviceLink {
 /// at once would, and sends nothing on them; returns why the server closed
 /// each (the connections it admitted wait for an Enroll frame until its
 /// timeout).
-pub async fn hold_unenrolled(
-    server: &str,
-    ca: &Path,
-    n: usize,
-) -> Result<Vec<String>, FleetError> {
+pub async fn hold_unenrolled(server: &str, ca: &Path, n: usize) -> Result<Vec<String>, FleetError> {
     let ca_bytes = std::fs::read(ca).map_err(super::io("reading", ca))?;
     let ca_der = super::pem_or_der(&ca_bytes).map_err(|reason| FleetError::Bad {
         path: ca.to_path_buf(),

@@ -72,5 +72,7 @@ pub(crate) async fn read_small_frame(
     }
     let mut buf = vec![0u8; n];
     r.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    AgentFrame::decode(&buf).map(Some).map_err(|e| e.to_string())
+    AgentFrame::decode(&buf)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -164,8 +164,7 @@ impl<K: Eq + Hash + Clone, V: Clone + Weigh> ByteCache<K, V> {
 
     fn forget_empty(&self, key: &K, cell: &Arc<OnceCell<V>>) {
         let mut g = self.lock();
-        if g
-            .map
+        if g.map
             .get(key)
             .is_some_and(|e| Arc::ptr_eq(&e.cell, cell) && e.charged == 0 && !cell.initialized())
         {
@@ -220,7 +219,11 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 0, "1 was evicted");
+        assert_eq!(
+            loads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "1 was evicted"
+        );
         // Many small values never exceed the budget either.
         for k in 10..1000 {
             c.get_or_load(&k, || async { Ok::<_, ()>(block(3)) })

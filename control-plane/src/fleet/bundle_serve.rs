@@ -211,7 +211,9 @@ impl BundleServer {
     pub fn slots(&self) -> DownloadSlots {
         DownloadSlots {
             limit: self.limit,
-            in_flight: self.limit.saturating_sub(self.downloads.available_permits()),
+            in_flight: self
+                .limit
+                .saturating_sub(self.downloads.available_permits()),
             peak: self.peak.load(Ordering::SeqCst),
         }
     }
@@ -268,7 +270,13 @@ impl BundleServer {
     }
 
     /// Block `index` of the artifact `part`: one ranged read, shared.
-    async fn block(&self, fleet: &Fleet, tenant: &str, part: &Part, index: u64) -> Result<Bytes, String> {
+    async fn block(
+        &self,
+        fleet: &Fleet,
+        tenant: &str,
+        part: &Part,
+        index: u64,
+    ) -> Result<Bytes, String> {
         let key = (tenant.to_string(), part.digest.clone(), index);
         let start = index * BLOCK;
         let end = (start + BLOCK).min(part.len);
@@ -300,7 +308,10 @@ impl BundleServer {
                 let block = self.block(fleet, tenant, part, index).await?;
                 let within = (offset - index * BLOCK) as usize;
                 if within >= block.len() {
-                    return Err(format!("blob {} is shorter than its manifest says", part.digest));
+                    return Err(format!(
+                        "blob {} is shorter than its manifest says",
+                        part.digest
+                    ));
                 }
                 Ok(block.slice(within..block.len().min(within + max)))
             }
@@ -345,7 +356,9 @@ async fn load_layout(
         .map(|a| {
             u64::try_from(a.len)
                 .map(|len| (a.digest, len))
-                .map_err(|_| ServeError::Internal(format!("artifact {} has length {}", a.name, a.len)))
+                .map_err(|_| {
+                    ServeError::Internal(format!("artifact {} has length {}", a.name, a.len))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(BundleLayout::new(header.to_preamble(), &arts))
@@ -443,7 +456,10 @@ pub(super) async fn fetch(
     let srv = &fleet.serve;
     // The device's own slot first: its further fetches wait here and hold
     // none of the fleet's.
-    let device_slot = srv.device_slot(&device.id).await.map_err(|e| e.to_string())?;
+    let device_slot = srv
+        .device_slot(&device.id)
+        .await
+        .map_err(|e| e.to_string())?;
     let slot = srv.download_slot().await.map_err(|e| e.to_string())?;
     let layout = match srv.layout(&fleet, &device.tenant, &a).await {
         Ok(l) => l,
@@ -570,7 +586,11 @@ mod tests {
     fn every_byte_of_a_bundle_is_located_once() {
         let l = BundleLayout::new(
             vec![1; 10],
-            &[("a".into(), 5), ("empty".into(), 0), ("b".into(), 3 * BLOCK + 7)],
+            &[
+                ("a".into(), 5),
+                ("empty".into(), 0),
+                ("b".into(), 3 * BLOCK + 7),
+            ],
         );
         assert_eq!(l.total, 10 + 5 + 3 * BLOCK + 7);
         assert!(matches!(l.locate(0), Some(Segment::Preamble(b)) if b.len() == 10));

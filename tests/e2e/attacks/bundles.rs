@@ -26,7 +26,11 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// `HOST:PORT` of the server's REST API.
 fn api_addr(server: &Server) -> String {
-    server.url.trim_start_matches("http://").trim_end_matches('/').to_string()
+    server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// A server with the default trust root pushed and `bundles` registered.
@@ -84,9 +88,10 @@ fn state_of(server: &Server, dep: &str, device: &str) -> String {
 }
 
 fn audit_with(server: &Server, action: &str, outcome: &str, needle: &str) -> Option<Value> {
-    server.audit(action).into_iter().find(|r| {
-        r["outcome"] == outcome && r["detail"].as_str().unwrap_or("").contains(needle)
-    })
+    server
+        .audit(action)
+        .into_iter()
+        .find(|r| r["outcome"] == outcome && r["detail"].as_str().unwrap_or("").contains(needle))
 }
 
 /// Admin view of the fleet's download slots: (in flight, peak, limit).
@@ -143,10 +148,19 @@ fn deleting_or_archiving_a_version_a_live_deployment_uses_is_refused() {
 
     // Undeployed, it can go, and its artifacts with it.
     ok(&mut server.cli(&["undeploy", &dep]));
-    let (status, body) = http_raw(&addr, "DELETE", "/api/v1/models/fraud/versions/1", ADMIN, "");
+    let (status, body) = http_raw(
+        &addr,
+        "DELETE",
+        "/api/v1/models/fraud/versions/1",
+        ADMIN,
+        "",
+    );
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert!(!v["artifacts_removed"].as_array().unwrap().is_empty(), "{body}");
+    assert!(
+        !v["artifacts_removed"].as_array().unwrap().is_empty(),
+        "{body}"
+    );
 }
 
 // ------------------------------------------------------------------ M4
@@ -199,7 +213,10 @@ fn a_device_that_stalls_its_fetches_cannot_hold_the_fleets_download_slots() {
     // its two at once.
     let (_, peak, limit) = slots(&server);
     assert_eq!(limit, 3);
-    assert_eq!(peak, 2, "one device held {peak} of the fleet's {limit} slots");
+    assert_eq!(
+        peak, 2,
+        "one device held {peak} of the fleet's {limit} slots"
+    );
 
     // A well-behaved device still gets its bundle while the attacker stalls.
     let _agent = Agent::start(&honest_dir, &honest, &[]);
@@ -207,7 +224,9 @@ fn a_device_that_stalls_its_fetches_cannot_hold_the_fleets_download_slots() {
         (state_of(&server, &dep, &honest) == "active").then_some(())
     });
     // Every stalled fetch ends and frees its slot.
-    wait_for("all slots free", LONG, || (slots(&server).0 == 0).then_some(()));
+    wait_for("all slots free", LONG, || {
+        (slots(&server).0 == 0).then_some(())
+    });
     let stalls = server
         .audit("device.fetch")
         .into_iter()
@@ -304,7 +323,10 @@ fn fetch_a_large_bundle(env: &[(&str, &str)]) {
         }
         for t in tasks {
             let got = t.await.unwrap().unwrap().unwrap();
-            assert!(got == want, "the served bundle differs from the pushed file");
+            assert!(
+                got == want,
+                "the served bundle differs from the pushed file"
+            );
         }
     });
     let grew = peak_rss(pid).saturating_sub(before);
@@ -370,9 +392,9 @@ fn a_large_bundle_is_served_in_ranges_from_s3() {
     let addr = format!("127.0.0.1:{port}");
     // Creating the bucket is also the wait for moto to listen.
     wait_for("moto to create the bucket", LONG, || {
-        let r = std::net::TcpStream::connect(&addr).ok().map(|_| {
-            http_raw(&addr, "PUT", "/ferry-test", "", "").0
-        });
+        let r = std::net::TcpStream::connect(&addr)
+            .ok()
+            .map(|_| http_raw(&addr, "PUT", "/ferry-test", "", "").0);
         r.filter(|s| *s == 200).map(|_| ())
     });
     let endpoint = format!("http://{addr}");
@@ -437,9 +459,13 @@ fn unauthenticated_connections_are_capped_and_enrollment_frames_are_small() {
         other => panic!("expected a refusal, got {other}"),
     }
     let devices = server.json(&["device", "list"]);
-    assert!(devices["devices"].as_array().unwrap().is_empty(), "{devices}");
+    assert!(
+        devices["devices"].as_array().unwrap().is_empty(),
+        "{devices}"
+    );
     // The cap is on connections in progress: a normal enrollment now works.
-    rt.block_on(enroll(&opts("normal", "edge-1".into()))).unwrap();
+    rt.block_on(enroll(&opts("normal", "edge-1".into())))
+        .unwrap();
 }
 
 // ------------------------------------------------------------------ L10
