@@ -234,3 +234,158 @@ pub async fn probe_fetch(data: &Path, digest: Digest) -> Result<Result<u64, Stri
     conn.close(quinn::VarInt::from_u32(0), b"probe done");
     Ok(answer)
 }
+
+/// A raw connection as the enrolled device in `data`, for the attack tests:
+/// it speaks the wire protocol directly, and misbehaves on request (fetches
+/// it never reads, arbitrary control frames).
+pub struct DeviceLink {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    /// Streams kept open (stalled fetches, the control stream).
+    held: Vec<(quinn::SendStream, quinn::RecvStream)>,
+}
+
+impl DeviceLink {
+    /// Connects with the device's certificate. `stream_window` sets the
+    /// receive window of each stream (bytes the server may send ahead of
+    /// what is read); `None` keeps quinn's default.
+    pub async fn connect(data: &Path, stream_window: Option<u32>) -> Result<Self, FleetError> {
+        let id = Identity::load(data)?.ok_or_else(|| FleetError::Bad {
+            path: super::fleet_dir(data).join("device.json"),
+            reason: "not enrolled".into(),
+        })?;
+        let mut cfg = super::device_client_config(data)?;
+        let mut t = quinn::TransportConfig::default();
+        // Keep-alives hold the connection up while its streams stall.
+        t.keep_alive_interval(Some(Duration::from_secs(2)));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(20))
+                .map_err(|e| FleetError::Tls(e.to_string()))?,
+        ));
+        if let Some(w) = stream_window {
+            t.stream_receive_window(quinn::VarInt::from_u32(w));
+        }
+        cfg.transport_config(Arc::new(t));
+        let endpoint = tls::client_endpoint()?;
+        let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+        Ok(Self {
+            conn,
+            endpoint,
+            held: Vec::new(),
+        })
+    }
+
+    /// Opens `n` fetch streams for `digest` and never reads from them.
+    pub async fn stall_fetches(&mut self, digest: Digest, n: usize) -> Result<(), FleetError> {
+        for _ in 0..n {
+            let (mut s, r) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| FleetError::Protocol(e.to_string()))?;
+            send_frame(&mut s, &AgentFrame::Fetch { digest, offset: 0 }).await?;
+            self.held.push((s, r));
+        }
+        Ok(())
+    }
+
+    /// Opens a control stream (a `Hello`), sends `frames` on it and keeps
+    /// it open.
+    pub async fn control(&mut self, frames: &[AgentFrame]) -> Result<(), FleetError> {
+        let (mut s, r) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| FleetError::Protocol(e.to_string()))?;
+        send_frame(
+            &mut s,
+            &AgentFrame::Hello {
+                protocol: ferry_protocol::frames::PROTOCOL_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                target: std::env::consts::ARCH.into(),
+                target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+                runtimes: vec!["onnx".into()],
+                installed: vec![],
+                last_sequence: None,
+            },
+        )
+        .await?;
+        for f in frames {
+            send_frame(&mut s, f).await?;
+        }
+        self.held.push((s, r));
+        Ok(())
+    }
+
+    /// Fetches the whole bundle `digest` on a fresh stream: its bytes, or
+    /// the control plane's refusal.
+    pub async fn fetch_all(&self, digest: Digest) -> Result<Result<Vec<u8>, String>, FleetError> {
+        let (mut s, mut r) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| FleetError::Protocol(e.to_string()))?;
+        send_frame(&mut s, &AgentFrame::Fetch { digest, offset: 0 }).await?;
+        let _ = s.finish();
+        let mut reader = FrameReader::new();
+        let total = match read_server_frame(&mut r, &mut reader).await? {
+            Some(ServerFrame::FetchStart { total, .. }) => total,
+            Some(ServerFrame::FetchRefused { reason, .. }) => return Ok(Err(reason)),
+            other => return Ok(Err(format!("unexpected answer {other:?}"))),
+        };
+        let mut out = Vec::new();
+        while (out.len() as u64) < total {
+            match read_server_frame(&mut r, &mut reader).await? {
+                Some(ServerFrame::Chunk { offset, data, .. }) if offset == out.len() as u64 => {
+                    out.extend_from_slice(&data)
+                }
+                other => {
+                    return Ok(Err(format!(
+                        "at byte {} of {total}: unexpected {other:?}",
+                        out.len()
+                    )))
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Why the connection ended (waits for it).
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+
+    pub async fn close(self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Opens `n` connections without a client certificate, as many enrollments
+/// at once would, and sends nothing on them; returns why the server closed
+/// each (the connections it admitted wait for an Enroll frame until its
+/// timeout).
+pub async fn hold_unenrolled(server: &str, ca: &Path, n: usize) -> Result<Vec<String>, FleetError> {
+    let ca_bytes = std::fs::read(ca).map_err(super::io("reading", ca))?;
+    let ca_der = super::pem_or_der(&ca_bytes).map_err(|reason| FleetError::Bad {
+        path: ca.to_path_buf(),
+        reason,
+    })?;
+    let endpoint = tls::client_endpoint()?;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let cfg = tls::client_config(&ca_der, None)?;
+        let (endpoint, server) = (endpoint.clone(), server.to_string());
+        tasks.push(tokio::spawn(async move {
+            match tls::connect(&endpoint, &server, cfg).await {
+                Ok(conn) => conn.closed().await.to_string(),
+                Err(e) => e.to_string(),
+            }
+        }));
+    }
+    let mut reasons = Vec::new();
+    for t in tasks {
+        reasons.push(t.await.map_err(|e| FleetError::Protocol(e.to_string()))?);
+    }
+    Ok(reasons)
+}

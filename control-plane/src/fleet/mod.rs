@@ -13,8 +13,11 @@
 //! - devices follow the tenant's trust-root chain from the version they hold
 //!   (`trust`); they verify it, this server cannot forge it.
 
+mod admission;
 pub mod api;
 pub mod assign;
+mod bundle_cache;
+mod bundle_serve;
 pub mod ca;
 mod quic;
 mod sequence;
@@ -31,9 +34,9 @@ use ferry_protocol::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use bundle_serve::ServeOptions;
 pub use quic::ALPN;
 
 #[derive(Debug, thiserror::Error)]
@@ -149,9 +152,6 @@ pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<Stri
     names
 }
 
-/// Assembled bundle files by (tenant, manifest digest).
-type BundleCache = HashMap<(String, String), Arc<Vec<u8>>>;
-
 /// A tenant's live deployments as fetched at a change generation.
 struct Fetched {
     generation: u64,
@@ -194,16 +194,14 @@ pub struct Fleet {
     changes: tokio::sync::watch::Sender<u64>,
     /// Open connections by device id (closed on revocation).
     connections: Mutex<HashMap<String, quinn::Connection>>,
-    /// Assembled bundles by (tenant, manifest digest).
-    bundles: tokio::sync::Mutex<BundleCache>,
     /// Live deployments by tenant, fetched once per change for every
     /// connected device (the lock makes the others wait for that fetch).
     deployments: tokio::sync::Mutex<HashMap<String, Fetched>>,
-    downloads: tokio::sync::Semaphore,
-    /// The most downloads ever served at once (what an admin sees of the
-    /// cap in `GET /api/v1/fleet/devices`; those in flight now are the
-    /// semaphore's permits in use).
-    downloads_peak: AtomicUsize,
+    /// Bundle serving: ranged reads from the artifact store through a
+    /// byte-bounded cache, and the download slots (fleet-wide and per
+    /// device; in flight and peak are what an admin sees in
+    /// `GET /api/v1/fleet/devices`).
+    serve: bundle_serve::BundleServer,
     /// Download progress by (device id, manifest digest hex), percent. Kept
     /// in memory: progress is advisory, arrives ten times per download, and
     /// writing it to the database made a thousand devices queue on SQLite's
@@ -274,7 +272,10 @@ impl Fleet {
         let online = load_online_key(&dir.join("online.key"))?;
         let sequence = sequence::Sequencer::open(&dir.join("sequence"))?;
         let (changes, _) = tokio::sync::watch::channel(0);
-        let permits = opts.max_concurrent_downloads.max(1);
+        let serve = bundle_serve::BundleServer::new(
+            opts.max_concurrent_downloads,
+            ServeOptions::from_env(),
+        );
         Ok(Arc::new(Self {
             store,
             blobs,
@@ -286,10 +287,8 @@ impl Fleet {
             held_roots: Mutex::new(HashMap::new()),
             changes,
             connections: Mutex::new(HashMap::new()),
-            bundles: tokio::sync::Mutex::new(HashMap::new()),
             deployments: tokio::sync::Mutex::new(HashMap::new()),
-            downloads: tokio::sync::Semaphore::new(permits),
-            downloads_peak: AtomicUsize::new(0),
+            serve,
             progress: Mutex::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
         }))
@@ -299,28 +298,9 @@ impl Fleet {
         PublicKey::from_signing_key(&self.online)
     }
 
-    /// Waits for a download slot under the fleet-wide cap; the slot is
-    /// free again when the permit drops.
-    pub(crate) async fn download_slot(
-        &self,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, FleetError> {
-        let permit = self
-            .downloads
-            .acquire()
-            .await
-            .map_err(|_| FleetError::ShuttingDown)?;
-        self.downloads_peak
-            .fetch_max(self.download_slots().in_flight, Ordering::SeqCst);
-        Ok(permit)
-    }
-
+    /// Download slot usage, fleet-wide.
     pub fn download_slots(&self) -> DownloadSlots {
-        let limit = self.opts.max_concurrent_downloads.max(1);
-        DownloadSlots {
-            limit,
-            in_flight: limit.saturating_sub(self.downloads.available_permits()),
-            peak: self.downloads_peak.load(Ordering::SeqCst),
-        }
+        self.serve.slots()
     }
 
     /// Tells every connection to recompute its desired state.
@@ -401,60 +381,6 @@ impl Fleet {
     /// simulator use it to build replayed or expired states).
     pub fn sign(&self, doc: &DesiredState) -> SignedDesiredState {
         SignedDesiredState::sign(doc, &self.online)
-    }
-
-    /// The whole bundle file (preamble and artifacts) for a manifest digest
-    /// of `tenant`, assembled from the registry once and cached.
-    pub async fn bundle_bytes(
-        &self,
-        tenant: &str,
-        model: &str,
-        version: i64,
-        digest: &str,
-    ) -> Result<Arc<Vec<u8>>, String> {
-        let key = (tenant.to_string(), digest.to_string());
-        let mut cache = self.bundles.lock().await;
-        if let Some(b) = cache.get(&key) {
-            return Ok(b.clone());
-        }
-        let row = self
-            .store
-            .version(tenant, model, version)
-            .await
-            .map_err(|e| e.to_string())?;
-        if row.digest != digest {
-            return Err(format!(
-                "{model} v{version} has digest {}, not {digest}",
-                row.digest
-            ));
-        }
-        let header = row
-            .signed_manifest()
-            .ok_or_else(|| "stored bundle header does not decode".to_string())?;
-        let mut out = header.to_preamble();
-        let arts = self
-            .store
-            .artifacts(tenant, model, version)
-            .await
-            .map_err(|e| e.to_string())?;
-        for a in arts {
-            use futures::StreamExt;
-            let mut s = self
-                .blobs
-                .get(tenant, &a.digest)
-                .await
-                .map_err(|e| e.to_string())?;
-            while let Some(chunk) = s.next().await {
-                out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-            }
-        }
-        let b = Arc::new(out);
-        // Keep the cache small: the bundles of current deployments.
-        if cache.len() >= 32 {
-            cache.clear();
-        }
-        cache.insert(key, b.clone());
-        Ok(b)
     }
 
     fn register(&self, device: &str, conn: quinn::Connection) {
@@ -594,7 +520,7 @@ mod tests {
     /// another replica) gets numbers above its floor.
     #[tokio::test]
     async fn sequence_numbers_survive_clock_steps_back_and_restarts() {
-        use std::sync::atomic::AtomicU64;
+        use std::sync::atomic::{AtomicU64, Ordering};
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
         let ms = Arc::new(AtomicU64::new(1_800_000_000_000));
@@ -680,6 +606,30 @@ mod tests {
             outcome: crate::audit::OUTCOME_OK.into(),
             detail: String::new(),
         };
+        // A deployment's version must exist (checked where it is created).
+        for (id, version) in [("d1", 1), ("d2", 2)] {
+            let nv = crate::store::NewVersion {
+                tenant: "t".into(),
+                model: "fraud".into(),
+                project: "default".into(),
+                version,
+                digest: deployment(id, version).digest,
+                header: String::new(),
+                manifest: String::new(),
+                size: 0,
+                artifacts: vec![],
+                tags: vec![],
+                metrics: vec![],
+                created_by: "test".into(),
+            };
+            let mut e = entry();
+            e.action = "version.register".into();
+            fleet
+                .store
+                .register(&nv, e, || async { Ok(()) })
+                .await
+                .unwrap();
+        }
         fleet
             .store
             .create_deployment(&deployment("d1", 1), entry())

@@ -1,6 +1,7 @@
 //! The QUIC endpoint: enrollment on connections without a client
 //! certificate, the control stream and fetch streams on mutual-TLS ones.
 
+use super::admission::{self, Admission, ENROLL_FRAME_LIMIT};
 use super::{db, Fleet, FleetError};
 use crate::audit::{OUTCOME_OK, OUTCOME_REFUSED};
 use ferry_protocol::frames::{
@@ -102,14 +103,50 @@ pub(super) fn start(fleet: Arc<Fleet>) -> Result<(quinn::Endpoint, SocketAddr), 
         source,
     })?;
     let ep = endpoint.clone();
+    let admission = Arc::new(Admission::from_env());
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
+            if !admission.admit(ep.open_connections()) {
+                tracing::warn!(
+                    peer = %incoming.remote_address(),
+                    cap = admission.max_connections,
+                    "QUIC connection refused: at the connection cap"
+                );
+                incoming.refuse();
+                continue;
+            }
             let fleet = fleet.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
-                match incoming.await {
-                    Ok(conn) => connection(fleet, conn).await,
-                    Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
-                }
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "QUIC handshake failed");
+                        return;
+                    }
+                };
+                // Unauthenticated (enrolling) connections hold a place
+                // under their own cap until they end.
+                let _enrolling = if peer_fingerprint(&conn).is_some() {
+                    None
+                } else {
+                    match admission.enrolling() {
+                        Some(p) => Some(p),
+                        None => {
+                            tracing::warn!(
+                                peer = %conn.remote_address(),
+                                cap = admission.max_enrolling,
+                                "enrollment connection refused: too many in progress"
+                            );
+                            conn.close(
+                                quinn::VarInt::from_u32(admission::BUSY),
+                                b"too many enrollments in progress; retry later",
+                            );
+                            return;
+                        }
+                    }
+                };
+                connection(fleet, conn).await
             });
         }
     });
@@ -217,10 +254,8 @@ async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
         conn.close(quinn::VarInt::from_u32(1), b"expected an enrollment stream");
         return;
     };
-    let mut reader = FrameReader::new();
-    let reply = match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut r, &mut reader))
-        .await
-    {
+    let read = admission::read_small_frame(&mut r, ENROLL_FRAME_LIMIT);
+    let reply = match tokio::time::timeout(Duration::from_secs(10), read).await {
         Ok(Ok(Some(AgentFrame::Enroll {
             protocol,
             token,
@@ -230,6 +265,10 @@ async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
         Ok(Ok(Some(_))) => ServerFrame::Refused {
             code: "not_enrolled".into(),
             reason: "this connection has no device certificate: only enrollment is possible".into(),
+        },
+        Ok(Err(reason)) => ServerFrame::Refused {
+            code: "bad_request".into(),
+            reason,
         },
         _ => ServerFrame::Refused {
             code: "bad_request".into(),
@@ -529,9 +568,7 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             received,
             total,
         } => {
-            let pct = (received.min(total) * 100)
-                .checked_div(total)
-                .unwrap_or(100);
+            let pct = super::bundle_serve::percent(received, total);
             fleet.set_progress(&device.id, &manifest_digest.to_hex(), pct);
         }
         AgentFrame::DesiredStateRefused {
@@ -562,98 +599,13 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
     }
 }
 
-/// A fetch stream: the bundle `digest` from `offset`, if it is assigned to
-/// this device.
+/// A fetch stream: served from the artifact store by `bundle_serve`.
 async fn fetch(
     fleet: Arc<Fleet>,
     device: db::Device,
-    mut s: quinn::SendStream,
+    s: quinn::SendStream,
     digest: Digest,
     offset: u64,
 ) -> Result<(), String> {
-    let hexd = digest.to_hex();
-    let assigned = fleet
-        .assignments(&device)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|a| a.manifest_digest == digest);
-    let Some(a) = assigned else {
-        let reason = format!("bundle {hexd} is not assigned to device {}", device.id);
-        fleet
-            .audit(
-                &device.tenant,
-                &format!("device {}", device.id),
-                "device.fetch",
-                &hexd,
-                OUTCOME_REFUSED,
-                reason.clone(),
-            )
-            .await;
-        send(&mut s, &ServerFrame::FetchRefused { digest, reason }).await?;
-        let _ = s.finish();
-        return Ok(());
-    };
-    let _slot = fleet.download_slot().await.map_err(|e| e.to_string())?;
-    let bytes = match fleet
-        .bundle_bytes(&device.tenant, a.model.as_str(), a.version as i64, &hexd)
-        .await
-    {
-        Ok(b) => b,
-        Err(reason) => {
-            send(&mut s, &ServerFrame::FetchRefused { digest, reason }).await?;
-            let _ = s.finish();
-            return Ok(());
-        }
-    };
-    let total = bytes.len() as u64;
-    let start = offset.min(total) as usize;
-    send(
-        &mut s,
-        &ServerFrame::FetchStart {
-            digest,
-            offset: start as u64,
-            total,
-        },
-    )
-    .await?;
-    if start > 0 {
-        fleet
-            .audit(
-                &device.tenant,
-                &format!("device {}", device.id),
-                "device.fetch",
-                &hexd,
-                OUTCOME_OK,
-                format!("resumed at byte {start} of {total}"),
-            )
-            .await;
-    }
-    // Failpoint `fleet-corrupt-model=return(MODEL)`: serve MODEL's bundles
-    // with their last byte flipped, as a tampering network or disk would.
-    let corrupt = super::failpoint("fleet-corrupt-model").as_deref() == Some(a.model.as_str());
-    let mut pos = start;
-    while pos < bytes.len() {
-        let end = (pos + fleet.opts.chunk_bytes).min(bytes.len());
-        let mut data = bytes[pos..end].to_vec();
-        if corrupt && end == bytes.len() {
-            // Failpoint: flip the last byte of the bundle.
-            if let Some(b) = data.last_mut() {
-                *b ^= 0x55;
-            }
-        }
-        send(
-            &mut s,
-            &ServerFrame::Chunk {
-                digest,
-                offset: pos as u64,
-                data,
-            },
-        )
-        .await?;
-        pos = end;
-    }
-    let _ = s.finish();
-    let _ = s.stopped().await;
-    Ok(())
+    super::bundle_serve::fetch(fleet, device, s, digest, offset).await
 }

@@ -311,6 +311,8 @@ impl Store {
             let mut m = self.mutation(entry).await?;
             let tx = &mut m.tx;
             let out: Result<_> = async {
+                super::versions::require_deployable(tx, &d.tenant, &d.model, d.version, &d.digest)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

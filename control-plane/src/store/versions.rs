@@ -128,6 +128,79 @@ pub(super) fn deployed_message(model: &str, version: i64, held: &[(String, i64)]
     )
 }
 
+/// Live deployments of `model` (those of `version` when given), as
+/// (deployment id, version): they keep a version from being archived or
+/// deleted, since devices still fetch its artifacts.
+pub(super) async fn deployments_of(
+    tx: &mut Tx,
+    tenant: &str,
+    model: &str,
+    version: Option<i64>,
+) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, version FROM deployments WHERE tenant = $1 AND model = $2 AND deleted_at IS NULL ORDER BY id",
+    )
+    .bind(tenant)
+    .bind(model)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, v)| version.is_none_or(|x| x == *v))
+        .collect())
+}
+
+/// The refusal naming the live deployments that hold what would go.
+pub(super) fn in_use_message(model: &str, version: Option<i64>, live: &[(String, i64)]) -> String {
+    let names: Vec<String> = live
+        .iter()
+        .map(|(id, v)| match version {
+            Some(_) => id.clone(),
+            None => format!("{id} (v{v})"),
+        })
+        .collect();
+    let what = match version {
+        Some(v) => format!("{model}@{v}"),
+        None => format!("model {model}"),
+    };
+    format!(
+        "{what} is used by live deployment {}; devices still fetch it: undeploy first (ferry undeploy ID)",
+        names.join(", ")
+    )
+}
+
+/// Checks, in the transaction that creates a deployment, that the version
+/// still exists with this digest and is not archived: a delete or archive
+/// that committed after the caller resolved the version wins.
+pub(super) async fn require_deployable(
+    tx: &mut Tx,
+    tenant: &str,
+    model: &str,
+    version: i64,
+    digest: &str,
+) -> Result<()> {
+    let status = version_status(tx, tenant, model, version).await?;
+    if status != "ready" {
+        return Err(StoreError::Conflict(format!(
+            "{model}@{version} is {status} and cannot be deployed"
+        )));
+    }
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT digest FROM versions WHERE tenant = $1 AND model = $2 AND version = $3",
+    )
+    .bind(tenant)
+    .bind(model)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if stored.as_deref() != Some(digest) {
+        return Err(StoreError::Conflict(format!(
+            "{model}@{version} changed while the deployment was made"
+        )));
+    }
+    Ok(())
+}
+
 /// The status of one version, or which of model and version is missing.
 pub(super) async fn version_status(
     tx: &mut Tx,
@@ -412,6 +485,14 @@ impl Store {
                         model, version, &held,
                     )));
                 }
+                let live = deployments_of(tx, tenant, model, Some(version)).await?;
+                if !live.is_empty() {
+                    return Err(StoreError::Conflict(in_use_message(
+                        model,
+                        Some(version),
+                        &live,
+                    )));
+                }
             }
             sqlx::query(
                 "UPDATE versions SET status = $1 WHERE tenant = $2 AND model = $3 AND version = $4",
@@ -429,7 +510,9 @@ impl Store {
     }
 
     /// Deletes one version (or, with `version = None`, every version and the
-    /// model), refused while any alias points at what would go. Returns the
+    /// model), refused while any alias or live deployment points at what
+    /// would go (under the tenant lock, which deployments are created
+    /// under too, so neither can slip past the other). Returns the
     /// blob digests no version of the tenant references any more.
     pub async fn delete(
         &self,
@@ -469,6 +552,10 @@ impl Store {
                             .join(", ")
                     ),
                 }));
+            }
+            let live = deployments_of(tx, tenant, model, version).await?;
+            if !live.is_empty() {
+                return Err(StoreError::Conflict(in_use_message(model, version, &live)));
             }
             let digests: Vec<String> = version_scope(
                 "SELECT DISTINCT digest FROM version_artifacts",
