@@ -14,6 +14,7 @@ pub mod api;
 pub mod assign;
 pub mod ca;
 mod quic;
+pub mod report_limit;
 pub mod service;
 
 use crate::audit::AuditEntry;
