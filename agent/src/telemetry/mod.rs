@@ -359,3 +359,27 @@ impl EventSink for OutboxEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Enrollment writes the device key as rcgen (ring) serialises it; the
+    /// telemetry signer reads the same key.
+    #[test]
+    fn the_enrollment_key_signs_telemetry() {
+        let d = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        std::fs::write(d.path().join("device.key"), key.serialize_der()).unwrap();
+        std::fs::write(d.path().join("device.der"), b"cert").unwrap();
+        std::fs::write(d.path().join("ca.der"), b"ca").unwrap();
+        let id = load_identity(d.path()).unwrap();
+        assert_eq!(
+            id.key.verifying_key().to_bytes().as_slice(),
+            key.public_key_raw()
+        );
+        let signed = ferry_protocol::telemetry::sign_payload("drift", b"{\"a\":1}", &id.key).unwrap();
+        let pk: [u8; 32] = key.public_key_raw().try_into().unwrap();
+        assert!(ferry_protocol::telemetry::verify_payload("drift", &signed, &pk).is_ok());
+    }
+}

@@ -33,9 +33,11 @@ fn write(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
+        if private {
+            o.mode(0o600);
+        }
     }
     #[cfg(not(unix))]
     let _ = private;

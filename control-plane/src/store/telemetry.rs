@@ -101,6 +101,18 @@ pub struct DeviceKey {
 impl Store {
     // ------------------------------------------------------------- ingest
 
+    /// Whether `tenant` has any enrolled device (refusals naming a tenant
+    /// without one are not audited: there is no chain to protect, and an
+    /// attacker's made-up names must not start one).
+    pub async fn tenant_has_devices(&self, tenant: &str) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM devices WHERE tenant = $1 LIMIT 1")
+                .bind(tenant)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.is_some())
+    }
+
     /// The enrolled device `device` of `tenant`: its public key and whether
     /// it is revoked; `None` when the tenant has no such device.
     pub async fn device_key(&self, tenant: &str, device: &str) -> Result<Option<DeviceKey>> {

@@ -168,6 +168,11 @@ impl Engine {
     /// Audits a refusal, at most once per minute per source; the record
     /// says how many were held back since the last one.
     async fn audit_refusal(&self, tenant: &str, device: &str, why: &Refusal) {
+        if matches!(why, Refusal::UnknownDevice { .. })
+            && !self.store.tenant_has_devices(tenant).await.unwrap_or(false)
+        {
+            return;
+        }
         let Some(held) = self.admission.audit_due(tenant, device, self.now_ms()) else {
             return;
         };

@@ -161,19 +161,24 @@ fn forged(tenant: &str, device: &str, seq: u64, sig: Option<&str>) -> Vec<u8> {
 }
 
 /// One MQTT client run to completion: connects with `tls`, subscribes to
-/// `subscribe`, publishes `publish` (QoS 1) one after the other, and
-/// returns each PUBACK's refusal (MQTT 5) and the messages received before
-/// the last PUBACK, or the connection error.
+/// `subscribe`, publishes `publish` (QoS 1) one after the other, calling
+/// `after_ack(i)` when publish `i` is acknowledged, and returns each
+/// PUBACK's refusal (MQTT 5) and the topics of the messages received before
+/// the last PUBACK, or the connection error. The broker sends a client its
+/// packets in order, so a message routed to it before a publish was
+/// acknowledged arrives before that PUBACK.
 fn mqtt_session(
     url: BrokerUrl,
     tls: Option<Arc<rustls::ClientConfig>>,
     subscribe: &[String],
     publish: Vec<(String, Vec<u8>)>,
+    mut after_ack: impl FnMut(usize),
 ) -> Result<(Vec<Option<String>>, Vec<String>), String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let mut o = ferry_mqtt::Options::new(format!("attacker-{}", std::process::id()), url);
         o.tls = tls;
+        o.keep_alive = Duration::from_secs(300);
         o.request_capacity = publish.len() + subscribe.len() + 16;
         let (client, mut conn) = ferry_mqtt::connect(&o, ferry_mqtt::Protocol::V5);
         let mut acks = Vec::new();
@@ -185,26 +190,30 @@ fn mqtt_session(
                 .await
                 .map_err(|_| "no answer from the broker".to_string())?
                 .map_err(|e| e.to_string())?;
-            match ev {
+            let next = match ev {
                 ferry_mqtt::Event::Connected { .. } if !subscribed => {
                     subscribed = true;
                     for s in subscribe {
                         client.try_subscribe(s).unwrap();
                     }
-                    match queue.next() {
-                        Some((t, p)) => client.try_publish(t, p, false).unwrap(),
-                        None => return Ok((acks, received)),
-                    }
+                    true
                 }
                 ferry_mqtt::Event::PubAck { refused, .. } => {
                     acks.push(refused);
-                    match queue.next() {
-                        Some((t, p)) => client.try_publish(t, p, false).unwrap(),
-                        None => return Ok((acks, received)),
-                    }
+                    after_ack(acks.len() - 1);
+                    true
                 }
-                ferry_mqtt::Event::Message(m) => received.push(m.topic.clone()),
-                _ => {}
+                ferry_mqtt::Event::Message(m) => {
+                    received.push(m.topic.clone());
+                    false
+                }
+                _ => false,
+            };
+            if next {
+                match queue.next() {
+                    Some((t, p)) => client.try_publish(t, p, false).unwrap(),
+                    None => return Ok((acks, received)),
+                }
             }
         }
     })
@@ -242,7 +251,7 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
         spoofs.push((topic.clone(), signed));
     }
     let n = spoofs.len() as u64;
-    let (acks, _) = mqtt_session(plain(&broker), None, &[], spoofs).unwrap();
+    let (acks, _) = mqtt_session(plain(&broker), None, &[], spoofs, |_| {}).unwrap();
     assert_eq!(acks.len() as u64, n, "the embedded broker takes anything");
     wait_for("the spoofs refused at ingest", WAIT, || {
         (metric(&server, "ferry_telemetry_unauthenticated_total") >= n).then_some(())
@@ -390,18 +399,24 @@ fn mosquitto_with_the_shipped_config_binds_topics_to_device_certificates() {
     });
 
     // Without a client certificate, no connection at all.
-    let r = mqtt_session(plain(&url), Some(device_tls(&m, None)), &[], vec![]);
+    let r = mqtt_session(plain(&url), Some(device_tls(&m, None)), &[], vec![], |_| {});
     assert!(r.is_err(), "connected without a certificate: {r:?}");
 
-    // Device B (enrolled, same tenant): subscribes to every tenant's
-    // telemetry, then writes A's topic, A's id under another tenant, and
-    // its own id under another tenant.
-    let other_tenant = format!("ferry/v1/othertenant/{id_b}/drift");
+    // Device B (enrolled, same tenant) subscribes to every tenant's
+    // telemetry (A's retained health is there), publishes under its own id,
+    // waits while A publishes a window the control plane stores, then writes
+    // A's topic, A's id under another tenant, and its own id under another
+    // tenant.
+    let mut stored = 0;
     let (acks, received) = mqtt_session(
         plain(&url),
         Some(device_tls(&m, Some(&data_b))),
         &["ferry/v1/#".to_string(), "ferry/v1/default/+/drift".to_string()],
         vec![
+            (
+                format!("ferry/v1/default/{id_b}/events"),
+                b"{\"probe\":1}".to_vec(),
+            ),
             (
                 format!("ferry/v1/default/{id_a}/drift"),
                 forged("default", &id_a, 1000, None),
@@ -410,44 +425,43 @@ fn mosquitto_with_the_shipped_config_binds_topics_to_device_certificates() {
                 format!("ferry/v1/othertenant/{id_a}/drift"),
                 forged("othertenant", &id_a, 1000, None),
             ),
-            (other_tenant.clone(), forged("othertenant", &id_b, 1, None)),
+            (
+                format!("ferry/v1/othertenant/{id_b}/drift"),
+                forged("othertenant", &id_b, 1, None),
+            ),
         ],
+        |i| {
+            if i == 0 {
+                let before = windows(&server, "fraud").len();
+                assert_eq!(agent.infer("fraud").0, 200);
+                stored = wait_for("A's window while B listens", WAIT, || {
+                    let n = windows(&server, "fraud").len();
+                    (n > before).then_some(n)
+                });
+            }
+        },
     )
     .unwrap();
-    assert_eq!(acks.len(), 3);
-    for (i, a) in acks[..2].iter().enumerate() {
-        assert!(a.is_some(), "publish {i} to another device's topic was accepted");
-    }
+    assert!(stored >= 2);
+    assert_eq!(acks.len(), 4);
+    assert_eq!(acks[0], None, "B may write its own topic");
+    assert!(acks[1].is_some(), "B wrote A's topic");
+    assert!(acks[2].is_some(), "B wrote A's id under another tenant");
+    // Nothing of A's (retained health, live window) reached B.
+    assert!(received.is_empty(), "B read {received:?}");
     // The broker lets B write its own id under any tenant name; ingest
-    // refuses it (no such device there), counted and audited.
-    assert_eq!(acks[2], None);
-    wait_for("B's window under another tenant refused at ingest", WAIT, || {
-        (metric(&server, "ferry_telemetry_unauthenticated_total") >= 1).then_some(())
+    // refuses that (no such device there), and B's unsigned probe: counted.
+    assert_eq!(acks[3], None);
+    wait_for("B's messages refused at ingest", WAIT, || {
+        (metric(&server, "ferry_telemetry_unauthenticated_total") >= 2).then_some(())
     });
     let w = windows(&server, "fraud");
-    assert!(w.iter().all(|x| x["device"] == id_a.as_str() && x["rows"] == 1), "{w:?}");
-
-    // Nothing of A's reached B: A publishes again, the ingest stores it
-    // (so the broker has routed it), then B's own publish is acknowledged;
-    // the broker delivers to B in order, so anything routed to B would
-    // have come before that PUBACK.
-    let before = windows(&server, "fraud").len();
-    assert_eq!(agent.infer("fraud").0, 200);
-    wait_for("A's second window", WAIT, || {
-        (windows(&server, "fraud").len() > before).then_some(())
-    });
-    assert!(received.is_empty(), "B read {received:?}");
-    let (_, received) = mqtt_session(
-        plain(&url),
-        Some(device_tls(&m, Some(&data_b))),
-        &["ferry/v1/#".to_string()],
-        vec![(
-            format!("ferry/v1/default/{id_b}/events"),
-            b"{\"probe\":1}".to_vec(),
-        )],
-    )
-    .unwrap();
-    assert!(received.is_empty(), "B read {received:?}");
+    assert!(
+        w.iter().all(|x| x["device"] == id_a.as_str() && x["rows"] == 1),
+        "{w:?}"
+    );
+    let audit = server.audit("telemetry.refuse");
+    assert!(!audit.is_empty(), "no telemetry.refuse record");
     drop(agent);
 }
 
