@@ -8,8 +8,8 @@
 mod support;
 
 use ferry::audit::{AuditEntry, OUTCOME_OK};
-use ferry::store::{AuditQuery, Store};
 use ferry::store::fleet::Device;
+use ferry::store::{AuditQuery, Store};
 use ferry::telemetry::admission::Refusal;
 use ferry::telemetry::engine::{save_policy, Clock, Engine, IngestError};
 use ferry::telemetry::policy::DriftPolicy;
@@ -249,12 +249,7 @@ async fn bad_messages_are_refused_with_reasons(b: Backend) {
     );
     let r = e.ingest("ferry/v1/acme/d1/events", &good).await;
     assert!(matches!(r, Err(IngestError::Refused(_))), "{r:?}");
-    assert_eq!(
-        e.counters
-            .unauthenticated
-            .load(std::sync::atomic::Ordering::Relaxed),
-        4
-    );
+    assert_eq!(e.counters.unauthenticated.load(Ordering::Relaxed), 4);
     // Four refusals of d1's topic in one minute: one audit record.
     let refusals = f
         .store

@@ -252,7 +252,12 @@ fn enroll(dir: &Path, trust: &Path, label: &str) -> String {
                 .with(|f| f.borrow().clone())
                 .expect("start_server before start_agent");
             // The tenant's root (again, when the test pushed it already).
-            let _ = call_raw(http, "PUT", "/api/v1/trust-root", &std::fs::read(trust).unwrap());
+            let _ = call_raw(
+                http,
+                "PUT",
+                "/api/v1/trust-root",
+                &std::fs::read(trust).unwrap(),
+            );
             let ca = dir.join(format!("fleet-ca-{label}.pem"));
             let out = Command::new(ferry_bin())
                 .args(["device", "token", "create", "--json", "--ca-out"])
@@ -262,7 +267,11 @@ fn enroll(dir: &Path, trust: &Path, label: &str) -> String {
                 .env("HOME", dir)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let tok: Value = serde_json::from_slice(&out.stdout).unwrap();
             let out = Command::new(agent_bin())
                 .args(["enroll", "--server", &quic, "--token"])
@@ -274,7 +283,11 @@ fn enroll(dir: &Path, trust: &Path, label: &str) -> String {
                 .args(["--hostname", label])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .find(|w| w.starts_with("dev_"))
@@ -313,7 +326,10 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
                 mqtt = rest.split(" at ").nth(1).map(str::to_string);
             }
             if let Some(r) = l.strip_prefix("ferry server listening on http://") {
-                http = r.split_whitespace().next().map(|a| a.parse::<SocketAddr>().unwrap());
+                http = r
+                    .split_whitespace()
+                    .next()
+                    .map(|a| a.parse::<SocketAddr>().unwrap());
             }
             // The fleet's line comes last.
             l.strip_prefix("ferry fleet listening on quic://")
@@ -836,7 +852,9 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     assert!(ev
         .iter()
         .all(|e| e["schema"] == 1 && e["device"] == dev("dev-m").as_str()));
-    assert!(ev.iter().all(|e| e["sig"].as_str().is_some_and(|s| s.len() == 128)));
+    assert!(ev
+        .iter()
+        .all(|e| e["sig"].as_str().is_some_and(|s| s.len() == 128)));
     assert_eq!(device_health(&server, &dev("dev-m"))["mqtt_protocol"], 5);
     drop(server.proc);
 }
@@ -1052,13 +1070,14 @@ fn broker_outage_loses_no_window_and_keeps_order() {
         "arrived in order: {received:?}"
     );
     let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
-    let dev = d["devices"]
+    let id_o = dev("dev-o");
+    let found = d["devices"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["device"] == dev("dev-o").as_str())
+        .find(|x| x["device"] == id_o.as_str())
         .cloned();
-    if let Some(dev) = dev {
+    if let Some(dev) = found {
         assert_eq!(dev["health"]["outbox_dropped"], 0, "{dev}");
     }
     // MQTT 5 on both sides, before and after the restart: the control
@@ -1166,7 +1185,10 @@ fn summaries_over_tls_to_an_external_broker() {
         let w = drift_windows(server.http);
         (w.len() >= 2).then_some(w)
     });
-    assert!(w.iter().all(|x| x["device"] == dev("dev-tls").as_str()), "{w:?}");
+    assert!(
+        w.iter().all(|x| x["device"] == dev("dev-tls").as_str()),
+        "{w:?}"
+    );
     assert_same_psi(&psi_of(&w[0]), &offline_psi(&rows[..10]));
     // Sent first, the untrusting agent's windows never got through.
     assert!(drift_windows(server.http)

@@ -378,7 +378,8 @@ mod tests {
             id.key.verifying_key().to_bytes().as_slice(),
             key.public_key_raw()
         );
-        let signed = ferry_protocol::telemetry::sign_payload("drift", b"{\"a\":1}", &id.key).unwrap();
+        let signed =
+            ferry_protocol::telemetry::sign_payload("drift", b"{\"a\":1}", &id.key).unwrap();
         let pk: [u8; 32] = key.public_key_raw().try_into().unwrap();
         assert!(ferry_protocol::telemetry::verify_payload("drift", &signed, &pk).is_ok());
     }

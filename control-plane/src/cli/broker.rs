@@ -73,8 +73,16 @@ pub fn run(cmd: BrokerCmd) -> anyhow::Result<()> {
             write(&out.join("server.key"), &pem("PRIVATE KEY", &key), true)?;
             for c in &clients {
                 let (cert, key) = ca.issue_client(c)?;
-                write(&out.join(format!("{c}.pem")), &pem("CERTIFICATE", &cert), false)?;
-                write(&out.join(format!("{c}.key")), &pem("PRIVATE KEY", &key), true)?;
+                write(
+                    &out.join(format!("{c}.pem")),
+                    &pem("CERTIFICATE", &cert),
+                    false,
+                )?;
+                write(
+                    &out.join(format!("{c}.key")),
+                    &pem("PRIVATE KEY", &key),
+                    true,
+                )?;
             }
             Ok(())
         }

@@ -34,7 +34,9 @@ pub enum Refusal {
     UnknownDevice { tenant: String, device: String },
     #[error("device {0:?} is revoked")]
     Revoked(String),
-    #[error("device {0:?} has no recorded key (enrolled before telemetry was signed); enroll it again")]
+    #[error(
+        "device {0:?} has no recorded key (enrolled before telemetry was signed); enroll it again"
+    )]
     NoKey(String),
     #[error("{0}")]
     Signature(#[from] TelemetrySigError),

@@ -6,7 +6,9 @@
 //! Mosquitto started with the config shipped in `deploy/mosquitto/`.
 #![allow(clippy::unwrap_used)]
 
-use ferry_e2e::fleet::{bin, http_raw, ok, spawn_until, wait_for, Agent, Keys, Proc, Server, ADMIN};
+use ferry_e2e::fleet::{
+    bin, http_raw, ok, spawn_until, wait_for, Agent, Keys, Proc, Server, ADMIN,
+};
 use ferry_protocol::telemetry::BrokerUrl;
 use serde_json::{json, Value};
 use std::net::{TcpListener, TcpStream};
@@ -101,8 +103,8 @@ fn metric(server: &Server, name: &str) -> u64 {
 
 /// The drift windows the control plane stored for `model`.
 fn windows(server: &Server, model: &str) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&get(server, &format!("/api/v1/models/{model}/drift")))
-        .unwrap();
+    let v: Value =
+        serde_json::from_str(&get(server, &format!("/api/v1/models/{model}/drift"))).unwrap();
     v["windows"].as_array().unwrap().clone()
 }
 
@@ -256,7 +258,10 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
     wait_for("the spoofs refused at ingest", WAIT, || {
         (metric(&server, "ferry_telemetry_unauthenticated_total") >= n).then_some(())
     });
-    assert!(windows(&server, "fraud").is_empty(), "a spoofed window was stored");
+    assert!(
+        windows(&server, "fraud").is_empty(),
+        "a spoofed window was stored"
+    );
 
     // The real device's windows, numbered from 1 like the spoofs, are stored.
     let agent = serving_agent(&keys, &data, &id);
@@ -271,7 +276,10 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
     for x in &w {
         assert_eq!(x["device"], id.as_str());
         assert_eq!(x["rows"], 1, "a spoofed window got in: {x}");
-        assert!(x["seq"].as_u64().unwrap() <= 25, "seq {x}: the spoofs covered it");
+        assert!(
+            x["seq"].as_u64().unwrap() <= 25,
+            "seq {x}: the spoofs covered it"
+        );
     }
 
     // Audited once per minute per source, not once per message.
@@ -281,7 +289,10 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
         "{} records for {n} refusals: {audit:?}",
         audit.len()
     );
-    assert!(audit[0]["target"].as_str().unwrap().contains(&id), "{audit:?}");
+    assert!(
+        audit[0]["target"].as_str().unwrap().contains(&id),
+        "{audit:?}"
+    );
     drop(agent);
 }
 
@@ -308,7 +319,10 @@ fn start_mosquitto(dir: &Path, server_data: &Path) -> Option<Mosquitto> {
     let port = free_port();
     let conf = std::fs::read_to_string(shipped.join("mosquitto.conf"))
         .unwrap()
-        .replace("/etc/mosquitto/ferry/acl", &dir.join("acl").display().to_string())
+        .replace(
+            "/etc/mosquitto/ferry/acl",
+            &dir.join("acl").display().to_string(),
+        )
         .replace("/etc/mosquitto/ferry", &certs.display().to_string())
         .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
     assert!(conf.contains("require_certificate true"));
@@ -411,7 +425,10 @@ fn mosquitto_with_the_shipped_config_binds_topics_to_device_certificates() {
     let (acks, received) = mqtt_session(
         plain(&url),
         Some(device_tls(&m, Some(&data_b))),
-        &["ferry/v1/#".to_string(), "ferry/v1/default/+/drift".to_string()],
+        &[
+            "ferry/v1/#".to_string(),
+            "ferry/v1/default/+/drift".to_string(),
+        ],
         vec![
             (
                 format!("ferry/v1/default/{id_b}/events"),
@@ -457,7 +474,8 @@ fn mosquitto_with_the_shipped_config_binds_topics_to_device_certificates() {
     });
     let w = windows(&server, "fraud");
     assert!(
-        w.iter().all(|x| x["device"] == id_a.as_str() && x["rows"] == 1),
+        w.iter()
+            .all(|x| x["device"] == id_a.as_str() && x["rows"] == 1),
         "{w:?}"
     );
     let audit = server.audit("telemetry.refuse");
@@ -494,9 +512,11 @@ fn a_device_cannot_flood_its_tenants_audit_chain_with_reports() {
     let n = frames.len();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sent = rt
-        .block_on(ferry_agent::fleet::sim::probe_control(&data, frames, || {
-            !server.audit("device.report_flood").is_empty()
-        }))
+        .block_on(ferry_agent::fleet::sim::probe_control(
+            &data,
+            frames,
+            || !server.audit("device.report_flood").is_empty(),
+        ))
         .unwrap();
     assert_eq!(sent, n);
     let floods = server.audit("device.report_flood");
@@ -512,7 +532,11 @@ fn a_device_cannot_flood_its_tenants_audit_chain_with_reports() {
     );
     for r in reports.iter().chain(&refusals) {
         assert!(r["detail"].as_str().unwrap().len() <= 1100, "{r}");
-        assert_eq!(r["target"].as_str().map(|t| t.contains("junk")), r["action"].as_str().map(|a| a == "device.activate"), "{r}");
+        assert_eq!(
+            r["target"].as_str().map(|t| t.contains("junk")),
+            r["action"].as_str().map(|a| a == "device.activate"),
+            "{r}"
+        );
     }
     // None of the junk models got a row: the device is assigned none.
     let dev = server.json(&["device", "show", &id]);
