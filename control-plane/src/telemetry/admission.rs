@@ -64,12 +64,13 @@ impl Refusal {
 
 /// (tenant, device).
 type Source = (String, String);
+/// (tenant, device, kind) → (minute, messages stored in it), a few recent
+/// minutes each.
+type Counts = HashMap<(String, String, &'static str), Vec<(u64, u32)>>;
 
 pub struct Admission {
     keys: Mutex<HashMap<Source, (Option<DeviceKey>, u64)>>,
-    /// (tenant, device, kind) → (minute, stored in it), a few recent
-    /// minutes per source.
-    counts: Mutex<HashMap<(String, String, &'static str), Vec<(u64, u32)>>>,
+    counts: Mutex<Counts>,
     /// Source → (minute of its last audited refusal, refusals since).
     audited: Mutex<HashMap<Source, (u64, u64)>>,
     pub max_per_minute: u32,
