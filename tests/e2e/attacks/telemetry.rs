@@ -182,7 +182,13 @@ fn mqtt_session(
         o.tls = tls;
         o.keep_alive = Duration::from_secs(300);
         o.request_capacity = publish.len() + subscribe.len() + 16;
-        let (client, mut conn) = ferry_mqtt::connect(&o, ferry_mqtt::Protocol::V5);
+        // The embedded broker (plain mqtt://) speaks 3.1.1 only.
+        let protocol = if o.url.tls {
+            ferry_mqtt::Protocol::V5
+        } else {
+            ferry_mqtt::Protocol::V311
+        };
+        let (client, mut conn) = ferry_mqtt::connect(&o, protocol);
         let mut acks = Vec::new();
         let mut received = Vec::new();
         let mut queue = publish.into_iter();
