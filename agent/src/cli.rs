@@ -333,10 +333,12 @@ fn run(args: RunArgs) -> Result<()> {
     // An enrolled device publishes as itself, to the broker it was given,
     // unless its configuration says otherwise.
     let identity = crate::fleet::Identity::load(&data_dir)?;
+    let fleet_dir = crate::fleet::fleet_dir(&data_dir);
     let enrolled = identity.as_ref().map(|i| crate::telemetry::Enrolled {
         mqtt_url: i.mqtt_url.as_deref(),
         tenant: &i.tenant,
         device_id: &i.device_id,
+        dir: &fleet_dir,
     });
     let telemetry = crate::telemetry::resolve(file.telemetry.take(), &args.telemetry, enrolled)?;
     let cfg = config::resolve(

@@ -1,16 +1,21 @@
 //! The telemetry engine on a real store (SQLite and PostgreSQL) with a
-//! clock the test controls: validation and refusals, de-duplication, drift alerts with
-//! their cooldown, other alert kinds, and the time-based retraining trigger
-//! firing on schedule — without sleeping minutes.
+//! clock the test controls: validation and refusals, signatures of the
+//! enrolled devices, de-duplication, drift alerts with their cooldown,
+//! other alert kinds, and the time-based retraining trigger firing on
+//! schedule — without sleeping minutes.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use ferry::audit::{AuditEntry, OUTCOME_OK};
+use ferry::store::fleet::Device;
 use ferry::store::{AuditQuery, Store};
+use ferry::telemetry::admission::Refusal;
 use ferry::telemetry::engine::{save_policy, Clock, Engine, IngestError};
 use ferry::telemetry::policy::DriftPolicy;
-use ferry_protocol::telemetry::{ClosedBy, DriftSummary, Health, Predictions};
+use ferry_protocol::telemetry::{
+    sign_payload, ClosedBy, DriftSummary, Health, Predictions, TelemetrySigError,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +45,24 @@ async fn fx(b: Backend) -> Fx {
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
     // The store stamps audit records on the same clock as the engine.
     let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4]);
+    // The devices the tests publish as, enrolled with their keys.
+    for d in ["d1", "d2", "d3"] {
+        let device = Device {
+            id: d.into(),
+            tenant: "acme".into(),
+            hostname: d.into(),
+            labels: Default::default(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+        };
+        let pk = key(d).verifying_key().to_bytes();
+        store
+            .enroll_device(&device, &format!("fp-{d}"), &pk, entry("device.enroll"))
+            .await
+            .unwrap();
+    }
     let engine = Engine::new(store.clone(), clock);
     Fx {
         _dir: dir,
@@ -49,6 +71,18 @@ async fn fx(b: Backend) -> Fx {
         now,
         engine,
     }
+}
+
+/// Each test device's key.
+fn key(device: &str) -> ed25519_dalek::SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..device.len()].copy_from_slice(device.as_bytes());
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// `value` as `device` publishes it: JSON signed with its key.
+fn signed<T: serde::Serialize>(device: &str, kind: &str, value: &T) -> Vec<u8> {
+    sign_payload(kind, &serde_json::to_vec(value).unwrap(), &key(device)).unwrap()
 }
 
 fn entry(action: &str) -> AuditEntry {
@@ -103,7 +137,7 @@ fn summary(device: &str, seq: u64, psi: &[f64], rows: u64) -> DriftSummary {
 async fn put(e: &Engine, s: &DriftSummary) -> ferry::telemetry::engine::Outcome {
     e.ingest(
         &format!("ferry/v1/{}/{}/drift", s.tenant, s.device),
-        &serde_json::to_vec(s).unwrap(),
+        &signed(&s.device, "drift", s),
     )
     .await
     .unwrap()
@@ -150,25 +184,86 @@ async fn wait_hooks(got: &Arc<Mutex<Vec<Vec<u8>>>>, n: usize) {
 async fn bad_messages_are_refused_with_reasons(b: Backend) {
     let f = fx(b).await;
     let e = &f.engine;
-    let good = serde_json::to_vec(&summary("d1", 1, &[0.1], 10)).unwrap();
+    let good = signed("d1", "drift", &summary("d1", 1, &[0.1], 10));
     let r = e.ingest("ferry/v1/acme/d1/nonsense", &good).await;
     assert!(matches!(r, Err(IngestError::Topic(_))), "{r:?}");
-    let r = e.ingest("ferry/v1/acme/other/drift", &good).await;
+    // d2 signs a summary naming d1, on its own topic.
+    let r = e
+        .ingest(
+            "ferry/v1/acme/d2/drift",
+            &signed("d2", "drift", &summary("d1", 1, &[0.1], 10)),
+        )
+        .await;
     assert!(matches!(r, Err(IngestError::Mismatch { .. })), "{r:?}");
-    let r = e.ingest("ferry/v1/acme/d1/drift", b"{not json").await;
+    let r = e
+        .ingest(
+            "ferry/v1/acme/d1/drift",
+            &sign_payload("drift", b"{not json}", &key("d1")).unwrap(),
+        )
+        .await;
     assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
     let mut bad = summary("d1", 1, &[0.1, 0.2], 10);
     bad.psi.pop();
     let r = e
-        .ingest("ferry/v1/acme/d1/drift", &serde_json::to_vec(&bad).unwrap())
+        .ingest("ferry/v1/acme/d1/drift", &signed("d1", "drift", &bad))
         .await;
     assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
     let mut neg = summary("d1", 1, &[-0.5], 10);
     neg.schema = 1;
     let r = e
-        .ingest("ferry/v1/acme/d1/drift", &serde_json::to_vec(&neg).unwrap())
+        .ingest("ferry/v1/acme/d1/drift", &signed("d1", "drift", &neg))
         .await;
     assert!(matches!(r, Err(IngestError::Invalid { .. })), "{r:?}");
+    // Not the device: unsigned, signed by another device, a device the
+    // tenant does not have, a drift signature replayed as an event.
+    let plain = serde_json::to_vec(&summary("d1", 1, &[0.1], 10)).unwrap();
+    let r = e.ingest("ferry/v1/acme/d1/drift", &plain).await;
+    assert!(
+        matches!(
+            r,
+            Err(IngestError::Refused(Refusal::Signature(
+                TelemetrySigError::Unsigned
+            )))
+        ),
+        "{r:?}"
+    );
+    let r = e
+        .ingest(
+            "ferry/v1/acme/d1/drift",
+            &signed("d2", "drift", &summary("d1", 1, &[0.1], 10)),
+        )
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(IngestError::Refused(Refusal::Signature(
+                TelemetrySigError::BadSignature
+            )))
+        ),
+        "{r:?}"
+    );
+    let r = e.ingest("ferry/v1/other/d1/drift", &good).await;
+    assert!(
+        matches!(r, Err(IngestError::Refused(Refusal::UnknownDevice { .. }))),
+        "{r:?}"
+    );
+    let r = e.ingest("ferry/v1/acme/d1/events", &good).await;
+    assert!(matches!(r, Err(IngestError::Refused(_))), "{r:?}");
+    assert_eq!(e.counters.unauthenticated.load(Ordering::Relaxed), 4);
+    // Four refusals of d1's topic in one minute: one audit record.
+    let refusals = f
+        .store
+        .audit_list(
+            "acme",
+            &AuditQuery {
+                action: Some("telemetry.refuse".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
     let r = e
         .ingest("ferry/v1/acme/d1/drift", &vec![b' '; 70_000])
         .await;
@@ -281,6 +376,8 @@ async fn other_alert_kinds(b: Backend) {
         "m",
         &DriftPolicy {
             latency_p99_us_threshold: 1000,
+            // The operator's reference: half and half.
+            prediction_reference: Some([("0".to_string(), 1), ("1".to_string(), 1)].into()),
             ..Default::default()
         },
         entry("drift_policy.set"),
@@ -314,7 +411,7 @@ async fn other_alert_kinds(b: Backend) {
     };
     let topic = "ferry/v1/acme/d1/health";
     assert!(e
-        .ingest(topic, &serde_json::to_vec(&h).unwrap())
+        .ingest(topic, &signed("d1", "health", &h))
         .await
         .unwrap()
         .alerts
@@ -325,13 +422,13 @@ async fn other_alert_kinds(b: Backend) {
         ..h
     };
     let o = e
-        .ingest(topic, &serde_json::to_vec(&off).unwrap())
+        .ingest(topic, &signed("d1", "health", &off))
         .await
         .unwrap();
     assert_eq!(o.alerts.len(), 1, "device offline: {o:?}");
     // The retained offline message seen again is not a new alert.
     let o = e
-        .ingest(topic, &serde_json::to_vec(&off).unwrap())
+        .ingest(topic, &signed("d1", "health", &off))
         .await
         .unwrap();
     assert!(o.alerts.is_empty());

@@ -539,6 +539,33 @@ pub struct TlsError {
 /// A rustls client configuration (ring) trusting the PEM certificates in
 /// `ca`, or the system's roots without one.
 pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    tls_client_config(ca, &[], None)
+}
+
+/// A client certificate (DER) and its PKCS#8 private key (DER), presented
+/// to a broker that requires one (Mosquitto's `require_certificate`).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_der: Vec<u8>,
+    pub key_pkcs8_der: Vec<u8>,
+}
+
+// Never print the key.
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_der", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Like [`tls_config`], also trusting the DER certificates `extra_roots`
+/// (an enrolled device's fleet CA) and presenting `identity` when given.
+pub fn tls_client_config(
+    ca: Option<&Path>,
+    extra_roots: &[Vec<u8>],
+    identity: Option<ClientIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let err = |reason: String| TlsError {
@@ -553,6 +580,11 @@ pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsErr
         None => rustls_native_certs::load_native_certs().certs,
     };
     let mut roots = rustls::RootCertStore::empty();
+    for der in extra_roots {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| err(format!("fleet CA: {e}")))?;
+    }
     for c in certs {
         // A system store may hold certificates rustls cannot use; a file
         // given to us must be usable whole.
@@ -569,8 +601,18 @@ pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsErr
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some(id) => cfg
+            .with_client_auth_cert(
+                vec![CertificateDer::from(id.cert_der)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(id.key_pkcs8_der),
+                ),
+            )
+            .map_err(|e| err(format!("client certificate: {e}")))?,
+        None => cfg.with_no_client_auth(),
+    };
     Ok(Arc::new(cfg))
 }
 

@@ -426,6 +426,95 @@ pub struct Event {
     pub detail: String,
 }
 
+/// Domain tag signed in front of every telemetry message (then the topic's
+/// kind and a NUL), so a telemetry signature is never valid as a manifest,
+/// trust-root or desired-state signature, nor across kinds.
+const SIG_DOMAIN: &[u8] = b"ferry/v1/telemetry\0";
+/// What a signed payload ends with: `,"sig":"` + 128 hex digits + `"}`.
+const SIG_FIELD: &[u8] = b",\"sig\":\"";
+const SIG_HEX: usize = 128;
+const SIG_SUFFIX: usize = SIG_FIELD.len() + SIG_HEX + 2;
+
+/// Why a telemetry message's signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TelemetrySigError {
+    #[error("message is not signed (no trailing \"sig\" field)")]
+    Unsigned,
+    #[error("message signature does not verify with the device's enrolled key")]
+    BadSignature,
+    #[error("only a JSON object with at least one field can be signed")]
+    NotAnObject,
+}
+
+fn signed_message(kind: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIG_DOMAIN.len() + kind.len() + 1 + body.len());
+    m.extend_from_slice(SIG_DOMAIN);
+    m.extend_from_slice(kind.as_bytes());
+    m.push(0);
+    m.extend_from_slice(body);
+    m
+}
+
+/// Signs a message of `kind` (`drift`, `health`, `events`): `body` is the
+/// compact JSON object without a signature; the result is the same object
+/// with `"sig"` (hex ed25519 over the domain tag, the kind and `body`'s
+/// exact bytes) appended as its last field. Consumers that ignore `sig`
+/// read it as before.
+pub fn sign_payload(
+    kind: &str,
+    body: &[u8],
+    key: &ed25519_dalek::SigningKey,
+) -> Result<Vec<u8>, TelemetrySigError> {
+    use ed25519_dalek::Signer;
+    if body.len() < 3 || body.first() != Some(&b'{') || body.last() != Some(&b'}') {
+        return Err(TelemetrySigError::NotAnObject);
+    }
+    let sig = key.sign(&signed_message(kind, body));
+    let mut out = Vec::with_capacity(body.len() + SIG_SUFFIX);
+    out.extend_from_slice(&body[..body.len() - 1]);
+    out.extend_from_slice(SIG_FIELD);
+    out.extend_from_slice(hex::encode(sig.to_bytes()).as_bytes());
+    out.extend_from_slice(b"\"}");
+    Ok(out)
+}
+
+/// Splits a signed payload into the bytes that were signed (the object
+/// without its trailing `"sig"` field) and the signature.
+pub fn split_signed(payload: &[u8]) -> Result<(Vec<u8>, [u8; 64]), TelemetrySigError> {
+    let n = payload.len();
+    if n < SIG_SUFFIX + 2 || !payload.ends_with(b"\"}") {
+        return Err(TelemetrySigError::Unsigned);
+    }
+    let start = n - SIG_SUFFIX;
+    if &payload[start..start + SIG_FIELD.len()] != SIG_FIELD {
+        return Err(TelemetrySigError::Unsigned);
+    }
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(&payload[start + SIG_FIELD.len()..n - 2], &mut sig)
+        .map_err(|_| TelemetrySigError::Unsigned)?;
+    let mut body = Vec::with_capacity(start + 1);
+    body.extend_from_slice(&payload[..start]);
+    body.push(b'}');
+    Ok((body, sig))
+}
+
+/// Checks a signed payload of `kind` against a device's raw ed25519
+/// public key.
+pub fn verify_payload(
+    kind: &str,
+    payload: &[u8],
+    public_key: &[u8; 32],
+) -> Result<(), TelemetrySigError> {
+    let (body, sig) = split_signed(payload)?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(public_key)
+        .map_err(|_| TelemetrySigError::BadSignature)?;
+    vk.verify_strict(
+        &signed_message(kind, &body),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .map_err(|_| TelemetrySigError::BadSignature)
+}
+
 #[cfg(test)]
 mod url_tests {
     use super::BrokerUrl;
@@ -473,6 +562,42 @@ mod tests {
         assert_eq!(parse_topic("ferry/v1/acme/+/drift"), None);
         assert_eq!(parse_topic("ferry/v1/acme/dev/drift/x"), None);
         assert_eq!(parse_topic("other/v1/a/b/c"), None);
+    }
+
+    #[test]
+    fn signed_payloads_verify_and_stay_json() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let pk = key.verifying_key().to_bytes();
+        let body = br#"{"device":"d","schema":1,"x":1.5}"#;
+        let signed = sign_payload(KIND_DRIFT, body, &key).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+        assert_eq!(v["x"], 1.5);
+        assert_eq!(v["sig"].as_str().unwrap().len(), 128);
+        assert_eq!(verify_payload(KIND_DRIFT, &signed, &pk), Ok(()));
+        // Another kind, another key, a changed byte, no signature.
+        assert_eq!(
+            verify_payload(KIND_EVENTS, &signed, &pk),
+            Err(TelemetrySigError::BadSignature)
+        );
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]);
+        assert_eq!(
+            verify_payload(KIND_DRIFT, &signed, &other.verifying_key().to_bytes()),
+            Err(TelemetrySigError::BadSignature)
+        );
+        let mut bad = signed.clone();
+        bad[10] ^= 1;
+        assert_eq!(
+            verify_payload(KIND_DRIFT, &bad, &pk),
+            Err(TelemetrySigError::BadSignature)
+        );
+        assert_eq!(
+            verify_payload(KIND_DRIFT, body, &pk),
+            Err(TelemetrySigError::Unsigned)
+        );
+        assert_eq!(
+            sign_payload(KIND_DRIFT, b"{}", &key),
+            Err(TelemetrySigError::NotAnObject)
+        );
     }
 
     #[test]

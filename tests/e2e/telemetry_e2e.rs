@@ -7,9 +7,14 @@
 //! makes a drifted window (one drift alert, exactly one retraining webhook).
 //! The PSI the control plane stored equals `ferry-protocol`'s offline
 //! computation on the same rows as the model saw them (FP32 tensors).
+//!
+//! The control plane stores only what an enrolled device signed, so every
+//! agent here is enrolled first (`start_agent`): the test names devices
+//! by label, [`dev`] gives the id enrollment assigned.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -217,6 +222,84 @@ struct Server {
     mqtt: String,
 }
 
+thread_local! {
+    /// The QUIC and HTTP addresses of the server this test started last
+    /// (each test runs on its own thread): `start_agent` enrolls there.
+    static FLEET: RefCell<Option<(String, SocketAddr)>> = const { RefCell::new(None) };
+    /// Device label → the id enrollment gave it.
+    static IDS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+}
+
+/// The enrolled id of the device this test calls `label`.
+fn dev(label: &str) -> String {
+    IDS.with(|m| m.borrow().get(label).cloned())
+        .unwrap_or_else(|| panic!("device {label:?} was not enrolled"))
+}
+
+/// Enrolls the device `label` (data directory `dir/agent-LABEL`) with the
+/// test's server, pushing the tenant's trust root `trust` first; its id.
+/// An already enrolled directory keeps its id.
+fn enroll(dir: &Path, trust: &Path, label: &str) -> String {
+    let data = dir.join(format!("agent-{label}"));
+    let known = std::fs::read(data.join("fleet/device.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["device_id"].as_str().map(str::to_string));
+    let id = match known {
+        Some(id) => id,
+        None => {
+            let (quic, http) = FLEET
+                .with(|f| f.borrow().clone())
+                .expect("start_server before start_agent");
+            // The tenant's root (again, when the test pushed it already).
+            let _ = call_raw(
+                http,
+                "PUT",
+                "/api/v1/trust-root",
+                &std::fs::read(trust).unwrap(),
+            );
+            let ca = dir.join(format!("fleet-ca-{label}.pem"));
+            let out = Command::new(ferry_bin())
+                .args(["device", "token", "create", "--json", "--ca-out"])
+                .arg(&ca)
+                .env("FERRY_SERVER", format!("http://{http}"))
+                .env("FERRY_TOKEN", ADMIN)
+                .env("HOME", dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let tok: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let out = Command::new(agent_bin())
+                .args(["enroll", "--server", &quic, "--token"])
+                .arg(tok["token"].as_str().unwrap())
+                .arg("--ca")
+                .arg(&ca)
+                .arg("--data")
+                .arg(&data)
+                .args(["--hostname", label])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find(|w| w.starts_with("dev_"))
+                .unwrap()
+                .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        }
+    };
+    IDS.with(|m| m.borrow_mut().insert(label.to_string(), id.clone()));
+    id
+}
+
 fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
     let config = dir.join("server.toml");
     std::fs::write(&config, format!("root_tenant = \"{tenant}\"\n")).unwrap();
@@ -228,10 +311,13 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
         "127.0.0.1:0".into(),
         "--data".into(),
         dir.join("server").display().to_string(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
     ];
     args.extend(mqtt_args.iter().map(|s| s.to_string()));
     let mut mqtt = None;
-    let (proc, http, _) = spawn_until(
+    let mut http = None;
+    let (proc, (http, quic), _) = spawn_until(
         ferry_bin(),
         &args,
         &[("FERRY_BOOTSTRAP_TOKEN", ADMIN)],
@@ -239,16 +325,18 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
             if let Some(rest) = l.strip_prefix("ferry server MQTT telemetry: ") {
                 mqtt = rest.split(" at ").nth(1).map(str::to_string);
             }
-            l.strip_prefix("ferry server listening on http://")
-                .map(|r| {
-                    r.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap()
-                })
+            if let Some(r) = l.strip_prefix("ferry server listening on http://") {
+                http = r
+                    .split_whitespace()
+                    .next()
+                    .map(|a| a.parse::<SocketAddr>().unwrap());
+            }
+            // The fleet's line comes last.
+            l.strip_prefix("ferry fleet listening on quic://")
+                .map(|q| (http.expect("the HTTP address first"), q.trim().to_string()))
         },
     );
+    FLEET.with(|f| *f.borrow_mut() = Some((quic, http)));
     Server {
         proc,
         http,
@@ -256,7 +344,9 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
     }
 }
 
-/// `extra`: more `ferry-agent run` flags.
+/// Enrolls the device `device` (a label, see [`dev`]) unless it is, and
+/// runs it; `extra`: more `ferry-agent run` flags. It publishes as its
+/// enrolled tenant and id, signing with its device key.
 #[allow(clippy::too_many_arguments)]
 fn start_agent(
     dir: &Path,
@@ -268,6 +358,8 @@ fn start_agent(
     window_rows: u64,
     extra: &[&str],
 ) -> (Proc, SocketAddr) {
+    let _ = tenant;
+    enroll(dir, trust, device);
     let mut args: Vec<String> = [
         "run",
         "--bundle",
@@ -280,10 +372,6 @@ fn start_agent(
         &dir.join(format!("agent-{device}")).display().to_string(),
         "--mqtt-url",
         mqtt,
-        "--tenant",
-        tenant,
-        "--device",
-        device,
         "--window-rows",
         &window_rows.to_string(),
         "--window-secs",
@@ -552,7 +640,7 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
         (!a.is_empty()).then_some(a)
     });
     assert_eq!(a.len(), 1);
-    assert_eq!(a[0]["device"], device);
+    assert_eq!(a[0]["device"], dev(device).as_str());
     let hook = wait_for("the retraining webhook", || {
         hooks.lock().unwrap().first().cloned()
     });
@@ -635,7 +723,7 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
             .as_array()
             .unwrap()
             .iter()
-            .any(|x| x["device"] == device),
+            .any(|x| x["device"] == dev(device).as_str()),
         "{d}"
     );
     agent.terminate();
@@ -645,7 +733,7 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
             .as_array()
             .unwrap()
             .iter()
-            .any(|x| x["device"] == device && x["status"] == "offline")
+            .any(|x| x["device"] == dev(device).as_str() && x["status"] == "offline")
             .then_some(())
     });
 }
@@ -664,7 +752,7 @@ fn drift_alert_and_one_retraining_trigger_with_the_embedded_broker() {
     held_out_then_shifted(dir.path(), &server, &tenant, "dev-1");
     // rumqttd's listener speaks 3.1.1 only: the agent's MQTT 5 CONNECT was
     // refused, and it fell back.
-    assert_eq!(device_health(&server, "dev-1")["mqtt_protocol"], 4);
+    assert_eq!(device_health(&server, &dev("dev-1"))["mqtt_protocol"], 4);
     drop(server.proc);
 }
 
@@ -765,8 +853,11 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
         .all(|p| p[0]["seq"].as_u64() < p[1]["seq"].as_u64()));
     assert!(ev
         .iter()
-        .all(|e| e["schema"] == 1 && e["device"] == "dev-m"));
-    assert_eq!(device_health(&server, "dev-m")["mqtt_protocol"], 5);
+        .all(|e| e["schema"] == 1 && e["device"] == dev("dev-m").as_str()));
+    assert!(ev
+        .iter()
+        .all(|e| e["sig"].as_str().is_some_and(|s| s.len() == 128)));
+    assert_eq!(device_health(&server, &dev("dev-m"))["mqtt_protocol"], 5);
     drop(server.proc);
 }
 
@@ -981,13 +1072,14 @@ fn broker_outage_loses_no_window_and_keeps_order() {
         "arrived in order: {received:?}"
     );
     let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
-    let dev = d["devices"]
+    let id_o = dev("dev-o");
+    let found = d["devices"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["device"] == "dev-o")
+        .find(|x| x["device"] == id_o.as_str())
         .cloned();
-    if let Some(dev) = dev {
+    if let Some(dev) = found {
         assert_eq!(dev["health"]["outbox_dropped"], 0, "{dev}");
     }
     // MQTT 5 on both sides, before and after the restart: the control
@@ -999,7 +1091,7 @@ fn broker_outage_loses_no_window_and_keeps_order() {
         ingest.iter().all(|c| c.starts_with("p5, c0,")),
         "{ingest:?}"
     );
-    let agent = broker.connections_of(&format!("ferry-{tenant}-dev-o"));
+    let agent = broker.connections_of(&format!("ferry-{tenant}-{}", dev("dev-o")));
     assert!(agent.len() >= 2, "{agent:?}");
     assert!(agent.iter().all(|c| c.starts_with("p5, c1,")), "{agent:?}");
     broker.stop();
@@ -1095,30 +1187,34 @@ fn summaries_over_tls_to_an_external_broker() {
         let w = drift_windows(server.http);
         (w.len() >= 2).then_some(w)
     });
-    assert!(w.iter().all(|x| x["device"] == "dev-tls"), "{w:?}");
+    assert!(
+        w.iter().all(|x| x["device"] == dev("dev-tls").as_str()),
+        "{w:?}"
+    );
     assert_same_psi(&psi_of(&w[0]), &offline_psi(&rows[..10]));
     // Sent first, the untrusting agent's windows never got through.
     assert!(drift_windows(server.http)
         .iter()
-        .all(|x| x["device"] != "dev-no-ca"));
+        .all(|x| x["device"] != dev("dev-no-ca").as_str()));
     // Mosquitto logs MQTT 3.1.1 as `p2` (its own numbering), 5 as `p5`.
     let ingest = broker.ingest_connections();
     assert!(
         !ingest.is_empty() && ingest.iter().all(|c| c.starts_with("p2,")),
         "{ingest:?}"
     );
-    let agent = broker.connections_of(&format!("ferry-{tenant}-dev-tls"));
+    let agent = broker.connections_of(&format!("ferry-{tenant}-{}", dev("dev-tls")));
     assert!(
         !agent.is_empty() && agent.iter().all(|c| c.starts_with("p5,")),
         "{agent:?}"
     );
     assert!(broker
-        .connections_of(&format!("ferry-{tenant}-dev-no-ca"))
+        .connections_of(&format!("ferry-{tenant}-{}", dev("dev-no-ca")))
         .is_empty());
 }
 
 /// A burst far larger than the ingest's request queue (256) and MQTT 5's
-/// receive maximum (100): every message is stored and acknowledged. (The
+/// receive maximum (100): every message is handled and acknowledged (each
+/// refused and counted: no enrolled device signed these). (The
 /// stall this guards against, acks dropped when the queue was full, showed
 /// with 10,000 drift summaries in `scripts/bench/telemetry.py --broker`;
 /// these lighter health messages did not reproduce it before the fix.)
@@ -1174,10 +1270,24 @@ fn ingest_keeps_up_with_a_burst_over_mqtt_5() {
             }
         }
     });
-    let n = wait_for("every device's health stored", || {
-        let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
-        let n = d["devices"].as_array().map_or(0, |a| a.len());
-        (n == N).then_some(n)
+    // None of these devices is enrolled and none signed: every message is
+    // handled (refused, counted) and acknowledged, none stored.
+    let n = wait_for("every message handled by the ingest", || {
+        let n = metric(server.http, "ferry_telemetry_unauthenticated_total");
+        (n >= N as u64).then_some(n)
     });
-    assert_eq!(n, N);
+    assert_eq!(n, N as u64);
+    let (_, d) = call(server.http, "GET", "/api/v1/devices", None);
+    assert_eq!(d["devices"].as_array().map_or(0, |a| a.len()), 0, "{d}");
+}
+
+/// A counter from the server's `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (s, b) = Conn::open(addr).request("GET", "/metrics", None, b"");
+    assert_eq!(s, 200);
+    String::from_utf8_lossy(&b)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }

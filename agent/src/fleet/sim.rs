@@ -389,3 +389,49 @@ pub async fn hold_unenrolled(server: &str, ca: &Path, n: usize) -> Result<Vec<St
     }
     Ok(reasons)
 }
+
+/// Connects as the enrolled device in `data`, opens a control stream,
+/// sends `frames` after its Hello, and keeps the connection open until
+/// `done()` (polled) says the control plane has handled them. For the
+/// flood tests: what a compromised device could send.
+pub async fn probe_control(
+    data: &Path,
+    frames: Vec<AgentFrame>,
+    done: impl Fn() -> bool,
+) -> Result<usize, FleetError> {
+    use ferry_protocol::frames::PROTOCOL_VERSION;
+    let id = Identity::load(data)?.ok_or_else(|| FleetError::Bad {
+        path: super::fleet_dir(data).join("device.json"),
+        reason: "not enrolled".into(),
+    })?;
+    let cfg = super::device_client_config(data)?;
+    let endpoint = tls::client_endpoint()?;
+    let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+    let (mut s, _r) = conn
+        .open_bi()
+        .await
+        .map_err(|e| FleetError::Protocol(e.to_string()))?;
+    send_frame(
+        &mut s,
+        &AgentFrame::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "probe".into(),
+            target: std::env::consts::ARCH.into(),
+            target_triple: "probe".into(),
+            runtimes: vec![],
+            installed: vec![],
+            last_sequence: None,
+        },
+    )
+    .await?;
+    let mut sent = 0;
+    for f in &frames {
+        send_frame(&mut s, f).await?;
+        sent += 1;
+    }
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    conn.close(quinn::VarInt::from_u32(0), b"probe done");
+    Ok(sent)
+}

@@ -91,6 +91,11 @@ pub enum TelemetryConfigError {
     CaWithoutTls,
     #[error("telemetry: {0}")]
     Version(String),
+    #[error("telemetry: device identity {path}: {reason}")]
+    Identity {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// The resolved telemetry settings.
@@ -110,6 +115,10 @@ pub struct TelemetryConfig {
     pub max_backoff_secs: u64,
     /// At shutdown, how long to try publishing what is queued.
     pub drain_secs: u64,
+    /// The enrolled device key: every message carries its signature
+    /// (`"sig"`), which the control plane verifies. Without enrollment
+    /// messages go unsigned, and the control plane refuses them.
+    pub signer: Option<Arc<ed25519_dalek::SigningKey>>,
 }
 
 fn hostname() -> String {
@@ -128,6 +137,10 @@ pub struct Enrolled<'a> {
     pub mqtt_url: Option<&'a str>,
     pub tenant: &'a str,
     pub device_id: &'a str,
+    /// The enrollment directory (`DATA/fleet`): `device.key` signs every
+    /// message, and with `device.der` authenticates to an `mqtts://`
+    /// broker, whose certificate `ca.der` (the fleet CA) may have issued.
+    pub dir: &'a Path,
 }
 
 /// Flags win over the file, the file over the enrollment (broker, tenant,
@@ -171,9 +184,10 @@ pub fn resolve(
             });
         }
     }
+    let identity = enrolled.map(|e| load_identity(e.dir)).transpose()?;
     let ca = args.mqtt_ca.clone().or(file.ca_file);
     let tls = match (url.tls, ca) {
-        (true, ca) => Some(tls_config(ca.as_deref())?),
+        (true, ca) => Some(tls_config(ca.as_deref(), identity.as_ref())?),
         (false, Some(_)) => return Err(TelemetryConfigError::CaWithoutTls),
         (false, None) => None,
     };
@@ -205,11 +219,59 @@ pub fn resolve(
         tick_ms: 100,
         max_backoff_secs: 2,
         drain_secs: 5,
+        signer: identity.map(|i| Arc::new(i.key)),
     }))
 }
 
-fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryConfigError> {
-    ferry_mqtt::tls_config(ca).map_err(|e| TelemetryConfigError::Ca {
+/// An enrolled device's key, certificate and fleet CA.
+struct DeviceIdentity {
+    key: ed25519_dalek::SigningKey,
+    key_der: Vec<u8>,
+    cert_der: Vec<u8>,
+    ca_der: Vec<u8>,
+}
+
+fn load_identity(dir: &Path) -> Result<DeviceIdentity, TelemetryConfigError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| TelemetryConfigError::Identity {
+            path,
+            reason: e.to_string(),
+        })
+    };
+    let key_der = read("device.key")?;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_der(&key_der).map_err(|e| {
+        TelemetryConfigError::Identity {
+            path: dir.join("device.key"),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(DeviceIdentity {
+        key,
+        key_der,
+        cert_der: read("device.der")?,
+        ca_der: read("ca.der")?,
+    })
+}
+
+/// TLS to the broker: `ca` (or the system's roots), plus, on an enrolled
+/// device, the fleet CA and the device certificate as client certificate.
+fn tls_config(
+    ca: Option<&Path>,
+    identity: Option<&DeviceIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TelemetryConfigError> {
+    let (roots, client) = match identity {
+        Some(i) => (
+            vec![i.ca_der.clone()],
+            Some(ferry_mqtt::ClientIdentity {
+                cert_der: i.cert_der.clone(),
+                key_pkcs8_der: i.key_der.clone(),
+            }),
+        ),
+        None => (Vec::new(), None),
+    };
+    ferry_mqtt::tls_client_config(ca, &roots, client).map_err(|e| TelemetryConfigError::Ca {
         path: e.path,
         reason: e.reason,
     })
@@ -295,5 +357,30 @@ impl EventSink for OutboxEvents {
         ) {
             tracing::error!(error = %err, kind = e.kind, "telemetry: queueing an event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Enrollment writes the device key as rcgen (ring) serialises it; the
+    /// telemetry signer reads the same key.
+    #[test]
+    fn the_enrollment_key_signs_telemetry() {
+        let d = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        std::fs::write(d.path().join("device.key"), key.serialize_der()).unwrap();
+        std::fs::write(d.path().join("device.der"), b"cert").unwrap();
+        std::fs::write(d.path().join("ca.der"), b"ca").unwrap();
+        let id = load_identity(d.path()).unwrap();
+        assert_eq!(
+            id.key.verifying_key().to_bytes().as_slice(),
+            key.public_key_raw()
+        );
+        let signed =
+            ferry_protocol::telemetry::sign_payload("drift", b"{\"a\":1}", &id.key).unwrap();
+        let pk: [u8; 32] = key.public_key_raw().try_into().unwrap();
+        assert!(ferry_protocol::telemetry::verify_payload("drift", &signed, &pk).is_ok());
     }
 }

@@ -18,7 +18,8 @@ use super::window::Windows;
 use super::TelemetryConfig;
 use ferry_mqtt::{ConnError, Event as MqttEvent, Negotiation, Protocol};
 use ferry_protocol::telemetry::{
-    topic, DriftSummary, Event, Health, KIND_DRIFT, KIND_EVENTS, KIND_HEALTH, TELEMETRY_SCHEMA,
+    sign_payload, topic, DriftSummary, Event, Health, KIND_DRIFT, KIND_EVENTS, KIND_HEALTH,
+    TELEMETRY_SCHEMA,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,7 +93,16 @@ fn health(
     if h.status == "offline-will" {
         h.status = "offline".into();
     }
-    serde_json::to_vec(&h).unwrap_or_default()
+    seal(cfg, KIND_HEALTH, serde_json::to_vec(&h).unwrap_or_default())
+}
+
+/// Signs a message of `kind` with the enrolled device key (the `"sig"`
+/// field); unsigned without enrollment.
+fn seal(cfg: &TelemetryConfig, kind: &str, body: Vec<u8>) -> Vec<u8> {
+    match &cfg.signer {
+        Some(key) => sign_payload(kind, &body, key).unwrap_or(body),
+        None => body,
+    }
 }
 
 fn connect(cfg: &TelemetryConfig, will: Vec<u8>, protocol: Protocol) -> Conn {
@@ -149,7 +159,11 @@ fn queue_closed(
             s.tenant = cfg.tenant.clone();
             s.device = cfg.device.clone();
             s.seq = seq;
-            serde_json::to_vec::<DriftSummary>(&s).unwrap_or_default()
+            seal(
+                cfg,
+                KIND_DRIFT,
+                serde_json::to_vec::<DriftSummary>(&s).unwrap_or_default(),
+            )
         })?;
     }
     Ok(())
@@ -166,7 +180,7 @@ pub fn queue_event(
 ) -> Result<u64, OutboxError> {
     let t = topic(&cfg.tenant, &cfg.device, KIND_EVENTS);
     outbox.push(&t, |seq| {
-        serde_json::to_vec(&Event {
+        let body = serde_json::to_vec(&Event {
             schema: TELEMETRY_SCHEMA,
             tenant: cfg.tenant.clone(),
             device: cfg.device.clone(),
@@ -177,7 +191,8 @@ pub fn queue_event(
             version,
             detail,
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+        seal(cfg, KIND_EVENTS, body)
     })
 }
 

@@ -3,6 +3,7 @@
 //! library modules.
 
 mod audit;
+mod broker;
 // `BundleCmd::Build` carries every build flag; it is parsed once per run.
 #[allow(clippy::large_enum_variant)]
 mod bundle;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Run a control plane and one enrolled agent serving a signed demo
     /// model on localhost, until Ctrl-C
     Demo(demo::DemoArgs),
+    /// Certificates for an external MQTT broker that authenticates devices (deploy/mosquitto)
+    #[command(subcommand)]
+    Broker(broker::BrokerCmd),
 }
 
 pub fn init_tracing() {
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployments(a) => device::deployments(a),
         Command::Undeploy(a) => device::undeploy(a),
         Command::Demo(a) => demo::demo(a),
+        Command::Broker(c) => broker::run(c),
     }
 }
 

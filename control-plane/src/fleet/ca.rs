@@ -106,14 +106,24 @@ impl DeviceCa {
     }
 
     pub fn cert_pem(&self) -> String {
-        let b64 = base64_encode(&self.cert_der);
-        let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-        out
+        pem("CERTIFICATE", &self.cert_der)
+    }
+
+    /// A client certificate (and its fresh PKCS#8 key) whose common name is
+    /// `name`: the MQTT user a broker with `use_identity_as_username` sees
+    /// (`ferry-control` for the server's ingest). Device ids start with
+    /// `dev_`, so a name without that prefix never collides with a device.
+    pub fn issue_client(&self, name: &str) -> Result<(Vec<u8>, Vec<u8>), CaError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok((cert.der().to_vec(), key.serialize_der()))
     }
 
     /// A client certificate for a device's own public key. The subject
@@ -153,6 +163,18 @@ impl DeviceCa {
         let cert = p.signed_by(&key, &issuer)?;
         Ok((cert.der().to_vec(), key.serialize_der()))
     }
+}
+
+/// `der` as a PEM block labelled `label` (`CERTIFICATE`, `PRIVATE KEY`).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -21,6 +21,7 @@ mod bundle_serve;
 pub mod ca;
 mod quic;
 mod sequence;
+pub mod report_limit;
 pub mod service;
 pub mod trust;
 

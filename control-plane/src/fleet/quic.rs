@@ -2,6 +2,7 @@
 //! certificate, the control stream and fetch streams on mutual-TLS ones.
 
 use super::admission::{self, Admission, ENROLL_FRAME_LIMIT};
+use super::report_limit::{truncate, Admit, ReportLimiter, MAX_RECORDS_PER_MINUTE};
 use super::{db, Fleet, FleetError};
 use crate::audit::{OUTCOME_OK, OUTCOME_REFUSED};
 use ferry_protocol::frames::{
@@ -367,7 +368,7 @@ async fn enroll(
     );
     if let Err(e) = fleet
         .store
-        .enroll_device(&device, &sha256(&cert).to_hex(), entry)
+        .enroll_device(&device, &sha256(&cert).to_hex(), public_key, entry)
         .await
     {
         return refused("internal", e.to_string());
@@ -516,8 +517,12 @@ async fn control(
     }
 }
 
+/// Handles a frame from the device's control stream. Reports and refusals
+/// are the device's words: cut to size, checked against its assignment,
+/// written once per change and capped per minute ([`report_limit`]).
 async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
     let actor = format!("device {}", device.id);
+    let now = fleet.store.clock().now_secs();
     match frame {
         AgentFrame::Report {
             model,
@@ -525,21 +530,50 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             outcome,
         } => {
             fleet.clear_progress(&device.id);
-            let _w = fleet.writes.lock().await;
-            let target = format!("{model} v{version}");
+            let target = format!("{} v{version}", truncate(model.as_str()));
             let (state, detail, outcome_s) = match &outcome {
                 ActivationOutcome::Activated => ("active".to_string(), String::new(), OUTCOME_OK),
                 ActivationOutcome::Refused { code, reason } => (
                     "failed".to_string(),
-                    format!("{code}: {reason}"),
+                    truncate(&format!("{code}: {reason}")),
                     OUTCOME_REFUSED,
                 ),
                 ActivationOutcome::RolledBack { to, reason } => (
                     "rolled_back".to_string(),
-                    format!("to v{to}: {reason}"),
+                    truncate(&format!("to v{to}: {reason}")),
                     OUTCOME_REFUSED,
                 ),
             };
+            // Only a model the device is assigned gets a row.
+            let assigned = match fleet.assignments(device).await {
+                Ok(a) => a.iter().any(|a| a.model == model),
+                Err(e) => {
+                    tracing::error!(device = %device.id, error = %e, "reading assignments failed");
+                    return;
+                }
+            };
+            let key = if assigned {
+                format!("report\0{target}\0{state}\0{detail}")
+            } else {
+                "report\0unassigned".to_string()
+            };
+            if !admitted(fleet, device, &actor, &key, now).await {
+                return;
+            }
+            let _w = fleet.writes.lock().await;
+            if !assigned {
+                fleet
+                    .audit(
+                        &device.tenant,
+                        &actor,
+                        "device.activate",
+                        &target,
+                        OUTCOME_REFUSED,
+                        "report for a model this device is not assigned; not recorded".into(),
+                    )
+                    .await;
+                return;
+            }
             let entry = Fleet::audit_entry(
                 &device.tenant,
                 &actor,
@@ -576,14 +610,20 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
             code,
             reason,
         } => {
+            let detail = truncate(&format!("{code}: {reason}"));
+            let target = sequence.map(|s| format!("#{s}")).unwrap_or_default();
+            let key = format!("refused\0{target}\0{detail}");
+            if !admitted(fleet, device, &actor, &key, now).await {
+                return;
+            }
             fleet
                 .audit(
                     &device.tenant,
                     &actor,
                     "device.desired_state",
-                    &sequence.map(|s| format!("#{s}")).unwrap_or_default(),
+                    &target,
                     OUTCOME_REFUSED,
-                    format!("{code}: {reason}"),
+                    detail,
                 )
                 .await;
         }
@@ -596,6 +636,35 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
         | AgentFrame::Enroll { .. }
         | AgentFrame::TrustRoot { .. }
         | AgentFrame::TrustRootRefused { .. } => {}
+    }
+}
+
+/// Whether a record keyed `key` from `device` may be written now; a flood
+/// is audited once per minute, as one record.
+async fn admitted(fleet: &Fleet, device: &db::Device, actor: &str, key: &str, now: u64) -> bool {
+    match ReportLimiter::global().admit(&device.id, key, now) {
+        Admit::Record => true,
+        Admit::Repeat => false,
+        Admit::Drop {
+            audit,
+            dropped_before,
+        } => {
+            if audit {
+                fleet
+                    .audit(
+                        &device.tenant,
+                        actor,
+                        "device.report_flood",
+                        &device.id,
+                        OUTCOME_REFUSED,
+                        format!(
+                            "over {MAX_RECORDS_PER_MINUTE} reports this minute; further ones are dropped until the next ({dropped_before} dropped the minute before)"
+                        ),
+                    )
+                    .await;
+            }
+            false
+        }
     }
 }
 

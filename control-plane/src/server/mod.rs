@@ -187,7 +187,8 @@ pub async fn serve_with(
         fleet_state = Some(fleet);
         _quic = Some(endpoint);
     }
-    axum::serve(listener, app(state, fleet_state))
+    let metrics = crate::telemetry::metrics::routes(_telemetry.as_ref().map(|t| t.engine.clone()));
+    axum::serve(listener, app(state, fleet_state).merge(metrics))
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|source| ServerError::Io {

@@ -189,17 +189,20 @@ impl Store {
     }
 
     /// Records an enrolled device (audited as `entry`).
+    /// `public_key`: the raw ed25519 key the device generated, which
+    /// verifies its telemetry.
     pub async fn enroll_device(
         &self,
         d: &Device,
         fingerprint: &str,
+        public_key: &[u8],
         entry: AuditEntry,
     ) -> Result<()> {
         let mut m = self.mutation(entry).await?;
         let tx = &mut m.tx;
         let out: Result<_> = async {
             sqlx::query(
-                "INSERT INTO devices (id, tenant, fingerprint, hostname, labels, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO devices (id, tenant, fingerprint, hostname, labels, created_at, public_key) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(d.id.as_str())
             .bind(d.tenant.as_str())
@@ -207,6 +210,7 @@ impl Store {
             .bind(d.hostname.as_str())
             .bind(labels_to_string(&d.labels))
             .bind(d.created_at)
+            .bind(hex::encode(public_key))
             .execute(&mut **tx)
             .await?;
             Ok(())

@@ -89,8 +89,48 @@ impl FromRow<'_, AnyRow> for HealthRow {
     }
 }
 
+/// What ingest needs to know of a device named on a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceKey {
+    /// The raw ed25519 public key it enrolled with (`None`: enrolled before
+    /// keys were recorded).
+    pub public_key: Option<[u8; 32]>,
+    pub revoked: bool,
+}
+
 impl Store {
     // ------------------------------------------------------------- ingest
+
+    /// Whether `tenant` has any enrolled device (refusals naming a tenant
+    /// without one are not audited: there is no chain to protect, and an
+    /// attacker's made-up names must not start one).
+    pub async fn tenant_has_devices(&self, tenant: &str) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM devices WHERE tenant = $1 LIMIT 1")
+                .bind(tenant)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// The enrolled device `device` of `tenant`: its public key and whether
+    /// it is revoked; `None` when the tenant has no such device.
+    pub async fn device_key(&self, tenant: &str, device: &str) -> Result<Option<DeviceKey>> {
+        let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT public_key, revoked_at FROM devices WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(device)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(key, revoked_at)| DeviceKey {
+            public_key: key.and_then(|k| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(k, &mut out).ok().map(|()| out)
+            }),
+            revoked: revoked_at.is_some(),
+        }))
+    }
 
     /// Stores a device event; false when its sequence number was seen.
     pub async fn insert_device_event(

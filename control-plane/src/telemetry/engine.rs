@@ -8,10 +8,11 @@
 //! UPDATE of `trigger_state`, so a cooldown holds across replicas sharing
 //! one database.
 
+use super::admission::{Admission, Refusal};
 use super::cron::Cron;
 use super::policy::{self, Aggregation, DriftPolicy};
 use super::webhook;
-use crate::audit::{AuditEntry, OUTCOME_OK};
+use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::store::telemetry::{NewAlert, NewTrigger};
 use crate::store::{Store, StoreError};
 use ferry_protocol::telemetry::{
@@ -19,12 +20,9 @@ use ferry_protocol::telemetry::{
     KIND_EVENTS, KIND_HEALTH, MAX_PAYLOAD,
 };
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// (tenant, model, version).
-type ModelVersion = (String, String, u64);
 
 /// The engine's clock (milliseconds; any `Fn() -> u64` closure is one).
 pub type Clock = crate::clock::SharedClock;
@@ -39,6 +37,8 @@ pub enum IngestError {
     Invalid { kind: &'static str, reason: String },
     #[error("payload names {payload:?}, the topic {topic:?}")]
     Mismatch { topic: String, payload: String },
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -57,6 +57,11 @@ pub struct Counters {
     pub ingested: AtomicU64,
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
+    /// Of the refused: not signed by the enrolled, unrevoked device the
+    /// topic names (spoofed, unknown, revoked).
+    pub unauthenticated: AtomicU64,
+    /// Of the refused: over the per-device cap per minute.
+    pub rate_limited: AtomicU64,
     pub alerts: AtomicU64,
     pub triggers: AtomicU64,
 }
@@ -68,9 +73,8 @@ pub struct Engine {
     /// Publishes alerts as MQTT events once the ingest client is connected.
     pub mqtt: Mutex<Option<ferry_mqtt::Client>>,
     policies: Mutex<HashMap<(String, String), (DriftPolicy, u64)>>,
-    /// First class distribution seen per (tenant, model, version): the
-    /// reference for prediction-shift alerts.
-    first_classes: Mutex<HashMap<ModelVersion, BTreeMap<String, u64>>>,
+    /// Signatures, device keys, per-device caps, refusal audits.
+    pub admission: Admission,
     pub counters: Counters,
     /// Webhook retry delays, ms (tests shorten them).
     pub retry_ms: Vec<u64>,
@@ -82,6 +86,12 @@ const POLICY_TTL_MS: u64 = 1000;
 
 impl Engine {
     pub fn new(store: Store, clock: Clock) -> Arc<Self> {
+        Self::with_limit(store, clock, super::admission::DEFAULT_MAX_PER_MINUTE)
+    }
+
+    /// `max_per_minute`: drift windows (and events) stored per device per
+    /// minute.
+    pub fn with_limit(store: Store, clock: Clock, max_per_minute: u32) -> Arc<Self> {
         Arc::new(Self {
             store,
             clock,
@@ -91,7 +101,7 @@ impl Engine {
                 .unwrap_or_default(),
             mqtt: Mutex::new(None),
             policies: Mutex::new(HashMap::new()),
-            first_classes: Mutex::new(HashMap::new()),
+            admission: Admission::new(max_per_minute),
             counters: Counters::default(),
             retry_ms: vec![500, 1000, 2000, 4000],
         })
@@ -116,6 +126,12 @@ impl Engine {
             .await?
             .unwrap_or_default();
         if let Ok(mut c) = self.policies.lock() {
+            if c.len() >= super::admission::MAX_ENTRIES {
+                c.retain(|_, (_, at)| now.saturating_sub(*at) < POLICY_TTL_MS);
+                if c.len() >= super::admission::MAX_ENTRIES {
+                    c.clear();
+                }
+            }
             c.insert(key, (p.clone(), now));
         }
         Ok(p)
@@ -136,7 +152,45 @@ impl Engine {
             Ok(_) => self.counters.ingested.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.counters.refused.fetch_add(1, Ordering::Relaxed),
         };
+        if let (Err(IngestError::Refused(why)), Some((tenant, device, _))) =
+            (&r, parse_topic(topic_name))
+        {
+            let counter = match why {
+                Refusal::RateLimited { .. } => &self.counters.rate_limited,
+                _ => &self.counters.unauthenticated,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.audit_refusal(tenant, device, why).await;
+        }
         r
+    }
+
+    /// Audits a refusal, at most once per minute per source; the record
+    /// says how many were held back since the last one.
+    async fn audit_refusal(&self, tenant: &str, device: &str, why: &Refusal) {
+        if matches!(why, Refusal::UnknownDevice { .. })
+            && !self.store.tenant_has_devices(tenant).await.unwrap_or(false)
+        {
+            return;
+        }
+        let Some(held) = self.admission.audit_due(tenant, device, self.now_ms()) else {
+            return;
+        };
+        let entry = AuditEntry {
+            tenant: tenant.into(),
+            request_id: crate::auth::random_id("tlm_", 8),
+            actor: "ferry telemetry".into(),
+            action: "telemetry.refuse".into(),
+            target: format!("device {device}"),
+            outcome: OUTCOME_REFUSED.into(),
+            detail: format!(
+                "{}: {why}; {held} more refused from this source since the last record (audited once per minute per source)",
+                why.code()
+            ),
+        };
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!(tenant, device, error = %e, "auditing a telemetry refusal failed");
+        }
     }
 
     async fn ingest_inner(&self, topic_name: &str, payload: &[u8]) -> Result<Outcome, IngestError> {
@@ -149,6 +203,18 @@ impl Engine {
             // Our own alert events.
             return Ok(Outcome::default());
         }
+        if kind == KIND_HEALTH && payload.is_empty() {
+            // A cleared retained message: nothing to store.
+            return Ok(Outcome::default());
+        }
+        if ![KIND_DRIFT, KIND_HEALTH, KIND_EVENTS].contains(&kind) {
+            return Err(IngestError::Topic(format!("{topic_name} (kind {kind:?})")));
+        }
+        // The broker is not trusted: only the enrolled device's signature
+        // lets a message in.
+        self.admission
+            .verify(&self.store, tenant, device, kind, payload, self.now_ms())
+            .await??;
         let check = |t: &str, d: &str| {
             if t == tenant && d == device {
                 Ok(())
@@ -171,14 +237,12 @@ impl Engine {
                     reason,
                 })?;
                 check(&s.tenant, &s.device)?;
+                self.admission
+                    .count(tenant, device, KIND_DRIFT, s.window_end_ms)?;
                 let raw = String::from_utf8_lossy(payload).into_owned();
                 self.drift(s, raw).await
             }
             KIND_HEALTH => {
-                if payload.is_empty() {
-                    // A cleared retained message.
-                    return Ok(Outcome::default());
-                }
                 let h: Health =
                     serde_json::from_slice(payload).map_err(|e| IngestError::Invalid {
                         kind: "health",
@@ -195,6 +259,7 @@ impl Engine {
                         reason: e.to_string(),
                     })?;
                 check(&e.tenant, &e.device)?;
+                self.admission.count(tenant, device, KIND_EVENTS, e.at_ms)?;
                 let stored = self
                     .store
                     .insert_device_event(
@@ -285,16 +350,13 @@ impl Engine {
                 out.alerts.push(id);
             }
         }
-        if p.prediction_shift_threshold > 0.0 && !s.predictions.classes.is_empty() {
-            let key = (s.tenant.clone(), s.model.clone(), s.version);
-            let reference = match self.first_classes.lock() {
-                Ok(mut m) => m
-                    .entry(key)
-                    .or_insert_with(|| s.predictions.classes.clone())
-                    .clone(),
-                Err(_) => s.predictions.classes.clone(),
-            };
-            if let Some(tvd) = policy::class_tvd(&reference, &s.predictions.classes) {
+        // The reference is the operator's (the policy), never a window.
+        let reference = p
+            .prediction_reference
+            .as_ref()
+            .filter(|_| p.prediction_shift_threshold > 0.0 && !s.predictions.classes.is_empty());
+        if let Some(reference) = reference {
+            if let Some(tvd) = policy::class_tvd(reference, &s.predictions.classes) {
                 if tvd >= p.prediction_shift_threshold {
                     if let Some(id) = self
                         .raise(

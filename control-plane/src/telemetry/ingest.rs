@@ -107,6 +107,11 @@ pub async fn run(engine: Arc<Engine>, broker: BrokerAddr, client_id: String) {
                             tracing::error!(topic = %m.topic, error = %e, "telemetry not stored; reconnecting for redelivery");
                             break None;
                         }
+                        // Counted in /metrics and audited once per minute
+                        // per source: a flood must not flood the log either.
+                        Err(e @ super::engine::IngestError::Refused(_)) => {
+                            tracing::debug!(topic = %m.topic, error = %e, "telemetry message refused");
+                        }
                         Err(e) => {
                             tracing::warn!(topic = %m.topic, error = %e, "telemetry message refused");
                         }

@@ -4,11 +4,13 @@
 //! triggers), the pure policy checks ([`policy`], [`cron`]), webhook
 //! delivery ([`webhook`]) and the REST routes ([`api`]).
 
+pub mod admission;
 pub mod api;
 pub mod broker;
 pub mod cron;
 pub mod engine;
 pub mod ingest;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod webhook;
@@ -38,6 +40,12 @@ pub struct TelemetryOptions {
     pub mqtt_advertise: Option<String>,
     /// MQTT version the ingest speaks to an external broker.
     pub mqtt_version: ferry_mqtt::Version,
+    /// Client certificate and key (PEM) the ingest presents to an
+    /// `mqtts://` broker that requires one (`ferry broker certs`).
+    pub mqtt_cert: Option<PathBuf>,
+    pub mqtt_key: Option<PathBuf>,
+    /// Drift windows (and events) stored per device per minute.
+    pub max_per_minute: Option<u32>,
 }
 
 /// `ferry server` telemetry flags.
@@ -61,6 +69,15 @@ pub struct TelemetryArgs {
     /// MQTT version for the external broker: auto (5, falling back to 3.1.1), 5 or 3.1.1
     #[arg(long, env = "FERRY_MQTT_VERSION", default_value = "auto")]
     pub mqtt_version: ferry_mqtt::Version,
+    /// Client certificate (PEM) the ingest presents to an mqtts:// broker that requires one (see `ferry broker certs`)
+    #[arg(long, env = "FERRY_MQTT_CERT", requires = "mqtt_key")]
+    pub mqtt_cert: Option<PathBuf>,
+    /// Private key (PKCS#8 PEM) of --mqtt-cert
+    #[arg(long, env = "FERRY_MQTT_KEY", requires = "mqtt_cert")]
+    pub mqtt_key: Option<PathBuf>,
+    /// Most drift windows (and, apart, events) stored per device per minute of their own time; more are refused and counted
+    #[arg(long, env = "FERRY_TELEMETRY_MAX_PER_MINUTE")]
+    pub telemetry_max_per_minute: Option<u32>,
 }
 
 impl TelemetryArgs {
@@ -72,6 +89,9 @@ impl TelemetryArgs {
             disabled: self.no_mqtt,
             mqtt_advertise: self.mqtt_advertise.clone(),
             mqtt_version: self.mqtt_version,
+            mqtt_cert: self.mqtt_cert.clone(),
+            mqtt_key: self.mqtt_key.clone(),
+            max_per_minute: self.telemetry_max_per_minute,
         }
     }
 }
@@ -86,6 +106,10 @@ pub enum TelemetryError {
     Ca { path: PathBuf, reason: String },
     #[error("--mqtt-ca needs an mqtts:// broker URL")]
     CaWithoutTls,
+    #[error("--mqtt-cert/--mqtt-key {path}: {reason}")]
+    ClientCert { path: PathBuf, reason: String },
+    #[error("--mqtt-cert and --mqtt-key need an mqtts:// broker URL")]
+    CertWithoutTls,
     #[error("MQTT client id file {path}: {source}")]
     ClientId {
         path: PathBuf,
@@ -108,10 +132,29 @@ fn parse_url(url: &str) -> Result<BrokerUrl, TelemetryError> {
     url.parse().map_err(|reason| TelemetryError::Url { reason })
 }
 
-fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
-    ferry_mqtt::tls_config(ca).map_err(|e| TelemetryError::Ca {
+fn tls_config(
+    ca: Option<&Path>,
+    identity: Option<ferry_mqtt::ClientIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
+    ferry_mqtt::tls_client_config(ca, &[], identity).map_err(|e| TelemetryError::Ca {
         path: e.path,
         reason: e.reason,
+    })
+}
+
+/// The ingest's client certificate and PKCS#8 key, from PEM files.
+fn client_identity(cert: &Path, key: &Path) -> Result<ferry_mqtt::ClientIdentity, TelemetryError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let bad = |path: &Path, e: rustls::pki_types::pem::Error| TelemetryError::ClientCert {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let cert_der = CertificateDer::from_pem_file(cert).map_err(|e| bad(cert, e))?;
+    let key_der = PrivatePkcs8KeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
+    Ok(ferry_mqtt::ClientIdentity {
+        cert_der: cert_der.to_vec(),
+        key_pkcs8_der: key_der.secret_pkcs8_der().to_vec(),
     })
 }
 
@@ -153,8 +196,13 @@ pub async fn start(
     let (addr, url, embedded) = match &opts.mqtt_url {
         Some(u) => {
             let url = parse_url(u)?;
+            let identity = match (&opts.mqtt_cert, &opts.mqtt_key) {
+                (Some(c), Some(k)) if url.tls => Some(client_identity(c, k)?),
+                (None, None) => None,
+                _ => return Err(TelemetryError::CertWithoutTls),
+            };
             let tls = match (url.tls, &opts.mqtt_ca) {
-                (true, ca) => Some(tls_config(ca.as_deref())?),
+                (true, ca) => Some(tls_config(ca.as_deref(), identity)?),
                 (false, Some(_)) => return Err(TelemetryError::CaWithoutTls),
                 (false, None) => None,
             };
@@ -226,7 +274,12 @@ pub async fn start(
             "external"
         }
     );
-    let engine = engine::Engine::new(store.clone(), store.clock().clone());
+    let engine = engine::Engine::with_limit(
+        store.clone(),
+        store.clock().clone(),
+        opts.max_per_minute
+            .unwrap_or(admission::DEFAULT_MAX_PER_MINUTE),
+    );
     let client_id = client_id(data)?;
     tokio::spawn(ingest::run(engine.clone(), addr, client_id));
     let e2 = engine.clone();

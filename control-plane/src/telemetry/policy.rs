@@ -51,9 +51,14 @@ pub struct DriftPolicy {
     /// Data-quality alert when the missing-value rate ≥ this (default 0.1).
     pub missing_rate_threshold: f64,
     /// Prediction-shift alert when the total variation distance between a
-    /// window's class distribution and the first window of that version is
-    /// ≥ this (default 0.3; 0: off).
+    /// window's class distribution and `prediction_reference` is ≥ this
+    /// (default 0.3; 0: off).
     pub prediction_shift_threshold: f64,
+    /// The expected class distribution (class → count or weight), set by
+    /// an operator. Never taken from telemetry: a first window seen could
+    /// come from anyone. Without it there is no prediction-shift alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_reference: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Default for DriftPolicy {
@@ -73,6 +78,7 @@ impl Default for DriftPolicy {
             latency_p99_us_threshold: 0,
             missing_rate_threshold: 0.1,
             prediction_shift_threshold: 0.3,
+            prediction_reference: None,
         }
     }
 }
@@ -113,6 +119,13 @@ impl DriftPolicy {
         }
         if self.features.len() > ferry_protocol::telemetry::MAX_FEATURES {
             return Err("too many features".into());
+        }
+        if let Some(r) = &self.prediction_reference {
+            if r.is_empty() || r.len() > 1024 || r.values().all(|n| *n == 0) {
+                return Err(
+                    "prediction_reference must name 1 to 1024 classes with a positive total".into(),
+                );
+            }
         }
         Ok(())
     }
