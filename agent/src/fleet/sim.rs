@@ -267,7 +267,7 @@ impl DeviceLink {
         }
         cfg.transport_config(Arc::new(t));
         let endpoint = tls::client_endpoint()?;
-        let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+        let conn = tls::connect_named(&endpoint, &id.server, id.server_name.as_deref(), cfg).await?;
         Ok(Self {
             conn,
             endpoint,
@@ -377,7 +377,7 @@ pub async fn hold_unenrolled(server: &str, ca: &Path, n: usize) -> Result<Vec<St
         let cfg = tls::client_config(&ca_der, None)?;
         let (endpoint, server) = (endpoint.clone(), server.to_string());
         tasks.push(tokio::spawn(async move {
-            match tls::connect(&endpoint, &server, cfg).await {
+            match tls::connect_named(&endpoint, &server, None, cfg).await {
                 Ok(conn) => conn.closed().await.to_string(),
                 Err(e) => e.to_string(),
             }
@@ -406,7 +406,7 @@ pub async fn probe_control(
     })?;
     let cfg = super::device_client_config(data)?;
     let endpoint = tls::client_endpoint()?;
-    let conn = tls::connect(&endpoint, &id.server, cfg).await?;
+    let conn = tls::connect_named(&endpoint, &id.server, id.server_name.as_deref(), cfg).await?;
     let (mut s, _r) = conn
         .open_bi()
         .await

@@ -19,6 +19,8 @@ pub enum CaError {
     Cert(#[from] rcgen::Error),
     #[error("device public key must be 32 raw ed25519 bytes, got {0}")]
     BadPublicKey(usize),
+    #[error("device CA: unexpected Ed25519 PKCS#8 key layout")]
+    KeyFormat,
 }
 
 pub struct DeviceCa {
@@ -123,7 +125,7 @@ impl DeviceCa {
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = p.signed_by(&key, &issuer)?;
-        Ok((cert.der().to_vec(), key.serialize_der()))
+        Ok((cert.der().to_vec(), pkcs8_v1(&key.serialize_der())?))
     }
 
     /// A client certificate for a device's own public key. The subject
@@ -161,8 +163,28 @@ impl DeviceCa {
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = p.signed_by(&key, &issuer)?;
-        Ok((cert.der().to_vec(), key.serialize_der()))
+        Ok((cert.der().to_vec(), pkcs8_v1(&key.serialize_der())?))
     }
+}
+
+/// An Ed25519 PKCS#8 key as version 1 (RFC 5208: the seed only). rcgen
+/// (ring) writes version 2 with the public key appended, which OpenSSL 3,
+/// and so Mosquitto, refuses to decode ("wrong tag"); rustls reads both.
+fn pkcs8_v1(der: &[u8]) -> Result<Vec<u8>, CaError> {
+    const SEED: [u8; 4] = [0x04, 0x22, 0x04, 0x20];
+    const HEAD: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let at = der
+        .windows(SEED.len())
+        .position(|w| w == SEED)
+        .map(|i| i + SEED.len())
+        .filter(|i| der.len() >= i + 32)
+        .ok_or(CaError::KeyFormat)?;
+    let mut out = HEAD.to_vec();
+    out.extend_from_slice(&der[at..at + 32]);
+    Ok(out)
 }
 
 /// `der` as a PEM block labelled `label` (`CERTIFICATE`, `PRIVATE KEY`).
@@ -216,5 +238,23 @@ mod tests {
         let (s, k) = again.issue_server(&["localhost".into()]).unwrap();
         assert!(!s.is_empty() && !k.is_empty());
         assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
+    }
+
+    /// Keys are written as PKCS#8 v1 (OpenSSL 3 and Mosquitto refuse
+    /// ring's v2), and they are the same key rustls loads.
+    #[test]
+    fn keys_are_pkcs8_v1_seeds() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let d = tempfile::tempdir().unwrap();
+        let ca = DeviceCa::load_or_create(d.path()).unwrap();
+        let (_, server) = ca.issue_server(&["localhost".into()]).unwrap();
+        let (_, client) = ca.issue_client("ferry-control").unwrap();
+        for k in [server, client] {
+            assert_eq!(k.len(), 48);
+            assert_eq!(&k[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+            ed25519_dalek::SigningKey::from_pkcs8_der(&k).unwrap();
+            rcgen::KeyPair::try_from(k.as_slice()).unwrap();
+        }
+        assert!(pkcs8_v1(&[1, 2, 3]).is_err());
     }
 }

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_agent::fleet::sim::{hold_unenrolled, DeviceLink};
-use ferry_agent::fleet::{enroll, EnrollOptions, FleetError};
+use ferry_agent::fleet::{enroll, EnrollOptions, FleetError, RootPin};
 use ferry_e2e::fleet::{http_raw, ok, wait_for, Agent, Keys, Server, ADMIN};
 use ferry_protocol::frames::AgentFrame;
 use ferry_protocol::keys::Digest;
@@ -182,9 +182,9 @@ fn a_device_that_stalls_its_fetches_cannot_hold_the_fleets_download_slots() {
     );
     let (tok, ca) = token(&server, tmp.path(), 2);
     let attacker_dir = tmp.path().join("attacker");
-    let attacker = Agent::enroll(&server, &tok, &ca, &attacker_dir);
+    let attacker = Agent::enroll(&server, &tok, &ca, &attacker_dir, &keys.path("v1.root"));
     let honest_dir = tmp.path().join("honest");
-    let honest = Agent::enroll(&server, &tok, &ca, &honest_dir);
+    let honest = Agent::enroll(&server, &tok, &ca, &honest_dir, &keys.path("v1.root"));
     let (dep, digest) = deploy(&server, "fraud", "1");
 
     // The attacker opens more fetch streams than the fleet has slots, with
@@ -303,7 +303,7 @@ fn fetch_a_large_bundle(env: &[(&str, &str)]) {
     let (tok, ca) = token(&server, tmp.path(), 2);
     let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("dev{i}"))).collect();
     for d in &dirs {
-        Agent::enroll(&server, &tok, &ca, d);
+        Agent::enroll(&server, &tok, &ca, d, &keys.path("v1.root"));
     }
     let (_, digest) = deploy(&server, "big", "1");
     // The peak so far (the upload included); what serving adds is measured.
@@ -447,6 +447,8 @@ fn unauthenticated_connections_are_capped_and_enrollment_frames_are_small() {
         ca: ca.clone(),
         data: tmp.path().join(dir),
         hostname: Some(hostname),
+        server_name: None,
+        pin: RootPin::File(keys.path("v1.root")),
     };
     let err = rt
         .block_on(enroll(&opts("huge", "h".repeat(100 * 1024))))
@@ -478,7 +480,7 @@ fn a_progress_frame_with_huge_numbers_does_not_kill_the_control_stream() {
     let server = server_with(tmp.path(), &keys, &[], &[&v1]);
     let (tok, ca) = token(&server, tmp.path(), 1);
     let dir = tmp.path().join("dev");
-    let device = Agent::enroll(&server, &tok, &ca, &dir);
+    let device = Agent::enroll(&server, &tok, &ca, &dir, &keys.path("v1.root"));
     let (dep, digest) = deploy(&server, "fraud", "1");
     let rt = rt();
     let mut link = rt.block_on(DeviceLink::connect(&dir, None)).unwrap();

@@ -243,7 +243,7 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
     assert!(broker.starts_with("mqtt://127.0.0.1:"), "{broker}");
     let (ca, token) = prepare(&server, &keys, tmp.path(), 1);
     let data = tmp.path().join("agent");
-    let id = Agent::enroll(&server, &token, &ca, &data);
+    let id = Agent::enroll(&server, &token, &ca, &data, &keys.path("v1.root"));
 
     // Before the device says anything, an attacker on the broker publishes
     // windows in its name for its next sequence numbers: unsigned, and
@@ -406,9 +406,9 @@ fn mosquitto_with_the_shipped_config_binds_topics_to_device_certificates() {
     assert_eq!(broker, url);
     let (ca, token) = prepare(&server, &keys, tmp.path(), 2);
     let data_a = tmp.path().join("agent-a");
-    let id_a = Agent::enroll(&server, &token, &ca, &data_a);
+    let id_a = Agent::enroll(&server, &token, &ca, &data_a, &keys.path("v1.root"));
     let data_b = tmp.path().join("agent-b");
-    let id_b = Agent::enroll(&server, &token, &ca, &data_b);
+    let id_b = Agent::enroll(&server, &token, &ca, &data_b, &keys.path("v1.root"));
 
     // Device A publishes over mqtts:// with its enrollment certificate;
     // the control plane stores its signed window.
@@ -497,7 +497,7 @@ fn a_device_cannot_flood_its_tenants_audit_chain_with_reports() {
     let (server, _) = start_server(&tmp.path().join("server"), &["--no-mqtt"], &[]);
     let (ca, token) = prepare(&server, &keys, tmp.path(), 1);
     let data = tmp.path().join("agent");
-    let id = Agent::enroll(&server, &token, &ca, &data);
+    let id = Agent::enroll(&server, &token, &ca, &data, &keys.path("v1.root"));
     // A compromised device: reports for models it was never assigned and
     // desired-state refusals, each different, with long texts.
     let frames: Vec<AgentFrame> = (0..100u64)
