@@ -31,6 +31,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_fleet.sql"),
         include_str!("../../migrations/postgres/0003_fleet.sql"),
     ),
+    (
+        4,
+        "enrollment_token_revoke",
+        include_str!("../../migrations/sqlite/0004_enrollment_token_revoke.sql"),
+        include_str!("../../migrations/postgres/0004_enrollment_token_revoke.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

@@ -64,7 +64,6 @@ pub struct Counters {
 pub struct Engine {
     pub store: Store,
     clock: Clock,
-    http: reqwest::Client,
     /// Publishes alerts as MQTT events once the ingest client is connected.
     pub mqtt: Mutex<Option<ferry_mqtt::Client>>,
     policies: Mutex<HashMap<(String, String), (DriftPolicy, u64)>>,
@@ -85,10 +84,6 @@ impl Engine {
         Arc::new(Self {
             store,
             clock,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
             mqtt: Mutex::new(None),
             policies: Mutex::new(HashMap::new()),
             first_classes: Mutex::new(HashMap::new()),
@@ -540,13 +535,12 @@ impl Engine {
         tracing::warn!(tenant, model, version, reason, trigger = %id, "retraining triggered");
         if let Some(url) = p.webhook_url.clone() {
             let store = self.store.clone();
-            let http = self.http.clone();
             let secret = p.webhook_secret.clone().unwrap_or_default();
             let retry = self.retry_ms.clone();
             let id2 = id.clone();
             tokio::spawn(async move {
                 let (ok, attempts, err) =
-                    webhook::deliver(&http, &url, &secret, &id2, payload.as_bytes(), &retry).await;
+                    webhook::deliver(&url, &secret, &id2, payload.as_bytes(), &retry).await;
                 let _ = store.record_delivery(&id2, ok, attempts as i64, &err).await;
             });
         }
