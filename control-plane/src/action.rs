@@ -116,9 +116,9 @@ impl Action {
             | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
             | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | DeviceList
             | DeviceShow | DeviceCa | DeploymentList | DeploymentShow => Role::Viewer,
-            DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList
-            | DeviceTokenRevoke | DeviceLabel | DeviceRevoke | DeploymentCreate
-            | DeploymentScale | DeploymentDelete => Role::Operator,
+            DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
+            | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
+            | DeploymentDelete => Role::Operator,
             ModelRegister | VersionArchive | VersionRestore | AliasSet | AliasDelete
             | ProjectCreate => Role::Publisher,
             ModelDelete | VersionDelete | TokenList | TokenCreate | TokenRevoke | TrustPush

@@ -54,7 +54,9 @@ pub struct Transport {
 fn loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What `ferry login` stores (mode 0600).
@@ -170,8 +172,8 @@ impl Client {
                 reason,
             };
             let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
             if certs.is_empty() {
                 return Err(ca_err("no CERTIFICATE in the file".into()));
             }
@@ -382,6 +384,8 @@ mod tests {
         c.save_to(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(std::fs::read_to_string(&path).unwrap().contains("fy_secret"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("fy_secret"));
     }
 }

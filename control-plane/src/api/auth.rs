@@ -2,12 +2,12 @@
 //! one RBAC check, [`Auth::authorize`], which audits every refusal.
 
 use super::error::{ApiError, ApiResult};
+use super::failed_logins::{Source, Summary};
 use super::state::AppState;
 use crate::action::Action;
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::{self, Principal};
 use crate::registry::{Caller, Refused};
-use super::failed_logins::{Source, Summary};
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -102,11 +102,7 @@ where
 /// audited only as the first of its source's minute (the rest are summed
 /// up by [`audit_failed_logins`]), and answered 429 once the source is
 /// over its limit.
-async fn failed_login(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-    rid: &str,
-) -> ApiError {
+async fn failed_login(state: &AppState, parts: &axum::http::request::Parts, rid: &str) -> ApiError {
     let peer = parts
         .extensions
         .get::<ConnectInfo<PeerAddr>>()
@@ -151,9 +147,10 @@ async fn failed_login(
 /// the count.
 pub async fn audit_failed_logins(state: &AppState, all: bool) {
     let now = state.store.clock().now_ms();
-    let summaries: Vec<Summary> = state
-        .failed_logins
-        .take_closed(if all { None } else { Some(now) });
+    let summaries: Vec<Summary> =
+        state
+            .failed_logins
+            .take_closed(if all { None } else { Some(now) });
     for s in summaries {
         let entry = AuditEntry {
             tenant: state.limits.root_tenant.clone(),

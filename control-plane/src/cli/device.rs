@@ -133,7 +133,14 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                     print_json(&v)?;
                 } else {
                     super::conn::table(
-                        &["id", "state", "uses left", "expires", "labels", "created by"],
+                        &[
+                            "id",
+                            "state",
+                            "uses left",
+                            "expires",
+                            "labels",
+                            "created by",
+                        ],
                         v.tokens
                             .iter()
                             .map(|t| {

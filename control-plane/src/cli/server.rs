@@ -40,7 +40,11 @@ pub struct ServerArgs {
     /// although it is loopback, private, link-local, unique-local,
     /// multicast or unspecified (all refused otherwise); repeatable, or
     /// comma-separated in the variable
-    #[arg(long = "webhook-allow", env = "FERRY_WEBHOOK_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-allow",
+        env = "FERRY_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
     webhook_allow: Vec<String>,
     /// Serve the fleet (device enrollment, desired state, downloads) over
     /// QUIC on this UDP address (port 0 picks a free port)

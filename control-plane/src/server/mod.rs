@@ -220,12 +220,11 @@ pub async fn serve_with(
         .into_make_service_with_connect_info::<api::auth::PeerAddr>();
     let served = match tls {
         Some(cfg) => {
-            let listener = tls::TlsListener::new(listener, cfg).map_err(|source| {
-                ServerError::Io {
+            let listener =
+                tls::TlsListener::new(listener, cfg).map_err(|source| ServerError::Io {
                     what: "starting the TLS listener".into(),
                     source,
-                }
-            })?;
+                })?;
             axum::serve(listener, service)
                 .with_graceful_shutdown(shutdown())
                 .await

@@ -3,8 +3,8 @@
 //! connections whose handshake finished. Handshakes run in their own tasks
 //! with a deadline, so a client that stalls one never holds up the others.
 
-use axum::extract::connect_info::Connected;
 use crate::api::auth::PeerAddr;
+use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

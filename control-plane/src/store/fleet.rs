@@ -121,6 +121,12 @@ fn token_refusal(
     }
 }
 
+/// (id, tenant, labels, expires_at, uses_left, revoked_at).
+type ConsumeRow = (String, String, String, i64, i64, Option<i64>);
+
+/// (id, labels, expires_at, uses_left, created_at, created_by, revoked_at).
+type TokenRow = (String, String, i64, i64, i64, String, Option<i64>);
+
 /// An enrollment token as listed (its secret is never stored).
 #[derive(Clone, Debug)]
 pub struct EnrollmentToken {
@@ -189,7 +195,7 @@ impl Store {
         hash: &str,
     ) -> Result<Result<(String, String, Labels), TokenRefusal>> {
         let now = self.now();
-        let row: Option<(String, String, String, i64, i64, Option<i64>)> = sqlx::query_as(
+        let row: Option<ConsumeRow> = sqlx::query_as(
             "SELECT id, tenant, labels, expires_at, uses_left, revoked_at FROM enrollment_tokens WHERE hash = $1",
         )
         .bind(hash)
@@ -231,7 +237,7 @@ impl Store {
 
     /// The tenant's enrollment tokens, newest first (never their secrets).
     pub async fn enrollment_tokens(&self, tenant: &str) -> Result<Vec<EnrollmentToken>> {
-        let rows: Vec<(String, String, i64, i64, i64, String, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<TokenRow> = sqlx::query_as(
             "SELECT id, labels, expires_at, uses_left, created_at, created_by, revoked_at \
              FROM enrollment_tokens WHERE tenant = $1 ORDER BY created_at DESC, id",
         )
