@@ -1,6 +1,7 @@
 //! Attacks on the api surface (see docs/security.md): the REST API, its
 //! tokens and what it makes the server do. Each runs against a real
 //! `ferry server` process.
+#![allow(clippy::unwrap_used)]
 
 use ferry_e2e::fleet::{bin, http_raw, ok, spawn_until, wait_for, Keys, Server, ADMIN};
 use serde_json::Value;
