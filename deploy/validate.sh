@@ -28,6 +28,13 @@ if missing:
     sys.exit(f"compose.yaml lacks services {missing}")
 print("ok   compose.yaml (YAML, services:", ", ".join(sorted(doc["services"])) + ")")
 PY
+# The gateway speaks TLS only, with the files gen-tls.sh makes.
+grep -q 'listen 8470 ssl;' deploy/compose/nginx.conf || { echo "nginx.conf: the gateway must listen with ssl" >&2; exit 1; }
+mkdir -p "$tmp/compose" && cp deploy/compose/gen-tls.sh "$tmp/compose/"
+"$tmp/compose/gen-tls.sh" cp.example.com 10.0.0.5 >/dev/null
+openssl verify -CAfile "$tmp/compose/tls/ca.pem" "$tmp/compose/tls/server.pem" >/dev/null
+openssl x509 -in "$tmp/compose/tls/server.pem" -noout -ext subjectAltName | grep -q 'DNS:cp.example.com, IP Address:10.0.0.5'
+echo "ok   gen-tls.sh (a server certificate that verifies against its CA, with the names given)"
 if docker compose version >/dev/null 2>&1; then
   FERRY_BOOTSTRAP_TOKEN=x docker compose -f deploy/compose/compose.yaml config -q && echo "ok   compose.yaml (docker compose config)"
 else

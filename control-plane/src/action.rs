@@ -48,6 +48,8 @@ pub enum Action {
     DeviceShow,
     DeviceCa,
     DeviceTokenCreate,
+    DeviceTokenList,
+    DeviceTokenRevoke,
     DeviceLabel,
     DeviceRevoke,
     DeploymentList,
@@ -95,6 +97,8 @@ impl Action {
         Action::DeviceShow,
         Action::DeviceCa,
         Action::DeviceTokenCreate,
+        Action::DeviceTokenList,
+        Action::DeviceTokenRevoke,
         Action::DeviceLabel,
         Action::DeviceRevoke,
         Action::DeploymentList,
@@ -112,8 +116,9 @@ impl Action {
             | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
             | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | DeviceList
             | DeviceShow | DeviceCa | DeploymentList | DeploymentShow => Role::Viewer,
-            DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceLabel | DeviceRevoke
-            | DeploymentCreate | DeploymentScale | DeploymentDelete => Role::Operator,
+            DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
+            | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
+            | DeploymentDelete => Role::Operator,
             ModelRegister | VersionArchive | VersionRestore | AliasSet | AliasDelete
             | ProjectCreate => Role::Publisher,
             ModelDelete | VersionDelete | TokenList | TokenCreate | TokenRevoke | TrustPush
@@ -160,6 +165,8 @@ impl Action {
             DeviceShow => "device.show",
             DeviceCa => "device.ca",
             DeviceTokenCreate => "device.token.create",
+            DeviceTokenList => "device.token.list",
+            DeviceTokenRevoke => "device.token.revoke",
             DeviceLabel => "device.label",
             DeviceRevoke => "device.revoke",
             DeploymentList => "deployment.list",

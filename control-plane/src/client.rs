@@ -33,6 +33,30 @@ pub enum ClientError {
     BadResponse(String),
     #[error("no server configured: run `ferry login --server URL --token TOKEN`, or set FERRY_SERVER and FERRY_TOKEN")]
     NotLoggedIn,
+    #[error("{server} is plain http:// to another machine: the token would cross the network in clear; use https:// (with --ca CA.pem for a private CA), or --insecure-http to send it anyway")]
+    Plaintext { server: String },
+    #[error("--server {0:?} is not an http:// or https:// URL")]
+    BadServer(String),
+    #[error("--ca {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+}
+
+/// How the CLI reaches the server: the CA that signed its certificate
+/// (only that CA is trusted then), and whether a token may go over plain
+/// HTTP to a host that is not this machine.
+#[derive(Clone, Debug, Default)]
+pub struct Transport {
+    pub ca: Option<PathBuf>,
+    pub insecure_http: bool,
+}
+
+/// Whether `host` (as a URL writes it) names this machine.
+fn loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What `ferry login` stores (mode 0600).
@@ -40,6 +64,9 @@ pub enum ClientError {
 pub struct Credentials {
     pub server: Option<String>,
     pub token: Option<String>,
+    /// The CA (PEM) `--ca` named at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `$FERRY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/ferry`, else `~/.config/ferry`.
@@ -70,6 +97,13 @@ impl Credentials {
 
     pub fn save(&self) -> Result<PathBuf, ClientError> {
         let path = Self::path();
+        self.save_to(&path)?;
+        Ok(path)
+    }
+
+    /// Writes these credentials to `path`, readable by the owner only.
+    pub fn save_to(&self, path: &Path) -> Result<(), ClientError> {
+        let path = path.to_path_buf();
         let io = |source| ClientError::Io {
             path: path.clone(),
             source,
@@ -87,8 +121,17 @@ impl Credentials {
         }
         use std::io::Write;
         let mut f = opts.open(&path).map_err(io)?;
+        // `mode` only applies when the file is created: a file that was
+        // there before (written by an older version, or by hand) is made
+        // private before the token goes into it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
         f.write_all(text.as_bytes()).map_err(io)?;
-        Ok(path)
+        Ok(())
     }
 }
 
@@ -100,12 +143,53 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str, token: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
+    /// A client for `server` over `transport`: https:// trusts only the
+    /// given CA when there is one (the system's roots otherwise); http://
+    /// is refused for a host other than this machine unless
+    /// `insecure_http`, since the token would cross the network in clear.
+    pub fn connect(server: &str, token: &str, transport: &Transport) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(server).map_err(|_| ClientError::BadServer(server.into()))?;
+        let mut b = reqwest::Client::builder();
+        match url.scheme() {
+            "https" => {}
+            "http" => {
+                if !url.host_str().is_some_and(loopback_host) {
+                    if !transport.insecure_http {
+                        return Err(ClientError::Plaintext {
+                            server: server.into(),
+                        });
+                    }
+                    eprintln!(
+                        "warning: sending the token to {server} over plain HTTP (--insecure-http)"
+                    );
+                }
+            }
+            _ => return Err(ClientError::BadServer(server.into())),
+        }
+        if let Some(path) = &transport.ca {
+            let ca_err = |reason: String| ClientError::Ca {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no CERTIFICATE in the file".into()));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| ClientError::BadResponse(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
             base: server.trim_end_matches('/').to_string(),
             token: token.to_string(),
-        }
+        })
     }
 
     pub fn server(&self) -> &str {
@@ -251,5 +335,57 @@ impl Client {
         drop(f);
         tokio::fs::rename(&tmp, out).await.map_err(io(out))?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_for_this_machine_only() {
+        let t = Transport::default();
+        for ok in [
+            "http://127.0.0.1:8470",
+            "http://localhost:8470",
+            "http://[::1]:8470",
+            "https://cp.example:8470",
+        ] {
+            assert!(Client::connect(ok, "t", &t).is_ok(), "{ok}");
+        }
+        for bad in ["http://cp.example:8470", "http://10.0.0.5:8470"] {
+            let e = Client::connect(bad, "t", &t).err().unwrap();
+            assert!(matches!(e, ClientError::Plaintext { .. }), "{bad}: {e}");
+        }
+        let insecure = Transport {
+            insecure_http: true,
+            ..Default::default()
+        };
+        assert!(Client::connect("http://cp.example:8470", "t", &insecure).is_ok());
+        assert!(matches!(
+            Client::connect("ftp://x", "t", &t),
+            Err(ClientError::BadServer(_))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_world_readable_credentials_file_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.toml");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Credentials {
+            server: Some("https://x".into()),
+            token: Some("fy_secret".into()),
+            ca: None,
+        };
+        c.save_to(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("fy_secret"));
     }
 }

@@ -19,6 +19,8 @@ pub enum ConfigError {
     },
     #[error("no data directory: pass --data DIR (or set data = \"DIR\" in the config file)")]
     NoData,
+    #[error("tls_cert and tls_key go together: give both or neither (--tls-cert, --tls-key)")]
+    HalfTls,
 }
 
 /// The file form; every field optional.
@@ -38,6 +40,14 @@ pub struct FileConfig {
     /// Names and addresses the fleet's QUIC certificate carries
     /// (`--quic-name`); default: this host's name and the `--quic` address.
     pub quic_names: Option<Vec<String>>,
+    /// TLS certificate chain (PEM) for the REST API; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the REST API; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Networks (CIDR) retraining webhooks may reach although they are
+    /// loopback, private, link-local, unique-local, multicast or
+    /// unspecified.
+    pub webhook_allow: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -72,6 +82,11 @@ pub struct ServerConfig {
     pub bootstrap_token: Option<String>,
     /// MQTT broker and telemetry ingest (`crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryOptions,
+    /// Serve the REST API over TLS with this certificate chain and key
+    /// (PEM); plain HTTP when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Internal networks (CIDR) retraining webhooks may reach.
+    pub webhook_allow: Vec<String>,
 }
 
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8470";
@@ -115,5 +130,19 @@ pub fn resolve(
         db_max_connections: file.db_max_connections.unwrap_or(16),
         bootstrap_token,
         telemetry: Default::default(),
+        tls: tls_pair(file.tls_cert, file.tls_key)?,
+        webhook_allow: file.webhook_allow.unwrap_or_default(),
     })
+}
+
+/// Both or neither of a certificate and its key.
+pub fn tls_pair(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::HalfTls),
+    }
 }

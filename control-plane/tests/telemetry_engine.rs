@@ -45,7 +45,7 @@ async fn fx(b: Backend) -> Fx {
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
     // The store stamps audit records on the same clock as the engine.
     let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
     // The devices the tests publish as, enrolled with their keys.
     for d in ["d1", "d2", "d3"] {
         let device = Device {
@@ -63,6 +63,9 @@ async fn fx(b: Backend) -> Fx {
             .await
             .unwrap();
     }
+    // The webhook receivers of these tests listen on loopback, which
+    // webhooks may only reach when the operator allows it.
+    ferry::telemetry::webhook::allow_networks(&["127.0.0.0/8".into()]).unwrap();
     let engine = Engine::new(store.clone(), clock);
     Fx {
         _dir: dir,

@@ -21,8 +21,8 @@ fn rank(role: &str) -> usize {
 struct Cell {
     method: &'static str,
     /// `{dev}` (a device every role reads), `{victim}` (the role's own
-    /// device), `{dep}` and `{dep_del}` (the role's own deployments) are
-    /// substituted.
+    /// device), `{dep}` and `{dep_del}` (the role's own deployments) and
+    /// `{etok}` (the role's own enrollment token) are substituted.
     path: &'static str,
     route: &'static str,
     body: &'static str,
@@ -106,6 +106,24 @@ const MATRIX: &[Cell] = &[
         "operator",
         200,
         200,
+    ),
+    c(
+        "GET",
+        "/api/v1/fleet/devices/tokens",
+        "/api/v1/fleet/devices/tokens",
+        "",
+        "operator",
+        200,
+        200,
+    ),
+    c(
+        "DELETE",
+        "/api/v1/fleet/devices/tokens/{etok}",
+        "/api/v1/fleet/devices/tokens/{id}",
+        "",
+        "operator",
+        200,
+        404,
     ),
     c(
         "PUT",
@@ -230,6 +248,16 @@ fn fleet_rbac_matrix() {
     let mut own = Vec::new();
     let mut other = Vec::new();
     let mut deps = Vec::new();
+    // One enrollment token per role to revoke.
+    let etoks: Vec<String> = ROLES
+        .iter()
+        .map(|_| {
+            server.json(&["device", "token", "create", "--labels", "fleet=etok"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     for r in ROLES {
         for (list, tenant) in [(&mut own, None), (&mut other, Some("beta"))] {
             let mut args = vec!["token", "create", "--name", r, "--role", r];
@@ -263,7 +291,8 @@ fn fleet_rbac_matrix() {
                     .replace("{dev}", &devices[0])
                     .replace("{victim}", &devices[1 + i])
                     .replace("{dep}", &deps[i][0])
-                    .replace("{dep_del}", &deps[i][1]);
+                    .replace("{dep_del}", &deps[i][1])
+                    .replace("{etok}", &etoks[i]);
                 let (status, text) = http_raw(&addr, cell.method, &path, &tokens[i], cell.body);
                 let expected = if rank(r) < rank(cell.needs) {
                     403
@@ -295,7 +324,8 @@ fn fleet_rbac_matrix() {
                 if !tenant_is_own
                     && status == 200
                     && (devices.iter().any(|d| text.contains(d.as_str()))
-                        || deps.iter().flatten().any(|d| text.contains(d.as_str())))
+                        || deps.iter().flatten().any(|d| text.contains(d.as_str()))
+                        || etoks.iter().any(|t| text.contains(t.as_str())))
                 {
                     failures.push(format!(
                         "{} {path} as beta {r} leaks default's ids: {text}",
@@ -335,6 +365,23 @@ fn fleet_rbac_matrix() {
             rank(r) >= rank("operator"),
             "{r}: {d}"
         );
+    }
+
+    // Likewise for the enrollment tokens, which beta could not revoke.
+    let listed = server.json(&["device", "token", "list"]);
+    for (i, r) in ROLES.into_iter().enumerate() {
+        let t = listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == etoks[i].as_str())
+            .unwrap();
+        let expected = if rank(r) >= rank("operator") {
+            "revoked"
+        } else {
+            "usable"
+        };
+        assert_eq!(t["state"], expected, "{r}: {t}");
     }
 
     // Every 403 was audited as refused in the caller's tenant: here, the

@@ -320,7 +320,12 @@ fn start_server(dir: &Path, tenant: &str, mqtt_args: &[&str]) -> Server {
     let (proc, (http, quic), _) = spawn_until(
         ferry_bin(),
         &args,
-        &[("FERRY_BOOTSTRAP_TOKEN", ADMIN)],
+        // The test's webhook receiver listens on loopback, which webhooks
+        // may only reach when the operator allows it.
+        &[
+            ("FERRY_BOOTSTRAP_TOKEN", ADMIN),
+            ("FERRY_WEBHOOK_ALLOW", "127.0.0.1/32"),
+        ],
         |l| {
             if let Some(rest) = l.strip_prefix("ferry server MQTT telemetry: ") {
                 mqtt = rest.split(" at ").nth(1).map(str::to_string);

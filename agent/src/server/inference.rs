@@ -189,7 +189,7 @@ pub(super) async fn run_infer(
     let body = match body {
         Ok(b) => b,
         Err(r) => {
-            app.agent.metrics.rejected(&name, "bad_body");
+            app.agent.rejected(&name, "bad_body");
             return body_error(r, app.max_body);
         }
     };

@@ -73,9 +73,16 @@ impl Agent {
     }
 
     /// Counts a request the front end refused before it reached a route
-    /// (it could not be decoded, for instance).
+    /// (it could not be decoded, for instance). A name that is not loaded
+    /// is counted as `(unknown)`: a client must not be able to grow the
+    /// metrics by making up names.
     pub fn rejected(&self, model: &str, code: &str) {
-        self.metrics.rejected(model, code);
+        let label = if self.table().models.contains_key(model) {
+            model
+        } else {
+            "(unknown)"
+        };
+        self.metrics.rejected(label, code);
     }
 
     /// Appends a ground-truth label for an earlier request.

@@ -2,18 +2,24 @@
 //! one RBAC check, [`Auth::authorize`], which audits every refusal.
 
 use super::error::{ApiError, ApiResult};
+use super::failed_logins::{Source, Summary};
 use super::state::AppState;
 use crate::action::Action;
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
 use crate::auth::{self, Principal};
 use crate::registry::{Caller, Refused};
-use axum::extract::{FromRef, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+/// The address a request came from (connect info the server's listeners
+/// attach; absent when a test serves the router without it).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Takes the caller's `x-request-id` when it is sane, else makes one, and
 /// echoes it on the response.
@@ -76,24 +82,7 @@ where
             None
         };
         let Some(p) = principal else {
-            // Failed logins are audited in the root tenant's chain.
-            let _ = state
-                .store
-                .audit(AuditEntry {
-                    tenant: state.limits.root_tenant.clone(),
-                    request_id: rid.clone(),
-                    actor: "anonymous".into(),
-                    action: "auth.login".into(),
-                    target: format!("{} {}", parts.method, parts.uri.path()),
-                    outcome: OUTCOME_REFUSED.into(),
-                    detail: "unknown or revoked token".into(),
-                })
-                .await;
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "unknown or revoked token",
-            ));
+            return Err(failed_login(&state, parts, &rid).await);
         };
         if !state.allow(&p.token_id) {
             return Err(ApiError::new(
@@ -106,6 +95,75 @@ where
             ));
         }
         Ok(Auth { p, rid, state })
+    }
+}
+
+/// A bearer token that names no live token: counted against its source,
+/// audited only as the first of its source's minute (the rest are summed
+/// up by [`audit_failed_logins`]), and answered 429 once the source is
+/// over its limit.
+async fn failed_login(state: &AppState, parts: &axum::http::request::Parts, rid: &str) -> ApiError {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0 .0.ip());
+    let source = Source::of(peer);
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    let now = state.store.clock().now_ms();
+    let noted = state.failed_logins.note(source, now, &what);
+    if noted.first {
+        let entry = AuditEntry {
+            tenant: state.limits.root_tenant.clone(),
+            request_id: rid.to_string(),
+            actor: "anonymous".into(),
+            action: "auth.login".into(),
+            target: source.to_string(),
+            outcome: OUTCOME_REFUSED.into(),
+            detail: format!(
+                "unknown or revoked token: {} (further failures from this source this minute are counted in one summary)",
+                what.chars().take(120).collect::<String>()
+            ),
+        };
+        if let Err(e) = state.store.audit(entry).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+    if noted.limited {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed logins from this address; try again later",
+        );
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "unknown or revoked token",
+    )
+}
+
+/// Audits the summaries of failed-login windows closed by now (all of
+/// them when `all`, at shutdown): one record per source and minute, with
+/// the count.
+pub async fn audit_failed_logins(state: &AppState, all: bool) {
+    let now = state.store.clock().now_ms();
+    let summaries: Vec<Summary> =
+        state
+            .failed_logins
+            .take_closed(if all { None } else { Some(now) });
+    for s in summaries {
+        let entry = AuditEntry {
+            tenant: state.limits.root_tenant.clone(),
+            request_id: String::new(),
+            actor: "anonymous".into(),
+            action: "auth.login".into(),
+            target: s.source.to_string(),
+            outcome: OUTCOME_REFUSED.into(),
+            detail: s.detail(),
+        };
+        if let Err(e) = state.store.audit(entry).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod doc;
 pub mod error;
+pub mod failed_logins;
 pub mod query;
 pub mod state;
 pub mod types;

@@ -1,6 +1,7 @@
-//! What every handler shares: the store, the artifact store, limits, and
-//! the per-token rate limiter.
+//! What every handler shares: the store, the artifact store, limits, the
+//! per-token rate limiter and the per-source count of failed logins.
 
+use super::failed_logins::FailedLogins;
 use crate::blobs::Blobs;
 use crate::store::Store;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     /// `None` when rate limiting is off.
     limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Failed logins per source: limited and audited in aggregate.
+    pub failed_logins: Arc<FailedLogins>,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             tmp,
             limits,
             limiter,
+            failed_logins: Arc::new(FailedLogins::default()),
         }
     }
 

@@ -1,16 +1,22 @@
 //! Where the server is and who we are, for every command that talks to
 //! `ferry server`, and the helpers those commands share.
 
-use crate::client::{Client, ClientError, Credentials};
+use crate::client::{Client, ClientError, Credentials, Transport};
 use clap::Args;
 use serde::Serialize;
 
 /// Flags beat FERRY_* variables, which beat what `ferry login` stored.
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// Control plane URL (http://HOST:PORT)
+    /// Control plane URL (https://HOST:PORT; http:// only to this machine unless --insecure-http)
     #[arg(long, env = "FERRY_SERVER", global = true)]
     pub server: Option<String>,
+    /// CA certificate (PEM) that signed the server's TLS certificate; only it is trusted then
+    #[arg(long, env = "FERRY_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Send the token over plain http:// to another machine anyway (it crosses the network in clear)
+    #[arg(long, env = "FERRY_INSECURE_HTTP", global = true)]
+    pub insecure_http: bool,
     /// API token
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -22,6 +28,12 @@ pub struct Conn {
 impl Conn {
     pub fn client(&self) -> anyhow::Result<Client> {
         let saved = Credentials::load();
+        // The saved CA goes with the saved server only.
+        let saved_ca = if self.server.is_none() {
+            saved.ca
+        } else {
+            None
+        };
         let server = self
             .server
             .clone()
@@ -32,7 +44,15 @@ impl Conn {
             .clone()
             .or(saved.token)
             .ok_or(ClientError::NotLoggedIn)?;
-        Ok(Client::new(&server, &token))
+        Ok(Client::connect(&server, &token, &self.transport(saved_ca))?)
+    }
+
+    /// `--ca` (else `saved`) and `--insecure-http`.
+    pub fn transport(&self, saved: Option<std::path::PathBuf>) -> Transport {
+        Transport {
+            ca: self.ca.clone().or(saved),
+            insecure_http: self.insecure_http,
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 use super::conn::{block_on, print_json, Conn};
 use crate::api::types::{
     Deployment, DeploymentDeleted, DeploymentDetail, DeploymentList, DeploymentRequest,
-    DeviceDetail, DeviceLabels, DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenRequest,
-    LabelsRequest,
+    DeviceDetail, DeviceLabels, DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenList,
+    DeviceTokenRequest, DeviceTokenRevoked, LabelsRequest,
 };
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -83,6 +83,10 @@ enum TokenCmd {
         #[arg(long)]
         ca_out: Option<PathBuf>,
     },
+    /// List the tenant's enrollment tokens (ids, labels, uses left, state; never the secrets)
+    List,
+    /// Revoke an enrollment token by id (enr_…): enrollments with it are refused from now on
+    Revoke { id: String },
 }
 
 pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
@@ -126,6 +130,49 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                         ca_out.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "ca.pem (ferry device ca > ca.pem)".into()),
                         pin
                     );
+                }
+            }
+            DeviceCmd::Token(TokenCmd::List) => {
+                let v: DeviceTokenList = c.get("/fleet/devices/tokens").await?;
+                if json_out {
+                    print_json(&v)?;
+                } else {
+                    super::conn::table(
+                        &[
+                            "id",
+                            "state",
+                            "uses left",
+                            "expires",
+                            "labels",
+                            "created by",
+                        ],
+                        v.tokens
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    t.id.clone(),
+                                    t.state.clone(),
+                                    t.uses_left.to_string(),
+                                    super::conn::when(Some(t.expires_at)),
+                                    shown(&t.labels),
+                                    t.created_by.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            DeviceCmd::Token(TokenCmd::Revoke { id }) => {
+                let v: DeviceTokenRevoked = c
+                    .send(
+                        Method::DELETE,
+                        &format!("/fleet/devices/tokens/{}", super::conn::enc(&id)),
+                    )
+                    .await?;
+                if json_out {
+                    print_json(&v)?;
+                } else {
+                    println!("revoked enrollment token {}", v.id);
                 }
             }
             DeviceCmd::List => {

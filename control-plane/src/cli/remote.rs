@@ -32,11 +32,16 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
         .token
         .clone()
         .context("--token TOKEN is required")?;
-    let client = Client::new(&server, &token);
+    let client = Client::connect(&server, &token, &args.conn.transport(None))?;
     let who: WhoAmI = block_on(client.get("/whoami"))??;
+    let ca = match &args.conn.ca {
+        Some(p) => Some(std::path::absolute(p).with_context(|| format!("--ca {}", p.display()))?),
+        None => None,
+    };
     let path = Credentials {
         server: Some(server.clone()),
         token: Some(token),
+        ca,
     }
     .save()?;
     println!(

@@ -30,6 +30,22 @@ pub struct ServerArgs {
     /// Requests per minute per token (0: unlimited)
     #[arg(long, env = "FERRY_RATE_LIMIT_PER_MINUTE")]
     rate_limit_per_minute: Option<u32>,
+    /// Serve the REST API over TLS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "FERRY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "FERRY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// A network (CIDR, e.g. 10.20.0.0/16) retraining webhooks may reach
+    /// although it is loopback, private, link-local, unique-local,
+    /// multicast or unspecified (all refused otherwise); repeatable, or
+    /// comma-separated in the variable
+    #[arg(
+        long = "webhook-allow",
+        env = "FERRY_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    webhook_allow: Vec<String>,
     /// Serve the fleet (device enrollment, desired state, downloads) over
     /// QUIC on this UDP address (port 0 picks a free port)
     #[arg(long, env = "FERRY_QUIC")]
@@ -68,6 +84,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             .filter(|s| !s.is_empty()),
     )?;
     cfg.telemetry = args.telemetry.options();
+    // Flags (and their variables) win over the file, as a pair.
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        cfg.tls = config::tls_pair(args.tls_cert, args.tls_key)?;
+    }
+    if !args.webhook_allow.is_empty() {
+        cfg.webhook_allow = args.webhook_allow;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(crate::server::serve_with(
         cfg,

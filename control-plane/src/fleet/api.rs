@@ -9,8 +9,8 @@ use crate::api::query::parse_labels;
 use crate::api::types::{
     AssignmentInfo, Deployment, DeploymentDeleted, DeploymentDetail, DeploymentDevice,
     DeploymentList, DeploymentRequest, DeploymentScaled, Device, DeviceDetail, DeviceLabels,
-    DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenRequest, Downloads, ErrorBody,
-    LabelsRequest, ScaleRequest,
+    DeviceList, DeviceRevoked, DeviceToken, DeviceTokenCreated, DeviceTokenList,
+    DeviceTokenRequest, DeviceTokenRevoked, Downloads, ErrorBody, LabelsRequest, ScaleRequest,
 };
 use crate::api::{ApiError, AppState, Auth};
 use crate::auth::Role;
@@ -47,7 +47,8 @@ impl FromRef<FleetState> for Arc<Fleet> {
 pub fn routes() -> OpenApiRouter<FleetState> {
     OpenApiRouter::new()
         .routes(routes!(list_devices))
-        .routes(routes!(create_token))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
         .routes(routes!(ca_pem))
         .routes(routes!(show_device))
         .routes(routes!(set_labels))
@@ -117,6 +118,55 @@ async fn create_token(
         ca_pem: fleet.ca.cert_pem(),
         root_fingerprint: t.root_fingerprint,
     }))
+}
+
+/// The tenant's enrollment tokens (never their secrets), newest first.
+#[utoipa::path(get, path = "/api/v1/fleet/devices/tokens", tag = "fleet",
+    responses((status = 200, body = DeviceTokenList), (status = "4XX", body = ErrorBody)))]
+async fn list_tokens(a: Auth, State(fleet): State<Arc<Fleet>>) -> Res<DeviceTokenList> {
+    a.authorize(Action::DeviceTokenList, "").await?;
+    let now = fleet.store.clock().now_secs() as i64;
+    let tokens = service::enrollment_tokens(&fleet, &a.caller())
+        .await?
+        .into_iter()
+        .map(|t| {
+            let state = if t.revoked_at.is_some() {
+                "revoked"
+            } else if now >= t.expires_at {
+                "expired"
+            } else if t.uses_left <= 0 {
+                "used_up"
+            } else {
+                "usable"
+            };
+            DeviceToken {
+                id: t.id,
+                labels: t.labels,
+                uses_left: t.uses_left,
+                expires_at: t.expires_at,
+                created_at: t.created_at,
+                created_by: t.created_by,
+                revoked_at: t.revoked_at,
+                state: state.into(),
+            }
+        })
+        .collect();
+    Ok(Json(DeviceTokenList { tokens }))
+}
+
+/// Revoke an enrollment token: enrollments with it are refused from now on.
+#[utoipa::path(delete, path = "/api/v1/fleet/devices/tokens/{id}", tag = "fleet",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeviceTokenRevoked), (status = "4XX", body = ErrorBody)))]
+async fn revoke_token(
+    a: Auth,
+    State(fleet): State<Arc<Fleet>>,
+    Path(id): Path<String>,
+) -> Res<DeviceTokenRevoked> {
+    a.authorize(Action::DeviceTokenRevoke, &id).await?;
+    let r = service::revoke_enrollment_token(&fleet, &a.caller(), &id).await;
+    a.audited(Action::DeviceTokenRevoke, &id, r).await?;
+    Ok(Json(DeviceTokenRevoked { id, revoked: true }))
 }
 
 /// The control plane's CA certificate (PEM), for `ferry-agent enroll --ca`.

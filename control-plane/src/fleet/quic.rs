@@ -320,6 +320,7 @@ async fn enroll(
         Ok(Err(why)) => {
             let reason = match why {
                 db::TokenRefusal::Unknown => "unknown enrollment token",
+                db::TokenRefusal::Revoked => "enrollment token revoked",
                 db::TokenRefusal::Expired => "enrollment token expired",
                 db::TokenRefusal::Used => "enrollment token already used up",
             };

@@ -95,6 +95,29 @@ pub async fn create_enrollment_token(
     })
 }
 
+/// The tenant's enrollment tokens, newest first; secrets are never stored.
+pub async fn enrollment_tokens(
+    fleet: &Fleet,
+    caller: &Caller,
+) -> Result<Vec<db::EnrollmentToken>, FleetServiceError> {
+    Ok(fleet.store.enrollment_tokens(&caller.tenant).await?)
+}
+
+/// Revokes one of the tenant's enrollment tokens: every later enrollment
+/// with it is refused (`enrollment token revoked`). Devices it already
+/// enrolled stay; revoke those one by one.
+pub async fn revoke_enrollment_token(
+    fleet: &Fleet,
+    caller: &Caller,
+    id: &str,
+) -> Result<(), FleetServiceError> {
+    fleet
+        .store
+        .revoke_enrollment_token(&caller.tenant, id, caller.ok(Action::DeviceTokenRevoke, id))
+        .await?;
+    Ok(())
+}
+
 /// The tenant's devices, each with whether it is connected now.
 pub async fn devices(
     fleet: &Fleet,

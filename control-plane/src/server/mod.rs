@@ -2,6 +2,7 @@
 //! first admin token, and serves the API until SIGINT/SIGTERM.
 
 pub mod openapi;
+pub mod tls;
 
 pub use openapi::{document, DOCUMENT_PATH};
 
@@ -31,6 +32,10 @@ pub enum ServerError {
     Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("{0}")]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("--webhook-allow: {0}")]
+    WebhookAllow(String),
     #[error("FERRY_BOOTSTRAP_TOKEN is not a Ferry token (fy_ followed by 64 hex digits); generate one with `ferry token generate`")]
     BadBootstrapToken,
 }
@@ -152,6 +157,12 @@ pub async fn serve_with(
     cfg: ServerConfig,
     fleet: Option<crate::fleet::FleetOptions>,
 ) -> Result<(), ServerError> {
+    crate::telemetry::webhook::allow_networks(&cfg.webhook_allow)
+        .map_err(ServerError::WebhookAllow)?;
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     let state = open(&cfg).await?;
     let _telemetry = crate::telemetry::start(&state.store, &cfg.telemetry, &cfg.data).await?;
     let describe_blobs = state.blobs.describe().to_string();
@@ -169,9 +180,16 @@ pub async fn serve_with(
         crate::store::Backend::Sqlite => "sqlite",
         crate::store::Backend::Postgres => "postgres",
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "ferry server listening on http://{addr} (metadata: {db}, artifacts: {describe_blobs})"
+        "ferry server listening on {scheme}://{addr} (metadata: {db}, artifacts: {describe_blobs})"
     );
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the REST API is plain HTTP on a non-loopback address: bearer tokens cross the network in clear; use --tls-cert/--tls-key or a TLS gateway"
+        );
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut fleet_state = None;
@@ -187,14 +205,44 @@ pub async fn serve_with(
         fleet_state = Some(fleet);
         _quic = Some(endpoint);
     }
-    let metrics = crate::telemetry::metrics::routes(_telemetry.as_ref().map(|t| t.engine.clone()));
-    axum::serve(listener, app(state, fleet_state).merge(metrics))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(|source| ServerError::Io {
-            what: "serving".into(),
-            source,
+    // Failed logins are audited as one summary per source and minute.
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                api::auth::audit_failed_logins(&state, false).await;
+            }
         })
+    };
+    let metrics = crate::telemetry::metrics::routes(_telemetry.as_ref().map(|t| t.engine.clone()));
+    let service = app(state.clone(), fleet_state)
+        .merge(metrics)
+        .into_make_service_with_connect_info::<api::auth::PeerAddr>();
+    let served = match tls {
+        Some(cfg) => {
+            let listener =
+                tls::TlsListener::new(listener, cfg).map_err(|source| ServerError::Io {
+                    what: "starting the TLS listener".into(),
+                    source,
+                })?;
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown())
+                .await
+        }
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown())
+                .await
+        }
+    };
+    sweeper.abort();
+    api::auth::audit_failed_logins(&state, true).await;
+    served.map_err(|source| ServerError::Io {
+        what: "serving".into(),
+        source,
+    })
 }
 
 /// Every route of the server: the registry, telemetry, the OpenAPI

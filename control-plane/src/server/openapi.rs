@@ -117,8 +117,8 @@ mod tests {
                 n += 1;
             }
         }
-        // Registry 27, telemetry 8, fleet 11.
-        assert_eq!(n, 46);
+        // Registry 27, telemetry 8, fleet 13.
+        assert_eq!(n, 48);
         assert_eq!(operations().len(), n);
     }
 

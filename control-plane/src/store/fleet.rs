@@ -98,8 +98,45 @@ pub struct NewEnrollmentToken {
 #[derive(Debug, PartialEq)]
 pub enum TokenRefusal {
     Unknown,
+    Revoked,
     Expired,
     Used,
+}
+
+/// Why a stored token cannot be used at `now`, if it cannot.
+fn token_refusal(
+    now: i64,
+    expires_at: i64,
+    uses_left: i64,
+    revoked_at: Option<i64>,
+) -> Option<TokenRefusal> {
+    if revoked_at.is_some() {
+        Some(TokenRefusal::Revoked)
+    } else if now >= expires_at {
+        Some(TokenRefusal::Expired)
+    } else if uses_left <= 0 {
+        Some(TokenRefusal::Used)
+    } else {
+        None
+    }
+}
+
+/// (id, tenant, labels, expires_at, uses_left, revoked_at).
+type ConsumeRow = (String, String, String, i64, i64, Option<i64>);
+
+/// (id, labels, expires_at, uses_left, created_at, created_by, revoked_at).
+type TokenRow = (String, String, i64, i64, i64, String, Option<i64>);
+
+/// An enrollment token as listed (its secret is never stored).
+#[derive(Clone, Debug)]
+pub struct EnrollmentToken {
+    pub id: String,
+    pub labels: Labels,
+    pub expires_at: i64,
+    pub uses_left: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
 }
 
 /// One device's report on one model: (version, state, detail).
@@ -149,43 +186,112 @@ impl Store {
     }
 
     /// Takes one use of the token with `hash`: its id, tenant and labels.
+    ///
+    /// An unknown, revoked, expired or used-up token is refused by a read
+    /// alone: a stream of refused enrollments never takes the write lock
+    /// the registry, the fleet and telemetry share.
     pub async fn consume_enrollment_token(
         &self,
         hash: &str,
     ) -> Result<Result<(String, String, Labels), TokenRefusal>> {
         let now = self.now();
-        // Write first: a transaction that reads and then writes cannot upgrade
-        // its SQLite snapshot under concurrent enrollments ("database is
-        // locked"); one conditional UPDATE takes the write lock at once and is
-        // atomic on both databases.
-        let mut tx = self.pool().begin().await?;
+        let row: Option<ConsumeRow> = sqlx::query_as(
+            "SELECT id, tenant, labels, expires_at, uses_left, revoked_at FROM enrollment_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((id, tenant, labels, expires_at, uses_left, revoked_at)) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if let Some(refusal) = token_refusal(now, expires_at, uses_left, revoked_at) {
+            return Ok(Err(refusal));
+        }
+        // Write only for a token that was usable a moment ago, and only
+        // through one conditional UPDATE: it takes the write lock at once
+        // (a read-then-write transaction cannot upgrade its SQLite snapshot
+        // under concurrent enrollments) and is atomic on both databases.
         let n = sqlx::query(
             "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
-             WHERE hash = $1 AND uses_left > 0 AND expires_at > $2",
+             WHERE hash = $1 AND uses_left > 0 AND expires_at > $2 AND revoked_at IS NULL",
         )
         .bind(hash)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(self.pool())
         .await?
         .rows_affected();
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, tenant, labels, expires_at FROM enrollment_tokens WHERE hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((id, tenant, labels, expires_at)) = row else {
-            return Ok(Err(TokenRefusal::Unknown));
-        };
         if n == 0 {
-            return Ok(Err(if now >= expires_at {
-                TokenRefusal::Expired
-            } else {
-                TokenRefusal::Used
-            }));
+            // Taken, revoked or expired since the read: say which.
+            let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT expires_at, uses_left, revoked_at FROM enrollment_tokens WHERE hash = $1",
+            )
+            .bind(hash)
+            .fetch_optional(self.pool())
+            .await?;
+            return Ok(Err(row
+                .and_then(|(e, u, r)| token_refusal(now, e, u, r))
+                .unwrap_or(TokenRefusal::Used)));
         }
-        tx.commit().await?;
         Ok(Ok((id, tenant, labels_from_string(&labels))))
+    }
+
+    /// The tenant's enrollment tokens, newest first (never their secrets).
+    pub async fn enrollment_tokens(&self, tenant: &str) -> Result<Vec<EnrollmentToken>> {
+        let rows: Vec<TokenRow> = sqlx::query_as(
+            "SELECT id, labels, expires_at, uses_left, created_at, created_by, revoked_at \
+             FROM enrollment_tokens WHERE tenant = $1 ORDER BY created_at DESC, id",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, labels, expires_at, uses_left, created_at, created_by, revoked_at)| {
+                    EnrollmentToken {
+                        id,
+                        labels: labels_from_string(&labels),
+                        expires_at,
+                        uses_left,
+                        created_at,
+                        created_by,
+                        revoked_at,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Revokes the tenant's enrollment token `id` (audited as `entry`); a
+    /// token of another tenant, or one already revoked, is not found.
+    pub async fn revoke_enrollment_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<_> = async {
+            let n = sqlx::query(
+                "UPDATE enrollment_tokens SET revoked_at = $1 \
+                 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
+            )
+            .bind(self.now())
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "enrollment token {id:?} (or already revoked)"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        m.finish(out).await
     }
 
     /// Records an enrolled device (audited as `entry`).

@@ -37,6 +37,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_device_keys.sql"),
         include_str!("../../migrations/postgres/0004_device_keys.sql"),
     ),
+    (
+        5,
+        "enrollment_token_revoke",
+        include_str!("../../migrations/sqlite/0005_enrollment_token_revoke.sql"),
+        include_str!("../../migrations/postgres/0005_enrollment_token_revoke.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

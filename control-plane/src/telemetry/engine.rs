@@ -69,7 +69,6 @@ pub struct Counters {
 pub struct Engine {
     pub store: Store,
     clock: Clock,
-    http: reqwest::Client,
     /// Publishes alerts as MQTT events once the ingest client is connected.
     pub mqtt: Mutex<Option<ferry_mqtt::Client>>,
     policies: Mutex<HashMap<(String, String), (DriftPolicy, u64)>>,
@@ -95,10 +94,6 @@ impl Engine {
         Arc::new(Self {
             store,
             clock,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
             mqtt: Mutex::new(None),
             policies: Mutex::new(HashMap::new()),
             admission: Admission::new(max_per_minute),
@@ -602,13 +597,12 @@ impl Engine {
         tracing::warn!(tenant, model, version, reason, trigger = %id, "retraining triggered");
         if let Some(url) = p.webhook_url.clone() {
             let store = self.store.clone();
-            let http = self.http.clone();
             let secret = p.webhook_secret.clone().unwrap_or_default();
             let retry = self.retry_ms.clone();
             let id2 = id.clone();
             tokio::spawn(async move {
                 let (ok, attempts, err) =
-                    webhook::deliver(&http, &url, &secret, &id2, payload.as_bytes(), &retry).await;
+                    webhook::deliver(&url, &secret, &id2, payload.as_bytes(), &retry).await;
                 let _ = store.record_delivery(&id2, ok, attempts as i64, &err).await;
             });
         }

@@ -40,6 +40,34 @@ pub struct DeviceTokenCreated {
     pub root_fingerprint: Option<String>,
 }
 
+/// An enrollment token as listed: never its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceToken {
+    pub id: String,
+    pub labels: Labels,
+    /// Enrollments it still allows.
+    pub uses_left: i64,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
+    /// `usable`, `revoked`, `expired` or `used_up`.
+    pub state: String,
+}
+
+/// The tenant's enrollment tokens, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceTokenList {
+    pub tokens: Vec<DeviceToken>,
+}
+
+/// A revoked enrollment token.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceTokenRevoked {
+    pub id: String,
+    pub revoked: bool,
+}
+
 /// An enrolled device.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Device {
