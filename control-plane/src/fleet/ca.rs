@@ -253,7 +253,7 @@ mod tests {
             assert_eq!(k.len(), 48);
             assert_eq!(&k[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
             ed25519_dalek::SigningKey::from_pkcs8_der(&k).unwrap();
-            rcgen::KeyPair::try_from(k.as_slice()).unwrap();
+            KeyPair::try_from(k.as_slice()).unwrap();
         }
         assert!(pkcs8_v1(&[1, 2, 3]).is_err());
     }
