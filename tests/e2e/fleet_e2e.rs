@@ -2,7 +2,9 @@
 //! real enrolled `ferry-agent` processes on loopback.
 #![allow(clippy::unwrap_used)]
 
+use ferry_e2e::db::Db;
 use ferry_e2e::fleet::{wait_for, Agent, Keys, Server};
+use ferry_e2e::on_both_databases;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,8 +59,8 @@ fn refused_audit(server: &Server, action: &str, needle: &str) -> Value {
     )
 }
 
-#[test]
-fn enroll_deploy_promote_and_refusals() {
+on_both_databases!(enroll_deploy_promote_and_refusals);
+fn enroll_deploy_promote_and_refusals(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let keys = Keys::new(&tmp.path().join("k"));
     let good1 = keys.bundle("fraud", 1, "pub", &[]);
@@ -69,7 +71,7 @@ fn enroll_deploy_promote_and_refusals() {
 
     let server = Server::start(
         &tmp.path().join("server"),
-        &[("FAILPOINTS", "fleet-corrupt-model=return(tampered)")],
+        &db.with(&[("FAILPOINTS", "fleet-corrupt-model=return(tampered)")]),
     );
     ferry_e2e::fleet::ok(&mut server.cli(&[
         "trust",
@@ -458,10 +460,10 @@ fn partial_left(data: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+on_both_databases!(replayed_and_expired_desired_state_are_refused_and_audited);
 /// Replayed and expired desired-state documents are refused by the agent,
 /// reported, and audited at the control plane.
-#[test]
-fn replayed_and_expired_desired_state_are_refused_and_audited() {
+fn replayed_and_expired_desired_state_are_refused_and_audited(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let keys = Keys::new(&tmp.path().join("k"));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
@@ -477,7 +479,7 @@ fn replayed_and_expired_desired_state_are_refused_and_audited() {
             "expired_desired_state",
         ),
     ] {
-        let server = Server::start(&tmp.path().join(format!("server-{name}")), &[env]);
+        let server = Server::start(&tmp.path().join(format!("server-{name}")), &db.with(&[env]));
         let data = tmp.path().join(format!("agent-{name}"));
         let id = enroll_with_bundle(&server, &keys, &bundle, &data);
         let agent = Agent::start(&data, &id, &[]);
@@ -718,17 +720,17 @@ fn held_root(server: &Server, device: &str) -> Option<u64> {
         .and_then(|d| d["trust_root_version"].as_u64())
 }
 
+on_both_databases!(trust_root_rotation_reaches_devices_without_reenrollment);
 /// C1: the operator rotates the tenant's trust root (publisher B added,
 /// publisher A revoked) with `ferry trust push` only. Connected devices
 /// take the new root without re-enrollment: they refuse A's new bundles and
 /// activate B's. A device offline through two rotations follows the chain
 /// from the root it holds when it reconnects, and a restarted agent runs
 /// with the rotated root.
-#[test]
-fn trust_root_rotation_reaches_devices_without_reenrollment() {
+fn trust_root_rotation_reaches_devices_without_reenrollment(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let keys = Keys::new(&tmp.path().join("k"));
-    let server = Server::start(&tmp.path().join("server"), &[]);
+    let server = Server::start(&tmp.path().join("server"), &db.with(&[]));
     let v1 = keys.path("v1.root");
     ferry_e2e::fleet::ok(&mut server.cli(&["trust", "push", v1.to_str().unwrap()]));
     // Signed by A while A is trusted: the registry takes them now.

@@ -13,6 +13,8 @@
 //! by label, [`dev`] gives the id enrollment assigned.
 #![allow(clippy::unwrap_used)]
 
+use ferry_e2e::db::Db;
+use ferry_e2e::on_both_databases;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -280,7 +282,8 @@ fn enroll(dir: &Path, trust: &Path, label: &str) -> String {
                 .arg(&ca)
                 .arg("--data")
                 .arg(&data)
-                .args(["--hostname", label])
+                .args(["--hostname", label, "--trust"])
+                .arg(trust)
                 .output()
                 .unwrap();
             assert!(
@@ -743,11 +746,13 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
     });
 }
 
-#[test]
-fn drift_alert_and_one_retraining_trigger_with_the_embedded_broker() {
+on_both_databases!(drift_alert_and_one_retraining_trigger_with_the_embedded_broker);
+fn drift_alert_and_one_retraining_trigger_with_the_embedded_broker(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let tenant = unique("emb");
-    let server = start_server(dir.path(), &tenant, &["--mqtt-listen", "127.0.0.1:0"]);
+    let mut args = vec!["--mqtt-listen", "127.0.0.1:0"];
+    args.extend(db.args());
+    let server = start_server(dir.path(), &tenant, &args);
     assert!(
         server.mqtt.starts_with("mqtt://127.0.0.1:"),
         "{}",

@@ -19,6 +19,23 @@ impl Db {
         }
     }
 
+    /// `env` plus this database's variable, for [`crate::fleet::Server::start`].
+    pub fn with<'a>(&'a self, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = env.to_vec();
+        if let Db::Postgres(pg) = self {
+            v.push(("FERRY_DATABASE", pg.url.as_str()));
+        }
+        v
+    }
+
+    /// `ferry server` arguments selecting this database (none for SQLite).
+    pub fn args(&self) -> Vec<&str> {
+        match self {
+            Db::Sqlite => Vec::new(),
+            Db::Postgres(pg) => vec!["--database", pg.url.as_str()],
+        }
+    }
+
     /// A fresh PostgreSQL database, or `None` when no server answers
     /// outside CI (under `CI=true` a missing server fails the test).
     pub fn postgres() -> Option<Db> {
@@ -85,7 +102,7 @@ impl Drop for PgDb {
     }
 }
 
-/// Runs `async`-free test bodies `fn NAME(db: Db)` once on SQLite and once
+/// Runs test bodies `fn NAME(db: Db)` once on SQLite and once
 /// on PostgreSQL: `on_both_databases!(NAME);` makes `NAME::sqlite` and
 /// `NAME::postgres`.
 #[macro_export]

@@ -267,7 +267,8 @@ impl DeviceLink {
         }
         cfg.transport_config(Arc::new(t));
         let endpoint = tls::client_endpoint()?;
-        let conn = tls::connect_named(&endpoint, &id.server, id.server_name.as_deref(), cfg).await?;
+        let conn =
+            tls::connect_named(&endpoint, &id.server, id.server_name.as_deref(), cfg).await?;
         Ok(Self {
             conn,
             endpoint,

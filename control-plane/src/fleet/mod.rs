@@ -20,8 +20,8 @@ mod bundle_cache;
 mod bundle_serve;
 pub mod ca;
 mod quic;
-mod sequence;
 pub mod report_limit;
+mod sequence;
 pub mod service;
 pub mod trust;
 

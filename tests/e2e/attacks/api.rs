@@ -142,13 +142,14 @@ impl Drop for WriteLock {
 }
 
 /// `ferry-agent enroll` with `token`: (succeeded, stdout + stderr).
-fn try_enroll(server: &Server, token: &str, ca: &Path, data: &Path) -> (bool, String) {
+fn try_enroll(server: &Server, token: &str, ca: &Path, data: &Path, root: &Path) -> (bool, String) {
     let out = Command::new(bin("ferry-agent"))
         .args(["enroll", "--server", &server.quic, "--token", token, "--ca"])
         .arg(ca)
         .arg("--data")
         .arg(data)
-        .args(["--hostname", "rogue"])
+        .args(["--hostname", "rogue", "--trust"])
+        .arg(root)
         .output()
         .unwrap();
     (
@@ -224,7 +225,13 @@ fn enrollment_tokens_are_listed_revoked_and_refused_without_a_write() {
     assert_eq!(token_state(&server, &leaked_id), "usable");
 
     // The one use of `once` is spent by a real device.
-    let (enrolled, out) = try_enroll(&server, &once, &ca, &tmp.path().join("dev-ok"));
+    let (enrolled, out) = try_enroll(
+        &server,
+        &once,
+        &ca,
+        &tmp.path().join("dev-ok"),
+        &keys.path("v1.root"),
+    );
     assert!(enrolled, "{out}");
     assert_eq!(token_state(&server, &once_id), "used_up");
 
@@ -267,7 +274,7 @@ fn enrollment_tokens_are_listed_revoked_and_refused_without_a_write() {
         .enumerate()
         {
             let rogue = tmp.path().join(format!("rogue{i}"));
-            let (enrolled, out) = try_enroll(&server, token, &ca, &rogue);
+            let (enrolled, out) = try_enroll(&server, token, &ca, &rogue, &keys.path("v1.root"));
             assert!(!enrolled, "enrolled with a dead token: {out}");
             assert!(out.contains(reason), "expected {reason:?}: {out}");
         }
