@@ -479,6 +479,8 @@ fn replayed_and_expired_desired_state_are_refused_and_audited(db: Db) {
             "expired_desired_state",
         ),
     ] {
+        // A server of its own each time, on an empty database.
+        let db = db.fresh();
         let server = Server::start(&tmp.path().join(format!("server-{name}")), &db.with(&[env]));
         let data = tmp.path().join(format!("agent-{name}"));
         let id = enroll_with_bundle(&server, &keys, &bundle, &data);

@@ -28,6 +28,17 @@ impl Db {
         v
     }
 
+    /// Another, empty database of the same kind (for a second server).
+    pub fn fresh(&self) -> Db {
+        match self {
+            Db::Sqlite => Db::Sqlite,
+            Db::Postgres(_) => match PgDb::create() {
+                Some(pg) => Db::Postgres(pg),
+                None => panic!("PostgreSQL went away during the test"),
+            },
+        }
+    }
+
     /// `ferry server` arguments selecting this database (none for SQLite).
     pub fn args(&self) -> Vec<&str> {
         match self {
