@@ -270,28 +270,8 @@ impl Store {
         id: &str,
         entry: AuditEntry,
     ) -> Result<()> {
-        let mut m = self.mutation(entry).await?;
-        let tx = &mut m.tx;
-        let out: Result<_> = async {
-            let n = sqlx::query(
-                "UPDATE enrollment_tokens SET revoked_at = $1 \
-                 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
-            )
-            .bind(self.now())
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "enrollment token {id:?} (or already revoked)"
-                )));
-            }
-            Ok(())
-        }
-        .await;
-        m.finish(out).await
+        self.mark_revoked("enrollment_tokens", "enrollment token", tenant, id, entry)
+            .await
     }
 
     /// Records an enrolled device (audited as `entry`).
@@ -381,21 +361,37 @@ impl Store {
     }
 
     pub async fn revoke_device(&self, tenant: &str, id: &str, entry: AuditEntry) -> Result<()> {
+        self.mark_revoked("devices", "device", tenant, id, entry)
+            .await
+    }
+
+    /// Sets `revoked_at` on the tenant's live row `id` of `table` (a fixed
+    /// table name, never input), audited as `entry`; one of another tenant,
+    /// or one already revoked, is not found.
+    async fn mark_revoked(
+        &self,
+        table: &'static str,
+        what: &str,
+        tenant: &str,
+        id: &str,
+        entry: AuditEntry,
+    ) -> Result<()> {
         let mut m = self.mutation(entry).await?;
         let tx = &mut m.tx;
+        let sql = format!(
+            "UPDATE {table} SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL"
+        );
         let out: Result<_> = async {
-            let n = sqlx::query(
-                "UPDATE devices SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
-            )
-            .bind(self.now())
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
+            let n = sqlx::query(&sql)
+                .bind(self.now())
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
             if n == 0 {
                 return Err(StoreError::NotFound(format!(
-                    "device {id:?} (or already revoked)"
+                    "{what} {id:?} (or already revoked)"
                 )));
             }
             Ok(())
