@@ -17,6 +17,10 @@ pub struct Conn {
     /// Send the token over plain http:// to another machine anyway (it crosses the network in clear)
     #[arg(long, env = "FERRY_INSECURE_HTTP", global = true)]
     pub insecure_http: bool,
+    /// Reach HOST at ADDR instead of asking DNS (HOST=ADDR, repeatable); the
+    /// TLS name check still uses HOST
+    #[arg(long, env = "FERRY_RESOLVE", global = true, value_delimiter = ',', value_parser = parse_resolve)]
+    pub resolve: Vec<(String, std::net::IpAddr)>,
     /// API token
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -52,8 +56,25 @@ impl Conn {
         Transport {
             ca: self.ca.clone().or(saved),
             insecure_http: self.insecure_http,
+            resolve: self.resolve.clone(),
         }
     }
+}
+
+/// `HOST=ADDR` for `--resolve`.
+fn parse_resolve(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (host, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected HOST=ADDR, e.g. cp.example=10.0.0.5"))?;
+    let ip = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?}: the host name is empty"));
+    }
+    Ok((host.to_string(), ip))
 }
 
 /// Runs `f` on a fresh single-threaded runtime.
