@@ -52,11 +52,8 @@ impl Db {
     pub fn postgres() -> Option<Db> {
         match PgDb::create() {
             Some(pg) => Some(Db::Postgres(pg)),
-            None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("PostgreSQL on 127.0.0.1:5432 is required under CI=true")
-            }
             None => {
-                eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432");
+                crate::skip_or_fail("PostgreSQL on 127.0.0.1:5432 (trust auth, database test)");
                 None
             }
         }

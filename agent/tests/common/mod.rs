@@ -206,9 +206,10 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        quiet_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut admin) = (None, None);
@@ -414,9 +415,35 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but no Python with {module}; run scripts/python-env.sh");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but no Python with {module}; run scripts/python-env.sh (FERRY_ALLOW_SKIP=1 scripts/test.sh skips instead)");
     }
-    eprintln!("note: skipping, no Python with {module} (run scripts/python-env.sh)");
+    let what = format!("a Python with {module} (scripts/python-env.sh)");
+    eprintln!("SKIPPED: {what}");
+    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = writeln!(f, "{test}: {what}");
+        }
+    }
     None
+}
+
+/// Sends the child's stderr (its log) through this test's own output, which
+/// the test harness shows only when the test fails: expected refusals and
+/// reconnects logged by passing tests stay quiet. Threads spawned from a
+/// test inherit its output capture.
+pub fn quiet_stderr(child: &mut Child) {
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
+    }
 }
