@@ -249,7 +249,7 @@ fn the_readme_round_trip_works_by_name_over_tls_with_a_rotated_root() {
         .id()
         .to_hex();
     let v2 = keys.path("trust-v2.root");
-    ok(&mut Command::new(bin("ferry")).args([
+    ok(Command::new(bin("ferry")).args([
         "trust",
         "init",
         "--root-key",
