@@ -33,8 +33,11 @@ port_open 1883 && echo "Mosquitto   127.0.0.1:1883" || echo "Mosquitto   not run
 port_open 5432 && echo "PostgreSQL  127.0.0.1:5432" || echo "PostgreSQL  not running (its tests will fail)"
 
 skip_log="$PWD/target/ferry-skipped.txt"
+service_log="$PWD/target/ferry-services.txt"
 mkdir -p target
 : >"$skip_log"
+: >"$service_log"
+export FERRY_SERVICE_LOG="$service_log"
 if [ "${FERRY_ALLOW_SKIP:-0}" = 1 ]; then
   export CI=false FERRY_SKIP_LOG="$skip_log"
 else
@@ -45,6 +48,10 @@ say "cargo test --workspace $*"
 status=0
 cargo test --workspace "$@" || status=$?
 
+if [ -s "$service_log" ]; then
+  echo "== real services, by test binary:"
+  sort -u "$service_log" | awk -F '\t' '{ s[$1] = (s[$1] ? s[$1] ", " : "") $2 } END { for (b in s) printf "  %-22s %s\n", b, s[b] }' | sort
+fi
 if [ -s "$skip_log" ]; then
   echo "== SKIPPED ($(wc -l <"$skip_log") test(s), FERRY_ALLOW_SKIP=1):"
   sed 's/^/  /' "$skip_log"

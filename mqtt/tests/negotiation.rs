@@ -124,6 +124,16 @@ async fn auto_speaks_mqtt_5_to_mosquitto() {
         }
         return;
     }
+    if let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "negotiation\tMosquitto 127.0.0.1:1883");
+        }
+    }
     assert_eq!(attempts(addr, Version::Auto).await, [(Protocol::V5, true)]);
     assert_eq!(
         attempts(addr, Version::V311).await,

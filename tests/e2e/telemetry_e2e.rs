@@ -798,6 +798,7 @@ fn drift_alert_through_external_mosquitto_read_by_mosquitto_sub() {
     if !mosquitto_up() && missing("Mosquitto on 127.0.0.1:1883") {
         return;
     }
+    ferry_e2e::used_service("Mosquitto 127.0.0.1:1883");
     if Command::new("mosquitto_sub")
         .arg("--help")
         .output()
@@ -970,6 +971,7 @@ impl Mosquitto {
             log: dir.join("mosquitto.log"),
         };
         m.restart();
+        ferry_e2e::used_service("a private Mosquitto");
         Some(m)
     }
 

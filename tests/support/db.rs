@@ -51,7 +51,10 @@ impl Db {
     /// outside CI (under `CI=true` a missing server fails the test).
     pub fn postgres() -> Option<Db> {
         match PgDb::create() {
-            Some(pg) => Some(Db::Postgres(pg)),
+            Some(pg) => {
+                crate::used_service("PostgreSQL 127.0.0.1:5432");
+                Some(Db::Postgres(pg))
+            }
             None => {
                 crate::skip_or_fail("PostgreSQL on 127.0.0.1:5432 (trust auth, database test)");
                 None

@@ -40,3 +40,31 @@ pub fn quiet_stderr(child: &mut std::process::Child) {
         });
     }
 }
+
+/// Notes that this test binary ran against a real service, for the
+/// one-line-per-binary summary `scripts/test.sh` prints
+/// (`$FERRY_SERVICE_LOG`).
+pub fn used_service(what: &str) {
+    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // target/debug/deps/NAME-HASH
+    let binary = stem
+        .rsplit_once('-')
+        .map_or(stem.as_str(), |(n, _)| n)
+        .to_string();
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{binary}\t{what}");
+    }
+}

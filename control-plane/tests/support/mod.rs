@@ -148,7 +148,10 @@ impl Backend {
     /// server answers.
     pub async fn postgres() -> Option<Backend> {
         match PgDb::create().await {
-            Some(db) => Some(Backend::Postgres(db)),
+            Some(db) => {
+                used_service("PostgreSQL 127.0.0.1:5432");
+                Some(Backend::Postgres(db))
+            }
             None => {
                 missing("PostgreSQL at 127.0.0.1:5432 (database test)");
                 None
@@ -507,5 +510,33 @@ pub fn quiet_stderr(child: &mut Child) {
                 eprintln!("{line}");
             }
         });
+    }
+}
+
+/// Notes that this test binary ran against a real service, for the
+/// one-line-per-binary summary `scripts/test.sh` prints
+/// (`$FERRY_SERVICE_LOG`).
+pub fn used_service(what: &str) {
+    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // target/debug/deps/NAME-HASH
+    let binary = stem
+        .rsplit_once('-')
+        .map_or(stem.as_str(), |(n, _)| n)
+        .to_string();
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{binary}\t{what}");
     }
 }

@@ -374,6 +374,7 @@ fn a_large_bundle_is_served_in_ranges_from_s3() {
         );
         return;
     };
+    ferry_e2e::used_service("S3 (moto_server)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

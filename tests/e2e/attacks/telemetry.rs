@@ -358,6 +358,7 @@ pub(super) fn start_mosquitto(dir: &Path, server_data: &Path) -> Option<Mosquitt
     wait_for("mosquitto to listen", WAIT, || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
+    ferry_e2e::used_service("a private Mosquitto with deploy/mosquitto's config");
     Some(Mosquitto {
         _proc: proc,
         port,
