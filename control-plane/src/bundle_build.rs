@@ -93,6 +93,19 @@ fn hash_file(path: &Path, progress: &ProgressBar) -> Result<(u64, Digest), Build
     Ok((len, h.finish()))
 }
 
+/// The manifest's tags: the publisher's, plus
+/// `ferry.non_finite_inputs = accept` for a tree ensemble that routes
+/// missing values, unless the publisher set that tag otherwise.
+fn tags(spec: &BuildSpec, tracks_missing_values: bool) -> BTreeMap<String, String> {
+    use ferry_protocol::manifest::{NON_FINITE_ACCEPT, NON_FINITE_TAG};
+    let mut tags = spec.tags.clone();
+    if tracks_missing_values {
+        tags.entry(NON_FINITE_TAG.into())
+            .or_insert_with(|| NON_FINITE_ACCEPT.into());
+    }
+    tags
+}
+
 pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildError> {
     if spec.signers.is_empty() {
         return Err(BuildError::NoSigner);
@@ -134,7 +147,7 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
             len,
             sha256,
         }],
-        tags: spec.tags.clone(),
+        tags: tags(spec, info.tracks_missing_values),
         metrics: spec.metrics.clone(),
         lineage: spec.lineage.clone(),
         created_at: spec.created_at,

@@ -24,6 +24,10 @@ pub struct OnnxInfo {
     pub schema: Schema,
     pub operators: BTreeSet<String>,
     pub opsets: Vec<(String, i64)>,
+    /// A tree ensemble in the graph sends missing values (NaN) down a
+    /// chosen branch (`nodes_missing_value_tracks_true`): the model takes
+    /// NaN inputs by design.
+    pub tracks_missing_values: bool,
 }
 
 pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
@@ -64,10 +68,17 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
         .iter()
         .map(|o| (o.domain.clone(), o.version))
         .collect();
+    let tracks_missing_values = graph.node.iter().any(|n| {
+        n.op_type.starts_with("TreeEnsemble")
+            && n.attribute.iter().any(|a| {
+                a.name == "nodes_missing_value_tracks_true" && a.ints.iter().any(|v| *v != 0)
+            })
+    });
     Ok(OnnxInfo {
         schema: Schema { inputs, outputs },
         operators,
         opsets,
+        tracks_missing_values,
     })
 }
 

@@ -13,6 +13,9 @@
 //! by label, [`dev`] gives the id enrollment assigned.
 #![allow(clippy::unwrap_used)]
 
+#[path = "telemetry_cli.rs"]
+mod telemetry_cli;
+
 use ferry_e2e::db::Db;
 use ferry_e2e::on_both_databases;
 use serde_json::{json, Value};
@@ -734,6 +737,16 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
     );
     assert!((400..500).contains(&s), "{s} {b}");
     send_rows(agent_addr, &held_out[..1], "after-refusal");
+
+    // The operator CLI reads (and acknowledges) what the scenario made.
+    telemetry_cli::check(
+        server.http,
+        ADMIN,
+        &dir.join(format!("cli-{device}")),
+        &dev(device),
+        a[0]["id"].as_str().unwrap(),
+        SECRET,
+    );
 
     // Health: retained online while serving, offline after a clean stop.
     let (_, d) = call(server.http, "GET", "/api/v1/devices", None);

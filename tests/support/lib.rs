@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod db;
 pub mod fleet;
+pub mod table;
 
 /// A real dependency is missing: under `CI=true` (which `scripts/test.sh`
 /// sets unless `FERRY_ALLOW_SKIP=1`) the test fails with `what`; otherwise

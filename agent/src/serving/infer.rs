@@ -237,6 +237,12 @@ impl<'t> RouteRef<'t> {
         self.route.version()
     }
 
+    /// Whether this version's signed manifest accepts NaN and infinite
+    /// inputs (`ferry.non_finite_inputs = accept`).
+    pub fn accepts_non_finite(&self) -> bool {
+        self.route.loaded.manifest.accepts_non_finite()
+    }
+
     pub fn variant(&self) -> &'static str {
         self.route.variant
     }

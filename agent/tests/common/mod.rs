@@ -76,18 +76,41 @@ impl Keys {
     pub fn bundle(&self, model: &str, name: &str, version: u64) -> PathBuf {
         let onnx = fixtures().join(format!("{model}.onnx"));
         let baseline = fixtures().join(format!("{model}.baseline.csv"));
+        self.bundle_onnx(
+            &onnx,
+            baseline.exists().then_some(baseline),
+            name,
+            version,
+            &[],
+        )
+    }
+
+    /// Bundles the ONNX file `onnx` as `name` v`version` with manifest
+    /// `tags` (and those `ferry bundle build` adds itself).
+    pub fn bundle_onnx(
+        &self,
+        onnx: &Path,
+        baseline: Option<PathBuf>,
+        name: &str,
+        version: u64,
+        tags: &[(&str, &str)],
+    ) -> PathBuf {
+        let stem = onnx.file_stem().unwrap().to_string_lossy().into_owned();
         let out = self
             .dir
             .path()
-            .join(format!("{name}-{version}-{model}.ferry"));
+            .join(format!("{name}-{version}-{stem}.ferry"));
         build(
             &BuildSpec {
-                model: onnx,
+                model: onnx.to_path_buf(),
                 name: ModelName::new(name).unwrap(),
                 version,
-                baseline: baseline.exists().then_some(baseline),
+                baseline,
                 bins: 10,
-                tags: Default::default(),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 metrics: Default::default(),
                 lineage: Default::default(),
                 created_at: now(),
