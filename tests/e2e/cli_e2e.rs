@@ -207,7 +207,7 @@ fn registry_and_fleet_commands_print_tables_and_json() {
     assert!(m.windows.is_empty());
     let d: DriftSeries = json(&server, &["drift", "series", "bc"]);
     assert!(d.windows.is_empty());
-    let err = refused(&server, &["model", "metrics", "no-such-model"]);
+    let err = refused(&server, &["drift", "config", "get", "no-such-model"]);
     assert!(err.contains("404"), "{err}");
 
     // A device: listed with aligned columns.

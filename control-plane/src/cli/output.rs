@@ -45,12 +45,12 @@ pub fn when_ms(t: Option<i64>) -> String {
     when(t.filter(|t| *t > 0).map(|t| t / 1000))
 }
 
-/// Rows under upper-case headers, each column as wide as its widest cell
+/// Rows under headers in ASCII capitals, each column as wide as its widest cell
 /// (by display width), two spaces between columns, no borders.
 pub fn render(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_style(NOTHING);
-    t.set_header(headers.iter().map(|h| h.to_uppercase()));
+    t.set_header(headers.iter().map(|h| h.to_ascii_uppercase()));
     for r in rows {
         t.add_row(r);
     }

@@ -101,8 +101,8 @@ pub async fn metrics(c: &Client, json_out: bool, args: &SeriesArgs) -> anyhow::R
                 w.requests.to_string(),
                 w.errors.to_string(),
                 fixed(w.throughput_rps, 1),
-                w.latency_p50_us.to_string(),
-                w.latency_p99_us.to_string(),
+                format!("{} µs", w.latency_p50_us),
+                format!("{} µs", w.latency_p99_us),
                 fixed(w.accuracy, 3),
             ]
         })
@@ -116,8 +116,8 @@ pub async fn metrics(c: &Client, json_out: bool, args: &SeriesArgs) -> anyhow::R
             "requests",
             "errors",
             "req/s",
-            "p50 µs",
-            "p99 µs",
+            "latency p50",
+            "latency p99",
             "accuracy",
         ],
         rows,
