@@ -42,7 +42,7 @@ enum ConfigCmd {
     /// Show the policy in force (`default`: none was saved)
     Get { model: String },
     /// Change the policy: the flags given, on top of the one in force (or --file, or --reset)
-    Set(SetArgs),
+    Set(Box<SetArgs>),
 }
 
 #[derive(Args, Debug)]
