@@ -112,3 +112,36 @@ fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
         shape,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(path)
+    }
+
+    /// Missing-value tracking is read from the tree ensembles' attributes:
+    /// HistGradientBoosting trained with NaN has it, a logistic regression
+    /// and a random forest do not.
+    #[test]
+    fn tree_ensembles_that_route_missing_values_are_recognised() {
+        assert!(
+            read(&fixture("trees/hgb_bin.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("trees/rf_bin.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("models/bc_logreg.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+    }
+}
