@@ -150,7 +150,8 @@ fn registry_and_fleet_commands_print_tables_and_json() {
         "a file states the whole policy"
     );
 
-    // Retraining: webhook and schedule; the secret is kept only on purpose.
+    // Retraining: webhook and schedule. The secret is never shown, the URL
+    // by origin only; both survive a change that does not name them.
     let p: DriftPolicyView = json(
         &server,
         &[
@@ -164,36 +165,43 @@ fn registry_and_fleet_commands_print_tables_and_json() {
         ],
     );
     assert_eq!(p.policy["webhook_secret_set"], true);
+    assert_eq!(p.policy["webhook_url"], "https://ml.example/…");
     assert_eq!(p.policy["psi_threshold"], 0.4, "kept");
-    let err = refused(
+    let p: DriftPolicyView = json(
         &server,
         &["triggers", "set", "bc", "--schedule", "0 3 * * 1"],
     );
-    assert!(err.contains("--no-webhook-secret"), "{err}");
-    let err = refused(&server, &["drift", "config", "set", "bc", "--reset"]);
-    assert!(err.contains("webhook secret"), "{err}");
+    assert_eq!(p.policy["retrain_schedule"], "0 3 * * 1");
+    assert_eq!(p.policy["webhook_secret_set"], true, "kept");
+    assert_eq!(p.policy["webhook_url"], "https://ml.example/…", "kept");
+    let t = text(&server, &["drift", "config", "get", "bc"]);
+    assert_eq!(row(&t, "retrain schedule")[1], "0 3 * * 1");
+    assert_eq!(row(&t, "webhook secret")[1], "set");
+    assert!(!t.contains("s3cret") && !t.contains("/retrain"), "{t}");
+    let err = refused(&server, &["triggers", "set", "bc", "--webhook-secret", ""]);
+    assert!(err.contains("--webhook-secret"), "{err}");
+    let err = refused(
+        &server,
+        &["triggers", "set", "bc", "--schedule", "every day"],
+    );
+    assert!(err.contains("retrain_schedule"), "{err}");
     let p: DriftPolicyView = json(
         &server,
         &[
             "triggers",
             "set",
             "bc",
-            "--schedule",
-            "0 3 * * 1",
+            "--no-webhook",
             "--no-webhook-secret",
+            "--no-schedule",
         ],
     );
-    assert_eq!(p.policy["retrain_schedule"], "0 3 * * 1");
     assert_eq!(p.policy["webhook_secret_set"], false);
-    assert_eq!(p.policy["webhook_url"], "https://ml.example/retrain");
-    let err = refused(
-        &server,
-        &["triggers", "set", "bc", "--schedule", "every day"],
-    );
-    assert!(err.contains("retrain_schedule"), "{err}");
-    let t = text(&server, &["drift", "config", "get", "bc"]);
-    assert_eq!(row(&t, "retrain schedule")[1], "0 3 * * 1");
-    assert_eq!(row(&t, "webhook secret")[1], "-");
+    assert_eq!(p.policy["webhook_url"], serde_json::Value::Null);
+    assert_eq!(p.policy["retrain_schedule"], serde_json::Value::Null);
+    let p: DriftPolicyView = json(&server, &["drift", "config", "set", "bc", "--reset"]);
+    assert_eq!(p.policy["psi_threshold"], 0.3);
+    assert_eq!(p.default, None);
 
     // Telemetry reads before any device reported: empty, and said so.
     let tr: TriggerList = json(&server, &["triggers", "list", "--since", "1h"]);

@@ -3,10 +3,10 @@
 //!
 //! The API replaces a policy whole (fields left out take their defaults),
 //! so `set` reads the policy in force, changes what the flags name and
-//! sends it back. The server never shows the webhook secret, only whether
-//! one is set: a change to a policy that has one must give it again or
-//! drop it, never lose it silently. `ferry triggers set` changes the
-//! retraining fields the same way.
+//! sends it back. What the server never shows comes through unchanged: a
+//! secret left out keeps the stored one, a webhook URL sent back in its
+//! shown (redacted) form keeps the stored URL. `ferry triggers set`
+//! changes the retraining fields the same way.
 
 use super::conn::{block_on, enc, Conn};
 use super::output::{cell, print_json, table};
@@ -49,6 +49,7 @@ enum ConfigCmd {
 struct SetArgs {
     model: String,
     /// Start from this JSON policy document instead of the policy in force
+    /// (a webhook secret it leaves out is kept)
     #[arg(long, conflicts_with = "reset")]
     file: Option<PathBuf>,
     /// Start from the defaults instead of the policy in force
@@ -118,11 +119,16 @@ fn parse_reference(s: &str) -> Result<Reference, String> {
         .map(Reference)
 }
 
-/// The webhook secret: given again, or dropped (see the module comment).
+/// The webhook secret: replaced, cleared, or (neither flag) kept.
 #[derive(Args, Debug, Default)]
 pub struct SecretArgs {
-    /// HMAC-SHA256 key for the retraining webhook's signature (write-only)
-    #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
+    /// HMAC-SHA256 key for the retraining webhook's signature (write-only; kept when not given)
+    #[arg(
+        long,
+        env = "FERRY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     pub webhook_secret: Option<String>,
     /// Remove the webhook secret the policy has
     #[arg(long, conflicts_with = "webhook_secret")]
@@ -148,33 +154,26 @@ fn config_path(model: &str) -> String {
     format!("/models/{}/drift-config", enc(model))
 }
 
-/// The policy in force and whether it has a webhook secret.
-pub async fn current(c: &Client, model: &str) -> anyhow::Result<(DriftPolicy, bool)> {
+/// The policy in force, as shown (webhook URL redacted, no secret).
+pub async fn current(c: &Client, model: &str) -> anyhow::Result<DriftPolicy> {
     let v: DriftPolicyView = c.get(&config_path(model)).await?;
-    let s = shown(&v)?;
-    Ok((s.policy, s.webhook_secret_set))
+    Ok(shown(&v)?.policy)
 }
 
-/// Sends `p` as the model's policy, keeping or dropping the secret as
-/// `secret` says; refuses to drop a secret nobody asked to drop.
+/// Sends `p` as the model's policy with the secret `secret` asks for: a
+/// new one, cleared (the API's `""`), or left out, which keeps the stored
+/// one.
 pub async fn save(
     c: &Client,
     model: &str,
     mut p: DriftPolicy,
-    had_secret: bool,
     secret: &SecretArgs,
 ) -> anyhow::Result<DriftPolicyView> {
-    if secret.no_webhook_secret {
-        p.webhook_secret = None;
-    } else if let Some(s) = &secret.webhook_secret {
-        p.webhook_secret = Some(s.clone());
-    } else if had_secret && p.webhook_secret.is_none() {
-        anyhow::bail!(
-            "{model}'s drift policy has a webhook secret, which the server never shows back: \
-             give it again with --webhook-secret (or FERRY_WEBHOOK_SECRET), or remove it with \
-             --no-webhook-secret"
-        );
-    }
+    p.webhook_secret = if secret.no_webhook_secret {
+        Some(String::new())
+    } else {
+        secret.webhook_secret.clone()
+    };
     Ok(c.call(Method::POST, &config_path(model), Some(&p)).await?)
 }
 
@@ -188,7 +187,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
                 print_policy(json_out, &v)
             }
             DriftCmd::Config(ConfigCmd::Set(s)) => {
-                let (in_force, had_secret) = current(&c, &s.model).await?;
+                let in_force = current(&c, &s.model).await?;
                 let base = if let Some(f) = &s.file {
                     let text =
                         std::fs::read(f).with_context(|| format!("--file {}", f.display()))?;
@@ -200,7 +199,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
                     in_force
                 };
                 let p = s.apply(base);
-                let v = save(&c, &s.model, p, had_secret, &s.secret).await?;
+                let v = save(&c, &s.model, p, &s.secret).await?;
                 print_policy(json_out, &v)
             }
             DriftCmd::Series(a) => super::series::drift(&c, json_out, &a).await,
@@ -326,7 +325,7 @@ mod tests {
         let p = DriftPolicy {
             psi_threshold: 0.2,
             features: vec!["a".into()],
-            webhook_url: Some("https://h/x".into()),
+            webhook_url: Some("https://h.example".into()),
             webhook_secret: Some("s".into()),
             ..Default::default()
         };

@@ -100,7 +100,7 @@ pub fn triggers(args: TriggersArgs) -> anyhow::Result<()> {
                 Ok(())
             }
             TriggersCmd::Set(s) => {
-                let (mut p, had_secret) = current(&c, &s.model).await?;
+                let mut p = current(&c, &s.model).await?;
                 if s.no_webhook {
                     p.webhook_url = None;
                 } else if let Some(u) = &s.webhook_url {
@@ -111,7 +111,7 @@ pub fn triggers(args: TriggersArgs) -> anyhow::Result<()> {
                 } else if let Some(x) = &s.schedule {
                     p.retrain_schedule = Some(x.clone());
                 }
-                let v = save(&c, &s.model, p, had_secret, &s.secret).await?;
+                let v = save(&c, &s.model, p, &s.secret).await?;
                 print_policy(json_out, &v)
             }
         }
