@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry::api::types::{
-    AlertList, AliasList, DeploymentDetail, DeploymentScaled, DeviceHealthList, DriftPolicyView,
-    DriftSeries, Health, MetricSeries, ProjectList, TriggerList, TrustRootDoc, WhoAmI,
+    AlertList, AliasList, DeploymentDeleted, DeploymentDetail, DeploymentScaled, DeviceHealthList,
+    DriftPolicyView, DriftSeries, Health, MetricSeries, ProjectList, TriggerList, TrustRootDoc,
+    WhoAmI,
 };
 use ferry_e2e::fleet::{ok, run, Agent, Keys, Server};
 use ferry_e2e::table::{assert_aligned, row};
@@ -264,4 +265,6 @@ fn registry_and_fleet_commands_print_tables_and_json() {
     let t = text(&server, &["deployments"]);
     assert_aligned(&t);
     assert_eq!(&row(&t, &id)[1..4], ["bc", "1", "{\"site\":\"b\"}"], "{t}");
+    let gone: DeploymentDeleted = json(&server, &["undeploy", &id]);
+    assert!(gone.deleted && gone.id == id);
 }

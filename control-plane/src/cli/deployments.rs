@@ -201,6 +201,9 @@ pub fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
         let v: DeploymentDeleted = c
             .send(Method::DELETE, &format!("/deployments/{}", enc(&args.id)))
             .await?;
+        if args.conn.json {
+            return print_json(&v);
+        }
         println!("deployment {} removed", args.id);
         for w in &v.warnings {
             eprintln!("warning: {w}");

@@ -234,10 +234,14 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 print_json(&v)?;
             }
             DeviceCmd::Revoke { id } => {
-                let _: DeviceRevoked = c
+                let v: DeviceRevoked = c
                     .send(Method::POST, &format!("/fleet/devices/{}/revoke", enc(&id)))
                     .await?;
-                println!("device {id} revoked");
+                if json_out {
+                    print_json(&v)?;
+                } else {
+                    println!("device {id} revoked");
+                }
             }
             DeviceCmd::Ca => {
                 print!("{}", c.get_text("/fleet/devices/ca.pem").await?);
