@@ -357,6 +357,18 @@ pub(super) async fn feedback(
 }
 
 pub(super) async fn metrics(State(app): State<App>) -> Response {
-    let text = app.agent.metrics.render(Some(app.agent.log.stats()));
+    let mut text = app.agent.metrics.render(Some(app.agent.log.stats()));
+    let table = app.agent.table();
+    let mut plans = Vec::new();
+    for (name, routes) in &table.models {
+        for r in routes.iter() {
+            plans.push(crate::metrics::PlanLine {
+                model: name,
+                version: r.version(),
+                stats: r.loaded.engine.plan_stats(),
+            });
+        }
+    }
+    crate::metrics::Metrics::render_plans(&mut text, &plans);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
