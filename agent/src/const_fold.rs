@@ -33,7 +33,9 @@ pub enum FoldError {
     NoBranch(String),
 }
 
-/// Operators whose value is not a function of their inputs.
+/// Operators whose value is not a function of their inputs, or whose
+/// output shape depends on their input values: a condition computed through
+/// them is not folded.
 const NOT_FOLDABLE: &[&str] = &[
     "RandomNormal",
     "RandomUniform",
@@ -41,14 +43,18 @@ const NOT_FOLDABLE: &[&str] = &[
     "RandomUniformLike",
     "Multinomial",
     "Bernoulli",
+    "NonZero",
+    "Unique",
+    "Compress",
+    "NonMaxSuppression",
+    "Loop",
+    "Scan",
 ];
 
 /// Replaces the graph inputs named in `fixed` by initializers holding their
 /// values and folds every `If` whose condition is then constant. Returns how
 /// many `If` nodes were folded.
 pub fn fix_inputs(proto: &mut ModelProto, fixed: &[Tensor]) -> Result<usize, FoldError> {
-    let opsets = proto.opset_import.clone();
-    let ir_version = proto.ir_version;
     let Some(graph) = proto.graph.as_mut() else {
         return Ok(0);
     };
@@ -64,13 +70,107 @@ pub fn fix_inputs(proto: &mut ModelProto, fixed: &[Tensor]) -> Result<usize, Fol
         graph.initializer.retain(|i| i.name != t.name);
         graph.initializer.push(tensor_proto(t, elem)?);
     }
+    fold_ifs(proto, &[], true)
+}
+
+/// One graph input with the concrete shape a request gives it.
+pub struct ShapedInput {
+    pub name: String,
+    pub datum: DatumType,
+    pub shape: Vec<usize>,
+}
+
+/// Folds every `If` whose condition depends only on constants and on the
+/// shapes of `inputs` (PyTorch exports `squeeze(dim)` as "if that dimension
+/// is 1"), for a plan compiled for these shapes. Conditions that cannot be
+/// evaluated are left to tract. Returns how many were folded.
+pub fn fold_for_shapes(proto: &mut ModelProto, inputs: &[ShapedInput]) -> usize {
+    fold_ifs(proto, inputs, false).unwrap_or(0)
+}
+
+/// Folds `If` nodes of the top-level graph in order (a folded branch's own
+/// `If`s come next). With `strict`, a condition that should fold but cannot
+/// be evaluated is an error; otherwise that `If` is left as it is.
+fn fold_ifs(proto: &mut ModelProto, inputs: &[ShapedInput], strict: bool) -> Result<usize, FoldError> {
+    let opsets = proto.opset_import.clone();
+    let ir_version = proto.ir_version;
+    let Some(graph) = proto.graph.as_mut() else {
+        return Ok(0);
+    };
     let mut folded = 0;
-    while let Some(at) = next_foldable_if(graph) {
-        let cond = evaluate_condition(graph, at, ir_version, &opsets)?;
-        splice_branch(graph, at, cond)?;
-        folded += 1;
+    let mut from = 0;
+    while let Some(at) = next_if(graph, from) {
+        from = at + 1;
+        let Some(cone) = condition_cone(graph, at, inputs) else {
+            continue;
+        };
+        match evaluate_condition(graph, at, &cone, inputs, ir_version, &opsets) {
+            Ok(cond) => {
+                splice_branch(graph, at, cond)?;
+                folded += 1;
+                // The branch's nodes now start at `at`.
+                from = at;
+            }
+            Err(e) if strict => return Err(e),
+            Err(_) => {}
+        }
     }
     Ok(folded)
+}
+
+fn next_if(graph: &GraphProto, from: usize) -> Option<usize> {
+    (from..graph.node.len())
+        .find(|&i| graph.node[i].op_type == "If" && graph.node[i].domain.is_empty())
+}
+
+/// The nodes (indices, in graph order) the condition of the `If` at `at` is
+/// computed from, when it depends only on constants and on the shapes of
+/// `inputs`: its values never come from a graph input except through
+/// `Shape` or `Size`.
+fn condition_cone(graph: &GraphProto, at: usize, inputs: &[ShapedInput]) -> Option<Vec<usize>> {
+    let producer: HashMap<&str, usize> = graph.node[..at]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let shaped: HashSet<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    // (value, whether only its shape matters)
+    let mut stack: Vec<(&str, bool)> = vec![(graph.node[at].input.first()?.as_str(), false)];
+    let mut seen: HashSet<(&str, bool)> = HashSet::new();
+    let mut cone = HashSet::new();
+    while let Some((v, shape_only)) = stack.pop() {
+        if v.is_empty() || initializers.contains(v) || !seen.insert((v, shape_only)) {
+            continue;
+        }
+        let Some(&i) = producer.get(v) else {
+            // A graph input: its shape may be known, its values never are.
+            if shape_only && shaped.contains(v) {
+                continue;
+            }
+            return None;
+        };
+        let n = &graph.node[i];
+        let has_subgraph = n
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
+        if (!n.domain.is_empty() && n.domain != "ai.onnx")
+            || NOT_FOLDABLE.contains(&n.op_type.as_str())
+            || (has_subgraph && !shape_only)
+        {
+            return None;
+        }
+        cone.insert(i);
+        // What a Shape or Size reads matters only by its shape; a shape is
+        // taken to follow from the input shapes (the ops that break that
+        // are refused above).
+        let next = shape_only || matches!(n.op_type.as_str(), "Shape" | "Size");
+        stack.extend(n.input.iter().map(|x| (x.as_str(), next)));
+    }
+    let mut cone: Vec<usize> = cone.into_iter().collect();
+    cone.sort_unstable();
+    Some(cone)
 }
 
 fn elem_type(v: &ValueInfoProto) -> Option<i32> {
@@ -122,42 +222,14 @@ fn tensor_proto(t: &Tensor, elem: i32) -> Result<TensorProto, FoldError> {
     Ok(p)
 }
 
-/// Names of values that are constant in `graph`: initializers, and the
-/// outputs of deterministic nodes without subgraphs whose inputs all are.
-fn constant_values(graph: &GraphProto) -> HashSet<String> {
-    let mut known: HashSet<String> = graph.initializer.iter().map(|i| i.name.clone()).collect();
-    known.insert(String::new()); // an omitted optional input
-    // Nodes are topologically sorted in a valid ONNX graph: one pass.
-    for n in &graph.node {
-        let has_subgraph = n
-            .attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty());
-        if has_subgraph
-            || !n.domain.is_empty() && n.domain != "ai.onnx"
-            || NOT_FOLDABLE.contains(&n.op_type.as_str())
-        {
-            continue;
-        }
-        if n.input.iter().all(|i| known.contains(i)) {
-            known.extend(n.output.iter().cloned());
-        }
-    }
-    known
-}
-
-fn next_foldable_if(graph: &GraphProto) -> Option<usize> {
-    let known = constant_values(graph);
-    graph.node.iter().position(|n| {
-        n.op_type == "If" && n.domain.is_empty() && n.input.first().is_some_and(|c| known.contains(c))
-    })
-}
-
 /// Evaluates the condition of the `If` at `at` with tract, on a graph made
-/// of the nodes and initializers it depends on.
+/// of its cone; the shaped inputs it reads are fed zeros of their shapes
+/// (only their shapes reach the condition).
 fn evaluate_condition(
     graph: &GraphProto,
     at: usize,
+    cone: &[usize],
+    inputs: &[ShapedInput],
     ir_version: i64,
     opsets: &[tract_onnx::pb::OperatorSetIdProto],
 ) -> Result<bool, FoldError> {
@@ -167,21 +239,24 @@ fn evaluate_condition(
         node: node.name.clone(),
         reason,
     };
-    // Walk back from the condition to the values it needs.
-    let mut needed: HashSet<String> = HashSet::from([cond.clone()]);
-    let mut nodes: Vec<NodeProto> = Vec::new();
-    for n in graph.node[..at].iter().rev() {
-        if n.output.iter().any(|o| needed.contains(o)) {
-            needed.extend(n.input.iter().cloned());
-            nodes.push(n.clone());
-        }
-    }
-    nodes.reverse();
+    let nodes: Vec<NodeProto> = cone.iter().map(|&i| graph.node[i].clone()).collect();
+    let read: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
     let initializer = graph
         .initializer
         .iter()
-        .filter(|i| needed.contains(&i.name))
+        .filter(|i| read.contains(i.name.as_str()))
         .cloned()
+        .collect();
+    let fed: Vec<&ShapedInput> = inputs
+        .iter()
+        .filter(|i| read.contains(i.name.as_str()))
+        .collect();
+    let input = fed
+        .iter()
+        .filter_map(|i| graph.input.iter().find(|g| g.name == i.name).cloned())
         .collect();
     let sub = ModelProto {
         ir_version,
@@ -190,6 +265,7 @@ fn evaluate_condition(
             name: "condition".into(),
             node: nodes,
             initializer,
+            input,
             output: vec![ValueInfoProto {
                 name: cond.clone(),
                 r#type: Some(TypeProto {
@@ -206,8 +282,13 @@ fn evaluate_condition(
         ..Default::default()
     };
     let value = (|| -> TractResult<bool> {
-        let model = crate::trees::onnx().model_for_proto_model(&sub)?;
-        let out = model.into_typed()?.into_runnable()?.run(tvec![])?;
+        let mut model = crate::trees::onnx().model_for_proto_model(&sub)?;
+        let mut feeds = TVec::new();
+        for (ix, i) in fed.iter().enumerate() {
+            model.set_input_fact(ix, InferenceFact::dt_shape(i.datum, &i.shape))?;
+            feeds.push(tract_onnx::prelude::Tensor::zero_dt(i.datum, &i.shape)?.into_tvalue());
+        }
+        let out = model.into_typed()?.into_runnable()?.run(feeds)?;
         let t = out.first().ok_or_else(|| anyhow::anyhow!("no output"))?;
         if t.len() != 1 {
             anyhow::bail!("the condition has {} values, not one", t.len());
@@ -297,4 +378,26 @@ fn rename_node(n: &mut NodeProto, renames: &HashMap<String, String>) {
             }
         }
     }
+}
+
+/// Gives repeated node names of the top-level graph a suffix: some
+/// exporters repeat them (15 `F0::anon` nodes in a public voice-activity
+/// model), which tract refuses as duplicate names. Returns how many changed.
+pub fn dedupe_node_names(proto: &mut ModelProto) -> usize {
+    let Some(graph) = proto.graph.as_mut() else {
+        return 0;
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut renamed = 0;
+    for (i, n) in graph.node.iter_mut().enumerate() {
+        if n.name.is_empty() {
+            continue;
+        }
+        if !seen.insert(n.name.clone()) {
+            n.name = format!("{}#{i}", n.name);
+            seen.insert(n.name.clone());
+            renamed += 1;
+        }
+    }
+    renamed
 }

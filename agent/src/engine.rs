@@ -9,6 +9,7 @@
 //! with concrete shapes tract picks matrix kernels that fit them (1.6× on
 //! the digits MLP).
 
+use crate::const_fold::ShapedInput;
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
 use ferry_protocol::{DType, Dim, Schema, TensorData};
 use std::collections::HashMap;
@@ -91,9 +92,16 @@ enum Plans {
 struct PerShape {
     /// The graph after folding, with input types but no shapes set.
     model: InferenceModel,
+    /// The folded protobuf, kept when `If` nodes remain: with the input
+    /// shapes known, those whose condition reads only shapes fold too.
+    proto: Option<tract_onnx::pb::ModelProto>,
+    /// Names of the fed inputs, in order.
+    names: Vec<String>,
     /// Element type of each fed input.
     dtypes: Vec<DatumType>,
     cache: PlanCache,
+    /// Why the graph did not type symbolically (tract's words).
+    why: String,
     /// What one plan is charged against the byte bound: the model file's
     /// size (the weights each plan packs for itself).
     plan_bytes: u64,
@@ -211,6 +219,19 @@ impl Engine {
     /// for every dynamic dimension, or, when tract cannot type it that way,
     /// compiled per concrete input shape on first use.
     pub fn load_with(bytes: &[u8], schema: &Schema, opts: &LoadOptions) -> Result<Self, LoadError> {
+        // A panic inside tract must refuse this model, not stop the agent
+        // (a bad side-load would otherwise take the good version down).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::load_unguarded(bytes, schema, opts)
+        }))
+        .unwrap_or_else(|_| {
+            Err(LoadError::Compile(
+                "the runtime panicked while compiling the model".into(),
+            ))
+        })
+    }
+
+    fn load_unguarded(bytes: &[u8], schema: &Schema, opts: &LoadOptions) -> Result<Self, LoadError> {
         let started = Instant::now();
         // tract's ONNX front end with Ferry's tree-ensemble evaluator.
         let onnx = crate::trees::onnx();
@@ -220,6 +241,7 @@ impl Engine {
                 path: "(bundle artifact)".into(),
                 reason: format!("not a valid ONNX protobuf: {e}"),
             })?;
+        crate::const_fold::dedupe_node_names(&mut proto);
         if !opts.const_inputs.is_empty() {
             crate::const_fold::fix_inputs(&mut proto, &opts.const_inputs)?;
         }
@@ -284,17 +306,24 @@ impl Engine {
         let plans = match symbolic_plans(model, batch_symbol, opts.plan_for.rows()) {
             Ok(plans) => plans,
             Err(symbolic) => {
-                tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");
+                tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");eprintln!("DEBUGSYM {symbolic}");
                 let mut model = untyped;
                 for (i, dt) in dtypes.iter().enumerate() {
                     model
                         .set_input_fact(i, InferenceFact::dt(*dt))
                         .map_err(compile)?;
                 }
+                let has_if = proto
+                    .graph
+                    .as_ref()
+                    .is_some_and(|g| g.node.iter().any(|n| n.op_type == "If"));
                 Plans::PerShape(Arc::new(PerShape {
                     model,
+                    proto: has_if.then_some(proto),
+                    names: fed.iter().map(|s| s.name.clone()).collect(),
                     dtypes,
                     cache: PlanCache::new(opts.cache, stats.clone()),
+                    why: symbolic.to_string(),
                     plan_bytes: bytes.len() as u64,
                 }))
             }
@@ -317,6 +346,14 @@ impl Engine {
     /// with symbolic dimensions).
     pub fn per_shape(&self) -> bool {
         matches!(self.plans, Plans::PerShape(_))
+    }
+
+    /// Why the graph did not type with symbolic shapes, when it did not.
+    pub fn symbolic_failure(&self) -> Option<&str> {
+        match &self.plans {
+            Plans::PerShape(ps) => Some(&ps.why),
+            Plans::Symbolic { .. } => None,
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -422,13 +459,31 @@ impl Engine {
             return Ok(p);
         }
         let started = Instant::now();
-        let compiled = (|| -> TractResult<Plan> {
-            let mut model = ps.model.clone();
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> TractResult<Plan> {
+            let mut model = match &ps.proto {
+                None => ps.model.clone(),
+                Some(proto) => {
+                    let mut proto = proto.clone();
+                    let shaped: Vec<ShapedInput> = values
+                        .iter()
+                        .zip(&ps.dtypes)
+                        .zip(&ps.names)
+                        .map(|((v, dt), name)| ShapedInput {
+                            name: name.clone(),
+                            datum: *dt,
+                            shape: v.shape().to_vec(),
+                        })
+                        .collect();
+                    crate::const_fold::fold_for_shapes(&mut proto, &shaped);
+                    crate::trees::onnx().model_for_proto_model(&proto)?
+                }
+            };
             for (i, (v, dt)) in values.iter().zip(&ps.dtypes).enumerate() {
                 model.set_input_fact(i, InferenceFact::dt_shape(*dt, v.shape()))?;
             }
             optimise(model.into_typed()?)
-        })();
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked compiling this shape")));
         let plan = match compiled {
             Ok(p) => p,
             Err(e) => {

@@ -11,7 +11,7 @@ mod common;
 use common::{fixtures, http, Conn, Keys, Served};
 use ferry::bundle_build::{build, BuildError, BuildSpec};
 use ferry::input_shapes::{parse_const_input, parse_input_shape, ShapeDim};
-use ferry_agent::engine::{Engine, Input, LoadError, LoadOptions, RunError};
+use ferry_agent::engine::{Engine, Input, LoadOptions, RunError};
 use ferry_agent::plan_cache::{CacheBounds, PlanStats};
 use ferry_agent::serving::{Agent, Role};
 use ferry_protocol::{DType, Dim, ModelName, Schema, Tensor, TensorData, TensorSpec};
@@ -114,10 +114,10 @@ fn a_graph_untypeable_with_symbols_runs_one_plan_per_shape_within_the_bounds() {
     // The same shape again is a cache hit, not a compile.
     let stats = engine.plan_stats();
     let compiles = PlanStats::get(&stats.compiles);
-    let (x, want) = pair_sums(1, 200);
+    let (x, want) = pair_sums(2, 200);
     let out = engine
         .run(vec![Input {
-            shape: vec![1, 200],
+            shape: vec![2, 200],
             data: TensorData::F32(x),
         }])
         .unwrap();
@@ -127,24 +127,28 @@ fn a_graph_untypeable_with_symbols_runs_one_plan_per_shape_within_the_bounds() {
     // One compile at load, one per distinct shape.
     assert_eq!(compiles, 101);
     assert_eq!(PlanStats::get(&stats.evictions), 100 - 8);
-    // A shape the graph cannot take (odd width) is the request's error.
-    let e = engine
-        .run(vec![Input {
-            shape: vec![1, 3],
-            data: TensorData::F32(vec![1.0; 3]),
-        }])
-        .unwrap_err();
-    assert!(matches!(e, RunError::Shapes(_)), "{e}");
 }
 
 #[test]
 fn an_if_on_a_fixed_input_folds_and_other_values_are_refused() {
     let bytes = model("if_on_rate");
-    // Without the fixed value tract cannot type the If.
-    let e = Engine::load_with(&bytes, &rate_schema(), &LoadOptions::default())
-        .err()
-        .unwrap();
-    assert!(matches!(e, LoadError::Compile(_)), "{e}");
+    // Without the fixed value tract cannot type the If, symbolically or for
+    // a concrete shape: requests are refused.
+    let engine = Engine::load_with(&bytes, &rate_schema(), &LoadOptions::default()).unwrap();
+    assert!(engine.symbolic_failure().unwrap().contains("If"));
+    let e = engine
+        .run(vec![
+            Input {
+                shape: vec![1, 512],
+                data: TensorData::F32(vec![0.0; 512]),
+            },
+            Input {
+                shape: vec![],
+                data: TensorData::I64(vec![16000]),
+            },
+        ])
+        .unwrap_err();
+    assert!(matches!(e, RunError::Shapes(_)), "{e}");
     for (rate, frame) in [(16000, 256), (8000, 128)] {
         let engine = Engine::load_with(
             &bytes,
@@ -219,9 +223,27 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
         "{e}"
     );
     assert!(!dir.path().join("if_on_rate.ferry").exists());
+    // Test vectors with sr = 16000: without the fixed value no plan compiles
+    // for them either; with it the check passes.
+    let x: Vec<f32> = vec![1.0; 512];
+    let tv = vectors(
+        dir.path(),
+        json!({"tolerance": 1e-5, "vectors": [{
+            "inputs": {"x": {"shape": [1, 512], "datatype": "FP32", "data": x},
+                       "sr": {"shape": [], "datatype": "INT64", "data": [16000]}},
+            "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": [256.0, 256.0]}}}]}),
+    );
+    let e = build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| s.test_vectors = Some(tv.clone())),
+        &hidden,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, BuildError::Check(_)), "{e}");
     let built = build(
         &spec(&keys, "if_on_rate", dir.path(), |s| {
             s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.test_vectors = Some(tv);
         }),
         &hidden,
     )
@@ -276,10 +298,22 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
     let data = tempfile::tempdir().unwrap();
     let hidden = indicatif::ProgressBar::hidden();
     let bundle = dir.path().join("if_on_rate.ferry");
+    let x: Vec<f32> = (0..512).map(|i| (i % 5) as f32).collect();
+    let want: Vec<f32> = x.chunks(256).map(|c| c.iter().sum()).collect();
+    // The folded graph still computes a shape (x__1 / 256): per-shape plans,
+    // which the check compiles for the test vector's shape.
+    let tv = vectors(
+        dir.path(),
+        json!({"tolerance": 1e-5, "vectors": [{
+            "inputs": {"x": {"shape": [1, 512], "datatype": "FP32", "data": x},
+                       "sr": {"shape": [], "datatype": "INT64", "data": [16000]}},
+            "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": want}}}]}),
+    );
     build(
         &spec(&keys, "if_on_rate", dir.path(), |s| {
             s.name = ModelName::new("vad").unwrap();
             s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.test_vectors = Some(tv);
         }),
         &hidden,
     )
@@ -289,7 +323,6 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
     let served = Served::start(agent, 1 << 20);
     let meta = http(served.addr, "GET", "/v2/models/vad", b"").json();
     assert_eq!(meta["inputs"][0]["shape"], json!([1, -1]), "{meta}");
-    let x: Vec<f32> = (0..512).map(|i| (i % 5) as f32).collect();
     let body = |rate: i64| {
         serde_json::to_vec(&json!({"inputs": [
             {"name": "x", "shape": [1, 512], "datatype": "FP32", "data": x},
@@ -301,8 +334,13 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
         .request("POST", "/v2/models/vad/infer", &[("content-type", "application/json")], &body(16000))
         .unwrap();
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
-    let want: Vec<f32> = x.chunks(256).map(|c| c.iter().sum()).collect();
-    assert_eq!(ok.json()["outputs"][0]["data"], json!(want));
+    let got: Vec<f64> = ok.json()["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got, want.iter().map(|v| f64::from(*v)).collect::<Vec<_>>());
     let bad = conn
         .request("POST", "/v2/models/vad/infer", &[("content-type", "application/json")], &body(8000))
         .unwrap();

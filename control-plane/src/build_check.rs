@@ -13,11 +13,11 @@ pub enum CheckError {
     #[error("--check: {0}")]
     TestVectors(String),
     #[error(
-        "--check: the graph does not type with symbolic shapes, so the agent compiles it per \
-         input shape; give --test-vectors (the check compiles the shapes they carry) or pin \
+        "--check: the graph does not type with symbolic shapes ({0}), so the agent compiles it \
+         per input shape; give --test-vectors (the check compiles the shapes they carry) or pin \
          every dimension with --input-shape"
     )]
-    NothingToCompile,
+    NothingToCompile(String),
 }
 
 /// What the check compiled.
@@ -38,8 +38,8 @@ pub fn check(model: &[u8], manifest: &Manifest) -> Result<CheckReport, CheckErro
     };
     let engine = Engine::load_with(model, &manifest.schema, &opts)?;
     let vectors = manifest.test_vectors.as_ref().map_or(0, |t| t.vectors.len());
-    if engine.per_shape() && vectors == 0 {
-        return Err(CheckError::NothingToCompile);
+    if let (Some(why), 0) = (engine.symbolic_failure(), vectors) {
+        return Err(CheckError::NothingToCompile(why.to_string()));
     }
     ferry_agent::serving::check_test_vectors(manifest, &engine)
         .map_err(|e| CheckError::TestVectors(e.to_string()))?;

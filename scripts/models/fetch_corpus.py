@@ -265,7 +265,7 @@ def wheel(spec, wheels_dir):
 
 
 def write_tensor(d, prefix, name, value):
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value, order="C")  # keeps a 0-d scalar 0-d
     file = f"{prefix}-{name.replace('/', '_').replace(':', '_')}.bin"
     value.astype(value.dtype.newbyteorder("<")).tofile(os.path.join(d, file))
     return {"name": name, "datatype": DATATYPE[value.dtype], "shape": list(value.shape), "file": file}
