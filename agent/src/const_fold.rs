@@ -91,7 +91,11 @@ pub fn fold_for_shapes(proto: &mut ModelProto, inputs: &[ShapedInput]) -> usize 
 /// Folds `If` nodes of the top-level graph in order (a folded branch's own
 /// `If`s come next). With `strict`, a condition that should fold but cannot
 /// be evaluated is an error; otherwise that `If` is left as it is.
-fn fold_ifs(proto: &mut ModelProto, inputs: &[ShapedInput], strict: bool) -> Result<usize, FoldError> {
+fn fold_ifs(
+    proto: &mut ModelProto,
+    inputs: &[ShapedInput],
+    strict: bool,
+) -> Result<usize, FoldError> {
     let opsets = proto.opset_import.clone();
     let ir_version = proto.ir_version;
     let Some(graph) = proto.graph.as_mut() else {
@@ -210,7 +214,9 @@ fn tensor_proto(t: &Tensor, elem: i32) -> Result<TensorProto, FoldError> {
         (DType::F32, _) => p.float_data = values.iter().map(|v| *v as f32).collect(),
         (DType::F64, _) => p.double_data = values,
         (DType::Bool, _) => p.int32_data = values.iter().map(|v| i32::from(*v != 0.0)).collect(),
-        (DType::I64, _) => p.int64_data = values.into_iter().map(integral).collect::<Result<_, _>>()?,
+        (DType::I64, _) => {
+            p.int64_data = values.into_iter().map(integral).collect::<Result<_, _>>()?
+        }
         (DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16, _) => {
             p.int32_data = values
                 .into_iter()
@@ -400,4 +406,21 @@ pub fn dedupe_node_names(proto: &mut ModelProto) -> usize {
         }
     }
     renamed
+}
+
+/// Drops the graph's intermediate shape annotations (`value_info`) and its
+/// outputs' shapes, keeping element types: for a plan compiled for concrete
+/// input shapes, the exporter's symbolic annotations only contradict them.
+pub fn drop_shape_annotations(proto: &mut ModelProto) {
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
+    graph.value_info.clear();
+    for o in &mut graph.output {
+        if let Some(type_proto::Value::TensorType(t)) =
+            o.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
 }

@@ -231,16 +231,20 @@ impl Engine {
         })
     }
 
-    fn load_unguarded(bytes: &[u8], schema: &Schema, opts: &LoadOptions) -> Result<Self, LoadError> {
+    fn load_unguarded(
+        bytes: &[u8],
+        schema: &Schema,
+        opts: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let started = Instant::now();
         // tract's ONNX front end with Ferry's tree-ensemble evaluator.
         let onnx = crate::trees::onnx();
-        let mut proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| LoadError::Read {
-                path: "(bundle artifact)".into(),
-                reason: format!("not a valid ONNX protobuf: {e}"),
-            })?;
+        let mut proto =
+            onnx.proto_model_for_read(&mut &bytes[..])
+                .map_err(|e| LoadError::Read {
+                    path: "(bundle artifact)".into(),
+                    reason: format!("not a valid ONNX protobuf: {e}"),
+                })?;
         crate::const_fold::dedupe_node_names(&mut proto);
         if !opts.const_inputs.is_empty() {
             crate::const_fold::fix_inputs(&mut proto, &opts.const_inputs)?;
@@ -270,15 +274,14 @@ impl Engine {
         }
         let mut dtypes = Vec::with_capacity(fed.len());
         for spec in &fed {
-            dtypes.push(datum_type(spec.dtype).ok_or_else(|| {
-                LoadError::UnsupportedInputType {
+            dtypes.push(
+                datum_type(spec.dtype).ok_or_else(|| LoadError::UnsupportedInputType {
                     name: spec.name.clone(),
                     dtype: spec.dtype,
-                }
-            })?);
+                })?,
+            );
         }
         let stats = Arc::new(PlanStats::default());
-        let untyped = model.clone();
         // Pin input facts from the schema so tract can type the whole graph;
         // symbolic dimensions stay symbols, unnamed ones get one each.
         let mut batch_symbol = None;
@@ -306,8 +309,12 @@ impl Engine {
         let plans = match symbolic_plans(model, batch_symbol, opts.plan_for.rows()) {
             Ok(plans) => plans,
             Err(symbolic) => {
-                tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");eprintln!("DEBUGSYM {symbolic}");
-                let mut model = untyped;
+                tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");
+                // The exporter's shape annotations are in its own symbols
+                // (`batch`, `height`), which concrete shapes contradict:
+                // tract infers every shape from the inputs instead.
+                crate::const_fold::drop_shape_annotations(&mut proto);
+                let mut model = onnx.model_for_proto_model(&proto).map_err(compile)?;
                 for (i, dt) in dtypes.iter().enumerate() {
                     model
                         .set_input_fact(i, InferenceFact::dt(*dt))
@@ -459,31 +466,32 @@ impl Engine {
             return Ok(p);
         }
         let started = Instant::now();
-        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> TractResult<Plan> {
-            let mut model = match &ps.proto {
-                None => ps.model.clone(),
-                Some(proto) => {
-                    let mut proto = proto.clone();
-                    let shaped: Vec<ShapedInput> = values
-                        .iter()
-                        .zip(&ps.dtypes)
-                        .zip(&ps.names)
-                        .map(|((v, dt), name)| ShapedInput {
-                            name: name.clone(),
-                            datum: *dt,
-                            shape: v.shape().to_vec(),
-                        })
-                        .collect();
-                    crate::const_fold::fold_for_shapes(&mut proto, &shaped);
-                    crate::trees::onnx().model_for_proto_model(&proto)?
+        let compiled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> TractResult<Plan> {
+                let mut model = match &ps.proto {
+                    None => ps.model.clone(),
+                    Some(proto) => {
+                        let mut proto = proto.clone();
+                        let shaped: Vec<ShapedInput> = values
+                            .iter()
+                            .zip(&ps.dtypes)
+                            .zip(&ps.names)
+                            .map(|((v, dt), name)| ShapedInput {
+                                name: name.clone(),
+                                datum: *dt,
+                                shape: v.shape().to_vec(),
+                            })
+                            .collect();
+                        crate::const_fold::fold_for_shapes(&mut proto, &shaped);
+                        crate::trees::onnx().model_for_proto_model(&proto)?
+                    }
+                };
+                for (i, (v, dt)) in values.iter().zip(&ps.dtypes).enumerate() {
+                    model.set_input_fact(i, InferenceFact::dt_shape(*dt, v.shape()))?;
                 }
-            };
-            for (i, (v, dt)) in values.iter().zip(&ps.dtypes).enumerate() {
-                model.set_input_fact(i, InferenceFact::dt_shape(*dt, v.shape()))?;
-            }
-            optimise(model.into_typed()?)
-        }))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked compiling this shape")));
+                optimise(model.into_typed()?)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked compiling this shape")));
         let plan = match compiled {
             Ok(p) => p,
             Err(e) => {
@@ -556,7 +564,11 @@ fn symbolic_plans(
 
 /// A request's value for a fixed input must be the publisher's.
 fn check_fixed(name: &str, want: &ferry_protocol::Tensor, got: &Input) -> Result<(), RunError> {
-    let same_shape = got.shape.iter().map(|d| *d as u64).eq(want.shape.iter().copied());
+    let same_shape = got
+        .shape
+        .iter()
+        .map(|d| *d as u64)
+        .eq(want.shape.iter().copied());
     if same_shape && got.data.as_f64().is_some() && got.data.as_f64() == want.data.as_f64() {
         return Ok(());
     }

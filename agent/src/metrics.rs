@@ -93,13 +93,48 @@ impl Metrics {
     pub fn render_plans(out: &mut String, plans: &[PlanLine<'_>]) {
         type Read = fn(&PlanStats) -> u64;
         let rows: [(&str, &str, &str, Read); 7] = [
-            ("ferry_plan_compiles_total", "Plans compiled (at activation and per new input shape).", "counter", |s| PlanStats::get(&s.compiles)),
-            ("ferry_plan_compile_seconds_total", "Time spent compiling plans.", "counter", |s| PlanStats::get(&s.compile_micros)),
-            ("ferry_plan_compile_failures_total", "Input shapes the graph could not be compiled for.", "counter", |s| PlanStats::get(&s.compile_failures)),
-            ("ferry_plan_cache_hits_total", "Requests that found their input shapes' plan compiled.", "counter", |s| PlanStats::get(&s.hits)),
-            ("ferry_plan_cache_evictions_total", "Per-shape plans dropped to stay within the cache bounds.", "counter", |s| PlanStats::get(&s.evictions)),
-            ("ferry_plan_cache_entries", "Per-shape plans held.", "gauge", |s| PlanStats::get(&s.entries)),
-            ("ferry_plan_cache_bytes", "Bytes charged for the per-shape plans held.", "gauge", |s| PlanStats::get(&s.bytes)),
+            (
+                "ferry_plan_compiles_total",
+                "Plans compiled (at activation and per new input shape).",
+                "counter",
+                |s| PlanStats::get(&s.compiles),
+            ),
+            (
+                "ferry_plan_compile_seconds_total",
+                "Time spent compiling plans.",
+                "counter",
+                |s| PlanStats::get(&s.compile_micros),
+            ),
+            (
+                "ferry_plan_compile_failures_total",
+                "Input shapes the graph could not be compiled for.",
+                "counter",
+                |s| PlanStats::get(&s.compile_failures),
+            ),
+            (
+                "ferry_plan_cache_hits_total",
+                "Requests that found their input shapes' plan compiled.",
+                "counter",
+                |s| PlanStats::get(&s.hits),
+            ),
+            (
+                "ferry_plan_cache_evictions_total",
+                "Per-shape plans dropped to stay within the cache bounds.",
+                "counter",
+                |s| PlanStats::get(&s.evictions),
+            ),
+            (
+                "ferry_plan_cache_entries",
+                "Per-shape plans held.",
+                "gauge",
+                |s| PlanStats::get(&s.entries),
+            ),
+            (
+                "ferry_plan_cache_bytes",
+                "Bytes charged for the per-shape plans held.",
+                "gauge",
+                |s| PlanStats::get(&s.bytes),
+            ),
         ];
         for (name, help, kind, read) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -177,7 +177,10 @@ mod tests {
         // 100 distinct shapes, the first one kept hot.
         for n in 0..100 {
             cache.insert(vec![1, n], p.clone(), 100);
-            assert!(cache.get(&[1, 0]).is_some(), "the hot shape was evicted at {n}");
+            assert!(
+                cache.get(&[1, 0]).is_some(),
+                "the hot shape was evicted at {n}"
+            );
             assert!(cache.len() <= 3);
         }
         assert!(cache.get(&[1, 99]).is_some());

@@ -158,7 +158,12 @@ impl Case {
     /// The reference as signed test vectors, when small enough to sign
     /// (a manifest is bounded); the agent runs them before activation.
     fn test_vectors(&self, out: &Path) -> Option<PathBuf> {
-        let bytes: usize = self.inputs.iter().chain(&self.outputs).map(|t| t.raw.len()).sum();
+        let bytes: usize = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .map(|t| t.raw.len())
+            .sum();
         if bytes > 2 << 20 {
             return None;
         }
@@ -251,7 +256,13 @@ fn infer_json(conn: &mut Conn, case: &Case) -> Vec<(String, Vec<usize>, Vec<f64>
             &serde_json::to_vec(&body).unwrap(),
         )
         .unwrap();
-    assert_eq!(r.status, 200, "{}: {}", case.id, String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "{}: {}",
+        case.id,
+        String::from_utf8_lossy(&r.body)
+    );
     r.json()["outputs"]
         .as_array()
         .unwrap()
@@ -304,7 +315,13 @@ fn infer_binary(conn: &mut Conn, case: &Case) -> Vec<(String, Vec<usize>, Vec<f6
             &body,
         )
         .unwrap();
-    assert_eq!(r.status, 200, "{}: {}", case.id, String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "{}: {}",
+        case.id,
+        String::from_utf8_lossy(&r.body)
+    );
     let n: usize = r
         .header("inference-header-content-length")
         .unwrap()
@@ -365,7 +382,11 @@ fn corpus_models_serve_like_onnxruntime_or_are_refused_at_build_time() {
         match &outcome {
             Outcome::Served { per_shape } => eprintln!(
                 "corpus: {id}: served, matches onnxruntime ({})",
-                if *per_shape { "plan per input shape" } else { "symbolic shapes" }
+                if *per_shape {
+                    "plan per input shape"
+                } else {
+                    "symbolic shapes"
+                }
             ),
             Outcome::Refused(why) => eprintln!("corpus: {id}: refused at build time: {why}"),
         }
@@ -380,5 +401,9 @@ fn corpus_models_serve_like_onnxruntime_or_are_refused_at_build_time() {
         outcomes.len(),
         outcomes.len() - served_n
     );
-    assert!(outcomes.len() >= 12, "the corpus has {} models", outcomes.len());
+    assert!(
+        outcomes.len() >= 12,
+        "the corpus has {} models",
+        outcomes.len()
+    );
 }

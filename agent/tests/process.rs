@@ -219,7 +219,10 @@ fn refused_side_load_keeps_the_previous_version_serving() {
     let trust = keys.trust_path.to_str().unwrap();
     // v1 side-loaded and serving, then the device stops.
     let mut first = side_load(&keys, dir, &[]);
-    assert_eq!(http(first.addr, "GET", "/v2/models/fraud/ready", b"").status, 200);
+    assert_eq!(
+        http(first.addr, "GET", "/v2/models/fraud/ready", b"").status,
+        200
+    );
     first.kill9();
     // Restarted with a v2 whose graph uses an operator no runtime has.
     let bad = keys.bundle("unsupported_op", "fraud", 2);
@@ -253,9 +256,9 @@ fn refused_side_load_keeps_the_previous_version_serving() {
     assert_eq!(r.json()["model_version"], "1");
     let metrics = String::from_utf8(http(agent.addr, "GET", "/metrics", b"").body).unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("ferry_activations_total{outcome=\"refused\"") && l.ends_with(" 1")),
+        metrics.lines().any(
+            |l| l.starts_with("ferry_activations_total{outcome=\"refused\"") && l.ends_with(" 1")
+        ),
         "{metrics}"
     );
     let text = std::fs::read_to_string(&log).unwrap();

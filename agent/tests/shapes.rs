@@ -96,7 +96,10 @@ fn a_graph_untypeable_with_symbols_runs_one_plan_per_shape_within_the_bounds() {
         },
     )
     .unwrap();
-    assert!(engine.per_shape(), "the fixture types symbolically: it tests nothing");
+    assert!(
+        engine.per_shape(),
+        "the fixture types symbolically: it tests nothing"
+    );
     // A stream of 100 distinct shapes, every answer right, the cache never
     // over its bound.
     for k in 1..=100 {
@@ -234,7 +237,9 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
             "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": [256.0, 256.0]}}}]}),
     );
     let e = build(
-        &spec(&keys, "if_on_rate", dir.path(), |s| s.test_vectors = Some(tv.clone())),
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.test_vectors = Some(tv.clone())
+        }),
         &hidden,
     )
     .err()
@@ -331,7 +336,12 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
     };
     let mut conn = Conn::open(served.addr).unwrap();
     let ok = conn
-        .request("POST", "/v2/models/vad/infer", &[("content-type", "application/json")], &body(16000))
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &body(16000),
+        )
         .unwrap();
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
     let got: Vec<f64> = ok.json()["outputs"][0]["data"]
@@ -342,9 +352,17 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
         .collect();
     assert_eq!(got, want.iter().map(|v| f64::from(*v)).collect::<Vec<_>>());
     let bad = conn
-        .request("POST", "/v2/models/vad/infer", &[("content-type", "application/json")], &body(8000))
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &body(8000),
+        )
         .unwrap();
     assert_eq!(bad.status, 400);
     let text = String::from_utf8_lossy(&bad.body);
-    assert!(text.contains("fixes it to 16000") && text.contains("8000"), "{text}");
+    assert!(
+        text.contains("fixes it to 16000") && text.contains("8000"),
+        "{text}"
+    );
 }

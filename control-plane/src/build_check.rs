@@ -37,7 +37,10 @@ pub fn check(model: &[u8], manifest: &Manifest) -> Result<CheckReport, CheckErro
         ..LoadOptions::default()
     };
     let engine = Engine::load_with(model, &manifest.schema, &opts)?;
-    let vectors = manifest.test_vectors.as_ref().map_or(0, |t| t.vectors.len());
+    let vectors = manifest
+        .test_vectors
+        .as_ref()
+        .map_or(0, |t| t.vectors.len());
     if let (Some(why), 0) = (engine.symbolic_failure(), vectors) {
         return Err(CheckError::NothingToCompile(why.to_string()));
     }

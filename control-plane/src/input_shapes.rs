@@ -64,7 +64,8 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<ShapeDim>), InputSpecEr
                     Ok(ShapeDim::Dynamic)
                 } else if let Ok(n) = d.parse::<u64>() {
                     Ok(ShapeDim::Size(n))
-                } else if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                } else if !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
                     Ok(ShapeDim::Named(d.to_string()))
                 } else {
                     Err(bad())
@@ -225,7 +226,9 @@ pub fn const_inputs(
                         .map(|p| num(p).map(|v| v as f32))
                         .collect::<Result<_, _>>()?,
                 ),
-                DType::F64 => TensorData::F64(parts.iter().map(|p| num(p)).collect::<Result<_, _>>()?),
+                DType::F64 => {
+                    TensorData::F64(parts.iter().map(|p| num(p)).collect::<Result<_, _>>()?)
+                }
                 DType::Bool => TensorData::Bool(
                     parts
                         .iter()
@@ -332,7 +335,11 @@ mod tests {
         let t = const_inputs(&s, &[parse_const_input("sr=16000").unwrap()]).unwrap();
         assert_eq!(t[0].data, TensorData::I64(vec![16000]));
         assert!(t[0].shape.is_empty());
-        for (raw, want) in [("sr=16k", "not an integer"), ("sr=1,2", "2 value(s)"), ("x=1", "dynamic")] {
+        for (raw, want) in [
+            ("sr=16k", "not an integer"),
+            ("sr=1,2", "2 value(s)"),
+            ("x=1", "dynamic"),
+        ] {
             let e = const_inputs(&s, &[parse_const_input(raw).unwrap()])
                 .unwrap_err()
                 .to_string();

@@ -269,7 +269,11 @@ impl Manifest {
                 )));
             }
             if !t.data.fits(spec.dtype) {
-                return Err(bad(format!("a {} value for a {} input", t.data.dtype(), spec.dtype)));
+                return Err(bad(format!(
+                    "a {} value for a {} input",
+                    t.data.dtype(),
+                    spec.dtype
+                )));
             }
         }
         if let Some(tv) = &self.test_vectors {

@@ -296,9 +296,7 @@ impl TensorData {
             TensorData::F32(_) | TensorData::F64(_) => {
                 matches!(d, DType::F16 | DType::F32 | DType::F64)
             }
-            TensorData::I32(_) | TensorData::I64(_) => {
-                !matches!(d, DType::Bytes | DType::Bool)
-            }
+            TensorData::I32(_) | TensorData::I64(_) => !matches!(d, DType::Bytes | DType::Bool),
         }
     }
 
