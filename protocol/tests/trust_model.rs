@@ -130,7 +130,7 @@ fn tampered_manifest() {
     // Change the version inside the signed bytes.
     let mut m = manifest("m", 1);
     m.version = 99;
-    header.manifest = ferry_protocol::encoding::encode(&m);
+    header.manifest = m.encode();
     let mut b = header.to_preamble();
     b.extend_from_slice(MODEL_BYTES);
     assert!(matches!(
