@@ -365,4 +365,20 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
         text.contains("fixes it to 16000") && text.contains("8000"),
         "{text}"
     );
+    // Compiles (at activation, then the test vector's shape) and the cache
+    // in /metrics; the request of the same shape was a hit.
+    let metrics = String::from_utf8(http(served.addr, "GET", "/metrics", b"").body).unwrap();
+    let line = |name: &str| {
+        let prefix = format!("{name}{{model=\"vad\",version=\"1\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(line("ferry_plan_compiles_total"), 2.0);
+    assert!(line("ferry_plan_compile_seconds_total") > 0.0);
+    assert_eq!(line("ferry_plan_cache_entries"), 1.0);
+    assert!(line("ferry_plan_cache_hits_total") >= 1.0);
 }
