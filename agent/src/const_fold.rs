@@ -301,7 +301,7 @@ fn evaluate_condition(
         }
         t.cast_to_scalar::<bool>()
     })()
-    .map_err(|e| fail(format!("{e:?}").replace('\n', " ")))?;
+    .map_err(|e| fail(format!("{e:#}").replace('\n', " ")))?;
     Ok(value)
 }
 

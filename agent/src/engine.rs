@@ -178,9 +178,14 @@ fn unsupported_ops(proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
     missing.into_iter().collect()
 }
 
-fn compile(e: impl std::fmt::Debug) -> LoadError {
-    // tract's errors are anyhow chains; `{:?}` keeps the causes.
-    LoadError::Compile(format!("{e:?}").replace('\n', " "))
+fn compile(e: anyhow::Error) -> LoadError {
+    LoadError::Compile(chain(&e))
+}
+
+/// tract's errors are anyhow chains: every cause on one line, without the
+/// backtrace `{:?}` would add when one was captured.
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }
 
 impl Engine {
@@ -282,6 +287,19 @@ impl Engine {
             );
         }
         let stats = Arc::new(PlanStats::default());
+        // The one shape the inputs can have, when every dimension is fixed.
+        let concrete: Option<Vec<Vec<usize>>> = fed
+            .iter()
+            .map(|spec| {
+                spec.shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => Some(*n as usize),
+                        Dim::Symbolic(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
         // Pin input facts from the schema so tract can type the whole graph;
         // symbolic dimensions stay symbols, unnamed ones get one each.
         let mut batch_symbol = None;
@@ -336,12 +354,19 @@ impl Engine {
             }
         };
         stats.compiled(started.elapsed().as_micros() as u64);
-        Ok(Self {
+        let engine = Self {
             schema: schema.clone(),
             fixed,
             plans,
             stats,
-        })
+        };
+        // Every dimension pinned: there is one shape, compiled now, so a
+        // graph that cannot run is refused at activation (and by --check).
+        if let (Plans::PerShape(ps), Some(shapes)) = (&engine.plans, concrete) {
+            let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            engine.plan_for(ps, &shapes).map_err(LoadError::Compile)?;
+        }
+        Ok(engine)
     }
 
     /// Compile and plan-cache counters, for `/metrics`.
@@ -431,7 +456,7 @@ impl Engine {
         // A panic inside an operator must fail this request, not the agent.
         let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(values)))
             .map_err(|_| RunError::Exec("the runtime panicked on this input".into()))?
-            .map_err(|e| RunError::Exec(format!("{e:?}").replace('\n', " ")))?;
+            .map_err(|e| RunError::Exec(chain(&e)))?;
         outs.into_iter()
             .zip(&self.schema.outputs)
             .map(|(t, spec)| {
@@ -457,56 +482,71 @@ impl Engine {
     /// The plan for these inputs' shapes: from the cache, or compiled now
     /// (outside the cache's lock: another shape's requests do not wait).
     fn plan_for_shapes(&self, ps: &PerShape, values: &[TValue]) -> Result<Plan, RunError> {
-        let mut key = Vec::with_capacity(values.len() * 5);
-        for v in values {
-            key.push(v.rank());
-            key.extend_from_slice(v.shape());
+        let shapes: Vec<&[usize]> = values.iter().map(|v| v.shape()).collect();
+        self.plan_for(ps, &shapes).map_err(|e| {
+            let shapes = format!("{shapes:?}");
+            tracing::warn!(%shapes, error = %e, "no plan for these input shapes");
+            RunError::Shapes(shapes)
+        })
+    }
+
+    /// The plan for these input shapes, cached or compiled now; the error is
+    /// tract's reason.
+    fn plan_for(&self, ps: &PerShape, shapes: &[&[usize]]) -> Result<Plan, String> {
+        let mut key = Vec::with_capacity(shapes.len() * 5);
+        for s in shapes {
+            key.push(s.len());
+            key.extend_from_slice(s);
         }
         if let Some(p) = ps.cache.get(&key) {
             return Ok(p);
         }
         let started = Instant::now();
         let compiled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> TractResult<Plan> {
-                let mut model = match &ps.proto {
-                    None => ps.model.clone(),
-                    Some(proto) => {
-                        let mut proto = proto.clone();
-                        let shaped: Vec<ShapedInput> = values
-                            .iter()
-                            .zip(&ps.dtypes)
-                            .zip(&ps.names)
-                            .map(|((v, dt), name)| ShapedInput {
-                                name: name.clone(),
-                                datum: *dt,
-                                shape: v.shape().to_vec(),
-                            })
-                            .collect();
-                        crate::const_fold::fold_for_shapes(&mut proto, &shaped);
-                        crate::trees::onnx().model_for_proto_model(&proto)?
-                    }
-                };
-                for (i, (v, dt)) in values.iter().zip(&ps.dtypes).enumerate() {
-                    model.set_input_fact(i, InferenceFact::dt_shape(*dt, v.shape()))?;
-                }
-                optimise(model.into_typed()?)
-            }))
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked compiling this shape")));
-        let plan = match compiled {
-            Ok(p) => p,
-            Err(e) => {
-                self.stats
-                    .compile_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let shapes: Vec<&[usize]> = values.iter().map(|v| v.shape()).collect();
-                let shapes = format!("{shapes:?}");
-                tracing::warn!(%shapes, error = %format!("{e:?}").replace('\n', " "), "no plan for these input shapes");
-                return Err(RunError::Shapes(shapes));
-            }
-        };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ps.compile(shapes)))
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the runtime panicked compiling these shapes"
+                    ))
+                });
+        let plan = compiled.map_err(|e| {
+            self.stats
+                .compile_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            chain(&e)
+        })?;
         self.stats.compiled(started.elapsed().as_micros() as u64);
         ps.cache.insert(key, plan.clone(), ps.plan_bytes);
         Ok(plan)
+    }
+}
+
+impl PerShape {
+    /// Compiles the graph for concrete input shapes: `If`s on shapes folded
+    /// first, then typed, fused and optimised like a symbolic plan.
+    fn compile(&self, shapes: &[&[usize]]) -> TractResult<Plan> {
+        let mut model = match &self.proto {
+            None => self.model.clone(),
+            Some(proto) => {
+                let mut proto = proto.clone();
+                let shaped: Vec<ShapedInput> = shapes
+                    .iter()
+                    .zip(&self.dtypes)
+                    .zip(&self.names)
+                    .map(|((s, dt), name)| ShapedInput {
+                        name: name.clone(),
+                        datum: *dt,
+                        shape: s.to_vec(),
+                    })
+                    .collect();
+                crate::const_fold::fold_for_shapes(&mut proto, &shaped);
+                crate::trees::onnx().model_for_proto_model(&proto)?
+            }
+        };
+        for (i, (s, dt)) in shapes.iter().zip(&self.dtypes).enumerate() {
+            model.set_input_fact(i, InferenceFact::dt_shape(*dt, *s))?;
+        }
+        optimise(model.into_typed()?)
     }
 }
 

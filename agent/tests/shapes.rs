@@ -254,6 +254,21 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
     )
     .unwrap();
     assert_eq!(built.manifest.const_inputs, vec![sr(16000)]);
+    // With every dimension pinned there is one shape: the check compiles it
+    // without test vectors (here the pinned graph even types as it is).
+    let pinned = build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.input_shapes = vec![parse_input_shape("x=1,1024").unwrap()];
+        }),
+        &hidden,
+    )
+    .unwrap();
+    assert!(pinned.check.is_some());
+    assert_eq!(
+        pinned.manifest.schema.inputs[0].shape,
+        vec![Dim::Fixed(1), Dim::Fixed(1024)]
+    );
     // The graph's dims as it states them; unnamed ones as "?".
     assert_eq!(
         built.manifest.schema.inputs[0].shape,

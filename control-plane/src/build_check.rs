@@ -41,7 +41,8 @@ pub fn check(model: &[u8], manifest: &Manifest) -> Result<CheckReport, CheckErro
         .test_vectors
         .as_ref()
         .map_or(0, |t| t.vectors.len());
-    if let (Some(why), 0) = (engine.symbolic_failure(), vectors) {
+    let compiled = ferry_agent::plan_cache::PlanStats::get(&engine.plan_stats().entries);
+    if let (Some(why), 0, 0) = (engine.symbolic_failure(), vectors, compiled) {
         return Err(CheckError::NothingToCompile(why.to_string()));
     }
     ferry_agent::serving::check_test_vectors(manifest, &engine)
