@@ -375,6 +375,19 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
         )
         .unwrap();
     assert_eq!(bad.status, 400);
+    // A request may leave the fixed input out.
+    let without = serde_json::to_vec(&json!({"inputs": [
+        {"name": "x", "shape": [1, 512], "datatype": "FP32", "data": x}]}))
+    .unwrap();
+    let r = conn
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &without,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let text = String::from_utf8_lossy(&bad.body);
     assert!(
         text.contains("fixes it to 16000") && text.contains("8000"),

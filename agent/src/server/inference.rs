@@ -283,8 +283,8 @@ fn infer_body(
     json_len: Option<usize>,
     header_key: Option<&str>,
 ) -> Result<Encoded, InferFailure> {
-    let decode = |schema: &ferry_protocol::Schema| {
-        oip::decode(body, json_len, schema, max_rows).map_err(|e| {
+    let decode = |schema: &ferry_protocol::Schema, fixed: &[ferry_protocol::Tensor]| {
+        oip::decode_fixed(body, json_len, schema, fixed, max_rows).map_err(|e| {
             agent.rejected(model, e.code());
             InferFailure::Request(e)
         })
@@ -292,21 +292,25 @@ fn infer_body(
     let table = agent.table();
     let routing = agent.route(&table, model, pinned)?;
     let first = routing.schema();
-    let decoded = decode(first)?;
+    let first_fixed = routing.fixed();
+    let decoded = decode(first, first_fixed)?;
     let key = header_key
         .or(decoded.routing_key.as_deref())
         .or(decoded.id.as_deref());
     let route = routing.pick(key);
     // A challenger with another schema reads the body its own way.
-    let decoded = if std::ptr::eq(route.schema(), first) || route.schema() == first {
+    let same = (std::ptr::eq(route.schema(), first) || route.schema() == first)
+        && route.fixed() == first_fixed;
+    let decoded = if same {
         decoded
     } else {
-        decode(route.schema())?
+        decode(route.schema(), route.fixed())?
     };
     // The shadow sees the same request, decoded against its own schema; one
     // it cannot read is skipped, never refused.
     if let Some(shadow) = routing.shadow() {
-        if let Ok(d) = oip::decode(body, json_len, shadow.schema(), max_rows) {
+        if let Ok(d) = oip::decode_fixed(body, json_len, shadow.schema(), shadow.fixed(), max_rows)
+        {
             shadow.spawn(d.id, d.inputs);
         }
     }
