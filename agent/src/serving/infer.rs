@@ -194,7 +194,7 @@ impl<'t> Routing<'t> {
 
     /// The inputs the publisher fixed for the version [`Routing::schema`]
     /// belongs to.
-    pub fn fixed(&self) -> &'t [ferry_protocol::Tensor] {
+    pub fn fixed(&self) -> &'t [Tensor] {
         &self
             .pinned
             .unwrap_or(&self.routes.champion)
@@ -245,7 +245,7 @@ impl<'t> RouteRef<'t> {
     }
 
     /// The inputs the publisher fixed for this route's version.
-    pub fn fixed(&self) -> &'t [ferry_protocol::Tensor] {
+    pub fn fixed(&self) -> &'t [Tensor] {
         &self.route.loaded.manifest.const_inputs
     }
 
