@@ -224,6 +224,30 @@ pub fn read_trust(path: &Path) -> Result<TrustRoot> {
         .with_context(|| format!("trust root {}", path.display()))
 }
 
+/// Installs the configured bundles in order. A refused one is logged,
+/// counted in `/metrics` and raised as a `refused` telemetry event, and
+/// whatever served before keeps serving: a bad new bundle must not stop a
+/// device. Only an agent left with nothing to serve and no control plane
+/// to bring it a model stops, with the reason.
+fn side_load(agent: &Agent, bundles: &[BundleConfig], enrolled: bool) -> Result<()> {
+    let mut refused = None;
+    for b in bundles {
+        match agent.install(&b.path, b.role, b.split) {
+            Ok(a) => {
+                tracing::info!(bundle = %b.path.display(), model = %a.model, version = a.version, role = a.role.as_str(), "side-loaded")
+            }
+            Err(e) => {
+                tracing::error!(bundle = %b.path.display(), error = %e, code = e.code(), "side-load refused; what served before keeps serving");
+                refused.get_or_insert(format!("side-loading {}: {e}", b.path.display()));
+            }
+        }
+    }
+    match refused {
+        Some(reason) if !agent.ready() && !enrolled => bail!("{reason}"),
+        _ => Ok(()),
+    }
+}
+
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -375,19 +399,7 @@ fn run(args: RunArgs) -> Result<()> {
         clock: Arc::new(SystemClock),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
-    for b in &cfg.bundles {
-        match agent.install(&b.path, b.role, b.split) {
-            Ok(a) => {
-                tracing::info!(bundle = %b.path.display(), model = %a.model, version = a.version, role = a.role.as_str(), "side-loaded")
-            }
-            // A bad side-loaded bundle must not stop a device that already
-            // serves an earlier version.
-            Err(e) if agent.ready() => {
-                tracing::error!(bundle = %b.path.display(), error = %e, "side-load refused; previous version keeps serving")
-            }
-            Err(e) => bail!("side-loading {}: {e}", b.path.display()),
-        }
-    }
+    side_load(&agent, &cfg.bundles, identity.is_some())?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         rt.worker_threads(n.max(1));

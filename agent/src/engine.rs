@@ -9,13 +9,14 @@
 //! with concrete shapes tract picks matrix kernels that fit them (1.6× on
 //! the digits MLP).
 
+use crate::const_fold::ShapedInput;
+use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
 use ferry_protocol::{DType, Dim, Schema, TensorData};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use tract_onnx::prelude::*;
-
-type Plan = Arc<TypedRunnableModel>;
 
 /// Why a model could not be made runnable. Each names what an operator must
 /// fix.
@@ -31,6 +32,8 @@ pub enum LoadError {
     UnsupportedInputType { name: String, dtype: DType },
     #[error("the model's graph has {graph} inputs, the manifest schema {schema}")]
     InputCount { graph: usize, schema: usize },
+    #[error(transparent)]
+    Fold(#[from] crate::const_fold::FoldError),
 }
 
 /// A failure while running a validated request.
@@ -40,6 +43,10 @@ pub enum RunError {
     Input { name: String, reason: String },
     #[error("model execution failed: {0}")]
     Exec(String),
+    /// The graph could not be compiled for these shapes (tract's reason is
+    /// logged, not returned).
+    #[error("the model cannot run on input shapes {0}")]
+    Shapes(String),
     #[error("output {name:?} has element type {dtype}, which cannot be returned")]
     OutputType { name: String, dtype: String },
 }
@@ -62,15 +69,58 @@ pub struct Output {
 #[derive(Clone)]
 pub struct Engine {
     schema: Schema,
-    any_batch: Plan,
-    /// Plan specialised to `rows` rows, when the batch dimension is symbolic.
-    fixed: Option<(usize, Plan)>,
+    /// Fixed inputs by schema index (`--const-input`): not fed to the
+    /// graph, a request must send the same value.
+    fixed: Vec<Option<ferry_protocol::Tensor>>,
+    plans: Plans,
+    stats: Arc<PlanStats>,
+}
+
+#[derive(Clone)]
+enum Plans {
+    /// The graph typed with symbolic dimensions: one plan for any shape,
+    /// and one specialised to the batch size the engine is loaded for.
+    Symbolic {
+        any_batch: Plan,
+        batch: Option<(usize, Plan)>,
+    },
+    /// tract could not type the graph symbolically: one plan per concrete
+    /// set of input shapes, compiled on first use.
+    PerShape(Arc<PerShape>),
+}
+
+struct PerShape {
+    /// The graph after folding, with input types but no shapes set.
+    model: InferenceModel,
+    /// The folded protobuf, kept when `If` nodes remain: with the input
+    /// shapes known, those whose condition reads only shapes fold too.
+    proto: Option<tract_onnx::pb::ModelProto>,
+    /// Names of the fed inputs, in order.
+    names: Vec<String>,
+    /// Element type of each fed input.
+    dtypes: Vec<DatumType>,
+    cache: PlanCache,
+    /// Why the graph did not type symbolically (tract's words).
+    why: String,
+    /// What one plan is charged against the byte bound: the model file's
+    /// size (the weights each plan packs for itself).
+    plan_bytes: u64,
+}
+
+/// How an engine is loaded: the batch size its specialised plan is built
+/// for, the publisher's fixed inputs and the per-shape plan bounds.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub plan_for: PlanFor,
+    pub const_inputs: Vec<ferry_protocol::Tensor>,
+    pub cache: CacheBounds,
 }
 
 /// The batch size an engine's specialised plan is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlanFor {
     /// Single-row requests (serving).
+    #[default]
     Serving,
     /// Blocks of this many rows (offline scoring).
     Blocks(usize),
@@ -128,9 +178,14 @@ fn unsupported_ops(proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
     missing.into_iter().collect()
 }
 
-fn compile(e: impl std::fmt::Debug) -> LoadError {
-    // tract's errors are anyhow chains; `{:?}` keeps the causes.
-    LoadError::Compile(format!("{e:?}").replace('\n', " "))
+fn compile(e: anyhow::Error) -> LoadError {
+    LoadError::Compile(chain(&e))
+}
+
+/// tract's errors are anyhow chains: every cause on one line, without the
+/// backtrace `{:?}` would add when one was captured.
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }
 
 impl Engine {
@@ -155,41 +210,110 @@ impl Engine {
         schema: &Schema,
         plan_for: PlanFor,
     ) -> Result<Self, LoadError> {
+        Self::load_with(
+            bytes,
+            schema,
+            &LoadOptions {
+                plan_for,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Loads a model: fixed inputs folded in, the graph typed with a symbol
+    /// for every dynamic dimension, or, when tract cannot type it that way,
+    /// compiled per concrete input shape on first use.
+    pub fn load_with(bytes: &[u8], schema: &Schema, opts: &LoadOptions) -> Result<Self, LoadError> {
+        // A panic inside tract must refuse this model, not stop the agent
+        // (a bad side-load would otherwise take the good version down).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::load_unguarded(bytes, schema, opts)
+        }))
+        .unwrap_or_else(|_| {
+            Err(LoadError::Compile(
+                "the runtime panicked while compiling the model".into(),
+            ))
+        })
+    }
+
+    fn load_unguarded(
+        bytes: &[u8],
+        schema: &Schema,
+        opts: &LoadOptions,
+    ) -> Result<Self, LoadError> {
+        let started = Instant::now();
         // tract's ONNX front end with Ferry's tree-ensemble evaluator.
         let onnx = crate::trees::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| LoadError::Read {
-                path: "(bundle artifact)".into(),
-                reason: format!("not a valid ONNX protobuf: {e}"),
-            })?;
+        let mut proto =
+            onnx.proto_model_for_read(&mut &bytes[..])
+                .map_err(|e| LoadError::Read {
+                    path: "(bundle artifact)".into(),
+                    reason: format!("not a valid ONNX protobuf: {e}"),
+                })?;
+        crate::const_fold::dedupe_node_names(&mut proto);
+        if !opts.const_inputs.is_empty() {
+            crate::const_fold::fix_inputs(&mut proto, &opts.const_inputs)?;
+        }
         let missing = unsupported_ops(&proto);
         if !missing.is_empty() {
             return Err(LoadError::UnsupportedOps(missing));
         }
+        let fixed: Vec<Option<ferry_protocol::Tensor>> = schema
+            .inputs
+            .iter()
+            .map(|s| opts.const_inputs.iter().find(|t| t.name == s.name).cloned())
+            .collect();
+        let fed: Vec<&ferry_protocol::TensorSpec> = schema
+            .inputs
+            .iter()
+            .zip(&fixed)
+            .filter(|(_, f)| f.is_none())
+            .map(|(s, _)| s)
+            .collect();
         let mut model = onnx.model_for_proto_model(&proto).map_err(compile)?;
-        if model.inputs.len() != schema.inputs.len() {
+        if model.inputs.len() != fed.len() {
             return Err(LoadError::InputCount {
-                graph: model.inputs.len(),
+                graph: model.inputs.len() + (schema.inputs.len() - fed.len()),
                 schema: schema.inputs.len(),
             });
         }
+        let mut dtypes = Vec::with_capacity(fed.len());
+        for spec in &fed {
+            dtypes.push(
+                datum_type(spec.dtype).ok_or_else(|| LoadError::UnsupportedInputType {
+                    name: spec.name.clone(),
+                    dtype: spec.dtype,
+                })?,
+            );
+        }
+        let stats = Arc::new(PlanStats::default());
+        // The one shape the inputs can have, when every dimension is fixed.
+        let concrete: Option<Vec<Vec<usize>>> = fed
+            .iter()
+            .map(|spec| {
+                spec.shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => Some(*n as usize),
+                        Dim::Symbolic(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
         // Pin input facts from the schema so tract can type the whole graph;
-        // symbolic dimensions stay symbols.
+        // symbolic dimensions stay symbols, unnamed ones get one each.
         let mut batch_symbol = None;
-        for (i, spec) in schema.inputs.iter().enumerate() {
-            let dt = datum_type(spec.dtype).ok_or_else(|| LoadError::UnsupportedInputType {
-                name: spec.name.clone(),
-                dtype: spec.dtype,
-            })?;
+        for (i, (spec, dt)) in fed.iter().zip(&dtypes).enumerate() {
             let dims: TVec<TDim> = spec
                 .shape
                 .iter()
-                .map(|d| match d {
+                .enumerate()
+                .map(|(k, d)| match d {
                     Dim::Fixed(n) => TDim::Val(*n as i64),
                     Dim::Symbolic(s) => {
-                        let sym = model.sym(s);
-                        if i == 0 && batch_symbol.is_none() {
+                        let name = symbol_name(&spec.name, k, s);
+                        let sym = model.sym(&name);
+                        if i == 0 && k == 0 && batch_symbol.is_none() {
                             batch_symbol = Some(sym.clone());
                         }
                         TDim::Sym(sym)
@@ -197,45 +321,71 @@ impl Engine {
                 })
                 .collect();
             model
-                .set_input_fact(i, InferenceFact::dt_shape(dt, dims))
+                .set_input_fact(i, InferenceFact::dt_shape(*dt, dims))
                 .map_err(compile)?;
         }
-        let typed = model.into_typed().map_err(compile)?;
-        let mut typed = typed.into_decluttered().map_err(compile)?;
-        // Narrow matrix products with their bias and ReLU: one fused layer
-        // each, with weights packed once here instead of per call.
-        crate::dense::fuse(&mut typed).map_err(compile)?;
-        // Softmax/argmax tails over a few classes: our row loops, not tract's.
-        crate::rowops::substitute(&mut typed).map_err(compile)?;
-        let rows = plan_for.rows();
-        let fixed = match &batch_symbol {
-            Some(sym)
-                if schema
-                    .inputs
-                    .first()
-                    .is_some_and(|s| s.shape.first() == Some(&Dim::Symbolic(sym.to_string()))) =>
-            {
-                let mut subs = HashMap::new();
-                subs.insert(sym.clone(), TDim::Val(rows as i64));
-                // A failure here only loses the fast path, not the model.
-                typed
-                    .set_symbols(&subs)
-                    .and_then(|m| m.into_optimized())
-                    .and_then(|m| m.into_runnable())
-                    .ok()
-                    .map(|p| (rows, p))
+        let plans = match symbolic_plans(model, batch_symbol, opts.plan_for.rows()) {
+            Ok(plans) => plans,
+            Err(symbolic) => {
+                tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");
+                // The exporter's shape annotations are in its own symbols
+                // (`batch`, `height`), which concrete shapes contradict:
+                // tract infers every shape from the inputs instead.
+                crate::const_fold::drop_shape_annotations(&mut proto);
+                let mut model = onnx.model_for_proto_model(&proto).map_err(compile)?;
+                for (i, dt) in dtypes.iter().enumerate() {
+                    model
+                        .set_input_fact(i, InferenceFact::dt(*dt))
+                        .map_err(compile)?;
+                }
+                let has_if = proto
+                    .graph
+                    .as_ref()
+                    .is_some_and(|g| g.node.iter().any(|n| n.op_type == "If"));
+                Plans::PerShape(Arc::new(PerShape {
+                    model,
+                    proto: has_if.then_some(proto),
+                    names: fed.iter().map(|s| s.name.clone()).collect(),
+                    dtypes,
+                    cache: PlanCache::new(opts.cache, stats.clone()),
+                    why: symbolic.to_string(),
+                    plan_bytes: bytes.len() as u64,
+                }))
             }
-            _ => None,
         };
-        let any_batch = typed
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(compile)?;
-        Ok(Self {
+        stats.compiled(started.elapsed().as_micros() as u64);
+        let engine = Self {
             schema: schema.clone(),
-            any_batch,
             fixed,
-        })
+            plans,
+            stats,
+        };
+        // Every dimension pinned: there is one shape, compiled now, so a
+        // graph that cannot run is refused at activation (and by --check).
+        if let (Plans::PerShape(ps), Some(shapes)) = (&engine.plans, concrete) {
+            let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            engine.plan_for(ps, &shapes).map_err(LoadError::Compile)?;
+        }
+        Ok(engine)
+    }
+
+    /// Compile and plan-cache counters, for `/metrics`.
+    pub fn plan_stats(&self) -> &PlanStats {
+        &self.stats
+    }
+
+    /// Whether plans are compiled per input shape (the graph did not type
+    /// with symbolic dimensions).
+    pub fn per_shape(&self) -> bool {
+        matches!(self.plans, Plans::PerShape(_))
+    }
+
+    /// Why the graph did not type with symbolic shapes, when it did not.
+    pub fn symbolic_failure(&self) -> Option<&str> {
+        match &self.plans {
+            Plans::PerShape(ps) => Some(&ps.why),
+            Plans::Symbolic { .. } => None,
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -247,8 +397,11 @@ impl Engine {
     pub fn run(&self, inputs: Vec<Input>) -> Result<Vec<Output>, RunError> {
         let rows = inputs.first().and_then(|i| i.shape.first()).copied();
         let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
-        for (spec, input) in self.schema.inputs.iter().zip(inputs) {
-            values.push(to_tract(&spec.name, spec.dtype, input)?.into_tvalue());
+        for ((spec, input), fixed) in self.schema.inputs.iter().zip(inputs).zip(&self.fixed) {
+            match fixed {
+                None => values.push(to_tract(&spec.name, spec.dtype, input)?.into_tvalue()),
+                Some(t) => check_fixed(&spec.name, t, &input)?,
+            }
         }
         self.run_values(values, rows)
     }
@@ -277,6 +430,9 @@ impl Engine {
             ));
         }
         let rows = block.shape().first().copied();
+        if self.fixed.iter().any(Option::is_some) {
+            return Err(RunError::Exec("a block cannot carry a fixed input".into()));
+        }
         self.run_values(tvec![block.into_tvalue()], rows)
     }
 
@@ -285,14 +441,22 @@ impl Engine {
         values: TVec<TValue>,
         rows: Option<usize>,
     ) -> Result<Vec<Output>, RunError> {
-        let plan = match &self.fixed {
-            Some((n, p)) if rows == Some(*n) => p,
-            _ => &self.any_batch,
+        let cached;
+        let plan = match &self.plans {
+            Plans::Symbolic {
+                batch: Some((n, p)),
+                ..
+            } if rows == Some(*n) => p,
+            Plans::Symbolic { any_batch, .. } => any_batch,
+            Plans::PerShape(ps) => {
+                cached = self.plan_for_shapes(ps, &values)?;
+                &cached
+            }
         };
         // A panic inside an operator must fail this request, not the agent.
         let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(values)))
             .map_err(|_| RunError::Exec("the runtime panicked on this input".into()))?
-            .map_err(|e| RunError::Exec(format!("{e:?}").replace('\n', " ")))?;
+            .map_err(|e| RunError::Exec(chain(&e)))?;
         outs.into_iter()
             .zip(&self.schema.outputs)
             .map(|(t, spec)| {
@@ -312,6 +476,155 @@ impl Engine {
             })
             .collect()
     }
+}
+
+impl Engine {
+    /// The plan for these inputs' shapes: from the cache, or compiled now
+    /// (outside the cache's lock: another shape's requests do not wait).
+    fn plan_for_shapes(&self, ps: &PerShape, values: &[TValue]) -> Result<Plan, RunError> {
+        let shapes: Vec<&[usize]> = values.iter().map(|v| v.shape()).collect();
+        self.plan_for(ps, &shapes).map_err(|e| {
+            let shapes = format!("{shapes:?}");
+            tracing::warn!(%shapes, error = %e, "no plan for these input shapes");
+            RunError::Shapes(shapes)
+        })
+    }
+
+    /// The plan for these input shapes, cached or compiled now; the error is
+    /// tract's reason.
+    fn plan_for(&self, ps: &PerShape, shapes: &[&[usize]]) -> Result<Plan, String> {
+        let mut key = Vec::with_capacity(shapes.len() * 5);
+        for s in shapes {
+            key.push(s.len());
+            key.extend_from_slice(s);
+        }
+        if let Some(p) = ps.cache.get(&key) {
+            return Ok(p);
+        }
+        let started = Instant::now();
+        let compiled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ps.compile(shapes)))
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the runtime panicked compiling these shapes"
+                    ))
+                });
+        let plan = compiled.map_err(|e| {
+            self.stats
+                .compile_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            chain(&e)
+        })?;
+        self.stats.compiled(started.elapsed().as_micros() as u64);
+        ps.cache.insert(key, plan.clone(), ps.plan_bytes);
+        Ok(plan)
+    }
+}
+
+impl PerShape {
+    /// Compiles the graph for concrete input shapes: `If`s on shapes folded
+    /// first, then typed, fused and optimised like a symbolic plan.
+    fn compile(&self, shapes: &[&[usize]]) -> TractResult<Plan> {
+        let mut model = match &self.proto {
+            None => self.model.clone(),
+            Some(proto) => {
+                let mut proto = proto.clone();
+                let shaped: Vec<ShapedInput> = shapes
+                    .iter()
+                    .zip(&self.dtypes)
+                    .zip(&self.names)
+                    .map(|((s, dt), name)| ShapedInput {
+                        name: name.clone(),
+                        datum: *dt,
+                        shape: s.to_vec(),
+                    })
+                    .collect();
+                crate::const_fold::fold_for_shapes(&mut proto, &shaped);
+                crate::trees::onnx().model_for_proto_model(&proto)?
+            }
+        };
+        for (i, (s, dt)) in shapes.iter().zip(&self.dtypes).enumerate() {
+            model.set_input_fact(i, InferenceFact::dt_shape(*dt, *s))?;
+        }
+        optimise(model.into_typed()?)
+    }
+}
+
+/// The tract symbol for dimension `k` of input `input`, named `name` in the
+/// schema. Unnamed dynamic dimensions (`?`, empty, or the `d{k}` an older
+/// `ferry bundle build` wrote for them) each get a symbol of their own, so
+/// two of them are never taken to be equal.
+fn symbol_name(input: &str, k: usize, name: &str) -> String {
+    let unnamed = name.is_empty() || name == "?" || name == format!("d{k}");
+    if unnamed {
+        format!("{input}__{k}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Types, declutters, fuses and optimises a graph into a runnable plan.
+fn optimise(typed: TypedModel) -> TractResult<Plan> {
+    let mut typed = typed.into_decluttered()?;
+    crate::dense::fuse(&mut typed)?;
+    crate::rowops::substitute(&mut typed)?;
+    typed.into_optimized()?.into_runnable()
+}
+
+/// The symbolic plans, or why the graph does not type symbolically.
+fn symbolic_plans(
+    model: InferenceModel,
+    batch_symbol: Option<Symbol>,
+    rows: usize,
+) -> Result<Plans, LoadError> {
+    let typed = model.into_typed().map_err(compile)?;
+    let mut typed = typed.into_decluttered().map_err(compile)?;
+    // Narrow matrix products with their bias and ReLU: one fused layer
+    // each, with weights packed once here instead of per call.
+    crate::dense::fuse(&mut typed).map_err(compile)?;
+    // Softmax/argmax tails over a few classes: our row loops, not tract's.
+    crate::rowops::substitute(&mut typed).map_err(compile)?;
+    let batch = batch_symbol.and_then(|sym| {
+        let mut subs = HashMap::new();
+        subs.insert(sym, TDim::Val(rows as i64));
+        // A failure here only loses the fast path, not the model.
+        typed
+            .set_symbols(&subs)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .ok()
+            .map(|p| (rows, p))
+    });
+    let any_batch = typed
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(compile)?;
+    Ok(Plans::Symbolic { any_batch, batch })
+}
+
+/// A request's value for a fixed input must be the publisher's.
+fn check_fixed(name: &str, want: &ferry_protocol::Tensor, got: &Input) -> Result<(), RunError> {
+    let same_shape = got
+        .shape
+        .iter()
+        .map(|d| *d as u64)
+        .eq(want.shape.iter().copied());
+    if same_shape && got.data.as_f64().is_some() && got.data.as_f64() == want.data.as_f64() {
+        return Ok(());
+    }
+    let show = |d: &TensorData| match d.as_f64() {
+        Some(v) if v.len() == 1 => v[0].to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "(bytes)".to_string(),
+    };
+    Err(input_err(
+        name,
+        format!(
+            "this deployment fixes it to {} (the bundle's --const-input); the request sent {}",
+            show(&want.data),
+            show(&got.data)
+        ),
+    ))
 }
 
 fn input_err(name: &str, reason: impl std::fmt::Display) -> RunError {

@@ -6,6 +6,7 @@
 //! the request path touches only its own series' counters.
 
 use crate::inference_log::LogStats;
+use crate::plan_cache::PlanStats;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,15 @@ pub struct Metrics {
     rejected: Mutex<BTreeMap<(String, String), u64>>,
     /// Shadow copies dropped because too many were in flight, by model.
     shadow_dropped: Mutex<BTreeMap<String, u64>>,
+    /// Activations by outcome (`activated`, `refused`) and refusal code.
+    activations: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+/// One loaded model version's compile and plan-cache counters.
+pub struct PlanLine<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    pub stats: &'a PlanStats,
 }
 
 fn esc(s: &str) -> String {
@@ -81,6 +91,74 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *m.entry(model.to_string()).or_default() += 1;
+    }
+
+    /// Counts an activation (side-load, admin upload or fleet) by outcome;
+    /// `code` names why one was refused.
+    pub fn activation(&self, outcome: &'static str, code: &str) {
+        let mut m = self.activations.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((outcome, code.to_string())).or_default() += 1;
+    }
+
+    /// The compile-time and plan-cache lines for the loaded versions.
+    pub fn render_plans(out: &mut String, plans: &[PlanLine<'_>]) {
+        type Read = fn(&PlanStats) -> u64;
+        let rows: [(&str, &str, &str, Read); 7] = [
+            (
+                "ferry_plan_compiles_total",
+                "Plans compiled (at activation and per new input shape).",
+                "counter",
+                |s| PlanStats::get(&s.compiles),
+            ),
+            (
+                "ferry_plan_compile_seconds_total",
+                "Time spent compiling plans.",
+                "counter",
+                |s| PlanStats::get(&s.compile_micros),
+            ),
+            (
+                "ferry_plan_compile_failures_total",
+                "Input shapes the graph could not be compiled for.",
+                "counter",
+                |s| PlanStats::get(&s.compile_failures),
+            ),
+            (
+                "ferry_plan_cache_hits_total",
+                "Requests that found their input shapes' plan compiled.",
+                "counter",
+                |s| PlanStats::get(&s.hits),
+            ),
+            (
+                "ferry_plan_cache_evictions_total",
+                "Per-shape plans dropped to stay within the cache bounds.",
+                "counter",
+                |s| PlanStats::get(&s.evictions),
+            ),
+            (
+                "ferry_plan_cache_entries",
+                "Per-shape plans held.",
+                "gauge",
+                |s| PlanStats::get(&s.entries),
+            ),
+            (
+                "ferry_plan_cache_bytes",
+                "Bytes charged for the per-shape plans held.",
+                "gauge",
+                |s| PlanStats::get(&s.bytes),
+            ),
+        ];
+        for (name, help, kind, read) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for p in plans {
+                let v = read(p.stats);
+                let labels = format!("model=\"{}\",version=\"{}\"", esc(p.model), p.version);
+                if name == "ferry_plan_compile_seconds_total" {
+                    let _ = writeln!(out, "{name}{{{labels}}} {}", v as f64 / 1e6);
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
     }
 
     pub fn render(&self, log: Option<LogStats>) -> String {
@@ -168,6 +246,21 @@ impl Metrics {
                     out,
                     "ferry_shadow_dropped_total{{model=\"{}\"}} {n}",
                     esc(model)
+                );
+            }
+        }
+        let activations: Vec<((&str, String), u64)> = {
+            let m = self.activations.lock().unwrap_or_else(|p| p.into_inner());
+            m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        if !activations.is_empty() {
+            out.push_str("# HELP ferry_activations_total Bundle activations by outcome and refusal reason.\n");
+            out.push_str("# TYPE ferry_activations_total counter\n");
+            for ((outcome, code), n) in activations {
+                let _ = writeln!(
+                    out,
+                    "ferry_activations_total{{outcome=\"{outcome}\",reason=\"{}\"}} {n}",
+                    esc(&code)
                 );
             }
         }

@@ -208,6 +208,19 @@ pub fn decode(
     schema: &Schema,
     max_rows: u64,
 ) -> Result<Decoded, RequestError> {
+    decode_fixed(body, json_len, schema, &[], max_rows)
+}
+
+/// [`decode`] for a model with inputs the publisher fixed
+/// (`--const-input`): a request may leave those out and gets the fixed
+/// value; one that sends another value is refused by the engine.
+pub fn decode_fixed(
+    body: &[u8],
+    json_len: Option<usize>,
+    schema: &Schema,
+    fixed: &[ferry_protocol::Tensor],
+    max_rows: u64,
+) -> Result<Decoded, RequestError> {
     let (json, mut binary) = match json_len {
         Some(n) if n <= body.len() => body.split_at(n),
         Some(n) => {
@@ -340,7 +353,15 @@ pub fn decode(
     }
     let mut inputs = Vec::with_capacity(slots.len());
     for (slot, spec) in slots.into_iter().zip(&schema.inputs) {
-        inputs.push(slot.ok_or_else(|| RequestError::MissingInput(spec.name.clone()))?);
+        let input = match (slot, fixed.iter().find(|t| t.name == spec.name)) {
+            (Some(i), _) => i,
+            (None, Some(t)) => Input {
+                shape: t.shape.iter().map(|d| *d as usize).collect(),
+                data: t.data.clone(),
+            },
+            (None, None) => return Err(RequestError::MissingInput(spec.name.clone())),
+        };
+        inputs.push(input);
     }
     let all_binary = bool_param(&req.parameters, "binary_data_output").unwrap_or(false);
     let outputs = match req.outputs {

@@ -206,6 +206,66 @@ fn refused_side_load_without_a_previous_version_exits_with_the_reason() {
     assert!(err.contains("com.example:FerryDoesNotExist"), "{err}");
 }
 
+/// A device whose data directory holds a good version keeps serving it when
+/// the bundle it is told to side-load at start-up is refused: the agent
+/// stays up, the model answers ready and infers on the previous version,
+/// and the refusal is in the log and in `/metrics`.
+#[test]
+fn refused_side_load_keeps_the_previous_version_serving() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let trust = keys.trust_path.to_str().unwrap();
+    // v1 side-loaded and serving, then the device stops.
+    let mut first = side_load(&keys, dir, &[]);
+    assert_eq!(
+        http(first.addr, "GET", "/v2/models/fraud/ready", b"").status,
+        200
+    );
+    first.kill9();
+    // Restarted with a v2 whose graph uses an operator no runtime has.
+    let bad = keys.bundle("unsupported_op", "fraud", 2);
+    let log = logs.path().join("agent.log");
+    let agent = Process::spawn_logged(
+        &[
+            "run",
+            "--bundle",
+            bad.to_str().unwrap(),
+            "--trust",
+            trust,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir,
+        ],
+        &log,
+    );
+    let ready = http(agent.addr, "GET", "/v2/models/fraud/ready", b"");
+    assert_eq!(ready.status, 200);
+    let meta = http(agent.addr, "GET", "/v2/models/fraud", b"").json();
+    assert_eq!(meta["versions"], serde_json::json!(["1"]), "{meta}");
+    let rows = reference_rows("bc_logreg");
+    let r = http(
+        agent.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("after-refusal", &rows[..1]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["model_version"], "1");
+    let metrics = String::from_utf8(http(agent.addr, "GET", "/metrics", b"").body).unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("ferry_activations_total{outcome=\"refused\"") && l.ends_with(" 1")
+        ),
+        "{metrics}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("side-load refused"), "{text}");
+    assert!(text.contains("com.example:FerryDoesNotExist"), "{text}");
+}
+
 const TRITON_SCRIPT: &str = r#"
 import json, sys
 import numpy as np

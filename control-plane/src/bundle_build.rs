@@ -3,6 +3,8 @@
 //! manifest signed with the publisher's key, file written atomically.
 
 use crate::baseline_csv::{self, BaselineCsvError};
+use crate::build_check::{self, CheckError, CheckReport};
+use crate::input_shapes::{self, InputSpecError, ShapeDim};
 use crate::keyfile::{tmp_path, KeyFileError};
 use crate::onnx_schema::{self, OnnxSchemaError};
 use crate::test_vectors::{self, TestVectorError};
@@ -40,6 +42,10 @@ pub enum BuildError {
     NoInputs,
     #[error("at least one --sign-with key is required")]
     NoSigner,
+    #[error(transparent)]
+    Inputs(#[from] InputSpecError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
 }
 
 pub struct BuildSpec {
@@ -55,6 +61,15 @@ pub struct BuildSpec {
     pub expires_at: Option<u64>,
     pub target: TargetConstraints,
     pub test_vectors: Option<PathBuf>,
+    /// `--input-shape NAME=D,…`: dimensions pinned or named by the publisher.
+    pub input_shapes: Vec<(String, Vec<ShapeDim>)>,
+    /// `--symbol FROM=TO`: the graph's dimension names renamed.
+    pub symbols: Vec<(String, String)>,
+    /// `--const-input NAME=VALUE`: inputs fixed for every request.
+    pub const_inputs: Vec<(String, String)>,
+    /// `--check`: compile the model as the agent does (and run the test
+    /// vectors) before anything is signed.
+    pub check: bool,
     pub signers: Vec<SigningKey>,
     pub out: PathBuf,
 }
@@ -63,6 +78,8 @@ pub struct Built {
     pub manifest: Manifest,
     pub digest: Digest,
     pub bytes: u64,
+    /// What `--check` found, when it ran.
+    pub check: Option<CheckReport>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -113,7 +130,9 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
     if spec.signers.is_empty() {
         return Err(BuildError::NoSigner);
     }
-    let info = onnx_schema::read(&spec.model)?;
+    let mut info = onnx_schema::read(&spec.model)?;
+    input_shapes::apply_shapes(&mut info.schema, &spec.symbols, &spec.input_shapes)?;
+    let const_inputs = input_shapes::const_inputs(&info.schema, &spec.const_inputs)?;
     let first_input = info.schema.inputs.first().ok_or(BuildError::NoInputs)?;
     let baseline = match &spec.baseline {
         None => None,
@@ -157,8 +176,18 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
         expires_at: spec.expires_at,
         target: spec.target.clone(),
         test_vectors,
+        const_inputs,
     };
     manifest.validate()?;
+    // The same compile the agent runs at activation, here, before signing:
+    // a graph the runtime cannot type is refused on the build machine.
+    let check = if spec.check {
+        progress.set_message("checking");
+        let bytes = std::fs::read(&spec.model).map_err(io(&spec.model))?;
+        Some(build_check::check(&bytes, &manifest)?)
+    } else {
+        None
+    };
     let signers: Vec<&SigningKey> = spec.signers.iter().collect();
     let header = SignedManifest::sign(&manifest, &signers);
 
@@ -191,6 +220,7 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
         digest: ferry_protocol::keys::sha256(&header.manifest),
         manifest,
         bytes,
+        check,
     })
 }
 

@@ -8,6 +8,9 @@ use std::path::Path;
 use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
 use tract_onnx::prelude::Framework;
 
+/// How the schema records a dynamic dimension the graph leaves unnamed.
+pub const UNNAMED: &str = "?";
+
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxSchemaError {
     #[error("{path}: not a readable ONNX model: {reason}")]
@@ -98,11 +101,12 @@ fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
         Some(s) => s
             .dim
             .iter()
-            .enumerate()
-            .map(|(i, d)| match &d.value {
+            .map(|d| match &d.value {
                 Some(dimension::Value::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as u64),
                 Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
-                _ => Dim::Symbolic(format!("d{i}")),
+                // Unnamed (no value, `-1`, an empty name): dynamic. The agent
+                // gives each such dimension a symbol of its own.
+                _ => Dim::Symbolic(UNNAMED.into()),
             })
             .collect(),
     };

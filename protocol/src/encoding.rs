@@ -47,6 +47,52 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
+/// Encodes `value` as `[version] ++ postcard(value)`, for a type whose newer
+/// layouts carry their own version byte (a manifest that fixes inputs).
+pub fn encode_version<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    match postcard::to_extend(value, vec![version]) {
+        Ok(v) => v,
+        Err(_) => vec![version],
+    }
+}
+
+/// The version byte of `bytes`, after the size check.
+pub fn peek_version(bytes: &[u8], limit: usize) -> Result<u8, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    bytes.first().copied().ok_or(DecodeError::Empty)
+}
+
+/// [`decode`] for a value written by [`encode_version`] with `version`.
+pub fn decode_version<T: DeserializeOwned>(
+    bytes: &[u8],
+    version: u8,
+    limit: usize,
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    let found = peek_version(bytes, limit)?;
+    if found != version {
+        return Err(DecodeError::UnsupportedVersion(found));
+    }
+    decode_body(&bytes[1..], what)
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+            what,
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
 /// Decodes a value written by [`encode`], refusing anything over `limit`
 /// bytes, with another version byte, malformed, or with trailing bytes.
 pub fn decode<T: DeserializeOwned>(
@@ -64,15 +110,7 @@ pub fn decode<T: DeserializeOwned>(
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
-            what,
-            reason: e.to_string(),
-        })?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
-    }
-    Ok(value)
+    decode_body(body, what)
 }
 
 #[cfg(test)]

@@ -287,6 +287,19 @@ impl TensorData {
             TensorData::Bytes(_) => DType::Bytes,
         }
     }
+    /// Whether these values can feed an input of element type `d`: the same
+    /// type, or numbers for a numeric input (OIP JSON widens integers).
+    pub fn fits(&self, d: DType) -> bool {
+        match self {
+            TensorData::Bytes(_) => d == DType::Bytes,
+            TensorData::Bool(_) => d == DType::Bool,
+            TensorData::F32(_) | TensorData::F64(_) => {
+                matches!(d, DType::F16 | DType::F32 | DType::F64)
+            }
+            TensorData::I32(_) | TensorData::I64(_) => !matches!(d, DType::Bytes | DType::Bool),
+        }
+    }
+
     /// Numeric contents widened to f64 (for comparisons with a tolerance).
     pub fn as_f64(&self) -> Option<Vec<f64>> {
         Some(match self {

@@ -1,9 +1,9 @@
 //! Manifest verification against a trust root: the one gate every bundle
 //! passes before any of its bytes are used.
 
-use crate::encoding::{self, DecodeError};
+use crate::encoding::DecodeError;
 use crate::keys::{self, Digest, Domain, KeyId};
-use crate::manifest::{Manifest, ManifestError, SignedManifest, MANIFEST_LIMIT};
+use crate::manifest::{Manifest, ManifestError, SignedManifest};
 use crate::trust::{TrustError, TrustRoot};
 use crate::{UnixTime, Version};
 
@@ -131,8 +131,7 @@ pub fn verify_manifest(
     highest_seen: Option<Version>,
 ) -> Result<VerifiedManifest, VerifyError> {
     trust.check_expiry(now)?;
-    let manifest: Manifest = encoding::decode(&header.manifest, MANIFEST_LIMIT, "manifest")
-        .map_err(VerifyError::Manifest)?;
+    let manifest = Manifest::decode(&header.manifest).map_err(VerifyError::Manifest)?;
     let model = manifest.model.as_str();
 
     let mut valid: Vec<KeyId> = Vec::new();

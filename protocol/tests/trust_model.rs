@@ -87,6 +87,7 @@ fn manifest(name: &str, version: u64) -> Manifest {
         expires_at: None,
         target: TargetConstraints::default(),
         test_vectors: None,
+        const_inputs: Vec::new(),
     }
 }
 
@@ -129,7 +130,7 @@ fn tampered_manifest() {
     // Change the version inside the signed bytes.
     let mut m = manifest("m", 1);
     m.version = 99;
-    header.manifest = ferry_protocol::encoding::encode(&m);
+    header.manifest = m.encode();
     let mut b = header.to_preamble();
     b.extend_from_slice(MODEL_BYTES);
     assert!(matches!(
@@ -415,11 +416,11 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
 proptest! {
     #[test]
     fn manifest_round_trips(m in arb_manifest()) {
-        let bytes = ferry_protocol::encoding::encode(&m);
-        let back: Manifest = ferry_protocol::encoding::decode(&bytes, 1 << 20, "manifest").unwrap();
+        let bytes = m.encode();
+        let back = Manifest::decode(&bytes).unwrap();
         prop_assert_eq!(&back, &m);
         // Canonical: re-encoding gives the same bytes.
-        prop_assert_eq!(ferry_protocol::encoding::encode(&back), bytes);
+        prop_assert_eq!(back.encode(), bytes);
     }
 
     #[test]
@@ -436,6 +437,6 @@ proptest! {
         let _ = SignedTrustRoot::from_bytes(&bytes);
         let _ = ferry_protocol::frames::AgentFrame::decode(&bytes);
         let _ = ferry_protocol::frames::ServerFrame::decode(&bytes);
-        let _: Result<Manifest, _> = ferry_protocol::encoding::decode(&bytes, 1 << 20, "manifest");
+        let _ = Manifest::decode(&bytes);
     }
 }

@@ -83,6 +83,7 @@ mod tests {
             expires_at: None,
             target: TargetConstraints::default(),
             test_vectors: None,
+            const_inputs: Vec::new(),
         }
     }
 

@@ -283,8 +283,8 @@ fn infer_body(
     json_len: Option<usize>,
     header_key: Option<&str>,
 ) -> Result<Encoded, InferFailure> {
-    let decode = |schema: &ferry_protocol::Schema| {
-        oip::decode(body, json_len, schema, max_rows).map_err(|e| {
+    let decode = |schema: &ferry_protocol::Schema, fixed: &[ferry_protocol::Tensor]| {
+        oip::decode_fixed(body, json_len, schema, fixed, max_rows).map_err(|e| {
             agent.rejected(model, e.code());
             InferFailure::Request(e)
         })
@@ -292,16 +292,19 @@ fn infer_body(
     let table = agent.table();
     let routing = agent.route(&table, model, pinned)?;
     let first = routing.schema();
-    let decoded = decode(first)?;
+    let first_fixed = routing.fixed();
+    let decoded = decode(first, first_fixed)?;
     let key = header_key
         .or(decoded.routing_key.as_deref())
         .or(decoded.id.as_deref());
     let route = routing.pick(key);
     // A challenger with another schema reads the body its own way.
-    let decoded = if std::ptr::eq(route.schema(), first) || route.schema() == first {
+    let same = (std::ptr::eq(route.schema(), first) || route.schema() == first)
+        && route.fixed() == first_fixed;
+    let decoded = if same {
         decoded
     } else {
-        decode(route.schema())?
+        decode(route.schema(), route.fixed())?
     };
     // NaN and infinity only reach a model whose signed manifest accepts them.
     decoded
@@ -313,7 +316,8 @@ fn infer_body(
     // The shadow sees the same request, decoded against its own schema; one
     // it cannot read or would refuse is skipped, never refused.
     if let Some(shadow) = routing.shadow() {
-        if let Ok(d) = oip::decode(body, json_len, shadow.schema(), max_rows) {
+        if let Ok(d) = oip::decode_fixed(body, json_len, shadow.schema(), shadow.fixed(), max_rows)
+        {
             if d.check_finite(shadow.accepts_non_finite()).is_ok() {
                 shadow.spawn(d.id, d.inputs);
             }
@@ -366,6 +370,18 @@ pub(super) async fn feedback(
 }
 
 pub(super) async fn metrics(State(app): State<App>) -> Response {
-    let text = app.agent.metrics.render(Some(app.agent.log.stats()));
+    let mut text = app.agent.metrics.render(Some(app.agent.log.stats()));
+    let table = app.agent.table();
+    let mut plans = Vec::new();
+    for (name, routes) in &table.models {
+        for r in routes.iter() {
+            plans.push(crate::metrics::PlanLine {
+                model: name,
+                version: r.version(),
+                stats: r.loaded.engine.plan_stats(),
+            });
+        }
+    }
+    crate::metrics::Metrics::render_plans(&mut text, &plans);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -198,6 +198,10 @@ impl Agent {
         let result = self.install_verified_copy(&tmp, role, split);
         let _ = fs::remove_file(&tmp);
         match &result {
+            Ok(_) => self.metrics.activation("activated", ""),
+            Err(e) => self.metrics.activation("refused", e.code()),
+        }
+        match &result {
             Ok(a) => self.event(
                 "activated",
                 Some(&a.model),

@@ -93,6 +93,7 @@ impl InferError {
             InferError::UnknownModel(_) => "unknown_model",
             InferError::UnknownVersion { .. } => "unknown_version",
             InferError::Run(RunError::Input { .. }) => "bad_input",
+            InferError::Run(RunError::Shapes(_)) => "bad_shape",
             InferError::Run(_) => "model_failed",
             InferError::Log(_) => "log_failed",
         }
@@ -102,7 +103,7 @@ impl InferError {
     pub fn status(&self) -> u16 {
         match self {
             InferError::UnknownModel(_) | InferError::UnknownVersion { .. } => 404,
-            InferError::Run(RunError::Input { .. }) => 400,
+            InferError::Run(RunError::Input { .. } | RunError::Shapes(_)) => 400,
             InferError::Run(_) | InferError::Log(_) => 500,
         }
     }

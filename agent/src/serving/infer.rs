@@ -192,6 +192,17 @@ impl<'t> Routing<'t> {
             .schema
     }
 
+    /// The inputs the publisher fixed for the version [`Routing::schema`]
+    /// belongs to.
+    pub fn fixed(&self) -> &'t [Tensor] {
+        &self
+            .pinned
+            .unwrap_or(&self.routes.champion)
+            .loaded
+            .manifest
+            .const_inputs
+    }
+
     /// The pinned route, or champion or challenger by the split. `key`
     /// (the client's routing key or request id) keeps a user on one
     /// variant; without one, requests are spread by a counter.
@@ -231,6 +242,11 @@ impl<'t> RouteRef<'t> {
     /// The schema inputs must be decoded against for this route.
     pub fn schema(&self) -> &'t Schema {
         &self.route.loaded.manifest.schema
+    }
+
+    /// The inputs the publisher fixed for this route's version.
+    pub fn fixed(&self) -> &'t [Tensor] {
+        &self.route.loaded.manifest.const_inputs
     }
 
     pub fn version(&self) -> u64 {

@@ -29,7 +29,7 @@ pub use error::{ActivateError, InferError};
 pub use infer::{RouteRef, Routing};
 pub use local_store::{ActivationState, ModelState};
 pub use routing::{routes_to_challenger, routing_hash, ModelRoutes, Role, Route, Table};
-pub use verify::{verify_and_load, verify_and_load_for, LoadedModel};
+pub use verify::{check_test_vectors, verify_and_load, verify_and_load_for, LoadedModel};
 
 use crate::clock::Clock;
 use crate::inference_log::{Durability, InferenceLog};

@@ -2,7 +2,7 @@
 //! compile, and check the signed test vectors. Nothing is written.
 
 use super::error::{io_err, ActivateError};
-use crate::engine::{Engine, Input, PlanFor};
+use crate::engine::{Engine, Input, LoadOptions, PlanFor};
 use ferry_protocol::bundle::read_verified;
 use ferry_protocol::{Manifest, TrustRoot};
 use std::fs::File;
@@ -72,14 +72,18 @@ pub fn verify_and_load_for(
     if model_bytes.is_empty() {
         return Err(ActivateError::NoModel);
     }
-    let engine =
-        Engine::load_bytes_for(&model_bytes, &manifest.schema, plan_for).map_err(|source| {
-            ActivateError::Load {
-                model: manifest.model.to_string(),
-                version: manifest.version,
-                source,
-            }
-        })?;
+    let opts = LoadOptions {
+        plan_for,
+        const_inputs: manifest.const_inputs.clone(),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load_with(&model_bytes, &manifest.schema, &opts).map_err(|source| {
+        ActivateError::Load {
+            model: manifest.model.to_string(),
+            version: manifest.version,
+            source,
+        }
+    })?;
     check_test_vectors(&manifest, &engine)?;
     Ok(LoadedModel {
         manifest: Arc::new(manifest),
@@ -90,7 +94,7 @@ pub fn verify_and_load_for(
 
 /// Runs the manifest's test vectors; a model that does not reproduce its
 /// publisher's outputs is not activated.
-fn check_test_vectors(m: &Manifest, engine: &Engine) -> Result<(), ActivateError> {
+pub fn check_test_vectors(m: &Manifest, engine: &Engine) -> Result<(), ActivateError> {
     let Some(tv) = &m.test_vectors else {
         return Ok(());
     };

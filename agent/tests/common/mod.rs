@@ -117,6 +117,10 @@ impl Keys {
                 expires_at: None,
                 target: Default::default(),
                 test_vectors: None,
+                input_shapes: Vec::new(),
+                symbols: Vec::new(),
+                const_inputs: Vec::new(),
+                check: false,
                 signers: vec![self.publisher.clone()],
                 out: out.clone(),
             },
@@ -226,10 +230,19 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_to(args, Stdio::piped())
+    }
+
+    /// [`Process::spawn`] with the agent's log (stderr) written to `log`.
+    pub fn spawn_logged(args: &[&str], log: &Path) -> Self {
+        Self::spawn_to(args, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn_to(args: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         quiet_stderr(&mut child);

@@ -1,4 +1,5 @@
 use crate::bundle_build::{self, BuildSpec};
+use crate::input_shapes::ShapeDim;
 use crate::keyfile;
 use anyhow::Context;
 use clap::Subcommand;
@@ -41,6 +42,21 @@ pub enum BundleCmd {
         /// Inputs with expected outputs that agents check before activation
         #[arg(long)]
         test_vectors: Option<PathBuf>,
+        /// Pin or name an input's dimensions: NAME=D,D,… with each D a size,
+        /// -1 for dynamic, or a symbol name (repeatable)
+        #[arg(long = "input-shape", value_parser = parse_input_shape)]
+        input_shapes: Vec<(String, Vec<ShapeDim>)>,
+        /// Rename a dimension the graph names: GRAPH_NAME=NEW_NAME (repeatable)
+        #[arg(long = "symbol", value_parser = parse_symbol)]
+        symbols: Vec<(String, String)>,
+        /// Fix an input for every request: NAME=VALUE[,VALUE…]; branches on
+        /// it fold away and requests must send the same value (repeatable)
+        #[arg(long = "const-input", value_parser = parse_const_input)]
+        const_inputs: Vec<(String, String)>,
+        /// Compile the model with the agent's runtime and run the test
+        /// vectors before signing; refuse what a device would refuse
+        #[arg(long)]
+        check: bool,
         /// The bundle stops verifying after this long
         #[arg(long, value_parser = super::parse_duration)]
         expires_in: Option<std::time::Duration>,
@@ -92,6 +108,10 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
             architectures,
             min_agent_version,
             test_vectors,
+            input_shapes,
+            symbols,
+            const_inputs,
+            check,
             expires_in,
             sign_with,
             out,
@@ -129,10 +149,25 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
                     min_agent_version,
                 },
                 test_vectors,
+                input_shapes,
+                symbols,
+                const_inputs,
+                check,
                 signers,
                 out: out.clone(),
             };
             let built = bundle_build::build(&spec, &progress_bar())?;
+            if let Some(c) = &built.check {
+                println!(
+                    "check: compiled by the agent's runtime ({}), {} test vector(s) passed",
+                    if c.per_shape {
+                        "one plan per input shape"
+                    } else {
+                        "symbolic shapes"
+                    },
+                    c.vectors
+                );
+            }
             println!(
                 "built {} v{} sha256:{} ({} bytes) -> {}",
                 built.manifest.model,
@@ -194,4 +229,16 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_input_shape(s: &str) -> Result<(String, Vec<ShapeDim>), String> {
+    crate::input_shapes::parse_input_shape(s).map_err(|e| e.to_string())
+}
+
+fn parse_symbol(s: &str) -> Result<(String, String), String> {
+    crate::input_shapes::parse_symbol(s).map_err(|e| e.to_string())
+}
+
+fn parse_const_input(s: &str) -> Result<(String, String), String> {
+    crate::input_shapes::parse_const_input(s).map_err(|e| e.to_string())
 }

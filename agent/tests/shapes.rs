@@ -1,0 +1,412 @@
+//! Dynamic shapes and control flow on the fixtures made by
+//! `tests/fixtures/make_shape_fixtures.py`: a graph tract cannot type with
+//! symbolic shapes runs on one plan per input shape, within the cache's
+//! bounds; an `If` on an input the publisher fixed folds away, and a request
+//! sending another value is refused; `ferry bundle build --check` refuses
+//! an untypeable graph on the build machine.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{fixtures, http, Conn, Keys, Served};
+use ferry::bundle_build::{build, BuildError, BuildSpec};
+use ferry::input_shapes::{parse_const_input, parse_input_shape, ShapeDim};
+use ferry_agent::engine::{Engine, Input, LoadOptions, RunError};
+use ferry_agent::plan_cache::{CacheBounds, PlanStats};
+use ferry_agent::serving::{Agent, Role};
+use ferry_protocol::{DType, Dim, ModelName, Schema, Tensor, TensorData, TensorSpec};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn model(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(format!("{name}.onnx"))).unwrap()
+}
+
+fn reshape_schema() -> Schema {
+    Schema {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![Dim::Symbolic("N".into()), Dim::Symbolic("?".into())],
+        }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            dtype: DType::F32,
+            shape: vec![Dim::Symbolic("?".into())],
+        }],
+    }
+}
+
+fn rate_schema() -> Schema {
+    Schema {
+        inputs: vec![
+            TensorSpec {
+                name: "x".into(),
+                dtype: DType::F32,
+                shape: vec![Dim::Fixed(1), Dim::Symbolic("?".into())],
+            },
+            TensorSpec {
+                name: "sr".into(),
+                dtype: DType::I64,
+                shape: vec![],
+            },
+        ],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            dtype: DType::F32,
+            shape: vec![Dim::Symbolic("?".into())],
+        }],
+    }
+}
+
+fn sr(v: i64) -> Tensor {
+    Tensor {
+        name: "sr".into(),
+        shape: vec![],
+        data: TensorData::I64(vec![v]),
+    }
+}
+
+fn f32s(out: &ferry_agent::engine::Output) -> Vec<f32> {
+    match &out.data {
+        TensorData::F32(v) => v.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The computed reshape: `x [n, w]` → sums of `w/2` consecutive values.
+fn pair_sums(n: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..n * w).map(|i| (i % 17) as f32 * 0.5).collect();
+    let y = x.chunks(w / 2).map(|c| c.iter().sum()).collect();
+    (x, y)
+}
+
+#[test]
+fn a_graph_untypeable_with_symbols_runs_one_plan_per_shape_within_the_bounds() {
+    let bounds = CacheBounds {
+        plans: 8,
+        bytes: 1 << 30,
+    };
+    let engine = Engine::load_with(
+        &model("dynamic_reshape"),
+        &reshape_schema(),
+        &LoadOptions {
+            cache: bounds,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        engine.per_shape(),
+        "the fixture types symbolically: it tests nothing"
+    );
+    // A stream of 100 distinct shapes, every answer right, the cache never
+    // over its bound.
+    for k in 1..=100 {
+        let (n, w) = (1 + k % 3, 2 * k);
+        let (x, want) = pair_sums(n, w);
+        let out = engine
+            .run(vec![Input {
+                shape: vec![n, w],
+                data: TensorData::F32(x),
+            }])
+            .unwrap();
+        assert_eq!(f32s(&out[0]), want, "shape [{n}, {w}]");
+        assert!(PlanStats::get(&engine.plan_stats().entries) <= 8);
+    }
+    // The same shape again is a cache hit, not a compile.
+    let stats = engine.plan_stats();
+    let compiles = PlanStats::get(&stats.compiles);
+    let (x, want) = pair_sums(2, 200);
+    let out = engine
+        .run(vec![Input {
+            shape: vec![2, 200],
+            data: TensorData::F32(x),
+        }])
+        .unwrap();
+    assert_eq!(f32s(&out[0]), want);
+    assert_eq!(PlanStats::get(&stats.compiles), compiles);
+    assert!(PlanStats::get(&stats.hits) >= 1);
+    // One compile at load, one per distinct shape.
+    assert_eq!(compiles, 101);
+    assert_eq!(PlanStats::get(&stats.evictions), 100 - 8);
+}
+
+#[test]
+fn an_if_on_a_fixed_input_folds_and_other_values_are_refused() {
+    let bytes = model("if_on_rate");
+    // Without the fixed value tract cannot type the If, symbolically or for
+    // a concrete shape: requests are refused.
+    let engine = Engine::load_with(&bytes, &rate_schema(), &LoadOptions::default()).unwrap();
+    assert!(engine.symbolic_failure().unwrap().contains("If"));
+    let e = engine
+        .run(vec![
+            Input {
+                shape: vec![1, 512],
+                data: TensorData::F32(vec![0.0; 512]),
+            },
+            Input {
+                shape: vec![],
+                data: TensorData::I64(vec![16000]),
+            },
+        ])
+        .unwrap_err();
+    assert!(matches!(e, RunError::Shapes(_)), "{e}");
+    for (rate, frame) in [(16000, 256), (8000, 128)] {
+        let engine = Engine::load_with(
+            &bytes,
+            &rate_schema(),
+            &LoadOptions {
+                const_inputs: vec![sr(rate)],
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        let x: Vec<f32> = (0..1024).map(|i| (i % 7) as f32).collect();
+        let want: Vec<f32> = x.chunks(frame).map(|c| c.iter().sum()).collect();
+        let input = |v: i64| {
+            vec![
+                Input {
+                    shape: vec![1, 1024],
+                    data: TensorData::F32(x.clone()),
+                },
+                Input {
+                    shape: vec![],
+                    data: TensorData::I64(vec![v]),
+                },
+            ]
+        };
+        assert_eq!(f32s(&engine.run(input(rate)).unwrap()[0]), want);
+        let e = engine.run(input(rate + 1)).unwrap_err().to_string();
+        assert!(e.contains(&format!("fixes it to {rate}")), "{e}");
+    }
+}
+
+fn spec(keys: &Keys, model: &str, out: &Path, tune: impl FnOnce(&mut BuildSpec)) -> BuildSpec {
+    let mut s = BuildSpec {
+        model: fixtures().join(format!("{model}.onnx")),
+        name: ModelName::new(model).unwrap(),
+        version: 1,
+        baseline: None,
+        bins: 10,
+        tags: Default::default(),
+        metrics: Default::default(),
+        lineage: Default::default(),
+        created_at: common::now(),
+        expires_at: None,
+        target: Default::default(),
+        test_vectors: None,
+        input_shapes: Vec::new(),
+        symbols: Vec::new(),
+        const_inputs: Vec::new(),
+        check: true,
+        signers: vec![keys.publisher.clone()],
+        out: out.join(format!("{model}.ferry")),
+    };
+    tune(&mut s);
+    s
+}
+
+fn vectors(dir: &Path, doc: serde_json::Value) -> PathBuf {
+    let p = dir.join("vectors.json");
+    std::fs::write(&p, serde_json::to_vec(&doc).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input() {
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hidden = indicatif::ProgressBar::hidden();
+    let e = build(&spec(&keys, "if_on_rate", dir.path(), |_| {}), &hidden)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, BuildError::Check(_)) && e.to_string().contains("If"),
+        "{e}"
+    );
+    assert!(!dir.path().join("if_on_rate.ferry").exists());
+    // Test vectors with sr = 16000: without the fixed value no plan compiles
+    // for them either; with it the check passes.
+    let x: Vec<f32> = vec![1.0; 512];
+    let tv = vectors(
+        dir.path(),
+        json!({"tolerance": 1e-5, "vectors": [{
+            "inputs": {"x": {"shape": [1, 512], "datatype": "FP32", "data": x},
+                       "sr": {"shape": [], "datatype": "INT64", "data": [16000]}},
+            "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": [256.0, 256.0]}}}]}),
+    );
+    let e = build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.test_vectors = Some(tv.clone())
+        }),
+        &hidden,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, BuildError::Check(_)), "{e}");
+    let built = build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.test_vectors = Some(tv);
+        }),
+        &hidden,
+    )
+    .unwrap();
+    assert_eq!(built.manifest.const_inputs, vec![sr(16000)]);
+    // With every dimension pinned there is one shape: the check compiles it
+    // without test vectors (here the pinned graph even types as it is).
+    let pinned = build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.input_shapes = vec![parse_input_shape("x=1,1024").unwrap()];
+        }),
+        &hidden,
+    )
+    .unwrap();
+    assert!(pinned.check.is_some());
+    assert_eq!(
+        pinned.manifest.schema.inputs[0].shape,
+        vec![Dim::Fixed(1), Dim::Fixed(1024)]
+    );
+    // The graph's dims as it states them; unnamed ones as "?".
+    assert_eq!(
+        built.manifest.schema.inputs[0].shape,
+        vec![Dim::Fixed(1), Dim::Symbolic("?".into())]
+    );
+    // A per-shape graph needs test vectors for the check to compile; with
+    // them it passes, and the pinned shape is signed in the schema.
+    let e = build(&spec(&keys, "dynamic_reshape", dir.path(), |_| {}), &hidden)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("--test-vectors"), "{e}");
+    let (x, y) = pair_sums(2, 8);
+    let tv = vectors(
+        dir.path(),
+        json!({"tolerance": 1e-5, "vectors": [{
+            "inputs": {"x": {"shape": [2, 8], "datatype": "FP32", "data": x}},
+            "outputs": {"y": {"shape": [4], "datatype": "FP32", "data": y}}}]}),
+    );
+    let built = build(
+        &spec(&keys, "dynamic_reshape", dir.path(), |s| {
+            s.test_vectors = Some(tv);
+            s.input_shapes = vec![parse_input_shape("x=batch,-1").unwrap()];
+        }),
+        &hidden,
+    )
+    .unwrap();
+    assert!(built.check.unwrap().per_shape);
+    assert_eq!(
+        built.manifest.schema.inputs[0].shape,
+        vec![Dim::Symbolic("batch".into()), Dim::Symbolic("?".into())]
+    );
+    assert_eq!(
+        parse_input_shape("x=1,3,48,-1").unwrap().1,
+        vec![
+            ShapeDim::Size(1),
+            ShapeDim::Size(3),
+            ShapeDim::Size(48),
+            ShapeDim::Dynamic
+        ]
+    );
+}
+
+#[test]
+fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() {
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hidden = indicatif::ProgressBar::hidden();
+    let bundle = dir.path().join("if_on_rate.ferry");
+    let x: Vec<f32> = (0..512).map(|i| (i % 5) as f32).collect();
+    let want: Vec<f32> = x.chunks(256).map(|c| c.iter().sum()).collect();
+    // The folded graph still computes a shape (x__1 / 256): per-shape plans,
+    // which the check compiles for the test vector's shape.
+    let tv = vectors(
+        dir.path(),
+        json!({"tolerance": 1e-5, "vectors": [{
+            "inputs": {"x": {"shape": [1, 512], "datatype": "FP32", "data": x},
+                       "sr": {"shape": [], "datatype": "INT64", "data": [16000]}},
+            "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": want}}}]}),
+    );
+    build(
+        &spec(&keys, "if_on_rate", dir.path(), |s| {
+            s.name = ModelName::new("vad").unwrap();
+            s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
+            s.test_vectors = Some(tv);
+        }),
+        &hidden,
+    )
+    .unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    agent.install(&bundle, Role::Champion, None).unwrap();
+    let served = Served::start(agent, 1 << 20);
+    let meta = http(served.addr, "GET", "/v2/models/vad", b"").json();
+    assert_eq!(meta["inputs"][0]["shape"], json!([1, -1]), "{meta}");
+    let body = |rate: i64| {
+        serde_json::to_vec(&json!({"inputs": [
+            {"name": "x", "shape": [1, 512], "datatype": "FP32", "data": x},
+            {"name": "sr", "shape": [], "datatype": "INT64", "data": [rate]}]}))
+        .unwrap()
+    };
+    let mut conn = Conn::open(served.addr).unwrap();
+    let ok = conn
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &body(16000),
+        )
+        .unwrap();
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let got: Vec<f64> = ok.json()["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got, want.iter().map(|v| f64::from(*v)).collect::<Vec<_>>());
+    let bad = conn
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &body(8000),
+        )
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    // A request may leave the fixed input out.
+    let without = serde_json::to_vec(&json!({"inputs": [
+        {"name": "x", "shape": [1, 512], "datatype": "FP32", "data": x}]}))
+    .unwrap();
+    let r = conn
+        .request(
+            "POST",
+            "/v2/models/vad/infer",
+            &[("content-type", "application/json")],
+            &without,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let text = String::from_utf8_lossy(&bad.body);
+    assert!(
+        text.contains("fixes it to 16000") && text.contains("8000"),
+        "{text}"
+    );
+    // Compiles (at activation, then the test vector's shape) and the cache
+    // in /metrics; the request of the same shape was a hit.
+    let metrics = String::from_utf8(http(served.addr, "GET", "/metrics", b"").body).unwrap();
+    let line = |name: &str| {
+        let prefix = format!("{name}{{model=\"vad\",version=\"1\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(line("ferry_plan_compiles_total"), 2.0);
+    assert!(line("ferry_plan_compile_seconds_total") > 0.0);
+    assert_eq!(line("ferry_plan_cache_entries"), 1.0);
+    assert!(line("ferry_plan_cache_hits_total") >= 1.0);
+}
