@@ -103,10 +103,19 @@ fn datum_type(d: DType) -> Option<DatumType> {
     })
 }
 
+/// tract's ONNX front end with Ferry's operators: the tree-ensemble
+/// evaluator and the other ONNX-ML operators.
+pub fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    crate::trees::register(&mut onnx);
+    crate::onnx_ml::register(&mut onnx);
+    onnx
+}
+
 /// Operators in `path`'s graph (and subgraphs) that tract has no builder for,
 /// as `domain:Op`.
-fn unsupported_ops(proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
-    let known = &crate::trees::onnx().op_register.0;
+fn unsupported_ops(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
+    let known = &onnx.op_register.0;
     let mut missing = std::collections::BTreeSet::new();
     let mut stack: Vec<&tract_onnx::pb::GraphProto> = proto.graph.iter().collect();
     while let Some(g) = stack.pop() {
@@ -155,15 +164,14 @@ impl Engine {
         schema: &Schema,
         plan_for: PlanFor,
     ) -> Result<Self, LoadError> {
-        // tract's ONNX front end with Ferry's tree-ensemble evaluator.
-        let onnx = crate::trees::onnx();
+        let onnx = onnx();
         let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| LoadError::Read {
                 path: "(bundle artifact)".into(),
                 reason: format!("not a valid ONNX protobuf: {e}"),
             })?;
-        let missing = unsupported_ops(&proto);
+        let missing = unsupported_ops(&onnx, &proto);
         if !missing.is_empty() {
             return Err(LoadError::UnsupportedOps(missing));
         }

@@ -30,6 +30,7 @@ pub mod fleet;
 pub mod inference_log;
 pub mod metrics;
 pub mod oip;
+pub mod onnx_ml;
 pub mod rowops;
 pub mod score;
 pub mod server;

@@ -5,7 +5,7 @@
 use ferry_protocol::model::{DType, Dim, Schema, TensorSpec};
 use std::collections::BTreeSet;
 use std::path::Path;
-use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
+use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, GraphProto, ValueInfoProto};
 use tract_onnx::prelude::Framework;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +41,20 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
         .ok_or(OnnxSchemaError::NoGraph { path: p })?;
     // Old exporters list initializers among the inputs; they are weights.
     let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs = graph
+    let inputs: Vec<TensorSpec> = graph
         .input
         .iter()
         .filter(|i| !initializers.contains(i.name.as_str()))
         .map(spec)
         .collect::<Result<_, _>>()?;
-    let outputs = graph.output.iter().map(spec).collect::<Result<_, _>>()?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(|o| match zipmap_output(graph, o, &inputs) {
+            Some(s) => Ok(s),
+            None => spec(o),
+        })
+        .collect::<Result<_, _>>()?;
     let operators = graph
         .node
         .iter()
@@ -71,6 +78,39 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
     })
 }
 
+/// A `ZipMap` output (a sequence of maps in ONNX) as the agent serves it:
+/// the float32 `[N, classes]` probability tensor, columns in the order of
+/// the operator's class labels.
+fn zipmap_output(
+    graph: &GraphProto,
+    v: &ValueInfoProto,
+    inputs: &[TensorSpec],
+) -> Option<TensorSpec> {
+    if matches!(
+        v.r#type.as_ref().and_then(|t| t.value.as_ref()),
+        Some(type_proto::Value::TensorType(_))
+    ) {
+        return None;
+    }
+    let node = graph.node.iter().find(|n| {
+        n.op_type == "ZipMap" && n.domain == "ai.onnx.ml" && n.output.iter().any(|o| *o == v.name)
+    })?;
+    let classes = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "classlabels_int64s" || a.name == "classlabels_strings")
+        .map(|a| a.ints.len().max(a.strings.len()))?;
+    let rows = inputs
+        .first()
+        .and_then(|i| i.shape.first().cloned())
+        .unwrap_or_else(|| Dim::Symbolic("N".into()));
+    Some(TensorSpec {
+        name: v.name.clone(),
+        dtype: DType::F32,
+        shape: vec![rows, Dim::Fixed(classes as u64)],
+    })
+}
+
 fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
     let err = |reason: &str| OnnxSchemaError::Tensor {
         name: v.name.clone(),
@@ -78,7 +118,7 @@ fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
     };
     let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
-        return Err(err("only tensor inputs and outputs are supported (not sequences or maps; convert classifiers with zipmap=False)"));
+        return Err(err("only tensor inputs and outputs are supported (not sequences or maps other than a ZipMap's)"));
     };
     let dtype = DType::from_onnx(t.elem_type)
         .ok_or_else(|| err(&format!("element type {} is not supported", t.elem_type)))?;

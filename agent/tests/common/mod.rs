@@ -74,18 +74,35 @@ impl Keys {
     /// Bundles fixture `model` (`bc_logreg`, …) as `name` v`version`, with
     /// its baseline when there is one.
     pub fn bundle(&self, model: &str, name: &str, version: u64) -> PathBuf {
-        let onnx = fixtures().join(format!("{model}.onnx"));
         let baseline = fixtures().join(format!("{model}.baseline.csv"));
+        self.bundle_file(
+            &fixtures().join(format!("{model}.onnx")),
+            baseline.exists().then_some(baseline),
+            name,
+            version,
+        )
+    }
+
+    /// Bundles the ONNX file `onnx` as `name` v`version`, with `ferry
+    /// bundle build`'s own code (so its schema reading is exercised too).
+    pub fn bundle_file(
+        &self,
+        onnx: &Path,
+        baseline: Option<PathBuf>,
+        name: &str,
+        version: u64,
+    ) -> PathBuf {
+        let stem = onnx.file_stem().unwrap().to_string_lossy().to_string();
         let out = self
             .dir
             .path()
-            .join(format!("{name}-{version}-{model}.ferry"));
+            .join(format!("{name}-{version}-{stem}.ferry"));
         build(
             &BuildSpec {
-                model: onnx,
+                model: onnx.to_path_buf(),
                 name: ModelName::new(name).unwrap(),
                 version,
-                baseline: baseline.exists().then_some(baseline),
+                baseline,
                 bins: 10,
                 tags: Default::default(),
                 metrics: Default::default(),
