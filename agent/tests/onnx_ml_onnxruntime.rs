@@ -226,3 +226,55 @@ fn undefined_corner_is_refused_when_the_graph_is_built() {
     assert!(err.contains("post_transform"), "{err}");
     assert!(err.contains("LinearClassifier"), "{err}");
 }
+
+/// A pipeline exported with ZipMap left on, served over OIP: the answer
+/// carries `output_probability` as the float32 `[N, classes]` tensor,
+/// columns in class-label order, equal to onnxruntime's maps.
+#[test]
+fn zipmap_model_answers_oip_with_its_probability_tensor() {
+    use ferry_agent::serving::{Agent, Role};
+    let name = "scaler_logreg_zipmap";
+    let doc = reference(name);
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    let bundle = keys.bundle_file(
+        &fixtures_dir().join(format!("{name}.onnx")),
+        None,
+        "wine",
+        1,
+    );
+    agent.install(&bundle, Role::Champion, None).unwrap();
+    let served = common::Served::start(agent, 1 << 20);
+    let input = &doc["inputs"][0];
+    let width = shape(input)[1];
+    let rows: Vec<Vec<f64>> = input["data"]
+        .as_array()
+        .unwrap()
+        .chunks(width)
+        .map(|r| r.iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect();
+    let meta = common::http(served.addr, "GET", "/v2/models/wine", b"").json();
+    assert_eq!(meta["outputs"][1]["name"], "output_probability");
+    assert_eq!(meta["outputs"][1]["datatype"], "FP32");
+    let r = common::http(
+        served.addr,
+        "POST",
+        "/v2/models/wine/infer",
+        &common::infer_body("z", &rows),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let want = &doc["outputs"];
+    assert_eq!(v["outputs"][0]["name"], "output_label");
+    assert_eq!(v["outputs"][0]["data"], want[0]["data"]);
+    assert_eq!(v["outputs"][1]["shape"], serde_json::json!([rows.len(), 3]));
+    let got = v["outputs"][1]["data"].as_array().unwrap();
+    for (g, w) in got.iter().zip(want[1]["data"].as_array().unwrap()) {
+        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+            "{g} vs onnxruntime {w}"
+        );
+    }
+}

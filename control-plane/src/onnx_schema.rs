@@ -93,7 +93,7 @@ fn zipmap_output(
         return None;
     }
     let node = graph.node.iter().find(|n| {
-        n.op_type == "ZipMap" && n.domain == "ai.onnx.ml" && n.output.iter().any(|o| *o == v.name)
+        n.op_type == "ZipMap" && n.domain == "ai.onnx.ml" && n.output.contains(&v.name)
     })?;
     let classes = node
         .attribute

@@ -20,7 +20,7 @@ fn strings<'t>(op: &'static str, t: &'t Tensor) -> TractResult<&'t [String]> {
             format!("element type {:?}; string expected", t.datum_type()),
         ));
     }
-    Ok(t.try_as_plain_ram()?.as_slice::<String>()?)
+    t.try_as_plain_ram()?.as_slice::<String>()
 }
 
 /// Int64 values of a numeric input, floats truncated toward zero (as

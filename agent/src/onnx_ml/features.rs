@@ -174,6 +174,32 @@ impl Kernel for ArrayFeatureExtractor {
         Ok(tvec!(TypedFact::dt_shape(x.datum_type, shape)))
     }
 
+    /// Constant in-range indices into the last axis of a `[.., C]` input
+    /// (what exporters emit) are tract's `Gather`, which the optimiser can
+    /// fold and fuse; anything else runs the kernel.
+    fn wire_native(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        let x = model.outlet_fact(inputs[0])?.clone();
+        let y = model.outlet_fact(inputs[1])?.clone();
+        let (Some(stride), Some(idx)) = (x.shape.last().and_then(|d| d.as_i64()), y.konst.as_ref())
+        else {
+            return Ok(None);
+        };
+        let in_range = idx.rank() == 1
+            && idx.len() > 0
+            && as_i64("ArrayFeatureExtractor", idx)
+                .is_ok_and(|v| v.iter().all(|i| (0..stride).contains(i)));
+        if x.rank() < 2 || !in_range {
+            return Ok(None);
+        }
+        let gather = tract_onnx::tract_hir::tract_core::ops::array::Gather::new(x.rank() - 1);
+        Ok(Some(model.wire_node(prefix, gather, inputs)?))
+    }
+
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         const OP: &str = "ArrayFeatureExtractor";
         let x = arg(OP, &inputs, 0)?;

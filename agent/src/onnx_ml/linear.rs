@@ -36,7 +36,7 @@ fn targets_for(
 ) -> TractResult<usize> {
     let targets = match intercepts {
         Some(t) => t,
-        None if features > 0 && coef % features == 0 => coef / features,
+        None if features > 0 && coef.is_multiple_of(features) => coef / features,
         None => {
             return Err(input_err(
                 op,
@@ -75,7 +75,7 @@ impl LinearClassifier {
         let labels = Labels::parse(&a, "classlabels_ints")?;
         let post = a.post_transform()?;
         if let Some(b) = &intercepts {
-            if coefficients.len() % b.len() != 0 {
+            if !coefficients.len().is_multiple_of(b.len()) {
                 return Err(a.err(
                     "coefficients",
                     format!(
@@ -246,7 +246,7 @@ impl LinearRegressor {
         }
         let targets = usize::try_from(a.int("targets").unwrap_or(1))
             .ok()
-            .filter(|t| *t > 0 && coefficients.len() % t == 0)
+            .filter(|t| *t > 0 && coefficients.len().is_multiple_of(*t))
             .ok_or_else(|| {
                 a.err(
                     "targets",

@@ -34,6 +34,18 @@ pub(crate) trait Kernel: Debug + Clone + PartialEq + Send + Sync + 'static {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>>;
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>>;
+
+    /// tract's own ops for this node when they compute exactly the same
+    /// thing for these inputs (and tract can optimise them further);
+    /// `None` wires the kernel.
+    fn wire_native(
+        &self,
+        _prefix: &str,
+        _model: &mut TypedModel,
+        _inputs: &[OutletId],
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        Ok(None)
+    }
 }
 
 /// The parser's side: an expansion into one [`MlOp`].
@@ -79,7 +91,10 @@ impl<K: Kernel> Expansion for MlExpansion<K> {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, MlOp(self.0.clone()), inputs)
+        match self.0.wire_native(prefix, model, inputs)? {
+            Some(outlets) => Ok(outlets),
+            None => model.wire_node(prefix, MlOp(self.0.clone()), inputs),
+        }
     }
 }
 

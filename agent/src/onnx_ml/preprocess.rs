@@ -375,20 +375,17 @@ impl Kernel for Binarizer {
         if !is_numeric(x.datum_type()) {
             return Err(input_err(OP, format!("element type {:?}", x.datum_type())));
         }
-        let v = as_f32(OP, x)?;
+        // Compared in the input's own precision (double stays double).
+        let v: Vec<f64> = if x.datum_type() == DatumType::F64 {
+            x.try_as_plain_ram()?.as_slice::<f64>()?.to_vec()
+        } else {
+            as_f32(OP, x)?.iter().map(|v| f64::from(*v)).collect()
+        };
         let t = f64::from(self.threshold);
-        let mut bits = Vec::with_capacity(v.len());
-        for (i, x) in v.iter().enumerate() {
-            if x.is_nan() {
-                return Err(input_err(OP, format!("element {i} is NaN")));
-            }
-            bits.push(f64::from(*x) > t);
+        if let Some(i) = v.iter().position(|x| x.is_nan()) {
+            return Err(input_err(OP, format!("element {i} is NaN")));
         }
-        // Compare in the input's own type where float32 would round.
-        if matches!(x.datum_type(), DatumType::F64) {
-            let d = x.try_as_plain_ram()?.as_slice::<f64>()?;
-            bits = d.iter().map(|x| *x > t).collect();
-        }
+        let bits: Vec<bool> = v.iter().map(|x| *x > t).collect();
         let ones: Vec<f32> = bits.iter().map(|b| f32::from(u8::from(*b))).collect();
         let y = Tensor::from_shape(x.shape(), &ones)?;
         let dt = x.datum_type();

@@ -152,7 +152,7 @@ impl SvmClassifier {
             if classes < 2 {
                 return Err(a.err("classlabels_ints", "needs at least two classes"));
             }
-            if support_vectors.is_empty() || support_vectors.len() % n_vectors != 0 {
+            if support_vectors.is_empty() || !support_vectors.len().is_multiple_of(n_vectors) {
                 return Err(a.err(
                     "support_vectors",
                     format!(
@@ -201,7 +201,7 @@ impl SvmClassifier {
             };
             (mode, features)
         } else {
-            if coefficients.len() % classes != 0 {
+            if !coefficients.len().is_multiple_of(classes) {
                 return Err(a.err(
                     "coefficients",
                     format!("has {} values for {classes} classes", coefficients.len()),
@@ -486,7 +486,7 @@ impl SvmRegressor {
             .map_err(|_| a.err("n_supports", "is negative"))?;
         let support_vectors = a.floats("support_vectors");
         let features = if n_vectors > 0 {
-            if support_vectors.is_empty() || support_vectors.len() % n_vectors != 0 {
+            if support_vectors.is_empty() || !support_vectors.len().is_multiple_of(n_vectors) {
                 return Err(a.err(
                     "support_vectors",
                     format!(
