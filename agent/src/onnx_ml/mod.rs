@@ -119,3 +119,91 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     reg.insert("SVMClassifier", svm_classifier);
     reg.insert("SVMRegressor", svm_regressor);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::AttributeProto;
+
+    fn node(op: &str, domain: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: attrs,
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        }
+    }
+
+    fn floats(name: &str, v: &[f32]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_operator_and_attribute() {
+        let err = check_domain(&node("Scaler", "", vec![])).unwrap_err();
+        assert!(err.to_string().contains("ai.onnx.ml expected"), "{err}");
+
+        let scaler = node(
+            "Scaler",
+            ML_DOMAIN,
+            vec![floats("scale", &[1.0, 2.0]), floats("offset", &[0.0])],
+        );
+        let err = preprocess::Scaler::parse(&scaler).unwrap_err().to_string();
+        assert!(err.starts_with("Scaler: attribute offset"), "{err}");
+
+        let le = node(
+            "LabelEncoder",
+            ML_DOMAIN,
+            vec![AttributeProto {
+                name: "keys_tensor".into(),
+                ..Default::default()
+            }],
+        );
+        let err = encoders::LabelEncoder::parse(&le).unwrap_err().to_string();
+        assert!(err.contains("keys_tensor is not supported"), "{err}");
+
+        let norm = node("Normalizer", ML_DOMAIN, vec![string("norm", "L3")]);
+        let err = preprocess::Normalizer::parse(&norm)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("norm is \"L3\""), "{err}");
+
+        let svr = node(
+            "SVMRegressor",
+            ML_DOMAIN,
+            vec![
+                floats("coefficients", &[1.0]),
+                floats("rho", &[0.0]),
+                string("post_transform", "PROBIT"),
+            ],
+        );
+        let err = svm::SvmRegressor::parse(&svr).unwrap_err().to_string();
+        assert!(err.contains("post_transform"), "{err}");
+
+        let svc = node(
+            "SVMClassifier",
+            ML_DOMAIN,
+            vec![
+                floats("coefficients", &[1.0, 1.0]),
+                floats("rho", &[0.0]),
+                string("kernel_type", "CUBIC"),
+            ],
+        );
+        let err = svm::SvmClassifier::parse(&svc).unwrap_err().to_string();
+        assert!(err.contains("kernel_type is \"CUBIC\""), "{err}");
+    }
+}
