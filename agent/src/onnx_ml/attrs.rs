@@ -19,16 +19,17 @@ impl<'a> Attrs<'a> {
         self.node.attribute.iter().find(|a| a.name == name)
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
     pub fn err(&self, attr: &str, reason: impl Into<String>) -> MlError {
         MlError::Attribute {
             op: self.op,
             attr: attr.to_string(),
             reason: reason.into(),
         }
+    }
+
+    /// A tensor-valued attribute (`t`), if present.
+    pub fn tensor(&self, name: &str) -> Option<&'a tract_onnx::pb::TensorProto> {
+        self.get(name).and_then(|a| a.t.as_ref())
     }
 
     pub fn ints(&self, name: &str) -> Vec<i64> {
@@ -67,14 +68,5 @@ impl<'a> Attrs<'a> {
         let s = self.string("post_transform")?;
         super::PostTransform::parse(s.as_deref().unwrap_or("NONE"))
             .ok_or_else(|| self.err("post_transform", format!("has unknown value {s:?}")))
-    }
-
-    /// Refuses attributes this implementation does not read, so a model
-    /// never runs with part of its definition ignored.
-    pub fn refuse(&self, names: &[&str]) -> Result<(), MlError> {
-        match names.iter().find(|n| self.has(n)) {
-            Some(n) => Err(self.err(n, "is not supported by this runtime")),
-            None => Ok(()),
-        }
     }
 }

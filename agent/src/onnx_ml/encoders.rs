@@ -1,4 +1,5 @@
-//! Category encoders: `OneHotEncoder`, `LabelEncoder`, `CategoryMapper`.
+//! Category encoders: `OneHotEncoder` and `CategoryMapper` (`LabelEncoder`
+//! has its own file).
 
 use std::collections::HashMap;
 
@@ -13,7 +14,7 @@ use super::node::Kernel;
 use super::values::{arg, as_f32, as_i64, input_err};
 use super::MlError;
 
-fn strings<'t>(op: &'static str, t: &'t Tensor) -> TractResult<&'t [String]> {
+pub(crate) fn strings<'t>(op: &'static str, t: &'t Tensor) -> TractResult<&'t [String]> {
     if t.datum_type() != DatumType::String {
         return Err(input_err(
             op,
@@ -160,204 +161,6 @@ impl Kernel for OneHotEncoder {
     }
 }
 
-/// Keys and values of a mapping, by type.
-#[derive(Debug, Clone, PartialEq)]
-enum Column {
-    Ints(Vec<i64>),
-    Floats(Vec<f32>),
-    Strings(Vec<String>),
-}
-
-impl Column {
-    fn len(&self) -> usize {
-        match self {
-            Column::Ints(v) => v.len(),
-            Column::Floats(v) => v.len(),
-            Column::Strings(v) => v.len(),
-        }
-    }
-
-    fn datum_type(&self) -> DatumType {
-        match self {
-            Column::Ints(_) => DatumType::I64,
-            Column::Floats(_) => DatumType::F32,
-            Column::Strings(_) => DatumType::String,
-        }
-    }
-}
-
-/// A float key that hashes: -0 and 0 are one key, every NaN is one key.
-fn float_key(v: f32) -> u32 {
-    if v.is_nan() {
-        f32::NAN.to_bits()
-    } else if v == 0.0 {
-        0
-    } else {
-        v.to_bits()
-    }
-}
-
-/// Maps each element through `keys -> values`; `default` when absent.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LabelEncoder {
-    keys: Column,
-    values: Column,
-    default_int: i64,
-    default_float: f32,
-    default_string: String,
-}
-
-impl LabelEncoder {
-    pub fn parse(node: &NodeProto) -> Result<Self, MlError> {
-        let a = Attrs::new("LabelEncoder", node);
-        a.refuse(&["keys_tensor", "values_tensor", "default_tensor"])?;
-        let default_int = a.int("default_int64").unwrap_or(-1);
-        let default_float = a.float("default_float").unwrap_or(-0.0);
-        let default_string = a
-            .string("default_string")?
-            .unwrap_or_else(|| "_Unused".into());
-        // Opset 1: string <-> index through classes_strings.
-        let classes = a.strings("classes_strings")?;
-        if !classes.is_empty() {
-            let n = classes.len() as i64;
-            return Ok(Self {
-                keys: Column::Strings(classes),
-                values: Column::Ints((0..n).collect()),
-                default_int,
-                default_float,
-                default_string,
-            });
-        }
-        let pick = |prefix: &str| -> Result<Column, MlError> {
-            let ints = a.ints(&format!("{prefix}_int64s"));
-            let floats = a.floats(&format!("{prefix}_floats"));
-            let strs = a.strings(&format!("{prefix}_strings"))?;
-            let given = [!ints.is_empty(), !floats.is_empty(), !strs.is_empty()];
-            match given {
-                [true, false, false] => Ok(Column::Ints(ints)),
-                [false, true, false] => Ok(Column::Floats(floats)),
-                [false, false, true] => Ok(Column::Strings(strs)),
-                _ => Err(a.err(
-                    &format!("{prefix}_*"),
-                    "must be exactly one non-empty list of int64s, floats or strings",
-                )),
-            }
-        };
-        let keys = pick("keys")?;
-        let values = pick("values")?;
-        if keys.len() != values.len() {
-            return Err(a.err(
-                "values_*",
-                format!("has {} entries for {} keys", values.len(), keys.len()),
-            ));
-        }
-        Ok(Self {
-            keys,
-            values,
-            default_int,
-            default_float,
-            default_string,
-        })
-    }
-
-    /// The value index of each element, None for the default.
-    fn lookup(&self, x: &Tensor) -> TractResult<Vec<Option<usize>>> {
-        const OP: &str = "LabelEncoder";
-        Ok(match &self.keys {
-            Column::Strings(keys) => {
-                let index: HashMap<&str, usize> = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| (k.as_str(), i))
-                    .collect();
-                strings(OP, x)?
-                    .iter()
-                    .map(|s| index.get(s.as_str()).copied())
-                    .collect()
-            }
-            Column::Ints(keys) => {
-                let index: HashMap<i64, usize> =
-                    keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-                as_i64(OP, x)?
-                    .iter()
-                    .map(|k| index.get(k).copied())
-                    .collect()
-            }
-            Column::Floats(keys) => {
-                if !matches!(x.datum_type(), DatumType::F32 | DatumType::F64) {
-                    return Err(input_err(
-                        OP,
-                        format!("element type {:?}; float keys expected", x.datum_type()),
-                    ));
-                }
-                let index: HashMap<u32, usize> = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| (float_key(*k), i))
-                    .collect();
-                as_f32(OP, x)?
-                    .iter()
-                    .map(|k| index.get(&float_key(*k)).copied())
-                    .collect()
-            }
-        })
-    }
-}
-
-impl Kernel for LabelEncoder {
-    fn name(&self) -> &'static str {
-        "LabelEncoder"
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        s.equals(&outputs[0].datum_type, self.values.datum_type())?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(TypedFact::dt_shape(
-            self.values.datum_type(),
-            inputs[0].shape.clone()
-        )))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = arg("LabelEncoder", &inputs, 0)?;
-        let hits = self.lookup(x)?;
-        let shape = x.shape();
-        let y = match &self.values {
-            Column::Ints(v) => {
-                let d: Vec<i64> = hits
-                    .iter()
-                    .map(|h| h.map_or(self.default_int, |i| v[i]))
-                    .collect();
-                Tensor::from_shape(shape, &d)?
-            }
-            Column::Floats(v) => {
-                let d: Vec<f32> = hits
-                    .iter()
-                    .map(|h| h.map_or(self.default_float, |i| v[i]))
-                    .collect();
-                Tensor::from_shape(shape, &d)?
-            }
-            Column::Strings(v) => {
-                let d: Vec<String> = hits
-                    .iter()
-                    .map(|h| h.map_or_else(|| self.default_string.clone(), |i| v[i].clone()))
-                    .collect();
-                ArrayD::from_shape_vec(shape, d)?.into_tensor()
-            }
-        };
-        Ok(tvec!(y.into_tvalue()))
-    }
-}
-
 /// int64 -> string or string -> int64 through two parallel lists.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CategoryMapper {
@@ -499,28 +302,6 @@ mod tests {
             .eval(tvec!(tensor1(&[4i64]).into_tvalue()))
             .unwrap_err();
         assert!(err.to_string().contains("zeros=0"), "{err}");
-    }
-
-    #[test]
-    fn label_encoder_defaults_per_value_type() {
-        let k = LabelEncoder {
-            keys: Column::Strings(vec!["a".into(), "b".into()]),
-            values: Column::Floats(vec![1.5, 2.5]),
-            default_int: -1,
-            default_float: -0.0,
-            default_string: "_Unused".into(),
-        };
-        let y = run(&k, strs(&["b", "z"]));
-        assert_eq!(y, tensor1(&[2.5f32, -0.0]));
-        let f = LabelEncoder {
-            keys: Column::Floats(vec![f32::NAN, 0.0]),
-            values: Column::Ints(vec![7, 9]),
-            ..k
-        };
-        assert_eq!(
-            run(&f, tensor1(&[f32::NAN, -0.0, 1.0])),
-            tensor1(&[7i64, 9, -1])
-        );
     }
 
     #[test]

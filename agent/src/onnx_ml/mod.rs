@@ -21,6 +21,7 @@
 mod attrs;
 mod encoders;
 mod features;
+mod label_encoder;
 mod labels;
 mod linear;
 pub(crate) mod node;
@@ -82,12 +83,17 @@ macro_rules! builder {
     };
 }
 
+fn label_encoder(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    check_domain(node)?;
+    let kernel = label_encoder::LabelEncoder::parse(node, |t| ctx.load_tensor(t))?;
+    Ok((node::expansion(kernel), vec![]))
+}
+
 builder!(scaler, preprocess::Scaler::parse);
 builder!(normalizer, preprocess::Normalizer::parse);
 builder!(imputer, preprocess::Imputer::parse);
 builder!(binarizer, preprocess::Binarizer::parse);
 builder!(one_hot, encoders::OneHotEncoder::parse);
-builder!(label_encoder, encoders::LabelEncoder::parse);
 builder!(category_mapper, encoders::CategoryMapper::parse);
 builder!(feature_vectorizer, features::FeatureVectorizer::parse);
 builder!(
@@ -170,11 +176,16 @@ mod tests {
             ML_DOMAIN,
             vec![AttributeProto {
                 name: "keys_tensor".into(),
+                t: Some(Default::default()),
                 ..Default::default()
             }],
         );
-        let err = encoders::LabelEncoder::parse(&le).unwrap_err().to_string();
-        assert!(err.contains("keys_tensor is not supported"), "{err}");
+        let err = label_encoder::LabelEncoder::parse(&le, |_| {
+            Err(tract_onnx::prelude::TractError::msg("no data"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keys_tensor cannot be read"), "{err}");
 
         let norm = node("Normalizer", ML_DOMAIN, vec![string("norm", "L3")]);
         let err = preprocess::Normalizer::parse(&norm)
