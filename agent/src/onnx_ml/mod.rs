@@ -28,6 +28,7 @@ pub(crate) mod node;
 mod post;
 mod preprocess;
 mod svm;
+mod svm_regressor;
 mod values;
 mod zipmap;
 
@@ -104,7 +105,7 @@ builder!(zip_map, zipmap::ZipMap::parse);
 builder!(linear_classifier, linear::LinearClassifier::parse);
 builder!(linear_regressor, linear::LinearRegressor::parse);
 builder!(svm_classifier, svm::SvmClassifier::parse);
-builder!(svm_regressor, svm::SvmRegressor::parse);
+builder!(svm_regressor, svm_regressor::SvmRegressor::parse);
 
 /// Make `onnx` build these ONNX-ML nodes with Ferry's kernels (replacing
 /// tract's own, where it has one).
@@ -202,7 +203,9 @@ mod tests {
                 string("post_transform", "PROBIT"),
             ],
         );
-        let err = svm::SvmRegressor::parse(&svr).unwrap_err().to_string();
+        let err = svm_regressor::SvmRegressor::parse(&svr)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("post_transform"), "{err}");
 
         let svc = node(
