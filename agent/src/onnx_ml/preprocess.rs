@@ -55,11 +55,14 @@ fn per_feature<'v, T>(
     }
 }
 
-fn pick<T: Copy>(v: &[T], i: usize, stride: usize) -> T {
+/// One value per feature: per-feature values as they are, a shared one
+/// repeated. Element `i` of the input belongs to feature `i % stride`, so
+/// rows of `stride` elements zip with this.
+fn expand<T: Copy>(v: &[T], stride: usize) -> Vec<T> {
     if v.len() == 1 {
-        v[0]
+        vec![v[0]; stride]
     } else {
-        v[i % stride]
+        v.to_vec()
     }
 }
 
@@ -115,21 +118,27 @@ impl Kernel for Scaler {
         let st = stride("Scaler", x.shape())?;
         let offset = per_feature("Scaler", "offset", &self.offset, st)?;
         let scale = per_feature("Scaler", "scale", &self.scale, st)?;
-        let out: Vec<f32> = if x.datum_type() == DatumType::F64 {
-            let v = x.try_as_plain_ram()?.as_slice::<f64>()?;
-            v.iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    ((x - f64::from(pick(offset, i, st))) * f64::from(pick(scale, i, st))) as f32
-                })
-                .collect()
-        } else {
-            let v = as_f32("Scaler", x)?;
-            v.iter()
-                .enumerate()
-                .map(|(i, x)| (x - pick(offset, i, st)) * pick(scale, i, st))
-                .collect()
-        };
+        let (offset, scale) = (expand(offset, st), expand(scale, st));
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
+        if st > 0 && x.datum_type() == DatumType::F64 {
+            for row in x.try_as_plain_ram()?.as_slice::<f64>()?.chunks(st) {
+                out.extend(
+                    row.iter()
+                        .zip(&offset)
+                        .zip(&scale)
+                        .map(|((x, o), s)| ((x - f64::from(*o)) * f64::from(*s)) as f32),
+                );
+            }
+        } else if st > 0 {
+            for row in as_f32("Scaler", x)?.chunks(st) {
+                out.extend(
+                    row.iter()
+                        .zip(&offset)
+                        .zip(&scale)
+                        .map(|((x, o), s)| (x - o) * s),
+                );
+            }
+        }
         Ok(tvec!(Tensor::from_shape(x.shape(), &out)?.into_tvalue()))
     }
 }
@@ -280,44 +289,48 @@ impl Kernel for Imputer {
         let mut y = x.clone();
         match (&self.imputed, x.datum_type()) {
             (Imputed::Floats { values, replaced }, DatumType::F32) => {
-                let values = per_feature(OP, "imputed_value_floats", values, st)?;
+                let values = expand(per_feature(OP, "imputed_value_floats", values, st)?, st);
                 let mut plain = y.try_as_plain_ram_mut()?;
-                let data = plain.as_slice_mut::<f32>()?;
-                for (i, v) in data.iter_mut().enumerate() {
-                    if (v.is_nan() && replaced.is_nan()) || *v == *replaced {
-                        *v = pick(values, i, st);
+                for row in plain.as_slice_mut::<f32>()?.chunks_mut(st.max(1)) {
+                    for (v, new) in row.iter_mut().zip(&values) {
+                        if (v.is_nan() && replaced.is_nan()) || *v == *replaced {
+                            *v = *new;
+                        }
                     }
                 }
             }
             (Imputed::Floats { values, replaced }, DatumType::F64) => {
-                let values = per_feature(OP, "imputed_value_floats", values, st)?;
+                let values = expand(per_feature(OP, "imputed_value_floats", values, st)?, st);
                 let mut plain = y.try_as_plain_ram_mut()?;
-                let data = plain.as_slice_mut::<f64>()?;
-                for (i, v) in data.iter_mut().enumerate() {
-                    if (v.is_nan() && replaced.is_nan()) || *v == f64::from(*replaced) {
-                        *v = f64::from(pick(values, i, st));
+                for row in plain.as_slice_mut::<f64>()?.chunks_mut(st.max(1)) {
+                    for (v, new) in row.iter_mut().zip(&values) {
+                        if (v.is_nan() && replaced.is_nan()) || *v == f64::from(*replaced) {
+                            *v = f64::from(*new);
+                        }
                     }
                 }
             }
             (Imputed::Ints { values, replaced }, DatumType::I64) => {
-                let values = per_feature(OP, "imputed_value_int64s", values, st)?;
+                let values = expand(per_feature(OP, "imputed_value_int64s", values, st)?, st);
                 let mut plain = y.try_as_plain_ram_mut()?;
-                let data = plain.as_slice_mut::<i64>()?;
-                for (i, v) in data.iter_mut().enumerate() {
-                    if *v == *replaced {
-                        *v = pick(values, i, st);
+                for row in plain.as_slice_mut::<i64>()?.chunks_mut(st.max(1)) {
+                    for (v, new) in row.iter_mut().zip(&values) {
+                        if *v == *replaced {
+                            *v = *new;
+                        }
                     }
                 }
             }
             (Imputed::Ints { values, replaced }, DatumType::I32) => {
-                let values = per_feature(OP, "imputed_value_int64s", values, st)?;
+                let values = expand(per_feature(OP, "imputed_value_int64s", values, st)?, st);
                 let mut plain = y.try_as_plain_ram_mut()?;
-                let data = plain.as_slice_mut::<i32>()?;
-                for (i, v) in data.iter_mut().enumerate() {
-                    if i64::from(*v) == *replaced {
-                        *v = i32::try_from(pick(values, i, st)).map_err(|_| {
-                            input_err(OP, "an imputed int64 value does not fit the int32 input")
-                        })?;
+                for row in plain.as_slice_mut::<i32>()?.chunks_mut(st.max(1)) {
+                    for (v, new) in row.iter_mut().zip(&values) {
+                        if i64::from(*v) == *replaced {
+                            *v = i32::try_from(*new).map_err(|_| {
+                                input_err(OP, "an imputed int64 value does not fit the int32 input")
+                            })?;
+                        }
                     }
                 }
             }
