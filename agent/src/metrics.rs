@@ -49,6 +49,8 @@ pub struct Metrics {
     series: Mutex<BTreeMap<Key, Arc<Series>>>,
     /// Rejected requests by model (as requested) and reason code.
     rejected: Mutex<BTreeMap<(String, String), u64>>,
+    /// Shadow copies dropped because too many were in flight, by model.
+    shadow_dropped: Mutex<BTreeMap<String, u64>>,
 }
 
 fn esc(s: &str) -> String {
@@ -70,6 +72,15 @@ impl Metrics {
     pub fn rejected(&self, model: &str, code: &str) {
         let mut m = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((model.to_string(), code.to_string())).or_default() += 1;
+    }
+
+    /// A shadow copy of a request to `model` (a loaded model) was dropped.
+    pub fn shadow_dropped(&self, model: &str) {
+        let mut m = self
+            .shadow_dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry(model.to_string()).or_default() += 1;
     }
 
     pub fn render(&self, log: Option<LogStats>) -> String {
@@ -140,6 +151,23 @@ impl Metrics {
                     "ferry_request_rejected_total{{model=\"{}\",reason=\"{}\"}} {n}",
                     esc(model),
                     esc(code)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP ferry_shadow_dropped_total Shadow copies not run: too many in flight.\n",
+        );
+        out.push_str("# TYPE ferry_shadow_dropped_total counter\n");
+        {
+            let m = self
+                .shadow_dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (model, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "ferry_shadow_dropped_total{{model=\"{}\"}} {n}",
+                    esc(model)
                 );
             }
         }

@@ -5,6 +5,11 @@
 //! Decoding validates against the manifest schema, so the runtime only ever
 //! sees inputs of the right name, type, shape and element count.
 
+mod non_finite;
+
+pub use non_finite::NonFinite;
+use non_finite::{first_non_finite, index_of};
+
 use crate::engine::{Input, Output};
 use ferry_protocol::{DType, Schema, TensorData};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -53,6 +58,13 @@ pub enum RequestError {
     Binary(String),
     #[error("input {name:?}: {rows} rows, at most {limit} per request for this model")]
     TooManyRows { name: String, rows: u64, limit: u64 },
+    #[error(
+        "input {:?}: {} is {}, not a finite {} number; this model accepts only finite \
+         inputs (its manifest does not tag {}={})",
+        .0.name, .0.at, .0.value, .0.dtype,
+        ferry_protocol::manifest::NON_FINITE_TAG, ferry_protocol::manifest::NON_FINITE_ACCEPT
+    )]
+    NonFinite(NonFinite),
 }
 
 impl RequestError {
@@ -70,6 +82,7 @@ impl RequestError {
             RequestError::UnknownOutput { .. } => "unknown_output",
             RequestError::Binary(_) => "bad_binary_data",
             RequestError::TooManyRows { .. } => "too_many_rows",
+            RequestError::NonFinite(_) => "non_finite",
         }
     }
 }
@@ -172,6 +185,8 @@ pub struct Decoded {
     pub inputs: Vec<Input>,
     /// Which outputs to return (schema indices) and whether each is binary.
     pub outputs: Vec<(usize, bool)>,
+    /// The first NaN or infinite input value, if any.
+    pub non_finite: Option<NonFinite>,
 }
 
 fn names(specs: &[ferry_protocol::TensorSpec]) -> String {
@@ -206,6 +221,7 @@ pub fn decode(
     let req: InferRequest =
         serde_json::from_slice(json).map_err(|e| RequestError::Json(e.to_string()))?;
     let mut slots: Vec<Option<Input>> = vec![None; schema.inputs.len()];
+    let mut non_finite = None;
     for input in req.inputs {
         let Some(idx) = schema.inputs.iter().position(|s| s.name == input.name) else {
             return Err(RequestError::UnknownInput {
@@ -289,7 +305,16 @@ pub fn decode(
                         got: flat.0.len() as u64,
                     });
                 }
-                from_json(&input.name, spec.dtype, flat.0)?
+                let (data, overflow) = from_json(&input.name, spec.dtype, flat.0)?;
+                if let (None, Some((i, value))) = (&non_finite, overflow) {
+                    non_finite = Some(NonFinite {
+                        name: input.name.clone(),
+                        at: index_of(&shape, i),
+                        value,
+                        dtype: spec.dtype,
+                    });
+                }
+                data
             }
             (None, None) => {
                 return Err(RequestError::Data {
@@ -298,6 +323,16 @@ pub fn decode(
                 })
             }
         };
+        if non_finite.is_none() {
+            if let Some((i, value)) = first_non_finite(&data) {
+                non_finite = Some(NonFinite {
+                    name: input.name.clone(),
+                    at: index_of(&shape, i),
+                    value,
+                    dtype: spec.dtype,
+                });
+            }
+        }
         slots[idx] = Some(Input {
             shape: shape.iter().map(|d| *d as usize).collect(),
             data,
@@ -341,6 +376,7 @@ pub fn decode(
         routing_key,
         inputs,
         outputs,
+        non_finite,
     })
 }
 
@@ -351,9 +387,15 @@ fn data_err(name: &str, reason: String) -> RequestError {
     }
 }
 
-fn from_json(name: &str, dtype: DType, vals: Vec<Scalar>) -> Result<TensorData, RequestError> {
+/// JSON scalars as `dtype`; with the first finite number that overflows
+/// FP32 (`1e40`), named as sent.
+fn from_json(
+    name: &str,
+    dtype: DType,
+    vals: Vec<Scalar>,
+) -> Result<(TensorData, Option<(usize, String)>), RequestError> {
     let not = |i: usize, what: &str| data_err(name, format!("element {i} is not {what}"));
-    match dtype {
+    let data = match dtype {
         DType::F32 | DType::F64 | DType::F16 => {
             let mut out = Vec::with_capacity(vals.len());
             for (i, v) in vals.iter().enumerate() {
@@ -364,11 +406,16 @@ fn from_json(name: &str, dtype: DType, vals: Vec<Scalar>) -> Result<TensorData, 
                     _ => return Err(not(i, "a number")),
                 });
             }
-            Ok(if dtype == DType::F64 {
+            if dtype == DType::F64 {
                 TensorData::F64(out)
             } else {
-                TensorData::F32(out.into_iter().map(|x| x as f32).collect())
-            })
+                let overflow = out
+                    .iter()
+                    .position(|x| x.is_finite() && !(*x as f32).is_finite())
+                    .map(|i| (i, format!("{:e} (beyond FP32's range)", out[i])));
+                let data = TensorData::F32(out.into_iter().map(|x| x as f32).collect());
+                return Ok((data, overflow));
+            }
         }
         DType::Bool => vals
             .iter()
@@ -378,8 +425,8 @@ fn from_json(name: &str, dtype: DType, vals: Vec<Scalar>) -> Result<TensorData, 
                 _ => Err(not(i, "a boolean")),
             })
             .collect::<Result<_, _>>()
-            .map(TensorData::Bool),
-        DType::Bytes => Err(data_err(name, "BYTES inputs are not supported".into())),
+            .map(TensorData::Bool)?,
+        DType::Bytes => return Err(data_err(name, "BYTES inputs are not supported".into())),
         _ => {
             let (lo, hi) = int_range(dtype);
             let mut out = Vec::with_capacity(vals.len());
@@ -397,9 +444,10 @@ fn from_json(name: &str, dtype: DType, vals: Vec<Scalar>) -> Result<TensorData, 
                 }
                 out.push(x as i64);
             }
-            Ok(TensorData::I64(out))
+            TensorData::I64(out)
         }
-    }
+    };
+    Ok((data, None))
 }
 
 fn int_range(d: DType) -> (i128, i128) {
@@ -649,6 +697,58 @@ mod tests {
         body.extend_from_slice(&(-2f32).to_le_bytes());
         let d = decode(&body, Some(json.len()), &schema(), u64::MAX).unwrap();
         assert_eq!(d.inputs[0].data, TensorData::F32(vec![1.5, -2.0]));
+    }
+
+    /// `1e40` is a finite JSON number but infinite as FP32; NaN and
+    /// infinity arrive as binary tensors. Each is found where the request
+    /// put it, and refused unless the model accepts non-finite inputs.
+    #[test]
+    fn non_finite_values_are_found_and_refused_unless_accepted() {
+        let json = br#"{"inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,1e40]]}]}"#;
+        let d = decode(json, None, &schema(), u64::MAX).unwrap();
+        let nf = d.non_finite.clone().unwrap();
+        assert_eq!(nf.at, "data[1][1]");
+        assert_eq!(nf.value, "1e40 (beyond FP32's range)");
+        let e = d.check_finite(false).unwrap_err();
+        assert_eq!(e.code(), "non_finite");
+        let msg = e.to_string();
+        assert!(msg.contains("\"input\": data[1][1] is 1e40"), "{msg}");
+        assert!(msg.contains("ferry.non_finite_inputs=accept"), "{msg}");
+        assert!(d.check_finite(true).is_ok());
+
+        for (x, name) in [
+            (f32::NAN, "NaN"),
+            (f32::INFINITY, "inf"),
+            (f32::NEG_INFINITY, "-inf"),
+        ] {
+            let json = br#"{"inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#;
+            let mut body = json.to_vec();
+            for v in [1.0, 2.0, x, 4.0f32] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            let d = decode(&body, Some(json.len()), &schema(), u64::MAX).unwrap();
+            let nf = d.non_finite.clone().unwrap();
+            assert_eq!((nf.at.as_str(), nf.value.as_str()), ("data[1][0]", name));
+            assert!(d.check_finite(false).is_err());
+        }
+
+        // Finite values, and 1e40 as FP64, pass.
+        let ok =
+            br#"{"inputs":[{"name":"input","shape":[1,2],"datatype":"FP32","data":[3.4e38,-1]}]}"#;
+        assert!(decode(ok, None, &schema(), u64::MAX)
+            .unwrap()
+            .non_finite
+            .is_none());
+        let mut s64 = schema();
+        s64.inputs[0].dtype = DType::F64;
+        let big =
+            br#"{"inputs":[{"name":"input","shape":[1,2],"datatype":"FP64","data":[1e40,1e300]}]}"#;
+        assert!(decode(big, None, &s64, u64::MAX)
+            .unwrap()
+            .non_finite
+            .is_none());
+        assert_eq!(index_of(&[5], 3), "data[3]");
+        assert_eq!(index_of(&[2, 3, 4], 23), "data[1][2][3]");
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn score_bundle(
         |_| None,
         PlanFor::Blocks(opts.batch_rows),
     )?;
-    score(&loaded.engine, opts)
+    score(&loaded.engine, loaded.manifest.accepts_non_finite(), opts)
 }
 
 struct Block {
@@ -138,9 +138,19 @@ struct Job {
     input_format: Format,
     output_format: Format,
     skip: bool,
+    /// Refuse rows with NaN (missing) or infinite values: the model's
+    /// manifest does not accept them.
+    finite_only: bool,
 }
 
-pub fn score(engine: &Engine, opts: &ScoreOptions) -> Result<ScoreSummary, ScoreError> {
+/// Scores `opts.input` with `engine`; rows with a missing (NaN) or
+/// infinite value are bad rows unless `accepts_non_finite` (the model's
+/// signed manifest says so).
+pub fn score(
+    engine: &Engine,
+    accepts_non_finite: bool,
+    opts: &ScoreOptions,
+) -> Result<ScoreSummary, ScoreError> {
     let schema = engine.schema().clone();
     let input_spec = match schema.inputs.as_slice() {
         [one] => one.clone(),
@@ -230,6 +240,7 @@ pub fn score(engine: &Engine, opts: &ScoreOptions) -> Result<ScoreSummary, Score
             input_format,
             output_format,
             skip: opts.skip_bad_rows,
+            finite_only: !accepts_non_finite,
         });
         run_pipeline(
             &mut reader,
@@ -454,24 +465,57 @@ fn parse_json_row(line: &str, width: usize, row: &mut Vec<f64>) -> Result<(), St
     Ok(())
 }
 
+/// Why a parsed row cannot go to a model that takes only finite numbers:
+/// its first missing (NaN) or infinite value, by column (from 1), as the
+/// model's input type holds it.
+fn non_finite(row: &[f64], dtype: DType) -> Option<String> {
+    let (i, x) = row
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !x.is_finite() || (dtype == DType::F32 && !(**x as f32).is_finite()))?;
+    let what = if x.is_nan() {
+        "is missing (empty, NaN or null)".to_string()
+    } else if x.is_infinite() {
+        "is infinite".to_string()
+    } else {
+        format!("is {x:e}, beyond FP32's range")
+    };
+    Some(format!(
+        "column {} {what}; this model takes only finite numbers (its manifest does not tag {}={})",
+        i + 1,
+        ferry_protocol::manifest::NON_FINITE_TAG,
+        ferry_protocol::manifest::NON_FINITE_ACCEPT
+    ))
+}
+
 fn process(job: &Job, block: &Block) -> Result<Done, ScoreError> {
     let mut values: Vec<f64> = Vec::with_capacity(job.width * 1024);
     let mut lines: Vec<u64> = Vec::new();
     let mut bad = Vec::new();
     let mut row = Vec::with_capacity(job.width);
-    let mut keep = |line: u64, parsed: Result<(), String>, row: &[f64]| match parsed {
-        Ok(()) => {
-            values.extend_from_slice(row);
-            lines.push(line);
-            Ok(())
-        }
-        Err(reason) if job.skip => {
-            tracing::debug!(line, %reason, "skipped bad row");
-            bad.push(line);
-            Ok(())
-        }
-        Err(reason) => Err(ScoreError::BadRow { line, reason }),
-    };
+    let mut keep =
+        |line: u64, parsed: Result<(), String>, row: &[f64]| match parsed.and_then(|()| {
+            match job
+                .finite_only
+                .then(|| non_finite(row, job.dtype))
+                .flatten()
+            {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            }
+        }) {
+            Ok(()) => {
+                values.extend_from_slice(row);
+                lines.push(line);
+                Ok(())
+            }
+            Err(reason) if job.skip => {
+                tracing::debug!(line, %reason, "skipped bad row");
+                bad.push(line);
+                Ok(())
+            }
+            Err(reason) => Err(ScoreError::BadRow { line, reason }),
+        };
     match job.input_format {
         Format::Csv => {
             // The csv crate handles quoting and skips blank lines. Its line

@@ -440,6 +440,219 @@ fn score_csv_and_ndjson_match_the_reference_and_report_bad_rows() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("bundle refused"));
 }
 
+/// The tree-ensemble fixtures (made by tests/fixtures/trees/make_tree_fixtures.py).
+fn tree_fixture(name: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/trees");
+    let text = std::fs::read_to_string(dir.join(format!("{name}.reference.json"))).unwrap();
+    (
+        dir.join(format!("{name}.onnx")),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+/// An infer request with `rows` of input `input` as a binary FP32 tensor.
+fn binary_infer(addr: std::net::SocketAddr, model: &str, rows: &[Vec<f32>]) -> common::Response {
+    let width = rows.first().map_or(0, Vec::len);
+    let json = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), width], "datatype": "FP32",
+                    "parameters": {"binary_data_size": rows.len() * width * 4}}]
+    }))
+    .unwrap();
+    let mut body = json.clone();
+    for x in rows.iter().flatten() {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    let len = json.len().to_string();
+    Conn::open(addr)
+        .unwrap()
+        .request(
+            "POST",
+            &format!("/v2/models/{model}/infer"),
+            &[
+                ("content-type", "application/octet-stream"),
+                ("inference-header-content-length", &len),
+            ],
+            &body,
+        )
+        .unwrap()
+}
+
+/// NaN and infinity reach only a model whose signed manifest accepts them.
+/// The logistic regression refuses `1e40` (a finite JSON number, infinite
+/// as FP32) and binary NaN and infinity with a 400 that names the input
+/// and the element; the HistGradientBoosting ensemble, which routes missing
+/// values (`ferry bundle build` tagged it), answers NaN rows as
+/// onnxruntime does.
+#[test]
+fn non_finite_inputs_are_refused_unless_the_manifest_accepts_them() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = side_load(&keys, data.path().to_str().unwrap(), &[]);
+    let rows = reference_rows("bc_logreg");
+    let infer = |body: &[u8]| http(agent.addr, "POST", "/v2/models/fraud/infer", body);
+
+    let r = infer(&infer_body("finite", &rows[..2]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut big = rows[1].clone();
+    big[3] = 1e40;
+    let r = infer(&infer_body("big", &[rows[0].clone(), big]));
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["code"], "non_finite", "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("input \"input\": data[1][3] is 1e40 (beyond FP32's range)"),
+        "{msg}"
+    );
+    assert!(msg.contains("ferry.non_finite_inputs=accept"), "{msg}");
+    for (x, name) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let mut r32: Vec<Vec<f32>> = rows[..2]
+            .iter()
+            .map(|r| r.iter().map(|x| *x as f32).collect())
+            .collect();
+        r32[0][7] = x;
+        let r = binary_infer(agent.addr, "fraud", &r32);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_eq!(v["code"], "non_finite");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("data[0][7] is {name},")),
+            "{v}"
+        );
+    }
+    // The refusals cost nothing: the model still answers.
+    assert_eq!(infer(&infer_body("after", &rows[..1])).status, 200);
+
+    // A tree ensemble with missing-value tracking: its bundle carries the
+    // tag, and NaN rows are scored as onnxruntime scored them.
+    let (onnx, reference) = tree_fixture("hgb_bin");
+    let bundle = keys.bundle_onnx(&onnx, None, "trees", 1, &[]);
+    let tree_data = tempfile::tempdir().unwrap();
+    let trees = Process::spawn(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        keys.trust_path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        tree_data.path().to_str().unwrap(),
+    ]);
+    let rows: Vec<Vec<f32>> = reference["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().map_or(f32::NAN, |x| x as f32))
+                .collect()
+        })
+        .collect();
+    assert!(rows.iter().flatten().any(|x| x.is_nan()));
+    let r = binary_infer(trees.addr, "trees", &rows);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let label = v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap();
+    assert_eq!(label["data"], reference["outputs"]["label"]["data"]);
+}
+
+/// The batch scorer refuses a missing or infinite value with its line and
+/// column for a model that takes only finite numbers, and scores it for a
+/// tree ensemble that routes missing values.
+#[test]
+fn score_reports_the_row_and_column_of_a_non_finite_value() {
+    let keys = Keys::new();
+    let bundle = keys.bundle("bc_logreg", "fraud", 1);
+    let trust = keys.trust_path.to_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = reference_rows("bc_logreg");
+    let line = |r: &[f64]| r.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
+    for (col, value, says) in [
+        (2usize, "", "column 3 is missing (empty, NaN or null)"),
+        (4, "inf", "column 5 is infinite"),
+        (0, "1e40", "column 1 is 1e40, beyond FP32's range"),
+    ] {
+        let mut text: Vec<String> = rows[..3].iter().map(|r| line(r)).collect();
+        let mut fields: Vec<String> = rows[1].iter().map(f64::to_string).collect();
+        fields[col] = value.into();
+        text[1] = fields.join(",");
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, text.join("\n") + "\n").unwrap();
+        let out = dir.path().join("out.csv");
+        let o = score(&[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--trust",
+            &trust,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("line 2: {says}")), "{err}");
+        assert!(err.contains("ferry.non_finite_inputs=accept"), "{err}");
+        assert!(!out.exists());
+    }
+
+    // The tree ensemble scores the same kind of file, empty fields included.
+    let (onnx, reference) = tree_fixture("hgb_bin");
+    let trees = keys.bundle_onnx(&onnx, None, "trees", 1, &[]);
+    let text: Vec<String> = reference["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().map_or(String::new(), |x| (x as f32).to_string()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    assert!(text.iter().any(|l| l.contains(",,") || l.starts_with(',')));
+    let input = dir.path().join("trees.csv");
+    std::fs::write(&input, text.join("\n") + "\n").unwrap();
+    let out = dir.path().join("trees-out.csv");
+    let o = score(&[
+        "--bundle",
+        trees.to_str().unwrap(),
+        "--trust",
+        &trust,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels: Vec<i64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let want: Vec<i64> = reference["outputs"]["label"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    assert_eq!(labels, want);
+}
+
 /// Labels and probabilities of an OIP answer against a fixture's reference
 /// rows `first..`: labels exactly, probabilities within 1e-4 + 1e-3 relative.
 fn assert_reference_answer(v: &serde_json::Value, want: &serde_json::Value, first: usize) {

@@ -93,6 +93,22 @@ fn hash_file(path: &Path, progress: &ProgressBar) -> Result<(u64, Digest), Build
     Ok((len, h.finish()))
 }
 
+/// The manifest's tags: the publisher's, plus
+/// `ferry.non_finite_inputs = accept` for a tree ensemble that routes
+/// missing values, unless the publisher set that tag otherwise.
+fn tags(
+    publisher: &BTreeMap<String, String>,
+    tracks_missing_values: bool,
+) -> BTreeMap<String, String> {
+    use ferry_protocol::manifest::{NON_FINITE_ACCEPT, NON_FINITE_TAG};
+    let mut tags = publisher.clone();
+    if tracks_missing_values {
+        tags.entry(NON_FINITE_TAG.into())
+            .or_insert_with(|| NON_FINITE_ACCEPT.into());
+    }
+    tags
+}
+
 pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildError> {
     if spec.signers.is_empty() {
         return Err(BuildError::NoSigner);
@@ -134,7 +150,7 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
             len,
             sha256,
         }],
-        tags: spec.tags.clone(),
+        tags: tags(&spec.tags, info.tracks_missing_values),
         metrics: spec.metrics.clone(),
         lineage: spec.lineage.clone(),
         created_at: spec.created_at,
@@ -176,4 +192,19 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
         manifest,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::manifest::NON_FINITE_TAG;
+
+    #[test]
+    fn trees_routing_missing_values_accept_non_finite_unless_the_publisher_says_otherwise() {
+        let none = BTreeMap::new();
+        assert_eq!(tags(&none, true)[NON_FINITE_TAG], "accept");
+        assert!(tags(&none, false).is_empty());
+        let refuse = BTreeMap::from([(NON_FINITE_TAG.to_string(), "refuse".to_string())]);
+        assert_eq!(tags(&refuse, true)[NON_FINITE_TAG], "refuse");
+    }
 }

@@ -48,6 +48,10 @@ pub enum ClientError {
 pub struct Transport {
     pub ca: Option<PathBuf>,
     pub insecure_http: bool,
+    /// Host names to reach at a given address instead of asking DNS (as
+    /// curl's `--resolve`): the URL, and so the TLS name check, keep the
+    /// name.
+    pub resolve: Vec<(String, std::net::IpAddr)>,
 }
 
 /// Whether `host` (as a URL writes it) names this machine.
@@ -165,6 +169,10 @@ impl Client {
                 }
             }
             _ => return Err(ClientError::BadServer(server.into())),
+        }
+        for (name, ip) in &transport.resolve {
+            // reqwest takes the port from the URL when this one is 0.
+            b = b.resolve(name, std::net::SocketAddr::new(*ip, 0));
         }
         if let Some(path) = &transport.ca {
             let ca_err = |reason: String| ClientError::Ca {

@@ -24,6 +24,11 @@ pub struct OnnxInfo {
     pub schema: Schema,
     pub operators: BTreeSet<String>,
     pub opsets: Vec<(String, i64)>,
+    /// A tree ensemble in the graph sends missing values (NaN) down a
+    /// chosen branch (`nodes_missing_value_tracks_true`), or an `Imputer`
+    /// replaces NaN (`replaced_value_float` NaN, scikit-learn's
+    /// SimpleImputer): the model takes NaN inputs by design.
+    pub tracks_missing_values: bool,
 }
 
 pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
@@ -71,10 +76,23 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
         .iter()
         .map(|o| (o.domain.clone(), o.version))
         .collect();
+    let tracks_missing_values = graph.node.iter().any(|n| {
+        let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+        match n.op_type.as_str() {
+            t if t.starts_with("TreeEnsemble") => attr("nodes_missing_value_tracks_true")
+                .is_some_and(|a| a.ints.iter().any(|v| *v != 0)),
+            "Imputer" => {
+                attr("imputed_value_floats").is_some_and(|a| !a.floats.is_empty())
+                    && attr("replaced_value_float").is_some_and(|a| a.f.is_nan())
+            }
+            _ => false,
+        }
+    });
     Ok(OnnxInfo {
         schema: Schema { inputs, outputs },
         operators,
         opsets,
+        tracks_missing_values,
     })
 }
 
@@ -140,4 +158,48 @@ fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
         dtype,
         shape,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(path)
+    }
+
+    /// Missing-value tracking is read from the tree ensembles' attributes:
+    /// HistGradientBoosting trained with NaN has it, a logistic regression
+    /// and a random forest do not.
+    #[test]
+    fn tree_ensembles_that_route_missing_values_are_recognised() {
+        assert!(
+            read(&fixture("trees/hgb_bin.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("trees/rf_bin.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("models/bc_logreg.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        // skl2onnx's SimpleImputer: an ai.onnx.ml Imputer replacing NaN.
+        assert!(
+            read(&fixture("onnx_ml/imputer_scaler_logreg.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("onnx_ml/scaler_logreg_bin.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+    }
 }

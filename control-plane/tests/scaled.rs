@@ -194,6 +194,7 @@ async fn start_moto() -> Option<Moto> {
     let http = reqwest::Client::new();
     for _ in 0..300 {
         if http.get(&moto.endpoint).send().await.is_ok() {
+            support::used_service("S3 (moto_server)");
             return Some(moto);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -109,8 +109,30 @@ async fn auto_speaks_mqtt_5_to_mosquitto() {
             std::env::var("CI").is_err(),
             "Mosquitto is not running on 127.0.0.1:1883 (required with CI=true)"
         );
-        eprintln!("skipped: Mosquitto is not running on 127.0.0.1:1883");
+        let what = "Mosquitto on 127.0.0.1:1883";
+        eprintln!("SKIPPED: {what}");
+        if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let test = std::thread::current().name().unwrap_or("?").to_string();
+                let _ = writeln!(f, "{test}: {what}");
+            }
+        }
         return;
+    }
+    if let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "negotiation\tMosquitto 127.0.0.1:1883");
+        }
     }
     assert_eq!(attempts(addr, Version::Auto).await, [(Protocol::V5, true)]);
     assert_eq!(

@@ -15,6 +15,13 @@ pub const MANIFEST_LIMIT: usize = 8 * 1024 * 1024;
 pub const ARTIFACT_LIMIT: u64 = 64 << 30;
 /// Most artifacts in one bundle.
 pub const MAX_ARTIFACTS: usize = 64;
+/// The manifest tag by which a publisher says the model takes NaN and
+/// infinite input values (a tree ensemble that routes missing values, say):
+/// its value is [`NON_FINITE_ACCEPT`]. Without it, serving and scoring
+/// refuse non-finite inputs. A tag, not a new field: tags are signed with
+/// the manifest, and deployed agents decode it unchanged.
+pub const NON_FINITE_TAG: &str = "ferry.non_finite_inputs";
+pub const NON_FINITE_ACCEPT: &str = "accept";
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +118,13 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Whether the publisher signed [`NON_FINITE_TAG`]` = accept`.
+    pub fn accepts_non_finite(&self) -> bool {
+        self.tags
+            .get(NON_FINITE_TAG)
+            .is_some_and(|v| v == NON_FINITE_ACCEPT)
+    }
+
     /// Structural checks that do not depend on trust: safe names, bounded
     /// sizes, consistent test vectors.
     pub fn validate(&self) -> Result<(), ManifestError> {

@@ -51,12 +51,12 @@ impl Db {
     /// outside CI (under `CI=true` a missing server fails the test).
     pub fn postgres() -> Option<Db> {
         match PgDb::create() {
-            Some(pg) => Some(Db::Postgres(pg)),
-            None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("PostgreSQL on 127.0.0.1:5432 is required under CI=true")
+            Some(pg) => {
+                crate::used_service("PostgreSQL 127.0.0.1:5432");
+                Some(Db::Postgres(pg))
             }
             None => {
-                eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432");
+                crate::skip_or_fail("PostgreSQL on 127.0.0.1:5432 (trust auth, database test)");
                 None
             }
         }

@@ -80,8 +80,9 @@ impl Drop for Proc {
 /// Spawns `cmd` and reads stdout until a line starting with each of
 /// `prefixes` appeared; returns the rest of those lines.
 pub fn spawn_until(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
+    crate::quiet_stderr(&mut child);
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut found = vec![String::new(); prefixes.len()];

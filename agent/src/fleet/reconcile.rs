@@ -127,6 +127,11 @@ pub struct Reconciler {
     unload_failed: HashSet<String>,
     /// A long action is in flight.
     busy: bool,
+    /// Bumped on every accepted trust-root rotation.
+    trust_epoch: u64,
+    /// `trust_epoch` when the fetch or activation in flight was handed out:
+    /// a refusal decided under an older root is retried, not recorded.
+    job_epoch: u64,
     activate_next: Option<Assignment>,
     queue: VecDeque<Action>,
 }
@@ -168,6 +173,8 @@ impl Reconciler {
             failed: HashMap::new(),
             unload_failed: HashSet::new(),
             busy: false,
+            trust_epoch: 0,
+            job_epoch: 0,
             activate_next: None,
             queue: VecDeque::new(),
         }
@@ -219,6 +226,7 @@ impl Reconciler {
                 self.trust = Some(root.clone());
                 self.queue.push_back(Action::SaveTrust { root, signed });
                 self.failed.clear();
+                self.trust_epoch += 1;
                 self.say_trust();
             }
             Ok(None) => self.say_trust(),
@@ -338,6 +346,9 @@ impl Reconciler {
                             self.activate_next = Some(a);
                         }
                     }
+                    FetchResult::Refused(r) if self.job_epoch != self.trust_epoch => {
+                        tracing::info!(model = %a.model, version = a.version, code = %r.code, "bundle refused under the previous trust root; trying again under the new one");
+                    }
                     FetchResult::Refused(r) => {
                         tracing::error!(model = %a.model, version = a.version, code = %r.code, reason = %r.reason, "bundle refused before activation");
                         self.queue.push_back(Action::RecordRefusal {
@@ -376,6 +387,9 @@ impl Reconciler {
                                 .push_back(report(&a, ActivationOutcome::Activated));
                         }
                     }
+                    Err(r) if self.job_epoch != self.trust_epoch => {
+                        tracing::info!(model = %a.model, version = a.version, code = %r.code, "activation refused under the previous trust root; trying again under the new one");
+                    }
                     Err(r) => {
                         tracing::error!(model = %a.model, version = a.version, code = %r.code, reason = %r.reason, "activation refused; previous version keeps serving");
                         self.queue.push_back(report(&a, refused(&r)));
@@ -409,6 +423,7 @@ impl Reconciler {
         }
         if let Some(a) = self.activate_next.take() {
             self.busy = true;
+            self.job_epoch = self.trust_epoch;
             return Some(Action::Activate { assignment: a });
         }
         let assignments = self.desired.as_ref()?.assignments.clone();
@@ -439,6 +454,7 @@ impl Reconciler {
             }
             let offset = self.partials.get(&a.manifest_digest).copied().unwrap_or(0);
             self.busy = true;
+            self.job_epoch = self.trust_epoch;
             self.queue.push_back(Action::Fetch {
                 assignment: a,
                 offset,

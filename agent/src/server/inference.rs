@@ -303,11 +303,20 @@ fn infer_body(
     } else {
         decode(route.schema())?
     };
+    // NaN and infinity only reach a model whose signed manifest accepts them.
+    decoded
+        .check_finite(route.accepts_non_finite())
+        .map_err(|e| {
+            agent.rejected(model, e.code());
+            InferFailure::Request(e)
+        })?;
     // The shadow sees the same request, decoded against its own schema; one
-    // it cannot read is skipped, never refused.
+    // it cannot read or would refuse is skipped, never refused.
     if let Some(shadow) = routing.shadow() {
         if let Ok(d) = oip::decode(body, json_len, shadow.schema(), max_rows) {
-            shadow.spawn(d.id, d.inputs);
+            if d.check_finite(shadow.accepts_non_finite()).is_ok() {
+                shadow.spawn(d.id, d.inputs);
+            }
         }
     }
     let outputs = route.run(decoded.id.as_deref(), &decoded.inputs)?;

@@ -237,6 +237,12 @@ impl<'t> RouteRef<'t> {
         self.route.version()
     }
 
+    /// Whether this version's signed manifest accepts NaN and infinite
+    /// inputs (`ferry.non_finite_inputs = accept`).
+    pub fn accepts_non_finite(&self) -> bool {
+        self.route.loaded.manifest.accepts_non_finite()
+    }
+
     pub fn variant(&self) -> &'static str {
         self.route.variant
     }
@@ -259,12 +265,19 @@ impl<'t> RouteRef<'t> {
 
     /// Runs a request off the caller's path (the shadow): logged, never
     /// returned, and the caller never waits for it.
+    /// At most `shadow::MAX_SHADOW_IN_FLIGHT` copies run or wait at once;
+    /// past that a copy is dropped and counted in `/metrics`.
     pub fn spawn(&self, request_id: Option<String>, inputs: Vec<Input>) {
+        let Some(slot) = self.agent.shadow_slots.try_take() else {
+            self.agent.metrics.shadow_dropped(self.model);
+            return;
+        };
         let agent = self.agent.clone();
         let route = self.route.clone();
         let model = self.model.to_string();
         let job = move || {
             let _ = agent.run_and_log(&route, &model, request_id.as_deref(), &inputs);
+            drop(slot);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => drop(h.spawn_blocking(job)),

@@ -20,6 +20,7 @@ mod events;
 mod infer;
 mod local_store;
 mod routing;
+mod shadow;
 mod verify;
 
 pub use crate::telemetry::events::{DeviceEvent, EventSink};
@@ -72,6 +73,8 @@ pub struct Agent {
     /// Activations, refusals, rollbacks and unloads for the telemetry
     /// events topic.
     events: EventQueue,
+    /// Shadow copies in flight (bounded).
+    shadow_slots: Arc<shadow::ShadowSlots>,
     clock: Arc<dyn Clock>,
 }
 
@@ -109,6 +112,7 @@ impl Agent {
             sample_threshold: (rate * u64::MAX as f64) as u64,
             counter: AtomicU64::new(0),
             events: EventQueue::default(),
+            shadow_slots: Arc::default(),
             clock: opts.clock,
         });
         agent.reload_from_state();

@@ -74,25 +74,28 @@ impl Keys {
     /// Bundles fixture `model` (`bc_logreg`, …) as `name` v`version`, with
     /// its baseline when there is one.
     pub fn bundle(&self, model: &str, name: &str, version: u64) -> PathBuf {
+        let onnx = fixtures().join(format!("{model}.onnx"));
         let baseline = fixtures().join(format!("{model}.baseline.csv"));
-        self.bundle_file(
-            &fixtures().join(format!("{model}.onnx")),
+        self.bundle_onnx(
+            &onnx,
             baseline.exists().then_some(baseline),
             name,
             version,
+            &[],
         )
     }
 
-    /// Bundles the ONNX file `onnx` as `name` v`version`, with `ferry
-    /// bundle build`'s own code (so its schema reading is exercised too).
-    pub fn bundle_file(
+    /// Bundles the ONNX file `onnx` as `name` v`version` with manifest
+    /// `tags` (and those `ferry bundle build` adds itself).
+    pub fn bundle_onnx(
         &self,
         onnx: &Path,
         baseline: Option<PathBuf>,
         name: &str,
         version: u64,
+        tags: &[(&str, &str)],
     ) -> PathBuf {
-        let stem = onnx.file_stem().unwrap().to_string_lossy().to_string();
+        let stem = onnx.file_stem().unwrap().to_string_lossy().into_owned();
         let out = self
             .dir
             .path()
@@ -104,7 +107,10 @@ impl Keys {
                 version,
                 baseline,
                 bins: 10,
-                tags: Default::default(),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 metrics: Default::default(),
                 lineage: Default::default(),
                 created_at: now(),
@@ -223,9 +229,10 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        quiet_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut admin) = (None, None);
@@ -428,12 +435,67 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
+            used_service(&format!("Python {module} ({})", p.display()));
             return Some(p);
         }
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but no Python with {module}; run scripts/python-env.sh");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but no Python with {module}; run scripts/python-env.sh (FERRY_ALLOW_SKIP=1 scripts/test.sh skips instead)");
     }
-    eprintln!("note: skipping, no Python with {module} (run scripts/python-env.sh)");
+    let what = format!("a Python with {module} (scripts/python-env.sh)");
+    eprintln!("SKIPPED: {what}");
+    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = writeln!(f, "{test}: {what}");
+        }
+    }
     None
+}
+
+/// Sends the child's stderr (its log) through this test's own output, which
+/// the test harness shows only when the test fails: expected refusals and
+/// reconnects logged by passing tests stay quiet. Threads spawned from a
+/// test inherit its output capture.
+pub fn quiet_stderr(child: &mut Child) {
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
+    }
+}
+
+/// Notes that this test binary ran against a real service, for the
+/// one-line-per-binary summary `scripts/test.sh` prints
+/// (`$FERRY_SERVICE_LOG`).
+pub fn used_service(what: &str) {
+    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // target/debug/deps/NAME-HASH
+    let binary = stem
+        .rsplit_once('-')
+        .map_or(stem.as_str(), |(n, _)| n)
+        .to_string();
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{binary}\t{what}");
+    }
 }

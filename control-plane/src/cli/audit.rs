@@ -1,7 +1,8 @@
 //! `ferry audit`: list the tenant's audit records, and verify the whole
 //! chain client-side.
 
-use super::conn::{block_on, enc, print_json, table, when, Conn};
+use super::conn::{block_on, enc, Conn};
+use super::output::{print_json, table, when};
 use crate::api::types::AuditList;
 use crate::audit::{self, AuditRecord, ChainHead};
 use crate::client::Client;

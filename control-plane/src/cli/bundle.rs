@@ -141,6 +141,13 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
                 built.bytes,
                 out.display()
             );
+            if built.manifest.accepts_non_finite() {
+                println!(
+                    "inputs: NaN and infinity accepted ({}={} in the signed manifest)",
+                    ferry_protocol::manifest::NON_FINITE_TAG,
+                    ferry_protocol::manifest::NON_FINITE_ACCEPT
+                );
+            }
             Ok(())
         }
         BundleCmd::Verify {

@@ -483,8 +483,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  MQTT telemetry      {mqtt}  (topics ferry/v1/default/#)");
     println!("  agent inference     http://{agent_addr}/v2/models/{MODEL}/infer");
     println!("  agent metrics       http://{agent_addr}/metrics");
+    let ferry = cli_as_typed();
     println!(
-        "  deployment          FERRY_SERVER={api} FERRY_TOKEN={admin} ferry deployments {dep_id}"
+        "  deployment          FERRY_SERVER={api} FERRY_TOKEN={admin} {ferry} deployments {dep_id}"
     );
     // Listen before saying "ready": a Ctrl-C right after that line must stop
     // the demo cleanly, not kill it with the default handler.
@@ -500,6 +501,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     println!("Try:");
     println!("  curl -s -H 'content-type: application/json' -d '{sample}' {url}");
+    println!("  FERRY_SERVER={api} FERRY_TOKEN={admin} {ferry} device list");
+    if ferry != "ferry" {
+        println!("  (scripts/install.sh puts `ferry` and `ferry-agent` on PATH)");
+    }
     println!("ferry demo ready");
     let _ = std::io::stdout().flush();
 
@@ -519,4 +524,22 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     drop(server);
     println!("ferry demo stopped");
     Ok(())
+}
+
+/// How a user runs this binary from a shell: `ferry` when that name on
+/// PATH is this binary, else its full path (so printed commands work as
+/// printed).
+fn cli_as_typed() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "ferry".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("ferry"))
+            .find(|p| p.is_file())
+    });
+    match on_path.and_then(|p| p.canonicalize().ok()) {
+        Some(p) if p == me => "ferry".into(),
+        _ => me.display().to_string(),
+    }
 }

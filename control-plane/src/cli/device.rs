@@ -1,18 +1,18 @@
-//! `ferry device …` (enrollment tokens, devices) and `ferry deploy` /
-//! `ferry deployments` / `ferry undeploy`.
+//! `ferry device …`: enrollment tokens, devices (list, show, label,
+//! revoke, health) and the fleet CA; the label flags `ferry deploy` shares.
 
-use super::conn::{block_on, print_json, Conn};
+use super::conn::{block_on, enc, Conn};
+use super::output::{print_json, table, text, when, when_ms};
 use crate::api::types::{
-    Deployment, DeploymentDeleted, DeploymentDetail, DeploymentList, DeploymentRequest,
-    DeviceDetail, DeviceLabels, DeviceList, DeviceRevoked, DeviceTokenCreated, DeviceTokenList,
-    DeviceTokenRequest, DeviceTokenRevoked, LabelsRequest,
+    DeviceDetail, DeviceHealthList, DeviceLabels, DeviceList, DeviceRevoked, DeviceTokenCreated,
+    DeviceTokenList, DeviceTokenRequest, DeviceTokenRevoked, LabelsRequest,
 };
 use clap::{Args, Subcommand};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 
-fn labels(s: &[(String, String)]) -> Value {
+pub(super) fn labels(s: &[(String, String)]) -> Value {
     let m: serde_json::Map<String, Value> = s
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
@@ -21,7 +21,7 @@ fn labels(s: &[(String, String)]) -> Value {
 }
 
 /// Labels as the server's answers print them (`{"k":"v"}`).
-fn shown<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn shown<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
@@ -29,7 +29,7 @@ fn shown<T: serde::Serialize>(v: &T) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct LabelSet(pub Vec<(String, String)>);
 
-fn parse_labels(s: &str) -> Result<LabelSet, String> {
+pub(super) fn parse_labels(s: &str) -> Result<LabelSet, String> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(super::parse_kv)
@@ -62,6 +62,8 @@ enum DeviceCmd {
     },
     /// Revoke a device: its connection is closed and it cannot reconnect
     Revoke { id: String },
+    /// The latest health report of every device (online/offline, what it serves, its outbox)
+    Health,
     /// Print the control plane's CA certificate (PEM) for `ferry-agent enroll --ca`
     Ca,
 }
@@ -137,7 +139,7 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 if json_out {
                     print_json(&v)?;
                 } else {
-                    super::conn::table(
+                    table(
                         &[
                             "id",
                             "state",
@@ -153,7 +155,7 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                                     t.id.clone(),
                                     t.state.clone(),
                                     t.uses_left.to_string(),
-                                    super::conn::when(Some(t.expires_at)),
+                                    when(Some(t.expires_at)),
                                     shown(&t.labels),
                                     t.created_by.clone(),
                                 ]
@@ -166,7 +168,7 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 let v: DeviceTokenRevoked = c
                     .send(
                         Method::DELETE,
-                        &format!("/fleet/devices/tokens/{}", super::conn::enc(&id)),
+                        &format!("/fleet/devices/tokens/{}", enc(&id)),
                     )
                     .await?;
                 if json_out {
@@ -180,30 +182,42 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 if json_out {
                     print_json(&v)?;
                 } else {
-                    println!(
-                        "{:<22} {:<10} {:<9} {:<8} LABELS",
-                        "ID", "HOST", "CONNECTED", "REVOKED"
+                    let rows = v
+                        .devices
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.id.clone(),
+                                text(&d.hostname),
+                                if d.connected { "yes" } else { "no" }.into(),
+                                when(d.last_seen),
+                                d.revoked_at.map_or("no".into(), |t| when(Some(t))),
+                                shown(&d.labels),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["id", "host", "connected", "last seen", "revoked", "labels"],
+                        rows,
                     );
-                    for d in &v.devices {
-                        println!(
-                            "{:<22} {:<10} {:<9} {:<8} {}",
-                            d.id,
-                            d.hostname,
-                            d.connected,
-                            d.revoked_at.is_some(),
-                            shown(&d.labels)
-                        );
-                    }
                     if let Some(dl) = &v.downloads {
                         println!(
-                            "downloads: {} in flight, peak {}, limit {}",
+                            "\ndownloads: {} in flight, peak {}, limit {}",
                             dl.in_flight, dl.peak, dl.limit
                         );
                     }
                 }
             }
+            DeviceCmd::Health => {
+                let v: DeviceHealthList = c.get("/devices").await?;
+                if json_out {
+                    print_json(&v)?;
+                } else {
+                    health_table(&v);
+                }
+            }
             DeviceCmd::Show { id } => {
-                let v: DeviceDetail = c.get(&format!("/fleet/devices/{id}")).await?;
+                let v: DeviceDetail = c.get(&format!("/fleet/devices/{}", enc(&id))).await?;
                 print_json(&v)?;
             }
             DeviceCmd::Label { id, labels: l } => {
@@ -213,17 +227,21 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                 let v: DeviceLabels = c
                     .call(
                         Method::PUT,
-                        &format!("/fleet/devices/{id}/labels"),
+                        &format!("/fleet/devices/{}/labels", enc(&id)),
                         Some(&req),
                     )
                     .await?;
                 print_json(&v)?;
             }
             DeviceCmd::Revoke { id } => {
-                let _: DeviceRevoked = c
-                    .send(Method::POST, &format!("/fleet/devices/{id}/revoke"))
+                let v: DeviceRevoked = c
+                    .send(Method::POST, &format!("/fleet/devices/{}/revoke", enc(&id)))
                     .await?;
-                println!("device {id} revoked");
+                if json_out {
+                    print_json(&v)?;
+                } else {
+                    println!("device {id} revoked");
+                }
             }
             DeviceCmd::Ca => {
                 print!("{}", c.get_text("/fleet/devices/ca.pem").await?);
@@ -233,140 +251,46 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
     })?
 }
 
-/// `ferry deploy MODEL --version V --selector k=v`
-#[derive(Args, Debug)]
-pub struct DeployArgs {
-    #[command(flatten)]
-    conn: Conn,
-    model: String,
-    /// Version number or alias (production)
-    #[arg(long)]
-    version: String,
-    /// Devices whose labels match all of these (k=v,k=v); empty: every device
-    #[arg(long, value_parser = parse_labels, default_value = "")]
-    selector: LabelSet,
-    /// Wait until every matched device reports active (or failed), up to this long
-    #[arg(long, value_parser = super::parse_duration)]
-    wait: Option<std::time::Duration>,
-}
-
-/// `ferry deployments [ID]`, `ferry undeploy ID`, `ferry deployments scale`
-#[derive(Args, Debug)]
-pub struct DeploymentsArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Show one deployment with per-device state
-    id: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct UndeployArgs {
-    #[command(flatten)]
-    conn: Conn,
-    id: String,
-}
-
-fn print_status(v: &DeploymentDetail) {
-    let d = &v.deployment;
-    println!(
-        "deployment {}: {} v{} to {}",
-        d.id,
-        d.model,
-        d.version,
-        shown(&d.selector)
+/// `ferry device health`: one row per device from its last health report
+/// (the report's fields read as the agent's typed `Health`; `-` where a
+/// device sent none of them).
+fn health_table(v: &DeviceHealthList) {
+    let rows = v
+        .devices
+        .iter()
+        .map(|d| {
+            let h: Option<ferry_protocol::telemetry::Health> =
+                serde_json::from_value(d.health.clone()).ok();
+            let serving = h.as_ref().map(|h| h.serving.join(",")).unwrap_or_default();
+            vec![
+                d.device.clone(),
+                d.status.clone(),
+                when_ms(Some(d.received_at_ms)),
+                text(h.as_ref().map_or("", |h| h.agent_version.as_str())),
+                text(&serving),
+                h.as_ref()
+                    .map_or("-".into(), |h| h.outbox_depth.to_string()),
+                h.as_ref().map_or("-".into(), |h| h.published.to_string()),
+                h.as_ref()
+                    .and_then(|h| h.mqtt_protocol)
+                    .map_or(
+                        "-".into(),
+                        |p| if p == 5 { "5".into() } else { "3.1.1".into() },
+                    ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "device",
+            "status",
+            "reported",
+            "agent",
+            "serving",
+            "outbox",
+            "published",
+            "mqtt",
+        ],
+        rows,
     );
-    for d in &v.devices {
-        println!("  {:<22} {:<16} {}", d.device, d.state, d.detail);
-    }
-}
-
-pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let c = args.conn.client()?;
-    let version: Value = match args.version.parse::<i64>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(args.version),
-    };
-    block_on(async move {
-        let req = DeploymentRequest {
-            model: args.model,
-            version,
-            selector: Some(labels(&args.selector.0)),
-        };
-        let v: Deployment = c.call(Method::POST, "/deployments", Some(&req)).await?;
-        let id = v.id.clone();
-        if args.conn.json && args.wait.is_none() {
-            return print_json(&v);
-        }
-        println!("{id}");
-        if let Some(wait) = args.wait {
-            let until = std::time::Instant::now() + wait;
-            loop {
-                let s: DeploymentDetail = c.get(&format!("/deployments/{id}")).await?;
-                let settled = s.devices.iter().all(|d| {
-                    let st = d.state.as_str();
-                    st == "active" || st == "failed" || st == "revoked" || st == "superseded"
-                });
-                if settled || std::time::Instant::now() >= until {
-                    if args.conn.json {
-                        print_json(&s)?;
-                    } else {
-                        print_status(&s);
-                    }
-                    if !settled {
-                        anyhow::bail!("deployment {id} did not settle within {wait:?}");
-                    }
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-        Ok(())
-    })?
-}
-
-pub fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
-    let c = args.conn.client()?;
-    block_on(async move {
-        match &args.id {
-            Some(id) => {
-                let v: DeploymentDetail = c.get(&format!("/deployments/{id}")).await?;
-                if args.conn.json {
-                    print_json(&v)?;
-                } else {
-                    print_status(&v);
-                }
-            }
-            None => {
-                let v: DeploymentList = c.get("/deployments").await?;
-                if args.conn.json {
-                    print_json(&v)?;
-                } else {
-                    for d in &v.deployments {
-                        println!(
-                            "{:<16} {} v{} {}",
-                            d.id,
-                            d.model,
-                            d.version,
-                            shown(&d.selector)
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    })?
-}
-
-pub fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {
-    let c = args.conn.client()?;
-    block_on(async move {
-        let v: DeploymentDeleted = c
-            .send(Method::DELETE, &format!("/deployments/{}", args.id))
-            .await?;
-        println!("deployment {} removed", args.id);
-        for w in &v.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(())
-    })?
 }

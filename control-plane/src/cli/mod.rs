@@ -2,18 +2,29 @@
 //! `anyhow` (this is the binary's edge); the work is done by the typed
 //! library modules.
 
+mod alerts;
 mod audit;
 mod broker;
 // `BundleCmd::Build` carries every build flag; it is parsed once per run.
 #[allow(clippy::large_enum_variant)]
 mod bundle;
 mod conn;
+pub mod coverage;
 mod demo;
+mod deployments;
 mod device;
+mod drift;
 mod key;
-mod remote;
+mod login;
+mod model;
+mod output;
+mod project;
+mod series;
 mod server;
+mod token;
+mod triggers;
 mod trust;
+mod trust_root;
 
 use clap::{Parser, Subcommand};
 
@@ -35,28 +46,40 @@ pub enum Command {
     Key(key::KeyCmd),
     /// Trust roots: which keys may sign which models (push: set it on the server)
     #[command(subcommand)]
-    Trust(remote::TrustAll),
+    Trust(trust_root::TrustAll),
     /// Build, verify and inspect signed model bundles
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
     /// Run the control plane server (REST API under /api/v1)
     Server(server::ServerArgs),
     /// Store the server URL and token for the commands below
-    Login(remote::LoginArgs),
-    /// The model registry: push, list, show, versions, compare, promote, archive, delete, download
-    Model(remote::ModelArgs),
+    Login(login::LoginArgs),
+    /// Who the token is: name, tenant, role
+    Whoami(login::WhoamiArgs),
+    /// Whether the server answers (no token needed)
+    Health(login::HealthArgs),
+    /// The model registry: push, list, show, versions, compare, promote, aliases, metrics, archive, delete, download
+    Model(model::ModelArgs),
+    /// Projects: groups of models
+    Project(project::ProjectArgs),
     /// API tokens (admin)
-    Token(remote::TokenArgs),
+    Token(token::TokenArgs),
     /// The tamper-evident audit trail
     Audit(audit::AuditArgs),
-    /// Fleet devices: enrollment tokens, list, label, revoke
+    /// Fleet devices: enrollment tokens, list, label, revoke, health
     Device(device::DeviceArgs),
     /// Deploy a model version to the devices matching a selector
-    Deploy(device::DeployArgs),
-    /// Deployments and their per-device state
-    Deployments(device::DeploymentsArgs),
+    Deploy(deployments::DeployArgs),
+    /// Deployments and their per-device state; scale: a new selector
+    Deployments(deployments::DeploymentsArgs),
     /// Remove a deployment from the devices' desired state
-    Undeploy(device::UndeployArgs),
+    Undeploy(deployments::UndeployArgs),
+    /// Alerts raised from device telemetry: list, acknowledge
+    Alerts(alerts::AlertsArgs),
+    /// A model's drift policy (config get|set) and PSI per window (series)
+    Drift(drift::DriftArgs),
+    /// Retraining triggers fired (list) and where and when they fire (set)
+    Triggers(triggers::TriggersArgs),
     /// Run a control plane and one enrolled agent serving a signed demo
     /// model on localhost, until Ctrl-C
     Demo(demo::DemoArgs),
@@ -77,17 +100,23 @@ pub fn init_tracing() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Key(c) => key::run(c),
-        Command::Trust(c) => remote::trust(c),
+        Command::Trust(c) => trust_root::trust(c),
         Command::Bundle(c) => bundle::run(c),
         Command::Server(a) => server::run(a),
-        Command::Login(a) => remote::login(a),
-        Command::Model(a) => remote::model(a),
-        Command::Token(a) => remote::token(a),
+        Command::Login(a) => login::login(a),
+        Command::Whoami(a) => login::whoami(a),
+        Command::Health(a) => login::health(a),
+        Command::Model(a) => model::model(a),
+        Command::Project(a) => project::project(a),
+        Command::Token(a) => token::token(a),
         Command::Audit(a) => audit::audit_cmd(a),
         Command::Device(a) => device::device(a),
-        Command::Deploy(a) => device::deploy(a),
-        Command::Deployments(a) => device::deployments(a),
-        Command::Undeploy(a) => device::undeploy(a),
+        Command::Deploy(a) => deployments::deploy(a),
+        Command::Deployments(a) => deployments::deployments(a),
+        Command::Undeploy(a) => deployments::undeploy(a),
+        Command::Alerts(a) => alerts::alerts(a),
+        Command::Drift(a) => drift::drift(a),
+        Command::Triggers(a) => triggers::triggers(a),
         Command::Demo(a) => demo::demo(a),
         Command::Broker(c) => broker::run(c),
     }

@@ -12,6 +12,8 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("embedded MQTT broker: {0} is not a loopback address; the embedded broker has no client certificates or topic ACLs, so it serves this machine only. For devices on the network run Mosquitto with deploy/mosquitto/ (`ferry broker certs`) and pass --mqtt-url mqtts://HOST:8883")]
+    NotLoopback(SocketAddr),
     #[error("embedded MQTT broker configuration: {0}")]
     Config(String),
     #[error("embedded MQTT broker on {0} did not accept connections within 10 s")]
@@ -20,7 +22,15 @@ pub enum BrokerError {
 
 /// Starts rumqttd on `listen` (port 0: a free port) in its own threads and
 /// waits until it accepts connections. Returns the address in use.
+///
+/// Loopback only: rumqttd here authenticates nobody, so on a network any
+/// client could read every tenant's telemetry. Ingest verifies device
+/// signatures either way; a network-facing broker is Mosquitto with the
+/// shipped certificate and ACL config.
 pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    if !listen.ip().is_loopback() {
+        return Err(BrokerError::NotLoopback(listen));
+    }
     // rumqttd logs bind failures instead of returning them: check first.
     let probe = TcpListener::bind(listen).map_err(|source| BrokerError::InUse {
         addr: listen,
@@ -72,4 +82,19 @@ dynamic_filters = true
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotUp(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_facing_embedded_broker_is_refused() {
+        for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:1884"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let e = start(addr).unwrap_err();
+            assert!(matches!(e, BrokerError::NotLoopback(a) if a == addr), "{e}");
+            assert!(e.to_string().contains("deploy/mosquitto"), "{e}");
+        }
+    }
 }

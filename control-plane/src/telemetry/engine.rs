@@ -578,7 +578,9 @@ impl Engine {
                 } else {
                     format!(" for alert {alert_id}")
                 },
-                p.webhook_url.as_deref().unwrap_or("(none configured)")
+                p.webhook_url
+                    .as_deref()
+                    .map_or_else(|| "(none configured)".into(), policy::redacted_url)
             ),
         };
         match slot {
@@ -597,12 +599,13 @@ impl Engine {
         tracing::warn!(tenant, model, version, reason, trigger = %id, "retraining triggered");
         if let Some(url) = p.webhook_url.clone() {
             let store = self.store.clone();
-            let secret = p.webhook_secret.clone().unwrap_or_default();
+            let secret = p.webhook_secret.clone();
             let retry = self.retry_ms.clone();
             let id2 = id.clone();
             tokio::spawn(async move {
                 let (ok, attempts, err) =
-                    webhook::deliver(&url, &secret, &id2, payload.as_bytes(), &retry).await;
+                    webhook::deliver(&url, secret.as_deref(), &id2, payload.as_bytes(), &retry)
+                        .await;
                 let _ = store.record_delivery(&id2, ok, attempts as i64, &err).await;
             });
         }

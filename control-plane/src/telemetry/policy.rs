@@ -61,6 +61,26 @@ pub struct DriftPolicy {
     pub prediction_reference: Option<std::collections::BTreeMap<String, u64>>,
 }
 
+/// Marks the part of a webhook URL that listings leave out.
+const REDACTED: &str = "/…";
+
+/// `scheme://host[:port]`, then `/…` when the URL has a path or query: enough
+/// to recognise a webhook target without showing a credential in its path,
+/// query or user info.
+pub fn redacted_url(u: &str) -> String {
+    match reqwest::Url::parse(u) {
+        Ok(p) => {
+            let origin = p.origin().ascii_serialization();
+            if p.path() != "/" || p.query().is_some() {
+                format!("{origin}{REDACTED}")
+            } else {
+                origin
+            }
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 impl Default for DriftPolicy {
     fn default() -> Self {
         Self {
@@ -113,6 +133,14 @@ impl DriftPolicy {
                     "webhook_url {u:?} must be an http:// or https:// URL"
                 ));
             }
+            if u.contains(REDACTED) {
+                return Err(format!(
+                    "webhook_url {u:?} is a redacted one (as listings show it); send the full URL"
+                ));
+            }
+        }
+        if self.webhook_secret.as_deref() == Some("") {
+            return Err("webhook_secret is empty; leave it out to keep the stored one".into());
         }
         if let Some(s) = &self.retrain_schedule {
             super::cron::Cron::parse(s).map_err(|e| format!("retrain_schedule: {e}"))?;
@@ -130,10 +158,32 @@ impl DriftPolicy {
         Ok(())
     }
 
-    /// The policy as shown to API callers: the secret replaced by whether
-    /// one is set.
+    /// Carries over what a client cannot read back, so that a policy as
+    /// shown can be posted again without losing it: a secret left out keeps
+    /// the stored one (`""` clears it), and the webhook URL sent in its
+    /// redacted form keeps the stored URL.
+    pub fn keep_write_only(&mut self, stored: Option<&DriftPolicy>) {
+        match self.webhook_secret.as_deref() {
+            None => self.webhook_secret = stored.and_then(|s| s.webhook_secret.clone()),
+            Some("") => self.webhook_secret = None,
+            Some(_) => {}
+        }
+        if let (Some(new), Some(old)) = (
+            self.webhook_url.as_deref(),
+            stored.and_then(|s| s.webhook_url.as_deref()),
+        ) {
+            if new != old && new == redacted_url(old) {
+                self.webhook_url = Some(old.to_string());
+            }
+        }
+    }
+
+    /// The policy as shown to API callers and written to the audit trail:
+    /// the secret replaced by whether one is set, the webhook URL by its
+    /// origin (a Slack or Teams hook's path is its credential).
     pub fn public_json(&self) -> serde_json::Value {
         let mut p = self.clone();
+        p.webhook_url = p.webhook_url.as_deref().map(redacted_url);
         let has_secret = p.webhook_secret.take().is_some();
         let mut v = serde_json::to_value(&p).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
@@ -289,5 +339,67 @@ mod tests {
         let a = [("0".to_string(), 50u64), ("1".to_string(), 50)].into();
         let b = [("0".to_string(), 100u64)].into();
         assert_eq!(class_tvd(&a, &b), Some(0.5));
+    }
+
+    #[test]
+    fn webhook_urls_are_shown_by_origin_only() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/secret",
+                "https://hooks.slack.com/…",
+            ),
+            (
+                "https://user:pw@ci.example:8443/?token=x",
+                "https://ci.example:8443/…",
+            ),
+            ("https://ci.example", "https://ci.example"),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+            let p = DriftPolicy {
+                webhook_url: Some(url.into()),
+                webhook_secret: Some("k".into()),
+                ..Default::default()
+            };
+            let v = p.public_json();
+            assert_eq!(v["webhook_url"], shown);
+            assert_eq!(v["webhook_secret_set"], true);
+            assert!(v.get("webhook_secret").is_none());
+        }
+    }
+
+    #[test]
+    fn a_policy_posted_back_as_shown_keeps_its_secret_and_url() {
+        let stored = DriftPolicy {
+            webhook_url: Some("https://hooks.slack.com/services/T0/B0/secret".into()),
+            webhook_secret: Some("k".into()),
+            ..Default::default()
+        };
+        let mut shown = stored.public_json();
+        shown.as_object_mut().unwrap().remove("webhook_secret_set");
+        let mut back: DriftPolicy = serde_json::from_value(shown).unwrap();
+        back.psi_threshold = 0.5;
+        back.keep_write_only(Some(&stored));
+        assert!(back.validate().is_ok());
+        assert_eq!(back.webhook_url, stored.webhook_url);
+        assert_eq!(back.webhook_secret.as_deref(), Some("k"));
+        // "" clears the secret; a new one replaces it; a new URL is taken.
+        let mut cleared = DriftPolicy {
+            webhook_secret: Some(String::new()),
+            webhook_url: Some("https://other.example/hook".into()),
+            ..Default::default()
+        };
+        cleared.keep_write_only(Some(&stored));
+        assert_eq!(cleared.webhook_secret, None);
+        assert_eq!(
+            cleared.webhook_url.as_deref(),
+            Some("https://other.example/hook")
+        );
+        // A redacted URL that is not the stored one's is refused, not saved.
+        let mut guess = DriftPolicy {
+            webhook_url: Some("https://elsewhere.example/…".into()),
+            ..Default::default()
+        };
+        guess.keep_write_only(Some(&stored));
+        assert!(guess.validate().unwrap_err().contains("redacted"));
     }
 }

@@ -166,8 +166,10 @@ pub async fn set_policy(
             "request body is empty; expected a JSON drift policy".into(),
         ));
     }
-    let p: DriftPolicy =
+    let mut p: DriftPolicy =
         serde_json::from_slice(doc).map_err(|e| TelemetryError::InvalidPolicy(e.to_string()))?;
+    let stored = load_policy(store, &caller.tenant, model).await?;
+    p.keep_write_only(stored.as_ref());
     p.validate().map_err(TelemetryError::InvalidPolicy)?;
     let mut entry = caller.ok(Action::DriftPolicySet, model);
     entry.detail = p.public_json().to_string();

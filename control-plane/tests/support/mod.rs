@@ -39,12 +39,25 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// A real dependency is missing: fail under CI, skip with a note otherwise.
+/// A real dependency is missing: fail under `CI=true` (which
+/// `scripts/test.sh` sets unless `FERRY_ALLOW_SKIP=1`); otherwise skip,
+/// listed in `$FERRY_SKIP_LOG` for the script's summary.
 pub fn missing(what: &str) {
     if in_ci() {
-        panic!("{what} is required when CI=true");
+        panic!("{what} is required (CI=true; FERRY_ALLOW_SKIP=1 scripts/test.sh skips instead)");
     }
-    eprintln!("NOTE: skipping: {what} is not available (set CI=true to make this a failure)");
+    eprintln!("SKIPPED: {what}");
+    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = writeln!(f, "{test}: {what}");
+        }
+    }
 }
 
 // ------------------------------------------------------------------ backends
@@ -135,7 +148,10 @@ impl Backend {
     /// server answers.
     pub async fn postgres() -> Option<Backend> {
         match PgDb::create().await {
-            Some(db) => Some(Backend::Postgres(db)),
+            Some(db) => {
+                used_service("PostgreSQL 127.0.0.1:5432");
+                Some(Backend::Postgres(db))
+            }
             None => {
                 missing("PostgreSQL at 127.0.0.1:5432 (database test)");
                 None
@@ -217,11 +233,12 @@ impl Server {
         cmd.args(args)
             .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
+        quiet_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
@@ -479,5 +496,47 @@ impl Fixture {
     /// A bc_logreg bundle with a metric and a tag.
     pub fn simple(&self, model: &str, version: u64) -> PathBuf {
         self.bundle("bc_logreg", model, version, "pub", &[])
+    }
+}
+
+/// Sends the child's stderr (its log) through this test's own output, which
+/// the test harness shows only when the test fails: expected refusals and
+/// reconnects logged by passing tests stay quiet. Threads spawned from a
+/// test inherit its output capture.
+pub fn quiet_stderr(child: &mut Child) {
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
+    }
+}
+
+/// Notes that this test binary ran against a real service, for the
+/// one-line-per-binary summary `scripts/test.sh` prints
+/// (`$FERRY_SERVICE_LOG`).
+pub fn used_service(what: &str) {
+    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // target/debug/deps/NAME-HASH
+    let binary = stem
+        .rsplit_once('-')
+        .map_or(stem.as_str(), |(n, _)| n)
+        .to_string();
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{binary}\t{what}");
     }
 }

@@ -369,13 +369,12 @@ impl Drop for Moto {
 #[test]
 fn a_large_bundle_is_served_in_ranges_from_s3() {
     let Some(bin) = moto_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "moto_server is required when CI=true (FERRY_MOTO_SERVER or FERRY_PYTHON's venv)"
+        ferry_e2e::skip_or_fail(
+            "moto_server (FERRY_MOTO_SERVER, or FERRY_PYTHON's venv from scripts/python-env.sh)",
         );
-        eprintln!("NOTE: skipping: moto_server not found (set FERRY_MOTO_SERVER)");
         return;
     };
+    ferry_e2e::used_service("S3 (moto_server)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

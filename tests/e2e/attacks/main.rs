@@ -5,5 +5,6 @@
 mod admin;
 mod api;
 mod bundles;
+mod real_network;
 mod telemetry;
 mod trust;

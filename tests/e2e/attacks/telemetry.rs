@@ -20,16 +20,12 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// With `CI=true` a missing tool fails the test; elsewhere it is skipped.
-fn missing(what: &str) -> bool {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what} is required in CI"
-    );
-    eprintln!("skipped: {what} is not available");
+pub(super) fn missing(what: &str) -> bool {
+    ferry_e2e::skip_or_fail(what);
     true
 }
 
-fn mosquitto_bin() -> Option<&'static str> {
+pub(super) fn mosquitto_bin() -> Option<&'static str> {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -304,13 +300,13 @@ fn spoofed_and_pre_published_windows_are_refused_at_ingest_on_the_embedded_broke
 
 /// A private Mosquitto with the shipped `deploy/mosquitto` config, its
 /// paths and port rewritten, the certificates from `ferry broker certs`.
-struct Mosquitto {
+pub(super) struct Mosquitto {
     _proc: Proc,
-    port: u16,
-    certs: PathBuf,
+    pub(super) port: u16,
+    pub(super) certs: PathBuf,
 }
 
-fn start_mosquitto(dir: &Path, server_data: &Path) -> Option<Mosquitto> {
+pub(super) fn start_mosquitto(dir: &Path, server_data: &Path) -> Option<Mosquitto> {
     let Some(bin_path) = mosquitto_bin() else {
         missing("the mosquitto broker binary (Debian package mosquitto)");
         return None;
@@ -362,6 +358,7 @@ fn start_mosquitto(dir: &Path, server_data: &Path) -> Option<Mosquitto> {
     wait_for("mosquitto to listen", WAIT, || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
+    ferry_e2e::used_service("a private Mosquitto with deploy/mosquitto's config");
     Some(Mosquitto {
         _proc: proc,
         port,

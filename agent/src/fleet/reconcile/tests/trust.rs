@@ -143,3 +143,51 @@ fn a_forged_expired_or_foreign_trust_root_is_refused_and_changes_nothing() {
     assert_eq!(p.device.trust, held, "nothing persisted");
     assert_eq!(p.server.held(), Some(1));
 }
+
+/// The race the e2e test met on a loaded machine: the desired state
+/// arrives before the chain, the activation runs against the old root and
+/// is refused, and the rotation that would have let it through lands
+/// while that activation is still in flight. The refusal was decided under
+/// a root the device no longer holds: it is tried again, not recorded.
+#[test]
+fn a_refusal_decided_under_the_old_root_while_it_rotates_is_tried_again() {
+    let mut p = pair_with_root();
+    let b = PUB_A + 1;
+    let b1 = p.server.publish_by("fraud", 1, b);
+    p.server.deploy(&b1);
+    p.now += 1;
+    p.rec.handle_connected();
+    p.up = true;
+    let signed = p.server.desired(p.now);
+    let installed = p.device.installed();
+    p.rec.handle_desired(&signed, &installed, p.now);
+    // Run until the activation is handed out, and hold it there.
+    let activation = loop {
+        let action = p.rec.poll_action().expect("an activation is handed out");
+        if matches!(action, Action::Activate { .. }) {
+            break action;
+        }
+        if let Some(o) = p.execute(action) {
+            p.rec.handle_outcome(o);
+        }
+    };
+    // It runs against v1, which does not know B ...
+    let outcome = p.execute(activation).unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Activated { result: Err(r), .. } if r.code == "unknown_key"),
+        "{outcome:?}"
+    );
+    // ... while the rotation that adds B arrives.
+    p.server.rotate(&[PUB_A, b], &[], 1_000_000);
+    let chain = p.server.chain_after(1);
+    p.rec.handle_trust_roots(&chain, p.now);
+    p.rec.handle_outcome(outcome);
+    p.run();
+    assert_eq!(p.device.trust.as_ref().unwrap().version, 2);
+    assert_eq!(p.device.version("fraud"), Some(1));
+    assert!(p.device.refusals.is_empty(), "{:?}", p.device.refusals);
+    assert_eq!(
+        p.server.reports(),
+        vec![("fraud".to_string(), 1, "activated")]
+    );
+}

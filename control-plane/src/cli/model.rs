@@ -1,60 +1,16 @@
-//! Operator commands that talk to `ferry server`: login, model, token,
-//! trust push.
+//! `ferry model …`: the registry's models and versions, their aliases, and
+//! the serving metrics devices report for them.
 
-use super::conn::{block_on, cell, enc, print_json, table, when, Conn};
+use super::conn::{block_on, enc, Conn};
+use super::output::{cell, print_json, table, when};
 use crate::api::types::{
-    AliasRemoved, AliasRequest, AliasSet, Comparison, Deleted, ModelDetail, ModelDoc, ModelList,
-    RegisteredVersion, TokenCreated, TokenList, TokenRequest, TokenRevoked, TrustRootSet,
-    VersionList, VersionStatus, WhoAmI,
+    AliasList, AliasRemoved, AliasRequest, AliasSet, Comparison, Deleted, ModelDetail, ModelDoc,
+    ModelList, RegisteredVersion, VersionList, VersionStatus,
 };
-use crate::client::{Client, Credentials};
-use anyhow::Context;
+use crate::client::Client;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use std::path::PathBuf;
-
-// ------------------------------------------------------------------ login
-
-#[derive(Args, Debug)]
-pub struct LoginArgs {
-    #[command(flatten)]
-    conn: Conn,
-}
-
-pub fn login(args: LoginArgs) -> anyhow::Result<()> {
-    let server = args
-        .conn
-        .server
-        .clone()
-        .context("--server URL is required")?;
-    let token = args
-        .conn
-        .token
-        .clone()
-        .context("--token TOKEN is required")?;
-    let client = Client::connect(&server, &token, &args.conn.transport(None))?;
-    let who: WhoAmI = block_on(client.get("/whoami"))??;
-    let ca = match &args.conn.ca {
-        Some(p) => Some(std::path::absolute(p).with_context(|| format!("--ca {}", p.display()))?),
-        None => None,
-    };
-    let path = Credentials {
-        server: Some(server.clone()),
-        token: Some(token),
-        ca,
-    }
-    .save()?;
-    println!(
-        "logged in to {server} as {} (tenant {}, role {}); saved to {}",
-        who.token_name,
-        who.tenant,
-        who.role,
-        path.display()
-    );
-    Ok(())
-}
-
-// ------------------------------------------------------------------ model
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
@@ -134,6 +90,10 @@ pub enum ModelCmd {
     Restore { name: String, version: u64 },
     /// Delete a version, or the whole model without VERSION
     Delete { name: String, version: Option<u64> },
+    /// A model's aliases and the versions they point at
+    Aliases { name: String },
+    /// Serving metrics devices reported per window: requests, errors, latency, accuracy
+    Metrics(super::series::SeriesArgs),
     /// Download a version's signed bundle
     Download {
         name: String,
@@ -424,6 +384,26 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
                 v.artifacts_removed.len()
             );
         }
+        ModelCmd::Aliases { name } => {
+            let v: AliasList = c.get(&format!("/models/{}/aliases", enc(&name))).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            let rows = v
+                .aliases
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.alias.clone(),
+                        a.version.to_string(),
+                        when(Some(a.updated_at)),
+                        a.updated_by.clone(),
+                    ]
+                })
+                .collect();
+            table(&["alias", "version", "updated", "updated by"], rows);
+        }
+        ModelCmd::Metrics(args) => super::series::metrics(&c, json_out, &args).await?,
         ModelCmd::Download { name, version, out } => {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.ferry")));
             let n = c
@@ -457,129 +437,4 @@ async fn archive_or_restore(
     }
     println!("{name}@{version}: {}", v.status);
     Ok(())
-}
-
-// ------------------------------------------------------------------ token
-
-#[derive(Args, Debug)]
-pub struct TokenArgs {
-    #[command(flatten)]
-    conn: Conn,
-    #[command(subcommand)]
-    cmd: TokenCmd,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum TokenCmd {
-    /// Create a token (admin); the secret is printed once
-    Create {
-        #[arg(long)]
-        name: String,
-        /// viewer, operator, publisher or admin
-        #[arg(long)]
-        role: String,
-        /// Another tenant (root-tenant admins only; creates the tenant)
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// List the tenant's tokens
-    List,
-    /// Revoke a token by id
-    Revoke { id: String },
-    /// Print a fresh random token (offline), e.g. for FERRY_BOOTSTRAP_TOKEN
-    Generate,
-}
-
-pub fn token(args: TokenArgs) -> anyhow::Result<()> {
-    if let TokenCmd::Generate = args.cmd {
-        println!("{}", crate::auth::generate_token());
-        return Ok(());
-    }
-    let c = args.conn.client()?;
-    let json_out = args.conn.json;
-    block_on(async move {
-        match args.cmd {
-            TokenCmd::Create { name, role, tenant } => {
-                let body = TokenRequest { name, role, tenant };
-                let v: TokenCreated = c.call(Method::POST, "/tokens", Some(&body)).await?;
-                if json_out {
-                    return print_json(&v);
-                }
-                println!(
-                    "token {} ({}, {} in tenant {}):\n{}",
-                    v.info.id, v.info.name, v.info.role, v.info.tenant, v.token
-                );
-            }
-            TokenCmd::List => {
-                let v: TokenList = c.get("/tokens").await?;
-                if json_out {
-                    return print_json(&v);
-                }
-                let rows = v
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.name.clone(),
-                            t.role.clone(),
-                            when(Some(t.created_at)),
-                            match t.revoked_at {
-                                None => "active".into(),
-                                Some(r) => format!("revoked {}", when(Some(r))),
-                            },
-                        ]
-                    })
-                    .collect();
-                table(&["id", "name", "role", "created", "state"], rows);
-            }
-            TokenCmd::Revoke { id } => {
-                let v: TokenRevoked = c
-                    .send(Method::DELETE, &format!("/tokens/{}", enc(&id)))
-                    .await?;
-                if json_out {
-                    return print_json(&v);
-                }
-                println!("revoked {id}");
-            }
-            TokenCmd::Generate => {}
-        }
-        Ok(())
-    })?
-}
-
-// ------------------------------------------------------------------ trust
-
-/// `ferry trust`: the local commands plus `push`.
-#[derive(Subcommand, Debug)]
-pub enum TrustAll {
-    /// Set the tenant's trust root on the server (admin); a replacement must
-    /// be signed by a threshold of the current root's keys
-    Push {
-        file: PathBuf,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    #[command(flatten)]
-    Local(super::trust::TrustCmd),
-}
-
-pub fn trust(cmd: TrustAll) -> anyhow::Result<()> {
-    match cmd {
-        TrustAll::Local(c) => super::trust::run(c),
-        TrustAll::Push { file, conn } => {
-            let c = conn.client()?;
-            let v: TrustRootSet = block_on(c.put_file(Method::PUT, "/trust-root", &file))??;
-            if conn.json {
-                return print_json(&v);
-            }
-            println!(
-                "trust root v{} set for tenant {} ({} publishers)",
-                v.version,
-                v.tenant,
-                v.publishers.len()
-            );
-            Ok(())
-        }
-    }
 }
