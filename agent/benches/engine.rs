@@ -1,6 +1,8 @@
 //! The engine alone, no HTTP: one row through the batch-1 plan, and a
 //! 100k-row batch through the symbolic plan, for the logistic regression
-//! and the digits MLP fixtures (bundled and verified like on a device).
+//! (hand-shaped export, and skl2onnx's default one with ai.onnx.ml Scaler +
+//! LinearClassifier) and the digits MLP fixtures (bundled and verified like
+//! on a device).
 //!
 //!   cargo bench -p ferry-agent --bench engine
 #![allow(clippy::unwrap_used)]
@@ -17,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let keys = common::Keys::new();
     let mut g = c.benchmark_group("engine");
     g.sample_size(20);
-    for model in ["bc_logreg", "digits_mlp"] {
+    for model in ["bc_logreg", "bc_logreg_default", "digits_mlp"] {
         let bundle = keys.bundle(model, model, 1);
         let loaded = verify_and_load(&keys.trust, &bundle, common::now(), |_| None).unwrap();
         let rows = common::reference_rows(model);

@@ -90,7 +90,8 @@ fn main() {
     let n = x.len() / f;
 
     trees::set_threads(threads);
-    let ours = plan(&trees::onnx(), model, f);
+    // The agent's front end: Ferry's trees and its other ONNX-ML operators.
+    let ours = plan(&ferry_agent::engine::onnx(), model, f);
     // Warm up caches and the allocator.
     batch_rows_per_s(&ours, &x, n.min(10_000), f, 2);
     let rows_per_s = batch_rows_per_s(&ours, &x, n, f, 5);

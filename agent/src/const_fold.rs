@@ -288,7 +288,7 @@ fn evaluate_condition(
         ..Default::default()
     };
     let value = (|| -> TractResult<bool> {
-        let mut model = crate::trees::onnx().model_for_proto_model(&sub)?;
+        let mut model = crate::front_end::onnx().model_for_proto_model(&sub)?;
         let mut feeds = TVec::new();
         for (ix, i) in fed.iter().enumerate() {
             model.set_input_fact(ix, InferenceFact::dt_shape(i.datum, &i.shape))?;

@@ -153,10 +153,12 @@ fn datum_type(d: DType) -> Option<DatumType> {
     })
 }
 
+pub use crate::front_end::onnx;
+
 /// Operators in `path`'s graph (and subgraphs) that tract has no builder for,
 /// as `domain:Op`.
-fn unsupported_ops(proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
-    let known = &crate::trees::onnx().op_register.0;
+fn unsupported_ops(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
+    let known = &onnx.op_register.0;
     let mut missing = std::collections::BTreeSet::new();
     let mut stack: Vec<&tract_onnx::pb::GraphProto> = proto.graph.iter().collect();
     while let Some(g) = stack.pop() {
@@ -242,8 +244,8 @@ impl Engine {
         opts: &LoadOptions,
     ) -> Result<Self, LoadError> {
         let started = Instant::now();
-        // tract's ONNX front end with Ferry's tree-ensemble evaluator.
-        let onnx = crate::trees::onnx();
+        // tract's ONNX front end with Ferry's tree evaluator and ONNX-ML ops.
+        let onnx = onnx();
         let mut proto =
             onnx.proto_model_for_read(&mut &bytes[..])
                 .map_err(|e| LoadError::Read {
@@ -254,7 +256,7 @@ impl Engine {
         if !opts.const_inputs.is_empty() {
             crate::const_fold::fix_inputs(&mut proto, &opts.const_inputs)?;
         }
-        let missing = unsupported_ops(&proto);
+        let missing = unsupported_ops(&onnx, &proto);
         if !missing.is_empty() {
             return Err(LoadError::UnsupportedOps(missing));
         }
@@ -540,7 +542,7 @@ impl PerShape {
                     })
                     .collect();
                 crate::const_fold::fold_for_shapes(&mut proto, &shaped);
-                crate::trees::onnx().model_for_proto_model(&proto)?
+                onnx().model_for_proto_model(&proto)?
             }
         };
         for (i, (s, dt)) in shapes.iter().zip(&self.dtypes).enumerate() {

@@ -712,3 +712,121 @@ fn score_reports_the_row_and_column_of_a_non_finite_value() {
         .collect();
     assert_eq!(labels, want);
 }
+
+/// Labels and probabilities of an OIP answer against a fixture's reference
+/// rows `first..`: labels exactly, probabilities within 1e-4 + 1e-3 relative.
+fn assert_reference_answer(v: &serde_json::Value, want: &serde_json::Value, first: usize) {
+    let labels = v["outputs"][0]["data"].as_array().unwrap();
+    let probs = v["outputs"][1]["data"].as_array().unwrap();
+    let classes = v["outputs"][1]["shape"][1].as_u64().unwrap() as usize;
+    for (r, label) in labels.iter().enumerate() {
+        assert_eq!(
+            *label,
+            want["outputs"]["label"][first + r],
+            "row {}",
+            first + r
+        );
+        for c in 0..classes {
+            let got = probs[r * classes + c].as_f64().unwrap();
+            let exp = want["outputs"]["probabilities"][first + r][c]
+                .as_f64()
+                .unwrap();
+            assert!(
+                (got - exp).abs() <= 1e-4 + 1e-3 * exp.abs(),
+                "row {} class {c}: {got} vs onnxruntime {exp}",
+                first + r
+            );
+        }
+    }
+}
+
+/// skl2onnx's default export of StandardScaler + LogisticRegression
+/// (ai.onnx.ml `Scaler` + `LinearClassifier`, no black_op), side-loaded
+/// into the agent binary and asked over OIP: onnxruntime's answers.
+#[test]
+fn default_export_logreg_is_served_over_oip_by_the_agent_binary() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let bundle = keys.bundle("bc_logreg_default", "fraud", 1);
+    let agent = Process::spawn(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        keys.trust_path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    let meta = http(agent.addr, "GET", "/v2/models/fraud", b"").json();
+    assert_eq!(meta["outputs"][0]["name"], "label");
+    assert_eq!(meta["outputs"][1]["name"], "probabilities");
+    let rows = reference_rows("bc_logreg_default");
+    let want = reference("bc_logreg_default");
+    let r = http(
+        agent.addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &infer_body("all", &rows),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["outputs"][1]["shape"], serde_json::json!([rows.len(), 2]));
+    assert_reference_answer(&v, &want, 0);
+    // One row per request: the serving plan specialised to one row.
+    let mut conn = Conn::open(agent.addr).unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let r = conn
+            .request(
+                "POST",
+                "/v2/models/fraud/infer",
+                &[("content-type", "application/json")],
+                &infer_body(&format!("r{i}"), std::slice::from_ref(row)),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_reference_answer(&r.json(), &want, i);
+    }
+}
+
+/// Batch scoring of the default export: the first 20 held-out rows are the
+/// reference rows.
+#[test]
+fn score_of_the_default_export_matches_the_reference() {
+    let keys = Keys::new();
+    let bundle = keys.bundle("bc_logreg_default", "fraud", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("preds.csv");
+    let heldout = fixtures().join("bc_logreg_default.heldout.csv");
+    let o = score(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        keys.trust_path.to_str().unwrap(),
+        "--input",
+        heldout.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--batch-rows",
+        "7",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "line,label,probabilities_0,probabilities_1");
+    assert_eq!(lines.len(), 101);
+    let want = reference("bc_logreg_default");
+    for (i, l) in lines[1..21].iter().enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f[1], want["outputs"]["label"][i].to_string());
+        for c in 0..2 {
+            let p: f64 = f[2 + c].parse().unwrap();
+            let exp = want["outputs"]["probabilities"][i][c].as_f64().unwrap();
+            assert!(
+                (p - exp).abs() <= 1e-4 + 1e-3 * exp.abs(),
+                "line {i}: {p} vs {exp}"
+            );
+        }
+    }
+}

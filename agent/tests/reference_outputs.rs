@@ -147,3 +147,9 @@ fn tampered_bundle_is_refused_before_loading() {
     assert_eq!(err.code(), "digest_mismatch", "{err}");
     assert!(!agent.ready());
 }
+
+#[test]
+fn logistic_regression_default_export_matches_onnxruntime() {
+    // skl2onnx's defaults: ai.onnx.ml Scaler + LinearClassifier.
+    check_model("bc_logreg_default");
+}

@@ -59,13 +59,15 @@ fn load_fixture(name: &str) -> Fixture {
 
 fn proto(name: &str) -> ModelProto {
     let bytes = std::fs::read(fixtures_dir().join(format!("{name}.onnx"))).unwrap();
-    trees::onnx().proto_model_for_read(&mut &bytes[..]).unwrap()
+    ferry_agent::engine::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .unwrap()
 }
 
 type Plan = Arc<TypedRunnableModel>;
 
 fn plan_for(proto: &ModelProto) -> TractResult<(Plan, Vec<String>)> {
-    let mut model = trees::onnx().model_for_proto_model(proto)?;
+    let mut model = ferry_agent::engine::onnx().model_for_proto_model(proto)?;
     // Pin the input to float32 [N, F] with a symbolic batch, as the agent does.
     let f = model
         .input_fact(0)?

@@ -5,7 +5,7 @@
 use ferry_protocol::model::{DType, Dim, Schema, TensorSpec};
 use std::collections::BTreeSet;
 use std::path::Path;
-use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
+use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, GraphProto, ValueInfoProto};
 use tract_onnx::prelude::Framework;
 
 /// How the schema records a dynamic dimension the graph leaves unnamed.
@@ -28,8 +28,9 @@ pub struct OnnxInfo {
     pub operators: BTreeSet<String>,
     pub opsets: Vec<(String, i64)>,
     /// A tree ensemble in the graph sends missing values (NaN) down a
-    /// chosen branch (`nodes_missing_value_tracks_true`): the model takes
-    /// NaN inputs by design.
+    /// chosen branch (`nodes_missing_value_tracks_true`), or an `Imputer`
+    /// replaces NaN (`replaced_value_float` NaN, scikit-learn's
+    /// SimpleImputer): the model takes NaN inputs by design.
     pub tracks_missing_values: bool,
 }
 
@@ -48,13 +49,20 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
         .ok_or(OnnxSchemaError::NoGraph { path: p })?;
     // Old exporters list initializers among the inputs; they are weights.
     let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs = graph
+    let inputs: Vec<TensorSpec> = graph
         .input
         .iter()
         .filter(|i| !initializers.contains(i.name.as_str()))
         .map(spec)
         .collect::<Result<_, _>>()?;
-    let outputs = graph.output.iter().map(spec).collect::<Result<_, _>>()?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(|o| match zipmap_output(graph, o, &inputs) {
+            Some(s) => Ok(s),
+            None => spec(o),
+        })
+        .collect::<Result<_, _>>()?;
     let operators = graph
         .node
         .iter()
@@ -72,16 +80,55 @@ pub fn read(path: &Path) -> Result<OnnxInfo, OnnxSchemaError> {
         .map(|o| (o.domain.clone(), o.version))
         .collect();
     let tracks_missing_values = graph.node.iter().any(|n| {
-        n.op_type.starts_with("TreeEnsemble")
-            && n.attribute.iter().any(|a| {
-                a.name == "nodes_missing_value_tracks_true" && a.ints.iter().any(|v| *v != 0)
-            })
+        let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+        match n.op_type.as_str() {
+            t if t.starts_with("TreeEnsemble") => attr("nodes_missing_value_tracks_true")
+                .is_some_and(|a| a.ints.iter().any(|v| *v != 0)),
+            "Imputer" => {
+                attr("imputed_value_floats").is_some_and(|a| !a.floats.is_empty())
+                    && attr("replaced_value_float").is_some_and(|a| a.f.is_nan())
+            }
+            _ => false,
+        }
     });
     Ok(OnnxInfo {
         schema: Schema { inputs, outputs },
         operators,
         opsets,
         tracks_missing_values,
+    })
+}
+
+/// A `ZipMap` output (a sequence of maps in ONNX) as the agent serves it:
+/// the float32 `[N, classes]` probability tensor, columns in the order of
+/// the operator's class labels.
+fn zipmap_output(
+    graph: &GraphProto,
+    v: &ValueInfoProto,
+    inputs: &[TensorSpec],
+) -> Option<TensorSpec> {
+    if matches!(
+        v.r#type.as_ref().and_then(|t| t.value.as_ref()),
+        Some(type_proto::Value::TensorType(_))
+    ) {
+        return None;
+    }
+    let node = graph.node.iter().find(|n| {
+        n.op_type == "ZipMap" && n.domain == "ai.onnx.ml" && n.output.contains(&v.name)
+    })?;
+    let classes = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "classlabels_int64s" || a.name == "classlabels_strings")
+        .map(|a| a.ints.len().max(a.strings.len()))?;
+    let rows = inputs
+        .first()
+        .and_then(|i| i.shape.first().cloned())
+        .unwrap_or_else(|| Dim::Symbolic("N".into()));
+    Some(TensorSpec {
+        name: v.name.clone(),
+        dtype: DType::F32,
+        shape: vec![rows, Dim::Fixed(classes as u64)],
     })
 }
 
@@ -92,7 +139,7 @@ fn spec(v: &ValueInfoProto) -> Result<TensorSpec, OnnxSchemaError> {
     };
     let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
-        return Err(err("only tensor inputs and outputs are supported (not sequences or maps; convert classifiers with zipmap=False)"));
+        return Err(err("only tensor inputs and outputs are supported (not sequences or maps other than a ZipMap's)"));
     };
     let dtype = DType::from_onnx(t.elem_type)
         .ok_or_else(|| err(&format!("element type {} is not supported", t.elem_type)))?;
@@ -144,6 +191,17 @@ mod tests {
         );
         assert!(
             !read(&fixture("models/bc_logreg.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        // skl2onnx's SimpleImputer: an ai.onnx.ml Imputer replacing NaN.
+        assert!(
+            read(&fixture("onnx_ml/imputer_scaler_logreg.onnx"))
+                .unwrap()
+                .tracks_missing_values
+        );
+        assert!(
+            !read(&fixture("onnx_ml/scaler_logreg_bin.onnx"))
                 .unwrap()
                 .tracks_missing_values
         );

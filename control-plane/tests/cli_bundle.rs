@@ -398,3 +398,43 @@ fn models_the_runtime_cannot_run_can_still_be_described() {
         &s.p("trust.root"),
     ]);
 }
+
+/// skl2onnx's default exports (ai.onnx.ml operators, ZipMap left on) are
+/// bundled; the ZipMap output is described as the probability tensor the
+/// agent serves: float32 `[N, classes]`.
+#[test]
+fn default_exports_with_zipmap_are_bundled_with_a_probability_tensor() {
+    let s = setup();
+    let ml = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx_ml");
+    for (model, classes) in [
+        ("scaler_logreg_zipmap", 3),
+        ("svc_multi_rbf_proba_zipmap", 3),
+    ] {
+        let path = ml.join(format!("{model}.onnx")).display().to_string();
+        let out = s.p(&format!("{model}.ferry"));
+        ok(&[
+            "bundle",
+            "build",
+            &path,
+            "--name",
+            "zm",
+            "--version",
+            "1",
+            "--sign-with",
+            &s.p("keys/publisher.key"),
+            "--out",
+            &out,
+        ]);
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&["bundle", "inspect", &out])).unwrap();
+        let outputs = &json["manifest"]["schema"]["outputs"];
+        assert_eq!(outputs[0]["name"], "output_label", "{model}");
+        assert_eq!(outputs[1]["name"], "output_probability", "{model}");
+        assert_eq!(outputs[1]["dtype"], "FP32", "{model}");
+        assert_eq!(outputs[1]["shape"][1]["Fixed"], classes, "{model}");
+        assert!(
+            outputs[1]["shape"][0]["Symbolic"].is_string(),
+            "{model}: {outputs}"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 #
 #   scripts/bench/agent_vs_mlflow.sh
 #   DURATION=10 MLFLOW_WORKERS=2 scripts/bench/agent_vs_mlflow.sh
+#   MODEL=bc_logreg_default scripts/bench/agent_vs_mlflow.sh  # skl2onnx's default export
 #
 # Needs: a Python venv with mlflow, onnx and onnxruntime (BENCH_VENV, default
 # target/bench-venv; created with pip when missing), curl. Load comes from

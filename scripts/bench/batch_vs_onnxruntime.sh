@@ -2,12 +2,15 @@
 # Batch scoring: the agent's in-process engine against onnxruntime's Python
 # API on a 100k-row batch (`ferry-agent bench`), and `ferry-agent score` on a CSV end to end
 # against a pandas + onnxruntime script on the same file, side by side on
-# this machine, for the logistic regression and the digits MLP fixtures.
+# this machine, for the logistic regression (the hand-shaped export and
+# skl2onnx's default one, ai.onnx.ml Scaler + LinearClassifier) and the
+# digits MLP fixtures.
 #
 # Measured, never asserted. Prints rows/s for each and the ratios.
 #
 #   scripts/bench/batch_vs_onnxruntime.sh
 #   ROWS=100000 CSV_ROWS=1000000 scripts/bench/batch_vs_onnxruntime.sh
+#   MODELS=bc_logreg_default scripts/bench/batch_vs_onnxruntime.sh
 #
 # Needs: a Python venv with onnxruntime, pandas, numpy (BENCH_VENV, default
 # target/bench-venv; created with pip when missing).
@@ -17,6 +20,7 @@ ROOT=$PWD
 ROWS=${ROWS:-100000}
 CSV_ROWS=${CSV_ROWS:-1000000}
 REPEAT=${REPEAT:-5}
+MODELS=${MODELS:-bc_logreg bc_logreg_default digits_mlp}
 BENCH_VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 PY=$BENCH_VENV/bin/python
 
@@ -69,7 +73,7 @@ field() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])
 ratio() { "$PY" -c "print(round($1/$2, 2))"; }
 
 echo "cores: $(nproc), batch: $ROWS rows (best of $REPEAT), CSV: $CSV_ROWS rows"
-for MODEL in bc_logreg digits_mlp; do
+for MODEL in $MODELS; do
   "$FERRY" bundle build "$F/$MODEL.onnx" --name "$MODEL" --version 1 \
     --sign-with "$WORK/keys/pub.key" --out "$WORK/$MODEL.ferry" >/dev/null
   ours=$("$BIN/ferry-agent" bench --bundle "$WORK/$MODEL.ferry" --trust "$WORK/trust.root" \
