@@ -253,11 +253,13 @@ def wheel(spec, wheels_dir):
     name, digest = WHEELS[spec]
     path = os.path.join(wheels_dir, name)
     if not (os.path.exists(path) and sha256(path) == digest):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--disable-pip-version-check", "--only-binary=:all:", spec, "-d", wheels_dir],
-            check=True,
-        )
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               "--disable-pip-version-check", "--only-binary=:all:", spec, "-d", wheels_dir]
+        # A release with platform wheels too (magika) would otherwise give
+        # this machine's, not the pinned pure-Python one.
+        if name.endswith("-none-any.whl"):
+            cmd += ["--platform", "any"]
+        subprocess.run(cmd, check=True)
     got = sha256(path)
     if got != digest:
         raise SystemExit(f"{name}: sha256 {got}, pinned {digest}")
