@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod keyfile;
 pub mod onnx_schema;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;
