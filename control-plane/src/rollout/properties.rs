@@ -178,6 +178,7 @@ fn check(s: &Scenario, reverse: bool) -> Result<Vec<(u64, Action)>, TestCaseErro
     let mut seen = f.log.len();
     for op in &s.ops {
         let wave_before = f.rollout.state().wave;
+        let given_before: BTreeSet<String> = f.ran_before.keys().cloned().collect();
         let mut polled = false;
         match op {
             Op::Tick(dt) => {
@@ -223,13 +224,15 @@ fn check(s: &Scenario, reverse: bool) -> Result<Vec<(u64, Action)>, TestCaseErro
                 _ => Vec::new(),
             })
             .collect();
+        // Devices given the version so far, action by action.
+        let mut given_so_far = given_before;
         for a in &new_actions {
             match a {
-                Action::Assign { wave, .. } => {
+                Action::Assign { wave, devices, .. } => {
+                    given_so_far.extend(devices.iter().cloned());
                     let fleet = present.len();
-                    let given = f
-                        .ran_before
-                        .keys()
+                    let given = given_so_far
+                        .iter()
                         .filter(|id| present.contains(*id))
                         .count();
                     let size = wave_size(&s.percents, *wave, fleet);
