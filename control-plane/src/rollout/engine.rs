@@ -511,7 +511,10 @@ impl Rollout {
                     has_previous = true;
                 }
             } else if d.present {
-                if let Some(t) = d.version.and_then(|v| tele.and_then(|t| t.get(&v))) {
+                // A device that runs the new version without being given it
+                // (another deployment) is no reference.
+                let running = d.version.filter(|v| *v != s.version);
+                if let Some(t) = running.and_then(|v| tele.and_then(|t| t.get(&v))) {
                     rest.add(t);
                     has_rest = true;
                 }

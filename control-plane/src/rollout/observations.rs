@@ -199,4 +199,60 @@ mod tests {
         };
         assert_eq!(bad.validate(), Err(TelemetryError::LatencyBuckets(2)));
     }
+
+    fn window(requests: u64, errors: u64, psi: Vec<Option<f64>>) -> DriftSummary {
+        let mut latency_us = vec![0; LATENCY_BUCKETS];
+        latency_us[3] = requests;
+        DriftSummary {
+            schema: ferry_protocol::telemetry::TELEMETRY_SCHEMA,
+            tenant: "t".into(),
+            device: "d".into(),
+            seq: 1,
+            model: "fraud".into(),
+            version: 4,
+            variant: "champion".into(),
+            window_start_ms: 0,
+            window_end_ms: 1000,
+            closed_by: ferry_protocol::telemetry::ClosedBy::Time,
+            rows: requests,
+            features: (0..psi.len()).map(|i| format!("f{i}")).collect(),
+            missing: vec![0; psi.len()],
+            out_of_range: vec![0; psi.len()],
+            psi,
+            predictions: ferry_protocol::telemetry::Predictions {
+                output: "label".into(),
+                classes: [("1".to_string(), requests)].into(),
+                numeric: None,
+            },
+            latency_us,
+            latency_p50_us: 500,
+            latency_p99_us: 500,
+            errors,
+            requests,
+            labelled: 10,
+            correct: 12,
+        }
+    }
+
+    #[test]
+    fn drift_summaries_sum_into_an_aggregate() {
+        let a = TelemetryAggregate::from_summaries(&[
+            window(100, 2, vec![Some(0.1), None]),
+            window(50, 80, vec![Some(0.3), Some(f64::NAN)]),
+        ]);
+        assert_eq!(
+            (a.requests, a.errors),
+            (150, 52),
+            "errors capped at requests"
+        );
+        assert_eq!(a.max_psi, Some(0.3), "NaN ignored");
+        assert_eq!(a.predictions["1"], 150);
+        assert_eq!(
+            (a.labelled, a.correct),
+            (20, 20),
+            "correct capped at labelled"
+        );
+        assert_eq!(a.latency_p99_us(), Some(LATENCY_BOUNDS_US[3]));
+        a.validate().unwrap();
+    }
 }

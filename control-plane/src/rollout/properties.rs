@@ -42,11 +42,11 @@ fn op() -> impl Strategy<Value = Op> {
 /// requests for a verdict.
 fn behaviour(b: u8) -> Behaviour {
     let mut g = good();
-    g.activates = b % 16 != 0;
+    g.activates = !b.is_multiple_of(16);
     if b % 16 == 1 {
         g.telemetry.errors = g.telemetry.requests / 5;
     }
-    if b / 16 % 8 == 0 {
+    if (b / 16).is_multiple_of(8) {
         g.telemetry.requests = 30;
         g.telemetry.errors = g.telemetry.errors.min(30);
     }

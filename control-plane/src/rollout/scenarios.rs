@@ -55,7 +55,19 @@ fn failing_test_vectors_pause_at_the_first_wave() {
     // armv7 devices refuse the bundle's test vectors; spreading by arch puts
     // one in the first wave.
     let devices: Vec<_> = (0..200)
-        .map(|i| device(i, &[("arch", if i % 2 == 0 { "armv7" } else { "x86_64" })]))
+        .map(|i| {
+            device(
+                i,
+                &[(
+                    "arch",
+                    if i.is_multiple_of(2) {
+                        "armv7"
+                    } else {
+                        "x86_64"
+                    },
+                )],
+            )
+        })
         .collect();
     let p = RolloutPolicy {
         spread_by: Some("arch".into()),
