@@ -394,5 +394,64 @@ mod tests {
             model(&acc, &ev(&unlabelled, Some(&prev))).verdict,
             Verdict::Undecided
         );
+        let floor = ModelGate::Accuracy {
+            against: Against::Absolute,
+            alpha: 0.05,
+            min_labelled: 100,
+            min_accuracy: Some(0.9),
+        };
+        assert_eq!(model(&floor, &ev(&worse, None)).verdict, Verdict::Fail);
+        assert_eq!(model(&floor, &ev(&same, None)).verdict, Verdict::Pass);
+    }
+
+    fn with_latency(bucket: usize, psi: Option<f64>) -> TelemetryAggregate {
+        let mut t = agg(200, 0, 0, 0);
+        t.latency_us = vec![0; crate::rollout::observations::LATENCY_BUCKETS];
+        t.latency_us[bucket] = 200;
+        t.max_psi = psi;
+        t
+    }
+
+    #[test]
+    fn latency_and_drift_verdicts() {
+        let ev = |new, previous| Evidence {
+            new,
+            previous,
+            rest: None,
+            min_requests: 100,
+        };
+        let slow = ModelGate::LatencyP99 {
+            against: Against::PreviousVersion,
+            max: 1.5,
+        };
+        // Buckets 2 and 3 are 250 µs and 500 µs: twice as slow.
+        let (before, after) = (with_latency(2, Some(0.1)), with_latency(3, Some(0.5)));
+        assert_eq!(
+            model(&slow, &ev(&after, Some(&before))).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(
+            model(&slow, &ev(&before, Some(&before))).verdict,
+            Verdict::Pass
+        );
+        let cap = ModelGate::LatencyP99 {
+            against: Against::Absolute,
+            max: 300.0,
+        };
+        assert_eq!(model(&cap, &ev(&before, None)).verdict, Verdict::Pass);
+        assert_eq!(model(&cap, &ev(&after, None)).verdict, Verdict::Fail);
+        let drift = ModelGate::Drift {
+            against: Against::PreviousVersion,
+            max: 0.2,
+        };
+        assert_eq!(
+            model(&drift, &ev(&after, Some(&before))).verdict,
+            Verdict::Fail
+        );
+        let no_baseline = with_latency(2, None);
+        assert_eq!(
+            model(&drift, &ev(&no_baseline, Some(&before))).verdict,
+            Verdict::NotApplicable
+        );
     }
 }

@@ -291,3 +291,45 @@ fn unknown_devices_and_bad_telemetry_are_refused() {
     t.correct = t.labelled + 1;
     assert!(f.rollout.telemetry("dev-0000", NEW, t).is_err());
 }
+
+#[test]
+fn an_exponential_rate_adds_devices_minute_by_minute() {
+    let p = RolloutPolicy::from_toml(
+        "waves = { base_per_minute = 5, growth_factor = 2.0, max_per_minute = 20 }",
+    )
+    .unwrap();
+    let mut f = FakeFleet::new(p, fleet(60), |_| good());
+    f.run(1000, 1000);
+    assert_eq!(f.rollout.state().phase, Phase::Finished);
+    let steps: Vec<(u64, usize)> = f.wave_starts().iter().map(|w| (w.1, w.2)).collect();
+    // 5, +10, +20, +20 (capped), then the last 5; one step a minute.
+    assert_eq!(
+        steps,
+        [
+            (0, 5),
+            (60_000, 15),
+            (120_000, 35),
+            (180_000, 55),
+            (240_000, 60)
+        ]
+    );
+}
+
+#[test]
+fn a_gate_against_the_rest_of_the_fleet_compares_with_devices_not_given_the_version() {
+    let p = RolloutPolicy::from_toml(
+        "[[model.gates]]\nmetric = \"error_rate\"\nagainst = \"rest_of_fleet\"\nmax = 0.02",
+    )
+    .unwrap();
+    let p = RolloutPolicy { bake_secs: 10, ..p };
+    // The rest of the fleet errs on 1 %; 2 points more is allowed, 9 is not.
+    let mut f = FakeFleet::new(p.clone(), fleet(200), |_| {
+        bad(|t| t.errors = t.requests / 40)
+    });
+    f.run(1000, 200);
+    assert_eq!(f.rollout.state().phase, Phase::Finished);
+    let mut f = FakeFleet::new(p, fleet(200), |_| bad(|t| t.errors = t.requests / 10));
+    f.run(1000, 200);
+    assert_eq!(abort_gate(&f), "error_rate vs rest of fleet");
+    assert_eq!(f.assigned().len(), 2);
+}
