@@ -372,7 +372,8 @@ impl Rollout {
     }
 
     /// When the engine next wants a `poll` without new input: the end of
-    /// the current wave's bake, if still ahead.
+    /// the current wave's bake (already past when the wave waits for
+    /// evidence; new input is then what moves it). `None` unless running.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         if self.state.phase != Phase::Running {
             return None;

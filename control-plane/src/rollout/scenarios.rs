@@ -37,8 +37,10 @@ fn abort_gate(f: &FakeFleet) -> String {
 #[test]
 fn a_good_version_walks_1_10_50_100_percent_and_finishes() {
     let mut f = FakeFleet::new(policy(), fleet(200), |_| good());
+    assert_eq!(f.rollout.next_deadline_ms(), Some(BAKE_MS));
     f.run(1000, 200);
     assert_eq!(f.rollout.state().phase, Phase::Finished);
+    assert_eq!(f.rollout.next_deadline_ms(), None);
     let waves = f.wave_starts();
     let sizes: Vec<(usize, usize)> = waves.iter().map(|w| (w.0, w.2)).collect();
     assert_eq!(sizes, [(0, 2), (1, 20), (2, 100), (3, 200)]);
