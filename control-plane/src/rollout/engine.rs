@@ -383,10 +383,11 @@ impl Rollout {
         Some(self.state.wave_started_ms.saturating_add(t.bake_ms))
     }
 
-    /// Decides what to do now: fill the wave, judge it, and act on the verdict.
+    /// Decides what to do now: fill the wave, judge it, and act on the
+    /// verdict. At most one wave ends per poll (a new wave's bake has just
+    /// begun), and the wave it opens is filled in the same poll.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();
-        // One wave at most per poll, plus the fill of the wave it opens.
         if self.state.phase != Phase::Running {
             return actions;
         }
