@@ -20,6 +20,7 @@ pub mod input_shapes;
 pub mod keyfile;
 pub mod onnx_schema;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;
