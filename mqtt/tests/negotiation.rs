@@ -105,35 +105,10 @@ async fn auto_falls_back_to_3_1_1_on_a_broker_without_mqtt_5() {
 async fn auto_speaks_mqtt_5_to_mosquitto() {
     let addr: SocketAddr = "127.0.0.1:1883".parse().unwrap();
     if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "Mosquitto is not running on 127.0.0.1:1883 (required with CI=true)"
-        );
-        let what = "Mosquitto on 127.0.0.1:1883";
-        eprintln!("SKIPPED: {what}");
-        if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let test = std::thread::current().name().unwrap_or("?").to_string();
-                let _ = writeln!(f, "{test}: {what}");
-            }
-        }
+        ferry_test_harness::skip_or_fail("Mosquitto on 127.0.0.1:1883");
         return;
     }
-    if let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "negotiation\tMosquitto 127.0.0.1:1883");
-        }
-    }
+    ferry_test_harness::used_service("Mosquitto 127.0.0.1:1883");
     assert_eq!(attempts(addr, Version::Auto).await, [(Protocol::V5, true)]);
     assert_eq!(
         attempts(addr, Version::V311).await,

@@ -452,63 +452,10 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("CI=true but no Python with {module}; run scripts/python-env.sh (FERRY_ALLOW_SKIP=1 scripts/test.sh skips instead)");
-    }
-    let what = format!("a Python with {module} (scripts/python-env.sh)");
-    eprintln!("SKIPPED: {what}");
-    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            let _ = writeln!(f, "{test}: {what}");
-        }
-    }
+    ferry_test_harness::skip_or_fail(&format!(
+        "a Python with {module} (FERRY_PYTHON, or .venv from scripts/python-env.sh)"
+    ));
     None
 }
 
-/// Sends the child's stderr (its log) through this test's own output, which
-/// the test harness shows only when the test fails: expected refusals and
-/// reconnects logged by passing tests stay quiet. Threads spawned from a
-/// test inherit its output capture.
-pub fn quiet_stderr(child: &mut Child) {
-    if let Some(err) = child.stderr.take() {
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-            }
-        });
-    }
-}
-
-/// Notes that this test binary ran against a real service, for the
-/// one-line-per-binary summary `scripts/test.sh` prints
-/// (`$FERRY_SERVICE_LOG`).
-pub fn used_service(what: &str) {
-    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
-        return;
-    };
-    let exe = std::env::current_exe().ok();
-    let stem = exe
-        .as_deref()
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    // target/debug/deps/NAME-HASH
-    let binary = stem
-        .rsplit_once('-')
-        .map_or(stem.as_str(), |(n, _)| n)
-        .to_string();
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{binary}\t{what}");
-    }
-}
+pub use ferry_test_harness::{quiet_stderr, used_service};

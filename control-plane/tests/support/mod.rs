@@ -35,29 +35,11 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// A real dependency is missing: fail under `CI=true` (which
 /// `scripts/test.sh` sets unless `FERRY_ALLOW_SKIP=1`); otherwise skip,
 /// listed in `$FERRY_SKIP_LOG` for the script's summary.
 pub fn missing(what: &str) {
-    if in_ci() {
-        panic!("{what} is required (CI=true; FERRY_ALLOW_SKIP=1 scripts/test.sh skips instead)");
-    }
-    eprintln!("SKIPPED: {what}");
-    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            let _ = writeln!(f, "{test}: {what}");
-        }
-    }
+    ferry_test_harness::skip_or_fail(what);
 }
 
 // ------------------------------------------------------------------ backends
@@ -499,44 +481,4 @@ impl Fixture {
     }
 }
 
-/// Sends the child's stderr (its log) through this test's own output, which
-/// the test harness shows only when the test fails: expected refusals and
-/// reconnects logged by passing tests stay quiet. Threads spawned from a
-/// test inherit its output capture.
-pub fn quiet_stderr(child: &mut Child) {
-    if let Some(err) = child.stderr.take() {
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-            }
-        });
-    }
-}
-
-/// Notes that this test binary ran against a real service, for the
-/// one-line-per-binary summary `scripts/test.sh` prints
-/// (`$FERRY_SERVICE_LOG`).
-pub fn used_service(what: &str) {
-    let Some(path) = std::env::var_os("FERRY_SERVICE_LOG") else {
-        return;
-    };
-    let exe = std::env::current_exe().ok();
-    let stem = exe
-        .as_deref()
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    // target/debug/deps/NAME-HASH
-    let binary = stem
-        .rsplit_once('-')
-        .map_or(stem.as_str(), |(n, _)| n)
-        .to_string();
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{binary}\t{what}");
-    }
-}
+pub use ferry_test_harness::{quiet_stderr, used_service};
