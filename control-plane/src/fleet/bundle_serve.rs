@@ -49,7 +49,9 @@ pub struct ServeOptions {
     /// and slots (`FERRY_FLEET_FETCH_IDLE_SECS`, default 30).
     pub idle: Duration,
     /// Budget of the artifact block cache, bytes (`FERRY_FLEET_CACHE_MB`,
-    /// default 64; 0 caches nothing).
+    /// default 32; 0 caches nothing). The server's serving memory is about
+    /// this, plus per busy download slot one block being sent and its
+    /// connection's send window (`FleetOptions::send_window`).
     pub cache_bytes: usize,
 }
 
@@ -65,7 +67,7 @@ impl ServeOptions {
                     .max(1),
             ),
             cache_bytes: env_parse::<usize>("FERRY_FLEET_CACHE_MB")
-                .unwrap_or(64)
+                .unwrap_or(32)
                 .saturating_mul(1 << 20),
         }
     }

@@ -78,12 +78,34 @@ pub struct FleetOptions {
     pub max_concurrent_downloads: usize,
     /// Bytes per chunk frame (`FERRY_FLEET_CHUNK_BYTES`, default 64 KiB).
     pub chunk_bytes: usize,
+    /// Bytes a connection may have written but not yet acknowledged
+    /// (`FERRY_FLEET_SEND_WINDOW_KB`). With every download slot busy the
+    /// server holds this much per slot, so the default shares
+    /// [`SEND_BUDGET`] among the slots (1 MiB each at 64 slots); quinn's own
+    /// default, 10 MB a connection, let a rollout of a large bundle hold
+    /// hundreds of MB.
+    pub send_window: u64,
     /// The telemetry broker handed to devices at enrollment.
     pub mqtt_url: Option<String>,
 }
 
+/// Send buffers of all download slots together, by default.
+pub const SEND_BUDGET: u64 = 64 << 20;
+
+/// The default per-connection send window for `slots` download slots:
+/// [`SEND_BUDGET`] shared, between 256 KiB (below that a single download
+/// crawls on a long link) and 8 MiB.
+fn default_send_window(slots: usize) -> u64 {
+    (SEND_BUDGET / slots.max(1) as u64).clamp(256 << 10, 8 << 20)
+}
+
 impl FleetOptions {
     pub fn new(quic: SocketAddr) -> Self {
+        let max_concurrent_downloads = std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(64)
+            .max(1);
         Self {
             quic,
             mqtt_url: None,
@@ -92,16 +114,17 @@ impl FleetOptions {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(3600),
-            max_concurrent_downloads: std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(64)
-                .max(1),
+            max_concurrent_downloads,
             chunk_bytes: std::env::var("FERRY_FLEET_CHUNK_BYTES")
                 .ok()
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(64 * 1024)
                 .clamp(256, 1024 * 1024),
+            send_window: std::env::var("FERRY_FLEET_SEND_WINDOW_KB")
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|kb| kb.clamp(64, 64 * 1024) * 1024)
+                .unwrap_or_else(|| default_send_window(max_concurrent_downloads)),
         }
     }
 }
@@ -499,6 +522,18 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_send_budget_is_shared_among_the_download_slots() {
+        assert_eq!(default_send_window(64), 1 << 20);
+        assert_eq!(default_send_window(8), 8 << 20);
+        assert_eq!(default_send_window(1), 8 << 20);
+        assert_eq!(default_send_window(1024), 256 << 10);
+        // What the fleet's send buffers can hold with every slot busy.
+        for slots in [1, 8, 64, 256] {
+            assert!(default_send_window(slots) * slots as u64 <= SEND_BUDGET);
+        }
+    }
 
     fn deployment(id: &str, version: i64) -> db::Deployment {
         db::Deployment {

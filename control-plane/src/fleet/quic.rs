@@ -53,6 +53,7 @@ fn server_config(fleet: &Fleet) -> Result<quinn::ServerConfig, FleetError> {
     ));
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    transport.send_window(fleet.opts.send_window);
     sc.transport_config(Arc::new(transport));
     Ok(sc)
 }
