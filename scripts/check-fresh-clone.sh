@@ -25,6 +25,7 @@ echo "test command: $test_cmd"
 
 start=$(date +%s)
 log="$work/demo.log"
+: >"$log"
 setsid bash -c "$run_cmd" >"$log" 2>&1 &
 demo=$!
 trap 'kill -INT -- -$demo 2>/dev/null || true' EXIT
