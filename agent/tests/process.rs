@@ -348,6 +348,34 @@ fn score(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `ferry-agent score` of `input` into `out` in blocks of 7 rows; the
+/// output's lines, after checking it succeeded.
+fn score_csv(
+    bundle: &str,
+    trust: &str,
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<String> {
+    let o = score(&[
+        "--bundle",
+        bundle,
+        "--trust",
+        trust,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--batch-rows",
+        "7",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn score_csv_and_ndjson_match_the_reference_and_report_bad_rows() {
     let keys = Keys::new();
@@ -359,21 +387,8 @@ fn score_csv_and_ndjson_match_the_reference_and_report_bad_rows() {
     let dir = tempfile::tempdir().unwrap();
     let heldout = fixtures().join("bc_logreg.heldout.csv");
     let out = dir.path().join("preds.csv");
-    let o = score(&[
-        "--bundle",
-        &b,
-        "--trust",
-        &t,
-        "--input",
-        heldout.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--batch-rows",
-        "7",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = score_csv(&b, &t, &heldout, &out);
     let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "line,label,probabilities_0,probabilities_1");
     assert_eq!(lines.len(), 101);
     // heldout.csv's first 20 rows are the reference rows.
@@ -799,21 +814,12 @@ fn score_of_the_default_export_matches_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("preds.csv");
     let heldout = fixtures().join("bc_logreg_default.heldout.csv");
-    let o = score(&[
-        "--bundle",
+    let lines = score_csv(
         bundle.to_str().unwrap(),
-        "--trust",
         keys.trust_path.to_str().unwrap(),
-        "--input",
-        heldout.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--batch-rows",
-        "7",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+        &heldout,
+        &out,
+    );
     assert_eq!(lines[0], "line,label,probabilities_0,probabilities_1");
     assert_eq!(lines.len(), 101);
     let want = reference("bc_logreg_default");
