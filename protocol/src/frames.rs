@@ -190,6 +190,28 @@ impl ServerFrame {
     }
 }
 
+/// The wire bytes of `ServerFrame::Chunk { digest, offset, data }` that
+/// come before its `data_len` data bytes: `chunk_head(..) ++ data` equals
+/// `length_prefixed(&chunk.encode())`. A server sends a chunk's bytes from
+/// the buffer they already lie in instead of copying them into a frame.
+pub fn chunk_head(digest: Digest, offset: u64, data_len: usize) -> Vec<u8> {
+    let mut body = ServerFrame::Chunk {
+        digest,
+        offset,
+        data: Vec::new(),
+    }
+    .encode();
+    // Empty data encodes last, as its length: one varint byte 0. Postcard
+    // writes a byte string's length as the varint of a u64.
+    body.pop();
+    let body = postcard::to_extend(&(data_len as u64), body).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + body.len());
+    // Chunks are bounded by FRAME_LIMIT, far below u32::MAX.
+    out.extend_from_slice(&((body.len() + data_len) as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// `frame` preceded by its length (u32 LE).
 pub fn length_prefixed(frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + frame.len());
@@ -285,6 +307,24 @@ mod tests {
         };
         assert_eq!(new.encode(), old);
         assert_eq!(ServerFrame::decode(&old).unwrap(), new);
+    }
+
+    #[test]
+    fn a_chunk_head_and_its_data_are_the_whole_frame() {
+        let digest = crate::keys::sha256(b"x");
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 65_536, 1 << 20] {
+            for offset in [0u64, 1, 300, u64::MAX] {
+                let data: Vec<u8> = (0..=255u8).cycle().take(len).collect();
+                let mut wire = chunk_head(digest, offset, len);
+                wire.extend_from_slice(&data);
+                let whole = ServerFrame::Chunk {
+                    digest,
+                    offset,
+                    data,
+                };
+                assert_eq!(wire, length_prefixed(&whole.encode()), "len {len}");
+            }
+        }
     }
 
     #[test]

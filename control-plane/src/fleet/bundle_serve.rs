@@ -19,7 +19,7 @@ use super::{db, DownloadSlots, Fleet, FleetError};
 use crate::audit::{OUTCOME_OK, OUTCOME_REFUSED};
 use bytes::Bytes;
 use ferry_protocol::desired::Assignment;
-use ferry_protocol::frames::{length_prefixed, ServerFrame};
+use ferry_protocol::frames::{chunk_head, length_prefixed, ServerFrame};
 use ferry_protocol::keys::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -404,6 +404,30 @@ async fn write_frame(
     Ok(())
 }
 
+/// Writes a chunk frame carrying `data` at `offset`. The bytes go to QUIC
+/// as the slice of the cached block they lie in (`write_chunks` keeps a
+/// reference, it copies nothing), so a busy slot holds no private copy of
+/// what it sends; the idle rule is `write_frame`'s.
+async fn write_chunk(
+    s: &mut quinn::SendStream,
+    digest: Digest,
+    offset: u64,
+    data: Bytes,
+    idle: Duration,
+) -> Result<(), WriteEnd> {
+    let mut parts = [Bytes::from(chunk_head(digest, offset, data.len())), data];
+    let mut done = 0;
+    while done < parts.len() {
+        // A partly written part is advanced in place to what is left of it.
+        match tokio::time::timeout(idle, s.write_chunks(&mut parts[done..])).await {
+            Ok(Ok(w)) => done += w.chunks,
+            Ok(Err(e)) => return Err(WriteEnd::Gone(e.to_string())),
+            Err(_) => return Err(WriteEnd::Stalled),
+        }
+    }
+    Ok(())
+}
+
 async fn refuse(
     fleet: &Fleet,
     device: &db::Device,
@@ -515,23 +539,17 @@ pub(super) async fn fetch(
                 return Ok(());
             }
         };
-        let mut data = bytes.to_vec();
-        let end = pos + data.len() as u64;
-        if corrupt && end == total {
-            if let Some(b) = data.last_mut() {
+        let end = pos + bytes.len() as u64;
+        let data = if corrupt && end == total {
+            let mut copy = bytes.to_vec();
+            if let Some(b) = copy.last_mut() {
                 *b ^= 0x55;
             }
-        }
-        ended = write_frame(
-            &mut s,
-            &ServerFrame::Chunk {
-                digest,
-                offset: pos,
-                data,
-            },
-            idle,
-        )
-        .await;
+            Bytes::from(copy)
+        } else {
+            bytes
+        };
+        ended = write_chunk(&mut s, digest, pos, data, idle).await;
         if ended.is_ok() {
             pos = end;
         }
