@@ -187,33 +187,11 @@ fn pkcs8_v1(der: &[u8]) -> Result<Vec<u8>, CaError> {
     Ok(out)
 }
 
-/// `der` as a PEM block labelled `label` (`CERTIFICATE`, `PRIVATE KEY`).
+/// `der` as a PEM block labelled `label` (`CERTIFICATE`, `PRIVATE KEY`),
+/// 64 characters a line, `\n` line ends.
 pub fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64_encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
 #[cfg(test)]
@@ -238,6 +216,10 @@ mod tests {
         let (s, k) = again.issue_server(&["localhost".into()]).unwrap();
         assert!(!s.is_empty() && !k.is_empty());
         assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(!ca.cert_pem().contains('\r'));
+        let parsed = ::pem::parse(ca.cert_pem()).unwrap();
+        assert_eq!(parsed.tag(), "CERTIFICATE");
+        assert_eq!(parsed.contents(), ca.cert_der());
     }
 
     /// Keys are written as PKCS#8 v1 (OpenSSL 3 and Mosquitto refuse
