@@ -486,7 +486,8 @@ mod tests {
             drift: 0.5,
             classes: [("1".to_string(), 1.0)].into(),
         };
-        let s = summary(&mut rng, &p, 20_000, "m", 2, 10_000, 5_000);
+        let mut s = summary(&mut rng, &p, 20_000, "m", 2, 10_000, 5_000);
+        (s.tenant, s.device) = ("t".into(), "d".into());
         s.validate().unwrap();
         let rate = |x: u64, n: u64| x as f64 / n as f64;
         // Binomial draws: within 5 standard deviations of the profile.
