@@ -40,6 +40,9 @@ pub struct SimCounters {
 pub struct SimActivator {
     trust: TrustRoot,
     active: Mutex<HashMap<String, (u64, Digest)>>,
+    /// When each model's active version was activated (ms since the epoch),
+    /// for the simulated telemetry's windows.
+    since_ms: Mutex<HashMap<String, u64>>,
     counters: Arc<SimCounters>,
 }
 
@@ -48,18 +51,23 @@ impl SimActivator {
         Self {
             trust,
             active: Mutex::new(HashMap::new()),
+            since_ms: Mutex::new(HashMap::new()),
             counters,
         }
     }
 }
 
 impl SimActivator {
-    /// (model, version) of every active model, by model name.
-    pub fn serving(&self) -> Vec<(String, u64)> {
-        let Ok(active) = self.active.lock() else {
+    /// (model, version, activated at in ms since the epoch) of every
+    /// active model, by model name.
+    pub fn serving(&self) -> Vec<(String, u64, u64)> {
+        let (Ok(active), Ok(since)) = (self.active.lock(), self.since_ms.lock()) else {
             return vec![];
         };
-        let mut v: Vec<(String, u64)> = active.iter().map(|(m, (v, _))| (m.clone(), *v)).collect();
+        let mut v: Vec<(String, u64, u64)> = active
+            .iter()
+            .map(|(m, (v, _))| (m.clone(), *v, since.get(m).copied().unwrap_or(0)))
+            .collect();
         v.sort();
         v
     }
@@ -102,6 +110,12 @@ impl Activator for SimActivator {
             Ok(()) => {
                 if let Ok(mut m) = self.active.lock() {
                     m.insert(a.model.to_string(), (a.version, a.manifest_digest));
+                }
+                if let Ok(mut m) = self.since_ms.lock() {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    m.insert(a.model.to_string(), now_ms);
                 }
                 self.counters.activated.fetch_add(1, Ordering::Relaxed);
             }

@@ -332,7 +332,9 @@ pub async fn run_device(
     let window = Duration::from_secs(t.window_secs.max(1));
     let first = window.mul_f64(rng.gen_range(0.0..1.0));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first, window);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Skip, not Delay: a tick held up (activations verify bundles on the
+    // same threads) must not bring every device into one phase.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut negotiation = Negotiation::new(cfg.version);
     loop {
@@ -370,8 +372,14 @@ pub async fn run_device(
             tokio::select! {
                 _ = ticker.tick() => {
                     let end = now_ms();
-                    for (model, version) in act.serving() {
-                        let mut s = summary(&mut rng, t.profiles.of(version), t.requests, &model, version, end, window.as_millis() as u64);
+                    let window_ms = window.as_millis() as u64;
+                    for (model, version, since) in act.serving() {
+                        // As an agent's, a version's first window closes a
+                        // whole window after it went live.
+                        if end.saturating_sub(since) < window_ms {
+                            continue;
+                        }
+                        let mut s = summary(&mut rng, t.profiles.of(version), t.requests, &model, version, end, window_ms);
                         s.tenant = cfg.tenant.clone();
                         s.device = cfg.device.clone();
                         s.seq = seq.take();
@@ -382,7 +390,7 @@ pub async fn run_device(
                 ev = events.recv() => match ev {
                     Some(Ok(MqttEvent::Connected { .. })) => {
                         connected = true;
-                        let serving = act.serving().into_iter().map(|(m, v)| format!("{m}@{v}/champion")).collect();
+                        let serving = act.serving().into_iter().map(|(m, v, _)| format!("{m}@{v}/champion")).collect();
                         if client.try_publish(topic(&cfg.tenant, &cfg.device, KIND_HEALTH), health(&cfg, "online", now_ms(), serving), true).is_ok() {
                             sent.push_back(false);
                         }
