@@ -343,3 +343,74 @@ fn activation_path_events_reach_the_sink_in_order() {
     assert!(got[2].detail.contains(':'), "{}", got[2].detail);
     assert_eq!(got[3].detail, "from v2");
 }
+
+/// A label fed back for a request counts for every variant that predicted
+/// it: the champion's answer and the shadow's copy each get it (a shadow
+/// finishing last used to take the champion's label away).
+#[test]
+fn a_label_counts_for_the_champion_and_for_the_shadow() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = Agent::open(keys.options(data.path())).unwrap();
+    agent
+        .install(&keys.bundle("bc_logreg", "m", 1), Role::Champion, None)
+        .unwrap();
+    agent
+        .install(&keys.bundle("bc_forest", "m", 2), Role::Shadow, None)
+        .unwrap();
+    agent
+        .telemetry
+        .enable(ferry_agent::telemetry::WindowConfig {
+            rows: 1_000_000,
+            secs: 0,
+        });
+    let s = Served::start(agent.clone(), 1 << 20);
+    let rows = reference_rows("bc_logreg");
+    let mut conn = Conn::open(s.addr).unwrap();
+    let n = 40;
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let r = conn
+            .request(
+                "POST",
+                "/v2/models/m/infer",
+                &[],
+                &infer_body(&format!("l-{i}"), &rows[i % 20..i % 20 + 1]),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+        labels.push(r.json()["outputs"][0]["data"][0].clone());
+    }
+    // The shadow's copies run off the request path: wait for their records
+    // (written after the telemetry counted them).
+    let shadow_records = || {
+        agent
+            .log
+            .read_from(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| matches!(e, ferry_agent::inference_log::Entry::Inference(r) if r.variant == "shadow"))
+            .count()
+    };
+    let mut waited = 0;
+    while shadow_records() < n && waited < 3000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    assert_eq!(shadow_records(), n);
+    // Label every request with the champion's own answer.
+    for (i, label) in labels.iter().enumerate() {
+        let body = serde_json::json!({"id": format!("l-{i}"), "label": label}).to_string();
+        let r = conn
+            .request("POST", "/v2/models/m/feedback", &[], body.as_bytes())
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    agent.telemetry.close_all(u64::MAX / 2);
+    let closed = agent.telemetry.take_closed();
+    let of = |variant: &str| closed.iter().find(|w| w.variant == variant).unwrap();
+    let (champion, shadow) = (of("champion"), of("shadow"));
+    assert_eq!((champion.labelled, champion.correct), (n as u64, n as u64));
+    assert_eq!(shadow.labelled, n as u64, "the shadow got every label too");
+    assert!(shadow.correct <= shadow.labelled);
+}

@@ -43,6 +43,7 @@ pub enum Action {
     AlertAck,
     TriggerList,
     DeviceHealthList,
+    ChallengerShow,
     // Fleet.
     DeviceList,
     DeviceShow,
@@ -93,6 +94,7 @@ impl Action {
         Action::AlertAck,
         Action::TriggerList,
         Action::DeviceHealthList,
+        Action::ChallengerShow,
         Action::DeviceList,
         Action::DeviceShow,
         Action::DeviceCa,
@@ -114,8 +116,8 @@ impl Action {
         match self {
             WhoAmI | ModelList | ModelShow | VersionList | VersionShow | VersionDownload
             | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
-            | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | DeviceList
-            | DeviceShow | DeviceCa | DeploymentList | DeploymentShow => Role::Viewer,
+            | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | ChallengerShow
+            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
             | DeploymentDelete => Role::Operator,
@@ -161,6 +163,7 @@ impl Action {
             AlertAck => "alert.ack",
             TriggerList => "trigger.list",
             DeviceHealthList => "device_health.list",
+            ChallengerShow => "telemetry.challenger",
             DeviceList => "device.list",
             DeviceShow => "device.show",
             DeviceCa => "device.ca",

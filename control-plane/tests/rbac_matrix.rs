@@ -298,6 +298,17 @@ const MATRIX: &[Cell] = &[
         200,
         200,
     ),
+    // The challenger comparison is scoped as the model routes: another
+    // tenant's name is not found.
+    c(
+        "GET",
+        "/api/v1/models/{name}/challenger",
+        "/api/v1/models/{name}/challenger",
+        Body::None,
+        Some(Viewer),
+        200,
+        404,
+    ),
     c(
         "GET",
         "/api/v1/models/{name}/drift-config",

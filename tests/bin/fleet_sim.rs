@@ -10,9 +10,20 @@
 //! Prints `enrolled N`, `running N`, then `activated=N at=UNIX_SECONDS`
 //! once `--expect` activations happened and keeps the devices connected
 //! until SIGTERM or Ctrl-C (exit 0); exits 1 on timeout.
+//!
+//! With `--telemetry` every device also reports drift summaries over MQTT
+//! as an agent does (signed with its enrollment key, to the broker it was
+//! given at enrollment or `--mqtt-url`), one per active model version every
+//! `--telemetry-window-secs`, drawn from the version's profile:
+//!
+//!   --telemetry --telemetry-profile 'v2:error_rate=0.2,accuracy=0.8'
+//!
+//! (keys: `agent/src/fleet/sim_telemetry.rs`). It prints `telemetry N`
+//! once the devices' publishers run.
 use anyhow::Context;
 use clap::Parser;
 use ferry_agent::fleet::sim::{enroll_all, run_all, wait_activated, SimCounters, SimOptions};
+use ferry_agent::fleet::sim_telemetry::{start_all, Profiles, SimTelemetry, TelemetryCounters};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -45,6 +56,22 @@ struct Args {
     /// Per-device download limit, bytes/s
     #[arg(long)]
     max_bytes_per_sec: Option<u64>,
+    /// Report telemetry over MQTT from every device
+    #[arg(long)]
+    telemetry: bool,
+    /// The broker (default: the one each device was given at enrollment)
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// Seconds between a device's windows
+    #[arg(long, default_value_t = 10)]
+    telemetry_window_secs: u64,
+    /// Requests per device, model version and window
+    #[arg(long, default_value_t = 100)]
+    telemetry_requests: u64,
+    /// VERSION:KEY=VALUE,… (repeatable; `default:…` for versions not named),
+    /// e.g. v2:error_rate=0.2,accuracy=0.8
+    #[arg(long = "telemetry-profile")]
+    telemetry_profiles: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,9 +97,26 @@ fn main() -> anyhow::Result<()> {
         };
         let dirs = enroll_all(&opts).await.context("enrolling")?;
         println!("enrolled {}", dirs.len());
+        let mut profiles = Profiles::default();
+        for p in &args.telemetry_profiles {
+            profiles.add(p).map_err(anyhow::Error::msg)?;
+        }
         let counters = Arc::new(SimCounters::default());
-        run_all(&dirs, args.max_bytes_per_sec, counters.clone()).context("starting sessions")?;
+        let devices = run_all(&dirs, args.max_bytes_per_sec, counters.clone())
+            .context("starting sessions")?;
         println!("running {}", dirs.len());
+        if args.telemetry || !args.telemetry_profiles.is_empty() {
+            let t = SimTelemetry {
+                mqtt_url: args.mqtt_url.clone(),
+                window_secs: args.telemetry_window_secs,
+                requests: args.telemetry_requests,
+                profiles,
+            };
+            start_all(&devices, t, Arc::new(TelemetryCounters::default()))
+                .map_err(anyhow::Error::msg)
+                .context("starting telemetry")?;
+            println!("telemetry {}", devices.len());
+        }
         std::io::stdout().flush()?;
         let expect = args.expect.unwrap_or(dirs.len() as u64);
         match wait_activated(&counters, expect, Duration::from_secs(args.timeout_secs)).await {

@@ -556,7 +556,8 @@ fn simulate_fleet(
     tmp: &std::path::Path,
     n: usize,
     env: &[(&str, &str)],
-) -> (Server, ferry_e2e::fleet::Proc) {
+    sim_args: &[&str],
+) -> (Server, ferry_e2e::fleet::Proc, Keys) {
     let keys = Keys::new(&tmp.join("k"));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
     let server = Server::start(&tmp.join("server"), env);
@@ -582,7 +583,8 @@ fn simulate_fleet(
         .arg(tok["root_fingerprint"].as_str().unwrap())
         .arg("--dir")
         .arg(tmp.join("sim"))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "120"]);
+        .args(["--devices", &n.to_string(), "--timeout-secs", "120"])
+        .args(sim_args);
     let (sim, _) = ferry_e2e::fleet::spawn_until(cmd, &["running "]);
     wait_for("all simulated devices connected", LONG, || {
         let v = server.json(&["device", "list"]);
@@ -599,7 +601,7 @@ fn simulate_fleet(
         let v = server.deployment(&dep);
         (v["summary"]["active"] == n as u64).then_some(())
     });
-    (server, sim)
+    (server, sim, keys)
 }
 
 /// The fleet simulator at a size a test can afford: every simulated device
@@ -608,7 +610,7 @@ fn simulate_fleet(
 #[test]
 fn fleet_simulator_devices_all_report_active() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, mut sim) = simulate_fleet(tmp.path(), 25, &[]);
+    let (_server, mut sim, _) = simulate_fleet(tmp.path(), 25, &[], &[]);
     // Still running (it stays up until told to stop), with no failure.
     assert!(sim.child.try_wait().unwrap().is_none());
 }
@@ -619,13 +621,14 @@ fn fleet_simulator_devices_all_report_active() {
 #[test]
 fn server_caps_concurrent_downloads() {
     let tmp = tempfile::tempdir().unwrap();
-    let (server, mut sim) = simulate_fleet(
+    let (server, mut sim, _) = simulate_fleet(
         tmp.path(),
         12,
         &[
             ("FERRY_FLEET_MAX_DOWNLOADS", "2"),
             ("FERRY_FLEET_CHUNK_BYTES", "256"),
         ],
+        &[],
     );
     assert!(sim.child.try_wait().unwrap().is_none());
     let v = server.json(&["device", "list"]);
@@ -637,6 +640,131 @@ fn server_caps_concurrent_downloads() {
         let v = server.json(&["device", "list"]);
         (v["downloads"]["in_flight"] == 0).then_some(())
     });
+}
+
+/// One version's figures summed over the windows the control plane stored
+/// from simulated devices: (devices, requests, errors, labelled, correct,
+/// latency p50s seen).
+fn version_figures(server: &Server, version: u64) -> (usize, u64, u64, u64, u64, Vec<u64>) {
+    let v = server.json(&[
+        "model",
+        "metrics",
+        "fraud",
+        "--version",
+        &version.to_string(),
+        "--limit",
+        "10000",
+    ]);
+    let windows = v["windows"].as_array().unwrap();
+    let devices: std::collections::BTreeSet<&str> = windows
+        .iter()
+        .map(|w| w["device"].as_str().unwrap())
+        .collect();
+    let sum = |k: &str| windows.iter().map(|w| w[k].as_u64().unwrap()).sum::<u64>();
+    let correct = windows
+        .iter()
+        .map(|w| {
+            (w["accuracy"].as_f64().unwrap_or(0.0) * w["labelled"].as_f64().unwrap()).round() as u64
+        })
+        .sum();
+    let mut p50: Vec<u64> = windows
+        .iter()
+        .map(|w| w["latency_p50_us"].as_u64().unwrap())
+        .collect();
+    p50.sort_unstable();
+    p50.dedup();
+    (
+        devices.len(),
+        sum("requests"),
+        sum("errors"),
+        sum("labelled"),
+        correct,
+        p50,
+    )
+}
+
+/// Simulated devices report telemetry as agents do (signed with their
+/// enrollment keys, to the broker enrollment named): healthy figures for
+/// v1, and for v2, deployed to the same devices, the bad profile injected
+/// into it. The control plane stores both per version, from every device.
+#[test]
+fn fleet_simulator_reports_telemetry_per_version_from_every_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 6;
+    let (server, mut sim, keys) = simulate_fleet(
+        tmp.path(),
+        n,
+        &[],
+        &[
+            "--telemetry",
+            "--telemetry-window-secs",
+            "1",
+            "--telemetry-requests",
+            "200",
+            "--telemetry-profile",
+            "default:error_rate=0,accuracy=0.95,labelled=0.5",
+            "--telemetry-profile",
+            "v2:error_rate=0.3,accuracy=0.6,labelled=0.5,latency_us=20000,p99_us=20000",
+        ],
+    );
+    wait_for("v1 windows from every simulated device", LONG, || {
+        (version_figures(&server, 1).0 == n).then_some(())
+    });
+    let v2 = keys.bundle("fraud", 2, "pub", &[]);
+    ferry_e2e::fleet::ok(&mut server.cli(&["model", "push", v2.to_str().unwrap()]));
+    let dep = deploy(&server, "fraud", "2", "fleet=sim");
+    wait_for("every device active on v2", LONG, || {
+        (server.deployment(&dep)["summary"]["active"] == n as u64).then_some(())
+    });
+    // Enough v2 windows for the rates to be clear of sampling noise.
+    let (devices, requests, errors, labelled, correct, p50) =
+        wait_for("v2 windows from every simulated device", LONG, || {
+            let f = version_figures(&server, 2);
+            (f.0 == n && f.1 >= 20 * 200).then_some(f)
+        });
+    assert_eq!(devices, n);
+    // Binomial draws: within 5 standard deviations of the profile.
+    let within = |x: u64, n: u64, p: f64| {
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        ((x as f64 / n as f64) - p).abs() < 5.0 * sd
+    };
+    assert!(
+        within(errors, requests, 0.3),
+        "{errors} errors of {requests}"
+    );
+    assert!(
+        within(correct, labelled, 0.6),
+        "{correct} correct of {labelled}"
+    );
+    assert!(
+        within(labelled, requests - errors, 0.5),
+        "{labelled} labelled"
+    );
+    assert_eq!(p50, [25_000], "v2's latency bucket");
+    let (_, requests, errors, labelled, correct, p50) = version_figures(&server, 1);
+    assert!(requests > 0 && labelled > 0);
+    assert_eq!(errors, 0);
+    assert!(
+        correct as f64 / labelled as f64 > 0.8,
+        "{correct} of {labelled}"
+    );
+    assert_eq!(p50, [500], "v1's latency bucket");
+    // Nothing was refused as unsigned or forged.
+    let http = server.url.trim_start_matches("http://");
+    let (code, metrics) =
+        ferry_e2e::fleet::http_raw(http, "GET", "/metrics", ferry_e2e::fleet::ADMIN, "");
+    assert_eq!(code, 200);
+    for refused in [
+        "ferry_telemetry_unauthenticated_total",
+        "ferry_telemetry_refused_total",
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(refused));
+        assert!(
+            line.is_none_or(|l| l.ends_with(" 0")),
+            "{refused}: {line:?}"
+        );
+    }
+    assert!(sim.child.try_wait().unwrap().is_none());
 }
 
 #[test]

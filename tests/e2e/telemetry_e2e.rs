@@ -16,6 +16,9 @@
 #[path = "telemetry_cli.rs"]
 mod telemetry_cli;
 
+#[path = "challenger_e2e.rs"]
+mod challenger_e2e;
+
 use ferry_e2e::db::Db;
 use ferry_e2e::on_both_databases;
 use serde_json::{json, Value};

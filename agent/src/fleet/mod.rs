@@ -33,6 +33,8 @@ pub mod reconcile;
 pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
+pub mod sim_telemetry;
 pub mod target;
 mod tls;
 mod wire;

@@ -5,7 +5,9 @@
 //! manifest signatures against the trust root, target constraints, every
 //! artifact's length and digest — but runs no model. It reuses the agent's
 //! session code through [`Activator`], so what it measures is what devices
-//! do. `ferry-fleet-sim` (in `tests/`) is the command-line front end.
+//! do. Devices can also report telemetry over MQTT as agents do
+//! (`sim_telemetry`). `ferry-fleet-sim` (in `tests/`) is the command-line
+//! front end.
 //!
 //! Test support, compiled only with the `sim` feature (the `tests` crate
 //! enables it): no product binary carries it.
@@ -38,6 +40,9 @@ pub struct SimCounters {
 pub struct SimActivator {
     trust: TrustRoot,
     active: Mutex<HashMap<String, (u64, Digest)>>,
+    /// When each model's active version was activated (ms since the epoch),
+    /// for the simulated telemetry's windows.
+    since_ms: Mutex<HashMap<String, u64>>,
     counters: Arc<SimCounters>,
 }
 
@@ -46,8 +51,25 @@ impl SimActivator {
         Self {
             trust,
             active: Mutex::new(HashMap::new()),
+            since_ms: Mutex::new(HashMap::new()),
             counters,
         }
+    }
+}
+
+impl SimActivator {
+    /// (model, version, activated at in ms since the epoch) of every
+    /// active model, by model name.
+    pub fn serving(&self) -> Vec<(String, u64, u64)> {
+        let (Ok(active), Ok(since)) = (self.active.lock(), self.since_ms.lock()) else {
+            return vec![];
+        };
+        let mut v: Vec<(String, u64, u64)> = active
+            .iter()
+            .map(|(m, (v, _))| (m.clone(), *v, since.get(m).copied().unwrap_or(0)))
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -88,6 +110,12 @@ impl Activator for SimActivator {
             Ok(()) => {
                 if let Ok(mut m) = self.active.lock() {
                     m.insert(a.model.to_string(), (a.version, a.manifest_digest));
+                }
+                if let Ok(mut m) = self.since_ms.lock() {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    m.insert(a.model.to_string(), now_ms);
                 }
                 self.counters.activated.fetch_add(1, Ordering::Relaxed);
             }
@@ -160,12 +188,14 @@ pub async fn enroll_all(opts: &SimOptions) -> Result<Vec<PathBuf>, FleetError> {
 }
 
 /// Runs a session per device in `dirs` over one shared QUIC endpoint, for
-/// ever; watch `counters` for progress.
+/// ever; watch `counters` for progress. Returns each device's activator
+/// (what it serves), with its directory.
 pub fn run_all(
     dirs: &[PathBuf],
     max_bytes_per_sec: Option<u64>,
     counters: Arc<SimCounters>,
-) -> Result<(), FleetError> {
+) -> Result<Vec<(PathBuf, Arc<SimActivator>)>, FleetError> {
+    let mut devices = Vec::with_capacity(dirs.len());
     let endpoint = tls::client_endpoint()?;
     for d in dirs {
         let trust_path = super::fleet_dir(d).join("trust.root");
@@ -177,6 +207,7 @@ pub fn run_all(
                 reason: e.to_string(),
             })?;
         let act = Arc::new(SimActivator::new(trust, counters.clone()));
+        devices.push((d.clone(), act.clone()));
         let mut opts = ClientOptions::new(d);
         opts.max_bytes_per_sec = max_bytes_per_sec;
         let endpoint = endpoint.clone();
@@ -187,7 +218,7 @@ pub fn run_all(
             }
         });
     }
-    Ok(())
+    Ok(devices)
 }
 
 /// Waits until `counters.activated` reaches `target`, printing progress

@@ -138,7 +138,9 @@ struct Inner {
     cfg: WindowConfig,
     open: Vec<Window>,
     closed: VecDeque<DriftSummary>,
-    pending: HashMap<String, Pending>,
+    /// Request id → the predictions made for it: the answering variant's
+    /// and a shadow's copy (a label counts for each).
+    pending: HashMap<String, Vec<Pending>>,
     pending_order: VecDeque<String>,
 }
 
@@ -361,17 +363,19 @@ impl Windows {
             return;
         };
         let mut inner = self.lock();
-        let Some(p) = inner.pending.remove(request_id) else {
+        let Some(predictions) = inner.pending.remove(request_id) else {
             return;
         };
-        if let Some(w) = inner
-            .open
-            .iter_mut()
-            .find(|w| w.version == p.version && w.variant == p.variant && w.model == p.model)
-        {
-            w.labelled += 1;
-            if label == p.predicted {
-                w.correct += 1;
+        for p in predictions {
+            if let Some(w) = inner
+                .open
+                .iter_mut()
+                .find(|w| w.version == p.version && w.variant == p.variant && w.model == p.model)
+            {
+                w.labelled += 1;
+                if label == p.predicted {
+                    w.correct += 1;
+                }
             }
         }
     }
@@ -441,20 +445,26 @@ impl Inner {
                 self.pending.remove(&old);
             }
         }
-        if self
-            .pending
-            .insert(
-                id.to_string(),
-                Pending {
-                    model,
-                    version,
-                    variant,
-                    predicted,
-                },
-            )
-            .is_none()
-        {
-            self.pending_order.push_back(id.to_string());
+        let p = Pending {
+            model,
+            version,
+            variant,
+            predicted,
+        };
+        match self.pending.get_mut(id) {
+            // The same id again from the same variant replaces its
+            // prediction; another variant's (a shadow's) is kept beside it.
+            Some(list) => match list
+                .iter_mut()
+                .find(|q| q.model == p.model && q.variant == p.variant)
+            {
+                Some(q) => *q = p,
+                None => list.push(p),
+            },
+            None => {
+                self.pending.insert(id.to_string(), vec![p]);
+                self.pending_order.push_back(id.to_string());
+            }
         }
     }
 }

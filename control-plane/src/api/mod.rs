@@ -20,6 +20,7 @@ pub mod types;
 
 mod aliases;
 mod audit;
+mod challenger;
 mod models;
 mod projects;
 mod tokens;
@@ -60,6 +61,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(trust::get_trust_root, trust::put_trust_root))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(challenger::challenger))
 }
 
 /// Liveness; needs no token.

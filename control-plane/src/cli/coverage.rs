@@ -110,6 +110,11 @@ pub const OPERATIONS: &[(&str, &str, Covered)] = &[
     ("GET", "/api/v1/models/{name}/metrics", C("model metrics m")),
     (
         "GET",
+        "/api/v1/models/{name}/challenger",
+        C("model challenger m --window 24h"),
+    ),
+    (
+        "GET",
         "/api/v1/models/{name}/drift-config",
         C("drift config get m"),
     ),

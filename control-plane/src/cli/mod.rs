@@ -5,6 +5,7 @@
 mod alerts;
 mod audit;
 mod broker;
+mod challenger;
 // `BundleCmd::Build` carries every build flag; it is parsed once per run.
 #[allow(clippy::large_enum_variant)]
 mod bundle;

@@ -5,13 +5,16 @@
 //! - `policy`: the policy document (TOML or JSON), defaults and validation.
 //! - `observations`: devices, activation outcomes, telemetry aggregates.
 //! - `waves`: wave sizes and deterministic canary choice, spread by label.
-//! - `stats`: proportion tests and distribution distances.
+//! - `stats`: proportion tests, Wilson intervals and distribution distances.
+//! - `challenger`: a challenger or shadow against the champion, and
+//!   whether it is ready to be promoted (served by the API).
 //! - `gates`: one verdict per gate.
 //! - `engine`: the sans-IO state machine (`poll(now)` → actions) whose
 //!   state the server persists.
 //!
 //! Not yet wired into the server, REST, CLI or MQTT (docs/rollouts.md).
 
+pub mod challenger;
 pub mod engine;
 pub mod gates;
 pub mod observations;

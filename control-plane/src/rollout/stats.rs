@@ -54,6 +54,28 @@ pub fn one_proportion_smaller(x: u64, n: u64, p0: f64) -> Option<ZTest> {
     })
 }
 
+/// The standard normal quantile of 0.975 (scipy's `norm.ppf(0.975)`): the
+/// z of a two-sided 95 % interval.
+pub const Z_95: f64 = 1.959_963_984_540_054;
+
+/// Wilson score interval for `x` successes in `n` trials at normal quantile
+/// `z` (scipy's `binomtest(x, n).proportion_ci(method="wilson")` at
+/// `z = norm.ppf(1 - (1 - confidence) / 2)`). Unlike the Wald interval it
+/// stays inside [0, 1] and is not empty at 0 or `n` successes. `None`
+/// without trials.
+pub fn wilson_interval(x: u64, n: u64, z: f64) -> Option<(f64, f64)> {
+    if n == 0 || x > n {
+        return None;
+    }
+    let nf = n as f64;
+    let p = x as f64 / nf;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / nf;
+    let centre = (p + z2 / (2.0 * nf)) / denom;
+    let half = z * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt() / denom;
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
 /// The two distributions as fractions over the union of their classes.
 /// `None` when either has no counts.
 fn aligned(p: &BTreeMap<String, u64>, q: &BTreeMap<String, u64>) -> Option<Vec<(f64, f64)>> {

@@ -117,8 +117,8 @@ mod tests {
                 n += 1;
             }
         }
-        // Registry 27, telemetry 8, fleet 13.
-        assert_eq!(n, 48);
+        // Registry 28 (with the challenger comparison), telemetry 8, fleet 13.
+        assert_eq!(n, 49);
         assert_eq!(operations().len(), n);
     }
 

@@ -281,6 +281,33 @@ impl Store {
         Ok(sql.query_as().fetch_all(self.pool()).await?)
     }
 
+    /// Calls `f` with each stored summary (the JSON as received) of
+    /// `model` whose window ended at or after `since_ms`, streamed from the
+    /// database so that a fleet's day of windows is never held at once;
+    /// returns how many there were.
+    pub async fn for_each_summary(
+        &self,
+        tenant: &str,
+        model: &str,
+        since_ms: i64,
+        mut f: impl FnMut(&str),
+    ) -> Result<u64> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query_scalar::<_, String>(
+            "SELECT summary FROM telemetry_windows WHERE tenant = $1 AND model = $2 AND window_end_ms >= $3",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(since_ms)
+        .fetch(self.pool());
+        let mut n = 0;
+        while let Some(summary) = rows.try_next().await? {
+            f(&summary);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Every tenant's device health, latest message per device.
     pub async fn device_health(&self, tenant: &str) -> Result<Vec<HealthRow>> {
         Ok(sqlx::query_as(

@@ -13,6 +13,7 @@ use crate::api::types::{
     MetricPoint, MetricSeries, Trigger, TriggerList,
 };
 use crate::registry::Caller;
+use crate::rollout::challenger::{ChallengerReport, Criteria, Evidence};
 use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery};
 use crate::store::{Store, StoreError};
 use serde_json::{Map, Value};
@@ -122,6 +123,55 @@ pub async fn metric_series(
     Ok(MetricSeries {
         model: model.to_string(),
         windows: points,
+    })
+}
+
+/// The model's challenger and shadow against its champion over the
+/// windows that ended in the last `window_secs` (server clock), judged by
+/// `criteria`. Unreadable stored summaries are skipped and logged, never
+/// answered with an error: one bad row must not hide the comparison.
+pub async fn challenger(
+    store: &Store,
+    caller: &Caller,
+    model: &str,
+    window_secs: u64,
+    criteria: Criteria,
+) -> Result<ChallengerReport, TelemetryError> {
+    criteria.validate().map_err(TelemetryError::BadRequest)?;
+    // Tenant scoped as the registry's model routes: another tenant's name is
+    // answered 404.
+    store.model(&caller.tenant, model).await?;
+    let since_ms = store
+        .clock()
+        .now_ms()
+        .saturating_sub(window_secs.saturating_mul(1000));
+    let mut evidence = Evidence::default();
+    let mut unreadable = 0u64;
+    let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+    store
+        .for_each_summary(
+            &caller.tenant,
+            model,
+            since,
+            |json| match serde_json::from_str::<ferry_protocol::telemetry::DriftSummary>(json) {
+                Ok(s) => evidence.add(&s),
+                Err(_) => unreadable += 1,
+            },
+        )
+        .await?;
+    if unreadable > 0 {
+        tracing::warn!(
+            model,
+            unreadable,
+            "challenger: stored summaries that do not parse were skipped"
+        );
+    }
+    Ok(ChallengerReport {
+        model: model.to_string(),
+        since_ms,
+        window_secs,
+        criteria,
+        comparisons: evidence.report(&criteria),
     })
 }
 

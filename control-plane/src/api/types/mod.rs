@@ -12,6 +12,12 @@ pub use fleet::*;
 pub use registry::*;
 pub use telemetry::*;
 
+/// `GET /models/{name}/challenger` (the comparison's own types).
+pub use crate::rollout::challenger::{
+    ChallengerComparison, ChallengerReport, Criteria, Proportion, Readiness, VariantStats,
+    WorseTest,
+};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
