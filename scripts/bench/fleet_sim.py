@@ -165,7 +165,12 @@ def run(devices, mb, label):
         t0 = time.time()
         dep = json.loads(cli("deploy", "big", "--version", "1", "--selector", "fleet=sim",
                              "--json"))["id"]
-        line = sim.wait_line("activated=")
+        try:
+            line = sim.wait_line("activated=", timeout=float(os.environ.get("SIM_TIMEOUT", "600")))
+        except SystemExit:
+            # The memory figure holds for the part that ran; say it.
+            print(f"[{label}] server peak RSS so far: {peak_rss_mb(pid):.1f} MB", file=sys.stderr)
+            raise
         sim_done = float(re.search(r"at=([0-9.]+)", line).group(1))
         while True:
             v = json.loads(cli("deployments", dep, "--json"))
