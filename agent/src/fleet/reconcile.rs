@@ -52,6 +52,11 @@ pub enum Action {
     Fetch { assignment: Assignment, offset: u64 },
     /// Verify and activate the complete download of the assignment.
     Activate { assignment: Assignment },
+    /// Make an earlier version the champion again from the local store
+    /// (no download): the assignment is below the version serving, as a
+    /// rollout's rollback sends it. The activator applies the rollback
+    /// rule (docs/security.md) and refuses anything else.
+    Restore { assignment: Assignment },
     /// End the session and connect again (a download broke; the next
     /// session resumes it).
     Reconnect,
@@ -382,6 +387,10 @@ impl Reconciler {
                         tracing::info!(model = %a.model, version = a.version, "activated from the control plane");
                         self.installed.insert(a.model.to_string(), a.version);
                         self.set_managed(a.model.as_str(), true);
+                        // Back on a version reported earlier in this session
+                        // (a rollback): the control plane hears it again.
+                        self.reported
+                            .retain(|(m, v)| m != a.model.as_str() || *v == a.version);
                         if self.reported.insert((a.model.to_string(), a.version)) {
                             self.queue
                                 .push_back(report(&a, ActivationOutcome::Activated));
@@ -451,6 +460,15 @@ impl Reconciler {
             }
             if self.failed.contains_key(&a.manifest_digest) {
                 continue;
+            }
+            if self
+                .installed
+                .get(a.model.as_str())
+                .is_some_and(|serving| a.version < *serving)
+            {
+                self.busy = true;
+                self.job_epoch = self.trust_epoch;
+                return Some(Action::Restore { assignment: a });
             }
             let offset = self.partials.get(&a.manifest_digest).copied().unwrap_or(0);
             self.busy = true;

@@ -22,6 +22,7 @@ mod aliases;
 mod audit;
 mod models;
 mod projects;
+pub mod rollouts;
 mod tokens;
 mod trust;
 mod versions;

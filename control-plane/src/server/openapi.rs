@@ -30,6 +30,7 @@ pub fn document() -> OpenApi {
     doc.merge(api::routes().split_for_parts().1);
     doc.merge(crate::telemetry::api::routes().split_for_parts().1);
     doc.merge(crate::fleet::api::routes().split_for_parts().1);
+    doc.merge(crate::api::rollouts::routes().split_for_parts().1);
     doc.merge(routes().split_for_parts().1);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -117,8 +118,8 @@ mod tests {
                 n += 1;
             }
         }
-        // Registry 27, telemetry 8, fleet 13.
-        assert_eq!(n, 48);
+        // Registry 27, telemetry 8, fleet 13, rollouts 10.
+        assert_eq!(n, 58);
         assert_eq!(operations().len(), n);
     }
 
@@ -129,6 +130,7 @@ mod tests {
         for (file, text) in [
             ("api/mod.rs", include_str!("../api/mod.rs")),
             ("fleet/api.rs", include_str!("../fleet/api.rs")),
+            ("api/rollouts.rs", include_str!("../api/rollouts.rs")),
             ("telemetry/api.rs", include_str!("../telemetry/api.rs")),
             ("server/mod.rs", include_str!("mod.rs")),
             ("server/openapi.rs", include_str!("openapi.rs")),

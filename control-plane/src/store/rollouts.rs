@@ -1,0 +1,406 @@
+//! Rollout tables (migration 0006): named, versioned policies; rollouts
+//! with the engine's state, a revision (compare-and-set) and the lease of
+//! the replica driving each; and the per-device assignments rollouts make.
+
+use super::fleet::{labels_from_string, labels_to_string, Deployment, Labels};
+use super::{Result, Store, StoreError};
+use crate::audit::AuditEntry;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+
+/// One version of a named rollout policy.
+#[derive(Clone, Debug)]
+pub struct PolicyRow {
+    pub name: String,
+    pub version: i64,
+    pub document: String,
+    /// `toml` or `json`.
+    pub format: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// A rollout as stored.
+#[derive(Clone, Debug)]
+pub struct RolloutRow {
+    pub id: String,
+    pub tenant: String,
+    pub model: String,
+    pub version: i64,
+    pub digest: String,
+    pub selector: Labels,
+    /// '' for the default policy or a one-off document.
+    pub policy_name: String,
+    pub policy_version: i64,
+    pub policy_document: String,
+    pub policy_format: String,
+    /// `rollout::engine::RolloutState` as JSON.
+    pub state: String,
+    pub phase: String,
+    pub revision: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub lease_holder: String,
+    pub lease_expires_ms: i64,
+}
+
+impl FromRow<'_, AnyRow> for RolloutRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(RolloutRow {
+            id: r.try_get("id")?,
+            tenant: r.try_get("tenant")?,
+            model: r.try_get("model")?,
+            version: r.try_get("version")?,
+            digest: r.try_get("digest")?,
+            selector: labels_from_string(&r.try_get::<String, _>("selector")?),
+            policy_name: r.try_get("policy_name")?,
+            policy_version: r.try_get("policy_version")?,
+            policy_document: r.try_get("policy_document")?,
+            policy_format: r.try_get("policy_format")?,
+            state: r.try_get("state")?,
+            phase: r.try_get("phase")?,
+            revision: r.try_get("revision")?,
+            created_by: r.try_get("created_by")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            lease_holder: r.try_get("lease_holder")?,
+            lease_expires_ms: r.try_get("lease_expires_ms")?,
+        })
+    }
+}
+
+const ROLLOUT_COLS: &str = "id, tenant, model, version, digest, selector, policy_name, policy_version, policy_document, policy_format, state, phase, revision, created_by, created_at, updated_at, lease_holder, lease_expires_ms";
+
+/// Phases after which a rollout is never driven again.
+pub const TERMINAL_PHASES: [&str; 2] = ["finished", "aborted"];
+
+/// What a rollout assigns one device: a version (with its manifest
+/// digest), or `None`: the model's assignment is withdrawn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutTarget {
+    pub rollout_id: String,
+    pub device_id: String,
+    pub model: String,
+    pub version: Option<(i64, String)>,
+    /// Microseconds on the deployments' clock: the newer of a target and a
+    /// matching deployment wins.
+    pub updated_us: i64,
+}
+
+/// One saved step of a rollout: its new state, the assignments it made,
+/// the deployment that replaces it when it finished.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutSave {
+    pub state: String,
+    pub phase: String,
+    /// (device, version and digest or `None` to withdraw).
+    pub targets: Vec<(String, Option<(i64, String)>)>,
+    pub deployment: Option<Deployment>,
+}
+
+impl Store {
+    /// Stores `document` as the next version of the tenant's policy `name`
+    /// (audited as `entry`); returns that version.
+    pub async fn put_rollout_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        document: &str,
+        format: &str,
+        created_by: &str,
+        entry: AuditEntry,
+    ) -> Result<i64> {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<i64> = async {
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(version) FROM rollout_policies WHERE tenant = $1 AND name = $2",
+            )
+            .bind(tenant)
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?;
+            let version = last.unwrap_or(0) + 1;
+            sqlx::query(
+                "INSERT INTO rollout_policies (tenant, name, version, document, format, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(version)
+            .bind(document)
+            .bind(format)
+            .bind(self.now())
+            .bind(created_by)
+            .execute(&mut **tx)
+            .await?;
+            Ok(version)
+        }
+        .await;
+        m.finish(out).await
+    }
+
+    /// The newest version of each of the tenant's policies, by name.
+    pub async fn rollout_policies(&self, tenant: &str) -> Result<Vec<PolicyRow>> {
+        let rows: Vec<(String, i64, String, String, i64, String)> = sqlx::query_as(
+            "SELECT p.name, p.version, p.document, p.format, p.created_at, p.created_by FROM rollout_policies p \
+             WHERE p.tenant = $1 AND p.version = (SELECT MAX(q.version) FROM rollout_policies q WHERE q.tenant = p.tenant AND q.name = p.name) \
+             ORDER BY p.name",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(policy_row).collect())
+    }
+
+    /// Version `version` (the newest when `None`) of the tenant's policy `name`.
+    pub async fn rollout_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<PolicyRow> {
+        let row: Option<(String, i64, String, String, i64, String)> = sqlx::query_as(
+            "SELECT name, version, document, format, created_at, created_by FROM rollout_policies \
+             WHERE tenant = $1 AND name = $2 AND ($3 < 0 OR version = $3) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(version.unwrap_or(-1))
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(policy_row)
+            .ok_or_else(|| StoreError::NotFound(format!("rollout policy {name:?}")))
+    }
+
+    /// Stores a new rollout (audited as `entry`); its version must exist
+    /// and not be archived.
+    pub async fn create_rollout(&self, r: &RolloutRow, entry: AuditEntry) -> Result<()> {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let out: Result<()> = async {
+            super::versions::require_deployable(tx, &r.tenant, &r.model, r.version, &r.digest)
+                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO rollouts ({ROLLOUT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            ))
+            .bind(r.id.as_str())
+            .bind(r.tenant.as_str())
+            .bind(r.model.as_str())
+            .bind(r.version)
+            .bind(r.digest.as_str())
+            .bind(labels_to_string(&r.selector))
+            .bind(r.policy_name.as_str())
+            .bind(r.policy_version)
+            .bind(r.policy_document.as_str())
+            .bind(r.policy_format.as_str())
+            .bind(r.state.as_str())
+            .bind(r.phase.as_str())
+            .bind(r.revision)
+            .bind(r.created_by.as_str())
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .bind(r.lease_holder.as_str())
+            .bind(r.lease_expires_ms)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+        .await;
+        m.finish(out).await
+    }
+
+    pub async fn rollout(&self, tenant: &str, id: &str) -> Result<RolloutRow> {
+        let row: Option<RolloutRow> = sqlx::query_as(&format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.ok_or_else(|| StoreError::NotFound(format!("rollout {id:?}")))
+    }
+
+    /// The tenant's rollouts, newest first.
+    pub async fn rollouts(&self, tenant: &str) -> Result<Vec<RolloutRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE tenant = $1 ORDER BY created_at DESC, id"
+        ))
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every tenant's rollouts that are not finished or aborted.
+    pub async fn live_rollouts(&self) -> Result<Vec<RolloutRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE phase <> $1 AND phase <> $2 ORDER BY created_at, id"
+        ))
+        .bind(TERMINAL_PHASES[0])
+        .bind(TERMINAL_PHASES[1])
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Takes or renews the lease on rollout `id` for `holder` until
+    /// `now_ms + ttl_ms`: true when `holder` holds it now (it held it, or
+    /// the previous lease expired).
+    pub async fn take_rollout_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE rollouts SET lease_holder = $1, lease_expires_ms = $2 WHERE id = $3 AND (lease_holder = $1 OR lease_expires_ms < $4)",
+        )
+        .bind(holder)
+        .bind(now_ms.saturating_add(ttl_ms))
+        .bind(id)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Gives the lease up (a replica shutting down), so another takes over
+    /// at once.
+    pub async fn release_rollout_lease(&self, id: &str, holder: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE rollouts SET lease_holder = '', lease_expires_ms = 0 WHERE id = $1 AND lease_holder = $2",
+        )
+        .bind(id)
+        .bind(holder)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Saves a step of rollout `id` made from revision `revision`, with its
+    /// assignments and audit records, in one transaction under the
+    /// tenant's write lock. False (nothing written) when the rollout moved
+    /// on meanwhile (another replica, an operator command): the caller
+    /// starts again from the stored state.
+    pub async fn save_rollout(
+        &self,
+        tenant: &str,
+        id: &str,
+        revision: i64,
+        save: &RolloutSave,
+        audits: Vec<AuditEntry>,
+    ) -> Result<bool> {
+        let mut tx = self.begin_locked(tenant).await?;
+        let n = sqlx::query(
+            "UPDATE rollouts SET state = $1, phase = $2, revision = revision + 1, updated_at = $3 WHERE tenant = $4 AND id = $5 AND revision = $6",
+        )
+        .bind(save.state.as_str())
+        .bind(save.phase.as_str())
+        .bind(self.now())
+        .bind(tenant)
+        .bind(id)
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if !save.targets.is_empty() {
+            let model: String = sqlx::query_scalar("SELECT model FROM rollouts WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            for (device, to) in &save.targets {
+                let (version, digest) = to.clone().unwrap_or((-1, String::new()));
+                let us = super::fleet::creation_micros(self.clock.now_micros() as i64);
+                sqlx::query(
+                    "INSERT INTO rollout_targets (rollout_id, tenant, device_id, model, version, digest, updated_us) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (rollout_id, device_id) DO UPDATE SET version = excluded.version, digest = excluded.digest, updated_us = excluded.updated_us",
+                )
+                .bind(id)
+                .bind(tenant)
+                .bind(device.as_str())
+                .bind(model.as_str())
+                .bind(version)
+                .bind(digest)
+                .bind(us)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(d) = &save.deployment {
+            super::fleet::insert_deployment(self, &mut tx, d).await?;
+        }
+        for e in audits {
+            self.append(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every assignment the tenant's rollouts made.
+    pub async fn rollout_targets(&self, tenant: &str) -> Result<Vec<RolloutTarget>> {
+        let rows: Vec<(String, String, String, i64, String, i64)> = sqlx::query_as(
+            "SELECT rollout_id, device_id, model, version, digest, updated_us FROM rollout_targets WHERE tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(rollout_id, device_id, model, version, digest, updated_us)| RolloutTarget {
+                    rollout_id,
+                    device_id,
+                    model,
+                    version: (version >= 0).then_some((version, digest)),
+                    updated_us,
+                },
+            )
+            .collect())
+    }
+
+    /// (rows, newest change) of every tenant's rollout assignments: a
+    /// replica that sees it move tells its connected devices.
+    pub async fn rollout_targets_mark(&self) -> Result<(i64, i64)> {
+        let (n, max): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MAX(updated_us) FROM rollout_targets")
+                .fetch_one(self.pool())
+                .await?;
+        Ok((n, max.unwrap_or(0)))
+    }
+
+    /// The raw drift summaries of `model` that devices closed at or after
+    /// `since_ms`, at most `limit`, oldest first.
+    pub async fn rollout_windows(
+        &self,
+        tenant: &str,
+        model: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT summary FROM telemetry_windows WHERE tenant = $1 AND model = $2 AND window_end_ms >= $3 ORDER BY window_end_ms LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
+
+fn policy_row(r: (String, i64, String, String, i64, String)) -> PolicyRow {
+    PolicyRow {
+        name: r.0,
+        version: r.1,
+        document: r.2,
+        format: r.3,
+        created_at: r.4,
+        created_by: r.5,
+    }
+}

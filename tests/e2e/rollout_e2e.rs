@@ -1,0 +1,491 @@
+//! Rollouts end to end: a real `ferry server --quic`, simulated devices
+//! (`ferry-fleet-sim`) or real `ferry-agent` processes, the `ferry rollout`
+//! CLI. Failing test vectors and failing requests come from the agent's
+//! failpoints (`serving-test-vectors-fail`, `serving-infer-error`), set on
+//! every agent: only the devices a rollout gives the version ever run it.
+#![allow(clippy::unwrap_used)]
+
+use ferry_e2e::db::Db;
+use ferry_e2e::fleet::{bin, ok, run, spawn_until, wait_for, Agent, Keys, Proc, Server};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// A server with the trust root and `fraud` v1 and v2 pushed.
+fn server(tmp: &Path, env: &[(&str, &str)]) -> (Server, Keys) {
+    let keys = Keys::new(&tmp.join("k"));
+    let mut env = env.to_vec();
+    env.push(("FERRY_ROLLOUT_TICK_MS", "100"));
+    let server = Server::start(&tmp.join("server"), &env);
+    ok(&mut server.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
+    for v in [1, 2] {
+        let b = keys.bundle("fraud", v, "pub", &[]);
+        ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+    (server, keys)
+}
+
+/// An enrollment token for `n` devices labelled `labels`; writes the CA.
+fn token(server: &Server, labels: &str, n: usize, ca: &Path) -> Value {
+    server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        labels,
+        "--uses",
+        &n.to_string(),
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ])
+}
+
+/// `n` simulated devices enrolled with `tok`, connected.
+fn simulate(server: &Server, tmp: &Path, tok: &Value, ca: &Path, n: usize) -> Proc {
+    let mut cmd = std::process::Command::new(bin("ferry-fleet-sim"));
+    cmd.args(["--server", &server.quic, "--token"])
+        .arg(tok["token"].as_str().unwrap())
+        .arg("--ca")
+        .arg(ca)
+        .arg("--root-fingerprint")
+        .arg(tok["root_fingerprint"].as_str().unwrap())
+        .arg("--dir")
+        .arg(tmp.join("sim"))
+        .args(["--devices", &n.to_string(), "--timeout-secs", "300"]);
+    let (sim, _) = spawn_until(cmd, &["running "]);
+    wait_for("every simulated device connected", LONG, || {
+        let v = server.json(&["device", "list"]);
+        let c = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["connected"] == true)
+            .count();
+        (c == n).then_some(())
+    });
+    sim
+}
+
+/// Deploys `fraud` v1 to `selector` and waits until `n` devices run it.
+fn deploy_v1(server: &Server, selector: &str, n: u64) {
+    let v = server.json(&["deploy", "fraud", "--version", "1", "--selector", selector]);
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("every device active on v1", LONG, || {
+        (server.deployment(&id)["summary"]["active"] == n).then_some(())
+    });
+}
+
+fn write(tmp: &Path, name: &str, text: &str) -> PathBuf {
+    let p = tmp.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn start(server: &Server, args: &[&str]) -> String {
+    let mut a = vec!["rollout", "start", "fraud", "--version", "2"];
+    a.extend_from_slice(args);
+    let v = server.json(&a);
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn show(server: &Server, id: &str) -> Value {
+    server.json(&["rollout", "show", id])
+}
+
+fn wait_phase(server: &Server, id: &str, phase: &str) -> Value {
+    wait_for(&format!("rollout {id} {phase}"), LONG, || {
+        let v = show(server, id);
+        (v["rollout"]["phase"] == phase).then_some(v)
+    })
+}
+
+/// Devices of each wave, in order.
+fn wave_devices(v: &Value) -> Vec<Vec<Value>> {
+    v["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["devices"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// The retained rollout state on the broker (Mosquitto on 1883).
+fn retained_state(tenant: &str, id: &str) -> Value {
+    let out = run(std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", "1883", "-C", "1", "-W", "10", "-t"])
+        .arg(format!("ferry/v1/{tenant}/_control/rollouts/{id}")));
+    assert!(out.status.success(), "no retained rollout state: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (a) A good version goes 1 % → 10 % → 50 % → 100 % of 20 devices, each
+/// wave baking 1 s, and ends with every device active on it; the rollout
+/// becomes a deployment, every step is audited and its state is retained
+/// on the broker.
+#[test]
+fn a_good_version_walks_every_wave_to_every_device() {
+    if std::net::TcpStream::connect("127.0.0.1:1883").is_err() {
+        ferry_e2e::skip_or_fail("Mosquitto on 127.0.0.1:1883");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _keys) = server(
+        tmp.path(),
+        &[("FERRY_MQTT_URL", "mqtt://127.0.0.1:1883")],
+    );
+    let ca = tmp.path().join("ca.pem");
+    let tok = token(&server, "site=berlin", 20, &ca);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 20);
+    deploy_v1(&server, "site=berlin", 20);
+
+    let policy = write(
+        tmp.path(),
+        "quick.toml",
+        "waves = [\"1%\", \"10%\", \"50%\", \"100%\"]\nbake_secs = 1\n\n[model]\ngates = []\n",
+    );
+    let p = server.json(&["rollout", "policy", "put", "quick", policy.to_str().unwrap()]);
+    assert_eq!(p["version"], 1, "{p}");
+    let p = server.json(&["rollout", "policy", "list"]);
+    assert_eq!(p["policies"][0]["name"], "quick", "{p}");
+
+    let id = start(&server, &["--selector", "site=berlin", "--policy", "quick"]);
+    let v = wait_phase(&server, &id, "finished");
+    // Waves of 1, 2, 10 and 20 devices: 1, 1, 8 and 10 new ones.
+    let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 1, 8, 10], "{v}");
+    for d in wave_devices(&v).iter().flatten() {
+        assert_eq!(d["outcome"], "active", "{v}");
+        assert_eq!(d["version"], 2, "{v}");
+        assert_eq!(d["previous"], 1, "{v}");
+    }
+    assert_eq!(v["rollout"]["active"], 20, "{v}");
+    // Each wave was assigned once, in order, as the audit trail says.
+    let assigned: Vec<String> = server
+        .audit("rollout.assign")
+        .iter()
+        .filter(|r| r["target"] == id.as_str())
+        .map(|r| r["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(assigned.len(), 4, "{assigned:?}");
+    for (i, n) in [1, 1, 8, 10].iter().enumerate() {
+        let want = format!("wave {}: {n} devices", i + 1);
+        assert!(assigned.iter().any(|d| d.contains(&want)), "{assigned:?}");
+    }
+    assert_eq!(server.audit("rollout.finish").len(), 1);
+    assert_eq!(server.audit("rollout.start").len(), 1);
+    // The finished rollout is now a deployment of v2 with every device on it.
+    let deps = server.json(&["deployments"]);
+    let dep = deps["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["created_by"] == format!("rollout {id}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no deployment from the rollout: {deps}"));
+    assert_eq!(dep["version"], 2);
+    let status = server.deployment(dep["id"].as_str().unwrap());
+    assert_eq!(status["summary"]["active"], 20, "{status}");
+    // Third parties follow the rollout on the broker.
+    let state = retained_state("default", &id);
+    assert_eq!(state["phase"], "finished", "{state}");
+    assert_eq!(state["active"], 20, "{state}");
+    // `rollout list` shows it.
+    let l = server.json(&["rollout", "list"]);
+    assert_eq!(l["rollouts"][0]["id"], id.as_str(), "{l}");
+}
+
+/// Enrolls and starts `n` real agents labelled `labels`, each with
+/// `FAILPOINTS=failpoints` and one-second telemetry windows.
+fn agents(server: &Server, keys: &Keys, tmp: &Path, labels: &str, n: usize, failpoints: &str) -> Vec<Agent> {
+    let ca = tmp.join("agent-ca.pem");
+    let tok = token(server, labels, n, &ca);
+    let token = tok["token"].as_str().unwrap().to_string();
+    (0..n)
+        .map(|i| {
+            let data = tmp.join(format!("agent{i}"));
+            let id = Agent::enroll(server, &token, &ca, &data, &keys.path("v1.root"));
+            let mut a = Agent {
+                proc: None,
+                data,
+                addr: String::new(),
+                device_id: id,
+                extra: vec!["--window-secs".into(), "1".into()],
+            };
+            a.restart_with_failpoints(failpoints);
+            a
+        })
+        .collect()
+}
+
+fn serving(a: &Agent) -> Value {
+    a.infer("fraud").1["model_version"].clone()
+}
+
+/// (b) A version whose test vectors fail on the devices given it pauses
+/// the rollout at its first wave; no other device is given it, and the
+/// canary keeps serving the previous version. Abort ends it.
+#[test]
+fn failing_test_vectors_pause_at_the_first_wave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, keys) = server(tmp.path(), &[]);
+    let agents = agents(
+        &server,
+        &keys,
+        tmp.path(),
+        "site=paris",
+        2,
+        "serving-test-vectors-fail=return(2)",
+    );
+    deploy_v1(&server, "site=paris", 2);
+    let policy = write(
+        tmp.path(),
+        "p.toml",
+        "waves = [\"1%\", \"100%\"]\nbake_secs = 1\n\n[model]\ngates = []\n",
+    );
+    let id = start(
+        &server,
+        &["--selector", "site=paris", "--policy-file", policy.to_str().unwrap()],
+    );
+    let v = wait_phase(&server, &id, "paused");
+    let waves = wave_devices(&v);
+    assert_eq!(waves.len(), 1, "{v}");
+    assert_eq!(waves[0].len(), 1, "{v}");
+    assert_eq!(waves[0][0]["outcome"], "failed", "{v}");
+    assert!(
+        waves[0][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("test_vector"),
+        "{v}"
+    );
+    assert_eq!(v["phase_detail"]["reason"]["by"], "gate", "{v}");
+    assert_eq!(v["phase_detail"]["reason"]["report"]["gate"], "install", "{v}");
+    assert_eq!(v["waiting"].as_array().unwrap().len(), 1, "{v}");
+    for a in &agents {
+        assert_eq!(serving(a), "1");
+    }
+    // Paused, it stays paused (the driver keeps polling).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(show(&server, &id)["rollout"]["phase"], "paused");
+    let out = ok(&mut server.cli(&["rollout", "abort", &id]));
+    assert!(out.contains("aborted"), "{out}");
+    assert_eq!(server.audit("rollout.abort").len(), 1);
+    assert_eq!(server.audit("rollout.hold").len(), 1);
+}
+
+/// (c) A version whose requests fail on the canary is rolled back by the
+/// error-rate gate: the canary goes back to v1 (restored from its own
+/// store), and no device outside the canary wave ever received v2.
+#[test]
+fn a_high_error_rate_on_the_canary_rolls_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, keys) = server(tmp.path(), &[]);
+    let agents = agents(
+        &server,
+        &keys,
+        tmp.path(),
+        "site=lyon",
+        3,
+        "serving-infer-error=return(2)",
+    );
+    deploy_v1(&server, "site=lyon", 3);
+    let policy = write(
+        tmp.path(),
+        "p.toml",
+        "waves = [\"1%\", \"100%\"]\nbake_secs = 600\nmin_requests = 5\n\n[[model.gates]]\nmetric = \"error_rate\"\nagainst = \"absolute\"\nmax = 0.05\n",
+    );
+    // Requests to every device, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let addr = a.addr.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let probe = Agent {
+                    proc: None,
+                    data: Default::default(),
+                    addr,
+                    device_id: String::new(),
+                    extra: vec![],
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = probe.infer("fraud");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    let id = start(
+        &server,
+        &["--selector", "site=lyon", "--policy-file", policy.to_str().unwrap()],
+    );
+    let v = wait_phase(&server, &id, "aborted");
+    let cause = &v["phase_detail"]["cause"];
+    assert_eq!(cause["by"], "gate", "{v}");
+    assert_eq!(cause["report"]["gate"], "error_rate vs absolute", "{v}");
+    assert_eq!(cause["report"]["verdict"], "fail", "{v}");
+    let waves = wave_devices(&v);
+    assert_eq!(waves.len(), 1, "{v}");
+    assert_eq!(waves[0].len(), 1, "{v}");
+    let canary = waves[0][0]["device"].as_str().unwrap().to_string();
+    let (canary_agent, others): (Vec<&Agent>, Vec<&Agent>) =
+        agents.iter().partition(|a| a.device_id == canary);
+    // The canary is back on v1, and the control plane hears it.
+    wait_for("the canary serving v1 again", LONG, || {
+        (serving(canary_agent[0]) == "1").then_some(())
+    });
+    wait_for("the canary's report of v1", LONG, || {
+        let v = show(&server, &id);
+        (wave_devices(&v)[0][0]["version"] == 1).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    // Only the canary was ever assigned v2, and no other device holds any
+    // of its bytes.
+    let assigned = server.audit("rollout.assign");
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
+    assert!(assigned[0]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(": 1 devices: {canary}")));
+    let rolled = server.audit("rollout.rollback");
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert!(rolled[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{canary}->v1")));
+    for a in others {
+        assert_eq!(serving(a), "1");
+        assert!(!a.data.join("models/fraud/2.ferry").exists());
+        let partial = a.data.join("fleet/partial");
+        let n = std::fs::read_dir(&partial).map_or(0, |d| d.count());
+        assert_eq!(n, 0, "{} holds a partial download", a.device_id);
+    }
+    assert!(canary_agent[0].data.join("models/fraud/1.ferry").exists());
+}
+
+/// (d) In approval mode the rollout waits after each wave for `ferry
+/// rollout approve`: a viewer's approval is refused (403), an operator's
+/// starts the next wave.
+#[test]
+fn approval_mode_waits_for_an_operator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _keys) = server(tmp.path(), &[]);
+    let ca = tmp.path().join("ca.pem");
+    let tok = token(&server, "site=oslo", 4, &ca);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4);
+    deploy_v1(&server, "site=oslo", 4);
+    let policy = write(
+        tmp.path(),
+        "p.json",
+        r#"{"waves": ["25%", "100%"], "bake_secs": 1, "on_success": "approve", "model": {"gates": []}}"#,
+    );
+    let id = start(
+        &server,
+        &["--selector", "site=oslo", "--policy-file", policy.to_str().unwrap()],
+    );
+    let v = wait_phase(&server, &id, "awaiting_approval");
+    assert_eq!(wave_devices(&v).len(), 1, "{v}");
+    // It waits: still one wave a while later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = show(&server, &id);
+    assert_eq!(v["rollout"]["phase"], "awaiting_approval");
+    assert_eq!(wave_devices(&v).len(), 1, "{v}");
+
+    let mut viewer = |role: &str| -> String {
+        let t = server.json(&["token", "create", "--name", role, "--role", role]);
+        t["token"].as_str().unwrap().to_string()
+    };
+    let (viewer_token, operator_token) = (viewer("viewer"), viewer("operator"));
+    let as_token = |t: &str, args: &[&str]| {
+        let mut c = server.cli(args);
+        c.env("FERRY_TOKEN", t);
+        run(&mut c)
+    };
+    // A viewer may look, not approve.
+    let out = as_token(&viewer_token, &["rollout", "show", &id]);
+    assert!(out.status.success());
+    let out = as_token(&viewer_token, &["rollout", "approve", &id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not rollout.approve"), "{err}");
+    let http = server.url.trim_start_matches("http://");
+    let (code, body) = ferry_e2e::fleet::http_raw(
+        http,
+        "POST",
+        &format!("/api/v1/rollouts/{id}/approve"),
+        &viewer_token,
+        "",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(show(&server, &id)["rollout"]["phase"], "awaiting_approval");
+    // An operator approves: the last wave runs and the rollout finishes.
+    let out = as_token(&operator_token, &["rollout", "approve", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let v = wait_phase(&server, &id, "finished");
+    let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 3], "{v}");
+    let approvals = server.audit("rollout.approve");
+    assert_eq!(
+        approvals
+            .iter()
+            .filter(|r| r["outcome"] == "ok")
+            .count(),
+        1,
+        "{approvals:?}"
+    );
+    assert!(approvals.iter().any(|r| r["outcome"] == "refused"));
+}
+
+/// (3) Two replicas over one PostgreSQL: the one holding a rollout's lease
+/// drives it; killed, the other takes the rollout over and finishes it.
+#[test]
+fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
+    let Some(db) = Db::postgres() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let env_a = db.with(&[("FERRY_ROLLOUT_TICK_MS", "100"), ("FERRY_ROLLOUT_LEASE_MS", "2000")]);
+    // B polls rarely: A, woken by the start, takes the lease first.
+    let env_b = db.with(&[("FERRY_ROLLOUT_TICK_MS", "1500"), ("FERRY_ROLLOUT_LEASE_MS", "2000")]);
+    let mut a = Server::start(&tmp.path().join("a"), &env_a);
+    let b = Server::start(&tmp.path().join("b"), &env_b);
+    ok(&mut b.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
+    for v in [1, 2] {
+        let bundle = keys.bundle("fraud", v, "pub", &[]);
+        ok(&mut b.cli(&["model", "push", bundle.to_str().unwrap()]));
+    }
+    // The devices are B's (its CA, its QUIC endpoint).
+    let ca = tmp.path().join("ca.pem");
+    let tok = token(&b, "site=rome", 6, &ca);
+    let _sim = simulate(&b, tmp.path(), &tok, &ca, 6);
+    deploy_v1(&b, "site=rome", 6);
+    let policy = write(
+        tmp.path(),
+        "p.toml",
+        "waves = [\"1%\", \"50%\", \"100%\"]\nbake_secs = 3\n\n[model]\ngates = []\n",
+    );
+    let id = start(
+        &a,
+        &["--selector", "site=rome", "--policy-file", policy.to_str().unwrap()],
+    );
+    let holder_a = wait_for("A driving the rollout", LONG, || {
+        let v = show(&b, &id);
+        let h = v["rollout"]["lease_holder"].as_str().unwrap_or("").to_string();
+        (!h.is_empty() && v["rollout"]["assigned"] == 1).then_some(h)
+    });
+    // A is killed (SIGKILL) in the first wave's bake.
+    a.proc.child.kill().unwrap();
+    a.proc.child.wait().unwrap();
+    let v = wait_phase(&b, &id, "finished");
+    assert_ne!(v["rollout"]["lease_holder"], holder_a.as_str(), "{v}");
+    let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 2, 3], "{v}");
+    assert_eq!(v["rollout"]["active"], 6, "{v}");
+}
