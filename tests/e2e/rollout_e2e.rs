@@ -399,7 +399,7 @@ fn approval_mode_waits_for_an_operator() {
     assert_eq!(v["rollout"]["phase"], "awaiting_approval");
     assert_eq!(wave_devices(&v).len(), 1, "{v}");
 
-    let mut viewer = |role: &str| -> String {
+    let viewer = |role: &str| -> String {
         let t = server.json(&["token", "create", "--name", role, "--role", role]);
         t["token"].as_str().unwrap().to_string()
     };
@@ -488,4 +488,83 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
     let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
     assert_eq!(sizes, [1, 2, 3], "{v}");
     assert_eq!(v["rollout"]["active"], 6, "{v}");
+}
+
+/// RBAC of every rollout route: viewers list and show, operators and up
+/// change; below the role is 403 (audited), another tenant sees 404,
+/// without a token 401.
+#[test]
+fn rollout_rbac_matrix() {
+    const ROLES: [&str; 4] = ["viewer", "operator", "publisher", "admin"];
+    let rank = |r: &str| ROLES.iter().position(|x| *x == r).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _keys) = server(tmp.path(), &[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let policy = write(tmp.path(), "p.toml", "bake_secs = 1\n");
+    server.json(&["rollout", "policy", "put", "p", policy.to_str().unwrap()]);
+    let ro = start(&server, &["--selector", "nothing=matches", "--policy", "p"]);
+    let start_body = r#"{"model": "fraud", "version": 2, "selector": {"nothing": "matches"}}"#;
+    let put_body = r#"{"document": "bake_secs = 2"}"#;
+    // (method, path, body, least role, whether 409 may answer instead of 200)
+    let cells = [
+        ("POST", "/api/v1/rollouts", start_body, "operator", false),
+        ("GET", "/api/v1/rollouts", "", "viewer", false),
+        ("GET", "/api/v1/rollouts/{ro}", "", "viewer", false),
+        ("POST", "/api/v1/rollouts/{ro}/pause", "", "operator", true),
+        ("POST", "/api/v1/rollouts/{ro}/resume", "", "operator", true),
+        ("POST", "/api/v1/rollouts/{ro}/approve", "", "operator", true),
+        ("POST", "/api/v1/rollouts/{ro}/abort", "", "operator", true),
+        ("GET", "/api/v1/rollouts/policies", "", "viewer", false),
+        ("GET", "/api/v1/rollouts/policies/{name}", "", "viewer", false),
+        ("PUT", "/api/v1/rollouts/policies/{name}", put_body, "operator", false),
+    ];
+    // Every rollout operation of the OpenAPI document is a cell.
+    let ops: Vec<(String, String)> = ferry::server::openapi::operations()
+        .into_iter()
+        .filter(|o| o.tags.iter().any(|t| t == "rollouts"))
+        .map(|o| (o.method, o.path.replace("{id}", "{ro}")))
+        .collect();
+    assert_eq!(ops.len(), cells.len(), "{ops:?}");
+    for (m, p) in &ops {
+        assert!(
+            cells.iter().any(|c| c.0 == m.as_str() && c.1 == p.as_str()),
+            "{m} {p} is not in the rollout RBAC matrix"
+        );
+    }
+    let mut failures = Vec::new();
+    for r in ROLES {
+        let t = server.json(&["token", "create", "--name", r, "--role", r]);
+        let token = t["token"].as_str().unwrap().to_string();
+        for (method, route, body, needs, may_conflict) in cells {
+            let path = route.replace("{ro}", &ro).replace("{name}", "p");
+            let (status, text) = ferry_e2e::fleet::http_raw(&addr, method, &path, &token, body);
+            let ok = if rank(r) < rank(needs) {
+                status == 403
+            } else {
+                status == 200 || (may_conflict && status == 409)
+            };
+            if !ok {
+                failures.push(format!("{method} {path} as {r}: {status} {text}"));
+            }
+        }
+    }
+    // Another tenant's admin sees none of it.
+    let beta = server.json(&[
+        "token", "create", "--name", "b", "--role", "admin", "--tenant", "beta",
+    ]);
+    let beta = beta["token"].as_str().unwrap();
+    let (status, _) =
+        ferry_e2e::fleet::http_raw(&addr, "GET", &format!("/api/v1/rollouts/{ro}"), beta, "");
+    assert_eq!(status, 404);
+    let (status, text) = ferry_e2e::fleet::http_raw(&addr, "GET", "/api/v1/rollouts", beta, "");
+    assert_eq!(status, 200);
+    assert!(!text.contains(&ro), "{text}");
+    for (method, route, ..) in cells {
+        let path = route.replace("{ro}", &ro).replace("{name}", "p");
+        let (status, _) = ferry_e2e::fleet::http_raw(&addr, method, &path, "", "{}");
+        if status != 401 {
+            failures.push(format!("{method} {path} without a token: {status}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -387,14 +387,13 @@ impl Reconciler {
                         tracing::info!(model = %a.model, version = a.version, "activated from the control plane");
                         self.installed.insert(a.model.to_string(), a.version);
                         self.set_managed(a.model.as_str(), true);
-                        // Back on a version reported earlier in this session
-                        // (a rollback): the control plane hears it again.
-                        self.reported
-                            .retain(|(m, v)| m != a.model.as_str() || *v == a.version);
-                        if self.reported.insert((a.model.to_string(), a.version)) {
-                            self.queue
-                                .push_back(report(&a, ActivationOutcome::Activated));
-                        }
+                        // Every activation is reported, also back onto a
+                        // version reported earlier in this session (a
+                        // rollback).
+                        self.reported.retain(|(m, _)| m != a.model.as_str());
+                        self.reported.insert((a.model.to_string(), a.version));
+                        self.queue
+                            .push_back(report(&a, ActivationOutcome::Activated));
                     }
                     Err(r) if self.job_epoch != self.trust_epoch => {
                         tracing::info!(model = %a.model, version = a.version, code = %r.code, "activation refused under the previous trust root; trying again under the new one");

@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::fleet::api::FleetState;
 use crate::fleet::Fleet;
 use crate::rollout_driver::RolloutDriver;
-use api::rollouts::RolloutsState;
+use crate::api::rollouts::RolloutsState;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use std::sync::Arc;

@@ -404,3 +404,146 @@ fn policy_row(r: (String, i64, String, String, i64, String)) -> PolicyRow {
         created_by: r.5,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::OUTCOME_OK;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            tenant: "t".into(),
+            request_id: String::new(),
+            actor: "test".into(),
+            action: action.into(),
+            target: String::new(),
+            outcome: OUTCOME_OK.into(),
+            detail: String::new(),
+        }
+    }
+
+    fn row(digest: &str) -> RolloutRow {
+        RolloutRow {
+            id: "ro_1".into(),
+            tenant: "t".into(),
+            model: "fraud".into(),
+            version: 2,
+            digest: digest.into(),
+            selector: Labels::new(),
+            policy_name: String::new(),
+            policy_version: 0,
+            policy_document: String::new(),
+            policy_format: "toml".into(),
+            state: "{}".into(),
+            phase: "running".into(),
+            revision: 0,
+            created_by: "test".into(),
+            created_at: 0,
+            updated_at: 0,
+            lease_holder: String::new(),
+            lease_expires_ms: 0,
+        }
+    }
+
+    /// One replica holds a rollout's lease until it expires; a save from a
+    /// stale revision writes nothing; a save writes its targets and audit
+    /// records and moves the assignments' mark.
+    #[tokio::test]
+    async fn leases_expire_and_saves_compare_and_set() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
+        let ms = Arc::new(AtomicU64::new(1_800_000_000_000));
+        let m2 = ms.clone();
+        let clock: crate::clock::SharedClock = Arc::new(move || m2.load(Ordering::SeqCst));
+        let store = Store::connect_with(&url, 2, clock).await.unwrap();
+        let digest = ferry_protocol::keys::sha256(b"fraud v2").to_hex();
+        let nv = crate::store::NewVersion {
+            tenant: "t".into(),
+            model: "fraud".into(),
+            project: "default".into(),
+            version: 2,
+            digest: digest.clone(),
+            header: String::new(),
+            manifest: String::new(),
+            size: 0,
+            artifacts: vec![],
+            tags: vec![],
+            metrics: vec![],
+            created_by: "test".into(),
+        };
+        store
+            .register(&nv, entry("version.register"), || async { Ok(()) })
+            .await
+            .unwrap();
+        store
+            .create_rollout(&row(&digest), entry("rollout.start"))
+            .await
+            .unwrap();
+        let now = || ms.load(Ordering::SeqCst) as i64;
+        assert!(store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
+        assert!(!store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
+        // A renews; B still waits.
+        ms.fetch_add(900, Ordering::SeqCst);
+        assert!(store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
+        ms.fetch_add(900, Ordering::SeqCst);
+        assert!(!store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
+        // A stops renewing: B takes over once it expired.
+        ms.fetch_add(200, Ordering::SeqCst);
+        assert!(store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
+        assert!(!store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
+
+        let save = RolloutSave {
+            state: "{\"x\":1}".into(),
+            phase: "running".into(),
+            targets: vec![
+                ("dev_a".into(), Some((2, digest.clone()))),
+                ("dev_b".into(), None),
+            ],
+            deployment: None,
+        };
+        let (n0, _) = store.rollout_targets_mark().await.unwrap();
+        assert!(store
+            .save_rollout("t", "ro_1", 0, &save, vec![entry("rollout.assign")])
+            .await
+            .unwrap());
+        // Revision 0 is gone: a second save from it writes nothing.
+        assert!(!store
+            .save_rollout("t", "ro_1", 0, &save, vec![entry("rollout.assign")])
+            .await
+            .unwrap());
+        let r = store.rollout("t", "ro_1").await.unwrap();
+        assert_eq!((r.revision, r.state.as_str()), (1, "{\"x\":1}"));
+        let mut targets = store.rollout_targets("t").await.unwrap();
+        targets.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        assert_eq!(targets[0].version, Some((2, digest.clone())));
+        assert_eq!(targets[1].version, None);
+        assert!(targets[0].updated_us > 0);
+        let (n1, _) = store.rollout_targets_mark().await.unwrap();
+        assert_eq!(n1, n0 + 2);
+        assert_eq!(store.live_rollouts().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn policies_are_versioned_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", d.path().join("ferry.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        for doc in ["bake_secs = 1", "bake_secs = 2"] {
+            store
+                .put_rollout_policy("t", "quick", doc, "toml", "me", entry("rollout_policy.put"))
+                .await
+                .unwrap();
+        }
+        let p = store.rollout_policy("t", "quick", None).await.unwrap();
+        assert_eq!((p.version, p.document.as_str()), (2, "bake_secs = 2"));
+        let p = store.rollout_policy("t", "quick", Some(1)).await.unwrap();
+        assert_eq!(p.document, "bake_secs = 1");
+        assert_eq!(store.rollout_policies("t").await.unwrap().len(), 1);
+        assert!(matches!(
+            store.rollout_policy("t", "nope", None).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
