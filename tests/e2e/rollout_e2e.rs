@@ -133,10 +133,7 @@ fn a_good_version_walks_every_wave_to_every_device() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (server, _keys) = server(
-        tmp.path(),
-        &[("FERRY_MQTT_URL", "mqtt://127.0.0.1:1883")],
-    );
+    let (server, _keys) = server(tmp.path(), &[("FERRY_MQTT_URL", "mqtt://127.0.0.1:1883")]);
     let ca = tmp.path().join("ca.pem");
     let tok = token(&server, "site=berlin", 20, &ca);
     let _sim = simulate(&server, tmp.path(), &tok, &ca, 20);
@@ -147,7 +144,13 @@ fn a_good_version_walks_every_wave_to_every_device() {
         "quick.toml",
         "waves = [\"1%\", \"10%\", \"50%\", \"100%\"]\nbake_secs = 1\n\n[model]\ngates = []\n",
     );
-    let p = server.json(&["rollout", "policy", "put", "quick", policy.to_str().unwrap()]);
+    let p = server.json(&[
+        "rollout",
+        "policy",
+        "put",
+        "quick",
+        policy.to_str().unwrap(),
+    ]);
     assert_eq!(p["version"], 1, "{p}");
     let p = server.json(&["rollout", "policy", "list"]);
     assert_eq!(p["policies"][0]["name"], "quick", "{p}");
@@ -200,7 +203,14 @@ fn a_good_version_walks_every_wave_to_every_device() {
 
 /// Enrolls and starts `n` real agents labelled `labels`, each with
 /// `FAILPOINTS=failpoints` and one-second telemetry windows.
-fn agents(server: &Server, keys: &Keys, tmp: &Path, labels: &str, n: usize, failpoints: &str) -> Vec<Agent> {
+fn agents(
+    server: &Server,
+    keys: &Keys,
+    tmp: &Path,
+    labels: &str,
+    n: usize,
+    failpoints: &str,
+) -> Vec<Agent> {
     let ca = tmp.join("agent-ca.pem");
     let tok = token(server, labels, n, &ca);
     let token = tok["token"].as_str().unwrap().to_string();
@@ -248,7 +258,12 @@ fn failing_test_vectors_pause_at_the_first_wave() {
     );
     let id = start(
         &server,
-        &["--selector", "site=paris", "--policy-file", policy.to_str().unwrap()],
+        &[
+            "--selector",
+            "site=paris",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
     );
     let v = wait_phase(&server, &id, "paused");
     let waves = wave_devices(&v);
@@ -263,7 +278,10 @@ fn failing_test_vectors_pause_at_the_first_wave() {
         "{v}"
     );
     assert_eq!(v["phase_detail"]["reason"]["by"], "gate", "{v}");
-    assert_eq!(v["phase_detail"]["reason"]["report"]["gate"], "install", "{v}");
+    assert_eq!(
+        v["phase_detail"]["reason"]["report"]["gate"], "install",
+        "{v}"
+    );
     assert_eq!(v["waiting"].as_array().unwrap().len(), 1, "{v}");
     for a in &agents {
         assert_eq!(serving(a), "1");
@@ -322,7 +340,12 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
         .collect();
     let id = start(
         &server,
-        &["--selector", "site=lyon", "--policy-file", policy.to_str().unwrap()],
+        &[
+            "--selector",
+            "site=lyon",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
     );
     let v = wait_phase(&server, &id, "aborted");
     let cause = &v["phase_detail"]["cause"];
@@ -389,7 +412,12 @@ fn approval_mode_waits_for_an_operator() {
     );
     let id = start(
         &server,
-        &["--selector", "site=oslo", "--policy-file", policy.to_str().unwrap()],
+        &[
+            "--selector",
+            "site=oslo",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
     );
     let v = wait_phase(&server, &id, "awaiting_approval");
     assert_eq!(wave_devices(&v).len(), 1, "{v}");
@@ -434,10 +462,7 @@ fn approval_mode_waits_for_an_operator() {
     assert_eq!(sizes, [1, 3], "{v}");
     let approvals = server.audit("rollout.approve");
     assert_eq!(
-        approvals
-            .iter()
-            .filter(|r| r["outcome"] == "ok")
-            .count(),
+        approvals.iter().filter(|r| r["outcome"] == "ok").count(),
         1,
         "{approvals:?}"
     );
@@ -451,9 +476,15 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
     let Some(db) = Db::postgres() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let keys = Keys::new(&tmp.path().join("k"));
-    let env_a = db.with(&[("FERRY_ROLLOUT_TICK_MS", "100"), ("FERRY_ROLLOUT_LEASE_MS", "2000")]);
+    let env_a = db.with(&[
+        ("FERRY_ROLLOUT_TICK_MS", "100"),
+        ("FERRY_ROLLOUT_LEASE_MS", "2000"),
+    ]);
     // B polls rarely: A, woken by the start, takes the lease first.
-    let env_b = db.with(&[("FERRY_ROLLOUT_TICK_MS", "1500"), ("FERRY_ROLLOUT_LEASE_MS", "2000")]);
+    let env_b = db.with(&[
+        ("FERRY_ROLLOUT_TICK_MS", "1500"),
+        ("FERRY_ROLLOUT_LEASE_MS", "2000"),
+    ]);
     let mut a = Server::start(&tmp.path().join("a"), &env_a);
     let b = Server::start(&tmp.path().join("b"), &env_b);
     ok(&mut b.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
@@ -473,11 +504,19 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
     );
     let id = start(
         &a,
-        &["--selector", "site=rome", "--policy-file", policy.to_str().unwrap()],
+        &[
+            "--selector",
+            "site=rome",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
     );
     let holder_a = wait_for("A driving the rollout", LONG, || {
         let v = show(&b, &id);
-        let h = v["rollout"]["lease_holder"].as_str().unwrap_or("").to_string();
+        let h = v["rollout"]["lease_holder"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         (!h.is_empty() && v["rollout"]["assigned"] == 1).then_some(h)
     });
     // A is killed (SIGKILL) in the first wave's bake.
@@ -512,11 +551,29 @@ fn rollout_rbac_matrix() {
         ("GET", "/api/v1/rollouts/{ro}", "", "viewer", false),
         ("POST", "/api/v1/rollouts/{ro}/pause", "", "operator", true),
         ("POST", "/api/v1/rollouts/{ro}/resume", "", "operator", true),
-        ("POST", "/api/v1/rollouts/{ro}/approve", "", "operator", true),
+        (
+            "POST",
+            "/api/v1/rollouts/{ro}/approve",
+            "",
+            "operator",
+            true,
+        ),
         ("POST", "/api/v1/rollouts/{ro}/abort", "", "operator", true),
         ("GET", "/api/v1/rollouts/policies", "", "viewer", false),
-        ("GET", "/api/v1/rollouts/policies/{name}", "", "viewer", false),
-        ("PUT", "/api/v1/rollouts/policies/{name}", put_body, "operator", false),
+        (
+            "GET",
+            "/api/v1/rollouts/policies/{name}",
+            "",
+            "viewer",
+            false,
+        ),
+        (
+            "PUT",
+            "/api/v1/rollouts/policies/{name}",
+            put_body,
+            "operator",
+            false,
+        ),
     ];
     // Every rollout operation of the OpenAPI document is a cell.
     let ops: Vec<(String, String)> = ferry::server::openapi::operations()

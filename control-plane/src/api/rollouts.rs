@@ -131,11 +131,7 @@ fn parse_state(r: &RolloutRow) -> Option<RolloutState> {
 #[utoipa::path(post, path = "/api/v1/rollouts", tag = "rollouts",
     request_body = RolloutRequest,
     responses((status = 200, body = Rollout), (status = "4XX", body = ErrorBody)))]
-async fn start_rollout(
-    a: Auth,
-    State(d): State<Arc<RolloutDriver>>,
-    body: Bytes,
-) -> Res<Rollout> {
+async fn start_rollout(a: Auth, State(d): State<Arc<RolloutDriver>>, body: Bytes) -> Res<Rollout> {
     a.authorize(Action::RolloutStart, "").await?;
     let req: RolloutRequest = json_body(&body)?;
     let model = parse_name(&req.model)?;
@@ -196,7 +192,9 @@ fn detail(row: &RolloutRow, s: &RolloutState) -> RolloutDetail {
             (None, _) => (String::new(), String::new()),
             (Some(_), None) => ("pending".to_string(), String::new()),
             (Some(_), Some(Activation::Active)) => ("active".to_string(), String::new()),
-            (Some(_), Some(Activation::Failed { reason })) => ("failed".to_string(), reason.clone()),
+            (Some(_), Some(Activation::Failed { reason })) => {
+                ("failed".to_string(), reason.clone())
+            }
         };
         let dev = RolloutDevice {
             device: id.clone(),

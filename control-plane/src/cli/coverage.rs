@@ -169,8 +169,16 @@ pub const OPERATIONS: &[(&str, &str, Covered)] = &[
     ("GET", "/api/v1/rollouts", C("rollout list")),
     ("GET", "/api/v1/rollouts/{id}", C("rollout show ro")),
     ("POST", "/api/v1/rollouts/{id}/pause", C("rollout pause ro")),
-    ("POST", "/api/v1/rollouts/{id}/resume", C("rollout resume ro")),
-    ("POST", "/api/v1/rollouts/{id}/approve", C("rollout approve ro")),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/resume",
+        C("rollout resume ro"),
+    ),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/approve",
+        C("rollout approve ro"),
+    ),
     ("POST", "/api/v1/rollouts/{id}/abort", C("rollout abort ro")),
     ("GET", "/api/v1/rollouts/policies", C("rollout policy list")),
     (

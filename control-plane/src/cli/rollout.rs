@@ -133,7 +133,10 @@ fn print_detail(v: &RolloutDetail) {
                 g["detail"].as_str().unwrap_or_default().to_string(),
             ]);
         }
-        println!("last verdict (wave {}):", verdict["wave"].as_u64().unwrap_or(0) + 1);
+        println!(
+            "last verdict (wave {}):",
+            verdict["wave"].as_u64().unwrap_or(0) + 1
+        );
         table(&["gate", "verdict", "detail"], rows);
     }
 }
@@ -271,12 +274,13 @@ async fn policy(c: &crate::client::Client, p: PolicyCmd, json_out: bool) -> anyh
                     ]
                 })
                 .collect();
-            table(&["name", "version", "format", "created", "created by"], rows);
+            table(
+                &["name", "version", "format", "created", "created by"],
+                rows,
+            );
         }
         PolicyCmd::Show { name } => {
-            let v: RolloutPolicyInfo = c
-                .get(&format!("/rollouts/policies/{}", enc(&name)))
-                .await?;
+            let v: RolloutPolicyInfo = c.get(&format!("/rollouts/policies/{}", enc(&name))).await?;
             if json_out {
                 return print_json(&v);
             }

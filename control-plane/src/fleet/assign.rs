@@ -183,17 +183,26 @@ mod tests {
         d1.created_us = 10;
         let any = Labels::new();
         // Not in a wave: the deployment.
-        assert_eq!(versions(&assign(&[d1.clone()], &[], &any)), [("fraud".into(), 1)]);
+        assert_eq!(
+            versions(&assign(&[d1.clone()], &[], &any)),
+            [("fraud".into(), 1)]
+        );
         // In a wave: the rollout's version.
         let t = [target("dev", "fraud", Some(2), 20)];
-        assert_eq!(versions(&assign(&[d1.clone()], &t, &any)), [("fraud".into(), 2)]);
+        assert_eq!(
+            versions(&assign(&[d1.clone()], &t, &any)),
+            [("fraud".into(), 2)]
+        );
         // Rolled back to nothing: withdrawn.
         let t = [target("dev", "fraud", None, 30)];
         assert!(assign(&[d1.clone()], &t, &any).is_empty());
         // A later deployment (the finished rollout's) replaces the target.
         let mut d3 = dep("d3", "fraud", 3, &[]);
         d3.created_us = 40;
-        assert_eq!(versions(&assign(&[d1, d3], &t, &any)), [("fraud".into(), 3)]);
+        assert_eq!(
+            versions(&assign(&[d1, d3], &t, &any)),
+            [("fraud".into(), 3)]
+        );
         // A rollout assignment of a model with no deployment.
         let t = [target("dev", "churn", Some(4), 5)];
         assert_eq!(versions(&assign(&[], &t, &any)), [("churn".into(), 4)]);

@@ -147,11 +147,7 @@ pub async fn commit(
                             }
                             // A version since deleted cannot be sent:
                             // the assignment is withdrawn instead.
-                            digests
-                                .get(&v)
-                                .cloned()
-                                .flatten()
-                                .map(|dg| (v as i64, dg))
+                            digests.get(&v).cloned().flatten().map(|dg| (v as i64, dg))
                         }
                         None => None,
                     };

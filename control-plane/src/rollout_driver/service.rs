@@ -41,7 +41,9 @@ impl From<DriverError> for RolloutServiceError {
         match e {
             DriverError::Store(s) => Self::Store(s),
             DriverError::Policy(p) => Self::BadPolicy(p.to_string()),
-            DriverError::Rollout(RolloutError::WrongPhase { .. }) => Self::WrongPhase(e.to_string()),
+            DriverError::Rollout(RolloutError::WrongPhase { .. }) => {
+                Self::WrongPhase(e.to_string())
+            }
             DriverError::Rollout(RolloutError::Policy(p)) => Self::BadPolicy(p.to_string()),
             other => Self::Internal(other.to_string()),
         }
@@ -105,14 +107,7 @@ pub async fn put_policy(
     audit.detail = format!("{} bytes of {format}", document.len());
     Ok(d.fleet
         .store
-        .put_rollout_policy(
-            &caller.tenant,
-            name,
-            document,
-            format,
-            &caller.actor,
-            audit,
-        )
+        .put_rollout_policy(&caller.tenant, name, document, format, &caller.actor, audit)
         .await?)
 }
 
@@ -221,7 +216,12 @@ pub async fn start(
 
 /// Carries out an operator command on rollout `id` and saves, retrying
 /// when the driver saved a step meanwhile.
-pub async fn command(d: &RolloutDriver, caller: &Caller, id: &str, cmd: Command) -> Res<RolloutRow> {
+pub async fn command(
+    d: &RolloutDriver,
+    caller: &Caller,
+    id: &str,
+    cmd: Command,
+) -> Res<RolloutRow> {
     let store = &d.fleet.store;
     for _ in 0..10 {
         let row = store.rollout(&caller.tenant, id).await?;

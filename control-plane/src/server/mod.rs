@@ -6,6 +6,7 @@ pub mod tls;
 
 pub use openapi::{document, DOCUMENT_PATH};
 
+use crate::api::rollouts::RolloutsState;
 use crate::api::{self, AppState, Limits};
 use crate::audit::{AuditEntry, OUTCOME_OK};
 use crate::auth::{self, Role};
@@ -14,7 +15,6 @@ use crate::config::ServerConfig;
 use crate::fleet::api::FleetState;
 use crate::fleet::Fleet;
 use crate::rollout_driver::RolloutDriver;
-use crate::api::rollouts::RolloutsState;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use std::sync::Arc;
@@ -205,10 +205,8 @@ pub async fn serve_with(
         let (endpoint, quic) = fleet.start_quic()?;
         println!("ferry fleet listening on quic://{quic}");
         let _ = std::io::stdout().flush();
-        let driver = RolloutDriver::new(
-            fleet.clone(),
-            _telemetry.as_ref().map(|t| t.engine.clone()),
-        );
+        let driver =
+            RolloutDriver::new(fleet.clone(), _telemetry.as_ref().map(|t| t.engine.clone()));
         println!("ferry rollouts driven by replica {}", driver.holder);
         let _ = std::io::stdout().flush();
         _rollouts = Some(driver.spawn());

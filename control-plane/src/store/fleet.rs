@@ -160,7 +160,11 @@ pub(super) fn creation_micros(now_us: i64) -> i64 {
 }
 
 /// Inserts a deployment row in `tx`, stamped with the deployments' clock.
-pub(super) async fn insert_deployment(store: &Store, tx: &mut super::Tx, d: &Deployment) -> Result<()> {
+pub(super) async fn insert_deployment(
+    store: &Store,
+    tx: &mut super::Tx,
+    d: &Deployment,
+) -> Result<()> {
     let created_us = creation_micros(store.clock.now_micros() as i64);
     sqlx::query(
         "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \

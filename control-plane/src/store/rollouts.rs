@@ -482,17 +482,35 @@ mod tests {
             .await
             .unwrap();
         let now = || ms.load(Ordering::SeqCst) as i64;
-        assert!(store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
-        assert!(!store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
+        assert!(store
+            .take_rollout_lease("ro_1", "a", now(), 1000)
+            .await
+            .unwrap());
+        assert!(!store
+            .take_rollout_lease("ro_1", "b", now(), 1000)
+            .await
+            .unwrap());
         // A renews; B still waits.
         ms.fetch_add(900, Ordering::SeqCst);
-        assert!(store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
+        assert!(store
+            .take_rollout_lease("ro_1", "a", now(), 1000)
+            .await
+            .unwrap());
         ms.fetch_add(900, Ordering::SeqCst);
-        assert!(!store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
+        assert!(!store
+            .take_rollout_lease("ro_1", "b", now(), 1000)
+            .await
+            .unwrap());
         // A stops renewing: B takes over once it expired.
         ms.fetch_add(200, Ordering::SeqCst);
-        assert!(store.take_rollout_lease("ro_1", "b", now(), 1000).await.unwrap());
-        assert!(!store.take_rollout_lease("ro_1", "a", now(), 1000).await.unwrap());
+        assert!(store
+            .take_rollout_lease("ro_1", "b", now(), 1000)
+            .await
+            .unwrap());
+        assert!(!store
+            .take_rollout_lease("ro_1", "a", now(), 1000)
+            .await
+            .unwrap());
 
         let save = RolloutSave {
             state: "{\"x\":1}".into(),

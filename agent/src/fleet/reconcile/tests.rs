@@ -401,7 +401,10 @@ impl Pair {
                     Err(Refusal::new("test_vectors_failed", "outputs differ"))
                 } else {
                     let model = assignment.model.to_string();
-                    if let Some(prev) = device.serving.insert(model.clone(), (assignment.version, d)) {
+                    if let Some(prev) = device
+                        .serving
+                        .insert(model.clone(), (assignment.version, d))
+                    {
                         device.history.entry(model).or_default().push(prev);
                     }
                     Ok(())
@@ -686,7 +689,10 @@ fn a_desired_state_sends_a_device_back_to_a_version_it_holds_and_no_other() {
     // Replayed, it is refused (lower sequence): no downgrade.
     p.deliver(&old);
     assert_eq!(p.device.version("fraud"), Some(2));
-    assert_eq!(p.server.desired_refusals(), vec!["replayed_desired_state".to_string()]);
+    assert_eq!(
+        p.server.desired_refusals(),
+        vec!["replayed_desired_state".to_string()]
+    );
     let fetches = p.server.fetches.len();
     // A rollout's rollback: v1 again, restored from the device, no download,
     // and reported again although v1 was reported earlier in this session.
@@ -711,7 +717,11 @@ fn a_desired_state_sends_a_device_back_to_a_version_it_holds_and_no_other() {
     p.server.deploy(&c3);
     p.push();
     assert_eq!(p.device.version("churn"), Some(5));
-    assert!(!p.server.fetches.iter().any(|(d, _)| *d == c3.manifest_digest));
+    assert!(!p
+        .server
+        .fetches
+        .iter()
+        .any(|(d, _)| *d == c3.manifest_digest));
     assert_eq!(
         p.server.reports().last(),
         Some(&("churn".to_string(), 3, "refused"))
