@@ -155,8 +155,11 @@ fn a_good_version_walks_every_wave_to_every_device() {
     let p = server.json(&["rollout", "policy", "list"]);
     assert_eq!(p["policies"][0]["name"], "quick", "{p}");
 
+    let t0 = std::time::Instant::now();
     let id = start(&server, &["--selector", "site=berlin", "--policy", "quick"]);
     let v = wait_phase(&server, &id, "finished");
+    // Measured, not asserted (docs/BENCHMARKS.md).
+    eprintln!("rollout of 20 devices, 4 waves of 1 s bake: finished in {:?}", t0.elapsed());
     // Waves of 1, 2, 10 and 20 devices: 1, 1, 8 and 10 new ones.
     let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
     assert_eq!(sizes, [1, 1, 8, 10], "{v}");
@@ -348,6 +351,7 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
         ],
     );
     let v = wait_phase(&server, &id, "aborted");
+    let aborted = std::time::Instant::now();
     let cause = &v["phase_detail"]["cause"];
     assert_eq!(cause["by"], "gate", "{v}");
     assert_eq!(cause["report"]["gate"], "error_rate vs absolute", "{v}");
@@ -362,6 +366,7 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
     wait_for("the canary serving v1 again", LONG, || {
         (serving(canary_agent[0]) == "1").then_some(())
     });
+    eprintln!("rollback seen aborted -> canary serving v1: {:?}", aborted.elapsed());
     wait_for("the canary's report of v1", LONG, || {
         let v = show(&server, &id);
         (wave_devices(&v)[0][0]["version"] == 1).then_some(())
