@@ -295,7 +295,7 @@ async fn session(
                     job = Some(Job(tokio::spawn(activate(ctx.clone(), assignment))))
                 }
                 Action::Restore { assignment } => {
-                    job = Some(Job(tokio::spawn(restore(ctx.clone(), assignment))))
+                    job = Some(Job(tokio::spawn(restore_held(ctx.clone(), assignment))))
                 }
                 local => ctx.apply_local(local),
             }
@@ -374,7 +374,7 @@ async fn fetch(
     }
 }
 
-async fn restore(ctx: Arc<Ctx>, a: Assignment) -> Outcome {
+async fn restore_held(ctx: Arc<Ctx>, a: Assignment) -> Outcome {
     let act = ctx.act.clone();
     let a2 = a.clone();
     let result = tokio::task::spawn_blocking(move || act.restore(&a2))

@@ -3,7 +3,6 @@
 use super::Labels;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// `POST /rollouts`: a version (number or alias) to the devices matching
@@ -15,7 +14,7 @@ pub struct RolloutRequest {
     #[schema(value_type = Object)]
     pub version: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     pub selector: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
