@@ -137,17 +137,21 @@ pub async fn commit(
                 for t in devices {
                     let to = match t.to {
                         Some(v) => {
-                            if !digests.contains_key(&v) {
-                                let digest = store
-                                    .version(&row.tenant, &row.model, v as i64)
-                                    .await
-                                    .ok()
-                                    .map(|r| r.digest);
-                                digests.insert(v, digest);
-                            }
+                            let digest: Option<String> = match digests.get(&v) {
+                                Some(d) => Option::clone(d),
+                                None => {
+                                    let d = store
+                                        .version(&row.tenant, &row.model, v as i64)
+                                        .await
+                                        .ok()
+                                        .map(|r| r.digest);
+                                    digests.insert(v, d.clone());
+                                    d
+                                }
+                            };
                             // A version since deleted cannot be sent:
                             // the assignment is withdrawn instead.
-                            digests.get(&v).cloned().flatten().map(|dg| (v as i64, dg))
+                            digest.map(|dg| (v as i64, dg))
                         }
                         None => None,
                     };
