@@ -654,3 +654,67 @@ fn rollout_rbac_matrix() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The rollback rule against an attacker: the server's replay hook resends
+/// the connection's first desired state (which assigned v1) after every
+/// newer one. The device holds v1 (it served it before v2), so only the
+/// sequence check stands between the replay and a downgrade: it is
+/// refused, audited, and v2 keeps serving. A fresh signed state (a newer
+/// deployment of v1) does send it back, from its store.
+#[test]
+fn a_replayed_desired_state_cannot_send_a_device_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, keys) = server(tmp.path(), &[("FAILPOINTS", "fleet-replay-desired=return")]);
+    // v1 is deployed before the device connects: its first state holds it.
+    server.json(&[
+        "deploy",
+        "fraud",
+        "--version",
+        "1",
+        "--selector",
+        "site=rome",
+    ]);
+    let agents = agents(&server, &keys, tmp.path(), "site=rome", 1, "");
+    let a = &agents[0];
+    wait_for("v1 serving", LONG, || (serving(a) == "1").then_some(()));
+    server.json(&[
+        "deploy",
+        "fraud",
+        "--version",
+        "2",
+        "--selector",
+        "site=rome",
+    ]);
+    wait_for("v2 serving", LONG, || (serving(a) == "2").then_some(()));
+    wait_for("the replayed state refused", LONG, || {
+        server.audit("device.desired_state").into_iter().find(|r| {
+            r["outcome"] == "refused"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("replayed_desired_state")
+        })
+    });
+    assert!(
+        stored(a, 1),
+        "v1 is held: only the sequence check refused it"
+    );
+    // More changes, more replays: still v2.
+    for _ in 0..3 {
+        server.json(&["device", "list"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(serving(a), "2");
+    }
+    // A fresh signed state sends it back to v1, from its store.
+    server.json(&[
+        "deploy",
+        "fraud",
+        "--version",
+        "1",
+        "--selector",
+        "site=rome",
+    ]);
+    wait_for("v1 serving again", LONG, || {
+        (serving(a) == "1").then_some(())
+    });
+}
