@@ -699,12 +699,9 @@ fn a_replayed_desired_state_cannot_send_a_device_back() {
         stored(a, 1),
         "v1 is held: only the sequence check refused it"
     );
-    // More changes, more replays: still v2.
-    for _ in 0..3 {
-        server.json(&["device", "list"]);
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(serving(a), "2");
-    }
+    // A while later: still v2.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(serving(a), "2");
     // A fresh signed state sends it back to v1, from its store.
     server.json(&[
         "deploy",
