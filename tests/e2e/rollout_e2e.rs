@@ -715,3 +715,49 @@ fn a_replayed_desired_state_cannot_send_a_device_back() {
         (serving(a) == "1").then_some(())
     });
 }
+
+/// A control-plane restart resumes a rollout where it was: awaiting
+/// approval after its first wave before the restart (kill -9), it still is
+/// after, and an approval finishes it on the devices, which reconnect to
+/// the same QUIC address.
+#[test]
+fn a_restarted_server_resumes_a_rollout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, _keys) = server(tmp.path(), &[]);
+    let ca = tmp.path().join("ca.pem");
+    let tok = token(&server, "site=kyiv", 4, &ca);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4);
+    deploy_v1(&server, "site=kyiv", 4);
+    let policy = write(
+        tmp.path(),
+        "p.toml",
+        "waves = [\"50%\", \"100%\"]\nbake_secs = 1\non_success = \"approve\"\n\n[model]\ngates = []\n",
+    );
+    let id = start(
+        &server,
+        &[
+            "--selector",
+            "site=kyiv",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let before = wait_phase(&server, &id, "awaiting_approval");
+    server.proc.child.kill().unwrap();
+    server.proc.child.wait().unwrap();
+    let quic = server.quic.clone();
+    server = Server::start_with(
+        &tmp.path().join("server"),
+        &[("FERRY_ROLLOUT_TICK_MS", "100")],
+        &quic,
+        &[],
+    );
+    let after = show(&server, &id);
+    assert_eq!(after["rollout"]["phase"], "awaiting_approval", "{after}");
+    assert_eq!(after["waves"], before["waves"], "{after}");
+    ok(&mut server.cli(&["rollout", "approve", &id]));
+    let v = wait_phase(&server, &id, "finished");
+    let sizes: Vec<usize> = wave_devices(&v).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2], "{v}");
+    assert_eq!(v["rollout"]["active"], 4, "{v}");
+}
