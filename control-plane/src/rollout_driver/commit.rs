@@ -105,8 +105,7 @@ pub async fn commit(
     let mut save = RolloutSave {
         state: serde_json::to_string(state).map_err(|e| DriverError::State(e.to_string()))?,
         phase: phase_name(&state.phase).into(),
-        targets: Vec::new(),
-        deployment: None,
+        ..RolloutSave::default()
     };
     let mut audits: Vec<AuditEntry> = command.into_iter().collect();
     for a in actions {
@@ -133,8 +132,25 @@ pub async fn commit(
                 ));
             }
             Action::Rollback { version, devices } => {
+                // Where the deployments already send a device back, its
+                // target is removed: they decide for it again (a later
+                // undeploy or deploy then applies as to any device).
+                let deployments = store.live_deployments(&row.tenant).await?;
                 let mut digests = std::collections::BTreeMap::new();
                 for t in devices {
+                    let labels = state
+                        .devices
+                        .get(&t.device)
+                        .map(|d| d.labels.clone())
+                        .unwrap_or_default();
+                    let deployed = crate::fleet::assign::assign(&deployments, &[], &labels)
+                        .into_iter()
+                        .find(|a| a.model.as_str() == row.model)
+                        .map(|a| a.version);
+                    if deployed == t.to {
+                        save.cleared.push(t.device.clone());
+                        continue;
+                    }
                     let to = match t.to {
                         Some(v) => {
                             let digest: Option<String> = match digests.get(&v) {
@@ -202,13 +218,15 @@ pub async fn commit(
                     ),
                 ));
                 save.deployment = Some(dep);
+                save.clear_all = true;
             }
             Action::Abort { cause } => {
                 audits.push(entry(row, "rollout.end", short_json(cause)));
             }
         }
     }
-    let fleet_moved = !save.targets.is_empty() || save.deployment.is_some();
+    let fleet_moved =
+        !save.targets.is_empty() || !save.cleared.is_empty() || save.deployment.is_some();
     let saved = store
         .save_rollout(&row.tenant, &row.id, row.revision, &save, audits)
         .await?;

@@ -96,6 +96,11 @@ pub struct RolloutSave {
     pub phase: String,
     /// (device, version and digest or `None` to withdraw).
     pub targets: Vec<(String, Option<(i64, String)>)>,
+    /// Devices whose target is removed: their deployments decide again.
+    pub cleared: Vec<String>,
+    /// Remove every target of the rollout (it finished: its deployment
+    /// replaces them).
+    pub clear_all: bool,
     pub deployment: Option<Deployment>,
 }
 
@@ -331,6 +336,19 @@ impl Store {
                 .await?;
             }
         }
+        for device in &save.cleared {
+            sqlx::query("DELETE FROM rollout_targets WHERE rollout_id = $1 AND device_id = $2")
+                .bind(id)
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if save.clear_all {
+            sqlx::query("DELETE FROM rollout_targets WHERE rollout_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(d) = &save.deployment {
             super::fleet::insert_deployment(self, &mut tx, d).await?;
         }
@@ -519,6 +537,8 @@ mod tests {
                 ("dev_a".into(), Some((2, digest.clone()))),
                 ("dev_b".into(), None),
             ],
+            cleared: vec![],
+            clear_all: false,
             deployment: None,
         };
         let (n0, _) = store.rollout_targets_mark().await.unwrap();
@@ -541,6 +561,33 @@ mod tests {
         let (n1, _) = store.rollout_targets_mark().await.unwrap();
         assert_eq!(n1, n0 + 2);
         assert_eq!(store.live_rollouts().await.unwrap().len(), 1);
+        // A cleared device falls back to its deployments; clear_all empties
+        // the rollout's targets.
+        let clear = RolloutSave {
+            state: "{}".into(),
+            phase: "aborted".into(),
+            cleared: vec!["dev_a".into()],
+            ..RolloutSave::default()
+        };
+        assert!(store
+            .save_rollout("t", "ro_1", 1, &clear, vec![])
+            .await
+            .unwrap());
+        let left = store.rollout_targets("t").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].device_id, "dev_b");
+        let (n2, _) = store.rollout_targets_mark().await.unwrap();
+        assert_eq!(n2, n1 - 1, "a removal moves the mark too");
+        let all = RolloutSave {
+            clear_all: true,
+            ..clear
+        };
+        assert!(store
+            .save_rollout("t", "ro_1", 2, &all, vec![])
+            .await
+            .unwrap());
+        assert!(store.rollout_targets("t").await.unwrap().is_empty());
+        assert!(store.live_rollouts().await.unwrap().is_empty());
     }
 
     #[tokio::test]
