@@ -27,6 +27,7 @@ pub mod service;
 use crate::fleet::Fleet;
 use crate::store::rollouts::RolloutRow;
 use crate::store::StoreError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct RolloutDriver {
     lease_ms: i64,
     /// The rollout assignments as last seen (rows, newest change).
     targets_mark: Mutex<(i64, i64)>,
+    /// Telemetry sums of the rollouts this replica steps, by rollout id.
+    telemetry: Mutex<HashMap<String, inputs::TelemetryCache>>,
     /// Rollout steps that failed (for logs and tests).
     pub failures: AtomicI64,
 }
@@ -92,6 +95,7 @@ impl RolloutDriver {
             tick: Duration::from_millis(tick),
             lease_ms,
             targets_mark: Mutex::new((0, 0)),
+            telemetry: Mutex::new(HashMap::new()),
             failures: AtomicI64::new(0),
         })
     }
@@ -138,6 +142,10 @@ impl RolloutDriver {
                 return;
             }
         };
+        // Forget the telemetry of rollouts that ended.
+        if let Ok(mut t) = self.telemetry.lock() {
+            t.retain(|id, _| live.iter().any(|r| r.id == *id));
+        }
         let now = self.fleet.store.clock().now_ms() as i64;
         for row in live {
             match self
@@ -166,7 +174,18 @@ impl RolloutDriver {
     async fn step(&self, row: RolloutRow) -> Result<(), DriverError> {
         let mut rollout = commit::load(&row)?;
         let now = self.fleet.store.clock().now_ms();
-        inputs::feed(&self.fleet.store, &row, &mut rollout).await?;
+        // The cache is taken out for the step (no lock across awaits) and
+        // put back only when the step read everything it holds.
+        let mut cache = self
+            .telemetry
+            .lock()
+            .ok()
+            .and_then(|mut t| t.remove(&row.id))
+            .unwrap_or_default();
+        inputs::feed(&self.fleet.store, &row, &mut rollout, &mut cache).await?;
+        if let Ok(mut t) = self.telemetry.lock() {
+            t.insert(row.id.clone(), cache);
+        }
         let actions = rollout.poll(now);
         commit::commit(self, &row, &rollout, &actions, None).await?;
         Ok(())

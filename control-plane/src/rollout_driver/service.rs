@@ -195,7 +195,13 @@ pub async fn start(
     // The devices matching now: the engine ranks them for the waves.
     let mut rollout = Rollout::start(parsed, version as u64, id.clone(), Vec::new(), now_ms)
         .map_err(|e| RolloutServiceError::BadPolicy(e.to_string()))?;
-    inputs::feed(store, &r, &mut rollout).await?;
+    inputs::feed(
+        store,
+        &r,
+        &mut rollout,
+        &mut inputs::TelemetryCache::default(),
+    )
+    .await?;
     r.state = serde_json::to_string(rollout.state())
         .map_err(|e| RolloutServiceError::Internal(e.to_string()))?;
     r.phase = phase_name(&rollout.state().phase).into();

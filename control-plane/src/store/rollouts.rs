@@ -391,21 +391,27 @@ impl Store {
         Ok((n, max.unwrap_or(0)))
     }
 
-    /// The raw drift summaries of `model` that devices closed at or after
-    /// `since_ms`, at most `limit`, oldest first.
+    /// (device, seq, received_at_ms, raw summary) of the drift windows of
+    /// `model` that devices closed at or after `since_end_ms` and the
+    /// control plane received at or after `received_from_ms`, at most
+    /// `limit`, in the order received.
     pub async fn rollout_windows(
         &self,
         tenant: &str,
         model: &str,
-        since_ms: i64,
+        since_end_ms: i64,
+        received_from_ms: i64,
         limit: i64,
-    ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT summary FROM telemetry_windows WHERE tenant = $1 AND model = $2 AND window_end_ms >= $3 ORDER BY window_end_ms LIMIT $4",
+    ) -> Result<Vec<(String, i64, i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT device, seq, received_at_ms, summary FROM telemetry_windows \
+             WHERE tenant = $1 AND model = $2 AND window_end_ms >= $3 AND received_at_ms >= $4 \
+             ORDER BY received_at_ms, device, seq LIMIT $5",
         )
         .bind(tenant)
         .bind(model)
-        .bind(since_ms)
+        .bind(since_end_ms)
+        .bind(received_from_ms)
         .bind(limit)
         .fetch_all(self.pool())
         .await?)
