@@ -653,6 +653,34 @@ fn rollout_rbac_matrix() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Bad input: a clear error, and nothing stored.
+    let admin = ferry_e2e::fleet::ADMIN;
+    let bad = r#"{"document": "waves = [\"50%\", \"10%\", \"100%\"]"}"#;
+    let (status, text) =
+        ferry_e2e::fleet::http_raw(&addr, "PUT", "/api/v1/rollouts/policies/bad", admin, bad);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("bad_policy") && text.contains("waves"),
+        "{text}"
+    );
+    let (status, _) =
+        ferry_e2e::fleet::http_raw(&addr, "GET", "/api/v1/rollouts/policies/bad", admin, "");
+    assert_eq!(status, 404);
+    let out = run(&mut server.cli(&[
+        "rollout",
+        "start",
+        "fraud",
+        "--version",
+        "2",
+        "--policy",
+        "nope",
+    ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rollout policy \"nope\""), "{err}");
+    let out = run(&mut server.cli(&["rollout", "start", "fraud", "--version", "9"]));
+    assert!(!out.status.success());
 }
 
 /// The rollback rule against an attacker: the server's replay hook resends
