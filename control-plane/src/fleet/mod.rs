@@ -225,6 +225,9 @@ pub struct Fleet {
     held_roots: Mutex<HashMap<String, (u64, u64)>>,
     /// Bumped on every change that may alter some device's desired state.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped for every activation report stored: the rollout driver steps
+    /// at once on new input.
+    reports: tokio::sync::watch::Sender<u64>,
     /// Open connections by device id (closed on revocation).
     connections: Mutex<HashMap<String, quinn::Connection>>,
     /// Live deployments by tenant, fetched once per change for every
@@ -319,6 +322,7 @@ impl Fleet {
             trust_versions: tokio::sync::Mutex::new(HashMap::new()),
             held_roots: Mutex::new(HashMap::new()),
             changes,
+            reports: tokio::sync::watch::Sender::new(0),
             connections: Mutex::new(HashMap::new()),
             deployments: tokio::sync::Mutex::new(HashMap::new()),
             serve,
@@ -341,8 +345,20 @@ impl Fleet {
         self.changes.send_modify(|g| *g += 1);
     }
 
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Changes of desired state (deployments, labels, revocations,
+    /// rollout assignments).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Activation reports stored.
+    pub(crate) fn subscribe_reports(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reports.subscribe()
+    }
+
+    /// Says an activation report was stored.
+    pub(crate) fn reported(&self) {
+        self.reports.send_modify(|n| *n += 1);
     }
 
     /// The next desired-state sequence number for a device whose replay

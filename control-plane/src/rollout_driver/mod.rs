@@ -1,8 +1,10 @@
 //! The rollout driver: the thin async loop that drives the pure engine
 //! (`crate::rollout::engine`) in the server.
 //!
-//! Every tick (and at once when woken by a new rollout or a command) it
-//! takes or renews the lease of each live rollout; for those it holds it
+//! At each rollout's next deadline, on new input (activation reports,
+//! telemetry windows, desired-state changes, starts and commands) and at
+//! the latest every tick, it takes or renews the lease of each live
+//! rollout; for those it holds it
 //! loads the stored state, feeds the engine what the fleet knows
 //! (`inputs`: matching devices, activation reports, telemetry windows),
 //! polls it, carries out the actions (`commit`: rollout assignments that
@@ -47,8 +49,10 @@ pub enum DriverError {
     State(String),
 }
 
-/// Default tick: how often live rollouts are polled without a wake-up.
-const DEFAULT_TICK_MS: u64 = 500;
+/// Default tick: how often live rollouts are polled at the latest.
+const DEFAULT_TICK_MS: u64 = 1_000;
+/// Rounds are at least this far apart.
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// Default lease: a replica that stops renewing loses its rollouts after it.
 const DEFAULT_LEASE_MS: i64 = 5_000;
 
@@ -76,7 +80,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 impl RolloutDriver {
     /// A driver over `fleet`; tick and lease from `FERRY_ROLLOUT_TICK_MS`
-    /// (default 500) and `FERRY_ROLLOUT_LEASE_MS` (default 5000).
+    /// (default 1000) and `FERRY_ROLLOUT_LEASE_MS` (default 5000).
     pub fn new(
         fleet: Arc<Fleet>,
         mqtt: Option<Arc<crate::telemetry::engine::Engine>>,
@@ -100,16 +104,43 @@ impl RolloutDriver {
         })
     }
 
-    /// Runs the loop in the background until the runtime ends.
+    /// Runs the loop in the background until the runtime ends. A round
+    /// runs when a held rollout's next deadline (`next_deadline_ms`) comes,
+    /// on new input (an activation report or a telemetry window stored
+    /// here, a change of desired state, a start or a command), and at the
+    /// latest every tick (leases, what other replicas wrote); rounds are at
+    /// least [`MIN_GAP`] apart, so a burst of reports makes few rounds.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            let mut changes = me.fleet.subscribe();
+            let mut reports = me.fleet.subscribe_reports();
+            let mut windows = me.mqtt.as_ref().map(|e| e.windows_stored.subscribe());
             loop {
-                me.round().await;
+                let next = me.round().await;
+                let now = me.fleet.store.clock().now_ms();
+                let wait = match next {
+                    Some(at) if at > now => me.tick.min(Duration::from_millis(at - now)),
+                    _ => me.tick,
+                };
+                let telemetry = async {
+                    match windows.as_mut() {
+                        Some(w) => {
+                            if w.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(me.tick) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = me.wake.notified() => {}
+                    _ = changes.changed() => {}
+                    _ = reports.changed() => {}
+                    _ = telemetry => {}
                 }
+                tokio::time::sleep(MIN_GAP).await;
             }
         })
     }
@@ -120,8 +151,9 @@ impl RolloutDriver {
     }
 
     /// One pass: tells connected devices about assignments another replica
-    /// made, then steps every live rollout this replica holds.
-    pub async fn round(&self) {
+    /// made, then steps every live rollout this replica holds. Returns the
+    /// earliest deadline of those rollouts (ms), if any.
+    pub async fn round(&self) -> Option<u64> {
         match self.fleet.store.rollout_targets_mark().await {
             Ok(mark) => {
                 let moved = self
@@ -139,7 +171,7 @@ impl RolloutDriver {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "listing live rollouts failed");
-                return;
+                return None;
             }
         };
         // Forget the telemetry of rollouts that ended.
@@ -147,6 +179,7 @@ impl RolloutDriver {
             t.retain(|id, _| live.iter().any(|r| r.id == *id));
         }
         let now = self.fleet.store.clock().now_ms() as i64;
+        let mut next: Option<u64> = None;
         for row in live {
             match self
                 .fleet
@@ -162,16 +195,21 @@ impl RolloutDriver {
                 }
             }
             let id = row.id.clone();
-            if let Err(e) = self.step(row).await {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(rollout = %id, error = %e, "rollout step failed");
+            match self.step(row).await {
+                Ok(Some(at)) => next = Some(next.map_or(at, |n: u64| n.min(at))),
+                Ok(None) => {}
+                Err(e) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(rollout = %id, error = %e, "rollout step failed");
+                }
             }
         }
+        next
     }
 
     /// Feeds one rollout what the fleet knows, polls it, carries out and
-    /// saves.
-    async fn step(&self, row: RolloutRow) -> Result<(), DriverError> {
+    /// saves; its next deadline.
+    async fn step(&self, row: RolloutRow) -> Result<Option<u64>, DriverError> {
         let mut rollout = commit::load(&row)?;
         let now = self.fleet.store.clock().now_ms();
         // The cache is taken out for the step (no lock across awaits) and
@@ -188,7 +226,7 @@ impl RolloutDriver {
         }
         let actions = rollout.poll(now);
         commit::commit(self, &row, &rollout, &actions, None).await?;
-        Ok(())
+        Ok(rollout.next_deadline_ms())
     }
 
     /// Publishes `payload` retained on `topic`, when the server has a broker.
