@@ -509,7 +509,8 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
         ("FERRY_ROLLOUT_TICK_MS", "100"),
         ("FERRY_ROLLOUT_LEASE_MS", "2000"),
     ]);
-    // B polls rarely: A, woken by the start, takes the lease first.
+    // The replica that starts a rollout holds its lease first (A); B polls
+    // rarely.
     let env_b = db.with(&[
         ("FERRY_ROLLOUT_TICK_MS", "1500"),
         ("FERRY_ROLLOUT_LEASE_MS", "2000"),

@@ -189,8 +189,9 @@ pub async fn start(
         created_by: caller.actor.clone(),
         created_at: store.clock().now_secs() as i64,
         updated_at: store.clock().now_secs() as i64,
-        lease_holder: String::new(),
-        lease_expires_ms: 0,
+        // The replica that starts a rollout drives it first.
+        lease_holder: d.holder.clone(),
+        lease_expires_ms: (now_ms as i64).saturating_add(d.lease_ms),
     };
     // The devices matching now: the engine ranks them for the waves.
     let mut rollout = Rollout::start(parsed, version as u64, id.clone(), Vec::new(), now_ms)
