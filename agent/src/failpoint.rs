@@ -31,3 +31,25 @@ pub(crate) fn crash_point(name: &str) {
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
 }
+
+/// The argument of the failpoint `name` when a test configured it
+/// (`FAILPOINTS=name=return(arg)`; empty without one); always `None`
+/// without the `failpoints` feature. The arguments name a model version:
+/// - `serving-test-vectors-fail=return(V)`: version V's test vectors fail
+///   at activation (a version that is broken on this device);
+/// - `serving-infer-error=return(V)`: every request served by version V
+///   fails (a version with a high error rate).
+pub(crate) fn failpoint_arg(name: &str) -> Option<String> {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |arg| arg.unwrap_or_default());
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// Whether the failpoint `name` is configured with `version` as argument.
+pub(crate) fn fails_for_version(name: &str, version: u64) -> bool {
+    failpoint_arg(name).is_some_and(|v| v.trim() == version.to_string())
+}

@@ -58,6 +58,17 @@ pub enum Action {
     DeploymentCreate,
     DeploymentScale,
     DeploymentDelete,
+    // Rollouts.
+    RolloutList,
+    RolloutShow,
+    RolloutStart,
+    RolloutPause,
+    RolloutResume,
+    RolloutApprove,
+    RolloutAbort,
+    RolloutPolicyList,
+    RolloutPolicyShow,
+    RolloutPolicyPut,
 }
 
 impl Action {
@@ -108,6 +119,16 @@ impl Action {
         Action::DeploymentCreate,
         Action::DeploymentScale,
         Action::DeploymentDelete,
+        Action::RolloutList,
+        Action::RolloutShow,
+        Action::RolloutStart,
+        Action::RolloutPause,
+        Action::RolloutResume,
+        Action::RolloutApprove,
+        Action::RolloutAbort,
+        Action::RolloutPolicyList,
+        Action::RolloutPolicyShow,
+        Action::RolloutPolicyPut,
     ];
 
     /// The least role that may perform this action (roles are ordered).
@@ -117,10 +138,12 @@ impl Action {
             WhoAmI | ModelList | ModelShow | VersionList | VersionShow | VersionDownload
             | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
             | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | ChallengerShow
-            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow => Role::Viewer,
+            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow | RolloutList
+            | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
-            | DeploymentDelete => Role::Operator,
+            | DeploymentDelete | RolloutStart | RolloutPause | RolloutResume | RolloutApprove
+            | RolloutAbort | RolloutPolicyPut => Role::Operator,
             ModelRegister | VersionArchive | VersionRestore | AliasSet | AliasDelete
             | ProjectCreate => Role::Publisher,
             ModelDelete | VersionDelete | TokenList | TokenCreate | TokenRevoke | TrustPush
@@ -177,6 +200,16 @@ impl Action {
             DeploymentCreate => "deployment.create",
             DeploymentScale => "deployment.scale",
             DeploymentDelete => "deployment.delete",
+            RolloutList => "rollout.list",
+            RolloutShow => "rollout.show",
+            RolloutStart => "rollout.start",
+            RolloutPause => "rollout.pause",
+            RolloutResume => "rollout.resume",
+            RolloutApprove => "rollout.approve",
+            RolloutAbort => "rollout.abort",
+            RolloutPolicyList => "rollout_policy.list",
+            RolloutPolicyShow => "rollout_policy.show",
+            RolloutPolicyPut => "rollout_policy.put",
         }
     }
 

@@ -21,6 +21,7 @@ pub mod keyfile;
 pub mod onnx_schema;
 pub mod registry;
 pub mod rollout;
+pub mod rollout_driver;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -22,6 +22,11 @@ pub trait Activator: Send + Sync + 'static {
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal>;
     /// Stops serving a model the control plane no longer assigns.
     fn unload(&self, model: &str) -> Result<(), Refusal>;
+    /// Makes the assignment's version (below the one serving) the champion
+    /// again from what this device holds, under the rollback rule
+    /// (docs/security.md): an earlier champion still stored, with the
+    /// assigned manifest; anything else is refused (`rollback_refused`).
+    fn restore(&self, a: &Assignment) -> Result<(), Refusal>;
     /// Checks a download whose signed header has arrived (the artifacts may
     /// not have): signatures, assignment and target constraints, so a bundle
     /// this device would refuse is not downloaded to the end.
@@ -116,6 +121,20 @@ impl Activator for AgentActivator {
         match self.agent.unload(model) {
             Ok(()) | Err(crate::serving::ActivateError::UnknownModel(_)) => Ok(()),
             Err(e) => Err(Refusal::new(e.code(), e.to_string())),
+        }
+    }
+
+    fn restore(&self, a: &Assignment) -> Result<(), Refusal> {
+        match self
+            .agent
+            .restore(a.model.as_str(), a.version, &a.manifest_digest)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let r = Refusal::new(e.code(), e.to_string());
+                self.refused(a, &r);
+                Err(r)
+            }
         }
     }
 

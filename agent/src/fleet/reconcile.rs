@@ -52,6 +52,11 @@ pub enum Action {
     Fetch { assignment: Assignment, offset: u64 },
     /// Verify and activate the complete download of the assignment.
     Activate { assignment: Assignment },
+    /// Make an earlier version the champion again from the local store
+    /// (no download): the assignment is below the version serving, as a
+    /// rollout's rollback sends it. The activator applies the rollback
+    /// rule (docs/security.md) and refuses anything else.
+    Restore { assignment: Assignment },
     /// End the session and connect again (a download broke; the next
     /// session resumes it).
     Reconnect,
@@ -382,10 +387,13 @@ impl Reconciler {
                         tracing::info!(model = %a.model, version = a.version, "activated from the control plane");
                         self.installed.insert(a.model.to_string(), a.version);
                         self.set_managed(a.model.as_str(), true);
-                        if self.reported.insert((a.model.to_string(), a.version)) {
-                            self.queue
-                                .push_back(report(&a, ActivationOutcome::Activated));
-                        }
+                        // Every activation is reported, also back onto a
+                        // version reported earlier in this session (a
+                        // rollback).
+                        self.reported.retain(|(m, _)| m != a.model.as_str());
+                        self.reported.insert((a.model.to_string(), a.version));
+                        self.queue
+                            .push_back(report(&a, ActivationOutcome::Activated));
                     }
                     Err(r) if self.job_epoch != self.trust_epoch => {
                         tracing::info!(model = %a.model, version = a.version, code = %r.code, "activation refused under the previous trust root; trying again under the new one");
@@ -451,6 +459,15 @@ impl Reconciler {
             }
             if self.failed.contains_key(&a.manifest_digest) {
                 continue;
+            }
+            if self
+                .installed
+                .get(a.model.as_str())
+                .is_some_and(|serving| a.version < *serving)
+            {
+                self.busy = true;
+                self.job_epoch = self.trust_epoch;
+                return Some(Action::Restore { assignment: a });
             }
             let offset = self.partials.get(&a.manifest_digest).copied().unwrap_or(0);
             self.busy = true;

@@ -294,6 +294,9 @@ async fn session(
                 Action::Activate { assignment } => {
                     job = Some(Job(tokio::spawn(activate(ctx.clone(), assignment))))
                 }
+                Action::Restore { assignment } => {
+                    job = Some(Job(tokio::spawn(restore_held(ctx.clone(), assignment))))
+                }
                 local => ctx.apply_local(local),
             }
         }
@@ -366,6 +369,18 @@ async fn fetch(
     };
     Outcome::Fetched {
         have: partial_len(&ctx.opts.data, &a.manifest_digest),
+        assignment: a,
+        result,
+    }
+}
+
+async fn restore_held(ctx: Arc<Ctx>, a: Assignment) -> Outcome {
+    let act = ctx.act.clone();
+    let a2 = a.clone();
+    let result = tokio::task::spawn_blocking(move || act.restore(&a2))
+        .await
+        .unwrap_or_else(internal);
+    Outcome::Activated {
         assignment: a,
         result,
     }

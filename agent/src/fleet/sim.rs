@@ -43,6 +43,8 @@ pub struct SimActivator {
     /// When each model's active version was activated (ms since the epoch),
     /// for the simulated telemetry's windows.
     since_ms: Mutex<HashMap<String, u64>>,
+    /// Earlier champions per model (the agent's rollback history).
+    history: Mutex<HashMap<String, Vec<(u64, Digest)>>>,
     counters: Arc<SimCounters>,
 }
 
@@ -52,6 +54,7 @@ impl SimActivator {
             trust,
             active: Mutex::new(HashMap::new()),
             since_ms: Mutex::new(HashMap::new()),
+            history: Mutex::new(HashMap::new()),
             counters,
         }
     }
@@ -109,7 +112,12 @@ impl Activator for SimActivator {
         match &res {
             Ok(()) => {
                 if let Ok(mut m) = self.active.lock() {
-                    m.insert(a.model.to_string(), (a.version, a.manifest_digest));
+                    let prev = m.insert(a.model.to_string(), (a.version, a.manifest_digest));
+                    if let (Some(p), Ok(mut h)) = (prev, self.history.lock()) {
+                        let h = h.entry(a.model.to_string()).or_default();
+                        h.retain(|x| x.0 != p.0);
+                        h.push(p);
+                    }
                 }
                 if let Ok(mut m) = self.since_ms.lock() {
                     let now_ms = std::time::SystemTime::now()
@@ -134,6 +142,32 @@ impl Activator for SimActivator {
         if let Ok(mut m) = self.active.lock() {
             m.remove(model);
         }
+        if let Ok(mut h) = self.history.lock() {
+            h.remove(model);
+        }
+        Ok(())
+    }
+
+    /// The agent's rollback rule: an earlier champion still held, with the
+    /// assigned manifest.
+    fn restore(&self, a: &Assignment) -> Result<(), Refusal> {
+        let (Ok(mut active), Ok(mut history)) = (self.active.lock(), self.history.lock()) else {
+            return Err(Refusal::new("internal", "simulator state poisoned"));
+        };
+        let h = history.entry(a.model.to_string()).or_default();
+        if !h.contains(&(a.version, a.manifest_digest)) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::new(
+                "rollback_refused",
+                format!(
+                    "model {} v{}: not an earlier champion of this device that it still holds",
+                    a.model, a.version
+                ),
+            ));
+        }
+        h.retain(|x| x.0 != a.version);
+        active.insert(a.model.to_string(), (a.version, a.manifest_digest));
+        self.counters.activated.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

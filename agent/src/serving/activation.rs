@@ -342,6 +342,69 @@ impl Agent {
         })
     }
 
+    /// Makes `version` of `model` the champion again, from the local store
+    /// (no download), for a signed desired state that sends this device
+    /// back (a rollout's rollback). The rollback rule (docs/security.md):
+    /// only a version this device served as champion before and still
+    /// holds, i.e. one in the model's rollback history, whose signed
+    /// manifest is the one assigned (`digest`). Anything else below the
+    /// serving version is refused with `rollback_refused`; the
+    /// anti-rollback floor (`highest_seen`) is unchanged, so a version
+    /// never activated here stays refused.
+    pub fn restore(
+        &self,
+        model: &str,
+        version: u64,
+        digest: &ferry_protocol::keys::Digest,
+    ) -> Result<Activated, ActivateError> {
+        let mut act = self.activations();
+        let st = act
+            .state
+            .models
+            .get(model)
+            .cloned()
+            .ok_or_else(|| ActivateError::UnknownModel(model.into()))?;
+        let serving = st.champion.unwrap_or(0);
+        let refuse = |reason: &'static str| ActivateError::NotRestorable {
+            model: model.into(),
+            version,
+            serving,
+            reason,
+        };
+        if !st.history.contains(&version) {
+            return Err(refuse(
+                "not an earlier champion of this device that it still holds",
+            ));
+        }
+        let loaded = self.load_stored(&mut act, model, version)?;
+        if loaded.manifest_digest != *digest {
+            return Err(refuse("the stored bundle is not the one assigned"));
+        }
+        let previous = {
+            let Some(st) = act.state.models.get_mut(model) else {
+                return Err(ActivateError::UnknownModel(model.into()));
+            };
+            st.history.retain(|h| *h != version);
+            st.champion.replace(version)
+        };
+        self.commit(&mut act, model, false)?;
+        tracing::info!(model, version, ?previous, "restored by the control plane");
+        self.event(
+            "rolled_back",
+            Some(model),
+            Some(version),
+            previous
+                .map(|p| format!("from v{p}, by the control plane"))
+                .unwrap_or_default(),
+        );
+        Ok(Activated {
+            model: model.into(),
+            version,
+            role: Role::Champion,
+            previous,
+        })
+    }
+
     /// Stops a challenger or shadow.
     pub fn clear(&self, model: &str, role: Role) -> Result<(), ActivateError> {
         let mut act = self.activations();

@@ -38,6 +38,15 @@ pub enum ActivateError {
     NoPrevious { model: String },
     #[error("model {model} v{version} is not in the local store")]
     NotStored { model: String, version: u64 },
+    /// A desired state asked for a version below the one serving that
+    /// this device cannot go back to (docs/security.md, rollback rule).
+    #[error("model {model} v{version}: {reason}; refusing to downgrade from v{serving}")]
+    NotRestorable {
+        model: String,
+        version: u64,
+        serving: u64,
+        reason: &'static str,
+    },
     #[error("a challenger needs a split between 0 and 1, got {0}")]
     BadSplit(f64),
     #[error("state file {path}: {reason}")]
@@ -55,6 +64,7 @@ impl ActivateError {
             ActivateError::UnknownModel(_) => "unknown_model",
             ActivateError::NoPrevious { .. } => "no_previous_version",
             ActivateError::NotStored { .. } => "not_stored",
+            ActivateError::NotRestorable { .. } => "rollback_refused",
             ActivateError::BadSplit(_) => "bad_split",
             ActivateError::State { .. } => "state",
         }

@@ -10,7 +10,7 @@
 use super::error::InferError;
 use super::routing::{routing_hash, ModelRoutes, Route, Table};
 use super::Agent;
-use crate::engine::{Input, Output};
+use crate::engine::{Input, Output, RunError};
 use crate::inference_log::{Entry, FeedbackRecord, InferenceRecord};
 use crate::telemetry::window::Observation;
 use ferry_protocol::{Schema, Tensor, TensorData};
@@ -134,7 +134,10 @@ impl Agent {
                 .collect()
         });
         let start = Instant::now();
-        let result = route.loaded.engine.run(inputs.to_vec());
+        let mut result = route.loaded.engine.run(inputs.to_vec());
+        if crate::failpoint::fails_for_version("serving-infer-error", manifest.version) {
+            result = Err(RunError::Exec("injected failure (failpoint)".into()));
+        }
         let elapsed = start.elapsed();
         route.series.observe(elapsed.as_secs_f64(), result.is_ok());
         let latency_us = elapsed.as_micros().min(u128::from(u32::MAX)) as u32;

@@ -23,6 +23,7 @@ mod audit;
 mod challenger;
 mod models;
 mod projects;
+pub mod rollouts;
 mod tokens;
 mod trust;
 mod versions;

@@ -165,6 +165,37 @@ pub const OPERATIONS: &[(&str, &str, Covered)] = &[
         C("deployments scale dep --selector site=a"),
     ),
     ("DELETE", "/api/v1/deployments/{id}", C("undeploy dep")),
+    // rollouts
+    (
+        "POST",
+        "/api/v1/rollouts",
+        C("rollout start m --version 2 --selector site=a --policy fast"),
+    ),
+    ("GET", "/api/v1/rollouts", C("rollout list")),
+    ("GET", "/api/v1/rollouts/{id}", C("rollout show ro")),
+    ("POST", "/api/v1/rollouts/{id}/pause", C("rollout pause ro")),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/resume",
+        C("rollout resume ro"),
+    ),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/approve",
+        C("rollout approve ro"),
+    ),
+    ("POST", "/api/v1/rollouts/{id}/abort", C("rollout abort ro")),
+    ("GET", "/api/v1/rollouts/policies", C("rollout policy list")),
+    (
+        "GET",
+        "/api/v1/rollouts/policies/{name}",
+        C("rollout policy show fast"),
+    ),
+    (
+        "PUT",
+        "/api/v1/rollouts/policies/{name}",
+        C("rollout policy put fast p.toml"),
+    ),
 ];
 
 #[cfg(test)]

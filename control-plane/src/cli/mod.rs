@@ -20,6 +20,7 @@ mod login;
 mod model;
 mod output;
 mod project;
+mod rollout;
 mod series;
 mod server;
 mod token;
@@ -75,6 +76,8 @@ pub enum Command {
     Deployments(deployments::DeploymentsArgs),
     /// Remove a deployment from the devices' desired state
     Undeploy(deployments::UndeployArgs),
+    /// Rollouts in waves with gates: start, list, show, pause, resume, approve, abort, policy
+    Rollout(rollout::RolloutArgs),
     /// Alerts raised from device telemetry: list, acknowledge
     Alerts(alerts::AlertsArgs),
     /// A model's drift policy (config get|set) and PSI per window (series)
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deployments::deploy(a),
         Command::Deployments(a) => deployments::deployments(a),
         Command::Undeploy(a) => deployments::undeploy(a),
+        Command::Rollout(a) => rollout::rollout(a),
         Command::Alerts(a) => alerts::alerts(a),
         Command::Drift(a) => drift::drift(a),
         Command::Triggers(a) => triggers::triggers(a),

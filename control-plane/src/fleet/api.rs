@@ -258,7 +258,7 @@ async fn revoke(
 
 /// A deployment's `version` field: a number, or a string that is a number
 /// or an alias.
-fn version_ref(v: &Value) -> Result<VersionRef, ApiError> {
+pub(crate) fn version_ref(v: &Value) -> Result<VersionRef, ApiError> {
     match v {
         Value::Number(n) => n
             .as_i64()

@@ -1,37 +1,82 @@
 //! Desired-state assignment: what a device should run. Pure: one fetched
-//! list of a tenant's live deployments in, one device's assignments out,
-//! so a change is computed for every connected device from one query.
+//! list of a tenant's live deployments (and the assignments its rollouts
+//! made) in, one device's assignments out, so a change is computed for
+//! every connected device from one query.
+//!
+//! Per model, the newest of (a) the deployments whose selector matches the
+//! device and (b) what a rollout assigned this device wins: a device not
+//! (yet) in a rollout's wave keeps what its deployments give it, a device in
+//! a wave gets the rollout's version, a rolled-back one the version it ran
+//! before (or nothing), and a deployment made later (a finished rollout's,
+//! or an operator's) replaces all of that.
 
 use super::db::{matches, Deployment, Labels};
+use crate::store::rollouts::RolloutTarget;
 use ferry_protocol::desired::{Assignment, Variant};
 use ferry_protocol::keys::Digest;
 use ferry_protocol::ModelName;
 use std::collections::BTreeMap;
 
+/// What wins a model on a device: (version, digest) or withdrawn, and where
+/// it came from (for the log).
+struct Winner<'a> {
+    at_us: i64,
+    version: Option<(i64, &'a str)>,
+    from: &'a str,
+}
+
 /// Per model, the newest of `deployments` (oldest first, as
-/// `db::live_deployments` returns them) whose selector matches `labels`;
-/// ordered by model name. A deployment naming an invalid model or digest
-/// is skipped, and logged.
-pub fn assign(deployments: &[Deployment], labels: &Labels) -> Vec<Assignment> {
-    let mut by_model: BTreeMap<&str, &Deployment> = BTreeMap::new();
+/// `db::live_deployments` returns them) whose selector matches `labels`,
+/// unless one of `targets` (this device's rollout assignments) is newer;
+/// ordered by model name. An entry naming an invalid model or digest is
+/// skipped, and logged.
+pub fn assign(
+    deployments: &[Deployment],
+    targets: &[RolloutTarget],
+    labels: &Labels,
+) -> Vec<Assignment> {
+    let mut by_model: BTreeMap<&str, Winner<'_>> = BTreeMap::new();
     for d in deployments {
         if matches(&d.selector, labels) {
-            by_model.insert(d.model.as_str(), d);
+            by_model.insert(
+                d.model.as_str(),
+                Winner {
+                    at_us: d.created_us,
+                    version: Some((d.version, d.digest.as_str())),
+                    from: d.id.as_str(),
+                },
+            );
+        }
+    }
+    for t in targets {
+        let newer = by_model
+            .get(t.model.as_str())
+            .is_none_or(|w| t.updated_us > w.at_us);
+        if newer {
+            by_model.insert(
+                t.model.as_str(),
+                Winner {
+                    at_us: t.updated_us,
+                    version: t.version.as_ref().map(|(v, d)| (*v, d.as_str())),
+                    from: t.rollout_id.as_str(),
+                },
+            );
         }
     }
     by_model
-        .into_values()
-        .filter_map(|d| {
+        .into_iter()
+        .filter_map(|(model, w)| {
+            let (version, digest) = w.version?;
             let (Ok(model), Ok(digest)) = (
-                ModelName::try_from(d.model.clone()),
-                Digest::from_hex(&d.digest),
+                ModelName::try_from(model.to_string()),
+                Digest::from_hex(digest),
             ) else {
-                tracing::error!(deployment = %d.id, "deployment names an invalid model or digest; skipped");
+                tracing::error!(source = %w.from, "deployment or rollout names an invalid model or digest; skipped");
                 return None;
             };
             Some(Assignment {
                 model,
-                version: d.version as u64,
+                version: version as u64,
                 manifest_digest: digest,
                 variant: Variant::Champion,
                 traffic_percent: 100,
@@ -61,6 +106,7 @@ mod tests {
             digest: sha256(format!("{model} v{version}").as_bytes()).to_hex(),
             selector: labels(selector),
             created_at: 0,
+            created_us: 0,
             created_by: "admin".into(),
             deleted_at: None,
         }
@@ -81,28 +127,28 @@ mod tests {
         let lyon = labels(&[("site", "lyon"), ("tier", "gold")]);
         let paris = labels(&[("site", "paris")]);
         let gold = labels(&[("site", "paris"), ("tier", "gold")]);
-        assert_eq!(versions(&assign(&deps, &lyon)), [("fraud".into(), 2)]);
+        assert_eq!(versions(&assign(&deps, &[], &lyon)), [("fraud".into(), 2)]);
         // The newest fraud deployment does not match: the older one does.
         assert_eq!(
-            versions(&assign(&deps, &paris)),
+            versions(&assign(&deps, &[], &paris)),
             [("churn".into(), 5), ("fraud".into(), 1)]
         );
         assert_eq!(
-            versions(&assign(&deps, &gold)),
+            versions(&assign(&deps, &[], &gold)),
             [("churn".into(), 5), ("fraud".into(), 3)]
         );
         // An empty selector matches every device, even an unlabelled one.
         assert_eq!(
-            versions(&assign(&deps, &Labels::new())),
+            versions(&assign(&deps, &[], &Labels::new())),
             [("fraud".into(), 1)]
         );
-        assert!(assign(&[], &lyon).is_empty());
+        assert!(assign(&[], &[], &lyon).is_empty());
     }
 
     #[test]
     fn assignments_carry_the_deployed_digest_as_champion() {
         let deps = [dep("d1", "fraud", 7, &[])];
-        let a = &assign(&deps, &Labels::new())[0];
+        let a = &assign(&deps, &[], &Labels::new())[0];
         assert_eq!(a.manifest_digest.to_hex(), deps[0].digest);
         assert_eq!(a.variant, Variant::Champion);
         assert_eq!(a.traffic_percent, 100);
@@ -116,8 +162,49 @@ mod tests {
         bad_name.digest = sha256(b"x").to_hex();
         let deps = [dep("d1", "churn", 1, &[]), bad, bad_name];
         assert_eq!(
-            versions(&assign(&deps, &Labels::new())),
+            versions(&assign(&deps, &[], &Labels::new())),
             [("churn".into(), 1)]
         );
+    }
+
+    fn target(device: &str, model: &str, version: Option<i64>, at: i64) -> RolloutTarget {
+        RolloutTarget {
+            rollout_id: "ro_1".into(),
+            device_id: device.into(),
+            model: model.into(),
+            version: version.map(|v| (v, sha256(format!("{model} v{v}").as_bytes()).to_hex())),
+            updated_us: at,
+        }
+    }
+
+    #[test]
+    fn the_newer_of_a_deployment_and_a_rollout_assignment_wins() {
+        let mut d1 = dep("d1", "fraud", 1, &[]);
+        d1.created_us = 10;
+        let any = Labels::new();
+        // Not in a wave: the deployment.
+        assert_eq!(
+            versions(&assign(&[d1.clone()], &[], &any)),
+            [("fraud".into(), 1)]
+        );
+        // In a wave: the rollout's version.
+        let t = [target("dev", "fraud", Some(2), 20)];
+        assert_eq!(
+            versions(&assign(&[d1.clone()], &t, &any)),
+            [("fraud".into(), 2)]
+        );
+        // Rolled back to nothing: withdrawn.
+        let t = [target("dev", "fraud", None, 30)];
+        assert!(assign(&[d1.clone()], &t, &any).is_empty());
+        // A later deployment (the finished rollout's) replaces the target.
+        let mut d3 = dep("d3", "fraud", 3, &[]);
+        d3.created_us = 40;
+        assert_eq!(
+            versions(&assign(&[d1, d3], &t, &any)),
+            [("fraud".into(), 3)]
+        );
+        // A rollout assignment of a model with no deployment.
+        let t = [target("dev", "churn", Some(4), 5)];
+        assert_eq!(versions(&assign(&[], &t, &any)), [("churn".into(), 4)]);
     }
 }

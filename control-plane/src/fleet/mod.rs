@@ -28,6 +28,7 @@ pub mod trust;
 use crate::audit::AuditEntry;
 use crate::blobs::Blobs;
 use crate::store::fleet as db;
+use crate::store::rollouts::RolloutTarget;
 use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
 use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState};
@@ -176,11 +177,19 @@ pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<Stri
     names
 }
 
-/// A tenant's live deployments as fetched at a change generation.
+/// A tenant's live deployments and rollout assignments (by device) as
+/// fetched at a change generation.
 struct Fetched {
     generation: u64,
     at: std::time::Instant,
-    deployments: Arc<Vec<db::Deployment>>,
+    live: Arc<Live>,
+}
+
+/// What decides a tenant's assignments ([`assign::assign`]).
+#[derive(Default)]
+struct Live {
+    deployments: Vec<db::Deployment>,
+    targets: HashMap<String, Vec<RolloutTarget>>,
 }
 
 /// How long fetched deployments serve without a local change: bounds how
@@ -216,6 +225,9 @@ pub struct Fleet {
     held_roots: Mutex<HashMap<String, (u64, u64)>>,
     /// Bumped on every change that may alter some device's desired state.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped for every activation report stored: the rollout driver steps
+    /// at once on new input.
+    reports: tokio::sync::watch::Sender<u64>,
     /// Open connections by device id (closed on revocation).
     connections: Mutex<HashMap<String, quinn::Connection>>,
     /// Live deployments by tenant, fetched once per change for every
@@ -310,6 +322,7 @@ impl Fleet {
             trust_versions: tokio::sync::Mutex::new(HashMap::new()),
             held_roots: Mutex::new(HashMap::new()),
             changes,
+            reports: tokio::sync::watch::Sender::new(0),
             connections: Mutex::new(HashMap::new()),
             deployments: tokio::sync::Mutex::new(HashMap::new()),
             serve,
@@ -332,8 +345,20 @@ impl Fleet {
         self.changes.send_modify(|g| *g += 1);
     }
 
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Changes of desired state (deployments, labels, revocations,
+    /// rollout assignments).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Activation reports stored.
+    pub(crate) fn subscribe_reports(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reports.subscribe()
+    }
+
+    /// Says an activation report was stored.
+    pub(crate) fn reported(&self) {
+        self.reports.send_modify(|n| *n += 1);
     }
 
     /// The next desired-state sequence number for a device whose replay
@@ -350,34 +375,45 @@ impl Fleet {
         })
     }
 
-    /// Live deployments of `tenant`, from one query per change: every
-    /// connected device recomputes its desired state after a change, and
-    /// all of them read the same fetched list.
-    async fn live_deployments(&self, tenant: &str) -> Result<Arc<Vec<db::Deployment>>, StoreError> {
+    /// Live deployments and rollout assignments of `tenant`, from one
+    /// query each per change: every connected device recomputes its
+    /// desired state after a change, and all of them read the same fetched
+    /// lists.
+    async fn live(&self, tenant: &str) -> Result<Arc<Live>, StoreError> {
         let generation = *self.changes.borrow();
         let mut cache = self.deployments.lock().await;
         if let Some(f) = cache.get(tenant) {
             if f.generation == generation && f.at.elapsed() < DEPLOYMENTS_MAX_AGE {
-                return Ok(f.deployments.clone());
+                return Ok(f.live.clone());
             }
         }
-        let deployments = Arc::new(self.store.live_deployments(tenant).await?);
+        let deployments = self.store.live_deployments(tenant).await?;
+        let mut targets: HashMap<String, Vec<RolloutTarget>> = HashMap::new();
+        for t in self.store.rollout_targets(tenant).await? {
+            targets.entry(t.device_id.clone()).or_default().push(t);
+        }
+        let live = Arc::new(Live {
+            deployments,
+            targets,
+        });
         cache.insert(
             tenant.to_string(),
             Fetched {
                 generation,
                 at: std::time::Instant::now(),
-                deployments: deployments.clone(),
+                live: live.clone(),
             },
         );
-        Ok(deployments)
+        Ok(live)
     }
 
-    /// What `device` should run now: per model, the newest live deployment
-    /// whose selector matches its labels ([`assign::assign`]).
+    /// What `device` should run now: per model, the newest of the live
+    /// deployments whose selector matches its labels and of what rollouts
+    /// assigned it ([`assign::assign`]).
     pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
-        let deployments = self.live_deployments(&device.tenant).await?;
-        Ok(assign::assign(&deployments, &device.labels))
+        let live = self.live(&device.tenant).await?;
+        let targets = live.targets.get(&device.id).map_or(&[][..], Vec::as_slice);
+        Ok(assign::assign(&live.deployments, targets, &device.labels))
     }
 
     /// Signs a fresh desired-state document for `device` at `now`, numbered
@@ -544,6 +580,7 @@ mod tests {
             digest: ferry_protocol::keys::sha256(id.as_bytes()).to_hex(),
             selector: db::Labels::new(),
             created_at: 0,
+            created_us: 0,
             created_by: "admin".into(),
             deleted_at: None,
         }

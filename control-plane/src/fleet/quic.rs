@@ -597,6 +597,8 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
                 .await
             {
                 tracing::error!(device = %device.id, error = %e, "storing an activation report failed");
+            } else {
+                fleet.reported();
             }
         }
         AgentFrame::Progress {

@@ -226,6 +226,7 @@ pub async fn create_deployment(
         digest: row.digest.clone(),
         selector,
         created_at: store.clock().now_secs() as i64,
+        created_us: 0,
         created_by: caller.actor.clone(),
         deleted_at: None,
     };
@@ -415,6 +416,7 @@ mod tests {
             digest: String::new(),
             selector: labels(selector),
             created_at: 0,
+            created_us: 0,
             created_by: "op".into(),
             deleted_at: None,
         }

@@ -12,7 +12,8 @@
 //! - `engine`: the sans-IO state machine (`poll(now)` → actions) whose
 //!   state the server persists.
 //!
-//! Not yet wired into the server, REST, CLI or MQTT (docs/rollouts.md).
+//! Pure: the server drives it through `crate::rollout_driver`
+//! (docs/rollouts.md).
 
 pub mod challenger;
 pub mod engine;

@@ -6,6 +6,7 @@ pub mod tls;
 
 pub use openapi::{document, DOCUMENT_PATH};
 
+use crate::api::rollouts::RolloutsState;
 use crate::api::{self, AppState, Limits};
 use crate::audit::{AuditEntry, OUTCOME_OK};
 use crate::auth::{self, Role};
@@ -13,6 +14,7 @@ use crate::blobs::{BlobError, Blobs, S3Options};
 use crate::config::ServerConfig;
 use crate::fleet::api::FleetState;
 use crate::fleet::Fleet;
+use crate::rollout_driver::RolloutDriver;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use std::sync::Arc;
@@ -194,6 +196,7 @@ pub async fn serve_with(
     let _ = std::io::stdout().flush();
     let mut fleet_state = None;
     let mut _quic = None;
+    let mut _rollouts = None;
     if let Some(mut opts) = fleet {
         if opts.mqtt_url.is_none() {
             opts.mqtt_url = _telemetry.as_ref().map(|t| t.advertised_url.clone());
@@ -202,7 +205,12 @@ pub async fn serve_with(
         let (endpoint, quic) = fleet.start_quic()?;
         println!("ferry fleet listening on quic://{quic}");
         let _ = std::io::stdout().flush();
-        fleet_state = Some(fleet);
+        let driver =
+            RolloutDriver::new(fleet.clone(), _telemetry.as_ref().map(|t| t.engine.clone()));
+        println!("ferry rollouts driven by replica {}", driver.holder);
+        let _ = std::io::stdout().flush();
+        _rollouts = Some(driver.spawn());
+        fleet_state = Some((fleet, driver));
         _quic = Some(endpoint);
     }
     // Failed logins are audited as one summary per source and minute.
@@ -248,7 +256,7 @@ pub async fn serve_with(
 /// Every route of the server: the registry, telemetry, the OpenAPI
 /// document, and the fleet when it runs. Unknown paths answer a JSON 404;
 /// every response carries the request id.
-pub fn app(state: AppState, fleet: Option<Arc<Fleet>>) -> Router {
+pub fn app(state: AppState, fleet: Option<(Arc<Fleet>, Arc<RolloutDriver>)>) -> Router {
     let (registry, _) = api::routes().split_for_parts();
     let (telemetry, _) = crate::telemetry::api::routes().split_for_parts();
     let (doc, _) = openapi::routes().split_for_parts();
@@ -256,9 +264,14 @@ pub fn app(state: AppState, fleet: Option<Arc<Fleet>>) -> Router {
         .merge(telemetry)
         .merge(doc)
         .with_state(state.clone());
-    if let Some(fleet) = fleet {
+    if let Some((fleet, driver)) = fleet {
         let (routes, _) = crate::fleet::api::routes().split_for_parts();
-        router = router.merge(routes.with_state(FleetState { app: state, fleet }));
+        router = router.merge(routes.with_state(FleetState {
+            app: state.clone(),
+            fleet,
+        }));
+        let (routes, _) = api::rollouts::routes().split_for_parts();
+        router = router.merge(routes.with_state(RolloutsState { app: state, driver }));
     }
     router
         .fallback(api::error::no_route)

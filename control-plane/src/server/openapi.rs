@@ -30,6 +30,7 @@ pub fn document() -> OpenApi {
     doc.merge(api::routes().split_for_parts().1);
     doc.merge(crate::telemetry::api::routes().split_for_parts().1);
     doc.merge(crate::fleet::api::routes().split_for_parts().1);
+    doc.merge(api::rollouts::routes().split_for_parts().1);
     doc.merge(routes().split_for_parts().1);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -117,8 +118,9 @@ mod tests {
                 n += 1;
             }
         }
-        // Registry 28 (with the challenger comparison), telemetry 8, fleet 13.
-        assert_eq!(n, 49);
+        // Registry 28 (with the challenger comparison), telemetry 8, fleet 13,
+        // rollouts 10.
+        assert_eq!(n, 59);
         assert_eq!(operations().len(), n);
     }
 
@@ -129,6 +131,7 @@ mod tests {
         for (file, text) in [
             ("api/mod.rs", include_str!("../api/mod.rs")),
             ("fleet/api.rs", include_str!("../fleet/api.rs")),
+            ("api/rollouts.rs", include_str!("../api/rollouts.rs")),
             ("telemetry/api.rs", include_str!("../telemetry/api.rs")),
             ("server/mod.rs", include_str!("mod.rs")),
             ("server/openapi.rs", include_str!("openapi.rs")),
@@ -183,7 +186,8 @@ mod tests {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
             let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let fleet = op.tags.iter().any(|t| t == "fleet");
+            // Fleet and rollout routes exist only with the fleet (`--quic`).
+            let fleet = op.tags.iter().any(|t| t == "fleet" || t == "rollouts");
             let unrouted = body["code"] == "no_route" || status == 405;
             assert_eq!(unrouted, fleet, "{} {path}: {status} {body}", op.method);
         }

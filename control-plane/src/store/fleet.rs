@@ -59,6 +59,9 @@ pub struct Deployment {
     pub digest: String,
     pub selector: Labels,
     pub created_at: i64,
+    /// Microseconds, strictly increasing per server (set when stored): the
+    /// newest deployment or rollout assignment of a model wins.
+    pub created_us: i64,
     pub created_by: String,
     pub deleted_at: Option<i64>,
 }
@@ -73,6 +76,7 @@ impl FromRow<'_, AnyRow> for Deployment {
             digest: r.try_get("digest")?,
             selector: labels_from_string(&r.try_get::<String, _>("selector")?),
             created_at: r.try_get("created_at")?,
+            created_us: r.try_get("created_us")?,
             created_by: r.try_get("created_by")?,
             deleted_at: r.try_get("deleted_at")?,
         })
@@ -80,7 +84,7 @@ impl FromRow<'_, AnyRow> for Deployment {
 }
 
 const DEPLOYMENT_COLS: &str =
-    "id, tenant, model, version, digest, selector, created_at, created_by, deleted_at";
+    "id, tenant, model, version, digest, selector, created_at, created_us, created_by, deleted_at";
 
 /// A new enrollment token, stored by hash.
 #[derive(Clone, Debug)]
@@ -144,7 +148,7 @@ pub type DeviceModelState = (i64, String, String);
 
 /// Strictly increasing microseconds in this process, from `now_us`, so
 /// deployments created in one burst keep their order.
-fn creation_micros(now_us: i64) -> i64 {
+pub(super) fn creation_micros(now_us: i64) -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
     let prev = LAST.fetch_max(now_us, Ordering::SeqCst);
@@ -153,6 +157,31 @@ fn creation_micros(now_us: i64) -> i64 {
     } else {
         now_us
     }
+}
+
+/// Inserts a deployment row in `tx`, stamped with the deployments' clock.
+pub(super) async fn insert_deployment(
+    store: &Store,
+    tx: &mut super::Tx,
+    d: &Deployment,
+) -> Result<()> {
+    let created_us = creation_micros(store.clock.now_micros() as i64);
+    sqlx::query(
+        "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(d.id.as_str())
+    .bind(d.tenant.as_str())
+    .bind(d.model.as_str())
+    .bind(d.version)
+    .bind(d.digest.as_str())
+    .bind(labels_to_string(&d.selector))
+    .bind(d.created_at)
+    .bind(created_us)
+    .bind(d.created_by.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -412,33 +441,16 @@ impl Store {
 
     /// Stores a deployment (audited as `entry`).
     pub async fn create_deployment(&self, d: &Deployment, entry: AuditEntry) -> Result<()> {
-        let created_us = creation_micros(self.clock.now_micros() as i64);
-        {
-            let mut m = self.mutation(entry).await?;
-            let tx = &mut m.tx;
-            let out: Result<_> = async {
-                super::versions::require_deployable(tx, &d.tenant, &d.model, d.version, &d.digest)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO deployments (id, tenant, model, version, digest, selector, created_at, created_us, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(d.id.as_str())
-                .bind(d.tenant.as_str())
-                .bind(d.model.as_str())
-                .bind(d.version)
-                .bind(d.digest.as_str())
-                .bind(labels_to_string(&d.selector))
-                .bind(d.created_at)
-                .bind(created_us)
-                .bind(d.created_by.as_str())
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
-            .await;
-            m.finish(out).await
+        let mut m = self.mutation(entry).await?;
+        let out: Result<_> = async {
+            super::versions::require_deployable(
+                &mut m.tx, &d.tenant, &d.model, d.version, &d.digest,
+            )
+            .await?;
+            insert_deployment(self, &mut m.tx, d).await
         }
+        .await;
+        m.finish(out).await
     }
 
     pub async fn deployment(&self, tenant: &str, id: &str) -> Result<Deployment> {

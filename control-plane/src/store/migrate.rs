@@ -43,6 +43,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_enrollment_token_revoke.sql"),
         include_str!("../../migrations/postgres/0005_enrollment_token_revoke.sql"),
     ),
+    (
+        6,
+        "rollouts",
+        include_str!("../../migrations/sqlite/0006_rollouts.sql"),
+        include_str!("../../migrations/postgres/0006_rollouts.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

@@ -21,6 +21,7 @@ mod gc;
 mod migrate;
 mod models;
 mod projects;
+pub mod rollouts;
 mod sql;
 pub mod telemetry;
 mod tokens;

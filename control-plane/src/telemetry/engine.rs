@@ -77,6 +77,9 @@ pub struct Engine {
     pub counters: Counters,
     /// Webhook retry delays, ms (tests shorten them).
     pub retry_ms: Vec<u64>,
+    /// Bumped for every drift window stored: the rollout driver steps at
+    /// once on new telemetry.
+    pub windows_stored: tokio::sync::watch::Sender<u64>,
 }
 
 /// Policies are re-read from the store this often (ms), so a change made
@@ -99,6 +102,7 @@ impl Engine {
             admission: Admission::new(max_per_minute),
             counters: Counters::default(),
             retry_ms: vec![500, 1000, 2000, 4000],
+            windows_stored: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -330,6 +334,7 @@ impl Engine {
                 ..Default::default()
             });
         }
+        self.windows_stored.send_modify(|n| *n += 1);
         let mut out = Outcome {
             stored: true,
             ..Default::default()

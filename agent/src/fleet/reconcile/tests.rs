@@ -183,6 +183,9 @@ struct Device {
     refusals: Vec<String>,
     /// `fleet/trust.root`; `None`: activation checks no publisher.
     trust: Option<TrustRoot>,
+    /// Earlier champions still held, per model (the agent's rollback
+    /// history).
+    history: BTreeMap<String, Vec<(u64, Digest)>>,
 }
 
 impl Device {
@@ -397,10 +400,27 @@ impl Pair {
                 } else if !bundle.good {
                     Err(Refusal::new("test_vectors_failed", "outputs differ"))
                 } else {
-                    device
+                    let model = assignment.model.to_string();
+                    if let Some(prev) = device
                         .serving
-                        .insert(assignment.model.to_string(), (assignment.version, d));
+                        .insert(model.clone(), (assignment.version, d))
+                    {
+                        device.history.entry(model).or_default().push(prev);
+                    }
                     Ok(())
+                };
+                return Some(Outcome::Activated { assignment, result });
+            }
+            Action::Restore { assignment } => {
+                let model = assignment.model.to_string();
+                let held = (assignment.version, assignment.manifest_digest);
+                let history = device.history.entry(model.clone()).or_default();
+                let result = if history.contains(&held) {
+                    history.retain(|h| *h != held);
+                    device.serving.insert(model, held);
+                    Ok(())
+                } else {
+                    Err(Refusal::new("rollback_refused", "not held"))
                 };
                 return Some(Outcome::Activated { assignment, result });
             }
@@ -415,6 +435,9 @@ fn pair() -> Pair {
 
 /// Trust-root rotation and refused roots.
 mod trust;
+
+/// Rollback through desired state (the rollback rule).
+mod rollback;
 
 #[test]
 fn a_fresh_device_fetches_activates_and_reports_once() {

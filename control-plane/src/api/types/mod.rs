@@ -5,11 +5,13 @@
 mod admin;
 mod fleet;
 mod registry;
+mod rollouts;
 mod telemetry;
 
 pub use admin::*;
 pub use fleet::*;
 pub use registry::*;
+pub use rollouts::*;
 pub use telemetry::*;
 
 /// `GET /models/{name}/challenger` (the comparison's own types).
