@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{fixtures, http, Conn, Keys, Served};
+use common::{fixtures, http, Conn, Keys, Process, Served};
 use ferry::bundle_build::{build, BuildError, BuildSpec};
 use ferry::input_shapes::{parse_const_input, parse_input_shape, ShapeDim};
 use ferry_agent::engine::{Engine, Input, LoadOptions, RunError};
@@ -409,4 +409,115 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
     assert!(line("ferry_plan_compile_seconds_total") > 0.0);
     assert_eq!(line("ferry_plan_cache_entries"), 1.0);
     assert!(line("ferry_plan_cache_hits_total") >= 1.0);
+}
+
+/// A value of one `/metrics` line for `model`.
+fn metric(text: &str, name: &str, model: &str) -> u64 {
+    let prefix = format!("{name}{{model=\"{model}\",version=\"1\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `n` requests of distinct shapes to a real agent process over OIP; every
+/// answer is checked, and the plan cache's gauges after each request.
+fn distinct_shapes(agent: &Process, n: usize, check: impl Fn(u64, u64)) {
+    let mut conn = Conn::open(agent.addr).unwrap();
+    for k in 1..=n {
+        let (rows, w) = (1 + k % 3, 2 * k);
+        let (x, want) = pair_sums(rows, w);
+        let body = serde_json::to_vec(&json!({"inputs": [
+            {"name": "x", "shape": [rows, w], "datatype": "FP32", "data": x}]}))
+        .unwrap();
+        let r = conn
+            .request(
+                "POST",
+                "/v2/models/reshape/infer",
+                &[("content-type", "application/json")],
+                &body,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let got: Vec<f32> = r.json()["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, want, "shape [{rows}, {w}]");
+        let m = conn.request("GET", "/metrics", &[], b"").unwrap();
+        let text = String::from_utf8(m.body).unwrap();
+        check(
+            metric(&text, "ferry_plan_cache_entries", "reshape"),
+            metric(&text, "ferry_plan_cache_bytes", "reshape"),
+        );
+    }
+}
+
+#[test]
+fn the_agent_binary_keeps_its_configured_plan_cache_bounds_over_100_shapes() {
+    let keys = Keys::new();
+    let bundle = keys.bundle("dynamic_reshape", "reshape", 1);
+    let trust = keys.trust_path.to_str().unwrap();
+    let model_bytes = std::fs::metadata(fixtures().join("dynamic_reshape.onnx"))
+        .unwrap()
+        .len();
+    let spawn = |dir: &Path, bound: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--trust",
+            trust,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.to_str().unwrap(),
+            "--threads",
+            "2",
+        ];
+        args.extend(bound);
+        Process::spawn(&args)
+    };
+    // The count bound: 100 distinct shapes, never more than 8 plans.
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = spawn(data.path(), &["--plan-cache-plans", "8"]);
+    let pid = agent.child.id();
+    distinct_shapes(&agent, 20, |entries, _| assert!(entries <= 8, "{entries}"));
+    let rss_20 = rss_kib(pid);
+    distinct_shapes(&agent, 100, |entries, _| assert!(entries <= 8, "{entries}"));
+    let rss_100 = rss_kib(pid);
+    let text = String::from_utf8(http(agent.addr, "GET", "/metrics", b"").body).unwrap();
+    assert_eq!(metric(&text, "ferry_plan_cache_entries", "reshape"), 8);
+    // The first 20 shapes came back once more: 100 distinct in all, one
+    // compile at activation, the 20 repeats evicted by then.
+    assert_eq!(metric(&text, "ferry_plan_compiles_total", "reshape"), 121);
+    assert_eq!(
+        metric(&text, "ferry_plan_cache_evictions_total", "reshape"),
+        120 - 8
+    );
+    eprintln!("agent RSS: {rss_20} KiB after 20 shapes, {rss_100} KiB after 120");
+    agent.kill9();
+    // The byte bound: each plan is charged the model's size; room for 3.
+    let data = tempfile::tempdir().unwrap();
+    let bytes = (3 * model_bytes).to_string();
+    let mut agent = spawn(data.path(), &["--plan-cache-bytes", &bytes]);
+    distinct_shapes(&agent, 30, |entries, charged| {
+        assert!(entries <= 3, "{entries}");
+        assert!(charged <= 3 * model_bytes, "{charged}");
+    });
+    agent.kill9();
 }

@@ -3,6 +3,7 @@
 
 use super::error::{io_err, ActivateError};
 use crate::engine::{Engine, Input, LoadOptions, PlanFor};
+use crate::plan_cache::CacheBounds;
 use ferry_protocol::bundle::read_verified;
 use ferry_protocol::{Manifest, TrustRoot};
 use std::fs::File;
@@ -41,6 +42,25 @@ pub fn verify_and_load_for(
     highest_seen: impl Fn(&str) -> Option<u64>,
     plan_for: PlanFor,
 ) -> Result<LoadedModel, ActivateError> {
+    verify_and_load_with(
+        trust,
+        bundle,
+        now_unix,
+        highest_seen,
+        plan_for,
+        CacheBounds::default(),
+    )
+}
+
+/// [`verify_and_load_for`], with per-shape plans kept within `cache`.
+pub fn verify_and_load_with(
+    trust: &TrustRoot,
+    bundle: &Path,
+    now_unix: u64,
+    highest_seen: impl Fn(&str) -> Option<u64>,
+    plan_for: PlanFor,
+    cache: CacheBounds,
+) -> Result<LoadedModel, ActivateError> {
     let f = File::open(bundle).map_err(io_err("opening bundle", bundle))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     // Peek the model name for the anti-rollback check, then verify the whole
@@ -75,7 +95,7 @@ pub fn verify_and_load_for(
     let opts = LoadOptions {
         plan_for,
         const_inputs: manifest.const_inputs.clone(),
-        ..LoadOptions::default()
+        cache,
     };
     let engine = Engine::load_with(&model_bytes, &manifest.schema, &opts).map_err(|source| {
         ActivateError::Load {
