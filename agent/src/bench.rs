@@ -3,11 +3,10 @@
 //! file, with the kernel thread count set): measurements of the engine the
 //! agent serves with, for the scripts in `scripts/bench/`.
 
-use crate::cli::read_trust;
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Input, PlanFor};
+use crate::engine::Input;
 use anyhow::{bail, Context, Result};
-use ferry_protocol::TensorData;
+use ferry_protocol::{TensorData, TrustRoot};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,10 +34,9 @@ pub struct BenchArgs {
 
 /// In-process engine throughput: one batch of `rows` rows cut into blocks the
 /// way `score` cuts them, spread over the cores. Prints one JSON line.
-pub fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let trust = read_trust(&args.trust)?;
+pub fn bench_cmd(trust: &TrustRoot, args: BenchArgs) -> Result<()> {
     let loaded = crate::serving::verify_and_load_for(
-        &trust,
+        trust,
         &args.bundle,
         SystemClock.now_unix(),
         |_| None,
@@ -141,6 +139,10 @@ pub struct ModelBenchArgs {
     pub seconds: f64,
     #[arg(long, default_value_t = 100_000)]
     pub max_runs: usize,
+    /// Serve from the symbolic plans only, never from plans specialised to
+    /// the request's shapes (what the agent did before they existed).
+    #[arg(long)]
+    pub symbolic_only: bool,
 }
 
 /// One input of a case file.
@@ -212,14 +214,22 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 /// Single-request latency of a bundle's model as the agent serves it (the
 /// serving plans, each run converting the request's values into tract's
 /// tensors as a request does). Prints one JSON line, times in µs.
-pub fn bench_model_cmd(args: ModelBenchArgs) -> Result<()> {
+pub fn bench_model_cmd(trust: &TrustRoot, args: ModelBenchArgs) -> Result<()> {
     let threads = crate::executor::set_threads(match args.threads {
         0 => crate::executor::default_threads(),
         n => n,
     });
-    let trust = read_trust(&args.trust)?;
     let started = Instant::now();
-    let loaded = crate::serving::verify_and_load(&trust, &args.bundle, SystemClock.now_unix(), |_| None)?;
+    let loaded = crate::serving::verify_and_load_with(
+        trust,
+        &args.bundle,
+        SystemClock.now_unix(),
+        |_| None,
+        crate::engine::LoadOptions {
+            symbolic_only: args.symbolic_only,
+            ..Default::default()
+        },
+    )?;
     let load_s = started.elapsed().as_secs_f64();
     let inputs = read_inputs(&args.inputs, loaded.engine.schema())?;
     for _ in 0..args.warmup {

@@ -286,9 +286,9 @@ pub fn main() -> Result<()> {
         }
         Command::Bench(args) => {
             keep_freed_memory();
-            bench_cmd(args)
+            bench_cmd(&read_trust(&args.trust)?, args)
         }
-        Command::BenchModel(args) => bench_model_cmd(args),
+        Command::BenchModel(args) => bench_model_cmd(&read_trust(&args.trust)?, args),
         Command::Enroll(args) => enroll_cmd(args),
         Command::Admin(args) => {
             let a = crate::admin_client::run(&args)?;

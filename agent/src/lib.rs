@@ -40,6 +40,8 @@ pub mod rowops;
 pub mod score;
 pub mod server;
 pub mod serving;
+pub mod specialise;
 pub mod systemd;
 pub mod telemetry;
+pub mod tensors;
 pub mod trees;

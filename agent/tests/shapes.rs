@@ -521,3 +521,71 @@ fn the_agent_binary_keeps_its_configured_plan_cache_bounds_over_100_shapes() {
     });
     agent.kill9();
 }
+
+fn conv_schema() -> Schema {
+    let sym = |s: &str| Dim::Symbolic(s.into());
+    Schema {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![sym("N"), Dim::Fixed(4), sym("H"), sym("W")],
+        }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            dtype: DType::F32,
+            shape: vec![sym("N"), Dim::Fixed(2), sym("H"), sym("W")],
+        }],
+    }
+}
+
+#[test]
+fn a_repeated_shape_of_a_conv_graph_gets_a_plan_of_its_own_with_the_same_answers() {
+    let bytes = model("dw_conv_dynamic");
+    let shaped = Engine::load_with(&bytes, &conv_schema(), &LoadOptions::default()).unwrap();
+    let symbolic = Engine::load_with(
+        &bytes,
+        &conv_schema(),
+        &LoadOptions {
+            symbolic_only: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!shaped.per_shape(), "the fixture should type with symbols");
+    let stats = shaped.plan_stats();
+    let at_load = PlanStats::get(&stats.compiles);
+    let run = |e: &Engine, n: usize, h: usize, w: usize| {
+        let x: Vec<f32> = (0..n * 4 * h * w)
+            .map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5)
+            .collect();
+        let out = e
+            .run(vec![Input {
+                shape: vec![n, 4, h, w],
+                data: TensorData::F32(x),
+            }])
+            .unwrap();
+        assert_eq!(out[0].shape, vec![n, 2, h, w]);
+        f32s(&out[0])
+    };
+    // One camera-like stream of 8×12 frames, one odd 5×7 batch of two.
+    for (k, (n, h, w)) in [(1, 8, 12), (1, 8, 12), (1, 8, 12), (2, 5, 7), (1, 8, 12)]
+        .into_iter()
+        .enumerate()
+    {
+        let (a, b) = (run(&shaped, n, h, w), run(&symbolic, n, h, w));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                "request {k} [{n}, 4, {h}, {w}] value {i}: {x} specialised, {y} symbolic"
+            );
+        }
+    }
+    // The repeated shape compiled once, at its second request; the shape
+    // seen once compiled nothing; the symbolic-only engine never compiles.
+    assert_eq!(PlanStats::get(&stats.compiles), at_load + 1);
+    assert_eq!(PlanStats::get(&stats.entries), 1);
+    assert!(PlanStats::get(&stats.hits) >= 2);
+    let plain = symbolic.plan_stats();
+    assert_eq!(PlanStats::get(&plain.compiles), at_load);
+    assert_eq!(PlanStats::get(&plain.entries), 0);
+}

@@ -63,8 +63,10 @@ impl Agent {
             bundle,
             now,
             highest_seen,
-            crate::engine::PlanFor::Serving,
-            self.plan_cache,
+            crate::engine::LoadOptions {
+                cache: self.plan_cache,
+                ..Default::default()
+            },
         )
     }
 

@@ -3,7 +3,6 @@
 
 use super::error::{io_err, ActivateError};
 use crate::engine::{Engine, Input, LoadOptions, PlanFor};
-use crate::plan_cache::CacheBounds;
 use ferry_protocol::bundle::read_verified;
 use ferry_protocol::{Manifest, TrustRoot};
 use std::fs::File;
@@ -47,19 +46,21 @@ pub fn verify_and_load_for(
         bundle,
         now_unix,
         highest_seen,
-        plan_for,
-        CacheBounds::default(),
+        LoadOptions {
+            plan_for,
+            ..LoadOptions::default()
+        },
     )
 }
 
-/// [`verify_and_load_for`], with per-shape plans kept within `cache`.
+/// [`verify_and_load`], compiled with `opts` (the manifest's fixed inputs
+/// replace `opts.const_inputs`).
 pub fn verify_and_load_with(
     trust: &TrustRoot,
     bundle: &Path,
     now_unix: u64,
     highest_seen: impl Fn(&str) -> Option<u64>,
-    plan_for: PlanFor,
-    cache: CacheBounds,
+    opts: LoadOptions,
 ) -> Result<LoadedModel, ActivateError> {
     let f = File::open(bundle).map_err(io_err("opening bundle", bundle))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
@@ -93,9 +94,8 @@ pub fn verify_and_load_with(
         return Err(ActivateError::NoModel);
     }
     let opts = LoadOptions {
-        plan_for,
         const_inputs: manifest.const_inputs.clone(),
-        cache,
+        ..opts
     };
     let engine = Engine::load_with(&model_bytes, &manifest.schema, &opts).map_err(|source| {
         ActivateError::Load {
