@@ -81,7 +81,7 @@ pub fn bench_cmd(trust: &TrustRoot, args: BenchArgs) -> Result<()> {
                 b,
             )?);
         }
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         std::thread::scope(|s| -> Result<()> {
             let handles: Vec<_> = lanes
                 .into_iter()
@@ -196,7 +196,8 @@ fn read_inputs(path: &Path, schema: &ferry_protocol::Schema) -> Result<Vec<Input
                 .find(|t| t.name == spec.name)
                 .with_context(|| format!("{}: no input {:?}", path.display(), spec.name))?;
             let file = dir.join(&t.file);
-            let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let raw =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             Ok(Input {
                 shape: t.shape.clone(),
                 data: decode(t, &raw)?,

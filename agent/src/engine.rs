@@ -12,7 +12,7 @@
 use crate::const_fold::ShapedInput;
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
 use crate::specialise::Specialiser;
-use ferry_protocol::{DType, Dim, Schema, TensorData};
+use ferry_protocol::{DType, Dim, Schema};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -37,8 +37,8 @@ pub enum LoadError {
     Fold(#[from] crate::const_fold::FoldError),
 }
 
-pub use crate::tensors::{Input, Output, RunError};
 use crate::tensors::{check_fixed, datum_type, from_tract, input_err, to_tract};
+pub use crate::tensors::{Input, Output, RunError};
 
 #[derive(Clone)]
 pub struct Engine {

@@ -108,10 +108,9 @@ impl Specialiser {
             }
         }
         let started = Instant::now();
-        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.compile(shapes)
-        }))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked")));
+        let compiled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compile(shapes)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the runtime panicked")));
         match compiled {
             Ok(plan) => {
                 self.stats.compiled(started.elapsed().as_micros() as u64);
@@ -119,9 +118,7 @@ impl Specialiser {
                 Some(plan)
             }
             Err(e) => {
-                self.stats
-                    .compile_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.compile_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(shapes = ?shapes, error = %format!("{e:#}").replace('\n', " "),
                     "no plan specialised to these shapes; the symbolic plan serves this model from now on");
                 self.off.store(true, Ordering::Relaxed);

@@ -245,8 +245,12 @@ impl Agent {
     ) -> Result<Activated, ActivateError> {
         let mut act = self.activations();
         let highest = |name: &str| act.state.models.get(name).map(|s| s.highest_seen);
-        let loaded = match self.verify_and_load(&self.trust.load(), tmp, self.clock.now_unix(), highest)
-        {
+        let loaded = match self.verify_and_load(
+            &self.trust.load(),
+            tmp,
+            self.clock.now_unix(),
+            highest,
+        ) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "activation refused; previous version keeps serving");
