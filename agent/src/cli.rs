@@ -1,6 +1,7 @@
 //! Command line: `ferry-agent run` (the daemon) and `ferry-agent score`
 //! (offline batch scoring). `main.rs` only calls [`main`].
 
+use crate::bench::{bench_cmd, bench_model_cmd, BenchArgs, ModelBenchArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, BundleConfig, FileConfig, Overrides};
 use crate::inference_log::Durability;
@@ -34,6 +35,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Measure this device's engine throughput on a bundle (rows/s).
     Bench(BenchArgs),
+    /// Measure one model's single-request latency on given input tensors.
+    BenchModel(ModelBenchArgs),
     /// Enroll this device with a control plane (generates the device key here).
     Enroll(EnrollArgs),
     /// Ask the running agent over its admin socket: models, activate,
@@ -149,6 +152,18 @@ pub struct RunArgs {
     /// Runtime worker threads, and TCP serving loops (default: one per core).
     #[arg(long, env = "FERRY_AGENT_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads one model's kernels (convolutions, matrix products) are
+    /// split over, shared by all requests (default: one per core; 1 runs
+    /// each request on its own thread).
+    #[arg(long, env = "FERRY_AGENT_THREADS")]
+    pub threads: Option<usize>,
+    /// Most plans kept per model whose graph is compiled per input shape.
+    #[arg(long, env = "FERRY_AGENT_PLAN_CACHE_PLANS")]
+    pub plan_cache_plans: Option<usize>,
+    /// Most bytes of such plans kept per model (each charged the model
+    /// file's size).
+    #[arg(long, env = "FERRY_AGENT_PLAN_CACHE_BYTES")]
+    pub plan_cache_bytes: Option<u64>,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
@@ -271,8 +286,9 @@ pub fn main() -> Result<()> {
         }
         Command::Bench(args) => {
             keep_freed_memory();
-            bench_cmd(args)
+            bench_cmd(&read_trust(&args.trust)?, args)
         }
+        Command::BenchModel(args) => bench_model_cmd(&read_trust(&args.trust)?, args),
         Command::Enroll(args) => enroll_cmd(args),
         Command::Admin(args) => {
             let a = crate::admin_client::run(&args)?;
@@ -383,10 +399,15 @@ fn run(args: RunArgs) -> Result<()> {
             sample_rate: args.sample_rate,
             durability: args.log_durability,
             flush_every_ms: args.log_flush_ms,
+            threads: args.threads,
+            plan_cache_plans: args.plan_cache_plans,
+            plan_cache_bytes: args.plan_cache_bytes,
             bundles,
         },
     )?;
     init_tracing(cfg.json_logs);
+    let threads = crate::executor::set_threads(cfg.threads);
+    tracing::info!(threads, "kernel threads");
     let trust = read_held_trust(&cfg.trust_root, SystemClock.now_unix())?;
     let agent = Agent::open(AgentOptions {
         data_dir: cfg.data_dir.clone(),
@@ -396,6 +417,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_max_bytes: cfg.log_max_bytes,
         log_durability: cfg.durability,
         log_flush_ms: cfg.flush_every_ms,
+        plan_cache: cfg.plan_cache,
         clock: Arc::new(SystemClock),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
@@ -566,110 +588,5 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
             }
         );
     }
-    Ok(())
-}
-
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[arg(long)]
-    pub bundle: PathBuf,
-    #[arg(long, env = "FERRY_AGENT_TRUST")]
-    pub trust: PathBuf,
-    /// Numeric CSV (header row) whose rows are tiled to `--rows`.
-    #[arg(long)]
-    pub csv: PathBuf,
-    #[arg(long, default_value_t = 100_000)]
-    pub rows: usize,
-    /// Best of this many runs.
-    #[arg(long, default_value_t = 5)]
-    pub repeat: usize,
-    /// Threads the batch is split over (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Rows per engine call, as `score --batch-rows`.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_rows: usize,
-}
-
-/// In-process engine throughput: one batch of `rows` rows cut into blocks the
-/// way `score` cuts them, spread over the cores. Prints one JSON line.
-fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let trust = read_trust(&args.trust)?;
-    let loaded = crate::serving::verify_and_load_for(
-        &trust,
-        &args.bundle,
-        SystemClock.now_unix(),
-        |_| None,
-        crate::engine::PlanFor::Blocks(args.batch_rows),
-    )?;
-    let text = std::fs::read_to_string(&args.csv)
-        .with_context(|| format!("reading {}", args.csv.display()))?;
-    let mut src: Vec<Vec<f32>> = Vec::new();
-    for (i, l) in text.lines().enumerate().skip(1) {
-        if l.trim().is_empty() {
-            continue;
-        }
-        let row = l
-            .split(',')
-            .map(|x| x.trim().parse::<f32>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{} line {}", args.csv.display(), i + 1))?;
-        src.push(row);
-    }
-    let width = src.first().map(Vec::len).context("the CSV has no rows")?;
-    let rows = args.rows.max(1);
-    let data: Vec<f32> = (0..rows)
-        .flat_map(|i| src[i % src.len()].iter().copied())
-        .collect();
-    let threads = if args.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.threads
-    };
-    // Blocks as `score` cuts them; each thread takes every `threads`-th one.
-    let block = args.batch_rows.max(1) * width;
-    let blocks: Vec<&[f32]> = data.chunks(block).collect();
-    let mut best = f64::INFINITY;
-    for _ in 0..args.repeat.max(1) {
-        // Input tensors are built before the clock starts, as onnxruntime's
-        // are (its script times `run` on a ready array).
-        let mut lanes: Vec<Vec<tract_onnx::prelude::Tensor>> =
-            (0..threads).map(|_| Vec::new()).collect();
-        for (i, b) in blocks.iter().enumerate() {
-            lanes[i % threads].push(tract_onnx::prelude::Tensor::from_shape(
-                &[b.len() / width, width],
-                b,
-            )?);
-        }
-        let t0 = std::time::Instant::now();
-        std::thread::scope(|s| -> Result<()> {
-            let handles: Vec<_> = lanes
-                .into_iter()
-                .map(|lane| {
-                    let engine = &loaded.engine;
-                    s.spawn(move || -> Result<(), crate::engine::RunError> {
-                        for block in lane {
-                            engine.run_block(block)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                match h.join() {
-                    Ok(r) => {
-                        r?;
-                    }
-                    Err(_) => bail!("a scoring thread panicked"),
-                }
-            }
-            Ok(())
-        })?;
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    println!(
-        "{{\"rows\":{rows},\"threads\":{threads},\"best_s\":{best:.6},\"rows_per_s\":{:.0}}}",
-        rows as f64 / best
-    );
     Ok(())
 }

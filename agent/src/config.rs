@@ -2,6 +2,7 @@
 //! environment variables (clap reads those), resolved before anything binds.
 
 use crate::inference_log::Durability;
+use crate::plan_cache::CacheBounds;
 use crate::serving::Role;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -56,6 +57,13 @@ pub struct FileConfig {
     #[serde(default)]
     pub model_max_batch_rows: std::collections::BTreeMap<String, u64>,
     pub keep_versions: Option<usize>,
+    /// Threads the kernels of a model run on, shared by all requests
+    /// (default: one per core).
+    pub threads: Option<usize>,
+    /// Bounds of the per-shape plan cache of each model whose graph
+    /// does not type with symbolic shapes.
+    #[serde(default)]
+    pub plan_cache: PlanCacheConfig,
     /// `text` or `json`.
     pub log_format: Option<String>,
     #[serde(default)]
@@ -74,6 +82,16 @@ pub struct LogConfig {
     pub sample_rate: Option<f64>,
     pub durability: Option<Durability>,
     pub flush_every_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCacheConfig {
+    /// Most plans kept per model.
+    pub plans: Option<usize>,
+    /// Most bytes of plans kept per model; each plan is charged the model
+    /// file's size (the weights it packs for itself).
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +139,9 @@ pub struct AgentConfig {
     pub sample_rate: f64,
     pub durability: Durability,
     pub flush_every_ms: u64,
+    /// Kernel threads (at least 1).
+    pub threads: usize,
+    pub plan_cache: CacheBounds,
     pub bundles: Vec<BundleConfig>,
 }
 
@@ -144,6 +165,9 @@ pub struct Overrides {
     pub sample_rate: Option<f64>,
     pub durability: Option<Durability>,
     pub flush_every_ms: Option<u64>,
+    pub threads: Option<usize>,
+    pub plan_cache_plans: Option<usize>,
+    pub plan_cache_bytes: Option<u64>,
     pub bundles: Vec<BundleConfig>,
 }
 
@@ -227,6 +251,33 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
             reason: "must be at least 1".into(),
         });
     }
+    let threads = o
+        .threads
+        .or(file.threads)
+        .unwrap_or_else(crate::executor::default_threads);
+    let defaults = CacheBounds::default();
+    let plan_cache = CacheBounds {
+        plans: o
+            .plan_cache_plans
+            .or(file.plan_cache.plans)
+            .unwrap_or(defaults.plans),
+        bytes: o
+            .plan_cache_bytes
+            .or(file.plan_cache.max_bytes)
+            .unwrap_or(defaults.bytes),
+    };
+    for (what, zero) in [
+        ("threads", threads == 0),
+        ("plan_cache.plans", plan_cache.plans == 0),
+    ] {
+        if zero {
+            return Err(ConfigError::Value {
+                what,
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
     Ok(AgentConfig {
         listen,
         unix_socket: o.unix_socket.or(file.unix_socket),
@@ -265,6 +316,8 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
             .flush_every_ms
             .or(file.inference_log.flush_every_ms)
             .unwrap_or(100),
+        threads,
+        plan_cache,
         bundles,
     })
 }
@@ -398,5 +451,77 @@ mod tests {
             (c.max_batch_rows, c.model_max_batch_rows["fraud"]),
             (100, 10)
         );
+    }
+
+    #[test]
+    fn threads_and_plan_cache_bounds_come_from_file_then_flags() {
+        let t = || Some(PathBuf::from("t"));
+        let c = resolve(
+            FileConfig::default(),
+            Overrides {
+                trust_root: t(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.threads, crate::executor::default_threads());
+        assert_eq!(c.plan_cache, CacheBounds::default());
+        let file = || -> FileConfig {
+            toml::from_str(
+                r#"
+                threads = 2
+                [plan_cache]
+                plans = 4
+                max_bytes = 1048576
+                "#,
+            )
+            .unwrap()
+        };
+        let c = resolve(
+            file(),
+            Overrides {
+                trust_root: t(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(
+            c.plan_cache,
+            CacheBounds {
+                plans: 4,
+                bytes: 1 << 20
+            }
+        );
+        let c = resolve(
+            file(),
+            Overrides {
+                trust_root: t(),
+                threads: Some(1),
+                plan_cache_plans: Some(9),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.threads, c.plan_cache.plans), (1, 9));
+        for o in [
+            Overrides {
+                threads: Some(0),
+                ..Default::default()
+            },
+            Overrides {
+                plan_cache_plans: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let r = resolve(
+                FileConfig::default(),
+                Overrides {
+                    trust_root: t(),
+                    ..o
+                },
+            );
+            assert!(matches!(r, Err(ConfigError::Value { .. })), "{r:?}");
+        }
     }
 }

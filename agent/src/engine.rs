@@ -11,7 +11,8 @@
 
 use crate::const_fold::ShapedInput;
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
-use ferry_protocol::{DType, Dim, Schema, TensorData};
+use crate::specialise::Specialiser;
+use ferry_protocol::{DType, Dim, Schema};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,35 +37,8 @@ pub enum LoadError {
     Fold(#[from] crate::const_fold::FoldError),
 }
 
-/// A failure while running a validated request.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("input {name:?}: {reason}")]
-    Input { name: String, reason: String },
-    #[error("model execution failed: {0}")]
-    Exec(String),
-    /// The graph could not be compiled for these shapes (tract's reason is
-    /// logged, not returned).
-    #[error("the model cannot run on input shapes {0}")]
-    Shapes(String),
-    #[error("output {name:?} has element type {dtype}, which cannot be returned")]
-    OutputType { name: String, dtype: String },
-}
-
-/// One validated input, in schema order.
-#[derive(Clone, Debug)]
-pub struct Input {
-    pub shape: Vec<usize>,
-    pub data: TensorData,
-}
-
-/// One output as the runtime produced it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Output {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: TensorData,
-}
+use crate::tensors::{check_fixed, datum_type, from_tract, input_err, to_tract};
+pub use crate::tensors::{Input, Output, RunError};
 
 #[derive(Clone)]
 pub struct Engine {
@@ -83,6 +57,9 @@ enum Plans {
     Symbolic {
         any_batch: Plan,
         batch: Option<(usize, Plan)>,
+        /// Convolutional graphs: plans for the concrete shapes requests
+        /// repeat (`crate::specialise`).
+        shaped: Option<Arc<Specialiser>>,
     },
     /// tract could not type the graph symbolically: one plan per concrete
     /// set of input shapes, compiled on first use.
@@ -114,6 +91,9 @@ pub struct LoadOptions {
     pub plan_for: PlanFor,
     pub const_inputs: Vec<ferry_protocol::Tensor>,
     pub cache: CacheBounds,
+    /// Only the symbolic plans, never one per repeated input shape (to
+    /// measure what specialising gains).
+    pub symbolic_only: bool,
 }
 
 /// The batch size an engine's specialised plan is built for.
@@ -133,24 +113,6 @@ impl PlanFor {
             PlanFor::Blocks(n) => n.max(1),
         }
     }
-}
-
-fn datum_type(d: DType) -> Option<DatumType> {
-    Some(match d {
-        DType::Bool => DatumType::Bool,
-        DType::U8 => DatumType::U8,
-        DType::U16 => DatumType::U16,
-        DType::U32 => DatumType::U32,
-        DType::U64 => DatumType::U64,
-        DType::I8 => DatumType::I8,
-        DType::I16 => DatumType::I16,
-        DType::I32 => DatumType::I32,
-        DType::I64 => DatumType::I64,
-        DType::F16 => DatumType::F16,
-        DType::F32 => DatumType::F32,
-        DType::F64 => DatumType::F64,
-        DType::Bytes => return None,
-    })
 }
 
 pub use crate::front_end::onnx;
@@ -326,7 +288,8 @@ impl Engine {
                 .set_input_fact(i, InferenceFact::dt_shape(*dt, dims))
                 .map_err(compile)?;
         }
-        let plans = match symbolic_plans(model, batch_symbol, opts.plan_for.rows()) {
+        let shaped = (!opts.symbolic_only).then(|| (opts.cache, stats.clone(), bytes.len() as u64));
+        let plans = match symbolic_plans(model, batch_symbol, opts.plan_for.rows(), shaped) {
             Ok(plans) => plans,
             Err(symbolic) => {
                 tracing::info!(error = %symbolic, "the graph does not type with symbolic shapes; compiling one plan per input shape");
@@ -443,14 +406,27 @@ impl Engine {
         values: TVec<TValue>,
         rows: Option<usize>,
     ) -> Result<Vec<Output>, RunError> {
-        let cached;
-        let plan = match &self.plans {
+        let specialised = match &self.plans {
             Plans::Symbolic {
-                batch: Some((n, p)),
-                ..
-            } if rows == Some(*n) => p,
-            Plans::Symbolic { any_batch, .. } => any_batch,
-            Plans::PerShape(ps) => {
+                shaped: Some(sp), ..
+            } => {
+                let shapes: Vec<&[usize]> = values.iter().map(|v| v.shape()).collect();
+                sp.plan(&shapes)
+            }
+            _ => None,
+        };
+        let cached;
+        let plan = match (&self.plans, &specialised) {
+            (_, Some(p)) => p,
+            (
+                Plans::Symbolic {
+                    batch: Some((n, p)),
+                    ..
+                },
+                None,
+            ) if rows == Some(*n) => p,
+            (Plans::Symbolic { any_batch, .. }, None) => any_batch,
+            (Plans::PerShape(ps), None) => {
                 cached = self.plan_for_shapes(ps, &values)?;
                 &cached
             }
@@ -578,6 +554,7 @@ fn symbolic_plans(
     model: InferenceModel,
     batch_symbol: Option<Symbol>,
     rows: usize,
+    shaped: Option<(CacheBounds, Arc<PlanStats>, u64)>,
 ) -> Result<Plans, LoadError> {
     let typed = model.into_typed().map_err(compile)?;
     let mut typed = typed.into_decluttered().map_err(compile)?;
@@ -597,101 +574,16 @@ fn symbolic_plans(
             .ok()
             .map(|p| (rows, p))
     });
+    let shaped = shaped.and_then(|(bounds, stats, bytes)| {
+        Specialiser::new(&typed, bounds, stats, bytes).map(Arc::new)
+    });
     let any_batch = typed
         .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(compile)?;
-    Ok(Plans::Symbolic { any_batch, batch })
-}
-
-/// A request's value for a fixed input must be the publisher's.
-fn check_fixed(name: &str, want: &ferry_protocol::Tensor, got: &Input) -> Result<(), RunError> {
-    let same_shape = got
-        .shape
-        .iter()
-        .map(|d| *d as u64)
-        .eq(want.shape.iter().copied());
-    if same_shape && got.data.as_f64().is_some() && got.data.as_f64() == want.data.as_f64() {
-        return Ok(());
-    }
-    let show = |d: &TensorData| match d.as_f64() {
-        Some(v) if v.len() == 1 => v[0].to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "(bytes)".to_string(),
-    };
-    Err(input_err(
-        name,
-        format!(
-            "this deployment fixes it to {} (the bundle's --const-input); the request sent {}",
-            show(&want.data),
-            show(&got.data)
-        ),
-    ))
-}
-
-fn input_err(name: &str, reason: impl std::fmt::Display) -> RunError {
-    RunError::Input {
-        name: name.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-fn to_tract(name: &str, dtype: DType, input: Input) -> Result<Tensor, RunError> {
-    let shape = &input.shape;
-    let t = match input.data {
-        TensorData::F32(v) => Tensor::from_shape(shape, &v),
-        TensorData::F64(v) => Tensor::from_shape(shape, &v),
-        TensorData::I64(v) => Tensor::from_shape(shape, &v),
-        TensorData::I32(v) => Tensor::from_shape(shape, &v),
-        TensorData::Bool(v) => Tensor::from_shape(shape, &v),
-        TensorData::Bytes(_) => return Err(input_err(name, "BYTES inputs are not supported")),
-    }
-    .map_err(|e| input_err(name, e))?;
-    let dt = datum_type(dtype).ok_or_else(|| input_err(name, "unsupported type"))?;
-    if t.datum_type() == dt {
-        Ok(t)
-    } else {
-        t.cast_to_dt(dt)
-            .map(|c| c.into_owned())
-            .map_err(|e| input_err(name, e))
-    }
-}
-
-fn plain<D: Datum + Copy>(t: &Tensor) -> Option<Vec<D>> {
-    let view = t.to_plain_array_view::<D>().ok()?;
-    // A contiguous tensor (every plan output here) is one copy, not an
-    // element-by-element walk.
-    Some(match view.as_slice() {
-        Some(s) => s.to_vec(),
-        None => view.iter().copied().collect(),
-    })
-}
-
-fn from_tract(name: &str, t: &Tensor) -> Result<Output, RunError> {
-    let shape = t.shape().to_vec();
-    let bad = || RunError::OutputType {
-        name: name.to_string(),
-        dtype: format!("{:?}", t.datum_type()),
-    };
-    let data = match t.datum_type() {
-        DatumType::F32 => TensorData::F32(plain(t).ok_or_else(bad)?),
-        DatumType::F64 => TensorData::F64(plain(t).ok_or_else(bad)?),
-        DatumType::I64 => TensorData::I64(plain(t).ok_or_else(bad)?),
-        DatumType::I32 => TensorData::I32(plain(t).ok_or_else(bad)?),
-        DatumType::Bool => TensorData::Bool(plain(t).ok_or_else(bad)?),
-        DatumType::F16 => {
-            let c = t.cast_to::<f32>().map_err(|_| bad())?;
-            TensorData::F32(plain(&c).ok_or_else(bad)?)
-        }
-        DatumType::U8 | DatumType::U16 | DatumType::U32 | DatumType::I8 | DatumType::I16 => {
-            let c = t.cast_to::<i64>().map_err(|_| bad())?;
-            TensorData::I64(plain(&c).ok_or_else(bad)?)
-        }
-        _ => return Err(bad()),
-    };
-    Ok(Output {
-        name: name.to_string(),
-        shape,
-        data,
+    Ok(Plans::Symbolic {
+        any_batch,
+        batch,
+        shaped,
     })
 }

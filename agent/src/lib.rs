@@ -20,12 +20,14 @@
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod admin_client;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod const_fold;
 pub mod dense;
 pub mod engine;
+pub mod executor;
 mod failpoint;
 pub mod fleet;
 pub mod front_end;
@@ -38,6 +40,8 @@ pub mod rowops;
 pub mod score;
 pub mod server;
 pub mod serving;
+pub mod specialise;
 pub mod systemd;
 pub mod telemetry;
+pub mod tensors;
 pub mod trees;

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{fixtures, http, Conn, Keys, Served};
+use common::{fixtures, http, Conn, Keys, Process, Served};
 use ferry::bundle_build::{build, BuildError, BuildSpec};
 use ferry::input_shapes::{parse_const_input, parse_input_shape, ShapeDim};
 use ferry_agent::engine::{Engine, Input, LoadOptions, RunError};
@@ -409,4 +409,183 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
     assert!(line("ferry_plan_compile_seconds_total") > 0.0);
     assert_eq!(line("ferry_plan_cache_entries"), 1.0);
     assert!(line("ferry_plan_cache_hits_total") >= 1.0);
+}
+
+/// A value of one `/metrics` line for `model`.
+fn metric(text: &str, name: &str, model: &str) -> u64 {
+    let prefix = format!("{name}{{model=\"{model}\",version=\"1\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `n` requests of distinct shapes to a real agent process over OIP; every
+/// answer is checked, and the plan cache's gauges after each request.
+fn distinct_shapes(agent: &Process, n: usize, check: impl Fn(u64, u64)) {
+    let mut conn = Conn::open(agent.addr).unwrap();
+    for k in 1..=n {
+        let (rows, w) = (1 + k % 3, 2 * k);
+        let (x, want) = pair_sums(rows, w);
+        let body = serde_json::to_vec(&json!({"inputs": [
+            {"name": "x", "shape": [rows, w], "datatype": "FP32", "data": x}]}))
+        .unwrap();
+        let r = conn
+            .request(
+                "POST",
+                "/v2/models/reshape/infer",
+                &[("content-type", "application/json")],
+                &body,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let got: Vec<f32> = r.json()["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, want, "shape [{rows}, {w}]");
+        let m = conn.request("GET", "/metrics", &[], b"").unwrap();
+        let text = String::from_utf8(m.body).unwrap();
+        check(
+            metric(&text, "ferry_plan_cache_entries", "reshape"),
+            metric(&text, "ferry_plan_cache_bytes", "reshape"),
+        );
+    }
+}
+
+#[test]
+fn the_agent_binary_keeps_its_configured_plan_cache_bounds_over_100_shapes() {
+    let keys = Keys::new();
+    let bundle = keys.bundle("dynamic_reshape", "reshape", 1);
+    let trust = keys.trust_path.to_str().unwrap();
+    let model_bytes = std::fs::metadata(fixtures().join("dynamic_reshape.onnx"))
+        .unwrap()
+        .len();
+    let spawn = |dir: &Path, bound: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--trust",
+            trust,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.to_str().unwrap(),
+            "--threads",
+            "2",
+        ];
+        args.extend(bound);
+        Process::spawn(&args)
+    };
+    // The count bound: 100 distinct shapes, never more than 8 plans.
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = spawn(data.path(), &["--plan-cache-plans", "8"]);
+    let pid = agent.child.id();
+    distinct_shapes(&agent, 20, |entries, _| assert!(entries <= 8, "{entries}"));
+    let rss_20 = rss_kib(pid);
+    distinct_shapes(&agent, 100, |entries, _| assert!(entries <= 8, "{entries}"));
+    let rss_100 = rss_kib(pid);
+    let text = String::from_utf8(http(agent.addr, "GET", "/metrics", b"").body).unwrap();
+    assert_eq!(metric(&text, "ferry_plan_cache_entries", "reshape"), 8);
+    // The first 20 shapes came back once more: 100 distinct in all, one
+    // compile at activation, the 20 repeats evicted by then.
+    assert_eq!(metric(&text, "ferry_plan_compiles_total", "reshape"), 121);
+    assert_eq!(
+        metric(&text, "ferry_plan_cache_evictions_total", "reshape"),
+        120 - 8
+    );
+    eprintln!("agent RSS: {rss_20} KiB after 20 shapes, {rss_100} KiB after 120");
+    agent.kill9();
+    // The byte bound: each plan is charged the model's size; room for 3.
+    let data = tempfile::tempdir().unwrap();
+    let bytes = (3 * model_bytes).to_string();
+    let mut agent = spawn(data.path(), &["--plan-cache-bytes", &bytes]);
+    distinct_shapes(&agent, 30, |entries, charged| {
+        assert!(entries <= 3, "{entries}");
+        assert!(charged <= 3 * model_bytes, "{charged}");
+    });
+    agent.kill9();
+}
+
+fn conv_schema() -> Schema {
+    let sym = |s: &str| Dim::Symbolic(s.into());
+    Schema {
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![sym("N"), Dim::Fixed(4), sym("H"), sym("W")],
+        }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            dtype: DType::F32,
+            shape: vec![sym("N"), Dim::Fixed(2), sym("H"), sym("W")],
+        }],
+    }
+}
+
+#[test]
+fn a_repeated_shape_of_a_conv_graph_gets_a_plan_of_its_own_with_the_same_answers() {
+    let bytes = model("dw_conv_dynamic");
+    let shaped = Engine::load_with(&bytes, &conv_schema(), &LoadOptions::default()).unwrap();
+    let symbolic = Engine::load_with(
+        &bytes,
+        &conv_schema(),
+        &LoadOptions {
+            symbolic_only: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!shaped.per_shape(), "the fixture should type with symbols");
+    let stats = shaped.plan_stats();
+    let at_load = PlanStats::get(&stats.compiles);
+    let run = |e: &Engine, n: usize, h: usize, w: usize| {
+        let x: Vec<f32> = (0..n * 4 * h * w)
+            .map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5)
+            .collect();
+        let out = e
+            .run(vec![Input {
+                shape: vec![n, 4, h, w],
+                data: TensorData::F32(x),
+            }])
+            .unwrap();
+        assert_eq!(out[0].shape, vec![n, 2, h, w]);
+        f32s(&out[0])
+    };
+    // One camera-like stream of 8×12 frames, one odd 5×7 batch of two.
+    for (k, (n, h, w)) in [(1, 8, 12), (1, 8, 12), (1, 8, 12), (2, 5, 7), (1, 8, 12)]
+        .into_iter()
+        .enumerate()
+    {
+        let (a, b) = (run(&shaped, n, h, w), run(&symbolic, n, h, w));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                "request {k} [{n}, 4, {h}, {w}] value {i}: {x} specialised, {y} symbolic"
+            );
+        }
+    }
+    // The repeated shape compiled once, at its second request; the shape
+    // seen once compiled nothing; the symbolic-only engine never compiles.
+    assert_eq!(PlanStats::get(&stats.compiles), at_load + 1);
+    assert_eq!(PlanStats::get(&stats.entries), 1);
+    assert!(PlanStats::get(&stats.hits) >= 2);
+    let plain = symbolic.plan_stats();
+    assert_eq!(PlanStats::get(&plain.compiles), at_load);
+    assert_eq!(PlanStats::get(&plain.entries), 0);
 }

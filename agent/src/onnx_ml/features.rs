@@ -228,7 +228,26 @@ impl Kernel for ArrayFeatureExtractor {
             s[last] = cols.len();
             s
         };
-        // Gather along the last axis, in the element type of X.
+        // Gather along the last axis, in the element type of X. Plain
+        // numbers are copied element by element: the indices are often one
+        // per row (a label looked up from an argmax), and a tensor slice per
+        // index made that lookup cost more than the model.
+        let dt = x.datum_type();
+        if dt.is_copy() {
+            let size = dt.size_of();
+            let src = x.as_bytes();
+            let mut y = Tensor::zero_dt(dt, &shape)?;
+            let dst = y.as_bytes_mut();
+            let mut at = 0;
+            for row in 0..outer {
+                for &c in &cols {
+                    let from = (row * stride + c) * size;
+                    dst[at..at + size].copy_from_slice(&src[from..from + size]);
+                    at += size;
+                }
+            }
+            return Ok(tvec!(y.into_tvalue()));
+        }
         let flat = x.clone().into_shape(&[outer, stride])?;
         let picked: Vec<Tensor> = cols
             .iter()

@@ -13,7 +13,7 @@
 use super::error::{io_err, ActivateError};
 use super::local_store::{ActivationState, ModelState};
 use super::routing::{ModelRoutes, Role, Route, Table};
-use super::verify::{verify_and_load, LoadedModel};
+use super::verify::{verify_and_load_with, LoadedModel};
 use super::Agent;
 use crate::failpoint::crash_point;
 use serde::Serialize;
@@ -49,6 +49,27 @@ pub struct Activated {
 }
 
 impl Agent {
+    /// Verifies and compiles a bundle for serving, with this agent's
+    /// plan-cache bounds.
+    fn verify_and_load(
+        &self,
+        trust: &ferry_protocol::TrustRoot,
+        bundle: &Path,
+        now: u64,
+        highest_seen: impl Fn(&str) -> Option<u64>,
+    ) -> Result<LoadedModel, ActivateError> {
+        verify_and_load_with(
+            trust,
+            bundle,
+            now,
+            highest_seen,
+            crate::engine::LoadOptions {
+                cache: self.plan_cache,
+                ..Default::default()
+            },
+        )
+    }
+
     fn activations(&self) -> std::sync::MutexGuard<'_, Activations> {
         self.activations.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,7 +132,7 @@ impl Agent {
             .clock
             .now_unix()
             .min(trust.expires_at.saturating_sub(1));
-        let loaded = Arc::new(verify_and_load(&trust, &path, now, |_| None)?);
+        let loaded = Arc::new(self.verify_and_load(&trust, &path, now, |_| None)?);
         act.loaded
             .insert((model.to_string(), version), loaded.clone());
         Ok(loaded)
@@ -224,8 +245,12 @@ impl Agent {
     ) -> Result<Activated, ActivateError> {
         let mut act = self.activations();
         let highest = |name: &str| act.state.models.get(name).map(|s| s.highest_seen);
-        let loaded = match verify_and_load(&self.trust.load(), tmp, self.clock.now_unix(), highest)
-        {
+        let loaded = match self.verify_and_load(
+            &self.trust.load(),
+            tmp,
+            self.clock.now_unix(),
+            highest,
+        ) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "activation refused; previous version keeps serving");

@@ -29,11 +29,14 @@ pub use error::{ActivateError, InferError};
 pub use infer::{RouteRef, Routing};
 pub use local_store::{ActivationState, ModelState};
 pub use routing::{routes_to_challenger, routing_hash, ModelRoutes, Role, Route, Table};
-pub use verify::{check_test_vectors, verify_and_load, verify_and_load_for, LoadedModel};
+pub use verify::{
+    check_test_vectors, verify_and_load, verify_and_load_for, verify_and_load_with, LoadedModel,
+};
 
 use crate::clock::Clock;
 use crate::inference_log::{Durability, InferenceLog};
 use crate::metrics::Metrics;
+use crate::plan_cache::CacheBounds;
 use activation::Activations;
 use arc_swap::ArcSwap;
 use events::EventQueue;
@@ -51,6 +54,8 @@ pub struct AgentOptions {
     pub log_max_bytes: u64,
     pub log_durability: Durability,
     pub log_flush_ms: u64,
+    /// Bounds of each model's per-shape plan cache.
+    pub plan_cache: CacheBounds,
     /// What bundle expiry, log records and drift windows read the time from.
     pub clock: Arc<dyn Clock>,
 }
@@ -67,6 +72,7 @@ pub struct Agent {
     trust: ArcSwap<TrustRoot>,
     store: LocalStore,
     keep_versions: usize,
+    plan_cache: CacheBounds,
     sample_threshold: u64,
     /// Request sequence, fallback routing keys and temporary file names.
     counter: AtomicU64,
@@ -109,6 +115,7 @@ impl Agent {
             trust: ArcSwap::from_pointee(opts.trust),
             store,
             keep_versions: opts.keep_versions.max(1),
+            plan_cache: opts.plan_cache,
             sample_threshold: (rate * u64::MAX as f64) as u64,
             counter: AtomicU64::new(0),
             events: EventQueue::default(),

@@ -41,6 +41,27 @@ pub fn verify_and_load_for(
     highest_seen: impl Fn(&str) -> Option<u64>,
     plan_for: PlanFor,
 ) -> Result<LoadedModel, ActivateError> {
+    verify_and_load_with(
+        trust,
+        bundle,
+        now_unix,
+        highest_seen,
+        LoadOptions {
+            plan_for,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+/// [`verify_and_load`], compiled with `opts` (the manifest's fixed inputs
+/// replace `opts.const_inputs`).
+pub fn verify_and_load_with(
+    trust: &TrustRoot,
+    bundle: &Path,
+    now_unix: u64,
+    highest_seen: impl Fn(&str) -> Option<u64>,
+    opts: LoadOptions,
+) -> Result<LoadedModel, ActivateError> {
     let f = File::open(bundle).map_err(io_err("opening bundle", bundle))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     // Peek the model name for the anti-rollback check, then verify the whole
@@ -73,9 +94,8 @@ pub fn verify_and_load_for(
         return Err(ActivateError::NoModel);
     }
     let opts = LoadOptions {
-        plan_for,
         const_inputs: manifest.const_inputs.clone(),
-        ..LoadOptions::default()
+        ..opts
     };
     let engine = Engine::load_with(&model_bytes, &manifest.schema, &opts).map_err(|source| {
         ActivateError::Load {

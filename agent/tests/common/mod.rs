@@ -139,6 +139,7 @@ impl Keys {
             log_max_bytes: 64 << 20,
             log_durability: Durability::Async,
             log_flush_ms: 100,
+            plan_cache: Default::default(),
             clock: Arc::new(SystemClock),
         }
     }

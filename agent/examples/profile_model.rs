@@ -1,0 +1,109 @@
+//! Where a model's time goes in tract: every node of the optimised plan
+//! timed over a number of runs, summed by operator, on the inputs of a
+//! corpus case file (`scripts/models/fetch_corpus.py`). The plan is the one
+//! the agent compiles for concrete input shapes (Ferry's ONNX front end,
+//! decluttered and optimised); kernels run on `THREADS` threads as with the
+//! agent's `threads` knob.
+//!
+//!   cargo run --release -p ferry-agent --example profile_model -- \
+//!     target/model-corpus/nudenet-320n [RUNS] [THREADS]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = Path::new(args.get(1).map(String::as_str).unwrap_or("."));
+    let runs: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
+    let threads: usize = args.get(3).map_or(Ok(1), |s| s.parse())?;
+    ferry_agent::executor::set_threads(threads);
+    let case: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("case.json"))?)?;
+    let onnx = ferry_agent::engine::onnx();
+    let mut proto = onnx.proto_model_for_path(dir.join("model.onnx"))?;
+    // As the agent does for per-shape plans: the exporter's shape
+    // annotations are in its own symbols, which concrete shapes contradict.
+    ferry_agent::const_fold::dedupe_node_names(&mut proto);
+    ferry_agent::const_fold::drop_shape_annotations(&mut proto);
+    let mut model = onnx.model_for_proto_model(&proto)?;
+    let mut inputs: TVec<TValue> = tvec![];
+    for (i, t) in case["inputs"].as_array().unwrap().iter().enumerate() {
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let raw = std::fs::read(dir.join(t["file"].as_str().unwrap()))?;
+        let tensor = match t["datatype"].as_str().unwrap() {
+            "FP32" => {
+                let v: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                Tensor::from_shape(&shape, &v)?
+            }
+            "INT64" => {
+                let v: Vec<i64> = raw
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                Tensor::from_shape(&shape, &v)?
+            }
+            "INT32" => {
+                let v: Vec<i32> = raw
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                Tensor::from_shape(&shape, &v)?
+            }
+            other => anyhow::bail!("datatype {other}"),
+        };
+        model.set_input_fact(i, InferenceFact::from(tensor.clone()).without_value())?;
+        inputs.push(tensor.into_tvalue());
+    }
+    let started = Instant::now();
+    let plan = model.into_optimized()?.into_runnable()?;
+    eprintln!("compiled in {:.2} s", started.elapsed().as_secs_f64());
+    let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut total = 0.0;
+    for run in 0..runs + 2 {
+        let mut state = plan.spawn()?;
+        let mut times: Vec<(String, f64)> = Vec::new();
+        let t0 = Instant::now();
+        state.run_plan_with_eval(inputs.clone(), |ctx, op_state, node, ins| {
+            let t = Instant::now();
+            let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, ins);
+            times.push((node.op().name().to_string(), t.elapsed().as_secs_f64()));
+            r
+        })?;
+        // Two warm-up runs are not counted.
+        if run >= 2 {
+            total += t0.elapsed().as_secs_f64();
+            for (op, s) in times {
+                let e = by_op.entry(op).or_default();
+                e.0 += s;
+                e.1 += 1;
+            }
+        }
+    }
+    let mut rows: Vec<_> = by_op.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    println!(
+        "{}: {:.2} ms per run ({runs} runs, {threads} thread(s))",
+        dir.display(),
+        total / runs as f64 * 1e3
+    );
+    println!("| op | ms per run | share | nodes |\n|---|---:|---:|---:|");
+    for (op, (s, n)) in rows.iter().take(12) {
+        println!(
+            "| {op} | {:.2} | {:.0}% | {} |",
+            s / runs as f64 * 1e3,
+            100.0 * s / total,
+            n / runs
+        );
+    }
+    Ok(())
+}
