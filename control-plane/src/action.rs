@@ -138,8 +138,8 @@ impl Action {
             WhoAmI | ModelList | ModelShow | VersionList | VersionShow | VersionDownload
             | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
             | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | ChallengerShow
-            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow | RolloutList
-            | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
+            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow
+            | RolloutList | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
             | DeploymentDelete | RolloutStart | RolloutPause | RolloutResume | RolloutApprove
