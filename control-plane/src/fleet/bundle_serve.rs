@@ -5,9 +5,9 @@
 //! assembles it: the preamble comes from the version's stored header, and
 //! each chunk of an artifact from a ranged read of its blob (`Blobs::
 //! get_range`, an HTTP range GET on S3) in 1 MiB blocks, kept in a cache
-//! bounded by bytes ([`ByteCache`]) with no lock held across a read. Memory
-//! per download is a block and QUIC's send window, whatever the bundle's
-//! size.
+//! bounded by bytes ([`ByteCache`]) with no lock held across a read, as
+//! 64 KiB pieces that chunk frames send by reference. Memory per download
+//! is QUIC's send window of pieces, whatever the bundle's size.
 //!
 //! Download slots: a fleet-wide cap, and a per-device cap taken first (a
 //! device's further fetches wait without holding a fleet slot). A reader
