@@ -137,6 +137,8 @@ def build(t):
         env[env_key] = str(value).lower() if isinstance(value, bool) else str(value)
     cmd = ["cargo", "build", "--locked", "-p", "ferry-agent", "--bin", "ferry-agent",
            "--profile", "edge", *target_args]
+    if t.get("default_features") is False:
+        cmd.append("--no-default-features")
     if t.get("features"):
         cmd += ["--features", ",".join(t["features"])]
     print("+", " ".join(cmd), file=sys.stderr)

@@ -263,16 +263,30 @@ fn side_load(agent: &Agent, bundles: &[BundleConfig], enrolled: bool) -> Result<
     }
 }
 
+/// `FERRY_LOG` as `LEVEL` or `TARGET=LEVEL,…` (default `info`). A
+/// `Targets` filter, not an `EnvFilter`: no regex engine in the edge binary
+/// (docs/BENCHMARKS.md, binary size), and the agent needs no span filters.
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("FERRY_LOG").unwrap_or_default();
+    let (filter, bad) = match spec.trim() {
+        "" => (Targets::new().with_default(tracing::Level::INFO), false),
+        s => match s.parse::<Targets>() {
+            Ok(t) => (t, false),
+            Err(_) => (Targets::new().with_default(tracing::Level::INFO), true),
+        },
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        b.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        b.init();
+        registry.with(fmt).init();
+    }
+    if bad {
+        tracing::warn!(FERRY_LOG = %spec, "FERRY_LOG is not LEVEL or TARGET=LEVEL,...; logging at info");
     }
 }
 

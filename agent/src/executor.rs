@@ -19,6 +19,7 @@ pub fn default_threads() -> usize {
 /// Runs every plan's kernels on `threads` threads from now on (1: inline on
 /// the calling thread). Returns the count in effect: a pool that cannot be
 /// built leaves kernels inline, logged, rather than stopping the agent.
+#[cfg(feature = "kernel-threads")]
 pub fn set_threads(threads: usize) -> usize {
     if threads <= 1 {
         set_default_executor(Executor::SingleThread);
@@ -39,4 +40,18 @@ pub fn set_threads(threads: usize) -> usize {
             1
         }
     }
+}
+
+/// Built without `kernel-threads` (the ARM firmware targets): kernels always
+/// run on the requesting thread, whatever the knob says.
+#[cfg(not(feature = "kernel-threads"))]
+pub fn set_threads(threads: usize) -> usize {
+    if threads > 1 {
+        tracing::info!(
+            threads,
+            "built without kernel-threads: tract's kernels run on the requesting thread"
+        );
+    }
+    set_default_executor(Executor::SingleThread);
+    1
 }

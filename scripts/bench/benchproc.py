@@ -1,5 +1,6 @@
 """Process helpers shared by the benchmark scripts in this folder."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,28 @@ def sh(*args, env=None):
     if r.returncode != 0:
         sys.exit(f"{' '.join(args)} failed:\n{r.stdout}{r.stderr}")
     return r.stdout
+
+
+def cpu_seconds(pid):
+    """User plus system CPU seconds of a live process."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    """Peak resident set (VmHWM) of a live process, MiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb(pid):
+    """Current resident set (VmRSS) of a live process, MiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 class Proc:

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from benchproc import Proc, sh
+from benchproc import Proc, cpu_seconds, peak_rss_mb, sh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.environ.get("FERRY_BENCH_BIN", os.path.join(ROOT, "target", "release"))
@@ -97,18 +97,6 @@ def make_model(path, mb):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run(devices, mb, label):

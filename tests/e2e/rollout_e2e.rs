@@ -44,8 +44,9 @@ fn token(server: &Server, labels: &str, n: usize, ca: &Path) -> Value {
     ])
 }
 
-/// `n` simulated devices enrolled with `tok`, connected.
-fn simulate(server: &Server, tmp: &Path, tok: &Value, ca: &Path, n: usize) -> Proc {
+/// `n` simulated devices enrolled with `tok`, connected; `extra` goes to
+/// `ferry-fleet-sim` (e.g. `--telemetry`).
+fn simulate(server: &Server, tmp: &Path, tok: &Value, ca: &Path, n: usize, extra: &[&str]) -> Proc {
     let mut cmd = std::process::Command::new(bin("ferry-fleet-sim"));
     cmd.args(["--server", &server.quic, "--token"])
         .arg(tok["token"].as_str().unwrap())
@@ -55,7 +56,8 @@ fn simulate(server: &Server, tmp: &Path, tok: &Value, ca: &Path, n: usize) -> Pr
         .arg(tok["root_fingerprint"].as_str().unwrap())
         .arg("--dir")
         .arg(tmp.join("sim"))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "300"]);
+        .args(["--devices", &n.to_string(), "--timeout-secs", "300"])
+        .args(extra);
     let (sim, _) = spawn_until(cmd, &["running "]);
     wait_for("every simulated device connected", LONG, || {
         let v = server.json(&["device", "list"]);
@@ -138,7 +140,7 @@ fn a_good_version_walks_every_wave_to_every_device() {
     let (server, _keys) = server(tmp.path(), &[("FERRY_MQTT_URL", "mqtt://127.0.0.1:1883")]);
     let ca = tmp.path().join("ca.pem");
     let tok = token(&server, "site=berlin", 20, &ca);
-    let _sim = simulate(&server, tmp.path(), &tok, &ca, 20);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 20, &[]);
     deploy_v1(&server, "site=berlin", 20);
 
     let policy = write(
@@ -423,6 +425,136 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
     assert!(stored(canary_agent[0], 1) && stored(canary_agent[0], 2));
 }
 
+/// (c) The model gates that only telemetry can trip, over simulated devices
+/// reporting per version (signed summaries through the server's broker):
+/// a version whose outputs shift, or whose accuracy on labelled rows drops
+/// 10 points against what the same devices had on v1, is rolled back from
+/// its canary, and no other device is ever given it.
+#[test]
+fn a_prediction_shift_on_the_canary_rolls_it_back() {
+    rolled_back_by_telemetry(
+        "v2:class.0=0.1,class.1=0.9",
+        "metric = \"prediction_shift\"\nagainst = \"previous_version\"\nmeasure = \"jensen_shannon\"\nmax = 0.05\n",
+        "prediction_shift vs previous version",
+    );
+}
+
+#[test]
+fn a_10_point_accuracy_drop_on_the_canary_rolls_it_back() {
+    rolled_back_by_telemetry(
+        "v2:accuracy=0.85",
+        "metric = \"accuracy\"\nagainst = \"previous_version\"\nalpha = 0.01\nmin_labelled = 200\n",
+        "accuracy vs previous version",
+    );
+}
+
+/// Ten simulated devices on v1 (accuracy 95 %, half the rows labelled,
+/// classes 0 and 1 evenly), v2 with `bad_profile`, rolled out in waves of
+/// 10 % and 100 % under the one `gate`.
+fn rolled_back_by_telemetry(bad_profile: &str, gate: &str, gate_name: &str) {
+    let n = 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _keys) = server(tmp.path(), &[]);
+    let ca = tmp.path().join("ca.pem");
+    let tok = token(&server, "site=oslo", n, &ca);
+    let _sim = simulate(
+        &server,
+        tmp.path(),
+        &tok,
+        &ca,
+        n,
+        &[
+            "--telemetry",
+            "--telemetry-window-secs",
+            "1",
+            "--telemetry-requests",
+            "200",
+            "--telemetry-profile",
+            "default:error_rate=0,accuracy=0.95,labelled=0.5",
+            "--telemetry-profile",
+            bad_profile,
+        ],
+    );
+    let dep = deploy_v1(&server, "site=oslo", n as u64);
+    // What the devices saw on v1 is the reference: three windows each.
+    wait_for("three v1 windows from every device", LONG, || {
+        let v = server.json(&[
+            "model",
+            "metrics",
+            "fraud",
+            "--version",
+            "1",
+            "--limit",
+            "10000",
+        ]);
+        let mut per = std::collections::HashMap::new();
+        for w in v["windows"].as_array().unwrap() {
+            *per.entry(w["device"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        (per.len() == n && per.values().all(|&c| c >= 3)).then_some(())
+    });
+    let policy = write(
+        tmp.path(),
+        "p.toml",
+        &format!("waves = [\"10%\", \"100%\"]\nbake_secs = 600\nmin_requests = 100\n\n[[model.gates]]\n{gate}"),
+    );
+    let id = start(
+        &server,
+        &[
+            "--selector",
+            "site=oslo",
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let v = wait_phase(&server, &id, "aborted");
+    let cause = &v["phase_detail"]["cause"];
+    assert_eq!(cause["by"], "gate", "{v}");
+    assert_eq!(cause["report"]["gate"], gate_name, "{v}");
+    assert_eq!(cause["report"]["verdict"], "fail", "{v}");
+    let waves = wave_devices(&v);
+    assert_eq!(waves.len(), 1, "{v}");
+    assert_eq!(waves[0].len(), 1, "{v}");
+    let canary = waves[0][0]["device"].as_str().unwrap().to_string();
+    // The canary reports v1 active again; every device is on v1.
+    wait_for("every device active on v1 again", LONG, || {
+        let d = server.deployment(&dep);
+        let all = d["devices"].as_array().unwrap();
+        (all.len() == n && all.iter().all(|x| x["state"] == "active")).then_some(())
+    });
+    // v2 was given to the canary only, and taken back from it.
+    let assigned = server.audit("rollout.assign");
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
+    assert!(assigned[0]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(": 1 devices: {canary}")));
+    let rolled = server.audit("rollout.rollback");
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert!(rolled[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{canary}->v1")));
+    // Only the canary ever reported a v2 window.
+    let v2 = server.json(&[
+        "model",
+        "metrics",
+        "fraud",
+        "--version",
+        "2",
+        "--limit",
+        "10000",
+    ]);
+    let reporters: std::collections::BTreeSet<&str> = v2["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(reporters.into_iter().collect::<Vec<_>>(), [canary.as_str()]);
+}
+
 /// (d) In approval mode the rollout waits after each wave for `ferry
 /// rollout approve`: a viewer's approval is refused (403), an operator's
 /// starts the next wave.
@@ -432,7 +564,7 @@ fn approval_mode_waits_for_an_operator() {
     let (server, _keys) = server(tmp.path(), &[]);
     let ca = tmp.path().join("ca.pem");
     let tok = token(&server, "site=oslo", 4, &ca);
-    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4, &[]);
     deploy_v1(&server, "site=oslo", 4);
     let policy = write(
         tmp.path(),
@@ -525,7 +657,7 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
     // The devices are B's (its CA, its QUIC endpoint).
     let ca = tmp.path().join("ca.pem");
     let tok = token(&b, "site=rome", 6, &ca);
-    let _sim = simulate(&b, tmp.path(), &tok, &ca, 6);
+    let _sim = simulate(&b, tmp.path(), &tok, &ca, 6, &[]);
     deploy_v1(&b, "site=rome", 6);
     let policy = write(
         tmp.path(),
@@ -755,7 +887,7 @@ fn a_restarted_server_resumes_a_rollout() {
     let (mut server, _keys) = server(tmp.path(), &[]);
     let ca = tmp.path().join("ca.pem");
     let tok = token(&server, "site=kyiv", 4, &ca);
-    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4);
+    let _sim = simulate(&server, tmp.path(), &tok, &ca, 4, &[]);
     deploy_v1(&server, "site=kyiv", 4);
     let policy = write(
         tmp.path(),

@@ -188,16 +188,15 @@ pub async fn revoke(fleet: &Fleet, caller: &Caller, id: &str) -> Result<(), Flee
     Ok(())
 }
 
-/// Deploys `version` of `model` (a number or an alias) to the devices
-/// whose labels match `selector`. Archived versions are refused.
-pub async fn create_deployment(
-    fleet: &Fleet,
+/// The version `version` names (a number or an alias of `model`), if it
+/// may be sent to devices: deployments and rollouts both refuse an unknown
+/// alias and an archived version.
+pub async fn deployable_version(
+    store: &crate::store::Store,
     caller: &Caller,
     model: &str,
     version: &VersionRef,
-    selector: Labels,
-) -> Result<db::Deployment, FleetServiceError> {
-    let store = &fleet.store;
+) -> Result<crate::store::VersionRow, FleetServiceError> {
     let version = match version {
         VersionRef::Number(v) => *v,
         VersionRef::Alias(alias) => store
@@ -218,6 +217,21 @@ pub async fn create_deployment(
             version,
         });
     }
+    Ok(row)
+}
+
+/// Deploys `version` of `model` (a number or an alias) to the devices
+/// whose labels match `selector`. Archived versions are refused.
+pub async fn create_deployment(
+    fleet: &Fleet,
+    caller: &Caller,
+    model: &str,
+    version: &VersionRef,
+    selector: Labels,
+) -> Result<db::Deployment, FleetServiceError> {
+    let store = &fleet.store;
+    let row = deployable_version(store, caller, model, version).await?;
+    let version = row.version;
     let d = db::Deployment {
         id: auth::random_id("dep_", 6),
         tenant: caller.tenant.clone(),

@@ -21,7 +21,7 @@ use crate::store::fleet::matches;
 use crate::store::rollouts::RolloutRow;
 use crate::store::Store;
 use ferry_protocol::telemetry::DriftSummary;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// Telemetry of the versions devices ran before the rollout is read from
 /// this long before it started: the reference of `previous_version` gates.
@@ -37,8 +37,10 @@ const OVERLAP_MS: i64 = 5_000;
 pub struct TelemetryCache {
     /// When the newest window read was received.
     cursor_ms: i64,
-    /// (device, seq) of every window summed.
-    seen: HashSet<(String, i64)>,
+    /// (device, seq) → when received, of the windows summed that a later
+    /// read can still return (inside the overlap); older ones are dropped,
+    /// so the set stays the size of a few seconds of telemetry.
+    seen: HashMap<(String, i64), i64>,
     sums: BTreeMap<(String, u64), TelemetryAggregate>,
 }
 
@@ -91,7 +93,7 @@ pub async fn feed(
         .await?
     {
         cache.cursor_ms = cache.cursor_ms.max(received);
-        if !cache.seen.insert((device, seq)) {
+        if cache.seen.insert((device, seq), received).is_some() {
             continue;
         }
         let Ok(s) = serde_json::from_str::<DriftSummary>(&raw) else {
@@ -104,6 +106,10 @@ pub async fn feed(
             .or_default()
             .add(&one);
     }
+    // The next read starts OVERLAP_MS behind the cursor: nothing received
+    // before that can come back.
+    let horizon = cache.cursor_ms.saturating_sub(OVERLAP_MS);
+    cache.seen.retain(|_, received| *received >= horizon);
     for ((device, version), agg) in &cache.sums {
         if !r.state().devices.contains_key(device) {
             continue;
@@ -213,5 +219,14 @@ mod tests {
         feed(&store, &row, &mut r, &mut cache).await.unwrap();
         assert_eq!(requests(&r), 22);
         assert_eq!(r.state().telemetry["d1"][&2].errors, 8);
+        // Only windows a later read can return again are remembered.
+        assert_eq!(cache.seen.len(), 1);
+        // A window received long after: the ones behind the overlap are
+        // forgotten, and still counted once.
+        put(4, 1, 0, 60_000).await;
+        feed(&store, &row, &mut r, &mut cache).await.unwrap();
+        feed(&store, &row, &mut r, &mut cache).await.unwrap();
+        assert_eq!(requests(&r), 23);
+        assert_eq!(cache.seen.len(), 1);
     }
 }

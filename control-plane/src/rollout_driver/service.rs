@@ -7,6 +7,7 @@ use super::commit::{self, parse_policy, phase_name};
 use super::{inputs, DriverError, RolloutDriver};
 use crate::action::Action;
 use crate::auth;
+use crate::fleet::service::FleetServiceError;
 use crate::registry::Caller;
 use crate::rollout::engine::{Rollout, RolloutError, RolloutState};
 use crate::rollout::policy::RolloutPolicy;
@@ -34,6 +35,16 @@ pub enum RolloutServiceError {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<FleetServiceError> for RolloutServiceError {
+    fn from(e: FleetServiceError) -> Self {
+        match e {
+            FleetServiceError::Store(s) => Self::Store(s),
+            FleetServiceError::NoAlias { model, alias } => Self::NoAlias { model, alias },
+            FleetServiceError::Archived { model, version } => Self::Archived { model, version },
+        }
+    }
 }
 
 impl From<DriverError> for RolloutServiceError {
@@ -138,28 +149,9 @@ pub async fn start(
     selector: Labels,
     policy: PolicyChoice,
 ) -> Res<RolloutRow> {
-    use crate::fleet::service::VersionRef;
     let store = &d.fleet.store;
-    let version = match version {
-        VersionRef::Number(v) => *v,
-        VersionRef::Alias(alias) => store
-            .aliases(&caller.tenant, model)
-            .await?
-            .iter()
-            .find(|x| x.alias == *alias)
-            .map(|x| x.version)
-            .ok_or_else(|| RolloutServiceError::NoAlias {
-                model: model.to_string(),
-                alias: alias.clone(),
-            })?,
-    };
-    let row = store.version(&caller.tenant, model, version).await?;
-    if row.status == "archived" {
-        return Err(RolloutServiceError::Archived {
-            model: model.to_string(),
-            version,
-        });
-    }
+    let row = crate::fleet::service::deployable_version(store, caller, model, version).await?;
+    let version = row.version;
     let (policy_name, policy_version, document, format) = match policy {
         PolicyChoice::Default => (String::new(), 0, String::new(), "toml".to_string()),
         PolicyChoice::Named(name) => {
