@@ -30,8 +30,13 @@ python3 cross/target.py cargo "$target" test --locked -p ferry-protocol --lib --
 
 echo "== agent under emulation"
 host_dir="${CARGO_TARGET_DIR:-target}"
-CARGO_TARGET_DIR="$host_dir" cargo build --locked -q -p ferry --bin ferry
 ferry="$host_dir/debug/ferry"
+# The host `ferry` only makes keys and the bundle. .ci/run has just built it
+# with the tests; `-p ferry` alone unifies features differently and would
+# rebuild tract and most dependencies (about 8 of CI's 40 minutes).
+if [ ! -x "$ferry" ] || [ "${FERRY_EMU_REBUILD:-0}" = 1 ]; then
+  CARGO_TARGET_DIR="$host_dir" cargo build --locked -q -p ferry --bin ferry
+fi
 work=$(mktemp -d -t ferry-emu.XXXXXX)
 agent_pid=""
 cleanup() { [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null; rm -rf "$work"; }
