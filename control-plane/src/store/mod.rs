@@ -22,6 +22,7 @@ mod migrate;
 mod models;
 mod projects;
 pub mod rollouts;
+mod sessions;
 mod sql;
 pub mod telemetry;
 mod tokens;
@@ -33,7 +34,9 @@ pub use audit::AuditQuery;
 pub use gc::Orphans;
 pub use migrate::MIGRATION_COUNT;
 pub use models::{Filters, MetricFilter, ModelSummary};
+pub use models::ModelSort;
 pub use projects::ProjectRow;
+pub use sessions::SessionRow;
 pub use tokens::TokenInfo;
 pub use versions::{ArtifactRow, NewVersion, Registered, VersionRow};
 
