@@ -139,11 +139,12 @@ impl Action {
     pub fn required_role(self) -> Role {
         use Action::*;
         match self {
-            WhoAmI | SessionCreate | SessionDelete | ModelList | ModelShow | VersionList | VersionShow | VersionDownload
-            | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
-            | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | ChallengerShow
-            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow
-            | RolloutList | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
+            WhoAmI | SessionCreate | SessionDelete | ModelList | ModelShow | VersionList
+            | VersionShow | VersionDownload | VersionCompare | AliasList | ProjectList
+            | TrustShow | DriftSeries | MetricSeries | DriftPolicyShow | AlertList
+            | TriggerList | DeviceHealthList | ChallengerShow | DeviceList | DeviceShow
+            | DeviceCa | DeploymentList | DeploymentShow | RolloutList | RolloutShow
+            | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
             | DeploymentDelete | RolloutStart | RolloutPause | RolloutResume | RolloutApprove

@@ -166,9 +166,13 @@ async function publisherSteps(browser) {
   // A mutation without the CSRF header is refused, even with the session.
   const archive = `${BASE}/api/v1/models/fraud/versions/1/archive`;
   expected.add(`403 ${archive}`);
-  const noCsrf = await page.evaluate(async (u) => (await fetch(u, {
-    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}',
-  })).status, archive);
+  // (Bodies are read to the end: a request still open when the page
+  // navigates would count as failed.)
+  const noCsrf = await page.evaluate(async (u) => {
+    const r = await fetch(u, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    await r.text();
+    return r.status;
+  }, archive);
   check(noCsrf === 403, 'a mutation without X-CSRF-Token is refused 403');
   await page.reload();
   check((await versionRow(page, 1)).includes('ready'), 'version 1 is still ready');
@@ -200,6 +204,7 @@ async function viewerSteps(browser) {
       headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
       body: JSON.stringify({ version: 1, alias: 'champion' }),
     });
+    await r.text();
     return r.status;
   }, promote);
   check(forged === 403, 'viewer: a forged promotion is refused 403');

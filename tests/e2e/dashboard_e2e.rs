@@ -24,7 +24,14 @@ fn setup(tmp: &Path) -> (Server, String, String, String) {
         (
             "fraud",
             1,
-            vec!["--metric", "auc=0.91", "--tag", "team=risk", "--baseline", baseline],
+            vec![
+                "--metric",
+                "auc=0.91",
+                "--tag",
+                "team=risk",
+                "--baseline",
+                baseline,
+            ],
         ),
         (
             "fraud",
@@ -40,7 +47,11 @@ fn setup(tmp: &Path) -> (Server, String, String, String) {
                 "1",
             ],
         ),
-        ("churn", 1, vec!["--metric", "auc=0.80", "--tag", "team=growth"]),
+        (
+            "churn",
+            1,
+            vec!["--metric", "auc=0.80", "--tag", "team=growth"],
+        ),
     ] {
         let b = keys.bundle(model, v, "pub", &extra);
         ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
@@ -164,10 +175,16 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
     assert_eq!((r.status, r.header("location")), (303, Some("/models")));
     let r = request(&url, "GET", "/models?q=fr", &[], "");
     assert_eq!(r.status, 303);
-    assert_eq!(r.header("location"), Some("/ui/login?next=%2Fmodels%3Fq%3Dfr"));
+    assert_eq!(
+        r.header("location"),
+        Some("/ui/login?next=%2Fmodels%3Fq%3Dfr")
+    );
     let r = request(&url, "GET", "/ui/login", &[], "");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-security-policy").unwrap().contains("script-src 'self'"));
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("script-src 'self'"));
 
     // A wrong token is refused and counted like a failed API login; a form
     // posted from another site is refused before anything is looked at.
@@ -180,7 +197,10 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
         &format!("token={bad}"),
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(server.audit("auth.login").iter().any(|r| r["outcome"] == "refused"));
+    assert!(server
+        .audit("auth.login")
+        .iter()
+        .any(|r| r["outcome"] == "refused"));
     let r = request(
         &url,
         "POST",
@@ -208,7 +228,10 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
     // A mutation through the session needs the CSRF token: without it or
     // with a wrong one 403 (audited), with it the promotion happens.
     let promote = |headers: &[(&str, &str)]| {
-        let mut h = vec![("Cookie", cookie.as_str()), ("Content-Type", "application/json")];
+        let mut h = vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/json"),
+        ];
         h.extend_from_slice(headers);
         request(
             &url,
@@ -234,7 +257,11 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
     assert!(r.body.contains("may not audit.list"), "{}", r.body);
 
     // Assets: gzip when asked, immutable, under their content hash.
-    let css = page.body.split('"').find(|s| s.ends_with("/dashboard.css")).unwrap();
+    let css = page
+        .body
+        .split('"')
+        .find(|s| s.ends_with("/dashboard.css"))
+        .unwrap();
     let r = request(&url, "GET", css, &[("Accept-Encoding", "gzip")], "");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-encoding"), Some("gzip"));
@@ -251,7 +278,10 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
     let cookie = sign_in(&url, &viewer);
     let page = request(&url, "GET", "/models/fraud", &[("Cookie", &cookie)], "");
     assert_eq!(page.status, 200);
-    assert!(!page.body.contains("promote-button"), "a viewer sees no promote button");
+    assert!(
+        !page.body.contains("promote-button"),
+        "a viewer sees no promote button"
+    );
     let csrf = csrf_of(&page.body);
     let r = request(
         &url,
@@ -269,7 +299,13 @@ fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
 
     // Sign-out needs the CSRF token too, then the session is gone.
     let form = ("Content-Type", "application/x-www-form-urlencoded");
-    let r = request(&url, "POST", "/ui/logout", &[("Cookie", &cookie), form], "_csrf=x");
+    let r = request(
+        &url,
+        "POST",
+        "/ui/logout",
+        &[("Cookie", &cookie), form],
+        "_csrf=x",
+    );
     assert_eq!(r.status, 403);
     let r = request(
         &url,
@@ -302,7 +338,9 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         skip_or_fail("chromium (apt-get install chromium), for the dashboard's browser tests");
         return None;
     }
-    if !dir.join("node_modules/playwright-core").exists() || !dir.join("node_modules/axe-core").exists() {
+    if !dir.join("node_modules/playwright-core").exists()
+        || !dir.join("node_modules/axe-core").exists()
+    {
         skip_or_fail("tests/browser/node_modules (npm ci --prefix tests/browser)");
         return None;
     }
@@ -342,13 +380,20 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     );
     assert!(out.status.success(), "dashboard.mjs failed:\n{log}");
     for page in ["login", "models", "model", "compare", "audit"] {
-        assert!(shots.join(format!("{page}.png")).exists(), "{page}.png missing:\n{log}");
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "{page}.png missing:\n{log}"
+        );
     }
     // What the browser did is in the audit trail.
     assert!(server
         .audit("alias.set")
         .iter()
-        .any(|r| r["outcome"] == "ok" && r["target"].as_str().unwrap_or("").contains("champion -> 2")));
-    assert!(server.audit("alias.set").iter().any(|r| r["outcome"] == "refused"));
+        .any(|r| r["outcome"] == "ok"
+            && r["target"].as_str().unwrap_or("").contains("champion -> 2")));
+    assert!(server
+        .audit("alias.set")
+        .iter()
+        .any(|r| r["outcome"] == "refused"));
     ok(&mut server.cli(&["audit", "verify"]));
 }

@@ -53,7 +53,10 @@ pub struct Auth {
 /// The principal of an API token, looked up exactly as the `Auth`
 /// extractor does (a malformed token costs no lookup); `None` for an
 /// unknown or revoked one.
-pub(crate) async fn principal_of_token(state: &AppState, token: &str) -> ApiResult<Option<Principal>> {
+pub(crate) async fn principal_of_token(
+    state: &AppState,
+    token: &str,
+) -> ApiResult<Option<Principal>> {
     if !auth::well_formed(token) {
         return Ok(None);
     }

@@ -58,7 +58,10 @@ fn well_formed(id: &str) -> bool {
 
 /// The live session the request's cookie names, if any. A malformed id
 /// costs no lookup.
-pub async fn from_headers(store: &Store, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+pub async fn from_headers(
+    store: &Store,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, StoreError> {
     let Some(id) = session_id(headers).filter(|id| well_formed(id)) else {
         return Ok(None);
     };
@@ -114,11 +117,17 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; ferry_session=abc ; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ferry_session=abc ; b=2"),
+        );
         assert_eq!(session_id(&h), Some("abc"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("x=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("ferry_session=def"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("ferry_session=def"),
+        );
         assert_eq!(session_id(&h), Some("def"));
         assert_eq!(session_id(&HeaderMap::new()), None);
     }

@@ -112,7 +112,9 @@ pub async fn compare(
             versions.push(parse_version(part.trim())?);
         }
     }
-    Ok(Json(comparison(&st.store, &a.p.tenant, &name, &versions).await?))
+    Ok(Json(
+        comparison(&st.store, &a.p.tenant, &name, &versions).await?,
+    ))
 }
 
 /// Versions of `name` side by side, deltas against the first: the REST

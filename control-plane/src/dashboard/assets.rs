@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn urls_carry_the_content_hash() {
         let u = url("htmx.min.js");
-        assert!(u.starts_with("/ui/assets/") && u.ends_with("/htmx.min.js"), "{u}");
+        assert!(
+            u.starts_with("/ui/assets/") && u.ends_with("/htmx.min.js"),
+            "{u}"
+        );
         assert_eq!(u.len(), "/ui/assets//htmx.min.js".len() + 16);
         assert_eq!(url("nope.js"), "");
     }

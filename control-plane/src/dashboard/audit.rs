@@ -35,12 +35,13 @@ pub async fn page(
             return Err(ApiError::bad_request(format!("outcome {o:?}: use ok or refused")).into())
         }
     };
-    let before = match q.get("before") {
-        None => None,
-        Some(b) => Some(b.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!("before {b:?} is not a record number"))
-        })?),
-    };
+    let before =
+        match q.get("before") {
+            None => None,
+            Some(b) => Some(b.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("before {b:?} is not a record number"))
+            })?),
+        };
     let tenant = &pg.auth.p.tenant;
     let mut records = st
         .store

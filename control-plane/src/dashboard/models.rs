@@ -150,11 +150,13 @@ fn results(
         let p = p.to_string();
         q.with("/models", &[("page", Some(p.as_str()))])
     };
-    let sorted = |by: ModelSort| (sort == by).then_some(if by == ModelSort::Name {
-        "ascending"
-    } else {
-        "descending"
-    });
+    let sorted = |by: ModelSort| {
+        (sort == by).then_some(if by == ModelSort::Name {
+            "ascending"
+        } else {
+            "descending"
+        })
+    };
     html! {
         div #results {
             p.count {
@@ -214,7 +216,11 @@ mod tests {
     #[test]
     fn a_metric_range_becomes_two_bounds() {
         let f = filters(&ListQuery::parse(Some("metric=auc&min=0.9&max=0.99"))).unwrap();
-        let got: Vec<_> = f.metrics.iter().map(|m| (m.key.as_str(), m.op, m.value)).collect();
+        let got: Vec<_> = f
+            .metrics
+            .iter()
+            .map(|m| (m.key.as_str(), m.op, m.value))
+            .collect();
         assert_eq!(got, vec![("auc", ">=", 0.9), ("auc", "<=", 0.99)]);
         assert!(filters(&ListQuery::parse(Some("min=0.9"))).is_err());
         assert!(filters(&ListQuery::parse(Some("metric=auc&min=x"))).is_err());

@@ -136,7 +136,8 @@ pub async fn login_form(RawQuery(raw): RawQuery) -> Response {
 pub async fn login(State(st): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if cross_site(&parts.headers) {
-        return PageError(ApiError::forbidden("sign-in from another site is refused")).into_response();
+        return PageError(ApiError::forbidden("sign-in from another site is refused"))
+            .into_response();
     }
     let Ok(body) = to_bytes(body, FORM_LIMIT).await else {
         return PageError(ApiError::bad_request("the sign-in form is too large")).into_response();
@@ -157,7 +158,10 @@ pub async fn login(State(st): State<AppState>, req: Request) -> Response {
         Err(e) => return PageError(e).into_response(),
     };
     if !st.allow(&p.token_id) {
-        let msg = format!("token {} is over its request limit; try again in a minute", p.token_id);
+        let msg = format!(
+            "token {} is over its request limit; try again in a minute",
+            p.token_id
+        );
         return login_page(StatusCode::TOO_MANY_REQUESTS, &next, Some(&msg));
     }
     let id = session::new_secret();
@@ -250,7 +254,13 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {
         assert_eq!(safe_next(Some("/models?q=a")), "/models?q=a");
-        for bad in ["//evil.example/", "https://evil.example/", "/ui/login", "/\\evil", ""] {
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/ui/login",
+            "/\\evil",
+            "",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/models", "{bad}");
         }
         assert_eq!(safe_next(None), "/models");
@@ -279,6 +289,9 @@ mod tests {
             ("host", "127.0.0.1:8080"),
             ("sec-fetch-site", "cross-site"),
         ])));
-        assert!(cross_site(&h(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
+        assert!(cross_site(&h(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "null")
+        ])));
     }
 }

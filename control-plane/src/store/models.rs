@@ -126,7 +126,9 @@ fn filtered(head: &str, tenant: &str, f: &Filters) -> Sql {
     if let Some(p) = &f.project {
         sql.push(" AND m.project = ").push_bind(p.clone());
     }
-    sql.push(" AND EXISTS (SELECT 1 FROM versions v WHERE v.tenant = m.tenant AND v.model = m.name");
+    sql.push(
+        " AND EXISTS (SELECT 1 FROM versions v WHERE v.tenant = m.tenant AND v.model = m.name",
+    );
     f.push_version_conditions(&mut sql);
     sql.push(")");
     sql
