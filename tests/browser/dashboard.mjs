@@ -84,6 +84,7 @@ async function signIn(browser, who) {
     page.getByRole('button', { name: 'Sign in' }).click(),
   ]);
   check(true, `${who}: signed in`);
+  await axe(page, `models (${who})`);
   return { ctx, page };
 }
 
@@ -106,7 +107,6 @@ async function publisherSteps(browser) {
   await ctx0.close();
 
   const { ctx, page } = await signIn(browser, 'publisher');
-  await axe(page, 'models');
   await shot(page, 'models');
   check(!(await page.getByRole('link', { name: 'Audit' }).count()), 'publisher: no Audit link');
 
@@ -117,10 +117,13 @@ async function publisherSteps(browser) {
   await page.waitForFunction(() => !document.querySelector('#results').textContent.includes('churn'));
   check(await page.locator('#results').getByRole('link', { name: 'fraud' }).count() === 1,
     'search by name finds fraud only');
+  await axe(page, 'models (searched in place)');
   await page.goto(`${BASE}/models?metric=auc&min=0.92`);
   const ranged = await page.locator('#results').textContent();
   check(ranged.includes('fraud') && !ranged.includes('churn'), 'a metric range (auc >= 0.92) finds fraud only');
+  await axe(page, 'models (metric range)');
   await page.goto(`${BASE}/models?q=fra`);
+  await axe(page, 'models (searched, loaded from its URL)');
   await Promise.all([
     page.waitForURL(`${BASE}/models/fraud`),
     page.locator('#results').getByRole('link', { name: 'fraud' }).click(),
@@ -143,6 +146,7 @@ async function publisherSteps(browser) {
 
   // Promote with the keyboard only: Tab to the button, Enter, confirm.
   await page.goto(`${BASE}/models/fraud`);
+  await axe(page, 'model (before the promotion)');
   let reached = false;
   for (let i = 0; i < 40 && !reached; i++) {
     await page.keyboard.press('Tab');
@@ -162,6 +166,7 @@ async function publisherSteps(browser) {
   });
   check(!(await versionRow(page, 1)).includes('champion'), 'champion moved from version 1 to 2');
   check((await page.locator('#status').textContent()).includes('now points at version 2'), 'the status says so');
+  await axe(page, 'model (after the promotion)');
 
   // A mutation without the CSRF header is refused, even with the session.
   const archive = `${BASE}/api/v1/models/fraud/versions/1/archive`;
@@ -176,6 +181,7 @@ async function publisherSteps(browser) {
   check(noCsrf === 403, 'a mutation without X-CSRF-Token is refused 403');
   await page.reload();
   check((await versionRow(page, 1)).includes('ready'), 'version 1 is still ready');
+  await axe(page, 'model (reloaded)');
 
   // Sign out: the session is gone.
   await Promise.all([
@@ -184,6 +190,7 @@ async function publisherSteps(browser) {
   ]);
   await page.goto(`${BASE}/models`);
   check(page.url().startsWith(`${BASE}/ui/login`), 'after sign-out pages lead to sign-in again');
+  await axe(page, 'login (after sign-out)');
   await ctx.close();
 }
 
@@ -234,6 +241,7 @@ async function adminSteps(browser) {
   const rows = await page.locator('#audit tbody tr').allTextContents();
   check(rows.length > 0 && rows.every((r) => r.includes('alias.set') && r.includes('refused')),
     'filtered: only refused alias.set (the viewer\'s forgery)');
+  await axe(page, 'audit (filtered)');
   await ctx.close();
 }
 
