@@ -21,6 +21,15 @@ if ! scripts/python-env.sh; then
 fi
 if [ -x .venv/bin/python ]; then export FERRY_PYTHON="${FERRY_PYTHON:-$PWD/.venv/bin/python}"; fi
 
+say "browser test packages (tests/browser)"
+if [ ! -d tests/browser/node_modules ]; then
+  if command -v npm >/dev/null; then
+    npm ci --prefix tests/browser --no-audit --no-fund || echo "npm ci in tests/browser failed: the dashboard's browser test will fail" >&2
+  else
+    echo "npm is missing: the dashboard's browser test will fail (apt-get install nodejs npm chromium)" >&2
+  fi
+fi
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 say "services"
 if ! port_open 1883 && command -v mosquitto >/dev/null; then

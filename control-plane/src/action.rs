@@ -8,8 +8,10 @@ use crate::auth::Role;
 /// One operation of the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
-    // Identity.
+    // Identity, and the dashboard's sign-in and sign-out.
     WhoAmI,
+    SessionCreate,
+    SessionDelete,
     // Registry: models, versions, aliases.
     ModelList,
     ModelShow,
@@ -75,6 +77,8 @@ impl Action {
     /// Every action, for tests and documentation.
     pub const ALL: &'static [Action] = &[
         Action::WhoAmI,
+        Action::SessionCreate,
+        Action::SessionDelete,
         Action::ModelList,
         Action::ModelShow,
         Action::ModelRegister,
@@ -135,11 +139,12 @@ impl Action {
     pub fn required_role(self) -> Role {
         use Action::*;
         match self {
-            WhoAmI | ModelList | ModelShow | VersionList | VersionShow | VersionDownload
-            | VersionCompare | AliasList | ProjectList | TrustShow | DriftSeries | MetricSeries
-            | DriftPolicyShow | AlertList | TriggerList | DeviceHealthList | ChallengerShow
-            | DeviceList | DeviceShow | DeviceCa | DeploymentList | DeploymentShow
-            | RolloutList | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
+            WhoAmI | SessionCreate | SessionDelete | ModelList | ModelShow | VersionList
+            | VersionShow | VersionDownload | VersionCompare | AliasList | ProjectList
+            | TrustShow | DriftSeries | MetricSeries | DriftPolicyShow | AlertList
+            | TriggerList | DeviceHealthList | ChallengerShow | DeviceList | DeviceShow
+            | DeviceCa | DeploymentList | DeploymentShow | RolloutList | RolloutShow
+            | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
             | DeploymentDelete | RolloutStart | RolloutPause | RolloutResume | RolloutApprove
@@ -156,6 +161,8 @@ impl Action {
         use Action::*;
         match self {
             WhoAmI => "whoami",
+            SessionCreate => "session.create",
+            SessionDelete => "session.delete",
             ModelList => "model.list",
             ModelShow => "model.show",
             ModelRegister => "model.register",

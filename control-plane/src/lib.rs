@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod fleet;
 pub mod input_shapes;
 pub mod keyfile;

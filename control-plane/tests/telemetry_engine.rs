@@ -45,7 +45,7 @@ async fn fx(b: Backend) -> Fx {
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
     // The store stamps audit records on the same clock as the engine.
     let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
     // The devices the tests publish as, enrolled with their keys.
     for d in ["d1", "d2", "d3"] {
         let device = Device {

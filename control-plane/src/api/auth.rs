@@ -1,8 +1,10 @@
-//! Request ids, the [`Auth`] extractor (bearer token, rate limit) and the
-//! one RBAC check, [`Auth::authorize`], which audits every refusal.
+//! Request ids, the [`Auth`] extractor (bearer token, or a dashboard
+//! session cookie with its CSRF token on unsafe methods; rate limit) and
+//! the one RBAC check, [`Auth::authorize`], which audits every refusal.
 
 use super::error::{ApiError, ApiResult};
 use super::failed_logins::{Source, Summary};
+use super::session::{self, Session};
 use super::state::AppState;
 use crate::action::Action;
 use crate::audit::{AuditEntry, OUTCOME_OK, OUTCOME_REFUSED};
@@ -43,7 +45,22 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 pub struct Auth {
     pub p: Principal,
     pub rid: String,
+    /// The dashboard session the request came with (no bearer token).
+    pub session: Option<Session>,
     state: AppState,
+}
+
+/// The principal of an API token, looked up exactly as the `Auth`
+/// extractor does (a malformed token costs no lookup); `None` for an
+/// unknown or revoked one.
+pub(crate) async fn principal_of_token(
+    state: &AppState,
+    token: &str,
+) -> ApiResult<Option<Principal>> {
+    if !auth::well_formed(token) {
+        return Ok(None);
+    }
+    Ok(state.store.principal(&auth::hash_token(token)).await?)
 }
 
 impl<S> FromRequestParts<S> for Auth
@@ -69,20 +86,36 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(token) = token else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "missing Authorization: Bearer TOKEN header",
-            ));
-        };
-        let principal = if auth::well_formed(token) {
-            state.store.principal(&auth::hash_token(token)).await?
-        } else {
-            None
-        };
-        let Some(p) = principal else {
-            return Err(failed_login(&state, parts, &rid).await);
+        let (p, session) = match token {
+            Some(token) => match principal_of_token(&state, token).await? {
+                Some(p) => (p, None),
+                None => return Err(failed_login(&state, parts, &rid).await),
+            },
+            // No bearer token: a dashboard session, if the cookie names one.
+            None => match session::from_headers(&state.store, &parts.headers).await? {
+                Some(s) => {
+                    if !session::is_safe(&parts.method)
+                        && !session::csrf_matches(&s.csrf, session::csrf_header(&parts.headers))
+                    {
+                        return Err(csrf_refused(&state, parts, &rid, &s.principal).await);
+                    }
+                    (s.principal.clone(), Some(s))
+                }
+                None if session::session_id(&parts.headers).is_some() => {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "the dashboard session has ended; sign in again",
+                    ))
+                }
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "missing Authorization: Bearer TOKEN header",
+                    ))
+                }
+            },
         };
         if !state.allow(&p.token_id) {
             return Err(ApiError::new(
@@ -94,15 +127,57 @@ where
                 ),
             ));
         }
-        Ok(Auth { p, rid, state })
+        Ok(Auth {
+            p,
+            rid,
+            session,
+            state,
+        })
     }
+}
+
+/// A session's unsafe request without its CSRF token: refused (403) and
+/// audited, like any refusal of a known caller.
+async fn csrf_refused(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    rid: &str,
+    p: &Principal,
+) -> ApiError {
+    let err = ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf",
+        "a dashboard session's unsafe request must carry its CSRF token (X-CSRF-Token)",
+    );
+    if state.allow(&p.token_id) {
+        let entry = AuditEntry {
+            tenant: p.tenant.clone(),
+            request_id: rid.to_string(),
+            actor: p.actor(),
+            action: "auth.csrf".into(),
+            target: format!("{} {}", parts.method, parts.uri.path())
+                .chars()
+                .take(160)
+                .collect(),
+            outcome: OUTCOME_REFUSED.into(),
+            detail: format!("{}: {}", err.code, err.message),
+        };
+        if let Err(e) = state.store.audit(entry).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+    err
 }
 
 /// A bearer token that names no live token: counted against its source,
 /// audited only as the first of its source's minute (the rest are summed
 /// up by [`audit_failed_logins`]), and answered 429 once the source is
 /// over its limit.
-async fn failed_login(state: &AppState, parts: &axum::http::request::Parts, rid: &str) -> ApiError {
+pub(crate) async fn failed_login(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    rid: &str,
+) -> ApiError {
     let peer = parts
         .extensions
         .get::<ConnectInfo<PeerAddr>>()

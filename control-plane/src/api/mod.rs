@@ -15,6 +15,7 @@ pub mod doc;
 pub mod error;
 pub mod failed_logins;
 pub mod query;
+pub mod session;
 pub mod state;
 pub mod types;
 
@@ -26,7 +27,7 @@ mod projects;
 pub mod rollouts;
 mod tokens;
 mod trust;
-mod versions;
+pub(crate) mod versions;
 
 pub use auth::{Auth, RequestId};
 pub use error::{ApiError, ApiResult};

@@ -23,6 +23,8 @@ pub struct Limits {
     /// The tenant of the bootstrap admin; its admins may create tokens in
     /// other tenants (which creates those tenants).
     pub root_tenant: String,
+    /// The server runs TLS: the dashboard's session cookie is `Secure`.
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone)]

@@ -112,6 +112,19 @@ pub async fn compare(
             versions.push(parse_version(part.trim())?);
         }
     }
+    Ok(Json(
+        comparison(&st.store, &a.p.tenant, &name, &versions).await?,
+    ))
+}
+
+/// Versions of `name` side by side, deltas against the first: the REST
+/// compare endpoint and the dashboard's compare page.
+pub(crate) async fn comparison(
+    store: &crate::store::Store,
+    tenant: &str,
+    name: &str,
+    versions: &[i64],
+) -> ApiResult<Comparison> {
     if versions.len() < 2 || versions.len() > 10 {
         return Err(ApiError::bad_request(
             "compare needs 2 to 10 versions: ?versions=1,2[,3…]",
@@ -119,9 +132,9 @@ pub async fn compare(
     }
     let mut rows = Vec::new();
     for v in versions {
-        rows.push(st.store.version(&a.p.tenant, &name, v).await?);
+        rows.push(store.version(tenant, name, *v).await?);
     }
-    Ok(Json(doc::compare(&rows)))
+    Ok(doc::compare(&rows))
 }
 
 /// The version's signed bundle, streamed from the artifact store.

@@ -325,9 +325,8 @@ mod tests {
         // With its audit record, which says what to do.
         let q = crate::store::AuditQuery {
             action: Some("alert.raise".into()),
-            outcome: None,
-            after_seq: None,
             limit: 10,
+            ..Default::default()
         };
         let records = store.audit_list("acme", &q).await.unwrap();
         assert_eq!(records.len(), 1);

@@ -74,6 +74,7 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServerError> {
             max_upload: cfg.max_upload_bytes,
             rate_per_minute: cfg.rate_limit_per_minute,
             root_tenant: cfg.root_tenant.clone(),
+            secure_cookies: cfg.tls.is_some(),
         },
     ))
 }
@@ -254,7 +255,7 @@ pub async fn serve_with(
 }
 
 /// Every route of the server: the registry, telemetry, the OpenAPI
-/// document, and the fleet when it runs. Unknown paths answer a JSON 404;
+/// document, the web dashboard, and the fleet when it runs. Unknown paths answer a JSON 404;
 /// every response carries the request id.
 pub fn app(state: AppState, fleet: Option<(Arc<Fleet>, Arc<RolloutDriver>)>) -> Router {
     let (registry, _) = api::routes().split_for_parts();
@@ -263,6 +264,7 @@ pub fn app(state: AppState, fleet: Option<(Arc<Fleet>, Arc<RolloutDriver>)>) -> 
     let mut router = registry
         .merge(telemetry)
         .merge(doc)
+        .merge(crate::dashboard::routes())
         .with_state(state.clone());
     if let Some((fleet, driver)) = fleet {
         let (routes, _) = crate::fleet::api::routes().split_for_parts();

@@ -163,6 +163,7 @@ mod tests {
                 max_upload: 1 << 20,
                 rate_per_minute: 0,
                 root_tenant: "default".into(),
+                secure_cookies: false,
             },
         );
         let app = super::super::app(state, None);

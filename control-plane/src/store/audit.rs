@@ -13,7 +13,12 @@ use sqlx::{FromRow, Row};
 pub struct AuditQuery {
     pub action: Option<String>,
     pub outcome: Option<String>,
+    /// A case-insensitive substring of the actor (`tok_… (name)`).
+    pub actor: Option<String>,
     pub after_seq: Option<i64>,
+    pub before_seq: Option<i64>,
+    /// Newest first (the dashboard) instead of chain order.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -116,10 +121,53 @@ impl Store {
         if let Some(o) = &q.outcome {
             sql.push(" AND outcome = ").push_bind(o.clone());
         }
+        if let Some(a) = &q.actor {
+            let escaped = a
+                .to_lowercase()
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_");
+            sql.push(" AND LOWER(actor) LIKE ")
+                .push_bind(format!("%{escaped}%"))
+                .push(" ESCAPE '!'");
+        }
         if let Some(s) = q.after_seq {
             sql.push(" AND seq > ").push_bind(s);
         }
-        sql.push(" ORDER BY seq LIMIT ").push_bind(q.limit);
+        if let Some(s) = q.before_seq {
+            sql.push(" AND seq < ").push_bind(s);
+        }
+        sql.push(if q.newest_first {
+            " ORDER BY seq DESC LIMIT "
+        } else {
+            " ORDER BY seq LIMIT "
+        })
+        .push_bind(q.limit);
         Ok(sql.query_as().fetch_all(self.pool()).await?)
+    }
+
+    /// The tenant's chain head and every record up to it, in chain order,
+    /// for [`crate::audit::verify_chain`] on the server (the dashboard's
+    /// badge). Read in pages; records appended meanwhile are left out.
+    pub async fn audit_chain(&self, tenant: &str) -> Result<(ChainHead, Vec<AuditRecord>)> {
+        let head = self.audit_head(tenant).await?;
+        let mut records: Vec<AuditRecord> = Vec::new();
+        let mut after = 0i64;
+        while after < head.seq {
+            let page = self
+                .audit_list(
+                    tenant,
+                    &AuditQuery {
+                        after_seq: Some(after),
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            records.extend(page.into_iter().filter(|r| r.seq <= head.seq));
+        }
+        Ok((head, records))
     }
 }

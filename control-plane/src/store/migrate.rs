@@ -49,6 +49,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_rollouts.sql"),
         include_str!("../../migrations/postgres/0006_rollouts.sql"),
     ),
+    (
+        7,
+        "dashboard_sessions",
+        include_str!("../../migrations/sqlite/0007_dashboard_sessions.sql"),
+        include_str!("../../migrations/postgres/0007_dashboard_sessions.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

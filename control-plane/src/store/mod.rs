@@ -22,6 +22,7 @@ mod migrate;
 mod models;
 mod projects;
 pub mod rollouts;
+mod sessions;
 mod sql;
 pub mod telemetry;
 mod tokens;
@@ -32,8 +33,10 @@ pub use aliases::AliasRow;
 pub use audit::AuditQuery;
 pub use gc::Orphans;
 pub use migrate::MIGRATION_COUNT;
+pub use models::ModelSort;
 pub use models::{Filters, MetricFilter, ModelSummary};
 pub use projects::ProjectRow;
+pub use sessions::SessionRow;
 pub use tokens::TokenInfo;
 pub use versions::{ArtifactRow, NewVersion, Registered, VersionRow};
 

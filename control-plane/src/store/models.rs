@@ -104,6 +104,36 @@ impl Filters {
     }
 }
 
+/// How the dashboard orders a model listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelSort {
+    /// By name, ascending.
+    #[default]
+    Name,
+    /// Most recently updated first, ties by name.
+    Updated,
+}
+
+const MODEL_COUNT: &str = "SELECT COUNT(*) AS n FROM models m WHERE m.tenant = ";
+
+/// `head` (ending in `m.tenant = `) with the tenant and every condition of
+/// `f`: a model matches when it has a version matching every
+/// version-level filter.
+fn filtered(head: &str, tenant: &str, f: &Filters) -> Sql {
+    let mut sql = Sql::new(head);
+    sql.push_bind(tenant.to_string());
+    f.push_name_conditions(&mut sql, "m.name");
+    if let Some(p) = &f.project {
+        sql.push(" AND m.project = ").push_bind(p.clone());
+    }
+    sql.push(
+        " AND EXISTS (SELECT 1 FROM versions v WHERE v.tenant = m.tenant AND v.model = m.name",
+    );
+    f.push_version_conditions(&mut sql);
+    sql.push(")");
+    sql
+}
+
 impl Store {
     /// Models matching `f`, by name, after `page_token` (a name), at most
     /// `limit`. A model matches when it has a version matching every
@@ -115,41 +145,73 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ModelSummary>> {
-        let mut sql = Sql::new(MODEL_COLS);
-        sql.push_bind(tenant.to_string());
-        f.push_name_conditions(&mut sql, "m.name");
-        if let Some(p) = &f.project {
-            sql.push(" AND m.project = ").push_bind(p.clone());
-        }
+        let mut sql = filtered(MODEL_COLS, tenant, f);
         if let Some(a) = after {
             sql.push(" AND m.name > ").push_bind(a.to_string());
         }
-        sql.push(
-            " AND EXISTS (SELECT 1 FROM versions v WHERE v.tenant = m.tenant AND v.model = m.name",
-        );
-        f.push_version_conditions(&mut sql);
-        sql.push(") ORDER BY m.name LIMIT ").push_bind(limit);
+        sql.push(" ORDER BY m.name LIMIT ").push_bind(limit);
         let mut out: Vec<ModelSummary> = sql.query_as().fetch_all(self.pool()).await?;
-        if let (Some(first), Some(last)) = (out.first(), out.last()) {
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(
-                "SELECT model, alias, version FROM aliases WHERE tenant = $1 AND model >= $2 AND model <= $3",
-            )
-            .bind(tenant)
-            .bind(first.name.as_str())
-            .bind(last.name.as_str())
-            .fetch_all(self.pool())
-            .await?;
-            let mut by_model: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-            for (model, alias, version) in rows {
-                by_model.entry(model).or_default().insert(alias, version);
+        self.attach_aliases(tenant, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Models matching `f` in `sort` order, `limit` of them from `offset`
+    /// (the dashboard's numbered pages).
+    pub async fn model_page(
+        &self,
+        tenant: &str,
+        f: &Filters,
+        sort: ModelSort,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<ModelSummary>> {
+        let mut sql = filtered(MODEL_COLS, tenant, f);
+        sql.push(match sort {
+            ModelSort::Name => " ORDER BY m.name",
+            ModelSort::Updated => " ORDER BY m.updated_at DESC, m.name",
+        });
+        sql.push(" LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let mut out: Vec<ModelSummary> = sql.query_as().fetch_all(self.pool()).await?;
+        self.attach_aliases(tenant, &mut out).await?;
+        Ok(out)
+    }
+
+    /// How many models match `f`.
+    pub async fn count_models(&self, tenant: &str, f: &Filters) -> Result<i64> {
+        Ok(filtered(MODEL_COUNT, tenant, f)
+            .query_scalar()
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// Fills in the aliases of `models` with one query.
+    async fn attach_aliases(&self, tenant: &str, models: &mut [ModelSummary]) -> Result<()> {
+        if models.is_empty() {
+            return Ok(());
+        }
+        let mut sql = Sql::new("SELECT model, alias, version FROM aliases WHERE tenant = ");
+        sql.push_bind(tenant.to_string()).push(" AND model IN (");
+        for (i, m) in models.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
             }
-            for m in &mut out {
-                if let Some(a) = by_model.remove(&m.name) {
-                    m.aliases = a;
-                }
+            sql.push_bind(m.name.clone());
+        }
+        sql.push(")");
+        let rows: Vec<(String, String, i64)> = sql.query_as().fetch_all(self.pool()).await?;
+        let mut by_model: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (model, alias, version) in rows {
+            by_model.entry(model).or_default().insert(alias, version);
+        }
+        for m in models.iter_mut() {
+            if let Some(a) = by_model.remove(&m.name) {
+                m.aliases = a;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub async fn model(&self, tenant: &str, name: &str) -> Result<ModelSummary> {

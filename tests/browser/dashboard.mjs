@@ -1,0 +1,267 @@
+// The dashboard in Debian's Chromium, driven by playwright-core, against a
+// real `ferry server` that tests/e2e/dashboard_e2e.rs started and seeded
+// (fraud v1 and v2 with champion on v1, churn v1).
+//
+// Env: FERRY_URL, FERRY_ADMIN_TOKEN, FERRY_PUBLISHER_TOKEN,
+// FERRY_VIEWER_TOKEN, FERRY_CHROMIUM (default /usr/bin/chromium),
+// FERRY_SCREENSHOTS (a directory for one PNG per page).
+//
+// Fails on any JavaScript console error, page error, failed request or
+// HTTP error a step did not provoke on purpose, and on any serious or
+// critical axe-core violation on any page visited.
+import { chromium } from 'playwright-core';
+import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const require = createRequire(import.meta.url);
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+function env(name, fallback) {
+  const v = process.env[name] || fallback;
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+}
+const BASE = env('FERRY_URL');
+const TOKENS = {
+  admin: env('FERRY_ADMIN_TOKEN'),
+  publisher: env('FERRY_PUBLISHER_TOKEN'),
+  viewer: env('FERRY_VIEWER_TOKEN'),
+};
+const SHOTS = env('FERRY_SCREENSHOTS');
+
+const problems = [];
+// `${status} ${url}` of the refusals a step provokes on purpose.
+const expected = new Set();
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+function watch(page, who) {
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    const at = m.location()?.url || '';
+    // Chromium logs each refused request; the provoked ones are expected.
+    if (/Failed to load resource/.test(m.text()) && [...expected].some((e) => e.endsWith(` ${at}`))) return;
+    problems.push(`${who}: console error: ${m.text()} (${at})`);
+  });
+  page.on('pageerror', (e) => problems.push(`${who}: page error: ${e.message}`));
+  page.on('requestfailed', (r) =>
+    problems.push(`${who}: request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !expected.has(`${r.status()} ${r.url()}`)) {
+      problems.push(`${who}: HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
+    }
+  });
+}
+
+async function axe(page, name) {
+  await page.evaluate(AXE);
+  const r = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  for (const v of bad) {
+    const where = v.nodes.map((n) => n.target.join(' ')).join('; ');
+    problems.push(`${name}: axe ${v.impact} ${v.id}: ${v.help} (${where})`);
+  }
+  console.log(`axe ${name}: ${r.violations.length} violation(s), ${bad.length} serious or critical`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(browser, who) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await ctx.newPage();
+  watch(page, who);
+  await page.goto(`${BASE}/`);
+  check(page.url().startsWith(`${BASE}/ui/login`), `${who}: / without a session leads to sign-in`);
+  await page.getByLabel('API token').fill(TOKENS[who]);
+  await Promise.all([
+    page.waitForURL(`${BASE}/models`),
+    page.getByRole('button', { name: 'Sign in' }).click(),
+  ]);
+  check(true, `${who}: signed in`);
+  await axe(page, `models (${who})`);
+  return { ctx, page };
+}
+
+/// The text of the versions table row of `version`.
+async function versionRow(page, version) {
+  return page.evaluate((v) => {
+    const row = [...document.querySelectorAll('#versions tbody tr')]
+      .find((r) => r.cells[1].textContent.trim() === String(v));
+    return row ? row.textContent : '';
+  }, version);
+}
+
+async function publisherSteps(browser) {
+  const ctx0 = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const login = await ctx0.newPage();
+  watch(login, 'login');
+  await login.goto(`${BASE}/ui/login`);
+  await axe(login, 'login');
+  await shot(login, 'login');
+  await ctx0.close();
+
+  const { ctx, page } = await signIn(browser, 'publisher');
+  await shot(page, 'models');
+  check(!(await page.getByRole('link', { name: 'Audit' }).count()), 'publisher: no Audit link');
+
+  // Search updates the results in place and the URL with it.
+  await page.getByLabel('Name contains').fill('fra');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await page.waitForURL(/q=fra/);
+  await page.waitForFunction(() => !document.querySelector('#results').textContent.includes('churn'));
+  check(await page.locator('#results').getByRole('link', { name: 'fraud' }).count() === 1,
+    'search by name finds fraud only');
+  await axe(page, 'models (searched in place)');
+  await page.goto(`${BASE}/models?metric=auc&min=0.92`);
+  const ranged = await page.locator('#results').textContent();
+  check(ranged.includes('fraud') && !ranged.includes('churn'), 'a metric range (auc >= 0.92) finds fraud only');
+  await axe(page, 'models (metric range)');
+  await page.goto(`${BASE}/models?q=fra`);
+  await axe(page, 'models (searched, loaded from its URL)');
+  await Promise.all([
+    page.waitForURL(`${BASE}/models/fraud`),
+    page.locator('#results').getByRole('link', { name: 'fraud' }).click(),
+  ]);
+  check((await versionRow(page, 1)).includes('champion'), 'champion is on version 1');
+  await axe(page, 'model');
+  await shot(page, 'model');
+
+  // Compare two versions.
+  await page.getByLabel('Compare version 1', { exact: true }).check();
+  await page.getByLabel('Compare version 2', { exact: true }).check();
+  await Promise.all([
+    page.waitForURL(/\/models\/fraud\/compare\?/),
+    page.getByRole('button', { name: 'Compare selected versions' }).click(),
+  ]);
+  const compared = await page.locator('main').textContent();
+  check(compared.includes('0.93') && compared.includes('(+0.02)'), 'compare shows auc with its delta');
+  await axe(page, 'compare');
+  await shot(page, 'compare');
+
+  // Promote with the keyboard only: Tab to the button, Enter, confirm.
+  await page.goto(`${BASE}/models/fraud`);
+  await axe(page, 'model (before the promotion)');
+  let reached = false;
+  for (let i = 0; i < 40 && !reached; i++) {
+    await page.keyboard.press('Tab');
+    reached = await page.evaluate(() => document.activeElement?.id === 'promote-button');
+  }
+  check(reached, 'Tab reaches the promote button');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('dialog#confirm[open]');
+  const message = await page.locator('dialog#confirm [data-message]').textContent();
+  check(message.includes('"champion"') && message.includes('version 2'), `the dialog asks: ${message}`);
+  check(await page.evaluate(() => document.activeElement?.value === 'confirm'), 'the dialog focuses Confirm');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => {
+    const row = [...document.querySelectorAll('#versions tbody tr')]
+      .find((r) => r.cells[1].textContent.trim() === '2');
+    return row && row.cells[3].textContent.includes('champion');
+  });
+  check(!(await versionRow(page, 1)).includes('champion'), 'champion moved from version 1 to 2');
+  check((await page.locator('#status').textContent()).includes('now points at version 2'), 'the status says so');
+  await axe(page, 'model (after the promotion)');
+
+  // A mutation without the CSRF header is refused, even with the session.
+  const archive = `${BASE}/api/v1/models/fraud/versions/1/archive`;
+  expected.add(`403 ${archive}`);
+  // (Bodies are read to the end: a request still open when the page
+  // navigates would count as failed.)
+  const noCsrf = await page.evaluate(async (u) => {
+    const r = await fetch(u, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    await r.text();
+    return r.status;
+  }, archive);
+  check(noCsrf === 403, 'a mutation without X-CSRF-Token is refused 403');
+  await page.reload();
+  check((await versionRow(page, 1)).includes('ready'), 'version 1 is still ready');
+  await axe(page, 'model (reloaded)');
+
+  // Sign out: the session is gone.
+  await Promise.all([
+    page.waitForURL(/\/ui\/login$/),
+    page.getByRole('button', { name: 'Sign out' }).click(),
+  ]);
+  await page.goto(`${BASE}/models`);
+  check(page.url().startsWith(`${BASE}/ui/login`), 'after sign-out pages lead to sign-in again');
+  await axe(page, 'login (after sign-out)');
+  await ctx.close();
+}
+
+async function viewerSteps(browser) {
+  const { ctx, page } = await signIn(browser, 'viewer');
+  await page.goto(`${BASE}/models/fraud`);
+  check(await page.locator('#promote-button').count() === 0, 'viewer: no promote button');
+  check(await page.getByRole('button', { name: /^Archive/ }).count() === 0, 'viewer: no archive buttons');
+  check(await page.getByRole('link', { name: /^Download/ }).count() > 0, 'viewer: download links');
+  await axe(page, 'model (viewer)');
+  // The forged request: the viewer's own session and CSRF token.
+  const promote = `${BASE}/api/v1/models/fraud/promote`;
+  expected.add(`403 ${promote}`);
+  const forged = await page.evaluate(async (u) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch(u, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: JSON.stringify({ version: 1, alias: 'champion' }),
+    });
+    await r.text();
+    return r.status;
+  }, promote);
+  check(forged === 403, 'viewer: a forged promotion is refused 403');
+  expected.add(`403 ${BASE}/audit`);
+  await page.goto(`${BASE}/audit`);
+  check((await page.locator('h1').textContent()) === 'Not allowed', 'viewer: the audit page is refused');
+  await axe(page, 'refusal page');
+  await ctx.close();
+}
+
+async function adminSteps(browser) {
+  const { ctx, page } = await signIn(browser, 'admin');
+  await page.getByRole('link', { name: 'Audit' }).click();
+  await page.waitForURL(`${BASE}/audit`);
+  const badge = await page.locator('#chain').textContent();
+  check(/Chain verified up to record \d+/.test(badge), `badge: ${badge}`);
+  const trail = await page.locator('#audit').textContent();
+  for (const action of ['session.create', 'session.delete', 'alias.set', 'auth.csrf']) {
+    check(trail.includes(action), `the trail shows ${action}`);
+  }
+  check(trail.includes('fraud@champion -> 2'), 'the trail shows the promotion');
+  await axe(page, 'audit');
+  await shot(page, 'audit');
+  await page.getByLabel('Action', { exact: true }).fill('alias.set');
+  await page.getByLabel('Outcome', { exact: true }).selectOption('refused');
+  await Promise.all([page.waitForURL(/action=alias\.set/), page.getByRole('button', { name: 'Filter' }).click()]);
+  const rows = await page.locator('#audit tbody tr').allTextContents();
+  check(rows.length > 0 && rows.every((r) => r.includes('alias.set') && r.includes('refused')),
+    'filtered: only refused alias.set (the viewer\'s forgery)');
+  await axe(page, 'audit (filtered)');
+  await ctx.close();
+}
+
+const browser = await chromium.launch({
+  executablePath: env('FERRY_CHROMIUM', '/usr/bin/chromium'),
+  args: ['--no-sandbox'],
+});
+let failure = null;
+try {
+  await publisherSteps(browser);
+  await viewerSteps(browser);
+  await adminSteps(browser);
+} catch (e) {
+  failure = e;
+} finally {
+  await browser.close();
+}
+if (failure) problems.unshift(String(failure.stack || failure));
+if (problems.length) {
+  console.error(`dashboard browser test FAILED:\n${problems.join('\n')}`);
+  process.exit(1);
+}
+console.log('dashboard browser test: every check passed');

@@ -1,0 +1,399 @@
+//! The web dashboard end to end, against a real `ferry server`: sessions,
+//! CSRF and revocation over raw HTTP, then the whole UI in Debian's
+//! Chromium (`tests/browser/dashboard.mjs`, driven by playwright-core,
+//! checked by axe-core).
+#![allow(clippy::unwrap_used)]
+
+use ferry_e2e::fleet::{fixtures, ok, Keys, Server, ADMIN};
+use ferry_e2e::skip_or_fail;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A server with the trust root, `fraud` v1 and v2 (metrics, tags, a
+/// baseline, lineage), `churn` v1, and `champion` on `fraud` v1; the
+/// tokens of a publisher and a viewer.
+fn setup(tmp: &Path) -> (Server, String, String, String) {
+    let keys = Keys::new(&tmp.join("k"));
+    let server = Server::start(&tmp.join("server"), &[]);
+    ok(&mut server.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
+    let baseline = fixtures().join("bc_logreg.baseline.csv");
+    let baseline = baseline.to_str().unwrap();
+    for (model, v, extra) in [
+        (
+            "fraud",
+            1,
+            vec![
+                "--metric",
+                "auc=0.91",
+                "--tag",
+                "team=risk",
+                "--baseline",
+                baseline,
+            ],
+        ),
+        (
+            "fraud",
+            2,
+            vec![
+                "--metric",
+                "auc=0.93",
+                "--tag",
+                "team=risk",
+                "--baseline",
+                baseline,
+                "--parent-version",
+                "1",
+            ],
+        ),
+        (
+            "churn",
+            1,
+            vec!["--metric", "auc=0.80", "--tag", "team=growth"],
+        ),
+    ] {
+        let b = keys.bundle(model, v, "pub", &extra);
+        ok(&mut server.cli(&["model", "push", b.to_str().unwrap()]));
+    }
+    ok(&mut server.cli(&["model", "promote", "fraud", "1", "--alias", "champion"]));
+    let token = |role: &str| {
+        server.json(&["token", "create", "--name", role, "--role", role])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (publisher, viewer) = (token("publisher"), token("viewer"));
+    let id = server.json(&["token", "list"]);
+    let publisher_id = id
+        .as_array()
+        .or_else(|| id["tokens"].as_array())
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "publisher")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (server, publisher, viewer, publisher_id)
+}
+
+/// One HTTP/1.1 request; (status, lower-cased headers, body).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Signs in with `token`; the `ferry_session=…` cookie pair.
+fn sign_in(url: &str, token: &str) -> String {
+    let origin = url.to_string();
+    let r = request(
+        url,
+        "POST",
+        "/ui/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", &origin),
+        ],
+        &format!("token={token}&next=%2Fmodels"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/models"));
+    let cookie = r.header("set-cookie").unwrap().to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// The CSRF token a page carries in its `<meta>`.
+fn csrf_of(page: &str) -> String {
+    let at = page.find(r#"name="csrf-token" content=""#).unwrap();
+    let rest = &page[at + r#"name="csrf-token" content=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+fn audit_has(server: &Server, action: &str, outcome: &str, actor_part: &str) -> bool {
+    server
+        .audit(action)
+        .iter()
+        .any(|r| r["outcome"] == outcome && r["actor"].as_str().unwrap_or("").contains(actor_part))
+}
+
+#[test]
+fn sessions_need_csrf_end_at_sign_out_and_when_the_token_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, publisher, viewer, publisher_id) = setup(tmp.path());
+    let url = server.url.clone();
+
+    // No session: pages send the browser to sign in, coming back after.
+    let r = request(&url, "GET", "/", &[], "");
+    assert_eq!((r.status, r.header("location")), (303, Some("/models")));
+    let r = request(&url, "GET", "/models?q=fr", &[], "");
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header("location"),
+        Some("/ui/login?next=%2Fmodels%3Fq%3Dfr")
+    );
+    let r = request(&url, "GET", "/ui/login", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-security-policy")
+        .unwrap()
+        .contains("script-src 'self'"));
+
+    // A wrong token is refused and counted like a failed API login; a form
+    // posted from another site is refused before anything is looked at.
+    let bad = "fy_".to_string() + &"0".repeat(64);
+    let r = request(
+        &url,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("token={bad}"),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(server
+        .audit("auth.login")
+        .iter()
+        .any(|r| r["outcome"] == "refused"));
+    let r = request(
+        &url,
+        "POST",
+        "/ui/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "https://evil.example"),
+        ],
+        &format!("token={publisher}"),
+    );
+    assert_eq!(r.status, 403);
+
+    // Signed in: pages and the REST API answer the cookie.
+    let cookie = sign_in(&url, &publisher);
+    let page = request(&url, "GET", "/models", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("fraud") && page.body.contains("churn"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let csrf = csrf_of(&page.body);
+    let r = request(&url, "GET", "/api/v1/whoami", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"publisher\""));
+    assert!(audit_has(&server, "session.create", "ok", "(publisher)"));
+
+    // A mutation through the session needs the CSRF token: without it or
+    // with a wrong one 403 (audited), with it the promotion happens.
+    let promote = |headers: &[(&str, &str)]| {
+        let mut h = vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        h.extend_from_slice(headers);
+        request(
+            &url,
+            "POST",
+            "/api/v1/models/fraud/promote",
+            &h,
+            r#"{"version":2,"alias":"staging"}"#,
+        )
+    };
+    let r = promote(&[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("\"csrf\""));
+    let wrong = "0".repeat(64);
+    assert_eq!(promote(&[("X-CSRF-Token", &wrong)]).status, 403);
+    assert!(audit_has(&server, "auth.csrf", "refused", "(publisher)"));
+    let r = promote(&[("X-CSRF-Token", &csrf)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(audit_has(&server, "alias.set", "ok", "(publisher)"));
+
+    // Pages authorize like the API: the audit trail is for admins.
+    let r = request(&url, "GET", "/audit", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("may not audit.list"), "{}", r.body);
+
+    // Assets: gzip when asked, immutable, under their content hash.
+    let css = page
+        .body
+        .split('"')
+        .find(|s| s.ends_with("/dashboard.css"))
+        .unwrap();
+    let r = request(&url, "GET", css, &[("Accept-Encoding", "gzip")], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(r.header("cache-control").unwrap().contains("immutable"));
+
+    // Revoking the token ends its session at once.
+    ok(&mut server.cli(&["token", "revoke", &publisher_id]));
+    let r = request(&url, "GET", "/models", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 303);
+    let r = request(&url, "GET", "/api/v1/whoami", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 401);
+
+    // A viewer's forged promotion (cookie and CSRF token) is refused by RBAC.
+    let cookie = sign_in(&url, &viewer);
+    let page = request(&url, "GET", "/models/fraud", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains("promote-button"),
+        "a viewer sees no promote button"
+    );
+    let csrf = csrf_of(&page.body);
+    let r = request(
+        &url,
+        "POST",
+        "/api/v1/models/fraud/promote",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/json"),
+            ("X-CSRF-Token", &csrf),
+        ],
+        r#"{"version":2,"alias":"champion"}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(audit_has(&server, "alias.set", "refused", "(viewer)"));
+
+    // Sign-out needs the CSRF token too, then the session is gone.
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let r = request(
+        &url,
+        "POST",
+        "/ui/logout",
+        &[("Cookie", &cookie), form],
+        "_csrf=x",
+    );
+    assert_eq!(r.status, 403);
+    let r = request(
+        &url,
+        "POST",
+        "/ui/logout",
+        &[("Cookie", &cookie), form],
+        &format!("_csrf={csrf}"),
+    );
+    assert_eq!((r.status, r.header("location")), (303, Some("/ui/login")));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = request(&url, "GET", "/api/v1/whoami", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 401);
+    assert!(audit_has(&server, "session.delete", "ok", "(viewer)"));
+    ok(&mut server.cli(&["audit", "verify"]));
+}
+
+/// What the browser test needs: node, Chromium and `npm ci` in
+/// tests/browser; `None` (skipped or failed under CI) when one is missing.
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = PathBuf::from(
+        std::env::var("FERRY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    let node = Command::new("node").arg("--version").output();
+    if node.is_err() || !node.as_ref().is_ok_and(|o| o.status.success()) {
+        skip_or_fail("node (Node.js), for the dashboard's browser tests");
+        return None;
+    }
+    if !chromium.exists() {
+        skip_or_fail("chromium (apt-get install chromium), for the dashboard's browser tests");
+        return None;
+    }
+    if !dir.join("node_modules/playwright-core").exists()
+        || !dir.join("node_modules/axe-core").exists()
+    {
+        skip_or_fail("tests/browser/node_modules (npm ci --prefix tests/browser)");
+        return None;
+    }
+    ferry_e2e::used_service("chromium");
+    Some((dir, chromium))
+}
+
+#[test]
+fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() {
+    let Some((dir, chromium)) = browser_tools() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, publisher, viewer, _) = setup(tmp.path());
+    // Screenshots go to docs/dashboard/ only when asked (they change with
+    // every run's tokens and times).
+    let shots = if std::env::var("FERRY_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    } else {
+        tmp.path().join("screenshots")
+    };
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(dir.join("dashboard.mjs"))
+        .env("FERRY_URL", &server.url)
+        .env("FERRY_ADMIN_TOKEN", ADMIN)
+        .env("FERRY_PUBLISHER_TOKEN", &publisher)
+        .env("FERRY_VIEWER_TOKEN", &viewer)
+        .env("FERRY_CHROMIUM", &chromium)
+        .env("FERRY_SCREENSHOTS", &shots)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dashboard.mjs failed:\n{log}");
+    for page in ["login", "models", "model", "compare", "audit"] {
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "{page}.png missing:\n{log}"
+        );
+    }
+    // What the browser did is in the audit trail.
+    assert!(server
+        .audit("alias.set")
+        .iter()
+        .any(|r| r["outcome"] == "ok"
+            && r["target"].as_str().unwrap_or("").contains("champion -> 2")));
+    assert!(server
+        .audit("alias.set")
+        .iter()
+        .any(|r| r["outcome"] == "refused"));
+    ok(&mut server.cli(&["audit", "verify"]));
+}
