@@ -1,9 +1,11 @@
 // The dashboard in Debian's Chromium, driven by playwright-core, against a
 // real `ferry server` that tests/e2e/dashboard_e2e.rs started and seeded
-// (fraud v1 and v2 with champion on v1, churn v1).
+// (fraud v1 and v2 with champion on v1, churn v1; four simulated devices
+// labelled site=berlin running fraud v1, and a rollout of v2 to them that
+// waits for approval after its first wave).
 //
 // Env: FERRY_URL, FERRY_ADMIN_TOKEN, FERRY_PUBLISHER_TOKEN,
-// FERRY_VIEWER_TOKEN, FERRY_CHROMIUM (default /usr/bin/chromium),
+// FERRY_VIEWER_TOKEN, FERRY_OPERATOR_TOKEN, FERRY_ROLLOUT_ID, FERRY_CHROMIUM (default /usr/bin/chromium),
 // FERRY_SCREENSHOTS (a directory for one PNG per page).
 //
 // Fails on any JavaScript console error, page error, failed request or
@@ -27,7 +29,9 @@ const TOKENS = {
   admin: env('FERRY_ADMIN_TOKEN'),
   publisher: env('FERRY_PUBLISHER_TOKEN'),
   viewer: env('FERRY_VIEWER_TOKEN'),
+  operator: env('FERRY_OPERATOR_TOKEN'),
 };
+const ROLLOUT = env('FERRY_ROLLOUT_ID');
 const SHOTS = env('FERRY_SCREENSHOTS');
 
 const problems = [];
@@ -194,6 +198,82 @@ async function publisherSteps(browser) {
   await ctx.close();
 }
 
+/// Tabs until `id` has the focus, presses Enter and confirms the dialog
+/// with Enter: a rollout command by keyboard only.
+async function keyboardCommand(page, id) {
+  let reached = false;
+  for (let i = 0; i < 60 && !reached; i++) {
+    await page.keyboard.press('Tab');
+    reached = await page.evaluate((x) => document.activeElement?.id === x, id);
+  }
+  check(reached, `Tab reaches #${id}`);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('dialog#confirm[open]');
+  check(await page.evaluate(() => document.activeElement?.value === 'confirm'), 'the dialog focuses Confirm');
+  await page.keyboard.press('Enter');
+}
+
+async function phaseIs(page, phase) {
+  await page.waitForFunction((p) => document.querySelector('#phase')?.textContent.includes(`Phase: ${p}`), phase,
+    { timeout: 120000 });
+}
+
+async function operatorSteps(browser) {
+  const { ctx, page } = await signIn(browser, 'operator');
+  // The fleet: every simulated device, its labels and connection.
+  await page.getByRole('link', { name: 'Fleet' }).click();
+  await page.waitForURL(`${BASE}/fleet`);
+  const devices = await page.locator('#devices tbody tr').allTextContents();
+  check(devices.length === 4 && devices.every((r) => r.includes('site=berlin') && r.includes('connected')),
+    'fleet: four connected devices labelled site=berlin');
+  await axe(page, 'fleet');
+  await shot(page, 'fleet');
+  await page.getByLabel('Label (key=value)').fill('site=oslo');
+  await Promise.all([page.waitForURL(/label=site%3Doslo/), page.getByRole('button', { name: 'Filter' }).click()]);
+  check((await page.locator('main').textContent()).includes('No device matches.'), 'fleet: a label filter');
+  await axe(page, 'fleet (filtered)');
+
+  // The rollouts list, linkable by phase.
+  await page.goto(`${BASE}/rollouts?model=fraud`);
+  check((await page.locator('#rollouts tbody tr').count()) === 1, 'rollouts: the rollout is listed');
+  await axe(page, 'rollouts');
+  await page.goto(`${BASE}/rollouts?phase=finished`);
+  check((await page.locator('main').textContent()).includes('No rollout matches.'), 'rollouts: a phase filter');
+  await Promise.all([
+    page.waitForURL(`${BASE}/rollouts/${ROLLOUT}`),
+    page.goto(`${BASE}/rollouts`).then(() => page.locator('#rollouts a').first().click()),
+  ]);
+  await axe(page, 'rollout');
+  // From here on the page is never reloaded: a mark on the window shows it.
+  await page.evaluate(() => { window.ferryMark = 1; });
+  let polls = 0;
+  page.on('request', (r) => { if (r.url().endsWith(`/rollouts/${ROLLOUT}/progress`)) polls++; });
+  // Pause (allowed running or awaiting approval), then resume: the wave
+  // bakes again, and the page follows it to "awaiting approval" by itself.
+  await keyboardCommand(page, 'pause-button');
+  await phaseIs(page, 'paused');
+  check((await page.locator('#cause').textContent()).includes('Paused by an operator'), 'the pause cause is shown');
+  await axe(page, 'rollout (paused)');
+  await keyboardCommand(page, 'resume-button');
+  await phaseIs(page, 'awaiting approval');
+  check(polls > 0, `the progress section polled (${polls} request(s))`);
+  check(await page.evaluate(() => window.ferryMark === 1), 'awaiting approval shown without a reload');
+  check((await page.locator('#gates').textContent()).includes('install'), 'the gates of the last verdict');
+  await axe(page, 'rollout (awaiting approval)');
+  // Approve by click and confirm; the rollout runs its last wave and ends.
+  await page.locator('#approve-button').click();
+  await page.waitForSelector('dialog#confirm[open]');
+  await page.getByRole('button', { name: 'Confirm' }).click();
+  await phaseIs(page, 'finished');
+  check(await page.evaluate(() => window.ferryMark === 1), 'finished shown without a reload');
+  check(await page.locator('#commands').count() === 0, 'a finished rollout has no commands');
+  const waves = await page.locator('table.wave').count();
+  check(waves === 2, `two waves shown (${waves})`);
+  await axe(page, 'rollout (finished)');
+  await shot(page, 'rollout');
+  await ctx.close();
+}
+
 async function viewerSteps(browser) {
   const { ctx, page } = await signIn(browser, 'viewer');
   await page.goto(`${BASE}/models/fraud`);
@@ -215,6 +295,21 @@ async function viewerSteps(browser) {
     return r.status;
   }, promote);
   check(forged === 403, 'viewer: a forged promotion is refused 403');
+  // Rollouts: the viewer sees them, without commands, and a forged
+  // approval is refused.
+  await page.goto(`${BASE}/rollouts/${ROLLOUT}`);
+  check(await page.locator('#commands').count() === 0, 'viewer: no rollout commands');
+  check(await page.getByRole('button', { name: 'Approve' }).count() === 0, 'viewer: no approve button');
+  const approve = `${BASE}/api/v1/rollouts/${ROLLOUT}/approve`;
+  expected.add(`403 ${approve}`);
+  const forgedApproval = await page.evaluate(async (u) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch(u, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf }, body: '{}' });
+    await r.text();
+    return r.status;
+  }, approve);
+  check(forgedApproval === 403, 'viewer: a forged approval is refused 403');
+  await axe(page, 'rollout (viewer)');
   expected.add(`403 ${BASE}/audit`);
   await page.goto(`${BASE}/audit`);
   check((await page.locator('h1').textContent()) === 'Not allowed', 'viewer: the audit page is refused');
@@ -252,6 +347,7 @@ const browser = await chromium.launch({
 let failure = null;
 try {
   await publisherSteps(browser);
+  await operatorSteps(browser);
   await viewerSteps(browser);
   await adminSteps(browser);
 } catch (e) {

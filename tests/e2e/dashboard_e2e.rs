@@ -4,7 +4,7 @@
 //! checked by axe-core).
 #![allow(clippy::unwrap_used)]
 
-use ferry_e2e::fleet::{fixtures, ok, Keys, Server, ADMIN};
+use ferry_e2e::fleet::{bin, fixtures, ok, spawn_until, wait_for, Keys, Proc, Server, ADMIN};
 use ferry_e2e::skip_or_fail;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::Duration;
 /// tokens of a publisher and a viewer.
 fn setup(tmp: &Path) -> (Server, String, String, String) {
     let keys = Keys::new(&tmp.join("k"));
-    let server = Server::start(&tmp.join("server"), &[]);
+    let server = Server::start(&tmp.join("server"), &[("FERRY_ROLLOUT_TICK_MS", "100")]);
     ok(&mut server.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
     let baseline = fixtures().join("bc_logreg.baseline.csv");
     let baseline = baseline.to_str().unwrap();
@@ -348,6 +348,73 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     Some((dir, chromium))
 }
 
+const LONG: Duration = Duration::from_secs(180);
+
+/// Four simulated devices labelled `site=berlin` (`ferry-fleet-sim`, as in
+/// rollout_e2e.rs), connected and active on `fraud` v1; then a rollout of
+/// v2 to them that waits for approval after its first wave. The simulator
+/// and the rollout's id.
+fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
+    let ca = tmp.join("ca.pem");
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=berlin",
+        "--uses",
+        "4",
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let mut cmd = Command::new(bin("ferry-fleet-sim"));
+    cmd.args(["--server", &server.quic, "--token"])
+        .arg(tok["token"].as_str().unwrap())
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--root-fingerprint")
+        .arg(tok["root_fingerprint"].as_str().unwrap())
+        .arg("--dir")
+        .arg(tmp.join("sim"))
+        .args(["--devices", "4", "--timeout-secs", "600"]);
+    let (sim, _) = spawn_until(cmd, &["running "]);
+    wait_for("every simulated device connected", LONG, || {
+        let v = server.json(&["device", "list"]);
+        let devices = v["devices"].as_array().unwrap();
+        (devices.iter().filter(|d| d["connected"] == true).count() == 4).then_some(())
+    });
+    let v = server.json(&[
+        "deploy",
+        "fraud",
+        "--version",
+        "1",
+        "--selector",
+        "site=berlin",
+    ]);
+    let deployment = v["id"].as_str().unwrap().to_string();
+    wait_for("every device active on v1", LONG, || {
+        (server.deployment(&deployment)["summary"]["active"] == 4).then_some(())
+    });
+    let policy = tmp.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "waves = [\"50%\", \"100%\"]\nbake_secs = 1\non_success = \"approve\"\n\n[model]\ngates = []\n",
+    )
+    .unwrap();
+    let v = server.json(&[
+        "rollout",
+        "start",
+        "fraud",
+        "--version",
+        "2",
+        "--selector",
+        "site=berlin",
+        "--policy-file",
+        policy.to_str().unwrap(),
+    ]);
+    (sim, v["id"].as_str().unwrap().to_string())
+}
+
 #[test]
 fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() {
     let Some((dir, chromium)) = browser_tools() else {
@@ -355,6 +422,13 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     };
     let tmp = tempfile::tempdir().unwrap();
     let (server, publisher, viewer, _) = setup(tmp.path());
+    let operator = server.json(&[
+        "token", "create", "--name", "operator", "--role", "operator",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_sim, rollout) = fleet_with_a_rollout(&server, tmp.path());
     // Screenshots go to docs/dashboard/ only when asked (they change with
     // every run's tokens and times).
     let shots = if std::env::var("FERRY_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
@@ -369,6 +443,8 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         .env("FERRY_ADMIN_TOKEN", ADMIN)
         .env("FERRY_PUBLISHER_TOKEN", &publisher)
         .env("FERRY_VIEWER_TOKEN", &viewer)
+        .env("FERRY_OPERATOR_TOKEN", &operator)
+        .env("FERRY_ROLLOUT_ID", &rollout)
         .env("FERRY_CHROMIUM", &chromium)
         .env("FERRY_SCREENSHOTS", &shots)
         .output()
@@ -379,7 +455,9 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "dashboard.mjs failed:\n{log}");
-    for page in ["login", "models", "model", "compare", "audit"] {
+    for page in [
+        "login", "models", "model", "compare", "audit", "fleet", "rollout",
+    ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "{page}.png missing:\n{log}"
@@ -395,5 +473,15 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         .audit("alias.set")
         .iter()
         .any(|r| r["outcome"] == "refused"));
+    // The operator approved in the browser, the viewer's forgery was refused.
+    let approvals = server.audit("rollout.approve");
+    assert!(approvals
+        .iter()
+        .any(|r| r["outcome"] == "ok" && r["actor"].as_str().unwrap_or("").contains("(operator)")));
+    assert!(approvals.iter().any(
+        |r| r["outcome"] == "refused" && r["actor"].as_str().unwrap_or("").contains("(viewer)")
+    ));
+    let v = server.json(&["rollout", "show", &rollout]);
+    assert_eq!(v["rollout"]["phase"], "finished", "{v}");
     ok(&mut server.cli(&["audit", "verify"]));
 }

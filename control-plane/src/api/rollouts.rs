@@ -88,7 +88,7 @@ fn counts(s: Option<&RolloutState>) -> (usize, usize, usize) {
     (present, assigned, active)
 }
 
-fn rollout_dto(r: &RolloutRow, s: Option<&RolloutState>) -> Rollout {
+pub(crate) fn rollout_dto(r: &RolloutRow, s: Option<&RolloutState>) -> Rollout {
     let (devices, assigned, active) = counts(s);
     Rollout {
         id: r.id.clone(),
@@ -122,7 +122,7 @@ fn policy_dto(p: PolicyRow) -> RolloutPolicyInfo {
     }
 }
 
-fn parse_state(r: &RolloutRow) -> Option<RolloutState> {
+pub(crate) fn parse_state(r: &RolloutRow) -> Option<RolloutState> {
     serde_json::from_str(&r.state).ok()
 }
 
@@ -184,7 +184,8 @@ async fn show_rollout(
     Ok(Json(detail(&v.row, &v.state)))
 }
 
-fn detail(row: &RolloutRow, s: &RolloutState) -> RolloutDetail {
+/// The detail DTO, shared with the dashboard's rollout page.
+pub(crate) fn detail(row: &RolloutRow, s: &RolloutState) -> RolloutDetail {
     let mut waves: Vec<RolloutWave> = Vec::new();
     let mut waiting = Vec::new();
     for (id, d) in &s.devices {

@@ -14,12 +14,21 @@ use maud::{html, Markup, DOCTYPE};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {
     Models,
+    Rollouts,
+    Fleet,
     Audit,
 }
 
 /// (section, path, label, the action whose role the link needs).
 const NAV: &[(Section, &str, &str, Action)] = &[
     (Section::Models, "/models", "Models", Action::ModelList),
+    (
+        Section::Rollouts,
+        "/rollouts",
+        "Rollouts",
+        Action::RolloutList,
+    ),
+    (Section::Fleet, "/fleet", "Fleet", Action::DeviceList),
     (Section::Audit, "/audit", "Audit", Action::AuditList),
 ];
 
@@ -154,6 +163,17 @@ pub fn when(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|| secs.to_string())
+}
+
+/// The page a fleet or rollout page shows when the server runs without
+/// the fleet (no `--quic`).
+pub fn no_fleet() -> Markup {
+    html! {
+        p.badge #no-fleet {
+            "The fleet is not enabled on this server: devices and rollouts need "
+            code { "ferry server --quic" } "."
+        }
+    }
 }
 
 /// A byte count for people (binary units).

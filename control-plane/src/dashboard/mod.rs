@@ -19,19 +19,25 @@ mod assets;
 mod audit;
 mod compare;
 mod error;
+mod fleet;
 mod layout;
 mod list;
 mod model;
 mod models;
+mod rollout;
+mod rollouts;
 mod session;
 
 use crate::api::AppState;
+use crate::rollout_driver::RolloutDriver;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
+use std::sync::Arc;
 use tower_http::compression::CompressionLayer;
 
 /// What a dashboard page may load: only this origin's scripts, styles and
@@ -58,9 +64,14 @@ async fn headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The rollout driver (and through it the fleet) when the server runs
+/// `--quic`; the fleet and rollout pages say so when it does not.
+#[derive(Clone)]
+pub struct FleetLink(pub Option<Arc<RolloutDriver>>);
+
 /// The dashboard's routes: pages, sign-in and sign-out, assets; gzip
 /// where the browser takes it.
-pub fn routes() -> Router<AppState> {
+pub fn routes(fleet: Option<Arc<RolloutDriver>>) -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/models") }))
         .route("/ui/login", get(session::login_form).post(session::login))
@@ -70,6 +81,11 @@ pub fn routes() -> Router<AppState> {
         .route("/models/{name}", get(model::page))
         .route("/models/{name}/compare", get(compare::page))
         .route("/audit", get(audit::page))
+        .route("/fleet", get(fleet::page))
+        .route("/rollouts", get(rollouts::page))
+        .route("/rollouts/{id}", get(rollout::page))
+        .route("/rollouts/{id}/progress", get(rollout::progress))
+        .layer(Extension(FleetLink(fleet)))
         .layer(middleware::from_fn(headers))
         .layer(CompressionLayer::new())
 }

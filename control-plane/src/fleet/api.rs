@@ -61,7 +61,8 @@ pub fn routes() -> OpenApiRouter<FleetState> {
         ))
 }
 
-fn device_dto(fleet: &Fleet, d: db::Device, connected: bool) -> Device {
+/// The device DTO, shared with the dashboard's fleet page.
+pub(crate) fn device_dto(fleet: &Fleet, d: db::Device, connected: bool) -> Device {
     let held = fleet.held_root(&d.id);
     Device {
         trust_root_version: held.map(|h| h.0),

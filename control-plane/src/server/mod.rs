@@ -264,7 +264,9 @@ pub fn app(state: AppState, fleet: Option<(Arc<Fleet>, Arc<RolloutDriver>)>) -> 
     let mut router = registry
         .merge(telemetry)
         .merge(doc)
-        .merge(crate::dashboard::routes())
+        .merge(crate::dashboard::routes(
+            fleet.as_ref().map(|(_, d)| d.clone()),
+        ))
         .with_state(state.clone());
     if let Some((fleet, driver)) = fleet {
         let (routes, _) = crate::fleet::api::routes().split_for_parts();
