@@ -485,3 +485,42 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     assert_eq!(v["rollout"]["phase"], "finished", "{v}");
     ok(&mut server.cli(&["audit", "verify"]));
 }
+
+/// Without `--quic` there is no fleet: the fleet and rollout pages say so
+/// (and still authorize), the REST rollout routes do not exist.
+#[test]
+fn without_the_fleet_its_pages_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("ferry"));
+    cmd.args(["server", "--http", "127.0.0.1:0", "--data"])
+        .arg(tmp.path().join("server"))
+        .env("FERRY_BOOTSTRAP_TOKEN", ADMIN)
+        .env_remove("FAILPOINTS");
+    let (_server, found) = spawn_until(cmd, &["ferry server listening on "]);
+    let url = found[0].split_whitespace().next().unwrap().to_string();
+    let cookie = sign_in(&url, ADMIN);
+    for path in [
+        "/fleet",
+        "/rollouts",
+        "/rollouts/ro_1",
+        "/rollouts/ro_1/progress",
+    ] {
+        let r = request(&url, "GET", path, &[("Cookie", &cookie)], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(
+            r.body.contains("The fleet is not enabled on this server"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = request(&url, "GET", "/rollouts", &[], "");
+    assert_eq!(r.status, 303, "no session: to sign-in");
+    let r = request(
+        &url,
+        "GET",
+        "/api/v1/rollouts",
+        &[("Authorization", &format!("Bearer {ADMIN}"))],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+}
