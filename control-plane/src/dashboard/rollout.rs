@@ -272,3 +272,34 @@ fn devices(caption: &str, devs: &[RolloutDevice]) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buttons(p: &Phase, role: Role) -> Vec<&'static str> {
+        let html = commands("ro_1", p, role).into_string();
+        ["approve", "pause", "resume", "abort"]
+            .into_iter()
+            .filter(|v| html.contains(&format!("id=\"{v}-button\"")))
+            .collect()
+    }
+
+    #[test]
+    fn commands_follow_the_phase_and_the_role() {
+        let op = Role::Operator;
+        assert_eq!(buttons(&Phase::Running, op), ["pause", "abort"]);
+        assert_eq!(
+            buttons(&Phase::AwaitingApproval, op),
+            ["approve", "pause", "abort"]
+        );
+        let paused = Phase::Paused {
+            reason: Hold::Operator,
+        };
+        assert_eq!(buttons(&paused, op), ["resume", "abort"]);
+        assert!(buttons(&Phase::Finished, Role::Admin).is_empty());
+        assert!(buttons(&Phase::AwaitingApproval, Role::Viewer).is_empty());
+        let html = commands("ro_1", &Phase::AwaitingApproval, op).into_string();
+        assert!(html.contains(r#"data-api="/api/v1/rollouts/ro_1/approve""#));
+    }
+}
