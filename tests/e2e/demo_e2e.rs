@@ -3,7 +3,7 @@
 //! curl works, and Ctrl-C stops everything.
 #![allow(clippy::unwrap_used)]
 
-use ferry_e2e::fleet::{bin, http};
+use ferry_e2e::fleet::{bin, http, http_raw};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -57,6 +57,17 @@ fn demo_serves_the_model_and_stops_on_ctrl_c() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["model_name"], "breast-cancer");
     assert_eq!(v["model_version"], "1");
+
+    // The printed dashboard address serves the sign-in page.
+    let dash = seen
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("dashboard"))
+        .unwrap_or_else(|| panic!("no dashboard line in {text}"));
+    let dash = dash.split_whitespace().next().unwrap();
+    let dash_addr = dash.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let (status, page) = http_raw(dash_addr, "GET", "/ui/login", "", "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<form"), "{page}");
 
     // Ctrl-C: the demo stops its children and exits cleanly.
     nix::sys::signal::kill(

@@ -478,6 +478,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("Ferry demo is running (files in {}):", dir.display());
     println!("  control plane API   {api}/api/v1  (OpenAPI: {api}/api/v1/openapi.json)");
+    println!("  dashboard           {api}/  (sign in with the admin token)");
     println!("  admin token         {admin}  (also in admin.token)");
     println!("  fleet (QUIC)        quic://{quic}");
     println!("  MQTT telemetry      {mqtt}  (topics ferry/v1/default/#)");
