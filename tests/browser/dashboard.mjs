@@ -2,7 +2,9 @@
 // real `ferry server` that tests/e2e/dashboard_e2e.rs started and seeded
 // (fraud v1 and v2 with champion on v1, churn v1; four simulated devices
 // labelled site=berlin running fraud v1, and a rollout of v2 to them that
-// waits for approval after its first wave).
+// waits for approval after its first wave; the devices report drift
+// (PSI 0.9) that fraud's drift policy (PSI threshold 0.95) does not call
+// drift yet).
 //
 // Env: FERRY_URL, FERRY_ADMIN_TOKEN, FERRY_PUBLISHER_TOKEN,
 // FERRY_VIEWER_TOKEN, FERRY_OPERATOR_TOKEN, FERRY_ROLLOUT_ID, FERRY_CHROMIUM (default /usr/bin/chromium),
@@ -271,7 +273,55 @@ async function operatorSteps(browser) {
   check(waves === 2, `two waves shown (${waves})`);
   await axe(page, 'rollout (finished)');
   await shot(page, 'rollout');
+  await alertSteps(page);
   await ctx.close();
+}
+
+// The id of the drift alert the operator acknowledged, for the viewer.
+let ALERT = '';
+
+/// The alerts page open before the alert exists; an operator lowers the
+/// drift policy's PSI threshold, the alert appears without a reload, is
+/// acknowledged and moves to the acknowledged list.
+async function alertSteps(page) {
+  await page.getByRole('link', { name: 'Alerts' }).click();
+  await page.waitForURL(`${BASE}/alerts`);
+  check(await page.locator('#alerts tbody tr').count() === 0, 'alerts: no open alert yet');
+  await axe(page, 'alerts (none)');
+  await page.evaluate(() => { window.ferryMark = 2; });
+  const policy = await page.evaluate(async (u) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch(u, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: JSON.stringify({ psi_threshold: 0.3, min_drifted_rows: 100 }),
+    });
+    await r.text();
+    return r.status;
+  }, `${BASE}/api/v1/models/fraud/drift-config`);
+  check(policy === 200, 'operator: drift policy threshold lowered to 0.3');
+  await page.waitForSelector('#alerts tbody tr', { timeout: 120000 });
+  check(await page.evaluate(() => window.ferryMark === 2), 'alerts: the drift alert appeared without a reload');
+  const row = page.locator('#alerts tbody tr').first();
+  const text = await row.textContent();
+  check(text.includes('fraud') && text.includes('drift') && text.includes('max PSI 0.9'),
+    `alerts: the row shows model, kind and evidence (${text.replace(/\s+/g, ' ').trim()})`);
+  ALERT = (await row.getAttribute('id')).replace(/^alert-/, '');
+  await axe(page, 'alerts (open)');
+  await shot(page, 'alerts');
+  await row.getByRole('button', { name: 'Acknowledge' }).click();
+  await page.waitForSelector('dialog#confirm[open]');
+  const message = await page.locator('dialog#confirm [data-message]').textContent();
+  check(message.includes('drift') && message.includes('fraud'), `the dialog asks: ${message}`);
+  await page.getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForFunction((id) => !document.getElementById(`alert-${id}`), ALERT, { timeout: 60000 });
+  check((await page.locator('#status').textContent()).includes('Acknowledged'), 'alerts: the status says acknowledged');
+  await page.getByLabel('State').selectOption('acknowledged');
+  await Promise.all([page.waitForURL(/state=acknowledged/), page.getByRole('button', { name: 'Filter' }).click()]);
+  const acked = await page.locator(`#alert-${ALERT}`).textContent();
+  check(acked.includes('acknowledged') && acked.includes('(operator)'),
+    `alerts: acknowledged by the operator (${acked.replace(/\s+/g, ' ').trim()})`);
+  await axe(page, 'alerts (acknowledged)');
 }
 
 async function viewerSteps(browser) {
@@ -310,6 +360,21 @@ async function viewerSteps(browser) {
   }, approve);
   check(forgedApproval === 403, 'viewer: a forged approval is refused 403');
   await axe(page, 'rollout (viewer)');
+  // Alerts: the viewer sees them without the Acknowledge button, and a
+  // forged acknowledgement is refused.
+  await page.goto(`${BASE}/alerts?state=all&model=fraud`);
+  check(await page.locator(`#alert-${ALERT}`).count() === 1, 'viewer: the acknowledged alert is listed');
+  check(await page.getByRole('button', { name: 'Acknowledge' }).count() === 0, 'viewer: no acknowledge button');
+  const ack = `${BASE}/api/v1/alerts/${ALERT}/ack`;
+  expected.add(`403 ${ack}`);
+  const forgedAck = await page.evaluate(async (u) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    const r = await fetch(u, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf }, body: '{}' });
+    await r.text();
+    return r.status;
+  }, ack);
+  check(forgedAck === 403, 'viewer: a forged acknowledgement is refused 403');
+  await axe(page, 'alerts (viewer)');
   expected.add(`403 ${BASE}/audit`);
   await page.goto(`${BASE}/audit`);
   check((await page.locator('h1').textContent()) === 'Not allowed', 'viewer: the audit page is refused');

@@ -351,10 +351,20 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
 const LONG: Duration = Duration::from_secs(180);
 
 /// Four simulated devices labelled `site=berlin` (`ferry-fleet-sim`, as in
-/// rollout_e2e.rs), connected and active on `fraud` v1; then a rollout of
-/// v2 to them that waits for approval after its first wave. The simulator
-/// and the rollout's id.
+/// rollout_e2e.rs), connected and active on `fraud` v1, reporting drift
+/// that fraud's drift policy (PSI threshold 0.95) does not alert on (the
+/// browser lowers it); then a rollout of v2 to them that waits for
+/// approval after its first wave. The simulator and the rollout's id.
 fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
+    let http = server.url.trim_start_matches("http://");
+    let (code, body) = ferry_e2e::fleet::http_raw(
+        http,
+        "POST",
+        "/api/v1/models/fraud/drift-config",
+        ADMIN,
+        r#"{"psi_threshold": 0.95}"#,
+    );
+    assert_eq!(code, 200, "{body}");
     let ca = tmp.join("ca.pem");
     let tok = server.json(&[
         "device",
@@ -376,7 +386,17 @@ fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
         .arg(tok["root_fingerprint"].as_str().unwrap())
         .arg("--dir")
         .arg(tmp.join("sim"))
-        .args(["--devices", "4", "--timeout-secs", "600"]);
+        .args(["--devices", "4", "--timeout-secs", "600"])
+        // Drift (PSI 0.9) on every version, one feature, 200 rows a second.
+        .args([
+            "--telemetry",
+            "--telemetry-window-secs",
+            "1",
+            "--telemetry-requests",
+            "200",
+            "--telemetry-profile",
+            "default:drift=0.9",
+        ]);
     let (sim, _) = spawn_until(cmd, &["running "]);
     wait_for("every simulated device connected", LONG, || {
         let v = server.json(&["device", "list"]);
@@ -456,7 +476,7 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     );
     assert!(out.status.success(), "dashboard.mjs failed:\n{log}");
     for page in [
-        "login", "models", "model", "compare", "audit", "fleet", "rollout",
+        "login", "models", "model", "compare", "audit", "fleet", "rollout", "alerts",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
@@ -479,6 +499,15 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         .iter()
         .any(|r| r["outcome"] == "ok" && r["actor"].as_str().unwrap_or("").contains("(operator)")));
     assert!(approvals.iter().any(
+        |r| r["outcome"] == "refused" && r["actor"].as_str().unwrap_or("").contains("(viewer)")
+    ));
+    // The operator acknowledged the drift alert, the viewer's forgery was
+    // refused.
+    let acks = server.audit("alert.ack");
+    assert!(acks
+        .iter()
+        .any(|r| r["outcome"] == "ok" && r["actor"].as_str().unwrap_or("").contains("(operator)")));
+    assert!(acks.iter().any(
         |r| r["outcome"] == "refused" && r["actor"].as_str().unwrap_or("").contains("(viewer)")
     ));
     let v = server.json(&["rollout", "show", &rollout]);

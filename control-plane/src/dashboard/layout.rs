@@ -9,13 +9,13 @@ use crate::action::Action;
 use crate::auth::{Principal, Role};
 use maud::{html, Markup, DOCTYPE};
 
-/// The dashboard's sections, in navigation order. A new page (fleet,
-/// rollouts, alerts) adds a variant and a row of [`NAV`].
+/// The dashboard's sections, in navigation order. A new page adds a variant and a row of [`NAV`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {
     Models,
     Rollouts,
     Fleet,
+    Alerts,
     Audit,
 }
 
@@ -29,6 +29,7 @@ const NAV: &[(Section, &str, &str, Action)] = &[
         Action::RolloutList,
     ),
     (Section::Fleet, "/fleet", "Fleet", Action::DeviceList),
+    (Section::Alerts, "/alerts", "Alerts", Action::AlertList),
     (Section::Audit, "/audit", "Audit", Action::AuditList),
 ];
 

@@ -11,10 +11,10 @@
 //! One file per page, on a shared base: `session` (sign-in, sign-out, the
 //! `Page` extractor), `layout` (the frame, navigation by role), `list`
 //! (listing state in the query string), `error` (failures as pages),
-//! `assets` (hashed, immutable static files). A new page (fleet,
-//! rollouts, alerts) is a new file, a route here and a row of
+//! `assets` (hashed, immutable static files). A new page is a new file, a route here and a row of
 //! `layout::NAV`.
 
+mod alerts;
 mod assets;
 mod audit;
 mod compare;
@@ -85,6 +85,8 @@ pub fn routes(fleet: Option<Arc<RolloutDriver>>) -> Router<AppState> {
         .route("/rollouts", get(rollouts::page))
         .route("/rollouts/{id}", get(rollout::page))
         .route("/rollouts/{id}/progress", get(rollout::progress))
+        .route("/alerts", get(alerts::page))
+        .route("/alerts/list", get(alerts::list))
         .layer(Extension(FleetLink(fleet)))
         .layer(middleware::from_fn(headers))
         .layer(CompressionLayer::new())
