@@ -14,6 +14,41 @@ def sh(*args, env=None):
     return r.stdout
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ADMIN = "fy_" + "0" * 62 + "c9"
+
+
+def ferry_bin(bin_dir):
+    """`ferry` from bin_dir, or the tests' `e2e-ferry` when only that was built."""
+    ferry = os.path.join(bin_dir, "ferry")
+    return ferry if os.path.exists(ferry) else os.path.join(bin_dir, "e2e-ferry")
+
+
+def signed_versions(ferry, work, versions):
+    """Keys, a trust root for tenant `default` (work/trust.root) and model
+    `m` at each of `versions` (the fixture logistic regression), signed, as
+    work/m{v}.ferry."""
+    for name in ["root", "pub"]:
+        sh(ferry, "key", "generate", "--out", f"{work}/keys", "--name", name)
+    sh(ferry, "trust", "init", "--root-key", f"{work}/keys/root.key", "--publisher",
+       f"{work}/keys/pub.pub", "--tenant", "default", "--out", f"{work}/trust.root")
+    model = os.path.join(ROOT, "tests", "fixtures", "models", "bc_logreg.onnx")
+    for v in versions:
+        sh(ferry, "bundle", "build", model, "--name", "m", "--version", str(v),
+           "--sign-with", f"{work}/keys/pub.key", "--out", f"{work}/m{v}.ferry")
+
+
+def start_server(ferry, work, env):
+    """`ferry server` with QUIC and its embedded broker on free ports;
+    (process, REST URL, QUIC address)."""
+    server = Proc([ferry, "server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0",
+                   "--mqtt-listen", "127.0.0.1:0", "--data", f"{work}/server"],
+                  env=env, log=f"{work}/server.log")
+    url = server.wait_line("ferry server listening on ").split()[0]
+    quic = server.wait_line("ferry fleet listening on quic://")
+    return server, url, quic
+
+
 def cpu_seconds(pid):
     """User plus system CPU seconds of a live process."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

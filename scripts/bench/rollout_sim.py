@@ -35,10 +35,9 @@ import shutil
 import time
 import urllib.request
 
-from benchproc import Proc, cpu_seconds, peak_rss_mb, rss_mb, sh
+from benchproc import (ADMIN, ROOT, Proc, cpu_seconds, ferry_bin, peak_rss_mb, rss_mb, sh,
+                       signed_versions, start_server)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ADMIN = "fy_" + "0" * 62 + "c9"
 WAVES = 'waves = ["1%", "10%", "50%", "100%"]\n'
 GATE = '\n[[model.gates]]\nmetric = "error_rate"\nagainst = "absolute"\nmax = 0.05\n'
 
@@ -50,32 +49,19 @@ def main():
     ap.add_argument("--window-secs", type=int, default=1)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
     a = ap.parse_args()
-    ferry = os.path.join(a.bin_dir, "ferry")
-    if not os.path.exists(ferry):
-        ferry = os.path.join(a.bin_dir, "e2e-ferry")
+    ferry = ferry_bin(a.bin_dir)
     work = os.path.join(ROOT, "target", "rollout-bench")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     env = dict(os.environ, HOME=work, FERRY_BOOTSTRAP_TOKEN=ADMIN, FERRY_LOG="warn")
-    for name in ["root", "pub"]:
-        sh(ferry, "key", "generate", "--out", f"{work}/keys", "--name", name)
-    sh(ferry, "trust", "init", "--root-key", f"{work}/keys/root.key", "--publisher",
-       f"{work}/keys/pub.pub", "--tenant", "default", "--out", f"{work}/trust.root")
-    model = os.path.join(ROOT, "tests", "fixtures", "models", "bc_logreg.onnx")
-    for v in (1, 2, 3):
-        sh(ferry, "bundle", "build", model, "--name", "m", "--version", str(v),
-           "--sign-with", f"{work}/keys/pub.key", "--out", f"{work}/m{v}.ferry")
+    signed_versions(ferry, work, (1, 2, 3))
     with open(f"{work}/clean.toml", "w") as f:
         f.write(f"{WAVES}bake_secs = {a.bake_secs}\nmin_requests = 100\n{GATE}")
     with open(f"{work}/bad.toml", "w") as f:
         f.write(f"{WAVES}bake_secs = 600\nmin_requests = 100\n{GATE}")
-    server = Proc([ferry, "server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0",
-                   "--mqtt-listen", "127.0.0.1:0", "--data", f"{work}/server"],
-                  env=env, log=f"{work}/server.log")
+    server, url, quic = start_server(ferry, work, env)
     sim = None
     try:
-        url = server.wait_line("ferry server listening on ").split()[0]
-        quic = server.wait_line("ferry fleet listening on quic://")
         pid = server.p.pid
         cenv = dict(env, FERRY_SERVER=url, FERRY_TOKEN=ADMIN)
 

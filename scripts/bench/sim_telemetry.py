@@ -31,10 +31,8 @@ import shutil
 import time
 import urllib.request
 
-from benchproc import Proc, sh
+from benchproc import ADMIN, ROOT, Proc, ferry_bin, sh, signed_versions, start_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ADMIN = "fy_" + "0" * 62 + "c9"
 
 
 def main():
@@ -45,28 +43,15 @@ def main():
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "debug"))
     a = ap.parse_args()
     bins = a.bin_dir
-    ferry = os.path.join(bins, "ferry")
-    if not os.path.exists(ferry):
-        ferry = os.path.join(bins, "e2e-ferry")
+    ferry = ferry_bin(bins)
     work = os.path.join(ROOT, "target", "sim-telemetry-bench")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     env = dict(os.environ, HOME=work, FERRY_BOOTSTRAP_TOKEN=ADMIN, FERRY_LOG="warn")
-    for name in ["root", "pub"]:
-        sh(ferry, "key", "generate", "--out", f"{work}/keys", "--name", name)
-    sh(ferry, "trust", "init", "--root-key", f"{work}/keys/root.key", "--publisher",
-       f"{work}/keys/pub.pub", "--tenant", "default", "--out", f"{work}/trust.root")
-    model = os.path.join(ROOT, "tests", "fixtures", "models", "bc_logreg.onnx")
-    for v in (1, 2):
-        sh(ferry, "bundle", "build", model, "--name", "m", "--version", str(v),
-           "--sign-with", f"{work}/keys/pub.key", "--out", f"{work}/m{v}.ferry")
-    server = Proc([ferry, "server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0",
-                   "--mqtt-listen", "127.0.0.1:0", "--data", f"{work}/server"],
-                  env=env, log=f"{work}/server.log")
+    signed_versions(ferry, work, (1, 2))
+    server, url, quic = start_server(ferry, work, env)
     sim = None
     try:
-        url = server.wait_line("ferry server listening on ").split()[0]
-        quic = server.wait_line("ferry fleet listening on quic://")
         cenv = dict(env, FERRY_SERVER=url, FERRY_TOKEN=ADMIN)
         cli = lambda *args: sh(ferry, *args, env=cenv)
         cli("trust", "push", f"{work}/trust.root")

@@ -126,6 +126,37 @@ fn retained_state(tenant: &str, id: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Waits for rollout `id` to abort on `gate` failing while its first wave
+/// held one device; that canary.
+fn aborted_by_gate_at_one_canary(server: &Server, id: &str, gate: &str) -> String {
+    let v = wait_phase(server, id, "aborted");
+    let cause = &v["phase_detail"]["cause"];
+    assert_eq!(cause["by"], "gate", "{v}");
+    assert_eq!(cause["report"]["gate"], gate, "{v}");
+    assert_eq!(cause["report"]["verdict"], "fail", "{v}");
+    let waves = wave_devices(&v);
+    assert_eq!(waves.len(), 1, "{v}");
+    assert_eq!(waves[0].len(), 1, "{v}");
+    waves[0][0]["device"].as_str().unwrap().to_string()
+}
+
+/// The audit trail: v2 was assigned to `canary` alone, and rolled back
+/// from it to v1.
+fn only_the_canary_was_given_v2_and_taken_back(server: &Server, canary: &str) {
+    let assigned = server.audit("rollout.assign");
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
+    assert!(assigned[0]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(": 1 devices: {canary}")));
+    let rolled = server.audit("rollout.rollback");
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert!(rolled[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{canary}->v1")));
+}
+
 /// (a) A good version goes 1 % → 10 % → 50 % → 100 % of 20 devices, each
 /// wave baking 1 s, and ends with every device active on it; the rollout
 /// becomes a deployment, every step is audited and its state is retained
@@ -365,15 +396,7 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
         ],
     );
     let started = std::time::Instant::now();
-    let v = wait_phase(&server, &id, "aborted");
-    let cause = &v["phase_detail"]["cause"];
-    assert_eq!(cause["by"], "gate", "{v}");
-    assert_eq!(cause["report"]["gate"], "error_rate vs absolute", "{v}");
-    assert_eq!(cause["report"]["verdict"], "fail", "{v}");
-    let waves = wave_devices(&v);
-    assert_eq!(waves.len(), 1, "{v}");
-    assert_eq!(waves[0].len(), 1, "{v}");
-    let canary = waves[0][0]["device"].as_str().unwrap().to_string();
+    let canary = aborted_by_gate_at_one_canary(&server, &id, "error_rate vs absolute");
     let (canary_agent, others): (Vec<&Agent>, Vec<&Agent>) =
         agents.iter().partition(|a| a.device_id == canary);
     // The canary is back on v1, and the control plane hears it.
@@ -402,18 +425,7 @@ fn a_high_error_rate_on_the_canary_rolls_it_back() {
     }
     // Only the canary was ever assigned v2, and no other device holds any
     // of its bytes.
-    let assigned = server.audit("rollout.assign");
-    assert_eq!(assigned.len(), 1, "{assigned:?}");
-    assert!(assigned[0]["detail"]
-        .as_str()
-        .unwrap()
-        .ends_with(&format!(": 1 devices: {canary}")));
-    let rolled = server.audit("rollout.rollback");
-    assert_eq!(rolled.len(), 1, "{rolled:?}");
-    assert!(rolled[0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains(&format!("{canary}->v1")));
+    only_the_canary_was_given_v2_and_taken_back(&server, &canary);
     for a in others {
         assert_eq!(serving(a), "1");
         assert!(!stored(a, 2));
@@ -508,34 +520,14 @@ fn rolled_back_by_telemetry(bad_profile: &str, gate: &str, gate_name: &str) {
             policy.to_str().unwrap(),
         ],
     );
-    let v = wait_phase(&server, &id, "aborted");
-    let cause = &v["phase_detail"]["cause"];
-    assert_eq!(cause["by"], "gate", "{v}");
-    assert_eq!(cause["report"]["gate"], gate_name, "{v}");
-    assert_eq!(cause["report"]["verdict"], "fail", "{v}");
-    let waves = wave_devices(&v);
-    assert_eq!(waves.len(), 1, "{v}");
-    assert_eq!(waves[0].len(), 1, "{v}");
-    let canary = waves[0][0]["device"].as_str().unwrap().to_string();
+    let canary = aborted_by_gate_at_one_canary(&server, &id, gate_name);
     // The canary reports v1 active again; every device is on v1.
     wait_for("every device active on v1 again", LONG, || {
         let d = server.deployment(&dep);
         let all = d["devices"].as_array().unwrap();
         (all.len() == n && all.iter().all(|x| x["state"] == "active")).then_some(())
     });
-    // v2 was given to the canary only, and taken back from it.
-    let assigned = server.audit("rollout.assign");
-    assert_eq!(assigned.len(), 1, "{assigned:?}");
-    assert!(assigned[0]["detail"]
-        .as_str()
-        .unwrap()
-        .ends_with(&format!(": 1 devices: {canary}")));
-    let rolled = server.audit("rollout.rollback");
-    assert_eq!(rolled.len(), 1, "{rolled:?}");
-    assert!(rolled[0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains(&format!("{canary}->v1")));
+    only_the_canary_was_given_v2_and_taken_back(&server, &canary);
     // Only the canary ever reported a v2 window.
     let v2 = server.json(&[
         "model",
