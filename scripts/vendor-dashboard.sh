@@ -14,6 +14,9 @@ dest=control-plane/assets/vendor
 # htmx 2.0.x: the long-lived line (htmx 4 is a rewrite with new defaults).
 HTMX_VERSION=2.0.11
 HTMX_SHA256=165a2655073e9e6e55e307a7c74e8ebcdb76afb7701f9c16cfd106a13add408e
+# uPlot 1.6.x: time-series charts, 50 KB minified, no dependencies (MIT).
+UPLOT_VERSION=1.6.32
+UPLOT_SHA256=4b8a8191e425658e3ea8c8c1314b0fc679c861ee3a1af2b20c7b16ba50b5133d
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -37,4 +40,10 @@ mkdir -p "$dest"
 cp "$tmp/htmx.org/package/dist/htmx.min.js" "$dest/htmx.min.js"
 cp "$tmp/htmx.org/package/LICENSE" "$dest/htmx.LICENSE"
 echo "vendored htmx.org@$HTMX_VERSION into $dest"
-sha256sum "$dest/htmx.min.js"
+
+fetch uplot "$UPLOT_VERSION" "$UPLOT_SHA256"
+cp "$tmp/uplot/package/dist/uPlot.iife.min.js" "$dest/uPlot.iife.min.js"
+cp "$tmp/uplot/package/dist/uPlot.min.css" "$dest/uPlot.min.css"
+cp "$tmp/uplot/package/LICENSE" "$dest/uPlot.LICENSE"
+echo "vendored uplot@$UPLOT_VERSION into $dest"
+sha256sum "$dest/htmx.min.js" "$dest/uPlot.iife.min.js" "$dest/uPlot.min.css"

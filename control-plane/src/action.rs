@@ -12,6 +12,7 @@ pub enum Action {
     WhoAmI,
     SessionCreate,
     SessionDelete,
+    SessionLink,
     // Registry: models, versions, aliases.
     ModelList,
     ModelShow,
@@ -79,6 +80,7 @@ impl Action {
         Action::WhoAmI,
         Action::SessionCreate,
         Action::SessionDelete,
+        Action::SessionLink,
         Action::ModelList,
         Action::ModelShow,
         Action::ModelRegister,
@@ -139,12 +141,12 @@ impl Action {
     pub fn required_role(self) -> Role {
         use Action::*;
         match self {
-            WhoAmI | SessionCreate | SessionDelete | ModelList | ModelShow | VersionList
-            | VersionShow | VersionDownload | VersionCompare | AliasList | ProjectList
-            | TrustShow | DriftSeries | MetricSeries | DriftPolicyShow | AlertList
-            | TriggerList | DeviceHealthList | ChallengerShow | DeviceList | DeviceShow
-            | DeviceCa | DeploymentList | DeploymentShow | RolloutList | RolloutShow
-            | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
+            WhoAmI | SessionCreate | SessionDelete | SessionLink | ModelList | ModelShow
+            | VersionList | VersionShow | VersionDownload | VersionCompare | AliasList
+            | ProjectList | TrustShow | DriftSeries | MetricSeries | DriftPolicyShow
+            | AlertList | TriggerList | DeviceHealthList | ChallengerShow | DeviceList
+            | DeviceShow | DeviceCa | DeploymentList | DeploymentShow | RolloutList
+            | RolloutShow | RolloutPolicyList | RolloutPolicyShow => Role::Viewer,
             DriftPolicySet | AlertAck | DeviceTokenCreate | DeviceTokenList | DeviceTokenRevoke
             | DeviceLabel | DeviceRevoke | DeploymentCreate | DeploymentScale
             | DeploymentDelete | RolloutStart | RolloutPause | RolloutResume | RolloutApprove
@@ -163,6 +165,7 @@ impl Action {
             WhoAmI => "whoami",
             SessionCreate => "session.create",
             SessionDelete => "session.delete",
+            SessionLink => "session.link",
             ModelList => "model.list",
             ModelShow => "model.show",
             ModelRegister => "model.register",

@@ -114,8 +114,20 @@ pub struct ChainHead {
 /// record of the last sequence number and hash, which catches a removed
 /// tail. Returns the number of records verified, or the first break.
 pub fn verify_chain(records: &[AuditRecord], head: Option<&ChainHead>) -> Result<u64, ChainBreak> {
-    let mut prev = GENESIS.to_string();
-    let mut expect_seq = 1i64;
+    verify_chain_from(None, records, head)
+}
+
+/// [`verify_chain`] continuing after `prefix`, the last record of a part
+/// already verified (`records` then start at the record after it).
+/// Returns the number of records verified in all (the last one's sequence
+/// number), or the first break.
+pub fn verify_chain_from(
+    prefix: Option<&ChainHead>,
+    records: &[AuditRecord],
+    head: Option<&ChainHead>,
+) -> Result<u64, ChainBreak> {
+    let mut prev = prefix.map_or_else(|| GENESIS.to_string(), |p| p.hash.clone());
+    let mut expect_seq = prefix.map_or(0, |p| p.seq) + 1;
     for r in records {
         if r.seq != expect_seq {
             return Err(ChainBreak {
@@ -164,7 +176,7 @@ pub fn verify_chain(records: &[AuditRecord], head: Option<&ChainHead>) -> Result
             });
         }
     }
-    Ok(records.len() as u64)
+    Ok((expect_seq - 1).max(0) as u64)
 }
 
 fn short(h: &str) -> &str {

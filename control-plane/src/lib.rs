@@ -11,6 +11,7 @@ pub mod baseline_csv;
 pub mod blobs;
 pub mod build_check;
 pub mod bundle_build;
+pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -89,6 +89,15 @@ const MATRIX: &[Cell] = &[
         200,
     ),
     c(
+        "POST",
+        "/api/v1/session/link",
+        "/api/v1/session/link",
+        Body::None,
+        Some(Viewer),
+        201,
+        201,
+    ),
+    c(
         "GET",
         "/api/v1/models",
         "/api/v1/models",
@@ -298,8 +307,17 @@ const MATRIX: &[Cell] = &[
         200,
         200,
     ),
-    // The challenger comparison is scoped as the model routes: another
-    // tenant's name is not found.
+    // Monitoring and the challenger comparison are scoped as the model
+    // routes: another tenant's name is not found.
+    c(
+        "GET",
+        "/api/v1/models/{name}/monitoring",
+        "/api/v1/models/{name}/monitoring",
+        Body::None,
+        Some(Viewer),
+        200,
+        404,
+    ),
     c(
         "GET",
         "/api/v1/models/{name}/challenger",

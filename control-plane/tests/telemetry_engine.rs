@@ -45,7 +45,10 @@ async fn fx(b: Backend) -> Fx {
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
     // The store stamps audit records on the same clock as the engine.
     let store = Store::connect_with(&url, 4, clock.clone()).await.unwrap();
-    assert_eq!(store.migrations().await.unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        store.migrations().await.unwrap(),
+        (1..=ferry::store::MIGRATION_COUNT as i64).collect::<Vec<_>>()
+    );
     // The devices the tests publish as, enrolled with their keys.
     for d in ["d1", "d2", "d3"] {
         let device = Device {
@@ -411,6 +414,7 @@ async fn other_alert_kinds(b: Backend) {
         published: 0,
         mqtt_protocol: Some(5),
         trust_root_expires_in: Some(30 * 86_400),
+        arch: Some("aarch64-linux".into()),
     };
     let topic = "ferry/v1/acme/d1/health";
     assert!(e
@@ -435,6 +439,92 @@ async fn other_alert_kinds(b: Backend) {
         .await
         .unwrap();
     assert!(o.alerts.is_empty());
+
+    // What the dashboard's device page reads, newest first and paged.
+    let h = f
+        .store
+        .device_health_of("acme", "d1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(h.payload.contains("aarch64-linux"), "{}", h.payload);
+    assert_eq!(h.status, "offline");
+    assert!(f
+        .store
+        .device_health_of("acme", "d2")
+        .await
+        .unwrap()
+        .is_none());
+    let w = f
+        .store
+        .device_windows("acme", "d1", None, 0, 1)
+        .await
+        .unwrap();
+    assert_eq!((w.len(), w[0].0.as_str(), w[0].1.seq), (1, "m", 2));
+    let w = f
+        .store
+        .device_windows("acme", "d1", Some("m"), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(w.iter().map(|(_, r)| r.seq).collect::<Vec<_>>(), [1]);
+    assert!(f
+        .store
+        .device_windows("acme", "d1", Some("x"), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        f.store.device_window_models("acme", "d1").await.unwrap(),
+        ["m"]
+    );
+    for seq in [10, 11, 12] {
+        f.store
+            .insert_device_event("acme", "d1", seq, T0 as i64 + seq, "activated", "{}")
+            .await
+            .unwrap();
+    }
+    let seqs =
+        |v: Vec<ferry::store::telemetry::EventRow>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(f.store.device_events("acme", "d1", 0, 2).await.unwrap()),
+        [12, 11]
+    );
+    assert_eq!(
+        seqs(f.store.device_events("acme", "d1", 2, 2).await.unwrap()),
+        [10]
+    );
+    assert!(f
+        .store
+        .device_events("acme", "d2", 0, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(f
+        .store
+        .device_model_reports("acme", None)
+        .await
+        .unwrap()
+        .is_empty());
+    f.store
+        .report_device_model("d1", "m", 3, "active", "", entry("device.activate"))
+        .await
+        .unwrap();
+    let r = f
+        .store
+        .device_model_reports("acme", Some("d1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.len(), r[0].version, r[0].state.as_str()),
+        (1, 3, "active")
+    );
+    assert_eq!(f.store.device_model_reports("acme", None).await.unwrap(), r);
+    assert!(f
+        .store
+        .device_model_reports("acme", Some("d2"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock(b: Backend) {

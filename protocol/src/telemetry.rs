@@ -405,6 +405,10 @@ pub struct Health {
     /// it then refuses every new bundle but keeps serving what it has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_root_expires_in: Option<i64>,
+    /// The device's CPU architecture and OS, `ARCH-OS` (`aarch64-linux`);
+    /// absent from agents older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 /// Something that happened on the device: `started`, `activated`,
@@ -562,6 +566,23 @@ mod tests {
         assert_eq!(parse_topic("ferry/v1/acme/+/drift"), None);
         assert_eq!(parse_topic("ferry/v1/acme/dev/drift/x"), None);
         assert_eq!(parse_topic("other/v1/a/b/c"), None);
+    }
+
+    #[test]
+    fn health_from_an_agent_without_arch_still_parses() {
+        let old = br#"{"schema":1,"tenant":"t","device":"d","status":"online","at_ms":5,"agent_version":"0.1.0"}"#;
+        let h: Health = serde_json::from_slice(old).unwrap();
+        assert_eq!((h.arch, h.mqtt_protocol), (None, None));
+        let h = Health {
+            arch: Some("aarch64-linux".into()),
+            ..h
+        };
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains(r#""arch":"aarch64-linux""#), "{json}");
+        let back: Health = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.arch.as_deref(), Some("aarch64-linux"));
+        let none = serde_json::to_string(&Health { arch: None, ..back }).unwrap();
+        assert!(!none.contains("arch"), "{none}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use ferry_e2e::fleet::{bin, fixtures, ok, spawn_until, wait_for, Keys, Proc, Server, ADMIN};
 use ferry_e2e::skip_or_fail;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -415,12 +415,19 @@ fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
     wait_for("every device active on v1", LONG, || {
         (server.deployment(&deployment)["summary"]["active"] == 4).then_some(())
     });
-    let policy = tmp.join("policy.toml");
-    std::fs::write(
-        &policy,
+    let id = start_rollout(
+        server,
+        tmp,
+        "site=berlin",
         "waves = [\"50%\", \"100%\"]\nbake_secs = 1\non_success = \"approve\"\n\n[model]\ngates = []\n",
-    )
-    .unwrap();
+    );
+    (sim, id)
+}
+
+/// Starts a rollout of fraud v2 to `selector` under the policy `toml`; its id.
+fn start_rollout(server: &Server, tmp: &Path, selector: &str, toml: &str) -> String {
+    let policy = tmp.join("policy.toml");
+    std::fs::write(&policy, toml).unwrap();
     let v = server.json(&[
         "rollout",
         "start",
@@ -428,11 +435,11 @@ fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
         "--version",
         "2",
         "--selector",
-        "site=berlin",
+        selector,
         "--policy-file",
         policy.to_str().unwrap(),
     ]);
-    (sim, v["id"].as_str().unwrap().to_string())
+    v["id"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -449,6 +456,16 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         .unwrap()
         .to_string();
     let (_sim, rollout) = fleet_with_a_rollout(&server, tmp.path());
+    // churn v2, signed with the keys setup() made, for the browser to upload.
+    let keys = Keys {
+        dir: tmp.path().join("k"),
+    };
+    let upload = keys.bundle(
+        "churn",
+        2,
+        "pub",
+        &["--metric", "auc=0.82", "--tag", "team=growth"],
+    );
     // Screenshots go to docs/dashboard/ only when asked (they change with
     // every run's tokens and times).
     let shots = if std::env::var("FERRY_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
@@ -467,6 +484,7 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
         .env("FERRY_ROLLOUT_ID", &rollout)
         .env("FERRY_CHROMIUM", &chromium)
         .env("FERRY_SCREENSHOTS", &shots)
+        .env("FERRY_UPLOAD_BUNDLE", &upload)
         .output()
         .unwrap();
     let log = format!(
@@ -476,7 +494,19 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     );
     assert!(out.status.success(), "dashboard.mjs failed:\n{log}");
     for page in [
-        "login", "models", "model", "compare", "audit", "fleet", "rollout", "alerts",
+        "login",
+        "models",
+        "model",
+        "compare",
+        "audit",
+        "fleet",
+        "rollout",
+        "alerts",
+        "monitoring",
+        "policy",
+        "device",
+        "deployments",
+        "deployment",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
@@ -510,9 +540,166 @@ fn the_dashboard_works_in_chromium_with_no_errors_or_accessibility_violations() 
     assert!(acks.iter().any(
         |r| r["outcome"] == "refused" && r["actor"].as_str().unwrap_or("").contains("(viewer)")
     ));
+    // The policy saved in the browser (the viewer's forgery refused), the
+    // upload and the delete went through the REST API, RBAC and audit.
+    let by = |action: &str, outcome: &str, who: &str| audit_has(&server, action, outcome, who);
+    assert!(by("drift_policy.set", "ok", "(publisher)"));
+    assert!(by("drift_policy.set", "refused", "(viewer)"));
+    assert!(by("model.register", "ok", "(publisher)"));
+    assert!(by("version.delete", "ok", ""));
+    let p = server.json(&["drift", "config", "get", "fraud"]);
+    assert_eq!(p["psi_threshold"], 0.45, "{p}");
+    assert_eq!(p["webhook_secret_set"], true, "{p}");
+    let v = server.json(&["model", "versions", "churn"]);
+    let listed: Vec<i64> = v
+        .as_array()
+        .or_else(|| v["versions"].as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["version"].as_i64())
+        .collect();
+    assert_eq!(listed, vec![2], "churn: v2 uploaded, v1 deleted: {v}");
+    // The operator undeployed fraud v1 in the browser, the viewer's
+    // forgery was refused.
+    let undeploys = server.audit("deployment.delete");
+    assert!(undeploys
+        .iter()
+        .any(|r| r["outcome"] == "ok" && r["actor"].as_str().unwrap_or("").contains("(operator)")));
+    assert!(undeploys.iter().any(
+        |r| r["outcome"] == "refused" && r["actor"].as_str().unwrap_or("").contains("(viewer)")
+    ));
     let v = server.json(&["rollout", "show", &rollout]);
     assert_eq!(v["rollout"]["phase"], "finished", "{v}");
     ok(&mut server.cli(&["audit", "verify"]));
+}
+
+/// `POST /api/v1/session/link` (what `ferry dashboard` and `ferry demo`
+/// print): the link signs a browser in as the token that asked, once.
+#[test]
+fn one_time_sign_in_links_work_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, publisher, _, _) = setup(tmp.path());
+    let url = server.url.clone();
+    let r = request(&url, "POST", "/api/v1/session/link", &[], "");
+    assert_eq!(r.status, 401, "no token, no link");
+    let bearer = format!("Bearer {publisher}");
+    let r = request(
+        &url,
+        "POST",
+        "/api/v1/session/link",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let link: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let path = link["path"].as_str().unwrap().to_string();
+    assert!(path.starts_with("/ui/login/link?code="), "{path}");
+
+    let r = request(&url, "GET", &path, &[], "");
+    assert_eq!((r.status, r.header("location")), (303, Some("/models")));
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let r = request(&url, "GET", "/models", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("publisher"), "signed in as the publisher");
+
+    // Used once: refused after; a made-up code too.
+    let r = request(&url, "GET", &path, &[], "");
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let made_up = format!("/ui/login/link?code={}", "ab".repeat(32));
+    assert_eq!(request(&url, "GET", &made_up, &[], "").status, 401);
+    assert!(audit_has(&server, "session.link", "ok", "(publisher)"));
+    assert!(server
+        .audit("session.create")
+        .iter()
+        .any(|r| r["detail"].as_str().unwrap_or("").contains("one-time link")));
+}
+
+/// `/ui/events` for a session: the stream's lines after its head.
+fn event_stream(url: &str, cookie: &str) -> std::io::BufReader<std::net::TcpStream> {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /ui/events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut head = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        head.push(l.to_ascii_lowercase());
+    }
+    assert!(head[0].contains(" 200"), "{head:?}");
+    assert!(
+        head.iter()
+            .any(|h| h.starts_with("content-type: text/event-stream")),
+        "{head:?}"
+    );
+    r
+}
+
+/// The change feed: `/ui/events` needs a session, a viewer's stream names
+/// a rollout an operator just started, as a server-sent event, and another
+/// tenant's stream does not.
+#[test]
+fn live_events_name_what_just_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _, viewer, _) = setup(tmp.path());
+    let url = server.url.clone();
+    let r = request(&url, "GET", "/ui/events", &[], "");
+    assert_eq!(r.status, 303, "no session: sign in first");
+
+    let lines = event_stream(&url, &sign_in(&url, &viewer)).lines();
+    let other = server.json(&[
+        "token", "create", "--name", "other", "--role", "admin", "--tenant", "other",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other_lines = event_stream(&url, &sign_in(&url, &other));
+
+    let id = start_rollout(
+        &server,
+        tmp.path(),
+        "site=nowhere",
+        "waves = [\"100%\"]\n\n[model]\ngates = []\n",
+    );
+    // Chunked framing lines and keep-alives come between; the event is
+    // `event: rollout` then `data: <id>`.
+    let mut last = String::new();
+    let mut seen = false;
+    for l in lines {
+        let l = l.expect("the stream ended before the rollout's event");
+        if last == "event: rollout" && l == format!("data: {id}") {
+            seen = true;
+            break;
+        }
+        if !l.trim().is_empty() && !l.chars().all(|c| c.is_ascii_hexdigit()) {
+            last = l;
+        }
+    }
+    assert!(seen);
+    // The other tenant's stream was sent the change the same instant if at
+    // all: after two seconds of silence (a read timeout) nothing named it.
+    let mut s = other_lines;
+    s.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(!got.contains(&id), "another tenant heard of {id}: {got}");
 }
 
 /// Without `--quic` there is no fleet: the fleet and rollout pages say so
@@ -530,6 +717,9 @@ fn without_the_fleet_its_pages_say_so() {
     let cookie = sign_in(&url, ADMIN);
     for path in [
         "/fleet",
+        "/fleet/dev_1",
+        "/deployments",
+        "/deployments/dep_1",
         "/rollouts",
         "/rollouts/ro_1",
         "/rollouts/ro_1/progress",

@@ -58,13 +58,22 @@ fn demo_serves_the_model_and_stops_on_ctrl_c() {
     assert_eq!(v["model_name"], "breast-cancer");
     assert_eq!(v["model_version"], "1");
 
-    // The printed dashboard address serves the sign-in page.
+    // The printed dashboard address is a one-time sign-in link: it signs
+    // the browser in (a redirect to the models, with the session cookie)
+    // once, and never again; the sign-in form stays for later.
     let dash = seen
         .iter()
         .find_map(|l| l.trim_start().strip_prefix("dashboard"))
         .unwrap_or_else(|| panic!("no dashboard line in {text}"));
     let dash = dash.split_whitespace().next().unwrap();
-    let dash_addr = dash.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let rest = dash.strip_prefix("http://").unwrap();
+    let (dash_addr, link) = rest.split_at(rest.find('/').unwrap());
+    assert!(link.starts_with("/ui/login/link?code="), "{dash}");
+    let (status, page) = http_raw(dash_addr, "GET", link, "", "");
+    assert_eq!(status, 303, "{page}");
+    let (status, page) = http_raw(dash_addr, "GET", link, "", "");
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("used already"), "{page}");
     let (status, page) = http_raw(dash_addr, "GET", "/ui/login", "", "");
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("<form"), "{page}");

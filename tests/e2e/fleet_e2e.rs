@@ -807,6 +807,9 @@ fn enrolled_agent_publishes_telemetry_as_itself_to_the_broker_it_was_given() {
     // The embedded broker (rumqttd) speaks 3.1.1 only: the agent's MQTT 5
     // CONNECT was refused and it fell back.
     assert_eq!(dev["health"]["mqtt_protocol"], 4, "{dev}");
+    // Its architecture, as the dashboard's fleet page shows it.
+    let arch = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    assert_eq!(dev["health"]["arch"], arch.as_str(), "{dev}");
 }
 
 /// `ferry trust init` for tenant `default` with the shared root key.

@@ -660,6 +660,40 @@ fn held_out_then_shifted(dir: &Path, server: &Server, tenant: &str, device: &str
     assert_eq!(w.len(), 2);
     assert_eq!(w[1]["drifted"], true, "{}", w[1]);
     assert_same_psi(&psi_of(&w[1]), &offline_psi(&shifted));
+    // The roll-ups the charts read hold both windows, fleet-wide and for
+    // the device, and the heat map the shifted window's PSI.
+    for path in [
+        "/api/v1/models/bc/monitoring?range=1h".to_string(),
+        format!(
+            "/api/v1/models/bc/monitoring?range=24h&device={}",
+            dev(device)
+        ),
+    ] {
+        let m = wait_for("both windows rolled up", || {
+            let (s, m) = call(server.http, "GET", &path, None);
+            assert_eq!(s, 200, "{m}");
+            (m["series"][0]["totals"]["windows"] == 2).then_some(m)
+        });
+        assert_eq!(m["resolution"], "minute", "{m}");
+        let t = &m["series"][0]["totals"];
+        assert_eq!(t["drifted_rows"], shifted.len(), "{m}");
+        assert_eq!(t["requests"], held_out.len() + shifted.len(), "{m}");
+        let most = psi_of(&w[1]).into_iter().flatten().fold(0.0, f64::max);
+        assert!((t["max_psi"].as_f64().unwrap() - most).abs() < 1e-9, "{m}");
+        if m["device"].is_null() {
+            let heat = m["features"].as_array().unwrap();
+            assert!(!heat.is_empty() && heat.len() <= psi_of(&w[1]).len(), "{m}");
+        } else {
+            assert!(m["features"].as_array().unwrap().is_empty(), "{m}");
+        }
+    }
+    let (s, m) = call(
+        server.http,
+        "GET",
+        "/api/v1/models/bc/monitoring?range=1y",
+        None,
+    );
+    assert_eq!(s, 400, "{m}");
     let a = wait_for("the drift alert", || {
         let a = alerts(server.http, "drift");
         (!a.is_empty()).then_some(a)

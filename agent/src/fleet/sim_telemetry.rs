@@ -1,7 +1,9 @@
 //! Telemetry from simulated devices, as real agents send it: per device one
 //! MQTT connection (the broker enrollment named, or one given; its
-//! certificate over `mqtts://`), a retained signed `online` health and a
-//! signed last will, and every window one drift summary per model version
+//! certificate over `mqtts://`), a retained signed `online` health (agent
+//! version `sim-…`, architecture, MQTT protocol, what it serves; sent again
+//! when that changes) and a signed last will, an `activated` event per
+//! version it activates, and every window one drift summary per model version
 //! the device has active, signed with the device's enrollment key, on
 //! `ferry/v1/{tenant}/{device}/drift`, QoS 1. The control plane verifies and
 //! stores them like any agent's.
@@ -18,10 +20,10 @@
 
 use super::sim::SimActivator;
 use crate::telemetry::{Enrolled, TelemetryArgs, TelemetryConfig};
-use ferry_mqtt::{Event as MqttEvent, Negotiation};
+use ferry_mqtt::{Event as MqttEvent, Negotiation, Protocol};
 use ferry_protocol::telemetry::{
-    histogram_quantile, latency_bucket, sign_payload, topic, ClosedBy, DriftSummary, Health,
-    Predictions, KIND_DRIFT, KIND_HEALTH, LATENCY_BOUNDS_US, TELEMETRY_SCHEMA,
+    histogram_quantile, latency_bucket, sign_payload, topic, ClosedBy, DriftSummary, Event, Health,
+    Predictions, KIND_DRIFT, KIND_EVENTS, KIND_HEALTH, LATENCY_BOUNDS_US, TELEMETRY_SCHEMA,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -159,7 +161,8 @@ pub struct SimTelemetry {
     pub profiles: Profiles,
 }
 
-/// Summaries published (acknowledged by the broker) across all devices.
+/// Drift summaries and events published (acknowledged by the broker)
+/// across all devices.
 #[derive(Default)]
 pub struct TelemetryCounters {
     pub published: AtomicU64,
@@ -273,7 +276,13 @@ fn seal(cfg: &TelemetryConfig, kind: &str, body: Vec<u8>) -> Vec<u8> {
     }
 }
 
-fn health(cfg: &TelemetryConfig, status: &str, at_ms: u64, serving: Vec<String>) -> Vec<u8> {
+fn health(
+    cfg: &TelemetryConfig,
+    status: &str,
+    at_ms: u64,
+    protocol: Protocol,
+    serving: Vec<String>,
+) -> Vec<u8> {
     let h = Health {
         schema: TELEMETRY_SCHEMA,
         tenant: cfg.tenant.clone(),
@@ -285,10 +294,46 @@ fn health(cfg: &TelemetryConfig, status: &str, at_ms: u64, serving: Vec<String>)
         outbox_depth: 0,
         outbox_dropped: 0,
         published: 0,
-        mqtt_protocol: None,
+        mqtt_protocol: Some(protocol.level()),
         trust_root_expires_in: None,
+        arch: Some(crate::telemetry::device_arch()),
     };
     seal(cfg, KIND_HEALTH, serde_json::to_vec(&h).unwrap_or_default())
+}
+
+/// What health says a device serves: `model@version/champion`.
+fn serving_routes(served: &[(String, u64)]) -> Vec<String> {
+    served
+        .iter()
+        .map(|(m, v)| format!("{m}@{v}/champion"))
+        .collect()
+}
+
+/// A signed `activated` event, as the agent raises one.
+fn event(
+    cfg: &TelemetryConfig,
+    seq: u64,
+    at_ms: u64,
+    kind: &str,
+    model: &str,
+    version: u64,
+    previous: Option<u64>,
+) -> Vec<u8> {
+    let e = Event {
+        schema: TELEMETRY_SCHEMA,
+        tenant: cfg.tenant.clone(),
+        device: cfg.device.clone(),
+        seq,
+        at_ms,
+        kind: kind.into(),
+        model: Some(model.into()),
+        version: Some(version),
+        detail: match previous {
+            Some(p) => format!("champion, previous v{p}"),
+            None => "champion".into(),
+        },
+    };
+    seal(cfg, KIND_EVENTS, serde_json::to_vec(&e).unwrap_or_default())
 }
 
 struct Seq {
@@ -337,6 +382,9 @@ pub async fn run_device(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending: VecDeque<(String, Vec<u8>)> = VecDeque::new();
     let mut negotiation = Negotiation::new(cfg.version);
+    // (model, version) active at the last tick.
+    let mut served: Vec<(String, u64)> =
+        act.serving().into_iter().map(|(m, v, _)| (m, v)).collect();
     loop {
         let protocol = negotiation.next();
         let mut o = ferry_mqtt::Options::new(
@@ -348,7 +396,7 @@ pub async fn run_device(
         o.request_capacity = 16;
         o.will = Some(ferry_mqtt::Will {
             topic: topic(&cfg.tenant, &cfg.device, KIND_HEALTH),
-            payload: health(&cfg, "offline", 0, vec![]),
+            payload: health(&cfg, "offline", 0, protocol, vec![]),
             retain: true,
         });
         let (client, mut conn) = ferry_mqtt::connect(&o, protocol);
@@ -373,6 +421,20 @@ pub async fn run_device(
                 _ = ticker.tick() => {
                     let end = now_ms();
                     let window_ms = window.as_millis() as u64;
+                    // As an agent does: an `activated` event per version
+                    // that went live, and fresh health saying what it serves.
+                    let now_serving: Vec<(String, u64)> = act.serving().into_iter().map(|(m, v, _)| (m, v)).collect();
+                    if now_serving != served {
+                        for (model, version) in now_serving.iter().filter(|x| !served.contains(x)) {
+                            let previous = served.iter().find(|(m, _)| m == model).map(|(_, v)| *v);
+                            let body = event(&cfg, seq.take(), end, "activated", model, *version, previous);
+                            pending.push_back((topic(&cfg.tenant, &cfg.device, KIND_EVENTS), body));
+                        }
+                        served = now_serving;
+                        if connected && client.try_publish(topic(&cfg.tenant, &cfg.device, KIND_HEALTH), health(&cfg, "online", end, protocol, serving_routes(&served)), true).is_ok() {
+                            sent.push_back(false);
+                        }
+                    }
                     for (model, version, since) in act.serving() {
                         // As an agent's, a version's first window closes a
                         // whole window after it went live.
@@ -390,8 +452,7 @@ pub async fn run_device(
                 ev = events.recv() => match ev {
                     Some(Ok(MqttEvent::Connected { .. })) => {
                         connected = true;
-                        let serving = act.serving().into_iter().map(|(m, v, _)| format!("{m}@{v}/champion")).collect();
-                        if client.try_publish(topic(&cfg.tenant, &cfg.device, KIND_HEALTH), health(&cfg, "online", now_ms(), serving), true).is_ok() {
+                        if client.try_publish(topic(&cfg.tenant, &cfg.device, KIND_HEALTH), health(&cfg, "online", now_ms(), protocol, serving_routes(&served)), true).is_ok() {
                             sent.push_back(false);
                         }
                     }

@@ -143,6 +143,12 @@ pub struct Enrolled<'a> {
     pub dir: &'a Path,
 }
 
+/// This device's CPU architecture and OS as health reports it
+/// (`aarch64-linux`, `x86_64-linux`).
+pub fn device_arch() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
 /// Flags win over the file, the file over the enrollment (broker, tenant,
 /// device id); `None` when no broker is known.
 pub fn resolve(

@@ -88,6 +88,7 @@ fn health(
         published: stats.published.load(Ordering::Relaxed),
         mqtt_protocol: Some(protocol.level()),
         trust_root_expires_in: windows.trust_expires_in(now_ms() / 1000),
+        arch: Some(super::device_arch()),
     };
     let mut h = h;
     if h.status == "offline-will" {

@@ -25,6 +25,7 @@ mod challenger;
 mod models;
 mod projects;
 pub mod rollouts;
+mod sign_in_links;
 mod tokens;
 mod trust;
 pub(crate) mod versions;
@@ -46,6 +47,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(whoami))
+        .routes(routes!(sign_in_links::create_link))
         .routes(routes!(models::list_models, models::register))
         .routes(routes!(models::register_compat))
         .routes(routes!(models::show_model, models::delete_model))

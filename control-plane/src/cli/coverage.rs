@@ -22,6 +22,7 @@ pub const OPERATIONS: &[(&str, &str, Covered)] = &[
     // system
     ("GET", "/api/v1/health", C("health")),
     ("GET", "/api/v1/whoami", C("whoami")),
+    ("POST", "/api/v1/session/link", C("dashboard")),
     (
         "GET",
         "/api/v1/openapi.json",
@@ -108,6 +109,11 @@ pub const OPERATIONS: &[(&str, &str, Covered)] = &[
     // telemetry
     ("GET", "/api/v1/models/{name}/drift", C("drift series m")),
     ("GET", "/api/v1/models/{name}/metrics", C("model metrics m")),
+    (
+        "GET",
+        "/api/v1/models/{name}/monitoring",
+        C("model monitoring m"),
+    ),
     (
         "GET",
         "/api/v1/models/{name}/challenger",

@@ -475,10 +475,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .first()
         .map(|r| infer_body(r).to_string())
         .unwrap_or_default();
+    // A one-time link: the browser opens signed in, the token pasted nowhere.
+    let link = run(op(&["dashboard"]))?.trim().to_string();
     println!();
     println!("Ferry demo is running (files in {}):", dir.display());
     println!("  control plane API   {api}/api/v1  (OpenAPI: {api}/api/v1/openapi.json)");
-    println!("  dashboard           {api}/  (sign in with the admin token)");
+    println!("  dashboard           {link}");
+    println!("                      (a one-time sign-in link for 10 minutes; later: {api}/ with the admin token)");
     println!("  admin token         {admin}  (also in admin.token)");
     println!("  fleet (QUIC)        quic://{quic}");
     println!("  MQTT telemetry      {mqtt}  (topics ferry/v1/default/#)");

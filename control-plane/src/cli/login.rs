@@ -1,9 +1,10 @@
 //! `ferry login`: where the server is and who we are, stored for the
-//! other commands; `ferry whoami` and `ferry health` ask the server again.
+//! other commands; `ferry whoami` and `ferry health` ask the server again;
+//! `ferry dashboard` prints a one-time sign-in link for the browser.
 
 use super::conn::{block_on, Conn};
 use super::output::print_json;
-use crate::api::types::{Health, WhoAmI};
+use crate::api::types::{Health, SignInLink, WhoAmI};
 use crate::client::{Client, Credentials};
 use anyhow::Context;
 use clap::Args;
@@ -68,6 +69,26 @@ pub fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
         who.role,
         c.server()
     );
+    Ok(())
+}
+
+/// `ferry dashboard`: the dashboard's address as a one-time sign-in link
+/// for this token (works once, for ten minutes).
+#[derive(Args, Debug)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    let c = args.conn.client()?;
+    let link: SignInLink = block_on(c.send(reqwest::Method::POST, "/session/link"))??;
+    let url = format!("{}{}", c.server().trim_end_matches('/'), link.path);
+    if args.conn.json {
+        return print_json(&serde_json::json!({ "url": url, "expires_at": link.expires_at }));
+    }
+    println!("{url}");
+    eprintln!("(opens the dashboard signed in as this token; it works once, within 10 minutes)");
     Ok(())
 }
 

@@ -60,6 +60,8 @@ pub enum Command {
     Whoami(login::WhoamiArgs),
     /// Whether the server answers (no token needed)
     Health(login::HealthArgs),
+    /// The web dashboard's address, as a one-time sign-in link for this token
+    Dashboard(login::DashboardArgs),
     /// The model registry: push, list, show, versions, compare, promote, aliases, metrics, archive, delete, download
     Model(model::ModelArgs),
     /// Projects: groups of models
@@ -110,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => login::login(a),
         Command::Whoami(a) => login::whoami(a),
         Command::Health(a) => login::health(a),
+        Command::Dashboard(a) => login::dashboard(a),
         Command::Model(a) => model::model(a),
         Command::Project(a) => project::project(a),
         Command::Token(a) => token::token(a),

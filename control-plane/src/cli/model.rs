@@ -94,6 +94,8 @@ pub enum ModelCmd {
     Aliases { name: String },
     /// Serving metrics devices reported per window: requests, errors, latency, accuracy
     Metrics(super::series::SeriesArgs),
+    /// Each version and variant over a time range, from the telemetry roll-ups (what the dashboard's charts read)
+    Monitoring(super::series::MonitoringArgs),
     /// The challenger (A/B) or shadow against the champion: error rate, latency, accuracy, tests, and whether it is ready to promote
     Challenger(super::challenger::ChallengerArgs),
     /// Download a version's signed bundle
@@ -406,6 +408,7 @@ async fn model_async(c: Client, json_out: bool, cmd: ModelCmd) -> anyhow::Result
             table(&["alias", "version", "updated", "updated by"], rows);
         }
         ModelCmd::Metrics(args) => super::series::metrics(&c, json_out, &args).await?,
+        ModelCmd::Monitoring(args) => super::series::monitoring(&c, json_out, &args).await?,
         ModelCmd::Challenger(args) => super::challenger::challenger(&c, json_out, &args).await?,
         ModelCmd::Download { name, version, out } => {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.ferry")));

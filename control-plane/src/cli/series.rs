@@ -5,7 +5,7 @@
 
 use super::conn::enc;
 use super::output::{cell, print_json, table, when_ms};
-use crate::api::types::{DriftSeries, MetricSeries};
+use crate::api::types::{DriftSeries, MetricSeries, Monitoring};
 use crate::client::Client;
 use clap::Args;
 
@@ -77,6 +77,83 @@ impl SeriesArgs {
         q.extend(self.since.pairs());
         format!("/models/{}/{what}{}", enc(&self.model), query(&q))
     }
+}
+
+/// One model's roll-ups over a time range: fleet-wide or one device.
+#[derive(Args, Debug, Clone)]
+pub struct MonitoringArgs {
+    pub model: String,
+    /// 1h, 6h, 24h, 7d or 30d
+    #[arg(long, default_value = "24h")]
+    pub range: String,
+    /// Only this version
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// Only this device (default: the whole fleet)
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `ferry model monitoring MODEL`: each version and variant over the
+/// range (`--json`: every point of every chart, as the dashboard reads it).
+pub async fn monitoring(c: &Client, json_out: bool, args: &MonitoringArgs) -> anyhow::Result<()> {
+    let mut q = vec![("range", args.range.clone())];
+    if let Some(v) = args.version {
+        q.push(("version", v.to_string()));
+    }
+    if let Some(d) = &args.device {
+        q.push(("device", d.clone()));
+    }
+    let path = format!("/models/{}/monitoring{}", enc(&args.model), query(&q));
+    let m: Monitoring = c.get(&path).await?;
+    if json_out {
+        return print_json(&m);
+    }
+    let pct = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{:.2} %", x * 100.0));
+    let ms = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{:.2} ms", x / 1000.0));
+    let rows = m
+        .series
+        .iter()
+        .map(|s| {
+            let t = &s.totals;
+            vec![
+                format!("v{}", s.version),
+                s.variant.clone(),
+                t.windows.to_string(),
+                t.requests.to_string(),
+                pct(t.error_rate),
+                ms(t.latency_p50_us),
+                ms(t.latency_p99_max_us.map(|v| v as f64)),
+                pct(t.accuracy),
+                fixed(t.max_psi, 3),
+                t.drifted_rows.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{} over the last {} ({}, {} roll-ups; PSI threshold {})",
+        m.model,
+        m.range,
+        m.device.as_deref().unwrap_or("the whole fleet"),
+        m.resolution,
+        m.psi_threshold
+    );
+    table(
+        &[
+            "version",
+            "variant",
+            "windows",
+            "requests",
+            "error rate",
+            "p50",
+            "worst p99",
+            "accuracy",
+            "max PSI",
+            "drifted rows",
+        ],
+        rows,
+    );
+    Ok(())
 }
 
 fn fixed(x: Option<f64>, places: usize) -> String {

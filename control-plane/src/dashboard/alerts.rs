@@ -4,8 +4,8 @@
 //! through `telemetry::service::alerts`, as `GET /api/v1/alerts` does.
 //!
 //! The listing is also served alone (`/alerts/list`) and, while it shows
-//! open alerts, polls itself every 2 s with htmx so a new alert appears
-//! without a reload. Roles that may acknowledge get an Acknowledge form
+//! open alerts, reloads itself when the change feed names an alert (a new
+//! alert appears within a second, without a reload), and every 10 s. Roles that may acknowledge get an Acknowledge form
 //! `dashboard.js` confirms and sends to `POST /api/v1/alerts/{id}/ack`.
 
 use super::error::PageResult;
@@ -136,8 +136,9 @@ fn section(l: &Listing, role: Role) -> Markup {
     let ack = can(role, Action::AlertAck);
     html! {
         section #alerts-section aria-label="Alerts"
+            data-live=[polls.then_some("alert")]
             hx-get=[polls.then_some(url.as_str())]
-            hx-trigger=[polls.then_some("every 2s")]
+            hx-trigger=[polls.then_some("ferry:alert from:body, every 10s")]
             hx-swap=[polls.then_some("outerHTML")] {
             @if l.alerts.is_empty() {
                 p #no-alerts { "No alert matches." }
@@ -169,7 +170,15 @@ fn row(a: &Alert, may_ack: bool) -> Markup {
     html! {
         tr id=(format!("alert-{}", a.id)) {
             td { code title=(a.id) { (layout::short(&a.id)) } }
-            td { a href=(format!("/models/{}", a.model)) { (a.model) } " v" (a.version) }
+            td {
+                a href=(format!("/models/{}", a.model)) { (a.model) } " v" (a.version)
+                @if !a.model.is_empty() {
+                    br;
+                    a.policy href=(format!("/models/{}/policy", a.model)) {
+                        "Drift policy" span.vh { " of " (a.model) }
+                    }
+                }
+            }
             td { span.badge { (a.kind) } }
             td {
                 @if a.device.is_empty() { span.muted { "the fleet" } }

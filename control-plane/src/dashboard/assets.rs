@@ -18,10 +18,10 @@ struct Asset {
     hash: String,
 }
 
-/// Every file the dashboard serves. htmx is vendored by
+/// Every file the dashboard serves. htmx and uPlot are vendored by
 /// `scripts/vendor-dashboard.sh` (pinned, checksummed).
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
-    let files: [(&'static str, &'static str, &'static [u8]); 3] = [
+    let files: [(&'static str, &'static str, &'static [u8]); 6] = [
         (
             "dashboard.css",
             "text/css; charset=utf-8",
@@ -36,6 +36,21 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
             "htmx.min.js",
             "text/javascript; charset=utf-8",
             include_bytes!("../../assets/vendor/htmx.min.js"),
+        ),
+        (
+            "monitoring.js",
+            "text/javascript; charset=utf-8",
+            include_bytes!("../../assets/monitoring.js"),
+        ),
+        (
+            "uPlot.iife.min.js",
+            "text/javascript; charset=utf-8",
+            include_bytes!("../../assets/vendor/uPlot.iife.min.js"),
+        ),
+        (
+            "uPlot.min.css",
+            "text/css; charset=utf-8",
+            include_bytes!("../../assets/vendor/uPlot.min.css"),
         ),
     ];
     files

@@ -17,6 +17,7 @@ pub enum Section {
     Fleet,
     Alerts,
     Audit,
+    Deployments,
 }
 
 /// (section, path, label, the action whose role the link needs).
@@ -29,6 +30,12 @@ const NAV: &[(Section, &str, &str, Action)] = &[
         Action::RolloutList,
     ),
     (Section::Fleet, "/fleet", "Fleet", Action::DeviceList),
+    (
+        Section::Deployments,
+        "/deployments",
+        "Deployments",
+        Action::DeploymentList,
+    ),
     (Section::Alerts, "/alerts", "Alerts", Action::AlertList),
     (Section::Audit, "/audit", "Audit", Action::AuditList),
 ];
@@ -46,11 +53,13 @@ pub struct Chrome<'a> {
 }
 
 /// htmx's settings: no inline indicator styles (the CSP forbids inline
-/// styles), no eval, requests to this origin only.
-const HTMX_CONFIG: &str =
-    r#"{"includeIndicatorStyles":false,"allowEval":false,"selfRequestsOnly":true}"#;
+/// styles), no eval, requests to this origin only. `style` is not among
+/// the attributes settled across a swap: copying it (Chromium gives form
+/// fields an empty `style` when it restores them on a reload) is an
+/// inline style the CSP refuses.
+const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"selfRequestsOnly":true,"attributesToSettle":["class","width","height"]}"#;
 
-fn head(title: &str, csrf: Option<&str>) -> Markup {
+fn head(title: &str, csrf: Option<&str>, styles: &[&str], scripts: &[&str]) -> Markup {
     html! {
         meta charset="utf-8";
         meta name="viewport" content="width=device-width, initial-scale=1";
@@ -61,19 +70,34 @@ fn head(title: &str, csrf: Option<&str>) -> Markup {
         meta name="htmx-config" content=(HTMX_CONFIG);
         link rel="icon" href="data:,";
         link rel="stylesheet" href=(assets::url("dashboard.css"));
+        @for s in styles { link rel="stylesheet" href=(assets::url(s)); }
         script src=(assets::url("htmx.min.js")) defer {}
         script src=(assets::url("dashboard.js")) defer {}
+        @for s in scripts { script src=(assets::url(s)) defer {} }
     }
 }
 
 /// A signed-in page: navigation for `c`'s role, `title` as the `<h1>`.
 pub fn page(c: &Chrome, current: Section, title: &str, body: Markup) -> Markup {
+    page_with(c, current, title, &[], &[], body)
+}
+
+/// [`page`] with the page's own stylesheets and scripts (assets by name),
+/// loaded after the shared ones.
+pub fn page_with(
+    c: &Chrome,
+    current: Section,
+    title: &str,
+    styles: &[&str],
+    scripts: &[&str],
+    body: Markup,
+) -> Markup {
     // htmx sends the CSRF token with every request it makes.
     let hx_headers = format!(r#"{{"X-CSRF-Token":"{}"}}"#, c.csrf);
     html! {
         (DOCTYPE)
         html lang="en" {
-            head { (head(title, Some(c.csrf))) }
+            head { (head(title, Some(c.csrf), styles, scripts)) }
             body hx-headers=(hx_headers) {
                 a.skip href="#main" { "Skip to main content" }
                 header.top {
@@ -115,7 +139,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head { (head(title, None)) }
+            head { (head(title, None, &[], &[])) }
             body {
                 a.skip href="#main" { "Skip to main content" }
                 header.top { a.brand href="/models" { "Ferry" } }

@@ -56,14 +56,20 @@ impl ListQuery {
 
     /// The 1-based page number (`page`), 1 when absent.
     pub fn page(&self) -> Result<i64, ApiError> {
-        match self.get("page") {
+        self.page_of("page")
+    }
+
+    /// A 1-based page number under another key, for a page with more than
+    /// one paged listing; 1 when absent.
+    pub fn page_of(&self, key: &str) -> Result<i64, ApiError> {
+        match self.get(key) {
             None => Ok(1),
             Some(v) => v
                 .parse::<i64>()
                 .ok()
                 .filter(|p| (1..=MAX_PAGE).contains(p))
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!("page {v:?} must be from 1 to {MAX_PAGE}"))
+                    ApiError::bad_request(format!("{key} {v:?} must be from 1 to {MAX_PAGE}"))
                 }),
         }
     }

@@ -18,12 +18,18 @@ mod alerts;
 mod assets;
 mod audit;
 mod compare;
+mod deployment;
+mod deployments;
+mod device;
 mod error;
 mod fleet;
 mod layout;
 mod list;
+mod live;
 mod model;
 mod models;
+mod monitoring;
+mod policy;
 mod rollout;
 mod rollouts;
 mod session;
@@ -75,11 +81,14 @@ pub fn routes(fleet: Option<Arc<RolloutDriver>>) -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/models") }))
         .route("/ui/login", get(session::login_form).post(session::login))
+        .route("/ui/login/link", get(session::login_link))
         .route("/ui/logout", post(session::logout))
         .route("/ui/assets/{hash}/{name}", get(assets::serve))
         .route("/models", get(models::page))
         .route("/models/{name}", get(model::page))
         .route("/models/{name}/compare", get(compare::page))
+        .route("/models/{name}/monitoring", get(monitoring::page))
+        .route("/ui/events", get(live::events))
         .route("/audit", get(audit::page))
         .route("/fleet", get(fleet::page))
         .route("/rollouts", get(rollouts::page))
@@ -87,6 +96,10 @@ pub fn routes(fleet: Option<Arc<RolloutDriver>>) -> Router<AppState> {
         .route("/rollouts/{id}/progress", get(rollout::progress))
         .route("/alerts", get(alerts::page))
         .route("/alerts/list", get(alerts::list))
+        .route("/models/{name}/policy", get(policy::page))
+        .route("/fleet/{id}", get(device::page))
+        .route("/deployments", get(deployments::page))
+        .route("/deployments/{id}", get(deployment::page))
         .layer(Extension(FleetLink(fleet)))
         .layer(middleware::from_fn(headers))
         .layer(CompressionLayer::new())

@@ -2,8 +2,10 @@
 //! registration, signer, status), one version in detail (schema, tags,
 //! lineage, baseline, ModelDoc), choosing versions to compare, and the
 //! lifecycle actions the caller's role allows: promote, archive, restore,
-//! download. The actions are forms `dashboard.js` sends, after a
-//! confirmation, to the REST endpoints themselves.
+//! download, delete, and registering a version by uploading a signed
+//! bundle. The actions are forms `dashboard.js` sends, after a
+//! confirmation, to the REST endpoints themselves (which refuse, say, a
+//! delete while a deployment uses the version; the page shows why).
 
 use super::error::PageResult;
 use super::layout::{self, can, Section};
@@ -73,13 +75,23 @@ pub async fn page(
         .map(|v| q.with(&format!("/models/{name}"), &[("before", Some(v.as_str()))]));
     let newer = before.map(|_| q.with(&format!("/models/{name}"), &[("before", None)]));
     let role = pg.auth.p.role;
+    // Deleting the only version deletes the model: go to the list after.
+    let after_delete = if model.versions <= 1 {
+        "/models".to_string()
+    } else {
+        format!("/models/{name}")
+    };
     let body = html! {
+        p { a #monitoring-link href={ "/models/" (name) "/monitoring" } { "Monitoring: requests, errors, latency, accuracy and drift" } }
         div #lifecycle {
-            (summary(&model))
+            (summary(&name, &model))
             @if can(role, Action::AliasSet) {
                 (promote_form(&name, &docs))
             }
-            (versions(&name, role, &docs, older, newer))
+            (versions(&name, role, &docs, older, newer, &after_delete))
+        }
+        @if can(role, Action::ModelRegister) {
+            (upload_form())
         }
         @if let Some(d) = &detail {
             (version_detail(&name, role, d))
@@ -88,9 +100,15 @@ pub async fn page(
     Ok(layout::page(&pg.chrome(), Section::Models, &name, body).into_response())
 }
 
-fn summary(m: &ModelSummary) -> Markup {
+fn summary(name: &str, m: &ModelSummary) -> Markup {
     html! {
         dl.props {
+            dt { "Drift policy" }
+            dd {
+                a #policy-link href=(format!("/models/{name}/policy")) {
+                    "Drift policy, alert rules and retraining triggers"
+                }
+            }
             dt { "Project" } dd { (m.project) }
             dt { "Versions" } dd { (m.versions) }
             dt { "Latest ready" } dd { @if let Some(v) = m.latest_version { (v) } @else { "none" } }
@@ -138,6 +156,44 @@ fn promote_form(name: &str, docs: &[ModelDoc]) -> Markup {
     }
 }
 
+/// Registering a version: the file `dashboard.js` uploads as
+/// `ferry model push` does (`POST /api/v1/models`, the bundle's bytes);
+/// the server verifies its signatures against the tenant's trust root.
+fn upload_form() -> Markup {
+    html! {
+        section.card aria-labelledby="upload-h" {
+            h2 #upload-h { "Register a version" }
+            form #upload .inline data-upload="/api/v1/models" data-refresh="#lifecycle" {
+                div.field {
+                    label for="bundle-file" { "Signed bundle (.ferry)" }
+                    input #bundle-file type="file" name="_bundle" accept=".ferry" required
+                        aria-describedby="bundle-hint";
+                }
+                div.field { button #upload-button type="submit" { "Upload and register" } }
+                p.hint #bundle-hint {
+                    "Made with ferry bundle build and signed by a publisher key the trust root "
+                    "allows; the model and version are the bundle's own."
+                }
+            }
+        }
+    }
+}
+
+/// Deleting a version: `DELETE` on the REST endpoint, then to `next`.
+fn delete_button(name: &str, v: i64, next: &str) -> Markup {
+    html! {
+        form.inline
+            data-api=(format!("/api/v1/models/{name}/versions/{v}"))
+            data-method="DELETE"
+            data-confirm=(format!("Delete {name} version {v}? Its bundle is removed for good; \
+                this cannot be undone."))
+            data-done=(format!("{name} version {v} deleted."))
+            data-next=(next) {
+            button.danger type="submit" { "Delete" span.vh { " version " (v) } }
+        }
+    }
+}
+
 /// One archive or restore button: a form `dashboard.js` confirms and sends.
 fn lifecycle_button(name: &str, v: i64, verb: &str, label: &str, warning: &str) -> Markup {
     html! {
@@ -157,6 +213,7 @@ fn versions(
     docs: &[ModelDoc],
     older: Option<String>,
     newer: Option<String>,
+    after_delete: &str,
 ) -> Markup {
     html! {
         section #versions aria-labelledby="versions-h" {
@@ -181,7 +238,7 @@ fn versions(
                 }
                 tbody {
                     @for d in docs {
-                        (version_row(name, role, d))
+                        (version_row(name, role, d, after_delete))
                     }
                 }
             }
@@ -190,7 +247,7 @@ fn versions(
     }
 }
 
-fn version_row(name: &str, role: Role, d: &ModelDoc) -> Markup {
+fn version_row(name: &str, role: Role, d: &ModelDoc, after_delete: &str) -> Markup {
     let v = d.version;
     let check = format!("compare-{v}");
     html! {
@@ -223,6 +280,9 @@ fn version_row(name: &str, role: Role, d: &ModelDoc) -> Markup {
                 }
                 @if d.status == "archived" && can(role, Action::VersionRestore) {
                     (lifecycle_button(name, v, "restore", "Restore", ""))
+                }
+                @if can(role, Action::VersionDelete) {
+                    " " (delete_button(name, v, after_delete))
                 }
             }
         }

@@ -5,10 +5,10 @@
 //! `dashboard.js` confirms and sends to the REST endpoints.
 //!
 //! The progress section is also served alone (`/rollouts/{id}/progress`)
-//! and polls itself every 2 s with htmx while the rollout runs. It stops
-//! while the rollout waits for a person (awaiting approval, paused), so
-//! the buttons hold still; after a command the section reloads and
-//! polling starts again if the rollout runs.
+//! and reloads itself when the change feed names a rollout or device
+//! (and every 10 s) while the rollout runs. While the rollout waits for a
+//! person (awaiting approval, paused) only a change of the rollout itself
+//! reloads it, so the buttons hold still.
 
 use super::error::PageResult;
 use super::layout::{self, can, Section};
@@ -98,13 +98,23 @@ pub async fn progress(
 
 fn progress_section(d: &RolloutDetail, s: &RolloutState, role: Role) -> Markup {
     let r = &d.rollout;
-    let polls = matches!(s.phase, Phase::Running);
+    // Running: every change of the rollout or a device reloads the section
+    // (the change feed, within a second), with a slow poll behind it for
+    // changes another replica made. Held for a person: only the rollout's
+    // own changes (a command), so the buttons hold still.
+    let running = matches!(s.phase, Phase::Running);
+    let (live, trigger) = if running {
+        (
+            "rollout device",
+            "ferry:rollout from:body, ferry:device from:body, every 10s",
+        )
+    } else {
+        ("rollout", "ferry:rollout from:body, every 30s")
+    };
     let url = format!("/rollouts/{}/progress", r.id);
     html! {
-        section #progress aria-labelledby="progress-h"
-            hx-get=[polls.then_some(url.as_str())]
-            hx-trigger=[polls.then_some("every 2s")]
-            hx-swap=[polls.then_some("outerHTML")] {
+        section #progress aria-labelledby="progress-h" data-live=(live)
+            hx-get=(url) hx-trigger=(trigger) hx-swap="outerHTML" {
             h2 #progress-h { "Progress" }
             p #phase {
                 "Phase: " strong class=(format!("status {}", r.phase)) { (phase_label(&r.phase)) }

@@ -4,7 +4,9 @@
 //! CLI), checks it exactly as the REST `Auth` extractor does (a failure is
 //! counted per source like a failed API login), and makes a server-side
 //! session: the browser gets only the `ferry_session` cookie (see
-//! `api::session`). Sign-in and sign-out are audited.
+//! `api::session`). A one-time link from `ferry dashboard` (`POST
+//! /api/v1/session/link`) makes the same session for the token that asked
+//! for it. Sign-in and sign-out are audited.
 
 use super::error::{to_login, PageError};
 use super::layout::{self, Chrome};
@@ -14,6 +16,7 @@ use crate::api::auth::{failed_login, principal_of_token};
 use crate::api::session::{self, SESSION_TTL_SECS};
 use crate::api::{ApiError, AppState, Auth, RequestId};
 use crate::audit::{AuditEntry, OUTCOME_OK};
+use crate::auth::Principal;
 use axum::body::to_bytes;
 use axum::extract::{FromRef, FromRequestParts, RawQuery, Request, State};
 use axum::http::request::Parts;
@@ -164,6 +167,53 @@ pub async fn login(State(st): State<AppState>, req: Request) -> Response {
         );
         return login_page(StatusCode::TOO_MANY_REQUESTS, &next, Some(&msg));
     }
+    start(&st, &p, rid, "dashboard sign-in", next).await
+}
+
+/// `GET /ui/login/link?code=…`: a one-time sign-in link (`ferry
+/// dashboard`, `ferry demo`) becomes a session for the token that asked
+/// for it; a used, expired or unknown code leads to the sign-in form.
+pub async fn login_link(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let q = ListQuery::parse(parts.uri.query());
+    let rid = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let code = q.get("code").unwrap_or("");
+    // A malformed code costs no lookup.
+    let p = if code.len() == 64 && code.bytes().all(|b| b.is_ascii_hexdigit()) {
+        match st.store.take_sign_in_link(&session::hash_id(code)).await {
+            Ok(p) => p,
+            Err(e) => return PageError::from(e).into_response(),
+        }
+    } else {
+        None
+    };
+    let Some(p) = p else {
+        // Counted and limited per source like any failed sign-in.
+        let e = failed_login(&st, &parts, &rid).await;
+        let msg = if e.status == StatusCode::UNAUTHORIZED {
+            "This sign-in link was used already, has expired or is not valid: sign in with a token, or run `ferry dashboard` for a new link.".to_string()
+        } else {
+            e.message
+        };
+        return login_page(e.status, "/models", Some(&msg));
+    };
+    start(
+        &st,
+        &p,
+        rid,
+        "dashboard sign-in by one-time link",
+        "/models".into(),
+    )
+    .await
+}
+
+/// A new session for `p`: stored and audited, its cookie set, then on to
+/// `next`.
+async fn start(st: &AppState, p: &Principal, rid: String, detail: &str, next: String) -> Response {
     let id = session::new_secret();
     let id_hash = session::hash_id(&id);
     let entry = AuditEntry {
@@ -173,7 +223,7 @@ pub async fn login(State(st): State<AppState>, req: Request) -> Response {
         action: Action::SessionCreate.audit_name().into(),
         target: format!("session {}", layout::short(&id_hash)),
         outcome: OUTCOME_OK.into(),
-        detail: "dashboard sign-in".into(),
+        detail: detail.into(),
     };
     let csrf = session::new_secret();
     if let Err(e) = st

@@ -72,17 +72,18 @@ pub struct FleetOptions {
     /// half of it.
     pub desired_ttl: u64,
     /// Downloads served at once, fleet-wide; further fetches wait
-    /// (`FERRY_FLEET_MAX_DOWNLOADS`, default 64). On one machine's
-    /// CPU, fewer streams at a time finish a fleet sooner (docs/BENCHMARKS.md);
-    /// devices on slow links want more, since the aggregate rate is at most
-    /// this many times a device's rate.
+    /// (`FERRY_FLEET_MAX_DOWNLOADS`, default [`DEFAULT_DOWNLOADS`]). On one
+    /// machine's CPU, fewer streams at a time finish a fleet sooner and
+    /// hold less memory (docs/BENCHMARKS.md); devices on slow links want
+    /// more, since the aggregate rate is at most this many times a
+    /// device's rate.
     pub max_concurrent_downloads: usize,
     /// Bytes per chunk frame (`FERRY_FLEET_CHUNK_BYTES`, default 64 KiB).
     pub chunk_bytes: usize,
     /// Bytes a connection may have written but not yet acknowledged
     /// (`FERRY_FLEET_SEND_WINDOW_KB`). With every download slot busy the
     /// server holds this much per slot, so the default shares
-    /// [`SEND_BUDGET`] among the slots (1 MiB each at 64 slots); quinn's own
+    /// [`SEND_BUDGET`] among the slots (1 MiB each at 32 slots); quinn's own
     /// default, 10 MB a connection, let a rollout of a large bundle hold
     /// hundreds of MB.
     pub send_window: u64,
@@ -90,14 +91,20 @@ pub struct FleetOptions {
     pub mqtt_url: Option<String>,
 }
 
+/// Downloads served at once by default. 32, not 64: a 1,000-device
+/// rollout of a 200 MB bundle then peaks under issue 17's 300 MB, and the
+/// 1,000 × 5 MB fleet finished sooner with 32 than with 64 on the 2-core
+/// machine (docs/BENCHMARKS.md).
+pub const DEFAULT_DOWNLOADS: usize = 32;
+
 /// Send buffers of all download slots together, by default.
-pub const SEND_BUDGET: u64 = 64 << 20;
+pub const SEND_BUDGET: u64 = 32 << 20;
 
 /// The default per-connection send window for `slots` download slots:
-/// [`SEND_BUDGET`] shared, between 256 KiB (below that a single download
+/// [`SEND_BUDGET`] shared, between 128 KiB (below that a single download
 /// crawls on a long link) and 8 MiB.
 fn default_send_window(slots: usize) -> u64 {
-    (SEND_BUDGET / slots.max(1) as u64).clamp(256 << 10, 8 << 20)
+    (SEND_BUDGET / slots.max(1) as u64).clamp(128 << 10, 8 << 20)
 }
 
 impl FleetOptions {
@@ -105,7 +112,7 @@ impl FleetOptions {
         let max_concurrent_downloads = std::env::var("FERRY_FLEET_MAX_DOWNLOADS")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
-            .unwrap_or(64)
+            .unwrap_or(DEFAULT_DOWNLOADS)
             .max(1);
         Self {
             quic,
@@ -561,10 +568,11 @@ mod tests {
 
     #[test]
     fn the_send_budget_is_shared_among_the_download_slots() {
-        assert_eq!(default_send_window(64), 1 << 20);
-        assert_eq!(default_send_window(8), 8 << 20);
+        assert_eq!(default_send_window(DEFAULT_DOWNLOADS), 1 << 20);
+        assert_eq!(default_send_window(64), 512 << 10);
+        assert_eq!(default_send_window(4), 8 << 20);
         assert_eq!(default_send_window(1), 8 << 20);
-        assert_eq!(default_send_window(1024), 256 << 10);
+        assert_eq!(default_send_window(1024), 128 << 10);
         // What the fleet's send buffers can hold with every slot busy.
         for slots in [1, 8, 64, 256] {
             assert!(default_send_window(slots) * slots as u64 <= SEND_BUDGET);

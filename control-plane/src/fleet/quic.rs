@@ -5,6 +5,7 @@ use super::admission::{self, Admission, ENROLL_FRAME_LIMIT};
 use super::report_limit::{truncate, Admit, ReportLimiter, MAX_RECORDS_PER_MINUTE};
 use super::{db, Fleet, FleetError};
 use crate::audit::{OUTCOME_OK, OUTCOME_REFUSED};
+use crate::changes::ChangeKind;
 use ferry_protocol::frames::{
     length_prefixed, ActivationOutcome, AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION,
 };
@@ -231,6 +232,13 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         }
     }
     tracing::info!(device = %device.id, tenant = %device.tenant, "device connected");
+    let changed = || {
+        fleet
+            .store
+            .changes()
+            .send(&device.tenant, ChangeKind::Device(device.id.clone()))
+    };
+    changed();
     loop {
         let (s, r) = match conn.accept_bi().await {
             Ok(x) => x,
@@ -247,6 +255,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     fleet.unregister(&device.id, &conn);
     let _w = fleet.writes.lock().await;
     let _ = fleet.store.touch_device(&device.id).await;
+    changed();
 }
 
 async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
@@ -599,6 +608,10 @@ async fn report(fleet: &Fleet, device: &db::Device, frame: AgentFrame) {
                 tracing::error!(device = %device.id, error = %e, "storing an activation report failed");
             } else {
                 fleet.reported();
+                fleet
+                    .store
+                    .changes()
+                    .send(&device.tenant, ChangeKind::Device(device.id.clone()));
             }
         }
         AgentFrame::Progress {

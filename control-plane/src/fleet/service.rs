@@ -158,6 +158,20 @@ pub async fn device(
     })
 }
 
+/// The latest activation report of each model on the tenant's devices
+/// (one device's, when `device` is given): what they have installed and
+/// whether it is active, failed or rolled back.
+pub async fn device_reports(
+    fleet: &Fleet,
+    caller: &Caller,
+    device: Option<&str>,
+) -> Result<Vec<db::DeviceModelReport>, FleetServiceError> {
+    Ok(fleet
+        .store
+        .device_model_reports(&caller.tenant, device)
+        .await?)
+}
+
 /// Replaces a device's labels; its desired state is recomputed.
 pub async fn set_labels(
     fleet: &Fleet,

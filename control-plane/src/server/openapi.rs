@@ -118,9 +118,9 @@ mod tests {
                 n += 1;
             }
         }
-        // Registry 28 (with the challenger comparison), telemetry 8, fleet 13,
-        // rollouts 10.
-        assert_eq!(n, 59);
+        // Registry 28 (with the challenger comparison), telemetry 9 (with
+        // monitoring), fleet 13, rollouts 10, the sign-in link 1.
+        assert_eq!(n, 61);
         assert_eq!(operations().len(), n);
     }
 

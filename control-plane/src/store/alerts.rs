@@ -4,6 +4,7 @@
 use super::sql::Sql;
 use super::{Result, Store, Tx};
 use crate::audit::AuditEntry;
+use crate::changes::ChangeKind;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -197,6 +198,10 @@ impl Store {
             .await;
             m.finish_if(out).await
         }?;
+        if raised.is_some() {
+            self.changes
+                .send(&a.tenant, ChangeKind::Alert(a.id.clone()));
+        }
         Ok(raised.is_some())
     }
 
@@ -277,7 +282,10 @@ impl Store {
             m.finish_if(out).await
         }?;
         match acked {
-            Some(row) => Ok(Some(row)),
+            Some(row) => {
+                self.changes.send(tenant, ChangeKind::Alert(id.to_string()));
+                Ok(Some(row))
+            }
             None => self.alert(tenant, id).await,
         }
     }

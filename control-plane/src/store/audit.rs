@@ -5,7 +5,7 @@ use super::sql::Sql;
 #[cfg(feature = "failpoints")]
 use super::StoreError;
 use super::{Result, Store, Tx};
-use crate::audit::{AuditEntry, AuditRecord, ChainHead, GENESIS};
+use crate::audit::{verify_chain_from, AuditEntry, AuditRecord, ChainBreak, ChainHead, GENESIS};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -146,13 +146,18 @@ impl Store {
         Ok(sql.query_as().fetch_all(self.pool()).await?)
     }
 
-    /// The tenant's chain head and every record up to it, in chain order,
-    /// for [`crate::audit::verify_chain`] on the server (the dashboard's
-    /// badge). Read in pages; records appended meanwhile are left out.
-    pub async fn audit_chain(&self, tenant: &str) -> Result<(ChainHead, Vec<AuditRecord>)> {
+    /// The tenant's chain head and every record after `after` up to it,
+    /// in chain order, for [`crate::audit::verify_chain_from`] (the
+    /// dashboard's badge). Read in pages; records appended meanwhile are
+    /// left out.
+    pub async fn audit_chain_after(
+        &self,
+        tenant: &str,
+        after: i64,
+    ) -> Result<(ChainHead, Vec<AuditRecord>)> {
         let head = self.audit_head(tenant).await?;
         let mut records: Vec<AuditRecord> = Vec::new();
-        let mut after = 0i64;
+        let mut after = after;
         while after < head.seq {
             let page = self
                 .audit_list(
@@ -170,4 +175,42 @@ impl Store {
         }
         Ok((head, records))
     }
+
+    /// The tenant's chain verified for the dashboard's badge: only the
+    /// records after the part this store verified last time, unless that
+    /// was more than [`FULL_VERIFY_MS`] ago (then from the first record, so
+    /// an old record rewritten in the database shows within that time;
+    /// `ferry audit verify` always reads the whole chain).
+    pub async fn verified_audit_chain(&self, tenant: &str) -> Result<Result<u64, ChainBreak>> {
+        let now = self.now_ms();
+        let prefix = self
+            .audit_verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tenant).cloned())
+            .filter(|(_, at)| now - at < FULL_VERIFY_MS);
+        let (from, at) = match prefix {
+            Some((p, at)) => (Some(p), at),
+            None => (None, now),
+        };
+        let (head, records) = self
+            .audit_chain_after(tenant, from.as_ref().map_or(0, |p| p.seq))
+            .await?;
+        let verdict = verify_chain_from(from.as_ref(), &records, Some(&head));
+        if let Ok(mut m) = self.audit_verified.lock() {
+            match &verdict {
+                Ok(_) => {
+                    m.insert(tenant.to_string(), (head, at));
+                }
+                Err(_) => {
+                    m.remove(tenant);
+                }
+            }
+        }
+        Ok(verdict)
+    }
 }
+
+/// How long the dashboard trusts a verified prefix of a chain before it
+/// verifies the whole chain again.
+pub const FULL_VERIFY_MS: i64 = 10 * 60 * 1000;

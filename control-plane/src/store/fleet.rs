@@ -143,6 +143,18 @@ pub struct EnrollmentToken {
     pub revoked_at: Option<i64>,
 }
 
+/// One device's latest activation report on one model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceModelReport {
+    pub device: String,
+    pub model: String,
+    pub version: i64,
+    /// `active`, `failed`, `rolled_back`, ...
+    pub state: String,
+    pub detail: String,
+    pub updated_at: i64,
+}
+
 /// One device's report on one model: (version, state, detail).
 pub type DeviceModelState = (i64, String, String);
 
@@ -569,6 +581,38 @@ impl Store {
         }
         .await;
         m.finish(out).await
+    }
+
+    /// The activation reports of `tenant`'s devices (of one device when
+    /// `device` is given), by device and model.
+    pub async fn device_model_reports(
+        &self,
+        tenant: &str,
+        device: Option<&str>,
+    ) -> Result<Vec<DeviceModelReport>> {
+        let mut sql = super::sql::Sql::new(
+            "SELECT m.device_id, m.model, m.version, m.state, m.detail, m.updated_at FROM device_models m JOIN devices d ON d.id = m.device_id WHERE d.tenant = ",
+        );
+        sql.push_bind(tenant.to_string());
+        if let Some(id) = device {
+            sql.push(" AND m.device_id = ").push_bind(id.to_string());
+        }
+        sql.push(" ORDER BY m.device_id, m.model");
+        let rows: Vec<(String, String, i64, String, String, i64)> =
+            sql.query_as().fetch_all(self.pool()).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(device, model, version, state, detail, updated_at)| DeviceModelReport {
+                    device,
+                    model,
+                    version,
+                    state,
+                    detail,
+                    updated_at,
+                },
+            )
+            .collect())
     }
 
     /// (version, state, detail) of `model` on each device of `tenant`.

@@ -55,6 +55,18 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_dashboard_sessions.sql"),
         include_str!("../../migrations/postgres/0007_dashboard_sessions.sql"),
     ),
+    (
+        8,
+        "telemetry_rollups",
+        include_str!("../../migrations/sqlite/0008_telemetry_rollups.sql"),
+        include_str!("../../migrations/postgres/0008_telemetry_rollups.sql"),
+    ),
+    (
+        9,
+        "sign_in_links",
+        include_str!("../../migrations/sqlite/0009_sign_in_links.sql"),
+        include_str!("../../migrations/postgres/0009_sign_in_links.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

@@ -22,6 +22,7 @@ mod migrate;
 mod models;
 mod projects;
 pub mod rollouts;
+pub mod rollups;
 mod sessions;
 mod sql;
 pub mod telemetry;
@@ -40,10 +41,13 @@ pub use sessions::SessionRow;
 pub use tokens::TokenInfo;
 pub use versions::{ArtifactRow, NewVersion, Registered, VersionRow};
 
-use crate::audit::{AuditEntry, GENESIS};
+use crate::audit::{AuditEntry, ChainHead, GENESIS};
+use crate::changes::Changes;
 use crate::clock::{SharedClock, SystemClock};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +86,10 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     clock: SharedClock,
+    changes: Changes,
+    /// Per tenant, the last audit record the dashboard's badge verified and
+    /// when its full verification ran (`audit::verified_audit_chain`).
+    audit_verified: Arc<Mutex<HashMap<String, (ChainHead, i64)>>>,
 }
 
 impl Store {
@@ -129,6 +137,8 @@ impl Store {
             pool,
             backend,
             clock,
+            changes: Changes::new(),
+            audit_verified: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -140,6 +150,16 @@ impl Store {
 
     fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The change feed: what this store just wrote that a live page shows.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Milliseconds since the epoch on the store's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms() as i64
     }
 
     /// The clock this store (and everything that shares it) reads time from.

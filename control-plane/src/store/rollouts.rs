@@ -5,6 +5,7 @@
 use super::fleet::{labels_from_string, labels_to_string, Deployment, Labels};
 use super::{Result, Store, StoreError};
 use crate::audit::AuditEntry;
+use crate::changes::ChangeKind;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -212,7 +213,10 @@ impl Store {
             Ok(())
         }
         .await;
-        m.finish(out).await
+        m.finish(out).await?;
+        self.changes
+            .send(&r.tenant, ChangeKind::Rollout(r.id.clone()));
+        Ok(())
     }
 
     pub async fn rollout(&self, tenant: &str, id: &str) -> Result<RolloutRow> {
@@ -356,6 +360,8 @@ impl Store {
             self.append(&mut tx, e).await?;
         }
         tx.commit().await?;
+        self.changes
+            .send(tenant, ChangeKind::Rollout(id.to_string()));
         Ok(true)
     }
 

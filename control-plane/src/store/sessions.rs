@@ -80,6 +80,71 @@ impl Store {
         }))
     }
 
+    /// Stores a one-time sign-in link for `token_id`, valid `ttl_secs`,
+    /// audited with `entry`; expired links are removed on the way.
+    /// Returns the expiry (seconds).
+    pub async fn create_sign_in_link(
+        &self,
+        code_hash: &str,
+        token_id: &str,
+        ttl_secs: i64,
+        entry: AuditEntry,
+    ) -> Result<i64> {
+        let mut m = self.mutation(entry).await?;
+        let tx = &mut m.tx;
+        let now = self.now();
+        let out: Result<_> = async {
+            sqlx::query("DELETE FROM dashboard_sign_in_links WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO dashboard_sign_in_links (code_hash, token_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(code_hash)
+            .bind(token_id)
+            .bind(now)
+            .bind(now + ttl_secs)
+            .execute(&mut **tx)
+            .await?;
+            Ok(now + ttl_secs)
+        }
+        .await;
+        m.finish(out).await
+    }
+
+    /// Uses up the sign-in link stored as `code_hash`: the principal of its
+    /// token, when the link is unexpired and the token not revoked. The
+    /// link is gone afterwards either way (a second use finds nothing).
+    pub async fn take_sign_in_link(&self, code_hash: &str) -> Result<Option<Principal>> {
+        let token: Option<(String, i64)> = sqlx::query_as(
+            "DELETE FROM dashboard_sign_in_links WHERE code_hash = $1 RETURNING token_id, expires_at",
+        )
+        .bind(code_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((token_id, _)) = token.filter(|(_, expires_at)| *expires_at > self.now()) else {
+            return Ok(None);
+        };
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT tenant, name, role FROM tokens WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((tenant, token_name, role)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Principal {
+            token_id,
+            token_name,
+            tenant,
+            role: role
+                .parse()
+                .map_err(|e: crate::auth::UnknownRole| StoreError::Corrupt(e.to_string()))?,
+        }))
+    }
+
     /// Ends a session (sign-out), audited with `entry`. Returns whether it
     /// was still stored.
     pub async fn delete_session(&self, id_hash: &str, entry: AuditEntry) -> Result<bool> {

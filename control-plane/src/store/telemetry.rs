@@ -7,6 +7,7 @@ pub use super::alerts::{AlertQuery, AlertRow, NewAlert, NewTrigger, TriggerRow};
 use super::sql::Sql;
 use super::{Result, Store};
 use crate::audit::AuditEntry;
+use crate::changes::ChangeKind;
 use ferry_protocol::telemetry::DriftSummary;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
@@ -85,6 +86,27 @@ impl FromRow<'_, AnyRow> for HealthRow {
             status: r.try_get("status")?,
             payload: r.try_get("payload")?,
             received_at_ms: r.try_get("received_at_ms")?,
+        })
+    }
+}
+
+/// One stored device event (`activated`, `refused`, `rolled_back`, ...).
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    /// The event as received (JSON).
+    pub payload: String,
+}
+
+impl FromRow<'_, AnyRow> for EventRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(EventRow {
+            seq: r.try_get("seq")?,
+            at_ms: r.try_get("at_ms")?,
+            kind: r.try_get("kind")?,
+            payload: r.try_get("payload")?,
         })
     }
 }
@@ -192,6 +214,8 @@ impl Store {
         .bind(received_at_ms)
         .execute(self.pool())
         .await?;
+        self.changes
+            .send(tenant, ChangeKind::Device(device.to_string()));
         Ok(())
     }
 
@@ -314,6 +338,79 @@ impl Store {
             "SELECT device, status, at_ms, payload, received_at_ms FROM device_health WHERE tenant = $1 ORDER BY device",
         )
         .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// One device's latest health message, if it sent one.
+    pub async fn device_health_of(&self, tenant: &str, device: &str) -> Result<Option<HealthRow>> {
+        Ok(sqlx::query_as(
+            "SELECT device, status, at_ms, payload, received_at_ms FROM device_health WHERE tenant = $1 AND device = $2",
+        )
+        .bind(tenant)
+        .bind(device)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// One device's events, newest first, `limit` from `offset`.
+    pub async fn device_events(
+        &self,
+        tenant: &str,
+        device: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, at_ms, kind, payload FROM device_events WHERE tenant = $1 AND device = $2 \
+             ORDER BY at_ms DESC, seq DESC LIMIT $3 OFFSET $4",
+        )
+        .bind(tenant)
+        .bind(device)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// One device's windows (of `model`, or of every model), newest first,
+    /// `limit` from `offset`, each with its model.
+    pub async fn device_windows(
+        &self,
+        tenant: &str,
+        device: &str,
+        model: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, WindowRow)>> {
+        let mut sql = Sql::new(
+            "SELECT model, device, seq, version, variant, window_start_ms, window_end_ms, rows_seen, requests, errors, latency_p50_us, latency_p99_us, labelled, correct, max_psi, drifted, summary, received_at_ms FROM telemetry_windows WHERE tenant = ",
+        );
+        sql.push_bind(tenant.to_string())
+            .push(" AND device = ")
+            .push_bind(device.to_string());
+        if let Some(m) = model {
+            sql.push(" AND model = ").push_bind(m.to_string());
+        }
+        sql.push(" ORDER BY window_end_ms DESC, seq DESC LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = sql.query().fetch_all(self.pool()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((r.try_get("model")?, WindowRow::from_row(r)?));
+        }
+        Ok(out)
+    }
+
+    /// The models a device has sent windows of, by name.
+    pub async fn device_window_models(&self, tenant: &str, device: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT model FROM telemetry_windows WHERE tenant = $1 AND device = $2 ORDER BY model",
+        )
+        .bind(tenant)
+        .bind(device)
         .fetch_all(self.pool())
         .await?)
     }

@@ -9,7 +9,7 @@ use crate::action::Action;
 use crate::api::query::{series_query as query, SeriesQuery as Q};
 use crate::api::types::{
     Alert, AlertList, DeviceHealthList, DriftPolicyView, DriftSeries, ErrorBody, MetricSeries,
-    TriggerList,
+    Monitoring, TriggerList,
 };
 use crate::api::{ApiError, AppState, Auth};
 use crate::store::telemetry::{AlertQuery, WindowQuery};
@@ -25,6 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(drift))
         .routes(routes!(metrics))
+        .routes(routes!(monitoring))
         .routes(routes!(get_policy, set_policy))
         .routes(routes!(alerts))
         .routes(routes!(ack))
@@ -88,6 +89,27 @@ async fn metrics(
     let q = query(&raw, &[])?;
     let s = service::metric_series(&st.store, &a.caller(), &name, &window_query(&q)).await?;
     Ok(Json(s))
+}
+
+/// Charts over a time range from the roll-ups: requests/s, error rate,
+/// p50/p99 latency, accuracy, max PSI, drifted rows per version and
+/// variant, and the per-feature PSI heat map (fleet-wide).
+#[utoipa::path(get, path = "/api/v1/models/{name}/monitoring", tag = "telemetry",
+    params(("name" = String, Path), ("range" = Option<String>, Query, description = "1h, 6h, 24h (default), 7d or 30d"),
+        ("version" = Option<i64>, Query), ("device" = Option<String>, Query, description = "one device; default the whole fleet")),
+    responses((status = 200, body = Monitoring), (status = "4XX", body = ErrorBody)))]
+async fn monitoring(
+    a: Auth,
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> R<Json<Monitoring>> {
+    let name = model_name(&name)?;
+    a.authorize(Action::MetricSeries, &name).await?;
+    let q = super::monitoring::MonitoringQuery::parse(raw.as_deref())?;
+    st.store.model(&a.p.tenant, &name).await?;
+    let m = super::monitoring::monitoring(&st.store, &a.caller(), &name, &q).await?;
+    Ok(Json(m))
 }
 
 /// The model's drift policy (`default`: none was saved).

@@ -11,7 +11,9 @@ pub mod cron;
 pub mod engine;
 pub mod ingest;
 pub mod metrics;
+pub mod monitoring;
 pub mod policy;
+pub mod rollup;
 pub mod service;
 pub mod webhook;
 
@@ -46,6 +48,10 @@ pub struct TelemetryOptions {
     pub mqtt_key: Option<PathBuf>,
     /// Drift windows (and events) stored per device per minute.
     pub max_per_minute: Option<u32>,
+    /// How long raw windows and each roll-up resolution are kept.
+    pub retention: rollup::Retention,
+    /// How often windows are rolled up (default 2 s).
+    pub rollup_every: Option<std::time::Duration>,
 }
 
 /// `ferry server` telemetry flags.
@@ -78,6 +84,17 @@ pub struct TelemetryArgs {
     /// Most drift windows (and, apart, events) stored per device per minute of their own time; more are refused and counted
     #[arg(long, env = "FERRY_TELEMETRY_MAX_PER_MINUTE")]
     pub telemetry_max_per_minute: Option<u32>,
+    /// How long telemetry is kept, in days: raw windows and the per-minute, per-hour and per-day roll-ups the charts read (names left out keep these defaults)
+    #[arg(long, env = "FERRY_TELEMETRY_RETENTION", default_value = "raw=7d,minute=14d,hour=90d,day=400d", value_parser = parse_retention)]
+    pub telemetry_retention: rollup::Retention,
+    /// Milliseconds between roll-ups of new telemetry windows
+    #[arg(
+        long,
+        env = "FERRY_ROLLUP_TICK_MS",
+        default_value_t = 2000,
+        hide = true
+    )]
+    pub rollup_tick_ms: u64,
 }
 
 impl TelemetryArgs {
@@ -92,8 +109,15 @@ impl TelemetryArgs {
             mqtt_cert: self.mqtt_cert.clone(),
             mqtt_key: self.mqtt_key.clone(),
             max_per_minute: self.telemetry_max_per_minute,
+            retention: self.telemetry_retention,
+            rollup_every: (self.rollup_tick_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.rollup_tick_ms)),
         }
     }
+}
+
+fn parse_retention(s: &str) -> Result<rollup::Retention, String> {
+    rollup::Retention::parse(s)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +306,12 @@ pub async fn start(
     );
     let client_id = client_id(data)?;
     tokio::spawn(ingest::run(engine.clone(), addr, client_id));
+    tokio::spawn(rollup::run(
+        store.clone(),
+        opts.retention,
+        opts.rollup_every
+            .unwrap_or(std::time::Duration::from_secs(2)),
+    ));
     let e2 = engine.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -14,7 +14,7 @@ use crate::api::types::{
 };
 use crate::registry::Caller;
 use crate::rollout::challenger::{ChallengerReport, Criteria, Evidence};
-use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery};
+use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery, WindowRow};
 use crate::store::{Store, StoreError};
 use serde_json::{Map, Value};
 
@@ -314,4 +314,79 @@ pub async fn device_health(
         })
         .collect();
     Ok(DeviceHealthList { devices })
+}
+
+/// One device's latest health report, if it sent one.
+pub async fn device_health_of(
+    store: &Store,
+    caller: &Caller,
+    device: &str,
+) -> Result<Option<DeviceHealth>, TelemetryError> {
+    Ok(store
+        .device_health_of(&caller.tenant, device)
+        .await?
+        .map(|r| DeviceHealth {
+            health: serde_json::from_str::<Value>(&r.payload).unwrap_or(Value::Null),
+            device: r.device,
+            status: r.status,
+            received_at_ms: r.received_at_ms,
+        }))
+}
+
+/// A device event as stored, its payload read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceEventView {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub model: Option<String>,
+    pub version: Option<u64>,
+    pub detail: String,
+}
+
+/// One device's events, newest first, `limit` from `offset`.
+pub async fn device_events(
+    store: &Store,
+    caller: &Caller,
+    device: &str,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<DeviceEventView>, TelemetryError> {
+    let rows = store
+        .device_events(&caller.tenant, device, offset, limit)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            // Stored only after it parsed as an event; a row that no longer
+            // does still shows its kind and time.
+            let e = serde_json::from_str::<ferry_protocol::telemetry::Event>(&r.payload).ok();
+            DeviceEventView {
+                seq: r.seq,
+                at_ms: r.at_ms,
+                kind: r.kind,
+                model: e.as_ref().and_then(|e| e.model.clone()),
+                version: e.as_ref().and_then(|e| e.version),
+                detail: e.map(|e| e.detail).unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// One device's drift windows (of `model`, or of all), newest first,
+/// `limit` from `offset`, each with its model; and every model the device
+/// has sent windows of.
+pub async fn device_windows(
+    store: &Store,
+    caller: &Caller,
+    device: &str,
+    model: Option<&str>,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<(String, WindowRow)>, Vec<String>), TelemetryError> {
+    let rows = store
+        .device_windows(&caller.tenant, device, model, offset, limit)
+        .await?;
+    let models = store.device_window_models(&caller.tenant, device).await?;
+    Ok((rows, models))
 }

@@ -14,6 +14,16 @@ pub struct WhoAmI {
     pub role: Role,
 }
 
+/// `POST /session/link`: a one-time dashboard sign-in link.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignInLink {
+    /// Path and query on the server's HTTP address; opening it once signs
+    /// the browser in as the token that asked.
+    pub path: String,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Project {
     pub name: String,

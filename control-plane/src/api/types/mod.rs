@@ -4,12 +4,14 @@
 
 mod admin;
 mod fleet;
+mod monitoring;
 mod registry;
 mod rollouts;
 mod telemetry;
 
 pub use admin::*;
 pub use fleet::*;
+pub use monitoring::*;
 pub use registry::*;
 pub use rollouts::*;
 pub use telemetry::*;
