@@ -110,6 +110,29 @@ async fn lifecycle(b: Backend) {
     assert_eq!(names(&v), ["churn"]);
     let (_, v) = api.get(ADMIN, "/api/v1/models?metric=auc%3E%3D0.9").await;
     assert_eq!(names(&v), ["fraud-eu"]);
+    // A range holds for one version's metric: fraud-eu v2 (0.95) is in
+    // [0.93, 0.96]; v3 is >= 0.96 and v1 <= 0.92, but none is both.
+    let (_, v) = api
+        .get(
+            ADMIN,
+            "/api/v1/models?metric=auc%3E%3D0.75&metric=auc%3C%3D0.85",
+        )
+        .await;
+    assert_eq!(names(&v), ["churn"]);
+    let (_, v) = api
+        .get(
+            ADMIN,
+            "/api/v1/models?metric=auc%3E%3D0.93&metric=auc%3C%3D0.96",
+        )
+        .await;
+    assert_eq!(names(&v), ["fraud-eu"]);
+    let (_, v) = api
+        .get(
+            ADMIN,
+            "/api/v1/models?metric=auc%3E%3D0.96&metric=auc%3C%3D0.92",
+        )
+        .await;
+    assert_eq!(names(&v), Vec::<String>::new());
     let (_, v) = api.get(ADMIN, "/api/v1/models?project=retention").await;
     assert_eq!(names(&v), ["churn"]);
     let (_, v) = api.get(ADMIN, "/api/v1/models?limit=1").await;

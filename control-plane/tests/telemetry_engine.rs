@@ -577,7 +577,118 @@ async fn time_based_trigger_fires_on_schedule_with_a_controlled_clock(b: Backend
     }
 }
 
+/// The fleet listing's two reads: every unrevoked device's keys (with when
+/// its health arrived), the devices running a model (an active report, or
+/// health naming it; LIKE's wildcards in a name match only themselves),
+/// then the rows of the page shown.
+async fn fleet_listing_reads_keys_then_the_page(b: Backend) {
+    let f = fx(b).await;
+    let s = &f.store;
+    let health = |serving: &[&str]| {
+        serde_json::json!({
+            "schema": 1, "tenant": "acme", "device": "d", "status": "online",
+            "at_ms": 1, "agent_version": "0.1.0", "serving": serving
+        })
+        .to_string()
+    };
+    s.put_device_health(
+        "acme",
+        "d1",
+        "online",
+        1,
+        &health(&["fraud@2/champion"]),
+        5_000,
+    )
+    .await
+    .unwrap();
+    s.put_device_health(
+        "acme",
+        "d2",
+        "online",
+        1,
+        &health(&["fraudyx@1/champion"]),
+        6_000,
+    )
+    .await
+    .unwrap();
+    s.report_device_model("d3", "fraud_x", 1, "active", "", entry("device.report"))
+        .await
+        .unwrap();
+    s.report_device_model("d2", "fraud", 1, "failed", "bad", entry("device.report"))
+        .await
+        .unwrap();
+    s.revoke_device("acme", "d3", entry("device.revoke"))
+        .await
+        .unwrap();
+
+    let mut keys = s.device_keys("acme").await.unwrap();
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    let got: Vec<(&str, Option<i64>)> = keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.health_at_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [("d1", Some(5_000)), ("d2", Some(6_000))],
+        "d3 is revoked"
+    );
+    assert!(s.device_keys("other").await.unwrap().is_empty());
+
+    assert_eq!(
+        s.devices_with_active("acme", "fraud_x").await.unwrap(),
+        ["d3"]
+    );
+    assert!(s
+        .devices_with_active("acme", "fraud")
+        .await
+        .unwrap()
+        .is_empty());
+    let near: Vec<String> = s
+        .device_health_containing("acme", "\"fraud_x@")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.device)
+        .collect();
+    assert!(near.is_empty(), "`_` matched a character: {near:?}");
+    let caller = ferry::registry::Caller {
+        tenant: "acme".into(),
+        actor: "test".into(),
+        request_id: "t".into(),
+    };
+    assert_eq!(
+        ferry::telemetry::service::devices_serving(s, &caller, "fraud")
+            .await
+            .unwrap(),
+        ["d1"]
+    );
+
+    let ids = ["d2".to_string(), "d1".to_string(), "gone".to_string()];
+    let mut devs: Vec<String> = s
+        .devices_by_id("acme", &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    devs.sort();
+    assert_eq!(devs, ["d1", "d2"]);
+    assert!(s.devices_by_id("other", &ids).await.unwrap().is_empty());
+    assert_eq!(
+        s.device_health_of_each("acme", &ids).await.unwrap().len(),
+        2
+    );
+    let reports = s.device_model_reports_of_each("acme", &ids).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].device.as_str(), reports[0].state.as_str()),
+        ("d2", "failed")
+    );
+    assert!(s.devices_by_id("acme", &[]).await.unwrap().is_empty());
+}
+
 both_backends!(
+    fleet_listing_reads_keys_then_the_page,
     bad_messages_are_refused_with_reasons,
     one_drift_episode_fires_one_alert_and_one_trigger,
     feature_selection_and_fleet_fraction,

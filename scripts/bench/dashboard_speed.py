@@ -13,6 +13,8 @@ gzipped.
   .venv/bin/python scripts/bench/dashboard_speed.py --bin-dir target/release
   .venv/bin/python scripts/bench/dashboard_speed.py --db postgres --bin-dir target/release
   .venv/bin/python scripts/bench/dashboard_speed.py --mlflow   # needs target/bench-venv with mlflow
+  .venv/bin/python scripts/bench/dashboard_speed.py --keep /work/dash-sqlite   # seed once,
+  .venv/bin/python scripts/bench/dashboard_speed.py --keep /work/dash-sqlite   # then only measure
 
 Binaries: `ferry` and `ferry-seed-dashboard` from --bin-dir (release:
 `cargo build --release -p ferry --bin ferry` and
@@ -139,10 +141,21 @@ def ferry_run(a, work):
     db = f"sqlite://{work}/server/ferry.db?mode=rwc"
     db_args = []
     created_pg = None
+    # With --keep, a second run finds the seeded database and only measures.
+    seeded = os.path.exists(f"{work}/seeded")
     if a.db == "postgres":
-        created_pg = f"ferry_dash_{os.getpid()}"
-        sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", f"CREATE DATABASE {created_pg}")
-        db = f"postgres://postgres@127.0.0.1:5432/{created_pg}"
+        name_file = f"{work}/pg-database"
+        if seeded:
+            with open(name_file) as fh:
+                name = fh.read().strip()
+        else:
+            name = f"ferry_dash_{os.getpid()}"
+            sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", f"CREATE DATABASE {name}")
+            with open(name_file, "w") as fh:
+                fh.write(name)
+        if not a.keep:
+            created_pg = name
+        db = f"postgres://postgres@127.0.0.1:5432/{name}"
         db_args = ["--database", db]
     os.makedirs(f"{work}/server", exist_ok=True)
     env = dict(os.environ, FERRY_BOOTSTRAP_TOKEN=ADMIN, FERRY_LOG="warn")
@@ -152,15 +165,18 @@ def ferry_run(a, work):
     try:
         url = server.wait_line("ferry server listening on ").split()[0]
         host, port = urllib.parse.urlparse(url).hostname, urllib.parse.urlparse(url).port
-        t = time.time()
-        seed_models(ferry, work, url, a.models, a.versions)
-        print(f"models: {a.models} x {a.versions} pushed in {time.time() - t:.0f} s", flush=True)
-        t = time.time()
-        out = sh(seeder, "--database", db, "--devices", str(a.devices), "--telemetry-devices",
-                 str(a.telemetry_devices), "--days", str(a.days), "--model", "model-0000",
-                 "--versions", f"{a.versions - 1},{a.versions}")
-        print(out.strip())
-        print(f"fleet and telemetry seeded in {time.time() - t:.0f} s", flush=True)
+        if seeded:
+            print(f"measuring the database seeded earlier in {work}", flush=True)
+        else:
+            t = time.time()
+            seed_models(ferry, work, url, a.models, a.versions)
+            print(f"models: {a.models} x {a.versions} pushed in {time.time() - t:.0f} s", flush=True)
+            t = time.time()
+            out = sh(seeder, "--database", db, "--devices", str(a.devices), "--telemetry-devices",
+                     str(a.telemetry_devices), "--days", str(a.days), "--model", "model-0000",
+                     "--versions", f"{a.versions - 1},{a.versions}")
+            print(out.strip())
+            print(f"fleet and telemetry seeded in {time.time() - t:.0f} s", flush=True)
         cookie = sign_in(host, port)
         # The server rolls the last day's windows up: wait until it did.
         t = time.time()
@@ -174,6 +190,7 @@ def ferry_run(a, work):
                 break
             time.sleep(2)
         print(f"last day rolled up by the server in {time.time() - t:.0f} s ({w} windows)", flush=True)
+        open(f"{work}/seeded", "w").close()
         dev = "dev_00000000"
         pages = [
             "/models", "/models?page=20", "/models?q=model-09", "/models?tag=team%3Arisk",
@@ -275,14 +292,19 @@ def main():
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--mlflow", action="store_true", help="measure MLflow's UI instead")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="seed into DIR and keep it; a later run with the same DIR only measures")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="ferry-dash-")
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+    work = a.keep or tempfile.mkdtemp(prefix="ferry-dash-")
     try:
         out = mlflow_run(a, work) if a.mlflow else ferry_run(a, work)
         with open(os.path.join(work, "..", f"dashboard-speed-{'mlflow' if a.mlflow else a.db}.json"), "w") as fh:
             json.dump(out, fh, indent=2)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -276,5 +276,6 @@ async fn main() -> anyhow::Result<()> {
         "windows stored {stored} ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    store.analyze().await?;
     Ok(())
 }

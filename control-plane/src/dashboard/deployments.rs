@@ -119,22 +119,28 @@ pub async fn page(
     let live = service::deployments(fleet, &caller)
         .await
         .map_err(ApiError::from)?;
-    let devices: Vec<db::Device> = service::devices(fleet, &caller)
-        .await
-        .map_err(ApiError::from)?
-        .into_iter()
-        .map(|(d, _)| d)
-        .collect();
     let mut deps = live.clone();
     deps.retain(|d| model.is_none_or(|m| d.model == m));
     // Newest first: the store lists them in creation order.
     deps.reverse();
     let total = deps.len();
     let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
+    // Every device, read once for the page's states and undeploy warnings,
+    // and only when the page has deployments.
+    let devices: Vec<db::Device> = if start < total {
+        service::devices(fleet, &caller)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut shown = Vec::new();
     for d in deps.iter().skip(start).take(PAGE_SIZE) {
         // Counted only for the page shown: each matches every device.
-        let status = service::deployment_status(fleet, &caller, &d.id)
+        let status = service::deployment_status_among(fleet, &caller, d.clone(), &devices)
             .await
             .map_err(ApiError::from)?;
         shown.push((status, undeploy_warnings(d, &live, &devices)));

@@ -5,8 +5,10 @@
 //! version they hold; filtered by label (`label=site=berlin`, repeatable),
 //! connection state and model running (`model=fraud`), sorted by host or
 //! last seen (`sort=host|last_seen`), in pages. Read through
-//! `fleet::service` and `telemetry::service::device_health` and the REST
-//! DTOs, as `GET /api/v1/fleet/devices` and `GET /api/v1/devices` do.
+//! `fleet::service` and `telemetry::service` and the REST DTOs, as
+//! `GET /api/v1/fleet/devices` and `GET /api/v1/devices` do: first every
+//! device's small sort and filter keys, then the full rows (health
+//! message, reports) of the page shown only.
 
 use super::error::PageResult;
 use super::layout::{self, Section};
@@ -17,14 +19,18 @@ use crate::action::Action;
 use crate::api::types::{Device, DeviceHealth};
 use crate::api::{ApiError, AppState};
 use crate::fleet::{api::device_dto, service};
-use crate::store::fleet::DeviceModelReport;
+use crate::registry::Caller;
+use crate::rollout_driver::RolloutDriver;
+use crate::store::device_index::DeviceKey;
+use crate::store::fleet::{labels_from_string, Device as DbDevice, DeviceModelReport};
+use crate::store::telemetry::HealthRow;
 use crate::telemetry::service as telemetry;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use ferry_protocol::telemetry::Health;
 use maud::{html, Markup};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const PAGE_SIZE: usize = 50;
 
@@ -47,7 +53,17 @@ impl From<DeviceHealth> for HealthView {
     }
 }
 
-/// One device of the listing.
+impl From<HealthRow> for HealthView {
+    fn from(h: HealthRow) -> Self {
+        HealthView {
+            health: serde_json::from_str::<Health>(&h.payload).ok(),
+            status: h.status,
+            received_at_ms: h.received_at_ms,
+        }
+    }
+}
+
+/// One device of the page shown.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub device: Device,
@@ -55,28 +71,13 @@ pub struct Row {
     pub reports: Vec<DeviceModelReport>,
 }
 
-impl Row {
-    /// When the device was last heard of (seconds), over QUIC or MQTT.
-    fn last_seen(&self) -> Option<i64> {
-        let mqtt = self.health.as_ref().map(|h| h.received_at_ms / 1000);
-        self.device.last_seen.max(mqtt)
-    }
+/// A device as the listing filters and sorts it, and whether it is
+/// connected now.
+pub type Listed = (DeviceKey, bool);
 
-    /// Whether it runs `model`: an active report of it, or health naming it.
-    fn runs(&self, model: &str) -> bool {
-        self.reports
-            .iter()
-            .any(|r| r.model == model && r.state == "active")
-            || self
-                .health
-                .as_ref()
-                .and_then(|h| h.health.as_ref())
-                .is_some_and(|h| {
-                    h.serving
-                        .iter()
-                        .any(|s| s.split_once('@').is_some_and(|(m, _)| m == model))
-                })
-    }
+/// When the device was last heard of (seconds), over QUIC or MQTT.
+fn last_seen(k: &DeviceKey) -> Option<i64> {
+    k.last_seen.max(k.health_at_ms.map(|ms| ms / 1000))
 }
 
 /// The listing's order.
@@ -135,76 +136,104 @@ impl Filter {
         })
     }
 
-    fn keeps(&self, r: &Row) -> bool {
-        let d = &r.device;
-        d.revoked_at.is_none()
-            && self.connected.is_none_or(|c| d.connected == c)
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| d.labels.get(k).is_some_and(|x| x == v))
-            && self.model.as_deref().is_none_or(|m| r.runs(m))
+    /// Whether the listing keeps `(k, connected)`; `running` holds the
+    /// devices that run the filter's model, when it names one.
+    fn keeps(&self, (k, connected): &Listed, running: Option<&HashSet<String>>) -> bool {
+        self.connected.is_none_or(|c| *connected == c)
+            && running.is_none_or(|r| r.contains(&k.id))
+            && (self.labels.is_empty() || {
+                let labels = labels_from_string(&k.labels);
+                self.labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k).is_some_and(|x| x == v))
+            })
     }
 }
 
-/// The rows `f` keeps, in `sort`'s order.
-pub fn select(rows: Vec<Row>, f: &Filter, sort: Sort) -> Vec<Row> {
-    let mut rows: Vec<Row> = rows.into_iter().filter(|r| f.keeps(r)).collect();
-    let by_host = |a: &Row, b: &Row| {
-        a.device
-            .hostname
-            .cmp(&b.device.hostname)
-            .then(a.device.id.cmp(&b.device.id))
-    };
+/// The devices `f` keeps, in `sort`'s order. `running`: the devices that
+/// run `f.model` (ignored when it names none).
+pub fn select(
+    keys: Vec<Listed>,
+    f: &Filter,
+    sort: Sort,
+    running: Option<&HashSet<String>>,
+) -> Vec<Listed> {
+    let running = f.model.as_ref().and(running);
+    let mut keys: Vec<Listed> = keys.into_iter().filter(|k| f.keeps(k, running)).collect();
+    let by_host =
+        |a: &Listed, b: &Listed| a.0.hostname.cmp(&b.0.hostname).then(a.0.id.cmp(&b.0.id));
     match sort {
-        Sort::Host => rows.sort_by(by_host),
-        Sort::LastSeen => rows.sort_by(|a, b| {
-            b.device
-                .connected
-                .cmp(&a.device.connected)
-                .then(b.last_seen().cmp(&a.last_seen()))
+        Sort::Host => keys.sort_by(by_host),
+        Sort::LastSeen => keys.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then(last_seen(&b.0).cmp(&last_seen(&a.0)))
                 .then(by_host(a, b))
         }),
     }
-    rows
+    keys
 }
 
-/// Every device of the tenant with its health and reports.
-pub async fn rows(pg: &Page, st: &AppState, link: &FleetLink) -> PageResult<Option<Vec<Row>>> {
-    let Some(driver) = &link.0 else {
-        return Ok(None);
-    };
-    let caller = pg.auth.caller();
-    let fleet = &driver.fleet;
-    let mut health: HashMap<String, HealthView> = telemetry::device_health(&st.store, &caller)
+/// The devices that run `model`: an active report of it, or health
+/// naming it.
+async fn running(
+    st: &AppState,
+    driver: &RolloutDriver,
+    caller: &Caller,
+    model: &str,
+) -> PageResult<HashSet<String>> {
+    let mut ids: HashSet<String> = service::devices_with_active(&driver.fleet, caller, model)
         .await
         .map_err(ApiError::from)?
-        .devices
         .into_iter()
-        .map(|h| (h.device.clone(), HealthView::from(h)))
         .collect();
+    ids.extend(
+        telemetry::devices_serving(&st.store, caller, model)
+            .await
+            .map_err(ApiError::from)?,
+    );
+    Ok(ids)
+}
+
+/// The rows of the devices `ids`, in that order, with health and reports.
+async fn rows(
+    st: &AppState,
+    driver: &RolloutDriver,
+    caller: &Caller,
+    ids: &[String],
+) -> PageResult<Vec<Row>> {
+    let fleet = &driver.fleet;
+    let mut devices: HashMap<String, (DbDevice, bool)> = service::devices_by_id(fleet, caller, ids)
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|(d, c)| (d.id.clone(), (d, c)))
+        .collect();
+    let mut health: HashMap<String, HealthView> =
+        telemetry::device_health_of_each(&st.store, caller, ids)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|h| (h.device.clone(), HealthView::from(h)))
+            .collect();
     let mut reports: HashMap<String, Vec<DeviceModelReport>> = HashMap::new();
-    for r in service::device_reports(fleet, &caller, None)
+    for r in service::device_reports_of_each(fleet, caller, ids)
         .await
         .map_err(ApiError::from)?
     {
         reports.entry(r.device.clone()).or_default().push(r);
     }
-    Ok(Some(
-        service::devices(fleet, &caller)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|(d, connected)| {
-                let device = device_dto(fleet, d, connected);
-                Row {
-                    health: health.remove(&device.id),
-                    reports: reports.remove(&device.id).unwrap_or_default(),
-                    device,
-                }
+    // A device revoked between the two reads is left out.
+    Ok(ids
+        .iter()
+        .filter_map(|id| {
+            let (d, connected) = devices.remove(id)?;
+            Some(Row {
+                health: health.remove(id),
+                reports: reports.remove(id).unwrap_or_default(),
+                device: device_dto(fleet, d, connected),
             })
-            .collect(),
-    ))
+        })
+        .collect())
 }
 
 /// `GET /fleet` (`label`: `key=value`, every one must match; `state`:
@@ -221,15 +250,30 @@ pub async fn page(
     let filter = Filter::parse(&q)?;
     let sort = Sort::parse(q.get("sort"))?;
     let page_no = q.page()?;
-    let Some(all) = rows(&pg, &st, &link).await? else {
+    let Some(driver) = &link.0 else {
         return Ok(
             layout::page(&pg.chrome(), Section::Fleet, "Fleet", layout::no_fleet()).into_response(),
         );
     };
-    let devices = select(all, &filter, sort);
-    let total = devices.len();
+    let caller = pg.auth.caller();
+    // Sort, filter and page on the small keys; read only the page's rows.
+    let keys = service::device_keys(&driver.fleet, &caller)
+        .await
+        .map_err(ApiError::from)?;
+    let run = match &filter.model {
+        Some(m) => Some(running(&st, driver, &caller, m).await?),
+        None => None,
+    };
+    let listed = select(keys, &filter, sort, run.as_ref());
+    let total = listed.len();
     let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
-    let shown: Vec<Row> = devices.into_iter().skip(start).take(PAGE_SIZE).collect();
+    let ids: Vec<String> = listed
+        .into_iter()
+        .skip(start)
+        .take(PAGE_SIZE)
+        .map(|(k, _)| k.id)
+        .collect();
+    let shown = rows(&st, driver, &caller, &ids).await?;
     let prev = (page_no > 1).then(|| {
         let p = (page_no - 1).to_string();
         q.with("/fleet", &[("page", Some(p.as_str()))])
@@ -394,27 +438,21 @@ fn table(q: &ListQuery, sort: Sort, rows: &[Row]) -> Markup {
 mod tests {
     use super::*;
 
-    fn row(host: &str, connected: bool, last_seen: Option<i64>, site: &str) -> Row {
-        Row {
-            device: Device {
+    fn key(host: &str, connected: bool, last_seen: Option<i64>, site: &str) -> Listed {
+        (
+            DeviceKey {
                 id: format!("dev_{host}"),
-                tenant: "default".into(),
                 hostname: host.into(),
-                labels: [("site".to_string(), site.to_string())].into(),
-                created_at: 0,
-                revoked_at: None,
+                labels: format!(r#"{{"site":"{site}"}}"#),
                 last_seen,
-                connected,
-                trust_root_version: None,
-                trust_root_expires_at: None,
+                health_at_ms: None,
             },
-            health: None,
-            reports: vec![],
-        }
+            connected,
+        )
     }
 
-    fn hosts(rows: &[Row]) -> Vec<&str> {
-        rows.iter().map(|r| r.device.hostname.as_str()).collect()
+    fn hosts(keys: &[Listed]) -> Vec<&str> {
+        keys.iter().map(|k| k.0.hostname.as_str()).collect()
     }
 
     #[test]
@@ -441,87 +479,82 @@ mod tests {
 
     #[test]
     fn last_seen_puts_connected_devices_first_then_the_most_recent() {
-        let mut late = row("c", false, Some(50), "berlin");
-        late.health = Some(HealthView {
-            status: "offline".into(),
-            received_at_ms: 90_000,
-            health: None,
-        });
-        let rows = vec![
-            row("b", false, Some(80), "berlin"),
+        let mut late = key("c", false, Some(50), "berlin");
+        late.0.health_at_ms = Some(90_000);
+        let keys = vec![
+            key("b", false, Some(80), "berlin"),
             late,
-            row("a", false, None, "berlin"),
-            row("d", true, Some(10), "oslo"),
+            key("a", false, None, "berlin"),
+            key("d", true, Some(10), "oslo"),
         ];
         let f = Filter::default();
         assert_eq!(
-            hosts(&select(rows.clone(), &f, Sort::Host)),
+            hosts(&select(keys.clone(), &f, Sort::Host, None)),
             ["a", "b", "c", "d"]
         );
         // c was heard of over MQTT (90 s) after b over QUIC (80 s).
         assert_eq!(
-            hosts(&select(rows.clone(), &f, Sort::LastSeen)),
+            hosts(&select(keys.clone(), &f, Sort::LastSeen, None)),
             ["d", "c", "b", "a"]
         );
         let oslo = Filter {
             labels: vec![("site".into(), "oslo".into())],
             ..Default::default()
         };
-        assert_eq!(hosts(&select(rows.clone(), &oslo, Sort::Host)), ["d"]);
+        assert_eq!(hosts(&select(keys.clone(), &oslo, Sort::Host, None)), ["d"]);
         let offline = Filter {
             connected: Some(false),
             ..Default::default()
         };
-        assert_eq!(hosts(&select(rows, &offline, Sort::Host)), ["a", "b", "c"]);
+        assert_eq!(
+            hosts(&select(keys, &offline, Sort::Host, None)),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
-    fn a_model_runs_where_it_is_active_or_health_serves_it() {
-        let mut a = row("a", true, None, "berlin");
-        a.reports.push(DeviceModelReport {
-            device: "dev_a".into(),
-            model: "fraud".into(),
-            version: 2,
-            state: "active".into(),
-            detail: String::new(),
-            updated_at: 0,
-        });
-        let mut b = row("b", true, None, "berlin");
-        b.reports.push(DeviceModelReport {
-            state: "failed".into(),
-            ..a.reports[0].clone()
-        });
-        let mut c = row("c", true, None, "berlin");
-        let health = serde_json::json!({
-            "schema": 1, "tenant": "default", "device": "dev_c", "status": "online",
-            "at_ms": 1, "agent_version": "0.1.0", "serving": ["fraud@3/champion"],
-            "arch": "aarch64-linux"
-        });
-        c.health = Some(HealthView::from(DeviceHealth {
-            device: "dev_c".into(),
-            status: "online".into(),
-            received_at_ms: 1,
-            health,
-        }));
-        assert_eq!(
-            c.health
-                .as_ref()
-                .and_then(|h| h.health.as_ref())
-                .and_then(|h| h.arch.as_deref()),
-            Some("aarch64-linux")
-        );
+    fn a_model_filter_keeps_the_devices_that_run_it() {
+        let keys = vec![
+            key("a", true, None, "berlin"),
+            key("b", true, None, "berlin"),
+            key("c", true, None, "berlin"),
+        ];
+        let running: HashSet<String> = ["dev_a".to_string(), "dev_c".to_string()].into();
         let f = Filter {
             model: Some("fraud".into()),
             ..Default::default()
         };
         assert_eq!(
-            hosts(&select(vec![a.clone(), b, c.clone()], &f, Sort::Host)),
+            hosts(&select(keys.clone(), &f, Sort::Host, Some(&running))),
             ["a", "c"]
         );
-        let frau = Filter {
-            model: Some("frau".into()),
-            ..Default::default()
-        };
-        assert!(select(vec![a, c], &frau, Sort::Host).is_empty());
+        // Without a model in the filter, the set is not consulted.
+        assert_eq!(
+            hosts(&select(
+                keys,
+                &Filter::default(),
+                Sort::Host,
+                Some(&running)
+            )),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn a_health_row_reads_as_its_message() {
+        let payload = serde_json::json!({
+            "schema": 1, "tenant": "default", "device": "dev_c", "status": "online",
+            "at_ms": 1, "agent_version": "0.1.0", "serving": ["fraud@3/champion"],
+            "arch": "aarch64-linux"
+        });
+        let h = HealthView::from(HealthRow {
+            device: "dev_c".into(),
+            status: "online".into(),
+            payload: payload.to_string(),
+            received_at_ms: 1,
+        });
+        let msg = h.health.expect("parses");
+        assert_eq!(msg.arch.as_deref(), Some("aarch64-linux"));
+        assert_eq!(msg.serving, ["fraud@3/champion"]);
     }
 }

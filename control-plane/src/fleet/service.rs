@@ -8,6 +8,7 @@ use super::Fleet;
 use crate::action::Action;
 use crate::auth;
 use crate::registry::Caller;
+use crate::store::device_index::DeviceKey;
 use crate::store::fleet::{self as db, Labels, NewEnrollmentToken};
 use crate::store::StoreError;
 use ferry_protocol::desired::Assignment;
@@ -134,6 +135,54 @@ pub async fn devices(
         .collect())
 }
 
+/// The sort and filter keys of the tenant's unrevoked devices, each with
+/// whether it is connected now: what a device listing orders and pages
+/// before it reads the rows it shows ([`devices_by_id`]).
+pub async fn device_keys(
+    fleet: &Fleet,
+    caller: &Caller,
+) -> Result<Vec<(DeviceKey, bool)>, FleetServiceError> {
+    let keys = fleet.store.device_keys(&caller.tenant).await?;
+    let online = fleet.connected();
+    Ok(keys
+        .into_iter()
+        .map(|k| {
+            let connected = online.contains(&k.id);
+            (k, connected)
+        })
+        .collect())
+}
+
+/// The tenant's devices `ids` (those that exist), each with whether it is
+/// connected now, in no particular order.
+pub async fn devices_by_id(
+    fleet: &Fleet,
+    caller: &Caller,
+    ids: &[String],
+) -> Result<Vec<(db::Device, bool)>, FleetServiceError> {
+    let devs = fleet.store.devices_by_id(&caller.tenant, ids).await?;
+    let online = fleet.connected();
+    Ok(devs
+        .into_iter()
+        .map(|d| {
+            let connected = online.contains(&d.id);
+            (d, connected)
+        })
+        .collect())
+}
+
+/// The tenant's devices that report `model` active.
+pub async fn devices_with_active(
+    fleet: &Fleet,
+    caller: &Caller,
+    model: &str,
+) -> Result<Vec<String>, FleetServiceError> {
+    Ok(fleet
+        .store
+        .devices_with_active(&caller.tenant, model)
+        .await?)
+}
+
 /// One device as seen by the fleet.
 #[derive(Debug)]
 pub struct DeviceView {
@@ -169,6 +218,18 @@ pub async fn device_reports(
     Ok(fleet
         .store
         .device_model_reports(&caller.tenant, device)
+        .await?)
+}
+
+/// The latest activation reports of the tenant's devices `ids`.
+pub async fn device_reports_of_each(
+    fleet: &Fleet,
+    caller: &Caller,
+    ids: &[String],
+) -> Result<Vec<db::DeviceModelReport>, FleetServiceError> {
+    Ok(fleet
+        .store
+        .device_model_reports_of_each(&caller.tenant, ids)
         .await?)
 }
 
@@ -307,7 +368,18 @@ pub async fn deployment_status(
     let store = &fleet.store;
     let d = store.deployment(&caller.tenant, id).await?;
     let devices = store.devices(&caller.tenant).await?;
-    let states = store.device_models(&caller.tenant, &d.model).await?;
+    deployment_status_among(fleet, caller, d, &devices).await
+}
+
+/// [`deployment_status`] of `d` among `devices` (the tenant's, read once
+/// for a page of deployments).
+pub async fn deployment_status_among(
+    fleet: &Fleet,
+    caller: &Caller,
+    d: db::Deployment,
+    devices: &[db::Device],
+) -> Result<DeploymentStatus, FleetServiceError> {
+    let states = fleet.store.device_models(&caller.tenant, &d.model).await?;
     let online = fleet.connected();
     let mut rows = Vec::new();
     let mut summary = BTreeMap::<String, u64>::new();

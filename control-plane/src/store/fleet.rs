@@ -48,7 +48,8 @@ impl FromRow<'_, AnyRow> for Device {
     }
 }
 
-const DEVICE_COLS: &str = "id, tenant, hostname, labels, created_at, revoked_at, last_seen";
+pub(super) const DEVICE_COLS: &str =
+    "id, tenant, hostname, labels, created_at, revoked_at, last_seen";
 
 #[derive(Clone, Debug)]
 pub struct Deployment {
@@ -153,6 +154,20 @@ pub struct DeviceModelReport {
     pub state: String,
     pub detail: String,
     pub updated_at: i64,
+}
+
+// Mapped by hand, as `Device` is; read from `device_models m`.
+impl FromRow<'_, AnyRow> for DeviceModelReport {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(DeviceModelReport {
+            device: r.try_get("device_id")?,
+            model: r.try_get("model")?,
+            version: r.try_get("version")?,
+            state: r.try_get("state")?,
+            detail: r.try_get("detail")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
 }
 
 /// One device's report on one model: (version, state, detail).
@@ -598,21 +613,7 @@ impl Store {
             sql.push(" AND m.device_id = ").push_bind(id.to_string());
         }
         sql.push(" ORDER BY m.device_id, m.model");
-        let rows: Vec<(String, String, i64, String, String, i64)> =
-            sql.query_as().fetch_all(self.pool()).await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(device, model, version, state, detail, updated_at)| DeviceModelReport {
-                    device,
-                    model,
-                    version,
-                    state,
-                    detail,
-                    updated_at,
-                },
-            )
-            .collect())
+        Ok(sql.query_as().fetch_all(self.pool()).await?)
     }
 
     /// (version, state, detail) of `model` on each device of `tenant`.

@@ -16,6 +16,7 @@
 mod alerts;
 mod aliases;
 mod audit;
+pub mod device_index;
 pub mod fleet;
 mod gc;
 mod migrate;
@@ -150,6 +151,17 @@ impl Store {
 
     fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Refreshes PostgreSQL's planner statistics, as autovacuum does a
+    /// little after a bulk load (the seeders call it so that what they
+    /// measure next is planned as a running server's queries are);
+    /// nothing on SQLite.
+    pub async fn analyze(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("ANALYZE").execute(self.pool()).await?;
+        }
+        Ok(())
     }
 
     /// The change feed: what this store just wrote that a live page shows.

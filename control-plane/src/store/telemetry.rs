@@ -392,7 +392,9 @@ impl Store {
         if let Some(m) = model {
             sql.push(" AND model = ").push_bind(m.to_string());
         }
-        sql.push(" ORDER BY window_end_ms DESC, seq DESC LIMIT ")
+        // A device numbers its messages in the order it sends them, so its
+        // sequence is its windows' order, and the primary key's.
+        sql.push(" ORDER BY seq DESC LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset);

@@ -14,8 +14,9 @@ use crate::api::types::{
 };
 use crate::registry::Caller;
 use crate::rollout::challenger::{ChallengerReport, Criteria, Evidence};
-use crate::store::telemetry::{AlertQuery, AlertRow, WindowQuery, WindowRow};
+use crate::store::telemetry::{AlertQuery, AlertRow, HealthRow, WindowQuery, WindowRow};
 use crate::store::{Store, StoreError};
+use ferry_protocol::telemetry::Health;
 use serde_json::{Map, Value};
 
 /// Why a telemetry operation did not happen.
@@ -331,6 +332,40 @@ pub async fn device_health_of(
             status: r.status,
             received_at_ms: r.received_at_ms,
         }))
+}
+
+/// The latest health message of each of the devices `ids` that sent one,
+/// as stored (the dashboard reads only the page it shows).
+pub async fn device_health_of_each(
+    store: &Store,
+    caller: &Caller,
+    ids: &[String],
+) -> Result<Vec<HealthRow>, TelemetryError> {
+    Ok(store.device_health_of_each(&caller.tenant, ids).await?)
+}
+
+/// The devices whose latest health message says they serve `model`
+/// (`serving` names `model@version...`).
+pub async fn devices_serving(
+    store: &Store,
+    caller: &Caller,
+    model: &str,
+) -> Result<Vec<String>, TelemetryError> {
+    // The store narrows by text; the message decides.
+    let rows = store
+        .device_health_containing(&caller.tenant, &format!("\"{model}@"))
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| {
+            serde_json::from_str::<Health>(&r.payload).is_ok_and(|h| {
+                h.serving
+                    .iter()
+                    .any(|s| s.split_once('@').is_some_and(|(m, _)| m == model))
+            })
+        })
+        .map(|r| r.device)
+        .collect())
 }
 
 /// A device event as stored, its payload read.

@@ -1,0 +1,155 @@
+//! The fleet listing's reads, in two steps so that a page costs what it
+//! shows: first every unrevoked device's sort and filter keys (small
+//! columns, no health message), then the full rows of the page shown.
+//! At 10,000 devices, reading and parsing every device's health message
+//! for each view was what made `/fleet` slow.
+
+use super::fleet::{Device, DeviceModelReport, DEVICE_COLS};
+use super::sql::Sql;
+use super::telemetry::HealthRow;
+use super::{Result, Store};
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+
+/// What the listing filters and sorts a device by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceKey {
+    pub id: String,
+    pub hostname: String,
+    /// The labels as stored (JSON), parsed only when a filter needs them.
+    pub labels: String,
+    /// Last heard of over QUIC (seconds).
+    pub last_seen: Option<i64>,
+    /// When its last health message arrived over MQTT (milliseconds).
+    pub health_at_ms: Option<i64>,
+}
+
+impl FromRow<'_, AnyRow> for DeviceKey {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(DeviceKey {
+            id: r.try_get("id")?,
+            hostname: r.try_get("hostname")?,
+            labels: r.try_get("labels")?,
+            last_seen: r.try_get("last_seen")?,
+            health_at_ms: r.try_get("health_at_ms")?,
+        })
+    }
+}
+
+/// `head` followed by `col IN ($1, ...)` over `ids`.
+fn in_list(head: &str, col: &str, tenant: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(head);
+    sql.push_bind(tenant.to_string())
+        .push(&format!(" AND {col} IN ("));
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push_bind(id.clone());
+    }
+    sql.push(")");
+    sql
+}
+
+impl Store {
+    /// The sort and filter keys of `tenant`'s unrevoked devices.
+    pub async fn device_keys(&self, tenant: &str) -> Result<Vec<DeviceKey>> {
+        Ok(sqlx::query_as(
+            "SELECT d.id, d.hostname, d.labels, d.last_seen, h.received_at_ms AS health_at_ms \
+             FROM devices d LEFT JOIN device_health h ON h.tenant = d.tenant AND h.device = d.id \
+             WHERE d.tenant = $1 AND d.revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The devices of `tenant` that report `model` active.
+    pub async fn devices_with_active(&self, tenant: &str, model: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT m.device_id FROM device_models m JOIN devices d ON d.id = m.device_id \
+             WHERE d.tenant = $1 AND m.model = $2 AND m.state = 'active'",
+        )
+        .bind(tenant)
+        .bind(model)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The health messages of `tenant` whose text contains `needle` (a
+    /// superset: the caller reads the message to decide).
+    pub async fn device_health_containing(
+        &self,
+        tenant: &str,
+        needle: &str,
+    ) -> Result<Vec<HealthRow>> {
+        // `!` escapes LIKE's wildcards in the needle itself.
+        let pat = format!(
+            "%{}%",
+            needle
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_")
+        );
+        Ok(sqlx::query_as(
+            "SELECT device, status, at_ms, payload, received_at_ms FROM device_health \
+             WHERE tenant = $1 AND payload LIKE $2 ESCAPE '!'",
+        )
+        .bind(tenant)
+        .bind(pat)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The devices `ids` of `tenant`, in no particular order.
+    pub async fn devices_by_id(&self, tenant: &str, ids: &[String]) -> Result<Vec<Device>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head = format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant = ");
+        Ok(in_list(&head, "id", tenant, ids)
+            .query_as()
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// The latest health message of each of the devices `ids` that sent one.
+    pub async fn device_health_of_each(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<HealthRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(in_list(
+            "SELECT device, status, at_ms, payload, received_at_ms FROM device_health WHERE tenant = ",
+            "device",
+            tenant,
+            ids,
+        )
+        .query_as()
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The activation reports of the devices `ids`, by device and model.
+    pub async fn device_model_reports_of_each(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<DeviceModelReport>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = in_list(
+            "SELECT m.device_id, m.model, m.version, m.state, m.detail, m.updated_at \
+             FROM device_models m JOIN devices d ON d.id = m.device_id WHERE d.tenant = ",
+            "m.device_id",
+            tenant,
+            ids,
+        );
+        sql.push(" ORDER BY m.device_id, m.model");
+        Ok(sql.query_as().fetch_all(self.pool()).await?)
+    }
+}
