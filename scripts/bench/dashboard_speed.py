@@ -177,6 +177,13 @@ def ferry_run(a, work):
                      "--versions", f"{a.versions - 1},{a.versions}")
             print(out.strip())
             print(f"fleet and telemetry seeded in {time.time() - t:.0f} s", flush=True)
+            # Two live deployments over the 10,000 devices, so that
+            # /deployments counts states as an operator's would.
+            env = dict(os.environ, FERRY_SERVER=url, FERRY_TOKEN=ADMIN)
+            sh(ferry, "deploy", "model-0000", "--version", str(a.versions - 1),
+               "--selector", "hw=rpi4", env=env)
+            sh(ferry, "deploy", "model-0000", "--version", str(a.versions),
+               "--selector", "site=site-07", env=env)
         cookie = sign_in(host, port)
         # The server rolls the last day's windows up: wait until it did.
         t = time.time()
@@ -191,6 +198,8 @@ def ferry_run(a, work):
             time.sleep(2)
         print(f"last day rolled up by the server in {time.time() - t:.0f} s ({w} windows)", flush=True)
         open(f"{work}/seeded", "w").close()
+        if a.seed_only:
+            return {}
         dev = "dev_00000000"
         pages = [
             "/models", "/models?page=20", "/models?q=model-09", "/models?tag=team%3Arisk",
@@ -294,7 +303,10 @@ def main():
     ap.add_argument("--mlflow", action="store_true", help="measure MLflow's UI instead")
     ap.add_argument("--keep", metavar="DIR",
                     help="seed into DIR and keep it; a later run with the same DIR only measures")
+    ap.add_argument("--seed-only", action="store_true", help="with --keep: seed, do not measure")
     a = ap.parse_args()
+    if a.seed_only and not a.keep:
+        ap.error("--seed-only needs --keep")
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
     work = a.keep or tempfile.mkdtemp(prefix="ferry-dash-")

@@ -33,7 +33,7 @@ use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
 use ferry_protocol::desired::{Assignment, DesiredState, SignedDesiredState};
 use ferry_protocol::keys::PublicKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -509,11 +509,19 @@ impl Fleet {
             .copied()
     }
 
-    pub fn connected(&self) -> Vec<String> {
+    /// The devices connected now (a set: listings ask it of every device).
+    pub fn connected(&self) -> HashSet<String> {
         self.connections
             .lock()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Whether `device` is connected now.
+    pub fn is_connected(&self, device: &str) -> bool {
+        self.connections
+            .lock()
+            .is_ok_and(|m| m.contains_key(device))
     }
 
     /// The audit record of something a device did (or was refused).

@@ -119,20 +119,25 @@ pub async fn revoke_enrollment_token(
     Ok(())
 }
 
+/// Each of `items` with whether its device (`id`) is connected now.
+fn with_connected<T>(fleet: &Fleet, items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<(T, bool)> {
+    let online = fleet.connected();
+    items
+        .into_iter()
+        .map(|x| {
+            let connected = online.contains(id(&x));
+            (x, connected)
+        })
+        .collect()
+}
+
 /// The tenant's devices, each with whether it is connected now.
 pub async fn devices(
     fleet: &Fleet,
     caller: &Caller,
 ) -> Result<Vec<(db::Device, bool)>, FleetServiceError> {
     let devs = fleet.store.devices(&caller.tenant).await?;
-    let online = fleet.connected();
-    Ok(devs
-        .into_iter()
-        .map(|d| {
-            let connected = online.contains(&d.id);
-            (d, connected)
-        })
-        .collect())
+    Ok(with_connected(fleet, devs, |d| &d.id))
 }
 
 /// The sort and filter keys of the tenant's unrevoked devices, each with
@@ -143,14 +148,7 @@ pub async fn device_keys(
     caller: &Caller,
 ) -> Result<Vec<(DeviceKey, bool)>, FleetServiceError> {
     let keys = fleet.store.device_keys(&caller.tenant).await?;
-    let online = fleet.connected();
-    Ok(keys
-        .into_iter()
-        .map(|k| {
-            let connected = online.contains(&k.id);
-            (k, connected)
-        })
-        .collect())
+    Ok(with_connected(fleet, keys, |k| &k.id))
 }
 
 /// The tenant's devices `ids` (those that exist), each with whether it is
@@ -161,14 +159,7 @@ pub async fn devices_by_id(
     ids: &[String],
 ) -> Result<Vec<(db::Device, bool)>, FleetServiceError> {
     let devs = fleet.store.devices_by_id(&caller.tenant, ids).await?;
-    let online = fleet.connected();
-    Ok(devs
-        .into_iter()
-        .map(|d| {
-            let connected = online.contains(&d.id);
-            (d, connected)
-        })
-        .collect())
+    Ok(with_connected(fleet, devs, |d| &d.id))
 }
 
 /// The tenant's devices that report `model` active.
@@ -199,7 +190,7 @@ pub async fn device(
 ) -> Result<DeviceView, FleetServiceError> {
     let device = fleet.store.device(&caller.tenant, id).await?;
     let assignments = fleet.assignments(&device).await?;
-    let connected = fleet.connected().contains(&device.id);
+    let connected = fleet.is_connected(&device.id);
     Ok(DeviceView {
         device,
         connected,
