@@ -621,7 +621,7 @@ async fn fleet_listing_reads_keys_then_the_page(b: Backend) {
         .await
         .unwrap();
 
-    let mut keys = s.device_keys("acme").await.unwrap();
+    let mut keys = s.device_keys("acme", true).await.unwrap();
     keys.sort_by(|a, b| a.id.cmp(&b.id));
     let got: Vec<(&str, Option<i64>)> = keys
         .iter()
@@ -632,7 +632,65 @@ async fn fleet_listing_reads_keys_then_the_page(b: Backend) {
         [("d1", Some(5_000)), ("d2", Some(6_000))],
         "d3 is revoked"
     );
-    assert!(s.device_keys("other").await.unwrap().is_empty());
+    assert!(s.device_keys("acme", false).await.unwrap()[0]
+        .health_at_ms
+        .is_none());
+    assert!(s.device_keys("other", true).await.unwrap().is_empty());
+
+    // The default view, paged by the database: by host, labels matched
+    // exactly (a value's prefix, another key's value, a quoted look-alike
+    // inside a value, or another case do not match).
+    let labels = |pairs: &[(&str, &str)]| -> ferry::store::fleet::Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    s.set_device_labels(
+        "acme",
+        "d1",
+        &labels(&[("site", "site-07"), ("note", r#"a "site":"x""#)]),
+        entry("device.labels"),
+    )
+    .await
+    .unwrap();
+    s.set_device_labels(
+        "acme",
+        "d2",
+        &labels(&[("site", "site-0"), ("tier", "site")]),
+        entry("device.labels"),
+    )
+    .await
+    .unwrap();
+    let page = |l: &[(&str, &str)], offset: i64, limit: i64| {
+        let l: Vec<(String, String)> = l
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            s.device_ids_by_host("acme", &l, offset, limit)
+                .await
+                .unwrap()
+        }
+    };
+    let ids = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+    assert_eq!(page(&[], 0, 10).await, (2, ids(&["d1", "d2"])));
+    assert_eq!(page(&[], 1, 10).await, (2, ids(&["d2"])));
+    assert_eq!(page(&[], 0, 1).await, (2, ids(&["d1"])));
+    assert_eq!(page(&[("site", "site-0")], 0, 10).await, (1, ids(&["d2"])));
+    assert_eq!(page(&[("site", "site-07")], 0, 10).await, (1, ids(&["d1"])));
+    assert_eq!(page(&[("site", "SITE-0")], 0, 10).await.0, 0);
+    assert_eq!(page(&[("site", "x")], 0, 10).await.0, 0);
+    assert_eq!(
+        page(&[("tier", "site"), ("site", "site-0")], 0, 10).await.0,
+        1
+    );
+    assert_eq!(
+        page(&[("tier", "site"), ("site", "site-07")], 0, 10)
+            .await
+            .0,
+        0
+    );
 
     assert_eq!(
         s.devices_with_active("acme", "fraud_x").await.unwrap(),

@@ -256,23 +256,40 @@ pub async fn page(
         );
     };
     let caller = pg.auth.caller();
-    // Sort, filter and page on the small keys; read only the page's rows.
-    let keys = service::device_keys(&driver.fleet, &caller)
+    let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
+    let (total, ids) = if sort == Sort::Host && filter.connected.is_none() && filter.model.is_none()
+    {
+        // The default view: the database filters by label, sorts and pages.
+        let (total, ids) = service::device_ids_by_host(
+            &driver.fleet,
+            &caller,
+            &filter.labels,
+            start as i64,
+            PAGE_SIZE as i64,
+        )
         .await
         .map_err(ApiError::from)?;
-    let run = match &filter.model {
-        Some(m) => Some(running(&st, driver, &caller, m).await?),
-        None => None,
+        (usize::try_from(total).unwrap_or(0), ids)
+    } else {
+        // Connection and what a device runs are not columns: sort, filter
+        // and page on every device's small keys.
+        let keys = service::device_keys(&driver.fleet, &caller, sort == Sort::LastSeen)
+            .await
+            .map_err(ApiError::from)?;
+        let run = match &filter.model {
+            Some(m) => Some(running(&st, driver, &caller, m).await?),
+            None => None,
+        };
+        let listed = select(keys, &filter, sort, run.as_ref());
+        let total = listed.len();
+        let ids = listed
+            .into_iter()
+            .skip(start)
+            .take(PAGE_SIZE)
+            .map(|(k, _)| k.id)
+            .collect();
+        (total, ids)
     };
-    let listed = select(keys, &filter, sort, run.as_ref());
-    let total = listed.len();
-    let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
-    let ids: Vec<String> = listed
-        .into_iter()
-        .skip(start)
-        .take(PAGE_SIZE)
-        .map(|(k, _)| k.id)
-        .collect();
     let shown = rows(&st, driver, &caller, &ids).await?;
     let prev = (page_no > 1).then(|| {
         let p = (page_no - 1).to_string();

@@ -140,15 +140,32 @@ pub async fn devices(
     Ok(with_connected(fleet, devs, |d| &d.id))
 }
 
-/// The sort and filter keys of the tenant's unrevoked devices, each with
-/// whether it is connected now: what a device listing orders and pages
-/// before it reads the rows it shows ([`devices_by_id`]).
+/// The sort and filter keys of the tenant's unrevoked devices (with when
+/// their health arrived, with `health`), each with whether it is connected
+/// now: what a device listing orders and pages before it reads the rows it
+/// shows ([`devices_by_id`]).
 pub async fn device_keys(
     fleet: &Fleet,
     caller: &Caller,
+    health: bool,
 ) -> Result<Vec<(DeviceKey, bool)>, FleetServiceError> {
-    let keys = fleet.store.device_keys(&caller.tenant).await?;
+    let keys = fleet.store.device_keys(&caller.tenant, health).await?;
     Ok(with_connected(fleet, keys, |k| &k.id))
+}
+
+/// One page of the tenant's unrevoked devices with every label of
+/// `labels`, by host name, and how many there are.
+pub async fn device_ids_by_host(
+    fleet: &Fleet,
+    caller: &Caller,
+    labels: &[(String, String)],
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<String>), FleetServiceError> {
+    Ok(fleet
+        .store
+        .device_ids_by_host(&caller.tenant, labels, offset, limit)
+        .await?)
 }
 
 /// The tenant's devices `ids` (those that exist), each with whether it is

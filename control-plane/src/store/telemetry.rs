@@ -409,7 +409,10 @@ impl Store {
     /// The models a device has sent windows of, by name.
     pub async fn device_window_models(&self, tenant: &str, device: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT model FROM telemetry_windows WHERE tenant = $1 AND device = $2 ORDER BY model",
+            // `seq >= 0` (always true) steers SQLite to the primary key; for
+            // DISTINCT it chose the (tenant, model, ...) index and read every
+            // device's windows (100 ms at 288,000 windows against 2.5 ms).
+            "SELECT DISTINCT model FROM telemetry_windows WHERE tenant = $1 AND device = $2 AND seq >= 0 ORDER BY model",
         )
         .bind(tenant)
         .bind(device)
