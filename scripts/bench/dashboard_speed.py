@@ -193,7 +193,9 @@ def ferry_run(a, work):
                       headers={"Authorization": f"Bearer {ADMIN}"})
             m = json.loads(c.getresponse().read())
             w = sum(s["totals"]["windows"] for s in m.get("series", []))
-            if w >= a.telemetry_devices * 24 * 60 * 0.98 or time.time() - t > 900:
+            # A database seeded earlier was rolled up then (its last day
+            # slides out of the range since).
+            if seeded or w >= a.telemetry_devices * 24 * 60 * 0.98 or time.time() - t > 900:
                 break
             time.sleep(2)
         print(f"last day rolled up by the server in {time.time() - t:.0f} s ({w} windows)", flush=True)
@@ -210,7 +212,8 @@ def ferry_run(a, work):
             "/models/model-0000/monitoring?range=7d", "/models/model-0000/monitoring?range=30d",
             f"/models/model-0000/monitoring?range=24h&device={dev}",
             f"/models/model-0000/monitoring?range=30d&device={dev}",
-            "/fleet", "/fleet?page=100", "/fleet?label=site%3Dsite-07", f"/fleet/{dev}",
+            "/fleet", "/fleet?page=100", "/fleet?label=site%3Dsite-07", "/fleet?sort=last_seen",
+            "/fleet?state=disconnected", "/fleet?model=model-0000", f"/fleet/{dev}",
             "/deployments", "/rollouts", "/alerts", "/audit",
         ]
         data = [
