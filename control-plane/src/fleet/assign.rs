@@ -35,6 +35,51 @@ pub fn assign(
     targets: &[RolloutTarget],
     labels: &Labels,
 ) -> Vec<Assignment> {
+    winners(deployments, targets, labels)
+        .into_iter()
+        .filter_map(|(model, w)| {
+            let (version, digest) = w.version?;
+            let (Ok(model), Ok(digest)) = (
+                ModelName::try_from(model.to_string()),
+                Digest::from_hex(digest),
+            ) else {
+                tracing::error!(source = %w.from, "deployment or rollout names an invalid model or digest; skipped");
+                return None;
+            };
+            Some(Assignment {
+                model,
+                version: version as u64,
+                manifest_digest: digest,
+                variant: Variant::Champion,
+                traffic_percent: 100,
+            })
+        })
+        .collect()
+}
+
+/// Whether the version with manifest `digest` is what wins `model` on a
+/// device with `labels` and rollout assignments `targets`: what
+/// [`assign`] would give it, without building the assignments (a
+/// deployment's status asks this of thousands of devices).
+pub fn wins(
+    deployments: &[Deployment],
+    targets: &[RolloutTarget],
+    labels: &Labels,
+    model: &str,
+    digest: &str,
+) -> bool {
+    winners(deployments, targets, labels)
+        .get(model)
+        .and_then(|w| w.version)
+        .is_some_and(|(_, d)| d == digest)
+}
+
+/// Per model, what wins it (see [`assign`]).
+fn winners<'a>(
+    deployments: &'a [Deployment],
+    targets: &'a [RolloutTarget],
+    labels: &Labels,
+) -> BTreeMap<&'a str, Winner<'a>> {
     let mut by_model: BTreeMap<&str, Winner<'_>> = BTreeMap::new();
     for d in deployments {
         if matches(&d.selector, labels) {
@@ -64,25 +109,6 @@ pub fn assign(
         }
     }
     by_model
-        .into_iter()
-        .filter_map(|(model, w)| {
-            let (version, digest) = w.version?;
-            let (Ok(model), Ok(digest)) = (
-                ModelName::try_from(model.to_string()),
-                Digest::from_hex(digest),
-            ) else {
-                tracing::error!(source = %w.from, "deployment or rollout names an invalid model or digest; skipped");
-                return None;
-            };
-            Some(Assignment {
-                model,
-                version: version as u64,
-                manifest_digest: digest,
-                variant: Variant::Champion,
-                traffic_percent: 100,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -206,5 +232,39 @@ mod tests {
         // A rollout assignment of a model with no deployment.
         let t = [target("dev", "churn", Some(4), 5)];
         assert_eq!(versions(&assign(&[], &t, &any)), [("churn".into(), 4)]);
+    }
+
+    #[test]
+    fn wins_agrees_with_assign() {
+        let mut d1 = dep("d1", "fraud", 1, &[]);
+        d1.created_us = 10;
+        let mut d2 = dep("d2", "fraud", 2, &[("site", "lyon")]);
+        d2.created_us = 20;
+        let deps = [d1.clone(), d2.clone()];
+        let lyon = labels(&[("site", "lyon")]);
+        let paris = labels(&[("site", "paris")]);
+        let t = [target("dev", "fraud", Some(3), 30)];
+        let gone = [target("dev", "fraud", None, 30)];
+        for (targets, l) in [
+            (&[][..], &lyon),
+            (&[][..], &paris),
+            (&t[..], &lyon),
+            (&gone[..], &lyon),
+        ] {
+            let given: Vec<String> = assign(&deps, targets, l)
+                .iter()
+                .map(|a| a.manifest_digest.to_hex())
+                .collect();
+            for d in [&d1, &d2] {
+                assert_eq!(
+                    wins(&deps, targets, l, "fraud", &d.digest),
+                    given.contains(&d.digest),
+                    "{} on {l:?} with {targets:?}",
+                    d.id
+                );
+            }
+        }
+        assert!(wins(&deps, &[], &lyon, "fraud", &d2.digest));
+        assert!(!wins(&deps, &[], &lyon, "churn", &d2.digest));
     }
 }

@@ -423,6 +423,24 @@ impl Fleet {
         Ok(assign::assign(&live.deployments, targets, &device.labels))
     }
 
+    /// Whether `d` is what each of `devices` should run of its model now (a
+    /// newer deployment or a rollout may win a device), in their order:
+    /// [`Self::assignments`] for many devices, reading the live deployments once.
+    pub async fn wanted(
+        &self,
+        d: &db::Deployment,
+        devices: &[&db::Device],
+    ) -> Result<Vec<bool>, StoreError> {
+        let live = self.live(&d.tenant).await?;
+        Ok(devices
+            .iter()
+            .map(|dev| {
+                let targets = live.targets.get(&dev.id).map_or(&[][..], Vec::as_slice);
+                assign::wins(&live.deployments, targets, &dev.labels, &d.model, &d.digest)
+            })
+            .collect())
+    }
+
     /// Signs a fresh desired-state document for `device` at `now`, numbered
     /// above `floor` ([`Self::next_sequence`]).
     pub async fn desired_state(

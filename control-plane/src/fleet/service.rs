@@ -391,17 +391,14 @@ pub async fn deployment_status_among(
     let online = fleet.connected();
     let mut rows = Vec::new();
     let mut summary = BTreeMap::<String, u64>::new();
-    for dev in devices
+    let matched: Vec<&db::Device> = devices
         .iter()
         .filter(|x| db::matches(&d.selector, &x.labels))
-    {
-        // A newer deployment may win this device; then this one is not
-        // what it should run, whatever it reports.
-        let wanted = fleet
-            .assignments(dev)
-            .await?
-            .into_iter()
-            .any(|x| x.manifest_digest.to_hex() == d.digest);
+        .collect();
+    // A newer deployment may win a device; then this one is not what it
+    // should run, whatever it reports.
+    let wanted = fleet.wanted(&d, &matched).await?;
+    for (dev, wanted) in matched.into_iter().zip(wanted) {
         let (state, detail) = match states.get(&dev.id) {
             _ if dev.revoked_at.is_some() => ("revoked".to_string(), String::new()),
             _ if !wanted => ("superseded".to_string(), String::new()),
