@@ -8,6 +8,7 @@
 mod support;
 
 use ferry::audit::{AuditEntry, OUTCOME_OK};
+use ferry::store::device_index::{DeviceOrder, DevicePageQuery};
 use ferry::store::fleet::Device;
 use ferry::store::{AuditQuery, Store};
 use ferry::telemetry::admission::Refusal;
@@ -59,6 +60,7 @@ async fn fx(b: Backend) -> Fx {
             created_at: 0,
             revoked_at: None,
             last_seen: None,
+            session_until: None,
         };
         let pk = key(d).verifying_key().to_bytes();
         store
@@ -668,7 +670,12 @@ async fn fleet_listing_reads_keys_then_the_page(b: Backend) {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         async move {
-            s.device_ids_by_host("acme", &l, offset, limit)
+            let q = DevicePageQuery {
+                labels: l,
+                connected: None,
+                order: DeviceOrder::Host,
+            };
+            s.device_page("acme", &q, T0 as i64, offset, limit)
                 .await
                 .unwrap()
         }
@@ -745,7 +752,127 @@ async fn fleet_listing_reads_keys_then_the_page(b: Backend) {
     assert!(s.devices_by_id("acme", &[]).await.unwrap().is_empty());
 }
 
+/// Connection and last-heard-of in the database: a replica's session lease
+/// (opened, renewed, lapsed, closed; a stale session's end leaves a newer
+/// one alone), the listing filtered by connection and ordered by session
+/// then last heard of (QUIC or MQTT) in SQL, and the device generation
+/// that every enrollment, label change and revocation bumps.
+async fn sessions_and_last_heard_page_in_the_database(b: Backend) {
+    let f = fx(b).await;
+    let s = &f.store;
+    let now = |ms: u64| f.now.store(T0 + ms, Ordering::SeqCst);
+    let g0 = s.device_generation("acme").await.unwrap();
+    assert!(g0 >= 3, "three enrollments: {g0}");
+    assert_eq!(s.device_generation("other").await.unwrap(), 0);
+    for d in ["d4", "d5"] {
+        let device = Device {
+            id: d.into(),
+            tenant: "acme".into(),
+            hostname: d.into(),
+            labels: Default::default(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+            session_until: None,
+        };
+        s.enroll_device(
+            &device,
+            &format!("fp-{d}"),
+            &[0; 32],
+            entry("device.enroll"),
+        )
+        .await
+        .unwrap();
+    }
+    s.revoke_device("acme", "d3", entry("device.revoke"))
+        .await
+        .unwrap();
+    let labels: ferry::store::fleet::Labels = [("site".to_string(), "b".to_string())].into();
+    s.set_device_labels("acme", "d5", &labels, entry("device.labels"))
+        .await
+        .unwrap();
+    assert_eq!(s.device_generation("acme").await.unwrap(), g0 + 4);
+    // Neither sight nor health changes which devices there are.
+    s.touch_device("d1").await.unwrap();
+    s.put_device_health("acme", "d4", "online", 1, "{}", T0 as i64 + 10_000)
+        .await
+        .unwrap();
+    s.open_device_session("d2", "ses_a", T0 as i64 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(s.device_generation("acme").await.unwrap(), g0 + 4);
+
+    let page = |connected: Option<bool>, order: DeviceOrder, at: u64| {
+        let q = DevicePageQuery {
+            labels: vec![],
+            connected,
+            order,
+        };
+        async move {
+            let (n, ids) = s
+                .device_page("acme", &q, (T0 + at) as i64, 0, 10)
+                .await
+                .unwrap();
+            (n, ids.join(" "))
+        }
+    };
+    use DeviceOrder::{Host, LastSeen};
+    assert_eq!(page(None, Host, 0).await, (4, "d1 d2 d4 d5".into()));
+    // d2 has a session; d4's health (T0 + 10 s) came after d1 was seen
+    // over QUIC (T0); d5 was never heard of.
+    assert_eq!(page(None, LastSeen, 0).await, (4, "d2 d4 d1 d5".into()));
+    assert_eq!(page(Some(true), Host, 0).await, (1, "d2".into()));
+    assert_eq!(page(Some(false), Host, 0).await, (3, "d1 d4 d5".into()));
+    let d2 = s.device("acme", "d2").await.unwrap();
+    assert!(d2.session_at(T0 as i64 + 60_000) && !d2.session_at(T0 as i64 + 60_001));
+
+    // Renewed only where the session named is still the device's.
+    s.renew_device_sessions(
+        &[
+            ("d2".to_string(), "ses_a".to_string()),
+            ("d1".to_string(), "ses_x".to_string()),
+        ],
+        T0 as i64 + 120_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(page(Some(true), Host, 90_000).await, (1, "d2".into()));
+    // Lapsed: a replica that died leaves nothing connected. d2 was seen
+    // at T0, as d1 was: by host between them.
+    assert_eq!(page(Some(true), Host, 120_001).await.0, 0);
+    assert_eq!(
+        page(None, LastSeen, 120_001).await,
+        (4, "d4 d1 d2 d5".into())
+    );
+
+    // The device reconnected (session b) before the end of session a was
+    // recorded: that end leaves session b alone.
+    now(1_000);
+    s.open_device_session("d2", "ses_b", T0 as i64 + 61_000)
+        .await
+        .unwrap();
+    s.close_device_session("d2", "ses_a").await.unwrap();
+    assert_eq!(page(Some(true), Host, 1_000).await, (1, "d2".into()));
+    now(2_000);
+    s.close_device_session("d2", "ses_b").await.unwrap();
+    assert_eq!(page(Some(true), Host, 2_000).await.0, 0);
+    let d2 = s.device("acme", "d2").await.unwrap();
+    assert_eq!(
+        (d2.session_until, d2.last_seen),
+        (None, Some((T0 as i64 + 2_000) / 1000))
+    );
+    // Revocation ends the session with it.
+    s.open_device_session("d1", "ses_c", T0 as i64 + 600_000)
+        .await
+        .unwrap();
+    s.revoke_device("acme", "d1", entry("device.revoke"))
+        .await
+        .unwrap();
+    assert_eq!(s.device("acme", "d1").await.unwrap().session_until, None);
+}
+
 both_backends!(
+    sessions_and_last_heard_page_in_the_database,
     fleet_listing_reads_keys_then_the_page,
     bad_messages_are_refused_with_reasons,
     one_drift_episode_fires_one_alert_and_one_trigger,

@@ -181,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             created_at: now / 1000 - 86_400 * a.days,
             revoked_at: None,
             last_seen: None,
+            session_until: None,
         };
         store
             .enroll_device(

@@ -21,7 +21,7 @@ use axum::extract::RawQuery;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const PAGE_SIZE: usize = 25;
 
@@ -125,22 +125,29 @@ pub async fn page(
     deps.reverse();
     let total = deps.len();
     let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
-    // Every device, read once for the page's states and undeploy warnings,
-    // and only when the page has deployments.
-    let devices: Vec<db::Device> = if start < total {
-        service::devices(fleet, &caller)
+    // Every device, for the page's states and undeploy warnings: the
+    // snapshot read again only after devices or labels changed.
+    let devices = if start < total {
+        service::device_snapshot(fleet, &caller)
             .await
             .map_err(ApiError::from)?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect()
     } else {
-        Vec::new()
+        Default::default()
     };
+    // What devices reported, read once per model on the page.
+    let mut states: HashMap<String, BTreeMap<String, db::DeviceModelState>> = HashMap::new();
+    let none = BTreeMap::new();
     let mut shown = Vec::new();
     for d in deps.iter().skip(start).take(PAGE_SIZE) {
+        if !states.contains_key(&d.model) {
+            let s = service::model_states(fleet, &caller, &d.model)
+                .await
+                .map_err(ApiError::from)?;
+            states.insert(d.model.clone(), s);
+        }
+        let reported = states.get(&d.model).unwrap_or(&none);
         // Counted only for the page shown: each matches every device.
-        let status = service::deployment_status_among(fleet, &caller, d.clone(), &devices)
+        let status = service::deployment_status_among(fleet, d.clone(), &devices, reported)
             .await
             .map_err(ApiError::from)?;
         shown.push((status, undeploy_warnings(d, &live, &devices)));
@@ -266,6 +273,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             last_seen: None,
+            session_until: None,
         };
         let live = vec![dep("dep_1", 1), dep("dep_2", 2)];
         let w = undeploy_warnings(&live[1], &live, std::slice::from_ref(&device));

@@ -21,7 +21,7 @@ use crate::api::{ApiError, AppState};
 use crate::fleet::{api::device_dto, service};
 use crate::registry::Caller;
 use crate::rollout_driver::RolloutDriver;
-use crate::store::device_index::DeviceKey;
+use crate::store::device_index::{DeviceKey, DeviceOrder, DevicePageQuery};
 use crate::store::fleet::{labels_from_string, Device as DbDevice, DeviceModelReport};
 use crate::store::telemetry::HealthRow;
 use crate::telemetry::service as telemetry;
@@ -257,22 +257,26 @@ pub async fn page(
     };
     let caller = pg.auth.caller();
     let start = ((page_no - 1) as usize).saturating_mul(PAGE_SIZE);
-    let (total, ids) = if sort == Sort::Host && filter.connected.is_none() && filter.model.is_none()
-    {
-        // The default view: the database filters by label, sorts and pages.
-        let (total, ids) = service::device_ids_by_host(
-            &driver.fleet,
-            &caller,
-            &filter.labels,
-            start as i64,
-            PAGE_SIZE as i64,
-        )
-        .await
-        .map_err(ApiError::from)?;
+    let (total, ids) = if filter.model.is_none() {
+        // Labels, connection (session leases) and both orders are columns:
+        // the database filters, sorts and pages, and only the page's ids
+        // come back.
+        let q = DevicePageQuery {
+            labels: filter.labels.clone(),
+            connected: filter.connected,
+            order: match sort {
+                Sort::Host => DeviceOrder::Host,
+                Sort::LastSeen => DeviceOrder::LastSeen,
+            },
+        };
+        let (total, ids) =
+            service::device_page(&driver.fleet, &caller, &q, start as i64, PAGE_SIZE as i64)
+                .await
+                .map_err(ApiError::from)?;
         (usize::try_from(total).unwrap_or(0), ids)
     } else {
-        // Connection and what a device runs are not columns: sort, filter
-        // and page on every device's small keys.
+        // What a device runs is not a column (reports and health messages
+        // both say it): sort, filter and page on every device's small keys.
         let keys = service::device_keys(&driver.fleet, &caller, sort == Sort::LastSeen)
             .await
             .map_err(ApiError::from)?;
@@ -463,6 +467,7 @@ mod tests {
                 labels: format!(r#"{{"site":"{site}"}}"#),
                 last_seen,
                 health_at_ms: None,
+                session_until: None,
             },
             connected,
         )

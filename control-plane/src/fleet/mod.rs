@@ -184,6 +184,42 @@ pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<Stri
     names
 }
 
+/// A QUIC session this replica holds with a device.
+struct Session {
+    conn: quinn::Connection,
+    /// Random per connection: names the lease in `devices.session_id`.
+    id: String,
+}
+
+/// How long a session lease runs unless renewed (milliseconds): how long a
+/// replica that died without closing its sessions leaves devices listed as
+/// connected.
+pub const SESSION_LEASE_MS: i64 = 60_000;
+
+/// How often a replica renews the leases of the sessions it holds.
+const SESSION_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Renews the leases of `fleet`'s sessions every [`SESSION_RENEW_EVERY`]
+/// until the fleet is dropped.
+pub(crate) async fn renew_session_leases(fleet: std::sync::Weak<Fleet>) {
+    let mut tick = tokio::time::interval(SESSION_RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(fleet) = fleet.upgrade() else { return };
+        let sessions = fleet.sessions();
+        if sessions.is_empty() {
+            continue;
+        }
+        let until = fleet.store.now_ms() + SESSION_LEASE_MS;
+        let _w = fleet.writes.lock().await;
+        if let Err(e) = fleet.store.renew_device_sessions(&sessions, until).await {
+            // The next round tries again, well within the lease.
+            tracing::warn!(error = %e, "renewing device session leases failed");
+        }
+    }
+}
+
 /// A tenant's live deployments and rollout assignments (by device) as
 /// fetched at a change generation.
 struct Fetched {
@@ -235,8 +271,12 @@ pub struct Fleet {
     /// Bumped for every activation report stored: the rollout driver steps
     /// at once on new input.
     reports: tokio::sync::watch::Sender<u64>,
-    /// Open connections by device id (closed on revocation).
-    connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// Open connections by device id (closed on revocation), each with
+    /// the id of its session lease in the database.
+    connections: Mutex<HashMap<String, Session>>,
+    /// A snapshot of each tenant's devices at a device generation (see
+    /// [`Fleet::device_snapshot`]).
+    snapshots: tokio::sync::Mutex<HashMap<String, (i64, Arc<Vec<db::Device>>)>>,
     /// Live deployments by tenant, fetched once per change for every
     /// connected device (the lock makes the others wait for that fetch).
     deployments: tokio::sync::Mutex<HashMap<String, Fetched>>,
@@ -331,6 +371,7 @@ impl Fleet {
             changes,
             reports: tokio::sync::watch::Sender::new(0),
             connections: Mutex::new(HashMap::new()),
+            snapshots: tokio::sync::Mutex::new(HashMap::new()),
             deployments: tokio::sync::Mutex::new(HashMap::new()),
             serve,
             progress: Mutex::new(HashMap::new()),
@@ -468,10 +509,10 @@ impl Fleet {
         SignedDesiredState::sign(doc, &self.online)
     }
 
-    fn register(&self, device: &str, conn: quinn::Connection) {
+    fn register(&self, device: &str, conn: quinn::Connection, session: String) {
         if let Ok(mut m) = self.connections.lock() {
-            if let Some(old) = m.insert(device.to_string(), conn) {
-                old.close(
+            if let Some(old) = m.insert(device.to_string(), Session { conn, id: session }) {
+                old.conn.close(
                     quinn::VarInt::from_u32(2),
                     b"replaced by a newer connection",
                 );
@@ -482,7 +523,7 @@ impl Fleet {
     fn unregister(&self, device: &str, conn: &quinn::Connection) {
         if let Ok(mut m) = self.connections.lock() {
             if m.get(device)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
+                .is_some_and(|c| c.conn.stable_id() == conn.stable_id())
             {
                 m.remove(device);
                 self.clear_progress(device);
@@ -506,7 +547,7 @@ impl Fleet {
             .ok()
             .and_then(|mut m| m.remove(device));
         if let Some(c) = conn {
-            c.close(quinn::VarInt::from_u32(3), reason.as_bytes());
+            c.conn.close(quinn::VarInt::from_u32(3), reason.as_bytes());
         }
     }
 
@@ -525,6 +566,36 @@ impl Fleet {
             .ok()?
             .get(&(device.to_string(), digest.to_string()))
             .copied()
+    }
+
+    /// The (device, session id) of every session this replica holds.
+    fn sessions(&self) -> Vec<(String, String)> {
+        self.connections
+            .lock()
+            .map(|m| m.iter().map(|(d, s)| (d.clone(), s.id.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The tenant's devices as of its current device generation (which
+    /// devices there are, their labels, revocations; `last_seen` and the
+    /// session lease as they were read then): read again only after an
+    /// enrollment, a label change or a revocation through any replica.
+    /// Listings that walk every device (deployment states) read this
+    /// instead of 10,000 rows per page.
+    pub async fn device_snapshot(&self, tenant: &str) -> Result<Arc<Vec<db::Device>>, StoreError> {
+        let generation = self.store.device_generation(tenant).await?;
+        let mut snapshots = self.snapshots.lock().await;
+        if let Some((g, devices)) = snapshots.get(tenant) {
+            if *g == generation {
+                return Ok(devices.clone());
+            }
+        }
+        // Read after the generation: a change that lands between the two
+        // reads is in the snapshot and bumps the generation again, so the
+        // next call reads once more; never the reverse.
+        let devices = Arc::new(self.store.devices(tenant).await?);
+        snapshots.insert(tenant.to_string(), (generation, devices.clone()));
+        Ok(devices)
     }
 
     /// The devices connected now (a set: listings ask it of every device).
@@ -641,6 +712,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             last_seen: None,
+            session_until: None,
         };
         let open = |clock: crate::clock::SharedClock| {
             let url = url.clone();
@@ -702,6 +774,7 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             last_seen: None,
+            session_until: None,
         };
         let version = |a: Vec<Assignment>| a.iter().map(|a| a.version).collect::<Vec<_>>();
         let entry = || AuditEntry {

@@ -106,6 +106,7 @@ pub(super) fn start(fleet: Arc<Fleet>) -> Result<(quinn::Endpoint, SocketAddr), 
         source,
     })?;
     let ep = endpoint.clone();
+    tokio::spawn(super::renew_session_leases(Arc::downgrade(&fleet)));
     let admission = Arc::new(Admission::from_env());
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -218,11 +219,21 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         conn.close(quinn::VarInt::from_u32(3), b"device is revoked");
         return;
     }
+    // The lease is written before the connection counts here, and before
+    // the change below makes listings read it.
+    let session = crate::auth::random_id("ses_", 12);
     {
         let _w = fleet.writes.lock().await;
-        let _ = fleet.store.touch_device(&device.id).await;
+        let until = fleet.store.now_ms() + super::SESSION_LEASE_MS;
+        if let Err(e) = fleet
+            .store
+            .open_device_session(&device.id, &session, until)
+            .await
+        {
+            tracing::warn!(device = %device.id, error = %e, "recording the session failed");
+        }
     }
-    fleet.register(&device.id, conn.clone());
+    fleet.register(&device.id, conn.clone(), session.clone());
     // A revocation between the check above and `register` found no
     // connection to close: check again now that this one is registered.
     if let Ok(d) = fleet.store.device(&device.tenant, &device.id).await {
@@ -254,7 +265,10 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     }
     fleet.unregister(&device.id, &conn);
     let _w = fleet.writes.lock().await;
-    let _ = fleet.store.touch_device(&device.id).await;
+    if let Err(e) = fleet.store.close_device_session(&device.id, &session).await {
+        // The lease lapses on its own.
+        tracing::warn!(device = %device.id, error = %e, "recording the session's end failed");
+    }
     changed();
 }
 
@@ -364,6 +378,7 @@ async fn enroll(
         created_at: now,
         revoked_at: None,
         last_seen: None,
+        session_until: None,
     };
     let entry = Fleet::audit_entry(
         &tenant,

@@ -8,11 +8,12 @@ use super::Fleet;
 use crate::action::Action;
 use crate::auth;
 use crate::registry::Caller;
-use crate::store::device_index::DeviceKey;
+use crate::store::device_index::{DeviceKey, DevicePageQuery};
 use crate::store::fleet::{self as db, Labels, NewEnrollmentToken};
 use crate::store::StoreError;
 use ferry_protocol::desired::Assignment;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Why a fleet operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +120,21 @@ pub async fn revoke_enrollment_token(
     Ok(())
 }
 
-/// Each of `items` with whether its device (`id`) is connected now.
-fn with_connected<T>(fleet: &Fleet, items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<(T, bool)> {
+/// Each of `items` with whether its device is connected now: a session
+/// with this replica, or a lease on one that some replica holds
+/// (`lease(item)`: until when, in milliseconds).
+fn with_connected<T>(
+    fleet: &Fleet,
+    items: Vec<T>,
+    id: impl Fn(&T) -> &String,
+    lease: impl Fn(&T) -> Option<i64>,
+) -> Vec<(T, bool)> {
     let online = fleet.connected();
+    let now = fleet.store.now_ms();
     items
         .into_iter()
         .map(|x| {
-            let connected = online.contains(id(&x));
+            let connected = online.contains(id(&x)) || lease(&x).is_some_and(|u| u >= now);
             (x, connected)
         })
         .collect()
@@ -137,7 +146,26 @@ pub async fn devices(
     caller: &Caller,
 ) -> Result<Vec<(db::Device, bool)>, FleetServiceError> {
     let devs = fleet.store.devices(&caller.tenant).await?;
-    Ok(with_connected(fleet, devs, |d| &d.id))
+    Ok(with_connected(fleet, devs, |d| &d.id, |d| d.session_until))
+}
+
+/// (version, state, detail) of `model` on each of the tenant's devices.
+pub async fn model_states(
+    fleet: &Fleet,
+    caller: &Caller,
+    model: &str,
+) -> Result<BTreeMap<String, db::DeviceModelState>, FleetServiceError> {
+    Ok(fleet.store.device_models(&caller.tenant, model).await?)
+}
+
+/// The tenant's devices as of its device generation
+/// ([`Fleet::device_snapshot`]): which there are, their labels and
+/// revocations, current; `last_seen` and sessions as of that generation.
+pub async fn device_snapshot(
+    fleet: &Fleet,
+    caller: &Caller,
+) -> Result<Arc<Vec<db::Device>>, FleetServiceError> {
+    Ok(fleet.device_snapshot(&caller.tenant).await?)
 }
 
 /// The sort and filter keys of the tenant's unrevoked devices (with when
@@ -150,21 +178,22 @@ pub async fn device_keys(
     health: bool,
 ) -> Result<Vec<(DeviceKey, bool)>, FleetServiceError> {
     let keys = fleet.store.device_keys(&caller.tenant, health).await?;
-    Ok(with_connected(fleet, keys, |k| &k.id))
+    Ok(with_connected(fleet, keys, |k| &k.id, |k| k.session_until))
 }
 
-/// One page of the tenant's unrevoked devices with every label of
-/// `labels`, by host name, and how many there are.
-pub async fn device_ids_by_host(
+/// One page of the tenant's unrevoked devices as `q` filters and orders
+/// them, paged by the database, and how many there are.
+pub async fn device_page(
     fleet: &Fleet,
     caller: &Caller,
-    labels: &[(String, String)],
+    q: &DevicePageQuery,
     offset: i64,
     limit: i64,
 ) -> Result<(i64, Vec<String>), FleetServiceError> {
+    let now = fleet.store.now_ms();
     Ok(fleet
         .store
-        .device_ids_by_host(&caller.tenant, labels, offset, limit)
+        .device_page(&caller.tenant, q, now, offset, limit)
         .await?)
 }
 
@@ -176,7 +205,7 @@ pub async fn devices_by_id(
     ids: &[String],
 ) -> Result<Vec<(db::Device, bool)>, FleetServiceError> {
     let devs = fleet.store.devices_by_id(&caller.tenant, ids).await?;
-    Ok(with_connected(fleet, devs, |d| &d.id))
+    Ok(with_connected(fleet, devs, |d| &d.id, |d| d.session_until))
 }
 
 /// The tenant's devices that report `model` active.
@@ -375,19 +404,20 @@ pub async fn deployment_status(
 ) -> Result<DeploymentStatus, FleetServiceError> {
     let store = &fleet.store;
     let d = store.deployment(&caller.tenant, id).await?;
-    let devices = store.devices(&caller.tenant).await?;
-    deployment_status_among(fleet, caller, d, &devices).await
+    let devices = fleet.device_snapshot(&caller.tenant).await?;
+    let states = store.device_models(&caller.tenant, &d.model).await?;
+    deployment_status_among(fleet, d, &devices, &states).await
 }
 
 /// [`deployment_status`] of `d` among `devices` (the tenant's, read once
-/// for a page of deployments).
+/// for a page of deployments), given what each device reported of `d`'s
+/// model (`states`, [`model_states`]).
 pub async fn deployment_status_among(
     fleet: &Fleet,
-    caller: &Caller,
     d: db::Deployment,
     devices: &[db::Device],
+    states: &BTreeMap<String, db::DeviceModelState>,
 ) -> Result<DeploymentStatus, FleetServiceError> {
-    let states = fleet.store.device_models(&caller.tenant, &d.model).await?;
     let online = fleet.connected();
     let mut rows = Vec::new();
     let mut summary = BTreeMap::<String, u64>::new();
@@ -536,6 +566,7 @@ mod tests {
             created_at: 0,
             revoked_at: revoked.then_some(1),
             last_seen: None,
+            session_until: None,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The fleet listing's reads, in two steps so that a page costs what it
-//! shows: first every unrevoked device's sort and filter keys (small
-//! columns, no health message), then the full rows of the page shown;
-//! the default view (by host, filtered by labels at most) is paged by the
-//! database itself.
-//! At 10,000 devices, reading and parsing every device's health message
-//! for each view was what made `/fleet` slow.
+//! shows: first the ids of the page, then the full rows of those devices
+//! only. Filters by label and connection and both orders (by host; by
+//! session, then last heard of) are paged by the database itself
+//! ([`Store::device_page`]); a filter by running model reads every
+//! device's small sort and filter keys ([`Store::device_keys`]) instead.
+//! At 10,000 devices, reading every device into the process for each view
+//! (2-3 us a row through sqlx's SQLite driver, more with the health
+//! message) was what made `/fleet` slow.
 
 use super::fleet::{Device, DeviceModelReport, DEVICE_COLS};
 use super::sql::Sql;
@@ -25,6 +27,8 @@ pub struct DeviceKey {
     pub last_seen: Option<i64>,
     /// When its last health message arrived over MQTT (milliseconds).
     pub health_at_ms: Option<i64>,
+    /// Until when a replica's session lease runs (milliseconds).
+    pub session_until: Option<i64>,
 }
 
 impl FromRow<'_, AnyRow> for DeviceKey {
@@ -35,6 +39,7 @@ impl FromRow<'_, AnyRow> for DeviceKey {
             labels: r.try_get("labels")?,
             last_seen: r.try_get("last_seen")?,
             health_at_ms: None,
+            session_until: r.try_get("session_until")?,
         })
     }
 }
@@ -45,6 +50,26 @@ impl FromRow<'_, AnyRow> for DeviceKey {
 fn label_needle(k: &str, v: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     format!("{}:{}", q(k), q(v))
+}
+
+/// The order of a device listing paged by the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceOrder {
+    /// By host name, then id.
+    Host,
+    /// Devices with a session first, then the most recently heard of
+    /// (over QUIC or MQTT), then by host name.
+    LastSeen,
+}
+
+/// What a device listing paged by the database keeps, and its order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevicePageQuery {
+    /// `k=v` labels the device must all have.
+    pub labels: Vec<(String, String)>,
+    /// `Some(true)`: with a session only; `Some(false)`: without.
+    pub connected: Option<bool>,
+    pub order: DeviceOrder,
 }
 
 /// `head` followed by `col IN ($1, ...)` over `ids`.
@@ -67,7 +92,7 @@ impl Store {
     /// `health`, when each one's health message arrived.
     pub async fn device_keys(&self, tenant: &str, health: bool) -> Result<Vec<DeviceKey>> {
         let mut keys: Vec<DeviceKey> = sqlx::query_as(
-            "SELECT id, hostname, labels, last_seen FROM devices WHERE tenant = $1 AND revoked_at IS NULL",
+            "SELECT id, hostname, labels, last_seen, session_until FROM devices WHERE tenant = $1 AND revoked_at IS NULL",
         )
         .bind(tenant)
         .fetch_all(self.pool())
@@ -91,36 +116,74 @@ impl Store {
     }
 
     /// One page of `tenant`'s unrevoked devices that have every label of
-    /// `labels`, by host name then id, and how many there are: the
-    /// listing's default view, paged by the database.
-    pub async fn device_ids_by_host(
+    /// `q.labels` (and a session or none, with `q.connected`), in `q.order`,
+    /// and how many there are: paged by the database, only the ids of the
+    /// page read. `now_ms` decides which session leases still run.
+    pub async fn device_page(
         &self,
         tenant: &str,
-        labels: &[(String, String)],
+        q: &DevicePageQuery,
+        now_ms: i64,
         offset: i64,
         limit: i64,
     ) -> Result<(i64, Vec<String>)> {
         let filtered = |head: &str| {
             let mut sql = Sql::new(head);
             sql.push_bind(tenant.to_string())
-                .push(" AND revoked_at IS NULL");
-            for (k, v) in labels {
+                .push(" AND d.revoked_at IS NULL");
+            for (k, v) in &q.labels {
                 // A substring test, case-sensitive on both backends.
                 sql.push(match self.backend() {
-                    Backend::Sqlite => " AND instr(labels, ",
-                    Backend::Postgres => " AND strpos(labels, ",
+                    Backend::Sqlite => " AND instr(d.labels, ",
+                    Backend::Postgres => " AND strpos(d.labels, ",
                 })
                 .push_bind(label_needle(k, v))
                 .push(") > 0");
             }
+            match q.connected {
+                Some(true) => {
+                    sql.push(" AND d.session_until >= ").push_bind(now_ms);
+                }
+                Some(false) => {
+                    sql.push(" AND (d.session_until IS NULL OR d.session_until < ")
+                        .push_bind(now_ms)
+                        .push(")");
+                }
+                None => {}
+            }
             sql
         };
-        let total: i64 = filtered("SELECT COUNT(*) FROM devices WHERE tenant = ")
+        let total: i64 = filtered("SELECT COUNT(*) FROM devices d WHERE d.tenant = ")
             .query_scalar()
             .fetch_one(self.pool())
             .await?;
-        let mut page = filtered("SELECT id FROM devices WHERE tenant = ");
-        page.push(" ORDER BY hostname, id LIMIT ")
+        let mut page = match q.order {
+            DeviceOrder::Host => {
+                let mut sql = filtered("SELECT d.id FROM devices d WHERE d.tenant = ");
+                sql.push(" ORDER BY d.hostname, d.id");
+                sql
+            }
+            DeviceOrder::LastSeen => {
+                // Devices with a session first, then by when last heard of
+                // over QUIC or MQTT (seconds; never heard of last). Only
+                // the page's ids leave the database: reading every
+                // device's keys into the process cost 2-3 us a row.
+                let mut sql = filtered(
+                    "SELECT d.id FROM devices d LEFT JOIN device_health h \
+                     ON h.tenant = d.tenant AND h.device = d.id WHERE d.tenant = ",
+                );
+                sql.push(" ORDER BY CASE WHEN d.session_until >= ")
+                    .push_bind(now_ms)
+                    .push(" THEN 0 ELSE 1 END, ")
+                    .push(match self.backend() {
+                        Backend::Sqlite => "max",
+                        Backend::Postgres => "GREATEST",
+                    })
+                    .push("(COALESCE(d.last_seen, -1), COALESCE(h.received_at_ms / 1000, -1)) DESC, d.hostname, d.id");
+                sql
+            }
+        };
+        page.push(" LIMIT ")
             .push_bind(limit)
             .push(" OFFSET ")
             .push_bind(offset);

@@ -1,6 +1,7 @@
 //! Fleet tables (migration 0003): enrollment tokens, devices, deployments
 //! and per-device model state.
 
+use super::sql::Sql;
 use super::{Result, Store, StoreError};
 use crate::audit::AuditEntry;
 use sqlx::any::AnyRow;
@@ -31,6 +32,16 @@ pub struct Device {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
+    /// Until when (milliseconds) some replica's lease on a QUIC session
+    /// with the device runs (migration 0010); lapsed or `None`: no session.
+    pub session_until: Option<i64>,
+}
+
+impl Device {
+    /// Whether a replica held a session with the device at `now_ms`.
+    pub fn session_at(&self, now_ms: i64) -> bool {
+        self.session_until.is_some_and(|u| u >= now_ms)
+    }
 }
 
 // Mapped by hand (see `AuditRecord`'s mapper); labels are stored as JSON.
@@ -44,12 +55,25 @@ impl FromRow<'_, AnyRow> for Device {
             created_at: r.try_get("created_at")?,
             revoked_at: r.try_get("revoked_at")?,
             last_seen: r.try_get("last_seen")?,
+            session_until: r.try_get("session_until")?,
         })
     }
 }
 
 pub(super) const DEVICE_COLS: &str =
-    "id, tenant, hostname, labels, created_at, revoked_at, last_seen";
+    "id, tenant, hostname, labels, created_at, revoked_at, last_seen, session_until";
+
+/// Bumps `tenant`'s device generation inside `tx` (see migration 0010).
+async fn bump_device_generation(tx: &mut super::Tx, tenant: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO device_generations (tenant, generation) VALUES ($1, 1) \
+         ON CONFLICT (tenant) DO UPDATE SET generation = device_generations.generation + 1",
+    )
+    .bind(tenant)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 #[derive(Clone, Debug)]
 pub struct Deployment {
@@ -355,7 +379,7 @@ impl Store {
             .bind(hex::encode(public_key))
             .execute(&mut **tx)
             .await?;
-            Ok(())
+            bump_device_generation(tx, &d.tenant).await
         }
         .await;
         m.finish(out).await
@@ -410,7 +434,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("device {id:?}")));
             }
-            Ok(())
+            bump_device_generation(tx, tenant).await
         }
         .await;
         m.finish(out).await
@@ -450,6 +474,19 @@ impl Store {
                     "{what} {id:?} (or already revoked)"
                 )));
             }
+            if table == "devices" {
+                // A revoked device is disconnected at once: its session's
+                // lease ends with the revocation, not when the replica
+                // holding it notices.
+                sqlx::query(
+                    "UPDATE devices SET session_id = NULL, session_until = NULL WHERE tenant = $1 AND id = $2",
+                )
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+                bump_device_generation(tx, tenant).await?;
+            }
             Ok(())
         }
         .await;
@@ -464,6 +501,77 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// Records that the device was seen now and that this replica holds
+    /// session `session` with it until `until_ms` (not audited).
+    pub async fn open_device_session(&self, id: &str, session: &str, until_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen = $1, session_id = $2, session_until = $3 WHERE id = $4",
+        )
+        .bind(self.now())
+        .bind(session)
+        .bind(until_ms)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Extends to `until_ms` the leases of `sessions` (device id, session
+    /// id) that are still these sessions; one statement per few hundred.
+    pub async fn renew_device_sessions(
+        &self,
+        sessions: &[(String, String)],
+        until_ms: i64,
+    ) -> Result<()> {
+        for chunk in sessions.chunks(400) {
+            // By id (the primary key), kept only where the session is still
+            // the one named: session ids are random per connection, so no
+            // other device's id can match.
+            let mut sql = Sql::new("UPDATE devices SET session_until = ");
+            sql.push_bind(until_ms).push(" WHERE id IN (");
+            for (i, (id, _)) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "" } else { ", " })
+                    .push_bind(id.clone());
+            }
+            sql.push(") AND session_id IN (");
+            for (i, (_, s)) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "" } else { ", " })
+                    .push_bind(s.clone());
+            }
+            sql.push(")");
+            sql.query().execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the device was seen now and, if `session` is still its
+    /// session (it did not reconnect meanwhile, here or to another
+    /// replica), that the session ended (not audited).
+    pub async fn close_device_session(&self, id: &str, session: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen = $1, \
+             session_until = CASE WHEN session_id = $2 THEN NULL ELSE session_until END, \
+             session_id = CASE WHEN session_id = $2 THEN NULL ELSE session_id END \
+             WHERE id = $3",
+        )
+        .bind(self.now())
+        .bind(session)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// `tenant`'s device generation (0 before its first device).
+    pub async fn device_generation(&self, tenant: &str) -> Result<i64> {
+        let g: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM device_generations WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(g.unwrap_or(0))
     }
 
     /// Stores a deployment (audited as `entry`).
@@ -605,7 +713,7 @@ impl Store {
         tenant: &str,
         device: Option<&str>,
     ) -> Result<Vec<DeviceModelReport>> {
-        let mut sql = super::sql::Sql::new(
+        let mut sql = Sql::new(
             "SELECT m.device_id, m.model, m.version, m.state, m.detail, m.updated_at FROM device_models m JOIN devices d ON d.id = m.device_id WHERE d.tenant = ",
         );
         sql.push_bind(tenant.to_string());

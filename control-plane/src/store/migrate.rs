@@ -67,6 +67,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_sign_in_links.sql"),
         include_str!("../../migrations/postgres/0009_sign_in_links.sql"),
     ),
+    (
+        10,
+        "device_sessions",
+        include_str!("../../migrations/sqlite/0010_device_sessions.sql"),
+        include_str!("../../migrations/postgres/0010_device_sessions.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

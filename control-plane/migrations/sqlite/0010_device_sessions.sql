@@ -1,0 +1,19 @@
+-- Connections and fleet generations in the database, so that listings page
+-- in SQL and every replica sees what the others know.
+--
+-- session_id, session_until: the QUIC session a replica holds with the
+-- device (a random id per connection) and until when, in milliseconds, the
+-- lease runs. The replica renews the leases of its sessions while they
+-- last and clears its own when one ends; those of a replica that died
+-- lapse on their own. "Connected" is a lease that has not lapsed.
+ALTER TABLE devices ADD COLUMN session_id TEXT;
+ALTER TABLE devices ADD COLUMN session_until BIGINT;
+
+-- Bumped in the same transaction as every change to which devices a
+-- tenant has or to their labels (enrollment, labels, revocation): a replica
+-- keeps a snapshot of the tenant's devices for as long as this is
+-- unchanged (the deployment listings read it instead of every device).
+CREATE TABLE device_generations (
+    tenant TEXT PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
