@@ -2,7 +2,8 @@
 //! p50/p99 latency, accuracy, max PSI, drifted rows, the per-feature PSI
 //! heat map), per version and variant, fleet-wide or for one device. Read
 //! from the roll-ups: a 30-day chart is 720 hourly buckets per series,
-//! whatever the fleet's size.
+//! whatever the fleet's size, merged into its points by the database; the
+//! heat map reads its per-feature maps apart, hourly from a day up.
 
 use super::engine::load_policy;
 use super::service::TelemetryError;
