@@ -871,8 +871,231 @@ async fn sessions_and_last_heard_page_in_the_database(b: Backend) {
     assert_eq!(s.device("acme", "d1").await.unwrap().session_until, None);
 }
 
+/// The charts' points are merged by the database (`Store::rollup_points`):
+/// on both backends each point equals `Rollup::merge` of the stored
+/// buckets it covers (counts added, maxima kept, -1 kept where no bucket
+/// had a PSI), for aligned and unaligned starts, devices and versions. The
+/// heat map read from hour rows equals the one the minute rows would give,
+/// and `monitoring()` draws what `chart()` of the raw buckets draws.
+async fn chart_points_are_merged_by_the_database(b: Backend) {
+    use ferry::store::rollups::{FeaturePsiRow, Resolution, Rollup, RollupQuery, RollupWindow};
+    use ferry::telemetry::monitoring::{self, MonitoringQuery, Range};
+    use std::collections::BTreeMap;
+
+    let f = fx(b).await;
+    let s = &f.store;
+    const H: i64 = 3_600_000;
+    let now = T0 as i64 + 30 * H + 75_000;
+    f.now.store(now as u64, Ordering::SeqCst);
+    // A small deterministic generator: the same windows on both backends.
+    let mut x: u64 = 7;
+    let mut next = move |m: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % m
+    };
+    let mut windows = Vec::new();
+    // Every 173 s for 27 hours back from now: past the 24-hour range, a
+    // few per 4-minute point, gaps where a series skips a window.
+    for i in 0..(27 * 3_600 / 173) {
+        let end = now - i * 173_000;
+        for device in ["d1", "d2"] {
+            for (version, variant) in [(3, "champion"), (4, "challenger")] {
+                if i > 0 && next(5) == 0 {
+                    continue;
+                }
+                let requests = next(500) as i64;
+                // Every seventh window had no PSI (no baseline yet).
+                let psi = if i % 7 == 3 {
+                    -1.0
+                } else {
+                    next(1_000) as f64 / 1_000.0
+                };
+                let summary = if psi < 0.0 {
+                    r#"{"features":["f0","f1"],"psi":[null,null]}"#.to_string()
+                } else {
+                    format!(
+                        r#"{{"features":["f0","f1"],"psi":[{psi},{}]}}"#,
+                        next(100) as f64 / 1_000.0
+                    )
+                };
+                windows.push(RollupWindow {
+                    tenant: "acme".into(),
+                    device: device.into(),
+                    seq: i * 4 + version,
+                    model: "m".into(),
+                    version,
+                    variant: variant.into(),
+                    window_end_ms: end,
+                    rows_seen: requests + next(3) as i64,
+                    requests,
+                    errors: requests / 10,
+                    // Integers: their sums are exact in any order, as
+                    // Rollup::merge's are.
+                    latency_p50_us: 100 + next(900) as i64,
+                    latency_p99_us: 1_000 + next(9_000) as i64,
+                    labelled: next(20) as i64,
+                    correct: next(10) as i64,
+                    max_psi: psi,
+                    drifted: psi >= 0.5,
+                    summary,
+                });
+            }
+        }
+    }
+    s.add_rollups(ferry::telemetry::rollup::sum(&windows))
+        .await
+        .unwrap();
+
+    let day_step = Range::Day.step_ms();
+    let day_first = (now - Range::Day.ms() + day_step).div_euclid(day_step) * day_step;
+    let cases = [
+        (Resolution::Minute, day_step, day_first),
+        (Resolution::Minute, 60_000, now - H - 60_000),
+        // A start not aligned to the step: points start from it.
+        (Resolution::Minute, 300_000, day_first + 60_000),
+        (
+            Resolution::Hour,
+            2 * H,
+            Resolution::Hour.bucket(now - 28 * H),
+        ),
+    ];
+    let mut none_seen = false;
+    for (resolution, step, since_ms) in cases {
+        for device in ["", "d1"] {
+            for version in [None, Some(4)] {
+                let q = RollupQuery {
+                    resolution,
+                    device: device.into(),
+                    version,
+                    since_ms,
+                };
+                let raw = s.rollups("acme", "m", &q).await.unwrap();
+                assert!(!raw.is_empty());
+                let mut want: BTreeMap<(i64, String, i64), Rollup> = BTreeMap::new();
+                for r in &raw {
+                    let point = since_ms + (r.bucket_ms - since_ms).div_euclid(step) * step;
+                    want.entry((r.version, r.variant.clone(), point))
+                        .or_insert_with(Rollup::empty)
+                        .merge(&r.sums);
+                }
+                let want: Vec<_> = want
+                    .into_iter()
+                    .map(|(k, mut r)| {
+                        r.feature_psi.clear();
+                        (k, r)
+                    })
+                    .collect();
+                let got: Vec<_> = s
+                    .rollup_points("acme", "m", &q, step)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| ((r.version, r.variant, r.bucket_ms), r.sums))
+                    .collect();
+                assert_eq!(got, want, "{resolution:?} {step} {device:?} {version:?}");
+                none_seen |= got.iter().any(|(_, r)| r.max_psi == -1.0);
+            }
+        }
+    }
+    assert!(none_seen, "a point without PSI was checked");
+
+    // The heat map: per-feature maps only where a fleet-wide bucket has
+    // one, and an hour's cells the largest of its minutes'.
+    let q = MonitoringQuery {
+        range: Range::Day,
+        version: None,
+        device: None,
+    };
+    let heat_buckets = monitoring::heat_buckets(Range::Day, now);
+    let since_ms = heat_buckets[0];
+    let fleet = |resolution| RollupQuery {
+        resolution,
+        device: String::new(),
+        version: None,
+        since_ms,
+    };
+    let hours = s
+        .rollup_feature_psi("acme", "m", &fleet(Resolution::Hour))
+        .await
+        .unwrap();
+    // In no order: compared sorted by hour, then map.
+    let mut stored: Vec<(i64, String)> = s
+        .rollups("acme", "m", &fleet(Resolution::Hour))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.sums.feature_psi.is_empty())
+        .map(|r| (r.bucket_ms, format!("{:?}", r.sums.feature_psi)))
+        .collect();
+    let mut read: Vec<(i64, String)> = hours
+        .iter()
+        .map(|r| (r.bucket_ms, format!("{:?}", r.feature_psi)))
+        .collect();
+    stored.sort();
+    read.sort();
+    assert!(!read.is_empty());
+    assert_eq!(read, stored);
+    let from_minutes: Vec<FeaturePsiRow> = s
+        .rollups("acme", "m", &fleet(Resolution::Minute))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| FeaturePsiRow {
+            bucket_ms: Resolution::Hour.bucket(r.bucket_ms),
+            feature_psi: r.sums.feature_psi,
+        })
+        .collect();
+    let want_heat = monitoring::heat(&heat_buckets, H, from_minutes);
+    let caller = ferry::registry::Caller {
+        tenant: "acme".into(),
+        actor: "test".into(),
+        request_id: "t".into(),
+    };
+    let m = monitoring::monitoring(s, &caller, "m", &q).await.unwrap();
+    assert_eq!((m.heat_bucket_ms, &m.heat_buckets), (H, &heat_buckets));
+    assert_eq!(json(&m.features), json(&want_heat));
+    // The current hour has its cells (the newest window had a PSI).
+    assert!(m.features.iter().any(|f| f.psi[23].is_some()));
+
+    // The charts: what chart() of the raw minute buckets draws.
+    let raw = s
+        .rollups(
+            "acme",
+            "m",
+            &RollupQuery {
+                resolution: Resolution::Minute,
+                device: String::new(),
+                version: None,
+                since_ms: day_first,
+            },
+        )
+        .await
+        .unwrap();
+    let want = monitoring::chart("m", &q, Resolution::Minute, day_step, day_first, now, raw);
+    assert_eq!(m.buckets, want.buckets);
+    assert_eq!(m.series.len(), 2);
+    assert_eq!(json(&m.series), json(&want.series));
+
+    // One device: the same charts from its rows, and no heat map.
+    let one = MonitoringQuery {
+        device: Some("d2".into()),
+        ..q
+    };
+    let m = monitoring::monitoring(s, &caller, "m", &one).await.unwrap();
+    assert!(m.features.is_empty());
+    assert_eq!(m.series.len(), 2);
+}
+
+/// A value as its JSON (the API's types have no `PartialEq`).
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
 both_backends!(
     sessions_and_last_heard_page_in_the_database,
+    chart_points_are_merged_by_the_database,
     fleet_listing_reads_keys_then_the_page,
     bad_messages_are_refused_with_reasons,
     one_drift_episode_fires_one_alert_and_one_trigger,

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, PreEscaped};
 
 /// Columns of the heat map, whatever the range (cells are the largest PSI
-/// of the buckets they cover).
+/// of the heat buckets they cover).
 const HEAT_COLUMNS: usize = 24;
 
 /// The charts: (metric in the data, title, unit shown after values).
@@ -231,9 +231,9 @@ fn cell_class(psi: f64, threshold: f64) -> &'static str {
 }
 
 fn heat_map(m: &Monitoring) -> Markup {
-    let cols = columns(m.buckets.len());
+    let cols = columns(m.heat_buckets.len());
     let label = |b: i64| {
-        let f = if m.bucket_ms >= 3_600_000 {
+        let f = if m.heat_bucket_ms >= 3_600_000 {
             "%m-%d %H:00"
         } else {
             "%H:%M"
@@ -251,7 +251,7 @@ fn heat_map(m: &Monitoring) -> Markup {
                     tr {
                         th scope="col" { "Feature" }
                         @for (a, _) in &cols {
-                            th scope="col" { (m.buckets.get(*a).map(|b| label(*b)).unwrap_or_default()) }
+                            th scope="col" { (m.heat_buckets.get(*a).map(|b| label(*b)).unwrap_or_default()) }
                         }
                     }
                 }
@@ -268,7 +268,7 @@ fn heat_row(f: &FeatureHeat, cols: &[(usize, usize)], threshold: f64) -> Markup 
         tr {
             th scope="row" { (f.feature) }
             @for (a, b) in cols {
-                @let v = f.psi[*a..*b].iter().flatten().fold(None, |m: Option<f64>, x| Some(m.map_or(*x, |m| m.max(*x))));
+                @let v = f.psi.get(*a..*b).unwrap_or_default().iter().flatten().fold(None, |m: Option<f64>, x| Some(m.map_or(*x, |m| m.max(*x))));
                 @match v {
                     Some(p) => td class=(cell_class(p, threshold)) { (format!("{p:.2}")) },
                     None => td.heat { span.vh { "no data" } },
@@ -294,5 +294,45 @@ mod tests {
                 assert!(w[0].1 > w[0].0);
             }
         }
+    }
+
+    /// The heat map's columns come from its own (hourly) buckets, not the
+    /// charts' 4-minute points: a day is 24 columns of an hour each, the
+    /// last the current hour.
+    #[test]
+    fn heat_map_columns_follow_the_heat_buckets() {
+        let h = 3_600_000;
+        let now = 1_000 * h + 90_000;
+        let heat_buckets: Vec<i64> = (0..24).map(|i| 977 * h + i * h).collect();
+        let mut psi = vec![None; 24];
+        psi[0] = Some(0.01);
+        psi[23] = Some(0.9);
+        let m = Monitoring {
+            model: "fraud".into(),
+            range: "24h".into(),
+            resolution: "minute".into(),
+            bucket_ms: 240_000,
+            buckets: (0..360).map(|i| now - 86_400_000 + i * 240_000).collect(),
+            device: None,
+            psi_threshold: 0.2,
+            series: Vec::new(),
+            heat_bucket_ms: h,
+            heat_buckets,
+            features: vec![FeatureHeat {
+                feature: "amount".into(),
+                psi,
+            }],
+        };
+        let html = heat_map(&m).into_string();
+        assert_eq!(html.matches("<th scope=\"col\">").count(), 1 + HEAT_COLUMNS);
+        assert_eq!(html.matches("<td").count(), HEAT_COLUMNS);
+        // 1000 h after the epoch is 16:00 on day 41 (02-11); the last
+        // column is that hour, holding the current PSI.
+        assert!(html.contains("02-11 16:00"), "{html}");
+        assert!(
+            html.contains("<td class=\"heat h3\">0.90</td></tr>"),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"heat h0\">0.01</td>"), "{html}");
     }
 }

@@ -163,25 +163,59 @@ pub struct RollupRow {
 impl FromRow<'_, AnyRow> for RollupRow {
     fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
         let features: String = r.try_get("feature_psi")?;
-        Ok(RollupRow {
-            version: r.try_get("version")?,
-            variant: r.try_get("variant")?,
+        let mut row = row_sums(r, "bucket_ms")?;
+        // Written only by this module; an unreadable map reads as none.
+        row.sums.feature_psi = serde_json::from_str(&features).unwrap_or_default();
+        Ok(row)
+    }
+}
+
+/// A row's key and sums, its time read from column `time` (the map of
+/// per-feature PSI left empty).
+fn row_sums(r: &AnyRow, time: &str) -> Result<RollupRow, sqlx::Error> {
+    Ok(RollupRow {
+        version: r.try_get("version")?,
+        variant: r.try_get("variant")?,
+        bucket_ms: r.try_get(time)?,
+        sums: Rollup {
+            windows: r.try_get("windows")?,
+            rows_seen: r.try_get("rows_seen")?,
+            requests: r.try_get("requests")?,
+            errors: r.try_get("errors")?,
+            latency_p50_weighted: r.try_get("latency_p50_weighted")?,
+            latency_p99_max_us: r.try_get("latency_p99_max_us")?,
+            labelled: r.try_get("labelled")?,
+            correct: r.try_get("correct")?,
+            max_psi: r.try_get("max_psi")?,
+            drifted_windows: r.try_get("drifted_windows")?,
+            drifted_rows: r.try_get("drifted_rows")?,
+            feature_psi: BTreeMap::new(),
+        },
+    })
+}
+
+/// A chart point: the buckets of one version and variant merged in SQL.
+struct PointRow(RollupRow);
+
+impl FromRow<'_, AnyRow> for PointRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        row_sums(r, "point_ms").map(PointRow)
+    }
+}
+
+/// One stored bucket's per-feature PSI (fleet-wide rows), for the heat map.
+#[derive(Clone, Debug)]
+pub struct FeaturePsiRow {
+    pub bucket_ms: i64,
+    pub feature_psi: BTreeMap<String, f64>,
+}
+
+impl FromRow<'_, AnyRow> for FeaturePsiRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        let features: String = r.try_get("feature_psi")?;
+        Ok(FeaturePsiRow {
             bucket_ms: r.try_get("bucket_ms")?,
-            sums: Rollup {
-                windows: r.try_get("windows")?,
-                rows_seen: r.try_get("rows_seen")?,
-                requests: r.try_get("requests")?,
-                errors: r.try_get("errors")?,
-                latency_p50_weighted: r.try_get("latency_p50_weighted")?,
-                latency_p99_max_us: r.try_get("latency_p99_max_us")?,
-                labelled: r.try_get("labelled")?,
-                correct: r.try_get("correct")?,
-                max_psi: r.try_get("max_psi")?,
-                drifted_windows: r.try_get("drifted_windows")?,
-                drifted_rows: r.try_get("drifted_rows")?,
-                // Written only by this module; an unreadable map reads as none.
-                feature_psi: serde_json::from_str(&features).unwrap_or_default(),
-            },
+            feature_psi: serde_json::from_str(&features).unwrap_or_default(),
         })
     }
 }
@@ -197,6 +231,24 @@ pub struct RollupQuery {
 }
 
 const COLUMNS: &str = "windows, rows_seen, requests, errors, latency_p50_weighted, latency_p99_max_us, labelled, correct, max_psi, drifted_windows, drifted_rows, feature_psi";
+
+/// The WHERE conditions of a chart's read: one model, resolution and
+/// device (or the fleet), from `since_ms`, one version or all.
+fn filter(sql: &mut Sql, tenant: &str, model: &str, q: &RollupQuery) {
+    sql.push("tenant = ")
+        .push_bind(tenant.to_string())
+        .push(" AND model = ")
+        .push_bind(model.to_string())
+        .push(" AND resolution = ")
+        .push_bind(q.resolution.as_str().to_string())
+        .push(" AND device = ")
+        .push_bind(q.device.clone())
+        .push(" AND bucket_ms >= ")
+        .push_bind(q.since_ms);
+    if let Some(v) = q.version {
+        sql.push(" AND version = ").push_bind(v);
+    }
+}
 
 /// Rows per multi-row INSERT (19 values each, well under both backends'
 /// bind limits).
@@ -386,21 +438,76 @@ impl Store {
         q: &RollupQuery,
     ) -> Result<Vec<RollupRow>> {
         let mut sql = Sql::new(&format!(
-            "SELECT version, variant, bucket_ms, {COLUMNS} FROM telemetry_rollups WHERE tenant = "
+            "SELECT version, variant, bucket_ms, {COLUMNS} FROM telemetry_rollups WHERE "
         ));
-        sql.push_bind(tenant.to_string())
-            .push(" AND model = ")
-            .push_bind(model.to_string())
-            .push(" AND resolution = ")
-            .push_bind(q.resolution.as_str().to_string())
-            .push(" AND device = ")
-            .push_bind(q.device.clone())
-            .push(" AND bucket_ms >= ")
-            .push_bind(q.since_ms);
-        if let Some(v) = q.version {
-            sql.push(" AND version = ").push_bind(v);
-        }
+        filter(&mut sql, tenant, model, q);
         sql.push(" ORDER BY version, variant, bucket_ms");
+        Ok(sql.query_as().fetch_all(self.pool()).await?)
+    }
+
+    /// The buckets of [`Store::rollups`] merged into points `step_ms` wide
+    /// from `q.since_ms` (a point starts at `since_ms + k * step_ms`), one
+    /// row per version, variant and point, by the database: what
+    /// [`Rollup::merge`] of the point's buckets gives (counts added, maxima
+    /// kept; `max_psi` stays -1 when no bucket had one), but the per-feature
+    /// maps left empty ([`Store::rollup_feature_psi`] reads those).
+    /// Each row costs a chart a few microseconds through sqlx's Any driver,
+    /// so a day of minutes is read as its 360 points, not 1,440 buckets.
+    pub async fn rollup_points(
+        &self,
+        tenant: &str,
+        model: &str,
+        q: &RollupQuery,
+        step_ms: i64,
+    ) -> Result<Vec<RollupRow>> {
+        let step = step_ms.max(1);
+        let mut sql = Sql::new("SELECT version, variant, ");
+        // `bucket_ms >= since_ms` below: the division is of a non-negative
+        // number, so truncating (both backends) is flooring.
+        sql.push_bind(q.since_ms)
+            .push(" + ((bucket_ms - ")
+            .push_bind(q.since_ms)
+            .push(") / ")
+            .push_bind(step)
+            .push(") * ")
+            .push_bind(step)
+            // PostgreSQL's SUM(bigint) is NUMERIC, which the Any driver
+            // can't decode: cast back.
+            .push(
+                " AS point_ms, \
+                 CAST(SUM(windows) AS BIGINT) AS windows, \
+                 CAST(SUM(rows_seen) AS BIGINT) AS rows_seen, \
+                 CAST(SUM(requests) AS BIGINT) AS requests, \
+                 CAST(SUM(errors) AS BIGINT) AS errors, \
+                 SUM(latency_p50_weighted) AS latency_p50_weighted, \
+                 MAX(latency_p99_max_us) AS latency_p99_max_us, \
+                 CAST(SUM(labelled) AS BIGINT) AS labelled, \
+                 CAST(SUM(correct) AS BIGINT) AS correct, \
+                 MAX(max_psi) AS max_psi, \
+                 CAST(SUM(drifted_windows) AS BIGINT) AS drifted_windows, \
+                 CAST(SUM(drifted_rows) AS BIGINT) AS drifted_rows \
+                 FROM telemetry_rollups WHERE ",
+            );
+        filter(&mut sql, tenant, model, q);
+        sql.push(" GROUP BY version, variant, point_ms ORDER BY version, variant, point_ms");
+        let rows: Vec<PointRow> = sql.query_as().fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(|p| p.0).collect())
+    }
+
+    /// The per-feature PSI maps of the buckets matching `q` (only
+    /// fleet-wide rows have any; buckets without one are left out), every
+    /// version and variant, in no order: the heat map reads these, at a
+    /// coarser resolution than the charts where the range allows, and
+    /// merges them itself (portable SQL can't merge JSON maps).
+    pub async fn rollup_feature_psi(
+        &self,
+        tenant: &str,
+        model: &str,
+        q: &RollupQuery,
+    ) -> Result<Vec<FeaturePsiRow>> {
+        let mut sql = Sql::new("SELECT bucket_ms, feature_psi FROM telemetry_rollups WHERE ");
+        filter(&mut sql, tenant, model, q);
+        sql.push(" AND feature_psi <> '{}'");
         Ok(sql.query_as().fetch_all(self.pool()).await?)
     }
 

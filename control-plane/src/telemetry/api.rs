@@ -93,7 +93,8 @@ async fn metrics(
 
 /// Charts over a time range from the roll-ups: requests/s, error rate,
 /// p50/p99 latency, accuracy, max PSI, drifted rows per version and
-/// variant, and the per-feature PSI heat map (fleet-wide).
+/// variant, and the per-feature PSI heat map (fleet-wide; its cells are
+/// aligned with `heat_buckets`, hours from 24 h up, not with `buckets`).
 #[utoipa::path(get, path = "/api/v1/models/{name}/monitoring", tag = "telemetry",
     params(("name" = String, Path), ("range" = Option<String>, Query, description = "1h, 6h, 24h (default), 7d or 30d"),
         ("version" = Option<i64>, Query), ("device" = Option<String>, Query, description = "one device; default the whole fleet")),

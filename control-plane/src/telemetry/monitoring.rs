@@ -2,13 +2,14 @@
 //! p50/p99 latency, accuracy, max PSI, drifted rows, the per-feature PSI
 //! heat map), per version and variant, fleet-wide or for one device. Read
 //! from the roll-ups: a 30-day chart is 720 hourly buckets per series,
-//! whatever the fleet's size.
+//! whatever the fleet's size, merged into its points by the database; the
+//! heat map reads its per-feature maps apart, hourly from a day up.
 
 use super::engine::load_policy;
 use super::service::TelemetryError;
 use crate::api::types::{FeatureHeat, Monitoring, MonitoringSeries, MonitoringTotals};
 use crate::registry::Caller;
-use crate::store::rollups::{Resolution, Rollup, RollupQuery, RollupRow};
+use crate::store::rollups::{FeaturePsiRow, Resolution, Rollup, RollupQuery, RollupRow};
 use crate::store::Store;
 use std::collections::BTreeMap;
 
@@ -74,6 +75,16 @@ impl Range {
         width * ((buckets + MAX_POINTS - 1) / MAX_POINTS).max(1)
     }
 
+    /// The roll-up the heat map reads: hours from a day up (the page draws
+    /// at most 24 columns, so minutes would only cost rows, each with a
+    /// JSON map to parse), minutes below.
+    pub fn heat_resolution(self) -> Resolution {
+        match self {
+            Range::Hour | Range::SixHours => Resolution::Minute,
+            Range::Day | Range::Week | Range::Month => Resolution::Hour,
+        }
+    }
+
     /// The finest roll-up with at most 1,440 buckets over the range.
     pub fn resolution(self) -> Resolution {
         match self {
@@ -134,26 +145,51 @@ pub async fn monitoring(
     let res = q.range.resolution();
     let step = q.range.step_ms();
     let first = (now - q.range.ms() + step).div_euclid(step) * step;
-    let rows = store
-        .rollups(
+    let device = q.device.clone().unwrap_or_default();
+    // The database merges the buckets into points: a row per point is what
+    // a chart costs (sqlx's Any driver hands rows over one at a time).
+    let points = store
+        .rollup_points(
             &caller.tenant,
             model,
             &RollupQuery {
                 resolution: res,
-                device: q.device.clone().unwrap_or_default(),
+                device: device.clone(),
                 version: q.version,
                 since_ms: first,
             },
+            step,
         )
         .await?;
-    let mut m = chart(model, q, res, step, first, now, rows);
+    let mut m = chart(model, q, res, step, first, now, points);
+    // Only fleet-wide rows carry per-feature PSI: one device has no map.
+    if device.is_empty() {
+        if let Some(&since_ms) = m.heat_buckets.first() {
+            let rows = store
+                .rollup_feature_psi(
+                    &caller.tenant,
+                    model,
+                    &RollupQuery {
+                        resolution: q.range.heat_resolution(),
+                        device,
+                        version: q.version,
+                        since_ms,
+                    },
+                )
+                .await?;
+            m.features = heat(&m.heat_buckets, m.heat_bucket_ms, rows);
+        }
+    }
     m.psi_threshold = policy.psi_threshold;
     Ok(m)
 }
 
-/// The charts from the stored buckets `rows` (by version, variant, time):
-/// points `step` wide (a multiple of the resolution's buckets, merged),
-/// from `first` to the one holding `now`.
+/// The charts from the stored buckets or points `rows` (by version,
+/// variant, time): points `step` wide (a multiple of the resolution's
+/// buckets; rows inside one point are merged, so the store's points and
+/// its raw buckets draw the same), from `first` to the one holding `now`.
+/// The heat map's buckets are set, its features left empty ([`heat`]
+/// fills them).
 pub fn chart(
     model: &str,
     q: &MonitoringQuery,
@@ -175,17 +211,10 @@ pub fn chart(
     // The current bucket has run only since its start.
     let seconds = |b: i64| ((now - b).clamp(1, width) as f64) / 1000.0;
     let mut by_series: BTreeMap<(i64, String), BTreeMap<usize, Rollup>> = BTreeMap::new();
-    let mut heat: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
     for r in rows {
         let Some(i) = index(r.bucket_ms) else {
             continue;
         };
-        for (f, v) in &r.sums.feature_psi {
-            let cells = heat
-                .entry(f.clone())
-                .or_insert_with(|| vec![None; buckets.len()]);
-            cells[i] = Some(cells[i].map_or(*v, |c: f64| c.max(*v)));
-        }
         by_series
             .entry((r.version, r.variant))
             .or_default()
@@ -247,11 +276,45 @@ pub fn chart(
         device: q.device.clone(),
         psi_threshold: 0.0,
         series,
-        features: heat
-            .into_iter()
-            .map(|(feature, psi)| FeatureHeat { feature, psi })
-            .collect(),
+        heat_bucket_ms: q.range.heat_resolution().width_ms(),
+        heat_buckets: heat_buckets(q.range, now),
+        features: Vec::new(),
     }
+}
+
+/// The heat map's buckets for `range` at `now`: [`Range::heat_resolution`]
+/// buckets, as many as the range holds, the last the one holding `now`
+/// (the roll-up job writes every resolution at once, so the current hour
+/// has its row). Never older than the range.
+pub fn heat_buckets(range: Range, now: i64) -> Vec<i64> {
+    let res = range.heat_resolution();
+    let width = res.width_ms();
+    let last = res.bucket(now);
+    let n = (range.ms() / width).max(1);
+    (0..n).map(|i| last - (n - 1 - i) * width).collect()
+}
+
+/// The per-feature PSI heat map: for each feature, the largest PSI of
+/// `rows` (every version and variant) in each of `buckets`, `width` wide.
+/// Rows outside the buckets are left out.
+pub fn heat(buckets: &[i64], width: i64, rows: Vec<FeaturePsiRow>) -> Vec<FeatureHeat> {
+    let (Some(&first), Some(&last)) = (buckets.first(), buckets.last()) else {
+        return Vec::new();
+    };
+    let mut heat: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
+    for r in rows {
+        if r.bucket_ms < first || r.bucket_ms >= last + width {
+            continue;
+        }
+        let i = ((r.bucket_ms - first) / width) as usize;
+        for (f, v) in r.feature_psi {
+            let cells = heat.entry(f).or_insert_with(|| vec![None; buckets.len()]);
+            cells[i] = Some(cells[i].map_or(v, |c: f64| c.max(v)));
+        }
+    }
+    heat.into_iter()
+        .map(|(feature, psi)| FeatureHeat { feature, psi })
+        .collect()
 }
 
 fn ratio(n: i64, d: i64) -> Option<f64> {
@@ -320,10 +383,70 @@ mod tests {
         assert_eq!(champ.totals.max_psi, Some(0.4));
         let chall = &m.series[1];
         assert_eq!(chall.max_psi[1], None);
-        assert_eq!(m.features.len(), 1);
-        assert_eq!(m.features[0].psi[0], Some(0.1));
-        assert_eq!(m.features[0].psi[59], Some(0.4));
-        assert_eq!(m.features[0].psi[1], None);
+        // The heat map is read apart: its buckets are set, its cells not.
+        assert_eq!(m.heat_bucket_ms, 60_000);
+        assert_eq!(m.heat_buckets.len(), 60);
+        assert_eq!(m.heat_buckets[59], res.bucket(now));
+        assert!(m.features.is_empty());
+    }
+
+    fn heat_row(bucket_ms: i64, psi: &[(&str, f64)]) -> FeaturePsiRow {
+        FeaturePsiRow {
+            bucket_ms,
+            feature_psi: psi.iter().map(|(f, p)| (f.to_string(), *p)).collect(),
+        }
+    }
+
+    /// A day's heat map is 24 hours, the last the one holding now; each
+    /// cell the largest PSI of the rows (versions, variants) in its hour.
+    #[test]
+    fn heat_map_reads_hours_for_a_day() {
+        let h = 3_600_000;
+        let now = 500 * h + 90_000;
+        let b = heat_buckets(Range::Day, now);
+        assert_eq!(b.len(), 24);
+        assert_eq!(*b.last().unwrap(), 500 * h);
+        assert_eq!(b[0], 477 * h);
+        assert!(b.windows(2).all(|w| w[1] - w[0] == h));
+        assert_eq!(Range::Day.heat_resolution(), Resolution::Hour);
+        let rows = vec![
+            heat_row(477 * h, &[("amount", 0.1)]),
+            // Two series in the current hour: the larger per feature.
+            heat_row(500 * h, &[("amount", 0.4), ("age", 0.2)]),
+            heat_row(500 * h, &[("amount", 0.9)]),
+            // Before the first hour or after the last: left out.
+            heat_row(476 * h, &[("amount", 0.8)]),
+            heat_row(501 * h, &[("amount", 0.8)]),
+        ];
+        let f = heat(&b, h, rows);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].feature, "age");
+        assert_eq!(f[0].psi[23], Some(0.2));
+        assert_eq!(f[0].psi[0], None);
+        let amount = &f[1];
+        assert_eq!(amount.psi.len(), 24);
+        assert_eq!(amount.psi[0], Some(0.1));
+        assert_eq!(amount.psi[23], Some(0.9));
+        assert_eq!(amount.psi.iter().flatten().count(), 2);
+    }
+
+    #[test]
+    fn heat_buckets_per_range() {
+        let now = 1_000 * 3_600_000 + 1_234;
+        for (r, n, width) in [
+            (Range::Hour, 60, 60_000),
+            (Range::SixHours, 360, 60_000),
+            (Range::Day, 24, 3_600_000),
+            (Range::Week, 168, 3_600_000),
+            (Range::Month, 720, 3_600_000),
+        ] {
+            let b = heat_buckets(r, now);
+            assert_eq!(b.len(), n, "{r:?}");
+            assert_eq!(r.heat_resolution().width_ms(), width);
+            assert_eq!(*b.last().unwrap(), r.heat_resolution().bucket(now));
+            // Never older than the range.
+            assert!(b[0] > now - r.ms(), "{r:?}");
+        }
     }
 
     /// A day of minutes is drawn as 360 points of 4 minutes each, every
@@ -352,7 +475,6 @@ mod tests {
         assert_eq!(s.requests_per_s[2], None);
         assert_eq!(s.max_psi[1], Some(0.7));
         assert_eq!(s.totals.requests, 480);
-        assert_eq!(m.features[0].psi[0], Some(0.3));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Every series is aligned with `buckets`; `null` marks a bucket without
-/// windows (a device offline, a version not serving yet).
+/// windows (a device offline, a version not serving yet). The heat map
+/// (`features`) has buckets of its own, `heat_buckets`: coarser than the
+/// charts' from 24 h up (hours), the last one holding now.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Monitoring {
     pub model: String,
@@ -24,7 +26,17 @@ pub struct Monitoring {
     pub psi_threshold: f64,
     /// One per version and variant (champion, challenger, shadow) seen.
     pub series: Vec<MonitoringSeries>,
-    /// Largest PSI per feature per bucket over the series shown
+    /// Width of a heat-map bucket, milliseconds: a minute for 1 h and
+    /// 6 h, an hour for 24 h, 7 d and 30 d.
+    // Defaults: a client reading an older server, which had neither.
+    #[serde(default)]
+    pub heat_bucket_ms: i64,
+    /// Start of each heat-map bucket, oldest first, milliseconds since the
+    /// epoch; the last is the bucket holding now. Every `features[].psi`
+    /// is aligned with these (not with `buckets`).
+    #[serde(default)]
+    pub heat_buckets: Vec<i64>,
+    /// Largest PSI per feature per heat-map bucket over the series shown
     /// (fleet-wide only; empty for one device).
     pub features: Vec<FeatureHeat>,
 }
@@ -64,5 +76,6 @@ pub struct MonitoringTotals {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct FeatureHeat {
     pub feature: String,
+    /// Aligned with `Monitoring.heat_buckets`; `null`: no PSI in that bucket.
     pub psi: Vec<Option<f64>>,
 }
