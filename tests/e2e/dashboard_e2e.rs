@@ -4,6 +4,7 @@
 //! checked by axe-core).
 #![allow(clippy::unwrap_used)]
 
+use ferry_e2e::db::Db;
 use ferry_e2e::fleet::{bin, fixtures, ok, spawn_until, wait_for, Keys, Proc, Server, ADMIN};
 use ferry_e2e::skip_or_fail;
 use std::io::{BufRead, Read, Write};
@@ -742,4 +743,137 @@ fn without_the_fleet_its_pages_say_so() {
         "",
     );
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// `n` simulated devices labelled `site=rome`, enrolled with and connected
+/// to `server`, working in `dir`.
+fn rome_devices(server: &Server, tmp: &Path, dir: &str, n: usize) -> Proc {
+    let ca = tmp.join(format!("{dir}-ca.pem"));
+    let tok = server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        "site=rome",
+        "--uses",
+        &n.to_string(),
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let mut cmd = Command::new(bin("ferry-fleet-sim"));
+    cmd.args(["--server", &server.quic, "--token"])
+        .arg(tok["token"].as_str().unwrap())
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--root-fingerprint")
+        .arg(tok["root_fingerprint"].as_str().unwrap())
+        .arg("--dir")
+        .arg(tmp.join(dir))
+        .args(["--devices", &n.to_string(), "--timeout-secs", "600"]);
+    spawn_until(cmd, &["running "]).0
+}
+
+/// Two replicas over one PostgreSQL, the devices connected to B only: A's
+/// REST listing and A's `/fleet` (filtered by connection and ordered by
+/// last seen in SQL) show B's connections, and drop a device once its
+/// process is killed; a relabel made through B moves a device out of a
+/// deployment's states as A counts them at once (A's device snapshot
+/// follows the database's device generation, not a timer).
+#[test]
+fn a_replica_lists_the_connections_and_labels_another_holds() {
+    let Some(db) = Db::postgres() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = Keys::new(&tmp.path().join("k"));
+    let a = Server::start(&tmp.path().join("a"), &db.with(&[]));
+    let b = Server::start(&tmp.path().join("b"), &db.with(&[]));
+    ok(&mut b.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
+    let bundle = keys.bundle("fraud", 1, "pub", &[]);
+    ok(&mut b.cli(&["model", "push", bundle.to_str().unwrap()]));
+    let mut stays = rome_devices(&b, tmp.path(), "sim-stays", 2);
+    let mut goes = rome_devices(&b, tmp.path(), "sim-goes", 1);
+    let connected_at_a = || -> Vec<String> {
+        let v = a.json(&["device", "list"]);
+        let mut ids: Vec<String> = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["connected"] == true)
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    wait_for("A's REST listing shows B's three connections", LONG, || {
+        (connected_at_a().len() == 3).then_some(())
+    });
+    let cookie = sign_in(&a.url, ADMIN);
+    let page = |q: &str| {
+        let r = request(&a.url, "GET", q, &[("Cookie", cookie.as_str())], "");
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        r.body
+    };
+    assert!(page("/fleet?state=connected").contains("3 devices match."));
+    assert!(page("/fleet?state=disconnected").contains("0 devices match."));
+
+    // The lone device's process dies: B notices (QUIC idle timeout) and
+    // ends its lease, and A lists it as disconnected, last by last seen.
+    let gone_id = {
+        let v = b.json(&["device", "list"]);
+        let all: Vec<String> = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        goes.child.kill().unwrap();
+        goes.child.wait().unwrap();
+        wait_for("the killed device disconnected, as A sees it", LONG, || {
+            let now = connected_at_a();
+            (now.len() == 2).then(|| all.iter().find(|id| !now.contains(id)).unwrap().clone())
+        })
+    };
+    let off = page("/fleet?state=disconnected");
+    assert!(
+        off.contains("1 devices match.") && off.contains(&gone_id),
+        "{off}"
+    );
+    let on = page("/fleet?state=connected");
+    assert!(
+        on.contains("2 devices match.") && !on.contains(&gone_id),
+        "{on}"
+    );
+    let by_seen = page("/fleet?sort=last_seen");
+    let at = |id: &str| by_seen.find(&format!("/fleet/{id}")).unwrap();
+    for id in connected_at_a() {
+        assert!(at(&id) < at(&gone_id), "connected first: {by_seen}");
+    }
+
+    // A counts a deployment's devices from its snapshot; B relabels one.
+    let v = b.json(&[
+        "deploy",
+        "fraud",
+        "--version",
+        "1",
+        "--selector",
+        "site=rome",
+    ]);
+    let dep = v["id"].as_str().unwrap().to_string();
+    wait_for(
+        "both connected devices active, as A counts them",
+        LONG,
+        || (a.deployment(&dep)["summary"]["active"] == 2).then_some(()),
+    );
+    assert_eq!(a.deployment(&dep)["devices"].as_array().unwrap().len(), 3);
+    let moved = connected_at_a()[0].clone();
+    ok(&mut b.cli(&["device", "label", &moved, "site=paris"]));
+    let rows = a.deployment(&dep)["devices"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["device"] != moved.as_str()),
+        "{rows:?}"
+    );
+    let listed = page("/deployments");
+    assert!(listed.contains(&dep), "{listed}");
+    stays.child.kill().unwrap();
+    let _ = stays.child.wait();
 }
