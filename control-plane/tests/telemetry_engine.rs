@@ -792,6 +792,22 @@ async fn sessions_and_last_heard_page_in_the_database(b: Backend) {
         .await
         .unwrap();
     assert_eq!(s.device_generation("acme").await.unwrap(), g0 + 4);
+    // Each change stamped the device it changed: d4 enrolled (g0 + 1), d5
+    // enrolled and relabelled (g0 + 2, then + 4), d3 revoked (g0 + 3).
+    let since = |g: i64| async move {
+        let v: Vec<String> = s
+            .devices_changed_after("acme", g)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        v.join(" ")
+    };
+    assert_eq!(since(g0).await, "d3 d4 d5");
+    assert_eq!(since(g0 + 1).await, "d3 d5");
+    assert_eq!(since(g0 + 3).await, "d5");
+    assert_eq!(since(g0 + 4).await, "");
     // Neither sight nor health changes which devices there are.
     s.touch_device("d1").await.unwrap();
     s.put_device_health("acme", "d4", "online", 1, "{}", T0 as i64 + 10_000)

@@ -256,7 +256,7 @@ def ferry_run(a, work):
         print(f"server time, {a.db}, {a.requests} requests each after 5 warm-ups:")
         res = timed(host, port, pages + data, {"Cookie": cookie}, a.requests)
         cold = after_device_change(host, port, cookie, dev, a.requests)
-        print(f"  /deployments right after a label change (its device snapshot read again): "
+        print(f"  /deployments right after a label change (the changed devices read again): "
               f"p50 {cold[0]:8.1f} ms  p95 {cold[1]:8.1f} ms")
         gz = assets_gz(host, port, cookie, "/models/model-0000/monitoring?range=24h")
         print(f"JavaScript + CSS of the monitoring page, gzipped: {sum(gz.values())} B {gz}")

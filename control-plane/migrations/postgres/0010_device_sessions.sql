@@ -10,10 +10,15 @@ ALTER TABLE devices ADD COLUMN session_id TEXT;
 ALTER TABLE devices ADD COLUMN session_until BIGINT;
 
 -- Bumped in the same transaction as every change to which devices a
--- tenant has or to their labels (enrollment, labels, revocation): a replica
--- keeps a snapshot of the tenant's devices for as long as this is
--- unchanged (the deployment listings read it instead of every device).
+-- tenant has or to their labels (enrollment, labels, revocation), and
+-- stamped on the device changed (devices.generation): a replica keeps a
+-- snapshot of the tenant's devices (the deployment listings read it
+-- instead of every device) and, when the generation moved, reads again
+-- only the devices stamped after its snapshot.
 CREATE TABLE device_generations (
     tenant TEXT COLLATE "C" PRIMARY KEY,
     generation BIGINT NOT NULL
 );
+
+ALTER TABLE devices ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX devices_generation ON devices (tenant, generation);

@@ -184,6 +184,24 @@ pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<Stri
     names
 }
 
+/// `devices` (by id) with `changed` (by id) in place of the devices of the
+/// same id, and the new ones added in order.
+fn patched(devices: &[db::Device], changed: Vec<db::Device>) -> Vec<db::Device> {
+    let mut out = Vec::with_capacity(devices.len() + changed.len());
+    let mut changed = changed.into_iter().peekable();
+    for d in devices {
+        while let Some(c) = changed.next_if(|c| c.id < d.id) {
+            out.push(c);
+        }
+        match changed.next_if(|c| c.id == d.id) {
+            Some(c) => out.push(c),
+            None => out.push(d.clone()),
+        }
+    }
+    out.extend(changed);
+    out
+}
+
 /// A QUIC session this replica holds with a device.
 struct Session {
     conn: quinn::Connection,
@@ -578,22 +596,25 @@ impl Fleet {
 
     /// The tenant's devices as of its current device generation (which
     /// devices there are, their labels, revocations; `last_seen` and the
-    /// session lease as they were read then): read again only after an
-    /// enrollment, a label change or a revocation through any replica.
-    /// Listings that walk every device (deployment states) read this
-    /// instead of 10,000 rows per page.
+    /// session lease as they were read then), by id. When the generation
+    /// moved (an enrollment, a label change or a revocation through any
+    /// replica) only the devices stamped since are read again. Listings
+    /// that walk every device (deployment states) read this instead of
+    /// 10,000 rows per page.
     pub async fn device_snapshot(&self, tenant: &str) -> Result<Arc<Vec<db::Device>>, StoreError> {
         let generation = self.store.device_generation(tenant).await?;
         let mut snapshots = self.snapshots.lock().await;
-        if let Some((g, devices)) = snapshots.get(tenant) {
-            if *g == generation {
-                return Ok(devices.clone());
+        // Rows are read after the generation: a change that lands between
+        // the two reads is in the snapshot and moves the generation again,
+        // so the next call reads it once more; never the reverse.
+        let devices = match snapshots.get(tenant) {
+            Some((g, devices)) if *g == generation => return Ok(devices.clone()),
+            Some((g, devices)) if *g < generation => {
+                let changed = self.store.devices_changed_after(tenant, *g).await?;
+                Arc::new(patched(devices, changed))
             }
-        }
-        // Read after the generation: a change that lands between the two
-        // reads is in the snapshot and bumps the generation again, so the
-        // next call reads once more; never the reverse.
-        let devices = Arc::new(self.store.devices(tenant).await?);
+            _ => Arc::new(self.store.devices(tenant).await?),
+        };
         snapshots.insert(tenant.to_string(), (generation, devices.clone()));
         Ok(devices)
     }
@@ -674,6 +695,39 @@ mod tests {
         for slots in [1, 8, 64, 256] {
             assert!(default_send_window(slots) * slots as u64 <= SEND_BUDGET);
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_patched_with_the_devices_changed_since() {
+        let dev = |id: &str, host: &str| db::Device {
+            id: id.into(),
+            tenant: "t".into(),
+            hostname: host.into(),
+            labels: db::Labels::new(),
+            created_at: 0,
+            revoked_at: None,
+            last_seen: None,
+            session_until: None,
+        };
+        let ids = |v: &[db::Device]| -> Vec<String> {
+            v.iter()
+                .map(|d| format!("{}:{}", d.id, d.hostname))
+                .collect()
+        };
+        let old = vec![dev("b", "old"), dev("d", "old"), dev("f", "old")];
+        // New before, between and after; one replaced.
+        let changed = vec![
+            dev("a", "new"),
+            dev("d", "new"),
+            dev("e", "new"),
+            dev("g", "new"),
+        ];
+        assert_eq!(
+            ids(&patched(&old, changed)),
+            ["a:new", "b:old", "d:new", "e:new", "f:old", "g:new"]
+        );
+        assert_eq!(ids(&patched(&old, vec![])), ["b:old", "d:old", "f:old"]);
+        assert_eq!(ids(&patched(&[], vec![dev("a", "new")])), ["a:new"]);
     }
 
     fn deployment(id: &str, version: i64) -> db::Deployment {

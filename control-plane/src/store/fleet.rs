@@ -63,13 +63,23 @@ impl FromRow<'_, AnyRow> for Device {
 pub(super) const DEVICE_COLS: &str =
     "id, tenant, hostname, labels, created_at, revoked_at, last_seen, session_until";
 
-/// Bumps `tenant`'s device generation inside `tx` (see migration 0010).
-async fn bump_device_generation(tx: &mut super::Tx, tenant: &str) -> Result<()> {
+/// Bumps `tenant`'s device generation inside `tx` and stamps device `id`
+/// with it (see migration 0010). The tenant's lock, which every caller
+/// holds, orders the bumps, so generations commit in order.
+async fn bump_device_generation(tx: &mut super::Tx, tenant: &str, id: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO device_generations (tenant, generation) VALUES ($1, 1) \
          ON CONFLICT (tenant) DO UPDATE SET generation = device_generations.generation + 1",
     )
     .bind(tenant)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE devices SET generation = \
+         (SELECT generation FROM device_generations WHERE tenant = $1) WHERE id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -379,7 +389,7 @@ impl Store {
             .bind(hex::encode(public_key))
             .execute(&mut **tx)
             .await?;
-            bump_device_generation(tx, &d.tenant).await
+            bump_device_generation(tx, &d.tenant, &d.id).await
         }
         .await;
         m.finish(out).await
@@ -403,6 +413,18 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.ok_or_else(|| StoreError::NotFound(format!("device {id:?}")))
+    }
+
+    /// `tenant`'s devices stamped with a device generation above `after`
+    /// (enrolled, relabelled or revoked since), by id.
+    pub async fn devices_changed_after(&self, tenant: &str, after: i64) -> Result<Vec<Device>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE tenant = $1 AND generation > $2 ORDER BY id"
+        ))
+        .bind(tenant)
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     pub async fn devices(&self, tenant: &str) -> Result<Vec<Device>> {
@@ -434,7 +456,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("device {id:?}")));
             }
-            bump_device_generation(tx, tenant).await
+            bump_device_generation(tx, tenant, id).await
         }
         .await;
         m.finish(out).await
@@ -485,7 +507,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-                bump_device_generation(tx, tenant).await?;
+                bump_device_generation(tx, tenant, id).await?;
             }
             Ok(())
         }
