@@ -19,10 +19,12 @@ pub mod assign;
 mod bundle_cache;
 mod bundle_serve;
 pub mod ca;
+mod device_snapshot;
 mod quic;
 pub mod report_limit;
 mod sequence;
 pub mod service;
+mod sessions;
 pub mod trust;
 
 use crate::audit::AuditEntry;
@@ -184,60 +186,6 @@ pub fn default_server_names(quic: SocketAddr, host: &Option<String>) -> Vec<Stri
     names
 }
 
-/// `devices` (by id) with `changed` (by id) in place of the devices of the
-/// same id, and the new ones added in order.
-fn patched(devices: &[db::Device], changed: Vec<db::Device>) -> Vec<db::Device> {
-    let mut out = Vec::with_capacity(devices.len() + changed.len());
-    let mut changed = changed.into_iter().peekable();
-    for d in devices {
-        while let Some(c) = changed.next_if(|c| c.id < d.id) {
-            out.push(c);
-        }
-        match changed.next_if(|c| c.id == d.id) {
-            Some(c) => out.push(c),
-            None => out.push(d.clone()),
-        }
-    }
-    out.extend(changed);
-    out
-}
-
-/// A QUIC session this replica holds with a device.
-struct Session {
-    conn: quinn::Connection,
-    /// Random per connection: names the lease in `devices.session_id`.
-    id: String,
-}
-
-/// How long a session lease runs unless renewed (milliseconds): how long a
-/// replica that died without closing its sessions leaves devices listed as
-/// connected.
-pub const SESSION_LEASE_MS: i64 = 60_000;
-
-/// How often a replica renews the leases of the sessions it holds.
-const SESSION_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Renews the leases of `fleet`'s sessions every [`SESSION_RENEW_EVERY`]
-/// until the fleet is dropped.
-pub(crate) async fn renew_session_leases(fleet: std::sync::Weak<Fleet>) {
-    let mut tick = tokio::time::interval(SESSION_RENEW_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(fleet) = fleet.upgrade() else { return };
-        let sessions = fleet.sessions();
-        if sessions.is_empty() {
-            continue;
-        }
-        let until = fleet.store.now_ms() + SESSION_LEASE_MS;
-        let _w = fleet.writes.lock().await;
-        if let Err(e) = fleet.store.renew_device_sessions(&sessions, until).await {
-            // The next round tries again, well within the lease.
-            tracing::warn!(error = %e, "renewing device session leases failed");
-        }
-    }
-}
-
 /// A tenant's live deployments and rollout assignments (by device) as
 /// fetched at a change generation.
 struct Fetched {
@@ -291,10 +239,10 @@ pub struct Fleet {
     reports: tokio::sync::watch::Sender<u64>,
     /// Open connections by device id (closed on revocation), each with
     /// the id of its session lease in the database.
-    connections: Mutex<HashMap<String, Session>>,
-    /// A snapshot of each tenant's devices at a device generation (see
-    /// [`Fleet::device_snapshot`]).
-    snapshots: tokio::sync::Mutex<HashMap<String, (i64, Arc<Vec<db::Device>>)>>,
+    connections: Mutex<HashMap<String, sessions::Session>>,
+    /// Each tenant's devices at a device generation
+    /// ([`Fleet::device_snapshot`]).
+    snapshots: tokio::sync::Mutex<HashMap<String, device_snapshot::DeviceSnapshot>>,
     /// Live deployments by tenant, fetched once per change for every
     /// connected device (the lock makes the others wait for that fetch).
     deployments: tokio::sync::Mutex<HashMap<String, Fetched>>,
@@ -529,7 +477,8 @@ impl Fleet {
 
     fn register(&self, device: &str, conn: quinn::Connection, session: String) {
         if let Ok(mut m) = self.connections.lock() {
-            if let Some(old) = m.insert(device.to_string(), Session { conn, id: session }) {
+            if let Some(old) = m.insert(device.to_string(), sessions::Session { conn, id: session })
+            {
                 old.conn.close(
                     quinn::VarInt::from_u32(2),
                     b"replaced by a newer connection",
@@ -584,39 +533,6 @@ impl Fleet {
             .ok()?
             .get(&(device.to_string(), digest.to_string()))
             .copied()
-    }
-
-    /// The (device, session id) of every session this replica holds.
-    fn sessions(&self) -> Vec<(String, String)> {
-        self.connections
-            .lock()
-            .map(|m| m.iter().map(|(d, s)| (d.clone(), s.id.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    /// The tenant's devices as of its current device generation (which
-    /// devices there are, their labels, revocations; `last_seen` and the
-    /// session lease as they were read then), by id. When the generation
-    /// moved (an enrollment, a label change or a revocation through any
-    /// replica) only the devices stamped since are read again. Listings
-    /// that walk every device (deployment states) read this instead of
-    /// 10,000 rows per page.
-    pub async fn device_snapshot(&self, tenant: &str) -> Result<Arc<Vec<db::Device>>, StoreError> {
-        let generation = self.store.device_generation(tenant).await?;
-        let mut snapshots = self.snapshots.lock().await;
-        // Rows are read after the generation: a change that lands between
-        // the two reads is in the snapshot and moves the generation again,
-        // so the next call reads it once more; never the reverse.
-        let devices = match snapshots.get(tenant) {
-            Some((g, devices)) if *g == generation => return Ok(devices.clone()),
-            Some((g, devices)) if *g < generation => {
-                let changed = self.store.devices_changed_after(tenant, *g).await?;
-                Arc::new(patched(devices, changed))
-            }
-            _ => Arc::new(self.store.devices(tenant).await?),
-        };
-        snapshots.insert(tenant.to_string(), (generation, devices.clone()));
-        Ok(devices)
     }
 
     /// The devices connected now (a set: listings ask it of every device).
@@ -695,39 +611,6 @@ mod tests {
         for slots in [1, 8, 64, 256] {
             assert!(default_send_window(slots) * slots as u64 <= SEND_BUDGET);
         }
-    }
-
-    #[test]
-    fn a_snapshot_is_patched_with_the_devices_changed_since() {
-        let dev = |id: &str, host: &str| db::Device {
-            id: id.into(),
-            tenant: "t".into(),
-            hostname: host.into(),
-            labels: db::Labels::new(),
-            created_at: 0,
-            revoked_at: None,
-            last_seen: None,
-            session_until: None,
-        };
-        let ids = |v: &[db::Device]| -> Vec<String> {
-            v.iter()
-                .map(|d| format!("{}:{}", d.id, d.hostname))
-                .collect()
-        };
-        let old = vec![dev("b", "old"), dev("d", "old"), dev("f", "old")];
-        // New before, between and after; one replaced.
-        let changed = vec![
-            dev("a", "new"),
-            dev("d", "new"),
-            dev("e", "new"),
-            dev("g", "new"),
-        ];
-        assert_eq!(
-            ids(&patched(&old, changed)),
-            ["a:new", "b:old", "d:new", "e:new", "f:old", "g:new"]
-        );
-        assert_eq!(ids(&patched(&old, vec![])), ["b:old", "d:old", "f:old"]);
-        assert_eq!(ids(&patched(&[], vec![dev("a", "new")])), ["a:new"]);
     }
 
     fn deployment(id: &str, version: i64) -> db::Deployment {

@@ -106,7 +106,9 @@ pub(super) fn start(fleet: Arc<Fleet>) -> Result<(quinn::Endpoint, SocketAddr), 
         source,
     })?;
     let ep = endpoint.clone();
-    tokio::spawn(super::renew_session_leases(Arc::downgrade(&fleet)));
+    tokio::spawn(super::sessions::renew_session_leases(Arc::downgrade(
+        &fleet,
+    )));
     let admission = Arc::new(Admission::from_env());
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -221,18 +223,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     }
     // The lease is written before the connection counts here, and before
     // the change below makes listings read it.
-    let session = crate::auth::random_id("ses_", 12);
-    {
-        let _w = fleet.writes.lock().await;
-        let until = fleet.store.now_ms() + super::SESSION_LEASE_MS;
-        if let Err(e) = fleet
-            .store
-            .open_device_session(&device.id, &session, until)
-            .await
-        {
-            tracing::warn!(device = %device.id, error = %e, "recording the session failed");
-        }
-    }
+    let session = fleet.open_session(&device.id).await;
     fleet.register(&device.id, conn.clone(), session.clone());
     // A revocation between the check above and `register` found no
     // connection to close: check again now that this one is registered.
@@ -264,11 +255,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         });
     }
     fleet.unregister(&device.id, &conn);
-    let _w = fleet.writes.lock().await;
-    if let Err(e) = fleet.store.close_device_session(&device.id, &session).await {
-        // The lease lapses on its own.
-        tracing::warn!(device = %device.id, error = %e, "recording the session's end failed");
-    }
+    fleet.close_session(&device.id, &session).await;
     changed();
 }
 

@@ -63,28 +63,6 @@ impl FromRow<'_, AnyRow> for Device {
 pub(super) const DEVICE_COLS: &str =
     "id, tenant, hostname, labels, created_at, revoked_at, last_seen, session_until";
 
-/// Bumps `tenant`'s device generation inside `tx` and stamps device `id`
-/// with it (see migration 0010). The tenant's lock, which every caller
-/// holds, orders the bumps, so generations commit in order.
-async fn bump_device_generation(tx: &mut super::Tx, tenant: &str, id: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO device_generations (tenant, generation) VALUES ($1, 1) \
-         ON CONFLICT (tenant) DO UPDATE SET generation = device_generations.generation + 1",
-    )
-    .bind(tenant)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE devices SET generation = \
-         (SELECT generation FROM device_generations WHERE tenant = $1) WHERE id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[derive(Clone, Debug)]
 pub struct Deployment {
     pub id: String,
@@ -389,7 +367,7 @@ impl Store {
             .bind(hex::encode(public_key))
             .execute(&mut **tx)
             .await?;
-            bump_device_generation(tx, &d.tenant, &d.id).await
+            super::device_sessions::bump_device_generation(tx, &d.tenant, &d.id).await
         }
         .await;
         m.finish(out).await
@@ -413,18 +391,6 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.ok_or_else(|| StoreError::NotFound(format!("device {id:?}")))
-    }
-
-    /// `tenant`'s devices stamped with a device generation above `after`
-    /// (enrolled, relabelled or revoked since), by id.
-    pub async fn devices_changed_after(&self, tenant: &str, after: i64) -> Result<Vec<Device>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {DEVICE_COLS} FROM devices WHERE tenant = $1 AND generation > $2 ORDER BY id"
-        ))
-        .bind(tenant)
-        .bind(after)
-        .fetch_all(self.pool())
-        .await?)
     }
 
     pub async fn devices(&self, tenant: &str) -> Result<Vec<Device>> {
@@ -456,7 +422,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("device {id:?}")));
             }
-            bump_device_generation(tx, tenant, id).await
+            super::device_sessions::bump_device_generation(tx, tenant, id).await
         }
         .await;
         m.finish(out).await
@@ -507,7 +473,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-                bump_device_generation(tx, tenant, id).await?;
+                super::device_sessions::bump_device_generation(tx, tenant, id).await?;
             }
             Ok(())
         }
@@ -523,77 +489,6 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
-    }
-
-    /// Records that the device was seen now and that this replica holds
-    /// session `session` with it until `until_ms` (not audited).
-    pub async fn open_device_session(&self, id: &str, session: &str, until_ms: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE devices SET last_seen = $1, session_id = $2, session_until = $3 WHERE id = $4",
-        )
-        .bind(self.now())
-        .bind(session)
-        .bind(until_ms)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Extends to `until_ms` the leases of `sessions` (device id, session
-    /// id) that are still these sessions; one statement per few hundred.
-    pub async fn renew_device_sessions(
-        &self,
-        sessions: &[(String, String)],
-        until_ms: i64,
-    ) -> Result<()> {
-        for chunk in sessions.chunks(400) {
-            // By id (the primary key), kept only where the session is still
-            // the one named: session ids are random per connection, so no
-            // other device's id can match.
-            let mut sql = Sql::new("UPDATE devices SET session_until = ");
-            sql.push_bind(until_ms).push(" WHERE id IN (");
-            for (i, (id, _)) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "" } else { ", " })
-                    .push_bind(id.clone());
-            }
-            sql.push(") AND session_id IN (");
-            for (i, (_, s)) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "" } else { ", " })
-                    .push_bind(s.clone());
-            }
-            sql.push(")");
-            sql.query().execute(self.pool()).await?;
-        }
-        Ok(())
-    }
-
-    /// Records that the device was seen now and, if `session` is still its
-    /// session (it did not reconnect meanwhile, here or to another
-    /// replica), that the session ended (not audited).
-    pub async fn close_device_session(&self, id: &str, session: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE devices SET last_seen = $1, \
-             session_until = CASE WHEN session_id = $2 THEN NULL ELSE session_until END, \
-             session_id = CASE WHEN session_id = $2 THEN NULL ELSE session_id END \
-             WHERE id = $3",
-        )
-        .bind(self.now())
-        .bind(session)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// `tenant`'s device generation (0 before its first device).
-    pub async fn device_generation(&self, tenant: &str) -> Result<i64> {
-        let g: Option<i64> =
-            sqlx::query_scalar("SELECT generation FROM device_generations WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(g.unwrap_or(0))
     }
 
     /// Stores a deployment (audited as `entry`).
