@@ -52,16 +52,7 @@ async fn fx(b: Backend) -> Fx {
     );
     // The devices the tests publish as, enrolled with their keys.
     for d in ["d1", "d2", "d3"] {
-        let device = Device {
-            id: d.into(),
-            tenant: "acme".into(),
-            hostname: d.into(),
-            labels: Default::default(),
-            created_at: 0,
-            revoked_at: None,
-            last_seen: None,
-            session_until: None,
-        };
+        let device = device(d);
         let pk = key(d).verifying_key().to_bytes();
         store
             .enroll_device(&device, &format!("fp-{d}"), &pk, entry("device.enroll"))
@@ -91,6 +82,20 @@ fn key(device: &str) -> ed25519_dalek::SigningKey {
 /// `value` as `device` publishes it: JSON signed with its key.
 fn signed<T: serde::Serialize>(device: &str, kind: &str, value: &T) -> Vec<u8> {
     sign_payload(kind, &serde_json::to_vec(value).unwrap(), &key(device)).unwrap()
+}
+
+/// Device `id` of tenant `acme`, named after its id, unlabelled.
+fn device(id: &str) -> Device {
+    Device {
+        id: id.into(),
+        tenant: "acme".into(),
+        hostname: id.into(),
+        labels: Default::default(),
+        created_at: 0,
+        revoked_at: None,
+        last_seen: None,
+        session_until: None,
+    }
 }
 
 fn entry(action: &str) -> AuditEntry {
@@ -765,18 +770,8 @@ async fn sessions_and_last_heard_page_in_the_database(b: Backend) {
     assert!(g0 >= 3, "three enrollments: {g0}");
     assert_eq!(s.device_generation("other").await.unwrap(), 0);
     for d in ["d4", "d5"] {
-        let device = Device {
-            id: d.into(),
-            tenant: "acme".into(),
-            hostname: d.into(),
-            labels: Default::default(),
-            created_at: 0,
-            revoked_at: None,
-            last_seen: None,
-            session_until: None,
-        };
         s.enroll_device(
-            &device,
+            &device(d),
             &format!("fp-{d}"),
             &[0; 32],
             entry("device.enroll"),

@@ -366,30 +366,14 @@ fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
         r#"{"psi_threshold": 0.95}"#,
     );
     assert_eq!(code, 200, "{body}");
-    let ca = tmp.join("ca.pem");
-    let tok = server.json(&[
-        "device",
-        "token",
-        "create",
-        "--labels",
+    // Drift (PSI 0.9) on every version, one feature, 200 rows a second.
+    let sim = simulated_devices(
+        server,
+        tmp,
+        "sim",
         "site=berlin",
-        "--uses",
-        "4",
-        "--ca-out",
-        ca.to_str().unwrap(),
-    ]);
-    let mut cmd = Command::new(bin("ferry-fleet-sim"));
-    cmd.args(["--server", &server.quic, "--token"])
-        .arg(tok["token"].as_str().unwrap())
-        .arg("--ca")
-        .arg(&ca)
-        .arg("--root-fingerprint")
-        .arg(tok["root_fingerprint"].as_str().unwrap())
-        .arg("--dir")
-        .arg(tmp.join("sim"))
-        .args(["--devices", "4", "--timeout-secs", "600"])
-        // Drift (PSI 0.9) on every version, one feature, 200 rows a second.
-        .args([
+        4,
+        &[
             "--telemetry",
             "--telemetry-window-secs",
             "1",
@@ -397,8 +381,8 @@ fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
             "200",
             "--telemetry-profile",
             "default:drift=0.9",
-        ]);
-    let (sim, _) = spawn_until(cmd, &["running "]);
+        ],
+    );
     wait_for("every simulated device connected", LONG, || {
         let v = server.json(&["device", "list"]);
         let devices = v["devices"].as_array().unwrap();
@@ -745,16 +729,24 @@ fn without_the_fleet_its_pages_say_so() {
     assert_eq!(r.status, 404, "{}", r.body);
 }
 
-/// `n` simulated devices labelled `site=rome`, enrolled with and connected
-/// to `server`, working in `dir`.
-fn rome_devices(server: &Server, tmp: &Path, dir: &str, n: usize) -> Proc {
+/// `n` simulated devices labelled `labels`, enrolled with and connected to
+/// `server`, working in `dir` under `tmp`; `extra` goes to
+/// `ferry-fleet-sim` (e.g. `--telemetry`).
+fn simulated_devices(
+    server: &Server,
+    tmp: &Path,
+    dir: &str,
+    labels: &str,
+    n: usize,
+    extra: &[&str],
+) -> Proc {
     let ca = tmp.join(format!("{dir}-ca.pem"));
     let tok = server.json(&[
         "device",
         "token",
         "create",
         "--labels",
-        "site=rome",
+        labels,
         "--uses",
         &n.to_string(),
         "--ca-out",
@@ -769,7 +761,8 @@ fn rome_devices(server: &Server, tmp: &Path, dir: &str, n: usize) -> Proc {
         .arg(tok["root_fingerprint"].as_str().unwrap())
         .arg("--dir")
         .arg(tmp.join(dir))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "600"]);
+        .args(["--devices", &n.to_string(), "--timeout-secs", "600"])
+        .args(extra);
     spawn_until(cmd, &["running "]).0
 }
 
@@ -789,8 +782,8 @@ fn a_replica_lists_the_connections_and_labels_another_holds() {
     ok(&mut b.cli(&["trust", "push", keys.path("v1.root").to_str().unwrap()]));
     let bundle = keys.bundle("fraud", 1, "pub", &[]);
     ok(&mut b.cli(&["model", "push", bundle.to_str().unwrap()]));
-    let mut stays = rome_devices(&b, tmp.path(), "sim-stays", 2);
-    let mut goes = rome_devices(&b, tmp.path(), "sim-goes", 1);
+    let mut stays = simulated_devices(&b, tmp.path(), "sim-stays", "site=rome", 2, &[]);
+    let mut goes = simulated_devices(&b, tmp.path(), "sim-goes", "site=rome", 1, &[]);
     let connected_at_a = || -> Vec<String> {
         let v = a.json(&["device", "list"]);
         let mut ids: Vec<String> = v["devices"]
