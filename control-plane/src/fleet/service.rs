@@ -134,7 +134,7 @@ fn with_connected<T>(
     items
         .into_iter()
         .map(|x| {
-            let connected = online.contains(id(&x)) || lease(&x).is_some_and(|u| u >= now);
+            let connected = online.contains(id(&x)) || db::lease_holds(lease(&x), now);
             (x, connected)
         })
         .collect()

@@ -37,10 +37,16 @@ pub struct Device {
     pub session_until: Option<i64>,
 }
 
+/// Whether a session lease running `until` (milliseconds) holds at `now_ms`
+/// (the same test as `device_page`'s SQL).
+pub fn lease_holds(until: Option<i64>, now_ms: i64) -> bool {
+    until.is_some_and(|u| u >= now_ms)
+}
+
 impl Device {
     /// Whether a replica held a session with the device at `now_ms`.
     pub fn session_at(&self, now_ms: i64) -> bool {
-        self.session_until.is_some_and(|u| u >= now_ms)
+        lease_holds(self.session_until, now_ms)
     }
 }
 
