@@ -544,9 +544,23 @@ fn symbol_name(input: &str, k: usize, name: &str) -> String {
 /// Types, declutters, fuses and optimises a graph into a runnable plan.
 fn optimise(typed: TypedModel) -> TractResult<Plan> {
     let mut typed = typed.into_decluttered()?;
-    crate::dense::fuse(&mut typed)?;
-    crate::rowops::substitute(&mut typed)?;
+    our_ops(&mut typed)?;
     typed.into_optimized()?.into_runnable()
+}
+
+/// Swaps the nodes our own kernels run faster than tract's, after
+/// decluttering (Conv + BatchNorm folded) and before tract optimises.
+fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
+    // Narrow matrix products with their bias and ReLU: one fused layer
+    // each, with weights packed once here instead of per call.
+    crate::dense::fuse(typed)?;
+    // Softmax/argmax tails over a few classes: our row loops, not tract's.
+    crate::rowops::substitute(typed)?;
+    // A softmax over an inner axis (YOLO's box bins).
+    crate::axis_softmax::substitute(typed)?;
+    // One filter per channel: MobileNet's depth-wise convolutions.
+    crate::depthwise::substitute(typed)?;
+    Ok(())
 }
 
 /// The symbolic plans, or why the graph does not type symbolically.
@@ -558,11 +572,7 @@ fn symbolic_plans(
 ) -> Result<Plans, LoadError> {
     let typed = model.into_typed().map_err(compile)?;
     let mut typed = typed.into_decluttered().map_err(compile)?;
-    // Narrow matrix products with their bias and ReLU: one fused layer
-    // each, with weights packed once here instead of per call.
-    crate::dense::fuse(&mut typed).map_err(compile)?;
-    // Softmax/argmax tails over a few classes: our row loops, not tract's.
-    crate::rowops::substitute(&mut typed).map_err(compile)?;
+    our_ops(&mut typed).map_err(compile)?;
     let batch = batch_symbol.and_then(|sym| {
         let mut subs = HashMap::new();
         subs.insert(sym, TDim::Val(rows as i64));

@@ -20,12 +20,14 @@
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod admin_client;
+pub mod axis_softmax;
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod const_fold;
 pub mod dense;
+pub mod depthwise;
 pub mod engine;
 pub mod executor;
 mod failpoint;

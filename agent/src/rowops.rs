@@ -216,7 +216,7 @@ pub(crate) fn const_row(konst: &Tensor, width: usize) -> TractResult<Option<Vec<
 /// for `e^r`, `2^n` built from the exponent bits. Relative error below
 /// 2e-7 over the clamped range; NaN stays NaN.
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     const LO: f32 = -87.0;
     const HI: f32 = 88.0;
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer.
