@@ -2,11 +2,11 @@
 //! timed over a number of runs, summed by operator, on the inputs of a
 //! corpus case file (`scripts/models/fetch_corpus.py`). The plan is the one
 //! the agent compiles for concrete input shapes (Ferry's ONNX front end,
-//! decluttered and optimised); kernels run on `THREADS` threads as with the
+//! decluttered, with Ferry's own kernels swapped in, and optimised); kernels run on `THREADS` threads as with the
 //! agent's `threads` knob.
 //!
 //!   cargo run --release -p ferry-agent --example profile_model -- \
-//!     target/model-corpus/nudenet-320n [RUNS] [THREADS]
+//!     target/model-corpus/nudenet-320n [RUNS] [THREADS] [tract]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -65,7 +65,12 @@ fn main() -> anyhow::Result<()> {
         inputs.push(tensor.into_tvalue());
     }
     let started = Instant::now();
-    let plan = model.into_optimized()?.into_runnable()?;
+    // `tract` as the fourth argument: tract's own plan, for comparison.
+    let plan = if args.get(4).is_some_and(|a| a == "tract") {
+        model.into_optimized()?.into_runnable()?
+    } else {
+        ferry_agent::engine::optimise(model.into_typed()?)?
+    };
     eprintln!("compiled in {:.2} s", started.elapsed().as_secs_f64());
     let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut total = 0.0;

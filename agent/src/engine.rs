@@ -542,7 +542,7 @@ fn symbol_name(input: &str, k: usize, name: &str) -> String {
 }
 
 /// Types, declutters, fuses and optimises a graph into a runnable plan.
-fn optimise(typed: TypedModel) -> TractResult<Plan> {
+pub fn optimise(typed: TypedModel) -> TractResult<Plan> {
     let mut typed = typed.into_decluttered()?;
     our_ops(&mut typed)?;
     typed.into_optimized()?.into_runnable()
