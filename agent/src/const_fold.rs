@@ -1,17 +1,24 @@
 //! Inputs a publisher fixed (`ferry bundle build --const-input sr=16000`)
-//! become constants of the ONNX graph, and every `If` whose condition then
-//! depends on constants only is replaced by the branch it takes, before tract
-//! types the graph.
+//! become constants of the ONNX graph, every `If` whose condition then
+//! depends on constants only is replaced by the branch it takes, and every
+//! `Loop` whose trip count is then constant is unrolled, before tract types
+//! the graph.
 //!
 //! tract types both branches of an `If` and cannot type one whose condition
 //! is a run-time value (a voice-activity detector branching on its sample
 //! rate); with the value fixed for a deployment the branch folds away and
-//! the graph is an ordinary one.
+//! the graph is an ordinary one. tract has no `Loop` at all: one with a
+//! static trip count becomes that many copies of its body (`loops`); one
+//! whose trip count is a run-time value, whose condition is computed, or
+//! that would unroll past the bounds in `loops` is left, and the model is
+//! refused naming the operator.
 //!
-//! The work is done on the protobuf: the condition's cone (constants only)
-//! is cut out as a graph of its own and evaluated by tract, then the taken
-//! branch's nodes are spliced in place of the `If`, its values renamed under
-//! the `If`'s name so they cannot collide with the outer graph's.
+//! The work is done on the protobuf: the condition's (or trip count's) cone
+//! (constants only) is cut out as a graph of its own and evaluated by tract,
+//! then the taken branch's nodes are spliced in place of the `If`, its
+//! values renamed under the `If`'s name so they cannot collide with the
+//! outer graph's; an unrolled `Loop`'s iterations are renamed the same way,
+//! under `{loop}/{i}/`.
 
 use ferry_protocol::{DType, Tensor, TensorData};
 use std::collections::{HashMap, HashSet};
@@ -20,6 +27,8 @@ use tract_onnx::pb::{
     ValueInfoProto,
 };
 use tract_onnx::prelude::*;
+
+mod loops;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FoldError {
@@ -31,6 +40,12 @@ pub enum FoldError {
     Condition { node: String, reason: String },
     #[error("If node {0:?} has no branch for its condition")]
     NoBranch(String),
+    #[error("evaluating the {what} of Loop node {node:?}: {reason}")]
+    LoopInput {
+        node: String,
+        what: &'static str,
+        reason: String,
+    },
 }
 
 /// Operators whose value is not a function of their inputs, or whose
@@ -52,8 +67,9 @@ const NOT_FOLDABLE: &[&str] = &[
 ];
 
 /// Replaces the graph inputs named in `fixed` by initializers holding their
-/// values and folds every `If` whose condition is then constant. Returns how
-/// many `If` nodes were folded.
+/// values, folds every `If` whose condition is then constant and unrolls
+/// every `Loop` whose trip count is. Returns how many `If` and `Loop` nodes
+/// were folded.
 pub fn fix_inputs(proto: &mut ModelProto, fixed: &[Tensor]) -> Result<usize, FoldError> {
     let Some(graph) = proto.graph.as_mut() else {
         return Ok(0);
@@ -70,7 +86,51 @@ pub fn fix_inputs(proto: &mut ModelProto, fixed: &[Tensor]) -> Result<usize, Fol
         graph.initializer.retain(|i| i.name != t.name);
         graph.initializer.push(tensor_proto(t, elem)?);
     }
-    fold_ifs(proto, &[], true)
+    fold(proto, &[], true)
+}
+
+/// Unrolls every `Loop` whose trip count depends on constants only, for a
+/// model without fixed inputs (its `If`s are left to tract, as they were).
+/// Returns how many were unrolled.
+pub fn unroll_static_loops(proto: &mut ModelProto) -> Result<usize, FoldError> {
+    let mut unrolled = 0;
+    for _ in 0..MAX_ROUNDS {
+        let n = loops::unroll(proto, &[], true)?;
+        if n == 0 {
+            break;
+        }
+        unrolled += n;
+    }
+    if unrolled > 0 {
+        dedupe_node_names(proto);
+    }
+    Ok(unrolled)
+}
+
+/// Rounds of `If` folding and `Loop` unrolling: a folded branch or an
+/// unrolled body may bring nested ones to the top level.
+const MAX_ROUNDS: usize = 8;
+
+/// Folds `If`s, then unrolls `Loop`s (a trip count computed from a folded
+/// branch is constant by then), then folds the `If`s unrolled bodies
+/// brought up, and so on.
+fn fold(proto: &mut ModelProto, inputs: &[ShapedInput], strict: bool) -> Result<usize, FoldError> {
+    let mut folded = fold_ifs(proto, inputs, strict)?;
+    let mut unrolled = 0;
+    for _ in 0..MAX_ROUNDS {
+        let n = loops::unroll(proto, inputs, strict)?;
+        if n == 0 {
+            break;
+        }
+        unrolled += n;
+        folded += n + fold_ifs(proto, inputs, strict)?;
+    }
+    if unrolled > 0 {
+        // Iterations copy the body's node names under distinct prefixes,
+        // but a body may repeat a name of its own.
+        dedupe_node_names(proto);
+    }
+    Ok(folded)
 }
 
 /// One graph input with the concrete shape a request gives it.
@@ -82,10 +142,11 @@ pub struct ShapedInput {
 
 /// Folds every `If` whose condition depends only on constants and on the
 /// shapes of `inputs` (PyTorch exports `squeeze(dim)` as "if that dimension
-/// is 1"), for a plan compiled for these shapes. Conditions that cannot be
-/// evaluated are left to tract. Returns how many were folded.
+/// is 1"), for a plan compiled for these shapes, and unrolls every `Loop`
+/// whose trip count does. Conditions that cannot be evaluated are left to
+/// tract. Returns how many were folded.
 pub fn fold_for_shapes(proto: &mut ModelProto, inputs: &[ShapedInput]) -> usize {
-    fold_ifs(proto, inputs, false).unwrap_or(0)
+    fold(proto, inputs, false).unwrap_or(0)
 }
 
 /// Folds `If` nodes of the top-level graph in order (a folded branch's own
@@ -103,9 +164,12 @@ fn fold_ifs(
     };
     let mut folded = 0;
     let mut from = 0;
-    while let Some(at) = next_if(graph, from) {
+    while let Some(at) = next_op(graph, "If", from) {
         from = at + 1;
-        let Some(cone) = condition_cone(graph, at, inputs) else {
+        let Some(cond) = graph.node[at].input.first() else {
+            continue;
+        };
+        let Some(cone) = cone(graph, at, cond, inputs) else {
             continue;
         };
         match evaluate_condition(graph, at, &cone, inputs, ir_version, &opsets) {
@@ -122,16 +186,17 @@ fn fold_ifs(
     Ok(folded)
 }
 
-fn next_if(graph: &GraphProto, from: usize) -> Option<usize> {
+/// The first node of the default domain with operator `op` from `from` on.
+fn next_op(graph: &GraphProto, op: &str, from: usize) -> Option<usize> {
     (from..graph.node.len())
-        .find(|&i| graph.node[i].op_type == "If" && graph.node[i].domain.is_empty())
+        .find(|&i| graph.node[i].op_type == op && graph.node[i].domain.is_empty())
 }
 
-/// The nodes (indices, in graph order) the condition of the `If` at `at` is
-/// computed from, when it depends only on constants and on the shapes of
-/// `inputs`: its values never come from a graph input except through
-/// `Shape` or `Size`.
-fn condition_cone(graph: &GraphProto, at: usize, inputs: &[ShapedInput]) -> Option<Vec<usize>> {
+/// The nodes (indices, in graph order) before `at` that `value` is computed
+/// from, when it depends only on constants and on the shapes of `inputs`:
+/// its values never come from a graph input except through `Shape` or
+/// `Size`.
+fn cone(graph: &GraphProto, at: usize, value: &str, inputs: &[ShapedInput]) -> Option<Vec<usize>> {
     let producer: HashMap<&str, usize> = graph.node[..at]
         .iter()
         .enumerate()
@@ -140,7 +205,7 @@ fn condition_cone(graph: &GraphProto, at: usize, inputs: &[ShapedInput]) -> Opti
     let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let shaped: HashSet<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     // (value, whether only its shape matters)
-    let mut stack: Vec<(&str, bool)> = vec![(graph.node[at].input.first()?.as_str(), false)];
+    let mut stack: Vec<(&str, bool)> = vec![(value, false)];
     let mut seen: HashSet<(&str, bool)> = HashSet::new();
     let mut cone = HashSet::new();
     while let Some((v, shape_only)) = stack.pop() {
@@ -229,8 +294,7 @@ fn tensor_proto(t: &Tensor, elem: i32) -> Result<TensorProto, FoldError> {
 }
 
 /// Evaluates the condition of the `If` at `at` with tract, on a graph made
-/// of its cone; the shaped inputs it reads are fed zeros of their shapes
-/// (only their shapes reach the condition).
+/// of its cone.
 fn evaluate_condition(
     graph: &GraphProto,
     at: usize,
@@ -240,15 +304,49 @@ fn evaluate_condition(
     opsets: &[tract_onnx::pb::OperatorSetIdProto],
 ) -> Result<bool, FoldError> {
     let node = &graph.node[at];
-    let cond = node.input[0].clone();
     let fail = |reason: String| FoldError::Condition {
         node: node.name.clone(),
         reason,
     };
+    let cond = node
+        .input
+        .first()
+        .ok_or_else(|| fail("no condition".into()))?;
+    let t = evaluate(graph, cond, BOOL, cone, inputs, ir_version, opsets).map_err(fail)?;
+    scalar::<bool>(&t).map_err(fail)
+}
+
+/// ONNX element types of the values evaluated here.
+const BOOL: i32 = 9;
+const INT64: i32 = 7;
+
+/// The one value of `t`, cast to `T`.
+fn scalar<T: Datum + Copy>(t: &tract_onnx::prelude::Tensor) -> Result<T, String> {
+    if t.len() != 1 {
+        return Err(format!("{} values, not one", t.len()));
+    }
+    t.cast_to_scalar::<T>()
+        .map_err(|e| format!("{e:#}").replace('\n', " "))
+}
+
+/// Evaluates `value` (of ONNX element type `elem`) with tract, on a graph
+/// made of its cone; the shaped inputs it reads are fed zeros of their
+/// shapes (only their shapes reach it).
+fn evaluate(
+    graph: &GraphProto,
+    value: &str,
+    elem: i32,
+    cone: &[usize],
+    inputs: &[ShapedInput],
+    ir_version: i64,
+    opsets: &[tract_onnx::pb::OperatorSetIdProto],
+) -> Result<tract_onnx::prelude::Tensor, String> {
     let nodes: Vec<NodeProto> = cone.iter().map(|&i| graph.node[i].clone()).collect();
+    // The value itself may be an initializer.
     let read: HashSet<&str> = nodes
         .iter()
         .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain([value])
         .collect();
     let initializer = graph
         .initializer
@@ -268,15 +366,15 @@ fn evaluate_condition(
         ir_version,
         opset_import: opsets.to_vec(),
         graph: Some(GraphProto {
-            name: "condition".into(),
+            name: "constant".into(),
             node: nodes,
             initializer,
             input,
             output: vec![ValueInfoProto {
-                name: cond.clone(),
+                name: value.to_string(),
                 r#type: Some(TypeProto {
                     value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                        elem_type: 9, // BOOL
+                        elem_type: elem,
                         shape: None,
                     })),
                     ..Default::default()
@@ -287,7 +385,7 @@ fn evaluate_condition(
         }),
         ..Default::default()
     };
-    let value = (|| -> TractResult<bool> {
+    (|| -> TractResult<tract_onnx::prelude::Tensor> {
         let mut model = crate::front_end::onnx().model_for_proto_model(&sub)?;
         let mut feeds = TVec::new();
         for (ix, i) in fed.iter().enumerate() {
@@ -296,13 +394,9 @@ fn evaluate_condition(
         }
         let out = model.into_typed()?.into_runnable()?.run(feeds)?;
         let t = out.first().ok_or_else(|| anyhow::anyhow!("no output"))?;
-        if t.len() != 1 {
-            anyhow::bail!("the condition has {} values, not one", t.len());
-        }
-        t.cast_to_scalar::<bool>()
+        Ok(t.clone().into_tensor())
     })()
-    .map_err(|e| fail(format!("{e:#}").replace('\n', " ")))?;
-    Ok(value)
+    .map_err(|e| format!("{e:#}").replace('\n', " "))
 }
 
 fn branch(node: &NodeProto, which: &str) -> Option<GraphProto> {
@@ -365,7 +459,7 @@ fn splice_branch(graph: &mut GraphProto, at: usize, cond: bool) -> Result<(), Fo
 }
 
 /// Renames the values a node reads and writes, and the outer values its
-/// subgraphs read.
+/// subgraphs read (not a name a subgraph defines itself).
 fn rename_node(n: &mut NodeProto, renames: &HashMap<String, String>) {
     for name in n.input.iter_mut().chain(n.output.iter_mut()) {
         if let Some(r) = renames.get(name) {
@@ -374,8 +468,25 @@ fn rename_node(n: &mut NodeProto, renames: &HashMap<String, String>) {
     }
     for a in &mut n.attribute {
         for g in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-            for inner in &mut g.node {
-                rename_node(inner, renames);
+            let shadowed: Vec<&str> = g
+                .input
+                .iter()
+                .map(|i| i.name.as_str())
+                .chain(g.initializer.iter().map(|i| i.name.as_str()))
+                .filter(|v| renames.contains_key(*v))
+                .collect();
+            let inner = if shadowed.is_empty() {
+                None
+            } else {
+                let mut inner = renames.clone();
+                for v in shadowed {
+                    inner.remove(v);
+                }
+                Some(inner)
+            };
+            let renames = inner.as_ref().unwrap_or(renames);
+            for node in &mut g.node {
+                rename_node(node, renames);
             }
             for o in &mut g.output {
                 if let Some(r) = renames.get(&o.name) {
@@ -422,5 +533,255 @@ pub fn drop_shape_annotations(proto: &mut ModelProto) {
         {
             t.shape = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn fixture(name: &str) -> ModelProto {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/fixtures/models/{name}.onnx"));
+        let bytes = std::fs::read(path).unwrap();
+        crate::front_end::onnx()
+            .proto_model_for_read(&mut &bytes[..])
+            .unwrap()
+    }
+
+    fn graph(p: &ModelProto) -> &GraphProto {
+        p.graph.as_ref().unwrap()
+    }
+
+    fn ops(p: &ModelProto, op: &str) -> usize {
+        graph(p).node.iter().filter(|n| n.op_type == op).count()
+    }
+
+    fn body_mut(p: &mut ModelProto) -> &mut GraphProto {
+        let g = p.graph.as_mut().unwrap();
+        let l = g.node.iter_mut().find(|n| n.op_type == "Loop").unwrap();
+        l.attribute[0].g.as_mut().unwrap()
+    }
+
+    fn set_trips(p: &mut ModelProto, trips: i64) {
+        let g = p.graph.as_mut().unwrap();
+        let t = g
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == "trips")
+            .unwrap();
+        *t = TensorProto {
+            name: "trips".into(),
+            data_type: 7,
+            int64_data: vec![trips],
+            ..Default::default()
+        };
+    }
+
+    fn bool_const(value: bool) -> AttributeProto {
+        AttributeProto {
+            name: "value".into(),
+            r#type: 4, // TENSOR
+            t: Some(TensorProto {
+                data_type: 9,
+                int32_data: vec![i32::from(value)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The body's condition output made by `op` instead of an Identity.
+    fn with_body_cond(op: &str, attribute: Vec<AttributeProto>) -> ModelProto {
+        let mut p = fixture("loop_static");
+        let cond = body_mut(&mut p)
+            .node
+            .iter_mut()
+            .find(|n| n.output == ["cond_out"])
+            .unwrap();
+        cond.op_type = op.into();
+        if op == "Constant" {
+            cond.input.clear();
+        }
+        cond.attribute = attribute;
+        p
+    }
+
+    /// The fixture's expected outputs, by name (onnxruntime's).
+    fn expected(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/fixtures/models/{name}.testvectors.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn run(p: &ModelProto, inputs: TVec<TValue>) -> TVec<TValue> {
+        crate::front_end::onnx()
+            .model_for_proto_model(p)
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(inputs)
+            .unwrap()
+    }
+
+    fn close(got: &[f32], want: &serde_json::Value) {
+        let want: Vec<f32> = serde_json::from_value(want["data"].clone()).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+                "{got:?} != {want:?}"
+            );
+        }
+    }
+
+    fn static_input() -> TVec<TValue> {
+        let x: Vec<f32> = (0..8).map(|i| -1.0 + 2.0 * i as f32 / 7.0).collect();
+        tvec![tract_ndarray::Array2::from_shape_vec((1, 8), x)
+            .unwrap()
+            .into_tensor()
+            .into_tvalue()]
+    }
+
+    #[test]
+    fn a_loop_with_a_constant_trip_count_becomes_its_iterations() {
+        let mut p = fixture("loop_static");
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 1);
+        assert_eq!(ops(&p, "Loop"), 0);
+        // 4 iterations of the 6 body nodes, one Identity for the carried
+        // output, an Unsqueeze per iteration and a Concat for the scan.
+        assert_eq!(graph(&p).node.len(), 4 * 6 + 1 + 4 + 1);
+        assert_eq!(ops(&p, "Unsqueeze"), 4);
+        assert_eq!(ops(&p, "Concat"), 1);
+        // The body's initializer once; each iteration its number.
+        let inits: Vec<&str> = graph(&p)
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(inits.iter().filter(|n| n.ends_with("/b")).count(), 1);
+        assert!(inits.contains(&"steps/3/i"), "{inits:?}");
+        let named: Vec<&str> = graph(&p)
+            .node
+            .iter()
+            .map(|n| n.name.as_str())
+            .filter(|n| !n.is_empty())
+            .collect();
+        // The carried output's Identity, the scan's Unsqueezes and Concat.
+        assert_eq!(named.len(), 6);
+        assert_eq!(named.iter().collect::<HashSet<_>>().len(), named.len());
+        // What tract computes from it is onnxruntime's answer.
+        let want = &expected("loop_static")["vectors"][0]["outputs"];
+        let out = run(&p, static_input());
+        close(
+            out[0]
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap(),
+            &want["y"],
+        );
+        assert_eq!(out[1].shape(), &[4, 1, 8]);
+        close(
+            out[1]
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap(),
+            &want["ys"],
+        );
+    }
+
+    #[test]
+    fn before_opset_13_the_scan_unsqueezes_take_their_axes_as_an_attribute() {
+        let mut p = fixture("loop_static");
+        p.opset_import[0].version = 11;
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 1);
+        let u = graph(&p)
+            .node
+            .iter()
+            .find(|n| n.op_type == "Unsqueeze")
+            .unwrap();
+        assert_eq!(u.input.len(), 1);
+        assert_eq!(u.attribute[0].ints, vec![0]);
+        let want = &expected("loop_static")["vectors"][0]["outputs"];
+        close(
+            run(&p, static_input())[1]
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap(),
+            &want["ys"],
+        );
+    }
+
+    #[test]
+    fn a_trip_count_from_an_input_unrolls_only_once_the_input_is_fixed() {
+        let mut p = fixture("loop_on_rate");
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 0);
+        assert_eq!(ops(&p, "Loop"), 1);
+        let n = |v: i64| Tensor {
+            name: "n".into(),
+            shape: vec![],
+            data: TensorData::I64(vec![v]),
+        };
+        assert_eq!(fix_inputs(&mut p, &[n(32)]).unwrap(), 1);
+        assert_eq!(ops(&p, "Loop"), 0);
+        // The Div, 4 iterations of 5 nodes, the carried output's Identity.
+        assert_eq!(graph(&p).node.len(), 1 + 4 * 5 + 1);
+        // No iteration: the output is the initial value.
+        let mut p = fixture("loop_on_rate");
+        assert_eq!(fix_inputs(&mut p, &[n(4)]).unwrap(), 1);
+        let node_ops: Vec<&str> = graph(&p).node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(node_ops, ["Div", "Identity"]);
+        assert_eq!(graph(&p).node[1].input, ["x"]);
+    }
+
+    #[test]
+    fn a_constant_true_body_condition_unrolls_and_a_computed_one_is_left() {
+        let mut p = with_body_cond("Constant", vec![bool_const(true)]);
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 1);
+        assert_eq!(ops(&p, "Loop"), 0);
+        assert_eq!(ops(&p, "Constant"), 4);
+        for mut p in [
+            with_body_cond("Not", vec![]),
+            with_body_cond("Constant", vec![bool_const(false)]),
+        ] {
+            assert_eq!(unroll_static_loops(&mut p).unwrap(), 0);
+            assert_eq!(ops(&p, "Loop"), 1);
+        }
+    }
+
+    #[test]
+    fn loops_past_the_bounds_or_without_iterations_to_scan_are_left() {
+        for trips in [loops::MAX_TRIPS + 1, 0] {
+            let mut p = fixture("loop_static");
+            set_trips(&mut p, trips);
+            assert_eq!(unroll_static_loops(&mut p).unwrap(), 0, "{trips}");
+            assert_eq!(ops(&p, "Loop"), 1);
+        }
+        // 1000 iterations of a body of 6 nodes are within both bounds; of
+        // 120 nodes, past the bound on nodes.
+        let mut p = fixture("loop_static");
+        set_trips(&mut p, 1000);
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 1);
+        let mut p = fixture("loop_static");
+        set_trips(&mut p, 1000);
+        let body = body_mut(&mut p);
+        let padding: Vec<NodeProto> = (0..114)
+            .map(|k| NodeProto {
+                op_type: "Identity".into(),
+                input: vec!["v_in".into()],
+                output: vec![format!("pad{k}")],
+                ..Default::default()
+            })
+            .collect();
+        body.node.extend(padding);
+        const { assert!(1000 * 120 > loops::MAX_UNROLLED_NODES) };
+        assert_eq!(unroll_static_loops(&mut p).unwrap(), 0);
+        assert_eq!(ops(&p, "Loop"), 1);
     }
 }

@@ -215,7 +215,12 @@ impl Engine {
                     reason: format!("not a valid ONNX protobuf: {e}"),
                 })?;
         crate::const_fold::dedupe_node_names(&mut proto);
-        if !opts.const_inputs.is_empty() {
+        // Fixed inputs become constants, and the Ifs and Loops they decide
+        // fold; without any, Loops with a static trip count still unroll
+        // (tract has no Loop).
+        if opts.const_inputs.is_empty() {
+            crate::const_fold::unroll_static_loops(&mut proto)?;
+        } else {
             crate::const_fold::fix_inputs(&mut proto, &opts.const_inputs)?;
         }
         let missing = unsupported_ops(&onnx, &proto);
