@@ -55,7 +55,7 @@ fn eligible(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bo
     let c = conv.input_channels();
     if conv.q_params.is_some()
         || conv.kernel_fmt != KernelFormat::OIHW
-        || spec.data_format != DataFormat::NCHW
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         || spec.kernel_shape.len() != 2
         || c < 2
         || conv.group != c
@@ -68,8 +68,17 @@ fn eligible(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bo
     let kernel = model.outlet_fact(node.inputs[1])?;
     let bias = model.outlet_fact(node.inputs[2])?;
     let taps = spec.kernel_shape.iter().product::<usize>();
+    if taps > MAX_TAPS {
+        return Ok(false);
+    }
+    // tract declutters a batch of one away: NCHW becomes CHW.
+    let rank = if spec.data_format == DataFormat::NCHW {
+        4
+    } else {
+        3
+    };
     Ok(x.datum_type == DatumType::F32
-        && x.rank() == 4
+        && x.rank() == rank
         && kernel.datum_type == DatumType::F32
         && bias.datum_type == DatumType::F32
         && kernel.konst.as_ref().is_some_and(|k| k.len() == c * taps)
@@ -102,11 +111,20 @@ impl EvalOp for DepthwiseConv {
                 inputs.len()
             );
         };
-        let &[n, c, h, w] = x.shape() else {
-            bail!("depth-wise conv: NCHW input expected, got {:?}", x.shape());
+        let (n, c, h, w, batched) = match *x.shape() {
+            [n, c, h, w] => (n, c, h, w, true),
+            [c, h, w] => (1, c, h, w, false),
+            _ => bail!(
+                "depth-wise conv: NCHW or CHW input expected, got {:?}",
+                x.shape()
+            ),
         };
         let geo = Geometry::new(&self.pool_spec, h, w)?;
-        let mut out = Tensor::zero::<f32>(&[n, c, geo.oh, geo.ow])?;
+        let mut out = if batched {
+            Tensor::zero::<f32>(&[n, c, geo.oh, geo.ow])?
+        } else {
+            Tensor::zero::<f32>(&[c, geo.oh, geo.ow])?
+        };
         let plane_out = geo.oh * geo.ow;
         if out.len() == 0 {
             return Ok(tvec!(out.into_tvalue()));
@@ -126,14 +144,19 @@ impl EvalOp for DepthwiseConv {
         // Planes are independent; tract's executor splits them over the
         // kernel threads when there are any and the work is large enough.
         par_chunks_mut(ys, plane_out, total, |first, chunk| {
-            let mut scratch = vec![0.0f32; geo.scratch_len()];
+            let mut buffers = Buffers::new(&geo);
             for (i, out_plane) in chunk.chunks_exact_mut(plane_out).enumerate() {
                 let plane_index = first + i;
                 let ch = plane_index % c;
-                let input = &xs[plane_index * h * w..][..h * w];
                 let bias = if bs.len() == 1 { bs[0] } else { bs[ch] };
-                geo.fill(&mut scratch, input);
-                plane(&geo, &scratch, &ks[ch * taps..][..taps], bias, out_plane);
+                pulp::Arch::new().dispatch(PlaneKernel {
+                    geo: &geo,
+                    input: &xs[plane_index * h * w..][..h * w],
+                    filter: &ks[ch * taps..][..taps],
+                    bias,
+                    buffers: &mut buffers,
+                    out: out_plane,
+                });
             }
             Ok(())
         })?;
@@ -168,6 +191,8 @@ struct Geometry {
     pad_left: usize,
     oh: usize,
     ow: usize,
+    /// `ow` rounded up to whole vectors.
+    ow_padded: usize,
     /// Rows of the scratch: every row a tap reads, padding included.
     rows: usize,
     /// Values per row of each column phase.
@@ -189,8 +214,12 @@ impl Geometry {
         } else {
             (oh - 1) * sh + (kh - 1) * dh + 1
         };
+        // Output rows are computed a whole number of vectors wide (the
+        // widest any CPU here has), so no tap needs a masked load; the
+        // extra columns read zeros and are dropped when the row is copied out.
+        let ow_padded = ow.div_ceil(16) * 16;
         let last_tap = (kw - 1) * dw;
-        let phase_width = (last_tap / sw + ow).max((pw.pad_before + w).div_ceil(sw));
+        let phase_width = (last_tap / sw + ow_padded).max((pw.pad_before + w).div_ceil(sw));
         Ok(Geometry {
             h,
             w,
@@ -204,115 +233,142 @@ impl Geometry {
             pad_left: pw.pad_before,
             oh,
             ow,
+            ow_padded,
             rows,
             phase_width,
         })
-    }
-
-    fn scratch_len(&self) -> usize {
-        self.sw * self.rows * self.phase_width
     }
 
     /// Where padded column `j` lives: its phase and its place in the row.
     fn column(&self, j: usize) -> (usize, usize) {
         (j % self.sw, j / self.sw)
     }
+}
 
-    /// Copies one input plane into the scratch. Padding positions are the
-    /// same for every plane and are never written, so they stay zero.
-    fn fill(&self, scratch: &mut [f32], input: &[f32]) {
-        let rows = self.rows.min(self.pad_top + self.h);
-        for r in self.pad_top..rows {
-            let src = &input[(r - self.pad_top) * self.w..][..self.w];
-            if self.sw == 1 {
-                let start = r * self.phase_width + self.pad_left;
-                let len = self.w.min(self.phase_width.saturating_sub(self.pad_left));
-                scratch[start..start + len].copy_from_slice(&src[..len]);
-            } else {
-                for (ix, &v) in src.iter().enumerate() {
-                    let (p, q) = self.column(ix + self.pad_left);
-                    if q < self.phase_width {
-                        scratch[(p * self.rows + r) * self.phase_width + q] = v;
-                    }
-                }
-            }
+/// Per-thread scratch, reused across planes.
+struct Buffers {
+    /// `sw` column phases × `rows` × `phase_width`: the padded plane.
+    phases: Vec<f32>,
+    /// One padded input row, zero outside the input's columns.
+    row: Vec<f32>,
+    /// The output plane, `ow_padded` wide.
+    out: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(geo: &Geometry) -> Buffers {
+        Buffers {
+            phases: vec![0.0; geo.sw * geo.rows * geo.phase_width],
+            row: vec![0.0; geo.sw * geo.phase_width],
+            out: vec![0.0; geo.oh * geo.ow_padded],
         }
     }
 }
 
 /// One channel: `out[oy][ox] = bias + Σ w[ky][kx] · padded[oy·sh + ky·dh][ox·sw + kx·dw]`.
-fn plane(geo: &Geometry, scratch: &[f32], filter: &[f32], bias: f32, out: &mut [f32]) {
-    pulp::Arch::new().dispatch(PlaneKernel {
-        geo,
-        scratch,
-        filter,
-        bias,
-        out,
-    });
-}
-
 struct PlaneKernel<'a> {
     geo: &'a Geometry,
-    scratch: &'a [f32],
+    input: &'a [f32],
     filter: &'a [f32],
     bias: f32,
+    buffers: &'a mut Buffers,
     out: &'a mut [f32],
 }
 
 impl pulp::WithSimd for PlaneKernel<'_> {
     type Output = ();
 
+    // Inlined into pulp's per-CPU entry points: the copy loops below are
+    // vectorised with that CPU's instructions too.
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let PlaneKernel {
             geo,
-            scratch,
+            input,
             filter,
             bias,
+            buffers,
             out,
         } = self;
+        fill(geo, input, buffers);
         let lanes = S::F32_LANES;
-        // Each tap's start in the scratch, relative to an output row's first
-        // read: its column phase's row block plus its offset in the row.
-        let taps: Vec<(usize, f32)> = (0..geo.kh)
-            .flat_map(|ky| (0..geo.kw).map(move |kx| (ky, kx)))
-            .map(|(ky, kx)| {
+        // Each tap's start in the scratch, relative to an output vector's
+        // first read: its column phase's row block plus its offset in the row.
+        let mut taps = [(0usize, 0.0f32); MAX_TAPS];
+        let n_taps = geo.kh * geo.kw;
+        for ky in 0..geo.kh {
+            for kx in 0..geo.kw {
                 let (p, q) = geo.column(kx * geo.dw);
                 let start = (p * geo.rows + ky * geo.dh) * geo.phase_width + q;
-                (start, filter[ky * geo.kw + kx])
-            })
-            .collect();
-        for (oy, out_row) in out.chunks_exact_mut(geo.ow).enumerate() {
-            let base = oy * geo.sh * geo.phase_width;
-            let mut ox = 0;
-            while ox + 4 * lanes <= geo.ow {
-                vectors::<S, 4>(simd, scratch, &taps, base + ox, bias, &mut out_row[ox..]);
-                ox += 4 * lanes;
+                taps[ky * geo.kw + kx] = (start, filter[ky * geo.kw + kx]);
             }
-            while ox + lanes <= geo.ow {
-                vectors::<S, 1>(simd, scratch, &taps, base + ox, bias, &mut out_row[ox..]);
-                ox += lanes;
-            }
-            if ox < geo.ow {
-                let len = geo.ow - ox;
-                let mut acc = simd.splat_f32s(bias);
-                for &(start, wt) in &taps {
-                    let v = simd.partial_load_f32s(&scratch[start + base + ox..][..len]);
-                    acc = simd.mul_add_e_f32s(simd.splat_f32s(wt), v, acc);
-                }
-                simd.partial_store_f32s(&mut out_row[ox..], acc);
+        }
+        let taps = &taps[..n_taps];
+        // Vectors of output, row after row, four at a time: the four are
+        // independent sums, so a plane only a vector or two wide still keeps
+        // the FMA units busy.
+        let per_row = geo.ow_padded / lanes;
+        let count = geo.oh * per_row;
+        let at = |v: usize| {
+            let (oy, x) = (v / per_row, (v % per_row) * lanes);
+            (oy * geo.sh * geo.phase_width + x, oy * geo.ow_padded + x)
+        };
+        let phases = &buffers.phases;
+        let padded_out = &mut buffers.out;
+        let mut v = 0;
+        while v + 4 <= count {
+            let jobs = [at(v), at(v + 1), at(v + 2), at(v + 3)];
+            vectors::<S, 4>(simd, phases, taps, jobs, bias, padded_out);
+            v += 4;
+        }
+        while v < count {
+            vectors::<S, 1>(simd, phases, taps, [at(v)], bias, padded_out);
+            v += 1;
+        }
+        for (dst, src) in out
+            .chunks_exact_mut(geo.ow)
+            .zip(padded_out.chunks_exact(geo.ow_padded))
+        {
+            dst.copy_from_slice(&src[..geo.ow]);
+        }
+    }
+}
+
+/// Filters larger than this stay with tract (checked in [`eligible`]).
+const MAX_TAPS: usize = 64;
+
+/// Copies one input plane into the column phases. Padding positions are
+/// the same for every plane and never written, so they stay zero.
+#[inline(always)]
+fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
+    let Buffers { phases, row, .. } = buffers;
+    let rows = geo.rows.min(geo.pad_top + geo.h);
+    let visible = geo.w.min(row.len().saturating_sub(geo.pad_left));
+    for r in geo.pad_top..rows {
+        let src = &input[(r - geo.pad_top) * geo.w..][..visible];
+        if geo.sw == 1 {
+            let start = r * geo.phase_width + geo.pad_left;
+            phases[start..start + visible].copy_from_slice(src);
+            continue;
+        }
+        row[geo.pad_left..geo.pad_left + visible].copy_from_slice(src);
+        for p in 0..geo.sw {
+            let dst = &mut phases[(p * geo.rows + r) * geo.phase_width..][..geo.phase_width];
+            for (q, d) in dst.iter_mut().enumerate() {
+                *d = row[q * geo.sw + p];
             }
         }
     }
 }
 
-/// `U` vectors of one output row, every tap summed in registers.
+/// `U` output vectors (scratch offset, output offset), every tap summed in
+/// registers.
 #[inline(always)]
 fn vectors<S: Simd, const U: usize>(
     simd: S,
-    scratch: &[f32],
+    phases: &[f32],
     taps: &[(usize, f32)],
-    at: usize,
+    jobs: [(usize, usize); U],
     bias: f32,
     out: &mut [f32],
 ) {
@@ -320,13 +376,15 @@ fn vectors<S: Simd, const U: usize>(
     let mut acc = [simd.splat_f32s(bias); U];
     for &(start, wt) in taps {
         let wv = simd.splat_f32s(wt);
-        let (src, _) = S::as_simd_f32s(&scratch[start + at..][..U * lanes]);
         for u in 0..U {
-            acc[u] = simd.mul_add_e_f32s(wv, src[u], acc[u]);
+            let (src, _) = S::as_simd_f32s(&phases[start + jobs[u].0..][..lanes]);
+            acc[u] = simd.mul_add_e_f32s(wv, src[0], acc[u]);
         }
     }
-    let (dst, _) = S::as_mut_simd_f32s(&mut out[..U * lanes]);
-    dst.copy_from_slice(&acc);
+    for u in 0..U {
+        let (dst, _) = S::as_mut_simd_f32s(&mut out[jobs[u].1..][..lanes]);
+        dst[0] = acc[u];
+    }
 }
 
 #[cfg(test)]
@@ -405,10 +463,25 @@ mod tests {
         for (i, &((c, h, w), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr))) in
             cases.iter().enumerate()
         {
-            let n = 2;
+            // Odd cases without a batch axis, as tract declutters a batch of one.
+            let (n, format) = if i % 2 == 0 {
+                (2, DataFormat::NCHW)
+            } else {
+                (1, DataFormat::CHW)
+            };
+            let shape: Vec<usize> = if i % 2 == 0 {
+                vec![n, c, h, w]
+            } else {
+                vec![c, h, w]
+            };
             let x = values(n * c * h * w, i as u32);
             let k = values(c * kh * kw, 100 + i as u32);
-            let b = values(c, 200 + i as u32);
+            // The last case has one bias for all channels, as tract gives a
+            // convolution without one.
+            let mut b = values(c, 200 + i as u32);
+            if i == 6 {
+                b = vec![b[0]; c];
+            }
             let (want, oh, ow) = reference(
                 &x,
                 (c, h, w),
@@ -420,7 +493,7 @@ mod tests {
                 (pt, pl, pb, pr),
             );
             let spec = PoolSpec {
-                data_format: DataFormat::NCHW,
+                data_format: format,
                 kernel_shape: tvec![kh, kw],
                 padding: PaddingSpec::Explicit(tvec![pt, pl], tvec![pb, pr]),
                 dilations: Some(tvec![dh, dw]),
@@ -429,23 +502,32 @@ mod tests {
                 output_channels: c,
             };
             let mut model = TypedModel::default();
-            let src = model.add_source("x", f32::fact([n, c, h, w]))?;
+            let src = model.add_source("x", f32::fact(&shape))?;
             let kernel = model.add_const("k", tensor1(&k).into_shape(&[c, 1, kh, kw])?)?;
-            let bias = model.add_const("b", tensor1(&b))?;
+            let bias = if i == 6 {
+                model.add_const("b", tensor0(b[0]))?
+            } else {
+                model.add_const("b", tensor1(&b))?
+            };
             let conv = Conv::new(spec, KernelFormat::OIHW, c, None);
             let y = model.wire_node("dw", conv, &[src, kernel, bias])?;
             model.select_output_outlets(&y)?;
-            let input = tensor1(&x).into_shape(&[n, c, h, w])?;
+            let input = tensor1(&x).into_shape(&shape)?;
             let tract_plan = model.clone().into_optimized()?.into_runnable()?;
             assert_eq!(substitute(&mut model)?, 1, "case {i}");
+            let want_shape: Vec<usize> = if i % 2 == 0 {
+                vec![n, c, oh, ow]
+            } else {
+                vec![c, oh, ow]
+            };
             assert_eq!(
                 model.output_fact(0)?.shape.as_concrete(),
-                Some(&[n, c, oh, ow][..])
+                Some(&want_shape[..])
             );
             let ours = model.into_optimized()?.into_runnable()?;
             for plan in [ours, tract_plan] {
                 let got = plan.run(tvec![input.clone().into_tvalue()])?.remove(0);
-                assert_eq!(got.shape(), &[n, c, oh, ow], "case {i}");
+                assert_eq!(got.shape(), &want_shape[..], "case {i}");
                 let got = got.try_as_plain_ram()?;
                 for (j, (g, e)) in got.as_slice::<f32>()?.iter().zip(&want).enumerate() {
                     assert!(
