@@ -214,10 +214,11 @@ impl Geometry {
         } else {
             (oh - 1) * sh + (kh - 1) * dh + 1
         };
-        // Output rows are computed a whole number of vectors wide (the
-        // widest any CPU here has), so no tap needs a masked load; the
-        // extra columns read zeros and are dropped when the row is copied out.
-        let ow_padded = ow.div_ceil(16) * 16;
+        // Output rows are computed a whole number of vectors wide, so no
+        // tap needs a masked load; the extra columns read zeros and are
+        // dropped when the row is copied out.
+        let lanes = pulp::Arch::new().dispatch(Lanes);
+        let ow_padded = ow.div_ceil(lanes) * lanes;
         let last_tap = (kw - 1) * dw;
         let phase_width = (last_tap / sw + ow_padded).max((pw.pad_before + w).div_ceil(sw));
         Ok(Geometry {
@@ -242,6 +243,18 @@ impl Geometry {
     /// Where padded column `j` lives: its phase and its place in the row.
     fn column(&self, j: usize) -> (usize, usize) {
         (j % self.sw, j / self.sw)
+    }
+}
+
+/// The f32 lanes of the vectors [`PlaneKernel`] runs with on this CPU.
+struct Lanes;
+
+impl pulp::WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> usize {
+        S::F32_LANES
     }
 }
 
