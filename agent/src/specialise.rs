@@ -1,9 +1,11 @@
 //! Plans specialised to a request's concrete input shapes, for convolutional
 //! graphs that type with symbolic dimensions (a dynamic batch, height or
-//! width). tract picks its fast convolution kernels (depth-wise, lazy
-//! im2col, direct and register-blocked convolutions) only for an input
-//! shape known when the plan is compiled; with a symbol in it every
-//! convolution becomes a generic im2col and matrix product. A shape seen a
+//! width). tract picks its fast convolution kernels (lazy im2col, direct
+//! and register-blocked convolutions) only for an input shape known when
+//! the plan is compiled; with a symbol in it every convolution becomes a
+//! generic im2col and matrix product. Depth-wise convolutions are Ferry's
+//! own (`depthwise`), which take any shape: a graph with no other
+//! convolution gets no specialiser. A shape seen a
 //! second time gets a plan of its own, kept in a [`PlanCache`] within the
 //! model's bounds: a stream of one image size (a camera) runs on its own
 //! plan from its second request, while shapes that never repeat (text lines

@@ -9,10 +9,10 @@
 mod common;
 
 use common::{fixtures, Keys};
-use ferry::bundle_build::{build, BuildError, BuildSpec};
+use ferry::bundle_build::{build, BuildError};
 use ferry::input_shapes::parse_const_input;
 use ferry_agent::engine::{Engine, Input, LoadError, LoadOptions};
-use ferry_protocol::{DType, Dim, ModelName, Schema, Tensor, TensorData, TensorSpec};
+use ferry_protocol::{DType, Dim, Schema, Tensor, TensorData, TensorSpec};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -149,36 +149,6 @@ fn a_loop_on_a_fixed_input_unrolls_and_other_values_are_refused() {
     }
 }
 
-fn build_spec(
-    keys: &Keys,
-    model: &str,
-    out: &Path,
-    tune: impl FnOnce(&mut BuildSpec),
-) -> BuildSpec {
-    let mut s = BuildSpec {
-        model: fixtures().join(format!("{model}.onnx")),
-        name: ModelName::new(model).unwrap(),
-        version: 1,
-        baseline: None,
-        bins: 10,
-        tags: Default::default(),
-        metrics: Default::default(),
-        lineage: Default::default(),
-        created_at: common::now(),
-        expires_at: None,
-        target: Default::default(),
-        test_vectors: None,
-        input_shapes: Vec::new(),
-        symbols: Vec::new(),
-        const_inputs: Vec::new(),
-        check: true,
-        signers: vec![keys.publisher.clone()],
-        out: out.join(format!("{model}.ferry")),
-    };
-    tune(&mut s);
-    s
-}
-
 /// The fixture's test vectors whose `n` is `rate` (all of them without one).
 fn vectors(dir: &Path, model: &str, rate: Option<i64>) -> PathBuf {
     let vectors: Vec<Value> = reference(model)
@@ -197,7 +167,7 @@ fn bundle_check_refuses_a_loop_on_an_input_and_accepts_it_with_the_fixed_input()
     let dir = tempfile::tempdir().unwrap();
     let hidden = indicatif::ProgressBar::hidden();
     let e = build(
-        &build_spec(&keys, "loop_on_rate", dir.path(), |_| {}),
+        &keys.fixture_spec("loop_on_rate", dir.path(), |_| {}),
         &hidden,
     )
     .err()
@@ -210,7 +180,7 @@ fn bundle_check_refuses_a_loop_on_an_input_and_accepts_it_with_the_fixed_input()
     // With n fixed the check unrolls it and runs onnxruntime's vectors.
     let tv = vectors(dir.path(), "loop_on_rate", Some(32));
     let built = build(
-        &build_spec(&keys, "loop_on_rate", dir.path(), |s| {
+        &keys.fixture_spec("loop_on_rate", dir.path(), |s| {
             s.const_inputs = vec![parse_const_input("n=32").unwrap()];
             s.test_vectors = Some(tv);
         }),
@@ -223,9 +193,7 @@ fn bundle_check_refuses_a_loop_on_an_input_and_accepts_it_with_the_fixed_input()
     // A constant trip count needs nothing fixed.
     let tv = vectors(dir.path(), "loop_static", None);
     let built = build(
-        &build_spec(&keys, "loop_static", dir.path(), |s| {
-            s.test_vectors = Some(tv)
-        }),
+        &keys.fixture_spec("loop_static", dir.path(), |s| s.test_vectors = Some(tv)),
         &hidden,
     )
     .unwrap();

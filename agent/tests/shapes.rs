@@ -9,7 +9,7 @@
 mod common;
 
 use common::{fixtures, http, Conn, Keys, Process, Served};
-use ferry::bundle_build::{build, BuildError, BuildSpec};
+use ferry::bundle_build::{build, BuildError};
 use ferry::input_shapes::{parse_const_input, parse_input_shape, ShapeDim};
 use ferry_agent::engine::{Engine, Input, LoadOptions, RunError};
 use ferry_agent::plan_cache::{CacheBounds, PlanStats};
@@ -182,31 +182,6 @@ fn an_if_on_a_fixed_input_folds_and_other_values_are_refused() {
     }
 }
 
-fn spec(keys: &Keys, model: &str, out: &Path, tune: impl FnOnce(&mut BuildSpec)) -> BuildSpec {
-    let mut s = BuildSpec {
-        model: fixtures().join(format!("{model}.onnx")),
-        name: ModelName::new(model).unwrap(),
-        version: 1,
-        baseline: None,
-        bins: 10,
-        tags: Default::default(),
-        metrics: Default::default(),
-        lineage: Default::default(),
-        created_at: common::now(),
-        expires_at: None,
-        target: Default::default(),
-        test_vectors: None,
-        input_shapes: Vec::new(),
-        symbols: Vec::new(),
-        const_inputs: Vec::new(),
-        check: true,
-        signers: vec![keys.publisher.clone()],
-        out: out.join(format!("{model}.ferry")),
-    };
-    tune(&mut s);
-    s
-}
-
 fn vectors(dir: &Path, doc: serde_json::Value) -> PathBuf {
     let p = dir.join("vectors.json");
     std::fs::write(&p, serde_json::to_vec(&doc).unwrap()).unwrap();
@@ -218,9 +193,12 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
     let keys = Keys::new();
     let dir = tempfile::tempdir().unwrap();
     let hidden = indicatif::ProgressBar::hidden();
-    let e = build(&spec(&keys, "if_on_rate", dir.path(), |_| {}), &hidden)
-        .err()
-        .unwrap();
+    let e = build(
+        &keys.fixture_spec("if_on_rate", dir.path(), |_| {}),
+        &hidden,
+    )
+    .err()
+    .unwrap();
     assert!(
         matches!(e, BuildError::Check(_)) && e.to_string().contains("If"),
         "{e}"
@@ -237,7 +215,7 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
             "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": [256.0, 256.0]}}}]}),
     );
     let e = build(
-        &spec(&keys, "if_on_rate", dir.path(), |s| {
+        &keys.fixture_spec("if_on_rate", dir.path(), |s| {
             s.test_vectors = Some(tv.clone())
         }),
         &hidden,
@@ -246,7 +224,7 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
     .unwrap();
     assert!(matches!(e, BuildError::Check(_)), "{e}");
     let built = build(
-        &spec(&keys, "if_on_rate", dir.path(), |s| {
+        &keys.fixture_spec("if_on_rate", dir.path(), |s| {
             s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
             s.test_vectors = Some(tv);
         }),
@@ -257,7 +235,7 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
     // With every dimension pinned there is one shape: the check compiles it
     // without test vectors (here the pinned graph even types as it is).
     let pinned = build(
-        &spec(&keys, "if_on_rate", dir.path(), |s| {
+        &keys.fixture_spec("if_on_rate", dir.path(), |s| {
             s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
             s.input_shapes = vec![parse_input_shape("x=1,1024").unwrap()];
         }),
@@ -276,9 +254,12 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
     );
     // A per-shape graph needs test vectors for the check to compile; with
     // them it passes, and the pinned shape is signed in the schema.
-    let e = build(&spec(&keys, "dynamic_reshape", dir.path(), |_| {}), &hidden)
-        .err()
-        .unwrap();
+    let e = build(
+        &keys.fixture_spec("dynamic_reshape", dir.path(), |_| {}),
+        &hidden,
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("--test-vectors"), "{e}");
     let (x, y) = pair_sums(2, 8);
     let tv = vectors(
@@ -288,7 +269,7 @@ fn bundle_check_refuses_an_untypeable_graph_and_accepts_it_with_the_fixed_input(
             "outputs": {"y": {"shape": [4], "datatype": "FP32", "data": y}}}]}),
     );
     let built = build(
-        &spec(&keys, "dynamic_reshape", dir.path(), |s| {
+        &keys.fixture_spec("dynamic_reshape", dir.path(), |s| {
             s.test_vectors = Some(tv);
             s.input_shapes = vec![parse_input_shape("x=batch,-1").unwrap()];
         }),
@@ -330,7 +311,7 @@ fn over_http_dynamic_dims_read_minus_one_and_a_different_fixed_value_is_a_400() 
             "outputs": {"y": {"shape": [2], "datatype": "FP32", "data": want}}}]}),
     );
     build(
-        &spec(&keys, "if_on_rate", dir.path(), |s| {
+        &keys.fixture_spec("if_on_rate", dir.path(), |s| {
             s.name = ModelName::new("vad").unwrap();
             s.const_inputs = vec![parse_const_input("sr=16000").unwrap()];
             s.test_vectors = Some(tv);
@@ -540,7 +521,8 @@ fn conv_schema() -> Schema {
 
 #[test]
 fn a_repeated_shape_of_a_conv_graph_gets_a_plan_of_its_own_with_the_same_answers() {
-    let bytes = model("dw_conv_dynamic");
+    // A grouped convolution: tract's, whose fast kernels need the shape.
+    let bytes = model("grouped_conv_dynamic");
     let shaped = Engine::load_with(&bytes, &conv_schema(), &LoadOptions::default()).unwrap();
     let symbolic = Engine::load_with(
         &bytes,
@@ -588,4 +570,30 @@ fn a_repeated_shape_of_a_conv_graph_gets_a_plan_of_its_own_with_the_same_answers
     let plain = symbolic.plan_stats();
     assert_eq!(PlanStats::get(&plain.compiles), at_load);
     assert_eq!(PlanStats::get(&plain.entries), 0);
+}
+
+#[test]
+fn a_depth_wise_graph_runs_on_its_symbolic_plan_and_compiles_nothing_per_shape() {
+    // Ferry's depth-wise kernel takes any shape: no plan per shape, and no
+    // second copy of the weights, for the mobile CNN block.
+    let engine = Engine::load_with(
+        &model("dw_conv_dynamic"),
+        &conv_schema(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(!engine.per_shape());
+    let stats = engine.plan_stats();
+    let at_load = PlanStats::get(&stats.compiles);
+    for (n, h, w) in [(1, 8, 12), (1, 8, 12), (2, 5, 7), (1, 8, 12)] {
+        let out = engine
+            .run(vec![Input {
+                shape: vec![n, 4, h, w],
+                data: TensorData::F32(vec![0.5; n * 4 * h * w]),
+            }])
+            .unwrap();
+        assert_eq!(out[0].shape, vec![n, 2, h, w]);
+    }
+    assert_eq!(PlanStats::get(&stats.compiles), at_load);
+    assert_eq!(PlanStats::get(&stats.entries), 0);
 }

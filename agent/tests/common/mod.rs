@@ -130,6 +130,39 @@ impl Keys {
         out
     }
 
+    /// A checked build of fixture `model` (`tests/fixtures/models/{model}.onnx`)
+    /// into `out/{model}.ferry`, as a publisher would run `ferry bundle build
+    /// --check`; `tune` sets what a test adds (fixed inputs, vectors, …).
+    pub fn fixture_spec(
+        &self,
+        model: &str,
+        out: &Path,
+        tune: impl FnOnce(&mut BuildSpec),
+    ) -> BuildSpec {
+        let mut s = BuildSpec {
+            model: fixtures().join(format!("{model}.onnx")),
+            name: ModelName::new(model).unwrap(),
+            version: 1,
+            baseline: None,
+            bins: 10,
+            tags: Default::default(),
+            metrics: Default::default(),
+            lineage: Default::default(),
+            created_at: now(),
+            expires_at: None,
+            target: Default::default(),
+            test_vectors: None,
+            input_shapes: Vec::new(),
+            symbols: Vec::new(),
+            const_inputs: Vec::new(),
+            check: true,
+            signers: vec![self.publisher.clone()],
+            out: out.join(format!("{model}.ferry")),
+        };
+        tune(&mut s);
+        s
+    }
+
     pub fn options(&self, data: &Path) -> AgentOptions {
         AgentOptions {
             data_dir: data.to_path_buf(),
