@@ -145,11 +145,12 @@ impl EvalOp for DepthwiseConv {
         // kernel threads when there are any and the work is large enough.
         par_chunks_mut(ys, plane_out, total, |first, chunk| {
             let mut buffers = Buffers::new(&geo);
+            let arch = pulp::Arch::new();
             for (i, out_plane) in chunk.chunks_exact_mut(plane_out).enumerate() {
                 let plane_index = first + i;
                 let ch = plane_index % c;
                 let bias = if bs.len() == 1 { bs[0] } else { bs[ch] };
-                pulp::Arch::new().dispatch(PlaneKernel {
+                arch.dispatch(PlaneKernel {
                     geo: &geo,
                     input: &xs[plane_index * h * w..][..h * w],
                     filter: &ks[ch * taps..][..taps],

@@ -11,10 +11,9 @@
 mod common;
 
 use common::{Conn, Keys, Served};
-use ferry::bundle_build::{build, BuildError, BuildSpec};
+use ferry::bundle_build::{build, BuildError};
 use ferry::input_shapes::{parse_const_input, parse_input_shape};
 use ferry_agent::serving::{Agent, Role};
-use ferry_protocol::ModelName;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -186,37 +185,20 @@ enum Outcome {
 
 fn bundle(keys: &Keys, case: &Case, out: &Path) -> Result<(PathBuf, bool), BuildError> {
     let path = out.join(format!("{}.ferry", case.id));
-    let built = build(
-        &BuildSpec {
-            model: case.dir.join("model.onnx"),
-            name: ModelName::new(case.id.clone()).unwrap(),
-            version: 1,
-            baseline: None,
-            bins: 10,
-            tags: Default::default(),
-            metrics: Default::default(),
-            lineage: Default::default(),
-            created_at: common::now(),
-            expires_at: None,
-            target: Default::default(),
-            test_vectors: case.test_vectors(out),
-            input_shapes: case
-                .input_shapes
-                .iter()
-                .map(|s| parse_input_shape(s).unwrap())
-                .collect(),
-            symbols: Vec::new(),
-            const_inputs: case
-                .const_inputs
-                .iter()
-                .map(|s| parse_const_input(s).unwrap())
-                .collect(),
-            check: true,
-            signers: vec![keys.publisher.clone()],
-            out: path.clone(),
-        },
-        &indicatif::ProgressBar::hidden(),
-    )?;
+    let mut spec = keys.spec(case.dir.join("model.onnx"), &case.id, path.clone());
+    spec.test_vectors = case.test_vectors(out);
+    spec.input_shapes = case
+        .input_shapes
+        .iter()
+        .map(|s| parse_input_shape(s).unwrap())
+        .collect();
+    spec.const_inputs = case
+        .const_inputs
+        .iter()
+        .map(|s| parse_const_input(s).unwrap())
+        .collect();
+    spec.check = true;
+    let built = build(&spec, &indicatif::ProgressBar::hidden())?;
     Ok((path, built.check.is_some_and(|c| c.per_shape)))
 }
 

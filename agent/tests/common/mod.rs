@@ -100,48 +100,23 @@ impl Keys {
             .dir
             .path()
             .join(format!("{name}-{version}-{stem}.ferry"));
-        build(
-            &BuildSpec {
-                model: onnx.to_path_buf(),
-                name: ModelName::new(name).unwrap(),
-                version,
-                baseline,
-                bins: 10,
-                tags: tags
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                metrics: Default::default(),
-                lineage: Default::default(),
-                created_at: now(),
-                expires_at: None,
-                target: Default::default(),
-                test_vectors: None,
-                input_shapes: Vec::new(),
-                symbols: Vec::new(),
-                const_inputs: Vec::new(),
-                check: false,
-                signers: vec![self.publisher.clone()],
-                out: out.clone(),
-            },
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
+        let mut spec = self.spec(onnx.to_path_buf(), name, out.clone());
+        spec.version = version;
+        spec.baseline = baseline;
+        spec.tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        build(&spec, &indicatif::ProgressBar::hidden()).unwrap();
         out
     }
 
-    /// A checked build of fixture `model` (`tests/fixtures/models/{model}.onnx`)
-    /// into `out/{model}.ferry`, as a publisher would run `ferry bundle build
-    /// --check`; `tune` sets what a test adds (fixed inputs, vectors, …).
-    pub fn fixture_spec(
-        &self,
-        model: &str,
-        out: &Path,
-        tune: impl FnOnce(&mut BuildSpec),
-    ) -> BuildSpec {
-        let mut s = BuildSpec {
-            model: fixtures().join(format!("{model}.onnx")),
-            name: ModelName::new(model).unwrap(),
+    /// `model` bundled as `name` v1 into `out`, signed by this publisher,
+    /// with nothing else set and no check.
+    pub fn spec(&self, model: PathBuf, name: &str, out: PathBuf) -> BuildSpec {
+        BuildSpec {
+            model,
+            name: ModelName::new(name).unwrap(),
             version: 1,
             baseline: None,
             bins: 10,
@@ -155,10 +130,27 @@ impl Keys {
             input_shapes: Vec::new(),
             symbols: Vec::new(),
             const_inputs: Vec::new(),
-            check: true,
+            check: false,
             signers: vec![self.publisher.clone()],
-            out: out.join(format!("{model}.ferry")),
-        };
+            out,
+        }
+    }
+
+    /// A checked build of fixture `model` (`tests/fixtures/models/{model}.onnx`)
+    /// into `out/{model}.ferry`, as a publisher would run `ferry bundle build
+    /// --check`; `tune` sets what a test adds (fixed inputs, vectors, …).
+    pub fn fixture_spec(
+        &self,
+        model: &str,
+        out: &Path,
+        tune: impl FnOnce(&mut BuildSpec),
+    ) -> BuildSpec {
+        let mut s = self.spec(
+            fixtures().join(format!("{model}.onnx")),
+            model,
+            out.join(format!("{model}.ferry")),
+        );
+        s.check = true;
         tune(&mut s);
         s
     }
