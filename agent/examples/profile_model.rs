@@ -7,6 +7,9 @@
 //!
 //!   cargo run --release -p ferry-agent --example profile_model -- \
 //!     target/model-corpus/nudenet-320n [RUNS] [THREADS] [tract]
+//!
+//! `FERRY_PROFILE_BATCH=8` stacks the case's inputs 8 times on the first
+//! axis (the benchmark's batch requests).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -61,6 +64,15 @@ fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!("datatype {other}"),
         };
+        // FERRY_PROFILE_BATCH=N: the input stacked N times on its first
+        // axis, as the benchmark's batch requests are.
+        let batch: usize = std::env::var("FERRY_PROFILE_BATCH").map_or(Ok(1), |s| s.parse())?;
+        let tensor = if batch > 1 {
+            let copies: Vec<Tensor> = (0..batch).map(|_| tensor.clone()).collect();
+            Tensor::stack_tensors(0, &copies)?
+        } else {
+            tensor
+        };
         model.set_input_fact(i, InferenceFact::from(tensor.clone()).without_value())?;
         inputs.push(tensor.into_tvalue());
     }
@@ -72,6 +84,18 @@ fn main() -> anyhow::Result<()> {
         ferry_agent::engine::optimise(model.into_typed()?)?
     };
     eprintln!("compiled in {:.2} s", started.elapsed().as_secs_f64());
+    if std::env::var_os("FERRY_PROFILE_NODES").is_some() {
+        for n in &plan.model().nodes {
+            let facts: Vec<String> = n.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
+            eprintln!(
+                "{} {} {} <- {:?}",
+                n.id,
+                n.op().name(),
+                facts.join(" "),
+                n.inputs
+            );
+        }
+    }
     let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut total = 0.0;
     for run in 0..runs + 2 {

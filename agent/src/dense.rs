@@ -398,31 +398,13 @@ fn follower(
     name: &str,
     n: usize,
 ) -> TractResult<Option<(usize, Vec<f32>)>> {
-    let outlet = OutletId::new(from, 0);
-    if model.outputs.contains(&outlet) {
-        return Ok(None);
-    }
-    let [inlet] = model.outlet_successors(outlet) else {
+    let Some(f) = crate::const_operand::follower(model, OutletId::new(from, 0))? else {
         return Ok(None);
     };
-    let node = model.node(inlet.node);
-    let Some(op) = node.op_as::<TypedBinOp>() else {
-        return Ok(None);
-    };
-    if op.0.name() != name || op.1.is_some() || node.inputs.len() != 2 || inlet.slot > 1 {
+    if f.op != name || f.konst.rank() > 2 {
         return Ok(None);
     }
-    let Some(c) = model
-        .outlet_fact(node.inputs[1 - inlet.slot])?
-        .konst
-        .clone()
-    else {
-        return Ok(None);
-    };
-    if c.rank() > 2 {
-        return Ok(None);
-    }
-    Ok(const_row(&c, n)?.map(|row| (inlet.node, row)))
+    Ok(const_row(&f.konst, n)?.map(|row| (f.node, row)))
 }
 
 /// `x` when `outlet` is `x ∘ row` (or `row ∘ x` when `either_order`) for the

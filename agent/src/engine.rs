@@ -550,7 +550,9 @@ fn symbol_name(input: &str, k: usize, name: &str) -> String {
 pub fn optimise(typed: TypedModel) -> TractResult<Plan> {
     let mut typed = typed.into_decluttered()?;
     our_ops(&mut typed)?;
-    typed.into_optimized()?.into_runnable()
+    crate::concrete::rewrite(typed)?
+        .into_optimized()?
+        .into_runnable()
 }
 
 /// Swaps the nodes our own kernels run faster than tract's, after
@@ -565,6 +567,11 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     crate::axis_softmax::substitute(typed)?;
     // One filter per channel: MobileNet's depth-wise convolutions.
     crate::depthwise::substitute(typed)?;
+    // Their BatchNorms, which tract folds only into single-group
+    // convolutions.
+    crate::depthwise_affine::fold(typed)?;
+    // 1×1 convolutions over a batch: one product per image, no transposes.
+    crate::pointwise_batch::substitute(typed)?;
     Ok(())
 }
 
@@ -584,6 +591,7 @@ fn symbolic_plans(
         // A failure here only loses the fast path, not the model.
         typed
             .set_symbols(&subs)
+            .and_then(crate::concrete::rewrite)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .ok()

@@ -138,8 +138,7 @@ impl Specialiser {
                 }
             }
         }
-        self.typed
-            .set_symbols(&subs)?
+        crate::concrete::rewrite(self.typed.set_symbols(&subs)?)?
             .into_optimized()?
             .into_runnable()
     }

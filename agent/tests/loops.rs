@@ -8,23 +8,17 @@
 
 mod common;
 
+use common::test_vectors::{check, input, reference};
 use common::{fixtures, Keys};
 use ferry::bundle_build::{build, BuildError};
 use ferry::input_shapes::parse_const_input;
-use ferry_agent::engine::{Engine, Input, LoadError, LoadOptions};
+use ferry_agent::engine::{Engine, LoadError, LoadOptions};
 use ferry_protocol::{DType, Dim, Schema, Tensor, TensorData, TensorSpec};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 fn model(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join(format!("{name}.onnx"))).unwrap()
-}
-
-/// onnxruntime's answers for the fixture (its test vectors).
-fn reference(name: &str) -> Vec<Value> {
-    let path = fixtures().join(format!("{name}.testvectors.json"));
-    let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    doc["vectors"].as_array().unwrap().clone()
 }
 
 fn spec(name: &str, dtype: DType, shape: &[usize]) -> TensorSpec {
@@ -57,51 +51,6 @@ fn n(v: i64) -> Tensor {
         name: "n".into(),
         shape: vec![],
         data: TensorData::I64(vec![v]),
-    }
-}
-
-fn shape(t: &Value) -> Vec<usize> {
-    serde_json::from_value(t["shape"].clone()).unwrap()
-}
-
-/// A test vector's input as the engine takes it.
-fn input(t: &Value) -> Input {
-    let data = match t["datatype"].as_str().unwrap() {
-        "FP32" => TensorData::F32(serde_json::from_value(t["data"].clone()).unwrap()),
-        "INT64" => TensorData::I64(serde_json::from_value(t["data"].clone()).unwrap()),
-        other => panic!("{other}"),
-    };
-    Input {
-        shape: shape(t),
-        data,
-    }
-}
-
-/// Runs the vector's inputs (in schema order) and checks every output
-/// against onnxruntime's, within 1e-4 + 1e-3·|ref|.
-fn check(engine: &Engine, schema: &Schema, vector: &Value) {
-    let inputs = schema
-        .inputs
-        .iter()
-        .map(|s| input(&vector["inputs"][&s.name]))
-        .collect();
-    let out = engine.run(inputs).unwrap();
-    assert_eq!(out.len(), schema.outputs.len());
-    for (o, s) in out.iter().zip(&schema.outputs) {
-        let want_t = &vector["outputs"][&s.name];
-        let want: Vec<f32> = serde_json::from_value(want_t["data"].clone()).unwrap();
-        assert_eq!(o.shape, shape(want_t), "{}", s.name);
-        let TensorData::F32(got) = &o.data else {
-            panic!("{:?}", o.data)
-        };
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
-                "{}: {got:?} != {want:?}",
-                s.name
-            );
-        }
     }
 }
 
