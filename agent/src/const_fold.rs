@@ -627,7 +627,9 @@ mod tests {
             .unwrap()
     }
 
-    fn close(got: &[f32], want: &serde_json::Value) {
+    fn close(got: &TValue, want: &serde_json::Value) {
+        let got = got.try_as_plain_ram().unwrap();
+        let got = got.as_slice::<f32>().unwrap();
         let want: Vec<f32> = serde_json::from_value(want["data"].clone()).unwrap();
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
@@ -676,23 +678,9 @@ mod tests {
         // What tract computes from it is onnxruntime's answer.
         let want = &expected("loop_static")["vectors"][0]["outputs"];
         let out = run(&p, static_input());
-        close(
-            out[0]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap(),
-            &want["y"],
-        );
+        close(&out[0], &want["y"]);
         assert_eq!(out[1].shape(), &[4, 1, 8]);
-        close(
-            out[1]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap(),
-            &want["ys"],
-        );
+        close(&out[1], &want["ys"]);
     }
 
     #[test]
@@ -708,14 +696,7 @@ mod tests {
         assert_eq!(u.input.len(), 1);
         assert_eq!(u.attribute[0].ints, vec![0]);
         let want = &expected("loop_static")["vectors"][0]["outputs"];
-        close(
-            run(&p, static_input())[1]
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap(),
-            &want["ys"],
-        );
+        close(&run(&p, static_input())[1], &want["ys"]);
     }
 
     #[test]
