@@ -164,6 +164,11 @@ pub struct RunArgs {
     /// file's size).
     #[arg(long, env = "FERRY_AGENT_PLAN_CACHE_BYTES")]
     pub plan_cache_bytes: Option<u64>,
+    /// Stack concurrent requests for MODEL into one run of at most ROWS
+    /// rows, waiting at most DELAY_US µs (default 2000) for more; `*`
+    /// names every model. Repeatable; off unless given here or in the file.
+    #[arg(long = "batch", value_name = "MODEL=ROWS[:DELAY_US]")]
+    pub batch: Vec<String>,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
@@ -417,6 +422,7 @@ fn run(args: RunArgs) -> Result<()> {
             plan_cache_plans: args.plan_cache_plans,
             plan_cache_bytes: args.plan_cache_bytes,
             bundles,
+            batch: args.batch.clone(),
         },
     )?;
     init_tracing(cfg.json_logs);
@@ -433,6 +439,7 @@ fn run(args: RunArgs) -> Result<()> {
         log_flush_ms: cfg.flush_every_ms,
         plan_cache: cfg.plan_cache,
         clock: Arc::new(SystemClock),
+        batching: cfg.batching.clone(),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
     side_load(&agent, &cfg.bundles, identity.is_some())?;

@@ -1,12 +1,14 @@
 //! Agent configuration: `agent.toml`, overridden by flags and `FERRY_AGENT_*`
 //! environment variables (clap reads those), resolved before anything binds.
 
+use crate::batching::{BatchPolicy, BatchingConfig};
 use crate::inference_log::Durability;
 use crate::plan_cache::CacheBounds;
 use crate::serving::Role;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -71,6 +73,10 @@ pub struct FileConfig {
     /// Bundles side-loaded at start, in order.
     #[serde(default)]
     pub bundles: Vec<BundleConfig>,
+    /// Dynamic batching per model name (`*`: every other model); off for
+    /// a model not named.
+    #[serde(default)]
+    pub batching: std::collections::BTreeMap<String, BatchFile>,
     /// Drift and health telemetry over MQTT (`crate::telemetry`).
     pub telemetry: Option<crate::telemetry::TelemetryFile>,
 }
@@ -92,6 +98,17 @@ pub struct PlanCacheConfig {
     /// Most bytes of plans kept per model; each plan is charged the model
     /// file's size (the weights it packs for itself).
     pub max_bytes: Option<u64>,
+}
+
+/// `[batching."model"]`: see `crate::batching`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    /// Most rows (summed over requests) per run.
+    pub max_batch: usize,
+    /// Longest the oldest request waits for more, in microseconds
+    /// (default 2000).
+    pub max_delay_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -143,6 +160,7 @@ pub struct AgentConfig {
     pub threads: usize,
     pub plan_cache: CacheBounds,
     pub bundles: Vec<BundleConfig>,
+    pub batching: BatchingConfig,
 }
 
 /// Values given on the command line or in the environment; `None` = not
@@ -169,6 +187,8 @@ pub struct Overrides {
     pub plan_cache_plans: Option<usize>,
     pub plan_cache_bytes: Option<u64>,
     pub bundles: Vec<BundleConfig>,
+    /// `--batch MODEL=ROWS[:DELAY_US]`, over the file's entries.
+    pub batch: Vec<String>,
 }
 
 pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigError> {
@@ -278,7 +298,9 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
             });
         }
     }
+    let batching = batching(file.batching, &o.batch)?;
     Ok(AgentConfig {
+        batching,
         listen,
         unix_socket: o.unix_socket.or(file.unix_socket),
         admin_socket: o
@@ -320,6 +342,35 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
         plan_cache,
         bundles,
     })
+}
+
+/// The file's `[batching]` entries, then the `--batch` flags over them.
+fn batching(
+    file: std::collections::BTreeMap<String, BatchFile>,
+    flags: &[String],
+) -> Result<BatchingConfig, ConfigError> {
+    let mut cfg = BatchingConfig::default();
+    for (name, b) in file {
+        let delay = b
+            .max_delay_us
+            .map_or(crate::batching::DEFAULT_MAX_DELAY, Duration::from_micros);
+        let policy = BatchPolicy::new(b.max_batch, delay).map_err(|reason| ConfigError::Value {
+            what: "batching",
+            value: name.clone(),
+            reason,
+        })?;
+        cfg.models.insert(name, policy);
+    }
+    for f in flags {
+        let (name, policy) =
+            BatchingConfig::parse_flag(f).map_err(|reason| ConfigError::Value {
+                what: "--batch",
+                value: f.clone(),
+                reason,
+            })?;
+        cfg.models.insert(name, policy);
+    }
+    Ok(cfg)
 }
 
 /// The admin TCP address: loopback only (the token is not a reason to put
@@ -375,6 +426,61 @@ mod tests {
         assert_eq!(c.bundles.len(), 2);
         assert_eq!(c.bundles[1].role, Role::Challenger);
         assert_eq!(c.keep_versions, DEFAULT_KEEP_VERSIONS);
+    }
+
+    #[test]
+    fn batching_comes_from_the_file_and_flags_override_it() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            trust_root = "/etc/ferry/trust.root"
+            [batching."resnet"]
+            max_batch = 32
+            [batching."*"]
+            max_batch = 8
+            max_delay_us = 500
+            "#,
+        )
+        .unwrap();
+        let c = resolve(
+            file,
+            Overrides {
+                batch: vec!["resnet=64:100".into(), "yolo=16".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = |n: &str| {
+            c.batching
+                .for_model(n)
+                .map(|p| (p.max_rows, p.max_delay.as_micros()))
+        };
+        assert_eq!(p("resnet"), Some((64, 100)));
+        assert_eq!(p("yolo"), Some((16, 2000)));
+        assert_eq!(p("anything-else"), Some((8, 500)));
+        // Off unless configured.
+        let none = resolve(
+            toml::from_str(r#"trust_root = "/t""#).unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(none.batching.for_model("resnet"), None);
+        for bad in [
+            "resnet",
+            "resnet=1",
+            "resnet=x",
+            "=8",
+            "resnet=8:2000000",
+            "resnet=8:-1",
+        ] {
+            let e = resolve(
+                toml::from_str(r#"trust_root = "/t""#).unwrap(),
+                Overrides {
+                    batch: vec![bad.into()],
+                    ..Default::default()
+                },
+            );
+            assert!(e.is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

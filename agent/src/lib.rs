@@ -21,6 +21,7 @@
 
 pub mod admin_client;
 pub mod axis_softmax;
+pub mod batching;
 pub mod bench;
 pub mod cli;
 pub mod clock;

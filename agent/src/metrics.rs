@@ -5,6 +5,7 @@
 //! Hand-written rather than a metrics crate: a few atomics per series, and
 //! the request path touches only its own series' counters.
 
+use crate::batching::{BatchStats, BATCH_BUCKETS};
 use crate::inference_log::LogStats;
 use crate::plan_cache::PlanStats;
 use std::collections::BTreeMap;
@@ -61,6 +62,13 @@ pub struct PlanLine<'a> {
     pub model: &'a str,
     pub version: u64,
     pub stats: &'a PlanStats,
+}
+
+/// One batched model version's batcher counters.
+pub struct BatchLine<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    pub stats: &'a BatchStats,
 }
 
 fn esc(s: &str) -> String {
@@ -158,6 +166,48 @@ impl Metrics {
                     let _ = writeln!(out, "{name}{{{labels}}} {v}");
                 }
             }
+        }
+    }
+
+    /// The dynamic batcher's lines for the batched versions: runs,
+    /// requests, a histogram of requests per run, and runs that had to be
+    /// split into single requests.
+    pub fn render_batches(out: &mut String, batches: &[BatchLine<'_>]) {
+        if batches.is_empty() {
+            return;
+        }
+        let labels =
+            |b: &BatchLine<'_>| format!("model=\"{}\",version=\"{}\"", esc(b.model), b.version);
+        let _ = writeln!(
+            out,
+            "# HELP ferry_batch_size Requests per run of the dynamic batcher.\n# TYPE ferry_batch_size histogram"
+        );
+        for b in batches {
+            let l = labels(b);
+            let mut cumulative = 0;
+            for (bound, n) in BATCH_BUCKETS.iter().zip(b.stats.size_counts()) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "ferry_batch_size_bucket{{{l},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let runs = b.stats.runs();
+            let _ = writeln!(out, "ferry_batch_size_bucket{{{l},le=\"+Inf\"}} {runs}");
+            let _ = writeln!(out, "ferry_batch_size_sum{{{l}}} {}", b.stats.requests());
+            let _ = writeln!(out, "ferry_batch_size_count{{{l}}} {runs}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_batch_unstacked_total Batches run one request at a time (the stacked run failed or its outputs were not per row).\n# TYPE ferry_batch_unstacked_total counter"
+        );
+        for b in batches {
+            let _ = writeln!(
+                out,
+                "ferry_batch_unstacked_total{{{}}} {}",
+                labels(b),
+                b.stats.unstacked_runs()
+            );
         }
     }
 

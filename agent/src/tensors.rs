@@ -20,7 +20,7 @@ pub enum RunError {
 }
 
 /// One validated input, in schema order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Input {
     pub shape: Vec<usize>,
     pub data: TensorData,

@@ -213,7 +213,8 @@ pub(super) async fn run_infer(
         .map(str::to_string);
     let agent = app.agent.clone();
     let max_rows = app.rows.for_model(&name);
-    let result = if body.len() <= INLINE_BODY {
+    // A batched request waits for others: never on an async worker.
+    let result = if body.len() <= INLINE_BODY && !agent.batches(&name) {
         infer_body(
             &agent,
             max_rows,
@@ -373,6 +374,7 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
     let mut text = app.agent.metrics.render(Some(app.agent.log.stats()));
     let table = app.agent.table();
     let mut plans = Vec::new();
+    let mut batches = Vec::new();
     for (name, routes) in &table.models {
         for r in routes.iter() {
             plans.push(crate::metrics::PlanLine {
@@ -380,8 +382,16 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
                 version: r.version(),
                 stats: r.loaded.engine.plan_stats(),
             });
+            if let Some(b) = &r.loaded.batcher {
+                batches.push(crate::metrics::BatchLine {
+                    model: name,
+                    version: r.version(),
+                    stats: b.stats(),
+                });
+            }
         }
     }
     crate::metrics::Metrics::render_plans(&mut text, &plans);
+    crate::metrics::Metrics::render_batches(&mut text, &batches);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -15,6 +15,7 @@ use super::local_store::{ActivationState, ModelState};
 use super::routing::{ModelRoutes, Role, Route, Table};
 use super::verify::{verify_and_load_with, LoadedModel};
 use super::Agent;
+use crate::batching::Batcher;
 use crate::failpoint::crash_point;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -58,7 +59,7 @@ impl Agent {
         now: u64,
         highest_seen: impl Fn(&str) -> Option<u64>,
     ) -> Result<LoadedModel, ActivateError> {
-        verify_and_load_with(
+        let mut loaded = verify_and_load_with(
             trust,
             bundle,
             now,
@@ -67,7 +68,22 @@ impl Agent {
                 cache: self.plan_cache,
                 ..Default::default()
             },
-        )
+        )?;
+        let name = loaded.manifest.model.as_str();
+        if let Some(policy) = self.batching.for_model(name) {
+            match Batcher::start(&loaded.manifest, &loaded.engine, policy) {
+                Ok(b) => loaded.batcher = Some(b),
+                // A model that cannot be stacked still serves, one request
+                // per run; configuring batching never refuses a bundle.
+                Err(e) => tracing::warn!(
+                    model = name,
+                    version = loaded.manifest.version,
+                    reason = %e,
+                    "batching configured but not possible; serving unbatched"
+                ),
+            }
+        }
+        Ok(loaded)
     }
 
     fn activations(&self) -> std::sync::MutexGuard<'_, Activations> {

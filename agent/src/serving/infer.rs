@@ -134,7 +134,10 @@ impl Agent {
                 .collect()
         });
         let start = Instant::now();
-        let mut result = route.loaded.engine.run(inputs.to_vec());
+        let mut result = match &route.loaded.batcher {
+            Some(b) => b.run(inputs.to_vec()),
+            None => route.loaded.engine.run(inputs.to_vec()),
+        };
         if crate::failpoint::fails_for_version("serving-infer-error", manifest.version) {
             result = Err(RunError::Exec("injected failure (failpoint)".into()));
         }

@@ -33,6 +33,7 @@ pub use verify::{
     check_test_vectors, verify_and_load, verify_and_load_for, verify_and_load_with, LoadedModel,
 };
 
+use crate::batching::BatchingConfig;
 use crate::clock::Clock;
 use crate::inference_log::{Durability, InferenceLog};
 use crate::metrics::Metrics;
@@ -58,6 +59,8 @@ pub struct AgentOptions {
     pub plan_cache: CacheBounds,
     /// What bundle expiry, log records and drift windows read the time from.
     pub clock: Arc<dyn Clock>,
+    /// Which models' concurrent requests are stacked into one run.
+    pub batching: BatchingConfig,
 }
 
 pub struct Agent {
@@ -73,6 +76,7 @@ pub struct Agent {
     store: LocalStore,
     keep_versions: usize,
     plan_cache: CacheBounds,
+    batching: BatchingConfig,
     sample_threshold: u64,
     /// Request sequence, fallback routing keys and temporary file names.
     counter: AtomicU64,
@@ -116,6 +120,7 @@ impl Agent {
             store,
             keep_versions: opts.keep_versions.max(1),
             plan_cache: opts.plan_cache,
+            batching: opts.batching,
             sample_threshold: (rate * u64::MAX as f64) as u64,
             counter: AtomicU64::new(0),
             events: EventQueue::default(),
@@ -142,6 +147,16 @@ impl Agent {
     /// The routing table as it is now (requests hold it while they run).
     pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
         self.table.load()
+    }
+
+    /// Whether requests for `model` wait for a batch (and so must not run
+    /// on an async worker).
+    pub fn batches(&self, model: &str) -> bool {
+        self.table
+            .load()
+            .models
+            .get(model)
+            .is_some_and(|r| r.iter().any(|r| r.loaded.batcher.is_some()))
     }
 
     /// Ready when at least one model is serving.

@@ -18,6 +18,9 @@ pub struct LoadedModel {
     /// fleet protocol.
     pub manifest_digest: ferry_protocol::keys::Digest,
     pub engine: Engine,
+    /// Set when the agent batches this model's requests
+    /// (`crate::batching`); the engine then runs through it.
+    pub batcher: Option<crate::batching::Batcher>,
 }
 
 /// Verifies `bundle` against `trust` at `now_unix` and compiles its model;
@@ -109,6 +112,7 @@ pub fn verify_and_load_with(
         manifest: Arc::new(manifest),
         manifest_digest,
         engine,
+        batcher: None,
     })
 }
 

@@ -168,6 +168,7 @@ impl Keys {
             log_flush_ms: 100,
             plan_cache: Default::default(),
             clock: Arc::new(SystemClock),
+            batching: Default::default(),
         }
     }
 }
