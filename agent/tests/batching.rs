@@ -2,6 +2,7 @@
 //! one model run as one stacked batch, each gets exactly its own rows (as
 //! an unbatched agent answers them), each is logged and metered on its
 //! own, and a model that cannot be stacked keeps serving unbatched.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -49,21 +50,30 @@ fn bodies() -> Vec<Vec<u8>> {
 }
 
 /// Sends every body at once, each on its own connection.
-fn concurrently(addr: std::net::SocketAddr, path: &str, bodies: &[Vec<u8>]) -> Vec<Value> {
+fn send_all(addr: std::net::SocketAddr, path: &str, bodies: &[Vec<u8>]) -> Vec<Response> {
     std::thread::scope(|s| {
         let handles: Vec<_> = bodies
             .iter()
             .map(|b| s.spawn(move || http(addr, "POST", path, b)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                let r = h.join().unwrap();
-                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-                r.json()
-            })
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// [`send_all`], every answer a 200, as JSON.
+fn concurrently(addr: std::net::SocketAddr, path: &str, bodies: &[Vec<u8>]) -> Vec<Value> {
+    send_all(addr, path, bodies)
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()
+        })
+        .collect()
+}
+
+/// The agent's `/metrics` text.
+fn metrics(addr: std::net::SocketAddr) -> String {
+    String::from_utf8(http(addr, "GET", "/metrics", b"").body).unwrap()
 }
 
 fn assert_close(got: &Value, want: &Value, what: &str) {
@@ -118,7 +128,13 @@ fn concurrent_requests_run_as_one_batch_and_each_gets_its_own_rows() {
         assert_close(&g["outputs"], &w["outputs"], &format!("request {i}"));
     }
 
-    let m = String::from_utf8(http(batched.addr, "GET", "/metrics", b"").body).unwrap();
+    let meta = http(batched.addr, "GET", "/v2/models/m", b"").json();
+    assert_eq!(meta["parameters"]["batching"]["max_batch"], total);
+    assert_eq!(meta["parameters"]["batching"]["max_delay_us"], 1_000_000);
+    let meta = http(plain.addr, "GET", "/v2/models/m", b"").json();
+    assert!(meta["parameters"]["batching"].is_null());
+
+    let m = metrics(batched.addr);
     let labels = r#"{model="m",version="1"}"#;
     // All 12 rows filled one batch: one run for 8 requests.
     assert_eq!(
@@ -144,7 +160,7 @@ fn concurrent_requests_run_as_one_batch_and_each_gets_its_own_rows() {
         "{m}"
     );
     // The unbatched agent has no batcher lines at all.
-    let m = String::from_utf8(http(plain.addr, "GET", "/metrics", b"").body).unwrap();
+    let m = metrics(plain.addr);
     assert!(!m.contains("ferry_batch_size"), "{m}");
 }
 
@@ -181,7 +197,7 @@ fn a_batch_that_is_not_full_runs_when_its_oldest_request_has_waited() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["outputs"][0]["shape"][0], 65);
-    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    let m = metrics(s.addr);
     assert_eq!(
         metric(&m, r#"ferry_batch_size_count{model="m",version="1"}"#),
         Some(1),
@@ -212,7 +228,7 @@ fn a_hot_swap_batches_the_new_version_and_bad_requests_are_still_refused() {
         &infer_body("bad", &[vec![1.0; 3]]),
     );
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
-    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    let m = metrics(s.addr);
     assert_eq!(
         metric(&m, r#"ferry_batch_size_sum{model="m",version="2"}"#),
         Some(4),
@@ -246,7 +262,7 @@ fn a_model_with_a_fixed_batch_dimension_is_served_unbatched() {
         &infer_body("x", &rows[..1]),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    let m = metrics(s.addr);
     assert!(!m.contains("ferry_batch_size"), "{m}");
 }
 
@@ -280,13 +296,7 @@ fn a_request_that_fails_in_a_batch_fails_alone_and_the_others_are_answered() {
         .enumerate()
         .map(|(i, r)| gather_body(&format!("req-{i}"), r))
         .collect();
-    let answers: Vec<_> = std::thread::scope(|sc| {
-        let hs: Vec<_> = bodies
-            .iter()
-            .map(|b| sc.spawn(move || http(s.addr, "POST", "/v2/models/rows/infer", b)))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = send_all(s.addr, "/v2/models/rows/infer", &bodies);
     for (i, (r, rows)) in answers.iter().zip(&idx).enumerate() {
         if i == 2 {
             assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
@@ -307,7 +317,7 @@ fn a_request_that_fails_in_a_batch_fails_alone_and_the_others_are_answered() {
             .collect();
         assert_eq!(got, want, "request {i}");
     }
-    let m = String::from_utf8(http(s.addr, "GET", "/metrics", b"").body).unwrap();
+    let m = metrics(s.addr);
     let labels = r#"{model="rows",version="1"}"#;
     assert_eq!(
         metric(&m, &format!("ferry_batch_size_count{labels}")),

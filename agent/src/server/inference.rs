@@ -104,6 +104,10 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
         },
     };
     let m = &route.loaded.manifest;
+    let batching = route.loaded.batcher.as_ref().map(|b| {
+        let p = b.policy();
+        json!({ "max_batch": p.max_rows, "max_delay_us": p.max_delay.as_micros() as u64 })
+    });
     let versions: Vec<String> = routes.iter().map(|r| r.version().to_string()).collect();
     Json(json!({
         "name": name,
@@ -117,6 +121,7 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
             "tags": m.tags,
             "metrics": m.metrics,
             "created_at": m.created_at,
+            "batching": batching,
         },
     }))
     .into_response()
