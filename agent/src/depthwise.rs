@@ -38,6 +38,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
                 node.id,
                 DepthwiseConv {
                     pool_spec: conv.pool_spec.clone(),
+                    activation: Activation::None,
                 },
             ));
         }
@@ -88,10 +89,24 @@ fn eligible(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bo
             .is_some_and(|b| b.len() == c || b.len() == 1))
 }
 
-/// tract's depth-wise `Conv` with the same pooling spec, on [`plane`].
+/// What the kernel applies to each output value before storing it: the
+/// activation after the convolution, fused by `crate::depthwise_affine`
+/// so that it is not one more pass over every plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// ONNX's `x · clamp(x/6 + 1/2, 0, 1)`.
+    HardSwish,
+}
+
+/// tract's depth-wise `Conv` with the same pooling spec, on [`PlaneKernel`],
+/// followed by `activation`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DepthwiseConv {
     pool_spec: PoolSpec,
+    pub(crate) activation: Activation,
 }
 
 impl Op for DepthwiseConv {
@@ -155,6 +170,7 @@ impl EvalOp for DepthwiseConv {
                     input: &xs[plane_index * h * w..][..h * w],
                     filter: &ks[ch * taps..][..taps],
                     bias,
+                    activation: self.activation,
                     buffers: &mut buffers,
                     out: out_plane,
                 });
@@ -285,6 +301,7 @@ struct PlaneKernel<'a> {
     input: &'a [f32],
     filter: &'a [f32],
     bias: f32,
+    activation: Activation,
     buffers: &'a mut Buffers,
     out: &'a mut [f32],
 }
@@ -301,6 +318,7 @@ impl pulp::WithSimd for PlaneKernel<'_> {
             input,
             filter,
             bias,
+            activation,
             buffers,
             out,
         } = self;
@@ -332,11 +350,11 @@ impl pulp::WithSimd for PlaneKernel<'_> {
         let mut v = 0;
         while v + 4 <= count {
             let jobs = [at(v), at(v + 1), at(v + 2), at(v + 3)];
-            vectors::<S, 4>(simd, phases, taps, jobs, bias, padded_out);
+            vectors::<S, 4>(simd, phases, taps, jobs, bias, activation, padded_out);
             v += 4;
         }
         while v < count {
-            vectors::<S, 1>(simd, phases, taps, [at(v)], bias, padded_out);
+            vectors::<S, 1>(simd, phases, taps, [at(v)], bias, activation, padded_out);
             v += 1;
         }
         for (dst, src) in out
@@ -376,7 +394,7 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
 }
 
 /// `U` output vectors (scratch offset, output offset), every tap summed in
-/// registers.
+/// registers, the activation applied there too.
 #[inline(always)]
 fn vectors<S: Simd, const U: usize>(
     simd: S,
@@ -384,6 +402,7 @@ fn vectors<S: Simd, const U: usize>(
     taps: &[(usize, f32)],
     jobs: [(usize, usize); U],
     bias: f32,
+    activation: Activation,
     out: &mut [f32],
 ) {
     let lanes = S::F32_LANES;
@@ -393,6 +412,23 @@ fn vectors<S: Simd, const U: usize>(
         for u in 0..U {
             let (src, _) = S::as_simd_f32s(&phases[start + jobs[u].0..][..lanes]);
             acc[u] = simd.mul_add_e_f32s(wv, src[0], acc[u]);
+        }
+    }
+    let zero = simd.splat_f32s(0.0);
+    match activation {
+        Activation::None => {}
+        Activation::Relu => acc.iter_mut().for_each(|a| *a = simd.max_f32s(*a, zero)),
+        Activation::HardSwish => {
+            let (sixth, half, one) = (
+                simd.splat_f32s(1.0 / 6.0),
+                simd.splat_f32s(0.5),
+                simd.splat_f32s(1.0),
+            );
+            for a in acc.iter_mut() {
+                let gate = simd.mul_add_e_f32s(*a, sixth, half);
+                let gate = simd.min_f32s(simd.max_f32s(gate, zero), one);
+                *a = simd.mul_f32s(*a, gate);
+            }
         }
     }
     for u in 0..U {

