@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_e2e::db::Db;
-use ferry_e2e::fleet::{bin, fixtures, ok, spawn_until, wait_for, Keys, Proc, Server, ADMIN};
+use ferry_e2e::fleet::{
+    self, bin, device_token, fixtures, ok, spawn_until, wait_for, Keys, Proc, Server, ADMIN,
+};
 use ferry_e2e::skip_or_fail;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -358,7 +360,7 @@ const LONG: Duration = Duration::from_secs(180);
 /// approval after its first wave. The simulator and the rollout's id.
 fn fleet_with_a_rollout(server: &Server, tmp: &Path) -> (Proc, String) {
     let http = server.url.trim_start_matches("http://");
-    let (code, body) = ferry_e2e::fleet::http_raw(
+    let (code, body) = fleet::http_raw(
         http,
         "POST",
         "/api/v1/models/fraud/drift-config",
@@ -741,29 +743,8 @@ fn simulated_devices(
     extra: &[&str],
 ) -> Proc {
     let ca = tmp.join(format!("{dir}-ca.pem"));
-    let tok = server.json(&[
-        "device",
-        "token",
-        "create",
-        "--labels",
-        labels,
-        "--uses",
-        &n.to_string(),
-        "--ca-out",
-        ca.to_str().unwrap(),
-    ]);
-    let mut cmd = Command::new(bin("ferry-fleet-sim"));
-    cmd.args(["--server", &server.quic, "--token"])
-        .arg(tok["token"].as_str().unwrap())
-        .arg("--ca")
-        .arg(&ca)
-        .arg("--root-fingerprint")
-        .arg(tok["root_fingerprint"].as_str().unwrap())
-        .arg("--dir")
-        .arg(tmp.join(dir))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "600"])
-        .args(extra);
-    spawn_until(cmd, &["running "]).0
+    let tok = device_token(server, labels, n, &ca);
+    fleet::simulated_devices(server, &tok, &ca, &tmp.join(dir), n, 600, extra)
 }
 
 /// Two replicas over one PostgreSQL, the devices connected to B only: A's

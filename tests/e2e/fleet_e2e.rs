@@ -563,39 +563,10 @@ fn simulate_fleet(
     let server = Server::start(&tmp.join("server"), env);
     push_trust_and_model(&server, &keys, &bundle);
     let ca = tmp.join("ca.pem");
-    let tok = server.json(&[
-        "device",
-        "token",
-        "create",
-        "--labels",
-        "fleet=sim",
-        "--uses",
-        &n.to_string(),
-        "--ca-out",
-        ca.to_str().unwrap(),
-    ]);
-    let mut cmd = std::process::Command::new(ferry_e2e::fleet::bin("ferry-fleet-sim"));
-    cmd.args(["--server", &server.quic, "--token"])
-        .arg(tok["token"].as_str().unwrap())
-        .arg("--ca")
-        .arg(&ca)
-        .arg("--root-fingerprint")
-        .arg(tok["root_fingerprint"].as_str().unwrap())
-        .arg("--dir")
-        .arg(tmp.join("sim"))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "120"])
-        .args(sim_args);
-    let (sim, _) = ferry_e2e::fleet::spawn_until(cmd, &["running "]);
-    wait_for("all simulated devices connected", LONG, || {
-        let v = server.json(&["device", "list"]);
-        let c = v["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["connected"] == true)
-            .count();
-        (c == n).then_some(())
-    });
+    let tok = ferry_e2e::fleet::device_token(&server, "fleet=sim", n, &ca);
+    let sim =
+        ferry_e2e::fleet::simulated_devices(&server, &tok, &ca, &tmp.join("sim"), n, 120, sim_args);
+    ferry_e2e::fleet::wait_connected(&server, n, LONG);
     let dep = deploy(&server, "fraud", "1", "fleet=sim");
     wait_for("control plane sees every device active", LONG, || {
         let v = server.deployment(&dep);

@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_e2e::db::Db;
-use ferry_e2e::fleet::{bin, ok, run, spawn_until, wait_for, Agent, Keys, Proc, Server};
+use ferry_e2e::fleet::{
+    device_token, ok, run, simulated_devices, wait_connected, wait_for, Agent, Keys, Proc, Server,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,46 +31,11 @@ fn server(tmp: &Path, env: &[(&str, &str)]) -> (Server, Keys) {
     (server, keys)
 }
 
-/// An enrollment token for `n` devices labelled `labels`; writes the CA.
-fn token(server: &Server, labels: &str, n: usize, ca: &Path) -> Value {
-    server.json(&[
-        "device",
-        "token",
-        "create",
-        "--labels",
-        labels,
-        "--uses",
-        &n.to_string(),
-        "--ca-out",
-        ca.to_str().unwrap(),
-    ])
-}
-
 /// `n` simulated devices enrolled with `tok`, connected; `extra` goes to
 /// `ferry-fleet-sim` (e.g. `--telemetry`).
 fn simulate(server: &Server, tmp: &Path, tok: &Value, ca: &Path, n: usize, extra: &[&str]) -> Proc {
-    let mut cmd = std::process::Command::new(bin("ferry-fleet-sim"));
-    cmd.args(["--server", &server.quic, "--token"])
-        .arg(tok["token"].as_str().unwrap())
-        .arg("--ca")
-        .arg(ca)
-        .arg("--root-fingerprint")
-        .arg(tok["root_fingerprint"].as_str().unwrap())
-        .arg("--dir")
-        .arg(tmp.join("sim"))
-        .args(["--devices", &n.to_string(), "--timeout-secs", "300"])
-        .args(extra);
-    let (sim, _) = spawn_until(cmd, &["running "]);
-    wait_for("every simulated device connected", LONG, || {
-        let v = server.json(&["device", "list"]);
-        let c = v["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["connected"] == true)
-            .count();
-        (c == n).then_some(())
-    });
+    let sim = simulated_devices(server, tok, ca, &tmp.join("sim"), n, 300, extra);
+    wait_connected(server, n, LONG);
     sim
 }
 
@@ -170,7 +137,7 @@ fn a_good_version_walks_every_wave_to_every_device() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, _keys) = server(tmp.path(), &[("FERRY_MQTT_URL", "mqtt://127.0.0.1:1883")]);
     let ca = tmp.path().join("ca.pem");
-    let tok = token(&server, "site=berlin", 20, &ca);
+    let tok = device_token(&server, "site=berlin", 20, &ca);
     let _sim = simulate(&server, tmp.path(), &tok, &ca, 20, &[]);
     deploy_v1(&server, "site=berlin", 20);
 
@@ -253,7 +220,7 @@ fn agents(
     failpoints: &str,
 ) -> Vec<Agent> {
     let ca = tmp.join("agent-ca.pem");
-    let tok = token(server, labels, n, &ca);
+    let tok = device_token(server, labels, n, &ca);
     let token = tok["token"].as_str().unwrap().to_string();
     (0..n)
         .map(|i| {
@@ -468,7 +435,7 @@ fn rolled_back_by_telemetry(bad_profile: &str, gate: &str, gate_name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (server, _keys) = server(tmp.path(), &[]);
     let ca = tmp.path().join("ca.pem");
-    let tok = token(&server, "site=oslo", n, &ca);
+    let tok = device_token(&server, "site=oslo", n, &ca);
     let _sim = simulate(
         &server,
         tmp.path(),
@@ -555,7 +522,7 @@ fn approval_mode_waits_for_an_operator() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, _keys) = server(tmp.path(), &[]);
     let ca = tmp.path().join("ca.pem");
-    let tok = token(&server, "site=oslo", 4, &ca);
+    let tok = device_token(&server, "site=oslo", 4, &ca);
     let _sim = simulate(&server, tmp.path(), &tok, &ca, 4, &[]);
     deploy_v1(&server, "site=oslo", 4);
     let policy = write(
@@ -648,7 +615,7 @@ fn a_second_replica_takes_over_a_rollout_from_a_killed_one() {
     }
     // The devices are B's (its CA, its QUIC endpoint).
     let ca = tmp.path().join("ca.pem");
-    let tok = token(&b, "site=rome", 6, &ca);
+    let tok = device_token(&b, "site=rome", 6, &ca);
     let _sim = simulate(&b, tmp.path(), &tok, &ca, 6, &[]);
     deploy_v1(&b, "site=rome", 6);
     let policy = write(
@@ -878,7 +845,7 @@ fn a_restarted_server_resumes_a_rollout() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut server, _keys) = server(tmp.path(), &[]);
     let ca = tmp.path().join("ca.pem");
-    let tok = token(&server, "site=kyiv", 4, &ca);
+    let tok = device_token(&server, "site=kyiv", 4, &ca);
     let _sim = simulate(&server, tmp.path(), &tok, &ca, 4, &[]);
     deploy_v1(&server, "site=kyiv", 4);
     let policy = write(

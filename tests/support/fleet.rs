@@ -433,3 +433,61 @@ fn request(addr: &str, method: &str, path: &str, token: &str, body: &str) -> Opt
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     Some((status, body.to_string()))
 }
+
+/// An enrollment token for `n` devices labelled `labels`; writes the
+/// server's CA to `ca`.
+pub fn device_token(server: &Server, labels: &str, n: usize, ca: &Path) -> Value {
+    server.json(&[
+        "device",
+        "token",
+        "create",
+        "--labels",
+        labels,
+        "--uses",
+        &n.to_string(),
+        "--ca-out",
+        ca.to_str().unwrap(),
+    ])
+}
+
+/// `ferry-fleet-sim` running `n` devices enrolled with `tok` (from
+/// [`device_token`]) in `dir`, once it printed that they run; `extra` goes
+/// to the simulator (e.g. `--telemetry`). The caller waits for whatever
+/// state of theirs it needs.
+pub fn simulated_devices(
+    server: &Server,
+    tok: &Value,
+    ca: &Path,
+    dir: &Path,
+    n: usize,
+    timeout_secs: u64,
+    extra: &[&str],
+) -> Proc {
+    let mut cmd = Command::new(bin("ferry-fleet-sim"));
+    cmd.args(["--server", &server.quic, "--token"])
+        .arg(tok["token"].as_str().unwrap())
+        .arg("--ca")
+        .arg(ca)
+        .arg("--root-fingerprint")
+        .arg(tok["root_fingerprint"].as_str().unwrap())
+        .arg("--dir")
+        .arg(dir)
+        .args(["--devices", &n.to_string()])
+        .args(["--timeout-secs", &timeout_secs.to_string()])
+        .args(extra);
+    spawn_until(cmd, &["running "]).0
+}
+
+/// Waits until the server lists `n` connected devices.
+pub fn wait_connected(server: &Server, n: usize, timeout: Duration) {
+    wait_for("every simulated device connected", timeout, || {
+        let v = server.json(&["device", "list"]);
+        let c = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["connected"] == true)
+            .count();
+        (c == n).then_some(())
+    });
+}
