@@ -24,3 +24,12 @@ pub(crate) fn input(shape: &[usize]) -> TractResult<TValue> {
         .collect();
     Ok(Tensor::from_shape(shape, &v)?.into_tvalue())
 }
+
+/// Fails unless `got` equals `want` within tract's `Approximate` tolerance:
+/// a rewrite must answer as the plan it replaced.
+pub(crate) fn same_answers(want: &TValue, got: &TValue) -> TractResult<()> {
+    want.close_enough(
+        got,
+        tract_onnx::tract_hir::tract_core::internal::Approximation::Approximate,
+    )
+}

@@ -32,13 +32,20 @@ fn schema(c_in: u64, c_out: u64) -> Schema {
     }
 }
 
+/// Fixture `name` loaded as the agent loads it, with its schema
+/// (`c_in` → `c_out` channels) and its two test vectors.
+fn load(name: &str, c_in: u64, c_out: u64) -> (Engine, Schema, Vec<serde_json::Value>) {
+    let bytes = std::fs::read(fixtures().join(format!("{name}.onnx"))).unwrap();
+    let vectors = reference(name);
+    assert_eq!(vectors.len(), 2);
+    let schema = schema(c_in, c_out);
+    let engine = Engine::load_with(&bytes, &schema, &LoadOptions::default()).unwrap();
+    (engine, schema, vectors)
+}
+
 #[test]
 fn a_mobile_block_answers_as_onnxruntime_at_a_batch_of_one_and_of_three() {
-    let bytes = std::fs::read(fixtures().join("mobile_block_dynamic.onnx")).unwrap();
-    let vectors = reference("mobile_block_dynamic");
-    assert_eq!(vectors.len(), 2);
-    let schema = schema(8, 8);
-    let engine = Engine::load_with(&bytes, &schema, &LoadOptions::default()).unwrap();
+    let (engine, schema, vectors) = load("mobile_block_dynamic", 8, 8);
     assert!(!engine.per_shape(), "the block should type with symbols");
     let at_load = PlanStats::get(&engine.plan_stats().compiles);
     // Each shape twice: a shape seen twice would get its own plan if the
@@ -51,11 +58,7 @@ fn a_mobile_block_answers_as_onnxruntime_at_a_batch_of_one_and_of_three() {
 
 #[test]
 fn a_grouped_convolution_answers_as_onnxruntime_on_the_plan_for_its_shape() {
-    let bytes = std::fs::read(fixtures().join("grouped_conv_dynamic.onnx")).unwrap();
-    let vectors = reference("grouped_conv_dynamic");
-    assert_eq!(vectors.len(), 2);
-    let schema = schema(4, 2);
-    let engine = Engine::load_with(&bytes, &schema, &LoadOptions::default()).unwrap();
+    let (engine, schema, vectors) = load("grouped_conv_dynamic", 4, 2);
     let stats = engine.plan_stats();
     let at_load = PlanStats::get(&stats.compiles);
     // Three times each: on the symbolic plan, then the second compiles a

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
-use worker::{Job, Worker};
+use worker::{Job, Queued, Worker};
 
 /// The default wait for more requests (Triton's examples use 100 µs to a
 /// few ms; 2 ms keeps a lone request's added latency small).
@@ -173,7 +173,7 @@ impl BatchStats {
 /// One model version's batcher: the sending end of its worker's channel.
 /// Dropping it lets the worker answer what waits and stop.
 pub struct Batcher {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     /// Runs requests the worker cannot take (too many rows, or the worker
     /// is gone).
     engine: Engine,
@@ -250,14 +250,13 @@ impl Batcher {
             return self.engine.run(inputs);
         }
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
+        let queued = Queued {
             key,
             rows,
-            inputs,
-            reply,
+            job: Job { inputs, reply },
         };
-        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
-            return self.engine.run(job.inputs);
+        if let Err(mpsc::SendError(q)) = self.tx.send(queued) {
+            return self.engine.run(q.job.inputs);
         }
         answer
             .recv()

@@ -74,10 +74,10 @@ pub fn split(outputs: Vec<Output>, rows: &[usize]) -> Option<Vec<Vec<Output>>> {
     let mut answers: Vec<Vec<Output>> = rows.iter().map(|_| Vec::new()).collect();
     for o in outputs {
         let (&n, rest) = o.shape.split_first()?;
-        if n != total || o.data.len() != total * rest.iter().product::<usize>() {
+        let per_row = rest.iter().product::<usize>();
+        if n != total || o.data.len() != total * per_row {
             return None;
         }
-        let per_row = rest.iter().product::<usize>();
         let mut start = 0;
         for (answer, r) in answers.iter_mut().zip(rows) {
             let mut shape = o.shape.clone();

@@ -15,10 +15,15 @@ pub type Answer = Result<Vec<Output>, RunError>;
 
 /// One request waiting for its batch.
 pub struct Job {
-    pub key: StackKey,
-    pub rows: usize,
     pub inputs: Vec<Input>,
     pub reply: SyncSender<Answer>,
+}
+
+/// A [`Job`] on its way to the worker, with what the queue sorts it by.
+pub struct Queued {
+    pub key: StackKey,
+    pub rows: usize,
+    pub job: Job,
 }
 
 pub struct Worker {
@@ -29,7 +34,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until every sender is gone, then answers what still waits.
-    pub fn run(mut self, rx: Receiver<Job>) {
+    pub fn run(mut self, rx: Receiver<Queued>) {
         let origin = Instant::now();
         let now_us = || origin.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         loop {
@@ -55,12 +60,12 @@ impl Worker {
         }
     }
 
-    fn push(&mut self, job: Job, now_us: u64) {
-        self.queue.push(job.key.clone(), job.rows, now_us, job);
+    fn push(&mut self, q: Queued, now_us: u64) {
+        self.queue.push(q.key, q.rows, now_us, q.job);
     }
 
     fn execute(&self, batch: Vec<(usize, Job)>) {
-        let mut jobs: Vec<Job> = batch.into_iter().map(|(_, j)| j).collect();
+        let (rows, mut jobs): (Vec<usize>, Vec<Job>) = batch.into_iter().unzip();
         self.stats.record(jobs.len());
         if jobs.len() == 1 {
             if let Some(job) = jobs.pop() {
@@ -68,7 +73,6 @@ impl Worker {
             }
             return;
         }
-        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
         let parts: Vec<&[Input]> = jobs.iter().map(|j| j.inputs.as_slice()).collect();
         let stacked = self.engine.run(stack::stack(&parts));
         match stacked
