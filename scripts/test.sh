@@ -53,9 +53,13 @@ else
   export CI=true
 fi
 
-say "cargo test --workspace $*"
+# The agent's `gpu` feature is on: the burn engine's tests run too, its
+# GPU path (wgpu) on the host's Vulkan driver (Mesa's lavapipe without a
+# GPU: apt-get install mesa-vulkan-drivers). Models load on tract unless a
+# test asks for burn, so a GPU on the machine changes no other result.
+say "cargo test --workspace --features ferry-agent/gpu $*"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --features ferry-agent/gpu "$@" || status=$?
 
 if [ -s "$service_log" ]; then
   echo "== real services, by test binary:"

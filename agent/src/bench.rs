@@ -143,6 +143,13 @@ pub struct ModelBenchArgs {
     /// the request's shapes (what the agent did before they existed).
     #[arg(long)]
     pub symbolic_only: bool,
+    /// The engine to measure: `tract`, `burn` or `auto` (as the agent's
+    /// `--engine`).
+    #[arg(long, default_value = "tract")]
+    pub engine: crate::engine_choice::EngineChoice,
+    /// The burn engine's backend (`cuda`, `wgpu`, `cpu`), as `--gpu-backend`.
+    #[arg(long)]
+    pub gpu_backend: Option<String>,
 }
 
 /// One input of a case file.
@@ -228,9 +235,14 @@ pub fn bench_model_cmd(trust: &TrustRoot, args: ModelBenchArgs) -> Result<()> {
         |_| None,
         crate::engine::LoadOptions {
             symbolic_only: args.symbolic_only,
+            engine: crate::engine_choice::EngineSelect {
+                choice: args.engine,
+                gpu_backend: args.gpu_backend.clone(),
+            },
             ..Default::default()
         },
     )?;
+    let info = loaded.engine.info();
     let load_s = started.elapsed().as_secs_f64();
     let inputs = read_inputs(&args.inputs, loaded.engine.schema())?;
     for _ in 0..args.warmup {
@@ -250,7 +262,9 @@ pub fn bench_model_cmd(trust: &TrustRoot, args: ModelBenchArgs) -> Result<()> {
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
     println!(
-        "{{\"threads\":{threads},\"runs\":{},\"load_s\":{load_s:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"mean_us\":{mean:.1},\"min_us\":{:.1},\"per_shape\":{}}}",
+        "{{\"engine\":\"{}\",\"backend\":\"{}\",\"threads\":{threads},\"runs\":{},\"load_s\":{load_s:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"mean_us\":{mean:.1},\"min_us\":{:.1},\"per_shape\":{}}}",
+        info.engine,
+        info.backend.unwrap_or("cpu"),
         times.len(),
         quantile(&times, 0.5),
         quantile(&times, 0.99),

@@ -169,6 +169,15 @@ pub struct RunArgs {
     /// names every model. Repeatable; off unless given here or in the file.
     #[arg(long = "batch", value_name = "MODEL=ROWS[:DELAY_US]")]
     pub batch: Vec<String>,
+    /// The engine that serves models: `auto` (burn when a GPU adapter is
+    /// present and burn runs every operator, tract otherwise), `tract` or
+    /// `burn` (needs the `gpu` build).
+    #[arg(long, env = "FERRY_AGENT_ENGINE")]
+    pub engine: Option<crate::engine_choice::EngineChoice>,
+    /// The burn engine's backend: `cuda`, `wgpu` or `cpu` (default: the
+    /// first GPU backend of this build whose adapter is present).
+    #[arg(long, env = "FERRY_AGENT_GPU_BACKEND")]
+    pub gpu_backend: Option<String>,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
@@ -423,6 +432,8 @@ fn run(args: RunArgs) -> Result<()> {
             plan_cache_bytes: args.plan_cache_bytes,
             bundles,
             batch: args.batch.clone(),
+            engine: args.engine,
+            gpu_backend: args.gpu_backend.clone(),
         },
     )?;
     init_tracing(cfg.json_logs);
@@ -440,6 +451,7 @@ fn run(args: RunArgs) -> Result<()> {
         plan_cache: cfg.plan_cache,
         clock: Arc::new(SystemClock),
         batching: cfg.batching.clone(),
+        engine: cfg.engine.clone(),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
     side_load(&agent, &cfg.bundles, identity.is_some())?;

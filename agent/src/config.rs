@@ -79,6 +79,10 @@ pub struct FileConfig {
     pub batching: std::collections::BTreeMap<String, BatchFile>,
     /// Drift and health telemetry over MQTT (`crate::telemetry`).
     pub telemetry: Option<crate::telemetry::TelemetryFile>,
+    /// `auto`, `tract` or `burn` (`crate::engine_choice`).
+    pub engine: Option<crate::engine_choice::EngineChoice>,
+    /// The burn engine's backend: `cuda`, `wgpu` or `cpu`.
+    pub gpu_backend: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +165,7 @@ pub struct AgentConfig {
     pub plan_cache: CacheBounds,
     pub bundles: Vec<BundleConfig>,
     pub batching: BatchingConfig,
+    pub engine: crate::engine_choice::EngineSelect,
 }
 
 /// Values given on the command line or in the environment; `None` = not
@@ -189,6 +194,8 @@ pub struct Overrides {
     pub bundles: Vec<BundleConfig>,
     /// `--batch MODEL=ROWS[:DELAY_US]`, over the file's entries.
     pub batch: Vec<String>,
+    pub engine: Option<crate::engine_choice::EngineChoice>,
+    pub gpu_backend: Option<String>,
 }
 
 pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigError> {
@@ -299,8 +306,16 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<AgentConfig, ConfigErro
         }
     }
     let batching = batching(file.batching, &o.batch)?;
+    let engine = crate::engine_choice::EngineSelect {
+        choice: o
+            .engine
+            .or(file.engine)
+            .unwrap_or(crate::engine_choice::EngineChoice::Auto),
+        gpu_backend: o.gpu_backend.or(file.gpu_backend),
+    };
     Ok(AgentConfig {
         batching,
+        engine,
         listen,
         unix_socket: o.unix_socket.or(file.unix_socket),
         admin_socket: o

@@ -10,6 +10,7 @@
 //! the digits MLP).
 
 use crate::const_fold::ShapedInput;
+use crate::engine_choice::{EngineInfo, EngineSelect};
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
 use crate::specialise::Specialiser;
 use ferry_protocol::{DType, Dim, Schema};
@@ -35,6 +36,20 @@ pub enum LoadError {
     InputCount { graph: usize, schema: usize },
     #[error(transparent)]
     Fold(#[from] crate::const_fold::FoldError),
+    /// The engine asked for (`--engine`, `--gpu-backend`) cannot serve it.
+    #[error("{0}")]
+    Engine(String),
+}
+
+impl From<crate::engine_choice::ChoiceError> for LoadError {
+    fn from(e: crate::engine_choice::ChoiceError) -> Self {
+        match e {
+            crate::engine_choice::ChoiceError::UnsupportedOps(ops) => {
+                LoadError::UnsupportedOps(ops)
+            }
+            crate::engine_choice::ChoiceError::Engine(why) => LoadError::Engine(why),
+        }
+    }
 }
 
 use crate::tensors::{check_fixed, datum_type, from_tract, input_err, to_tract};
@@ -64,6 +79,9 @@ enum Plans {
     /// tract could not type the graph symbolically: one plan per concrete
     /// set of input shapes, compiled on first use.
     PerShape(Arc<PerShape>),
+    /// The model runs on the burn engine (`--engine`).
+    #[cfg(feature = "gpu")]
+    Burn(Arc<crate::engine_choice::BurnPlan>),
 }
 
 struct PerShape {
@@ -94,6 +112,8 @@ pub struct LoadOptions {
     /// Only the symbolic plans, never one per repeated input shape (to
     /// measure what specialising gains).
     pub symbolic_only: bool,
+    /// tract, burn, or the best this host has (`crate::engine_choice`).
+    pub engine: EngineSelect,
 }
 
 /// The batch size an engine's specialised plan is built for.
@@ -206,6 +226,14 @@ impl Engine {
         opts: &LoadOptions,
     ) -> Result<Self, LoadError> {
         let started = Instant::now();
+        let chosen =
+            crate::engine_choice::select(bytes, &opts.engine, !opts.const_inputs.is_empty())?;
+        #[cfg(feature = "gpu")]
+        if let Some(plan) = chosen {
+            return Self::burn(plan, schema);
+        }
+        #[cfg(not(feature = "gpu"))]
+        let _ = chosen;
         // tract's ONNX front end with Ferry's tree evaluator and ONNX-ML ops.
         let onnx = onnx();
         let mut proto =
@@ -339,6 +367,32 @@ impl Engine {
         Ok(engine)
     }
 
+    #[cfg(feature = "gpu")]
+    fn burn(plan: crate::engine_choice::BurnPlan, schema: &Schema) -> Result<Self, LoadError> {
+        let graph = plan.input_count();
+        if graph != schema.inputs.len() {
+            return Err(LoadError::InputCount {
+                graph,
+                schema: schema.inputs.len(),
+            });
+        }
+        Ok(Self {
+            schema: schema.clone(),
+            fixed: vec![None; schema.inputs.len()],
+            plans: Plans::Burn(Arc::new(plan)),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The engine serving this model.
+    pub fn info(&self) -> EngineInfo {
+        match &self.plans {
+            #[cfg(feature = "gpu")]
+            Plans::Burn(b) => b.info().clone(),
+            _ => EngineInfo::TRACT,
+        }
+    }
+
     /// Compile and plan-cache counters, for `/metrics`.
     pub fn plan_stats(&self) -> &PlanStats {
         &self.stats
@@ -354,7 +408,7 @@ impl Engine {
     pub fn symbolic_failure(&self) -> Option<&str> {
         match &self.plans {
             Plans::PerShape(ps) => Some(&ps.why),
-            Plans::Symbolic { .. } => None,
+            _ => None,
         }
     }
 
@@ -365,6 +419,10 @@ impl Engine {
     /// Runs the model on inputs given in schema order (already validated
     /// against the schema by the caller).
     pub fn run(&self, inputs: Vec<Input>) -> Result<Vec<Output>, RunError> {
+        #[cfg(feature = "gpu")]
+        if let Plans::Burn(b) = &self.plans {
+            return b.run(&self.schema, inputs);
+        }
         let rows = inputs.first().and_then(|i| i.shape.first()).copied();
         let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
         for ((spec, input), fixed) in self.schema.inputs.iter().zip(inputs).zip(&self.fixed) {
@@ -398,6 +456,15 @@ impl Engine {
                     spec.dtype
                 ),
             ));
+        }
+        #[cfg(feature = "gpu")]
+        if let Plans::Burn(b) = &self.plans {
+            let block = from_tract(&spec.name, &block)?;
+            let input = Input {
+                shape: block.shape,
+                data: block.data,
+            };
+            return b.run(&self.schema, vec![input]);
         }
         let rows = block.shape().first().copied();
         if self.fixed.iter().any(Option::is_some) {
@@ -434,6 +501,12 @@ impl Engine {
             (Plans::PerShape(ps), None) => {
                 cached = self.plan_for_shapes(ps, &values)?;
                 &cached
+            }
+            #[cfg(feature = "gpu")]
+            (Plans::Burn(_), None) => {
+                return Err(RunError::Exec(
+                    "a burn model reached tract's run path".into(),
+                ))
             }
         };
         // A panic inside an operator must fail this request, not the agent.

@@ -34,6 +34,7 @@ pub mod dense;
 pub mod depthwise;
 pub mod depthwise_affine;
 pub mod engine;
+pub mod engine_choice;
 pub mod executor;
 mod failpoint;
 pub mod fleet;

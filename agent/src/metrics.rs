@@ -62,6 +62,8 @@ pub struct PlanLine<'a> {
     pub model: &'a str,
     pub version: u64,
     pub stats: &'a PlanStats,
+    /// The engine serving this version.
+    pub engine: crate::engine_choice::EngineInfo,
 }
 
 /// One batched model version's batcher counters.
@@ -166,6 +168,54 @@ impl Metrics {
                     let _ = writeln!(out, "{name}{{{labels}}} {v}");
                 }
             }
+        }
+    }
+
+    /// The engines this agent has (with each GPU adapter) and the one
+    /// serving each loaded version.
+    pub fn render_engines(
+        out: &mut String,
+        available: &[crate::engine_choice::Available],
+        plans: &[PlanLine<'_>],
+    ) {
+        let _ = writeln!(
+            out,
+            "# HELP ferry_engine_available Engines of this agent; 1 when its device is present.\n# TYPE ferry_engine_available gauge"
+        );
+        for a in available {
+            let _ = writeln!(
+                out,
+                "ferry_engine_available{{engine=\"{}\",backend=\"{}\",adapter=\"{}\",kind=\"{}\",api=\"{}\"}} {}",
+                a.engine,
+                a.backend.unwrap_or(""),
+                esc(a.adapter.as_deref().unwrap_or("")),
+                esc(a.kind.as_deref().unwrap_or("")),
+                esc(a.api.as_deref().unwrap_or("")),
+                u8::from(a.error.is_none())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_gpu_memory_bytes Device memory of a GPU adapter, where its backend reports it.\n# TYPE ferry_gpu_memory_bytes gauge"
+        );
+        for a in available {
+            if let (Some(b), Some(m)) = (a.backend, a.memory_bytes) {
+                let _ = writeln!(out, "ferry_gpu_memory_bytes{{backend=\"{b}\"}} {m}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_model_engine_info The engine serving each loaded version.\n# TYPE ferry_model_engine_info gauge"
+        );
+        for p in plans {
+            let _ = writeln!(
+                out,
+                "ferry_model_engine_info{{model=\"{}\",version=\"{}\",engine=\"{}\",backend=\"{}\"}} 1",
+                esc(p.model),
+                p.version,
+                p.engine.engine,
+                p.engine.backend.unwrap_or("")
+            );
         }
     }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Dynamic batching on the CPU engine: the same agent binary, the same signed
+"""Dynamic batching on any engine: the same agent binary, the same signed
 bundle, served unbatched and with `--batch m=ROWS:DELAY_US`, under closed-loop
 load at concurrency 1 and 32 (agent/examples/loadgen.rs), side by side in one
 run. Prints req/s, p50 and p99 per setting and the batched/unbatched ratio.
@@ -8,10 +8,14 @@ Measured, never asserted.
 
     scripts/bench/batching.py                        # release builds first
     scripts/bench/batching.py --skip-build --duration 5 --models mobile_block
+    # the burn engine (a `--features gpu` build) on its CPU backend, on wgpu:
+    scripts/bench/batching.py --features gpu --models cnn \
+        --agent-args="--engine burn --gpu-backend cpu"
 
 Models (tests/fixtures/models): `bc_logreg` (one row of 30 features per
 request) and `mobile_block` (`mobile_block_dynamic.onnx`: a 1x1 / depth-wise /
-1x1 convolution block, one 8x56x56 image per request).
+1x1 convolution block, one 8x56x56 image per request) and `cnn`
+(`gpu/cnn_classifier.onnx`: a small CNN classifier, one 3x16x16 image).
 """
 
 import argparse
@@ -38,6 +42,11 @@ def body(model):
         data = [((i * 37 % 101) / 50.0) - 1.0 for i in range(n)]
         return "mobile_block_dynamic.onnx", {"inputs": [{"name": "x", "shape": shape,
                                                          "datatype": "FP32", "data": data}]}
+    if model == "cnn":
+        shape = [1, 3, 16, 16]
+        data = [((i * 37 % 101) / 50.0) - 1.0 for i in range(3 * 16 * 16)]
+        return "gpu/cnn_classifier.onnx", {"inputs": [{"name": "x", "shape": shape,
+                                                       "datatype": "FP32", "data": data}]}
     sys.exit(f"unknown model {model}")
 
 
@@ -49,10 +58,14 @@ def main():
     ap.add_argument("--concurrency", default="1,32")
     ap.add_argument("--target", default=os.path.join(ROOT, "target"))
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--features", default="", help="the agent's cargo features (gpu)")
+    ap.add_argument("--agent-args", default="",
+                    help="extra `ferry-agent run` arguments (--engine burn --gpu-backend cpu)")
     a = ap.parse_args()
     if not a.skip_build:
+        features = ["--features", a.features] if a.features else []
         sh("cargo", "build", "--release", "-p", "ferry-agent", "--bin", "ferry-agent",
-           "--example", "loadgen")
+           "--example", "loadgen", *features)
         sh("cargo", "build", "-p", "ferry", "--bin", "ferry")
     agent = os.path.join(a.target, "release", "ferry-agent")
     loadgen = os.path.join(a.target, "release", "examples", "loadgen")
@@ -75,6 +88,7 @@ def main():
             data = f"{work}/{model}-{setting}"
             args = [agent, "run", "--bundle", bundle, "--trust", f"{work}/trust.root",
                     "--listen", "127.0.0.1:0", "--data", data]
+            args += a.agent_args.split()
             if setting == "batched":
                 args += ["--batch", f"m={a.batch}"]
             p = Proc(args, log=f"{data}.log")
@@ -86,7 +100,8 @@ def main():
                 r = json.loads(out.strip().splitlines()[-1])
                 rows.append((model, c, setting, r))
             p.stop()
-    print(f"\ncores: {os.cpu_count()}, duration {a.duration}s per run, batch {a.batch} (rows:delay_us)")
+    print(f"\ncores: {os.cpu_count()}, duration {a.duration}s per run, batch {a.batch} (rows:delay_us)"
+          f", agent args: {a.agent_args or '(none)'}")
     print(f"{'model':<14}{'c':>4} {'setting':<10}{'req/s':>10}{'p50_us':>10}{'p99_us':>10}{'errors':>8}")
     for model, c, setting, r in rows:
         print(f"{model:<14}{c:>4} {setting:<10}{r['rps']:>10.0f}{r['p50_us']:>10}{r['p99_us']:>10}"

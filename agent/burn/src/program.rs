@@ -104,6 +104,9 @@ struct Builder<'a> {
     device: &'a Device,
     slots: HashMap<String, usize>,
     constants: Vec<(usize, Value)>,
+    /// Constants already uploaded, by where onnx-ir keeps them: a weight
+    /// several nodes read is on the device once.
+    uploaded: HashMap<String, usize>,
     next: usize,
 }
 
@@ -119,8 +122,19 @@ impl Builder<'_> {
         if arg.is_optional() || (arg.name.is_empty() && arg.value().is_none()) {
             return Ok(None);
         }
+        let key = match arg.value_source {
+            onnx_ir::ValueSource::Static(id) => Some(format!("static:{id}")),
+            onnx_ir::ValueSource::Constant => Some(format!("constant:{}", arg.name)),
+            _ => None,
+        };
+        if let Some(slot) = key.as_ref().and_then(|k| self.uploaded.get(k)) {
+            return Ok(Some(*slot));
+        }
         if let Some(data) = arg.value() {
             let slot = self.fresh();
+            if let Some(k) = key {
+                self.uploaded.insert(k, slot);
+            }
             let v = constant(data, self.device).map_err(|reason| LoadError::Node {
                 node: node.to_string(),
                 reason,
@@ -187,12 +201,76 @@ pub fn constant(data: TensorData, device: &Device) -> Result<Value, String> {
     }
 }
 
+/// A BatchNormalization whose parameters are constants becomes
+/// `x · k + shift` per channel, `k` and `shift` computed here once: two
+/// device operations per run instead of seven.
+fn folded_batch_norm(
+    b: &mut Builder<'_>,
+    node: &Node,
+    name: &str,
+) -> Result<Option<Step>, LoadError> {
+    let Node::BatchNormalization(n) = node else {
+        return Ok(None);
+    };
+    let epsilon = match &n.config {
+        onnx_ir::node::batch_norm::BatchNormConfig::Static(c) => c.epsilon,
+        onnx_ir::node::batch_norm::BatchNormConfig::Runtime(c) => c.epsilon,
+    };
+    let read = |i: usize| -> Option<Vec<f32>> {
+        let d = n.inputs.get(i)?.value()?;
+        d.convert::<f32>().try_to_vec::<f32>().ok()
+    };
+    let (Some(scale), Some(bias), Some(mean), Some(var)) = (read(1), read(2), read(3), read(4))
+    else {
+        return Ok(None);
+    };
+    let c = scale.len();
+    if [bias.len(), mean.len(), var.len()] != [c, c, c] {
+        return Ok(None);
+    }
+    let k: Vec<f32> = scale
+        .iter()
+        .zip(&var)
+        .map(|(s, v)| s / (v + epsilon as f32).sqrt())
+        .collect();
+    let shift: Vec<f32> = bias
+        .iter()
+        .zip(&mean)
+        .zip(&k)
+        .map(|((b, m), k)| b - m * k)
+        .collect();
+    let x = n.inputs.first().ok_or_else(|| LoadError::Node {
+        node: name.to_string(),
+        reason: "BatchNormalization without an input".into(),
+    })?;
+    let x = b.input(name, x)?;
+    let mut upload = |v: Vec<f32>| -> Result<usize, LoadError> {
+        let value =
+            constant(TensorData::new(v, [c]), b.device).map_err(|reason| LoadError::Node {
+                node: name.to_string(),
+                reason,
+            })?;
+        let slot = b.fresh();
+        b.constants.push((slot, value));
+        Ok(slot)
+    };
+    let (k, shift) = (upload(k)?, upload(shift)?);
+    let outputs = n.outputs.iter().take(1).map(|a| b.output(a)).collect();
+    Ok(Some(Step {
+        name: name.to_string(),
+        op: Op::ChannelAffine,
+        inputs: vec![x, Some(k), Some(shift)],
+        outputs,
+    }))
+}
+
 /// Lowers a parsed graph: every node to a step, constants uploaded.
 pub fn lower(graph: &OnnxGraph, device: &Device) -> Result<Program, LoadError> {
     let mut b = Builder {
         device,
         slots: HashMap::new(),
         constants: Vec::new(),
+        uploaded: HashMap::new(),
         next: 0,
     };
     let mut inputs = Vec::new();
@@ -220,6 +298,10 @@ pub fn lower(graph: &OnnxGraph, device: &Device) -> Result<Program, LoadError> {
                     b.constants.push((slot, v));
                 }
             }
+            continue;
+        }
+        if let Some(step) = folded_batch_norm(&mut b, node, &name)? {
+            steps.push(step);
             continue;
         }
         let op = crate::ops::lower(node).map_err(|reason| LoadError::Node {

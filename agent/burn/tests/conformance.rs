@@ -22,6 +22,7 @@ const MODELS: &[&str] = &[
     "gpu/dw_separable",
     "gpu/detector_head",
     "gpu/upsample_mlp",
+    "gpu/bench_cnn",
     "mobile_block_dynamic",
     "grouped_conv_dynamic",
 ];
@@ -110,6 +111,15 @@ fn matches_onnxruntime_on_wgpu() {
     eprintln!("wgpu adapter: {adapter:?}");
     assert!(!adapter.name.is_empty());
     conform_all(Backend::Wgpu);
+}
+
+/// On an NVIDIA GPU (scripts/gpu-check.sh builds this).
+#[cfg(feature = "cuda")]
+#[test]
+fn matches_onnxruntime_on_cuda() {
+    let adapter = ferry_burn::adapter(Backend::Cuda).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("cuda adapter: {adapter:?}");
+    conform_all(Backend::Cuda);
 }
 
 #[test]

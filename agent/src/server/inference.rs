@@ -58,7 +58,8 @@ pub(super) async fn ready(State(app): State<App>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    let engines = crate::engine_choice::available();
+    (status, Json(json!({ "ready": ready, "engines": engines }))).into_response()
 }
 
 pub(super) async fn server_metadata() -> Json<Value> {
@@ -109,6 +110,8 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
         json!({ "max_batch": p.max_rows, "max_delay_us": p.max_delay.as_micros() as u64 })
     });
     let versions: Vec<String> = routes.iter().map(|r| r.version().to_string()).collect();
+    let info = route.loaded.engine.info();
+    let engine = json!({ "name": info.engine, "backend": info.backend, "adapter": info.adapter });
     Json(json!({
         "name": name,
         "versions": versions,
@@ -122,6 +125,7 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
             "metrics": m.metrics,
             "created_at": m.created_at,
             "batching": batching,
+            "engine": engine,
         },
     }))
     .into_response()
@@ -386,6 +390,7 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
                 model: name,
                 version: r.version(),
                 stats: r.loaded.engine.plan_stats(),
+                engine: r.loaded.engine.info(),
             });
             if let Some(b) = &r.loaded.batcher {
                 batches.push(crate::metrics::BatchLine {
@@ -397,6 +402,7 @@ pub(super) async fn metrics(State(app): State<App>) -> Response {
         }
     }
     crate::metrics::Metrics::render_plans(&mut text, &plans);
+    crate::metrics::Metrics::render_engines(&mut text, &crate::engine_choice::available(), &plans);
     crate::metrics::Metrics::render_batches(&mut text, &batches);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -66,6 +66,7 @@ impl Agent {
             highest_seen,
             crate::engine::LoadOptions {
                 cache: self.plan_cache,
+                engine: self.engine.clone(),
                 ..Default::default()
             },
         )?;

@@ -61,6 +61,8 @@ pub struct AgentOptions {
     pub clock: Arc<dyn Clock>,
     /// Which models' concurrent requests are stacked into one run.
     pub batching: BatchingConfig,
+    /// Which engine serves models (`--engine`, `--gpu-backend`).
+    pub engine: crate::engine_choice::EngineSelect,
 }
 
 pub struct Agent {
@@ -77,6 +79,7 @@ pub struct Agent {
     keep_versions: usize,
     plan_cache: CacheBounds,
     batching: BatchingConfig,
+    engine: crate::engine_choice::EngineSelect,
     sample_threshold: u64,
     /// Request sequence, fallback routing keys and temporary file names.
     counter: AtomicU64,
@@ -121,6 +124,7 @@ impl Agent {
             keep_versions: opts.keep_versions.max(1),
             plan_cache: opts.plan_cache,
             batching: opts.batching,
+            engine: opts.engine,
             sample_threshold: (rate * u64::MAX as f64) as u64,
             counter: AtomicU64::new(0),
             events: EventQueue::default(),

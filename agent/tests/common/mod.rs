@@ -169,6 +169,7 @@ impl Keys {
             plan_cache: Default::default(),
             clock: Arc::new(SystemClock),
             batching: Default::default(),
+            engine: Default::default(),
         }
     }
 }

@@ -119,7 +119,9 @@ fn host_binary(op: Binary, x: &HostInts, y: &HostInts) -> Result<Value, String> 
 
 /// The broadcast shape of two host tensors and, for each output element,
 /// the element of each side it reads.
-fn broadcast(a: &[usize], b: &[usize]) -> Result<(Vec<usize>, Vec<(usize, usize)>), String> {
+type Broadcast = (Vec<usize>, Vec<(usize, usize)>);
+
+fn broadcast(a: &[usize], b: &[usize]) -> Result<Broadcast, String> {
     let r = a.len().max(b.len());
     let pad = |s: &[usize]| {
         let mut v = vec![1; r - s.len()];

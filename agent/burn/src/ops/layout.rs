@@ -151,7 +151,7 @@ pub fn pad(c: &PadConfig) -> Result<Op, String> {
 
 /// ONNX's flat `[b1, b2, …, e1, e2, …]` pads as `(before, after)` pairs.
 pub fn onnx_pads(flat: &[i64]) -> Result<Vec<(usize, usize)>, String> {
-    if flat.len() % 2 != 0 || flat.iter().any(|p| *p < 0) {
+    if !flat.len().is_multiple_of(2) || flat.iter().any(|p| *p < 0) {
         return Err(format!(
             "pads {flat:?} must be an even number of non-negative values"
         ));
@@ -245,7 +245,7 @@ pub fn reshape(x: Value, shape: &[i64]) -> Result<Value, String> {
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {d:?} to {shape:?}"));
         }
         out[i] = total / known;

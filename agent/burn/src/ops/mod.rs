@@ -47,6 +47,9 @@ pub enum Op {
     BatchNorm {
         epsilon: f64,
     },
+    /// `x · k + shift` with `k` and `shift` per channel (axis 1): a
+    /// BatchNormalization folded at load.
+    ChannelAffine,
     Pool(Pool),
     GlobalAveragePool,
     Resize(ResizeOp),
@@ -311,6 +314,10 @@ pub fn exec(op: &Op, inputs: Vec<Option<Value>>, device: &Device) -> Result<Vec<
         Op::BatchNorm { epsilon } => {
             let params = [ins.take(1)?, ins.take(2)?, ins.take(3)?, ins.take(4)?];
             one(nn::batch_norm(ins.take(0)?, params, *epsilon, device)?)
+        }
+        Op::ChannelAffine => {
+            let (k, shift) = (ins.take(1)?, ins.take(2)?);
+            one(nn::channel_affine(ins.take(0)?, k, shift, device)?)
         }
         Op::Pool(p) => one(p.run(ins.take(0)?, device)?),
         Op::GlobalAveragePool => one(nn::global_average_pool(ins.take(0)?, device)?),

@@ -302,6 +302,25 @@ pub fn batch_norm(
     Ok(Value::Float(xt.mul(k).add(shift), r))
 }
 
+/// `x · k + shift`, `k` and `shift` of shape [C] broadcast over axis 1.
+pub fn channel_affine(x: Value, k: Value, shift: Value, device: &Device) -> Result<Value, String> {
+    let r = x.rank();
+    if r < 2 {
+        return Err("a per-channel scale needs a rank ≥ 2 input".into());
+    }
+    let per_channel = |v: Value| -> Result<Tensor<RANK>, String> {
+        let c: usize = v.dims().iter().product();
+        let mut d = vec![c];
+        d.resize(r - 1, 1);
+        Ok(v.reshaped(&d)?.float(device)?.0)
+    };
+    let (xt, _) = x.float(device)?;
+    Ok(Value::Float(
+        xt.mul(per_channel(k)?).add(per_channel(shift)?),
+        r,
+    ))
+}
+
 pub fn global_average_pool(x: Value, device: &Device) -> Result<Value, String> {
     let (mut t, r) = x.float(device)?;
     for a in 2..r {
