@@ -454,6 +454,9 @@ fn run(args: RunArgs) -> Result<()> {
         engine: cfg.engine.clone(),
     })
     .with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
+    // Find the GPU adapters now: not in the first activation's path nor in
+    // the fleet hello, which would otherwise wait for the driver.
+    crate::engine_choice::probe_at_start(&cfg.engine);
     side_load(&agent, &cfg.bundles, identity.is_some())?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {

@@ -127,6 +127,32 @@ pub fn available() -> Vec<Available> {
     all
 }
 
+/// Probes every burn backend's device once, at start (unless the agent is
+/// pinned to tract), and logs what it found.
+pub fn probe_at_start(sel: &EngineSelect) {
+    if sel.choice == EngineChoice::Tract {
+        return;
+    }
+    for a in available() {
+        match (&a.adapter, &a.error) {
+            (Some(name), _) => tracing::info!(
+                engine = a.engine,
+                backend = a.backend.unwrap_or(""),
+                adapter = %name,
+                kind = a.kind.as_deref().unwrap_or(""),
+                "engine available"
+            ),
+            (None, Some(why)) => tracing::info!(
+                engine = a.engine,
+                backend = a.backend.unwrap_or(""),
+                reason = %why,
+                "engine not available on this host"
+            ),
+            (None, None) => tracing::info!(engine = a.engine, "engine available"),
+        }
+    }
+}
+
 /// The runtimes this agent offers a bundle, as its fleet hello lists them:
 /// `onnx` (tract, always) and `onnx-burn-<backend>` for every burn backend
 /// whose device is present.
