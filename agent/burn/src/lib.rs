@@ -109,18 +109,14 @@ pub struct Engine {
     backend: Backend,
 }
 
-/// Every `domain:Op` in the model (subgraphs included) that this engine
-/// does not run, read from the protobuf before onnx-ir processes it, so
-/// the refusal names ONNX's operators, not onnx-ir's variants.
-pub fn unsupported_ops(bytes: &[u8]) -> Result<Vec<String>, LoadError> {
-    Ok(unsupported_in(&parse(bytes)?))
-}
-
 fn parse(bytes: &[u8]) -> Result<onnx_ir::ModelProto, LoadError> {
     use onnx_ir::Message;
     onnx_ir::ModelProto::parse_from_bytes(bytes).map_err(|e| LoadError::Parse(e.to_string()))
 }
 
+/// Every `domain:Op` in the model (subgraphs included) that this engine
+/// does not run, read from the protobuf before onnx-ir processes it, so
+/// the refusal names ONNX's operators, not onnx-ir's variants.
 fn unsupported_in(model: &onnx_ir::ModelProto) -> Vec<String> {
     let mut missing = BTreeSet::new();
     let mut stack: Vec<&onnx_ir::GraphProto> = model.graph.as_ref().into_iter().collect();

@@ -3,7 +3,9 @@
 
 use crate::value::{HostInts, Value};
 use burn::tensor::activation;
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor};
+
+type IntTensor = Tensor<{ crate::value::RANK }, Int>;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Unary {
@@ -68,17 +70,18 @@ pub fn binary(op: Binary, a: Value, b: Value, device: &Device) -> Result<Value, 
         }
     }
     let both_int = !matches!(a, Value::Float(..)) && !matches!(b, Value::Float(..));
-    if both_int && !matches!(op, Binary::Pow) {
+    // Integer Pow has no integer kernel: it runs in floats below.
+    let int_op: Option<fn(IntTensor, IntTensor) -> IntTensor> = match op {
+        Binary::Add => Some(IntTensor::add),
+        Binary::Sub => Some(IntTensor::sub),
+        Binary::Mul => Some(IntTensor::mul),
+        Binary::Div => Some(IntTensor::div),
+        Binary::Pow => None,
+    };
+    if let (true, Some(f)) = (both_int, int_op) {
         let (x, _) = a.int(device)?;
         let (y, _) = b.int(device)?;
-        let z = match op {
-            Binary::Add => x.add(y),
-            Binary::Sub => x.sub(y),
-            Binary::Mul => x.mul(y),
-            Binary::Div => x.div(y),
-            Binary::Pow => unreachable_pow()?,
-        };
-        return Ok(Value::Int(z, rank));
+        return Ok(Value::Int(f(x, y), rank));
     }
     let (x, _) = a.float(device)?;
     let (y, _) = b.float(device)?;
@@ -90,11 +93,6 @@ pub fn binary(op: Binary, a: Value, b: Value, device: &Device) -> Result<Value, 
         Binary::Pow => x.powf(y),
     };
     Ok(Value::Float(z, rank))
-}
-
-fn unreachable_pow(
-) -> Result<burn::tensor::Tensor<{ crate::value::RANK }, burn::tensor::Int>, String> {
-    Err("integer Pow is not supported".into())
 }
 
 /// Broadcast arithmetic on host integers (shape computations).

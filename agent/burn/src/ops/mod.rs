@@ -99,6 +99,7 @@ pub enum Op {
     },
 }
 
+/// ONNX's (top, left, bottom, right) as burn's per-axis (begin, end).
 fn pads2(p: &PaddingConfig2d) -> [(usize, usize); 2] {
     let (top, left, bottom, right) = p.as_tuple();
     [(top, bottom), (left, right)]

@@ -1,7 +1,7 @@
 //! Neural-network operators: matrix products, convolutions, pooling,
 //! normalisation, resizing, reductions.
 
-use super::{Inputs, Op, Param};
+use super::{pads2, Inputs, Op, Param};
 use crate::value::{at, axis, padded, Value, RANK};
 use burn::tensor::activation;
 use burn::tensor::module;
@@ -16,11 +16,6 @@ use onnx_ir::node::reduce::{ReduceAxes, ReduceConfig};
 use onnx_ir::node::resize::{
     CoordinateTransformMode, NearestMode, ResizeConfig, ResizeMode, ResizeScales, ResizeSizes,
 };
-
-fn pads2(p: &onnx_ir::node::padding::PaddingConfig2d) -> [(usize, usize); 2] {
-    let (top, left, bottom, right) = p.as_tuple();
-    [(top, bottom), (left, right)]
-}
 
 /// A float tensor of logical rank 4 as burn's `Tensor<4>`.
 fn as4(x: Value, device: &Device, what: &str) -> Result<Tensor<4>, String> {
@@ -277,7 +272,20 @@ pub fn conv_transpose2d(
     from4(module::conv_transpose2d(x, w, b, o))
 }
 
-/// Inference batch normalisation over axis 1.
+/// A [C] vector as [C, 1, …, 1] for a rank-`r` input, so it broadcasts
+/// over everything after axis 1.
+fn per_channel(v: Value, r: usize, device: &Device) -> Result<Tensor<RANK>, String> {
+    if r < 2 {
+        return Err("a per-channel operand needs a rank ≥ 2 input".into());
+    }
+    let c: usize = v.dims().iter().product();
+    let mut d = vec![c];
+    d.resize(r - 1, 1);
+    Ok(v.reshaped(&d)?.float(device)?.0)
+}
+
+/// Inference batch normalisation over axis 1, its parameters read at run
+/// time (constant ones are folded at load into [`channel_affine`]).
 pub fn batch_norm(
     x: Value,
     [scale, bias, mean, var]: [Value; 4],
@@ -285,40 +293,22 @@ pub fn batch_norm(
     device: &Device,
 ) -> Result<Value, String> {
     let r = x.rank();
-    if r < 2 {
-        return Err("BatchNormalization needs a rank ≥ 2 input".into());
-    }
-    // [C] → [C, 1, …, 1] so it broadcasts over the spatial dimensions.
-    let per_channel = |v: Value| -> Result<Tensor<RANK>, String> {
-        let c: usize = v.dims().iter().product();
-        let mut d = vec![c];
-        d.resize(r - 1, 1);
-        Ok(v.reshaped(&d)?.float(device)?.0)
-    };
+    let inv = per_channel(var, r, device)?
+        .add_scalar(epsilon)
+        .sqrt()
+        .recip();
+    let k = per_channel(scale, r, device)?.mul(inv);
+    let shift = per_channel(bias, r, device)?.sub(per_channel(mean, r, device)?.mul(k.clone()));
     let (xt, _) = x.float(device)?;
-    let inv = per_channel(var)?.add_scalar(epsilon).sqrt().recip();
-    let k = per_channel(scale)?.mul(inv);
-    let shift = per_channel(bias)?.sub(per_channel(mean)?.mul(k.clone()));
     Ok(Value::Float(xt.mul(k).add(shift), r))
 }
 
 /// `x · k + shift`, `k` and `shift` of shape [C] broadcast over axis 1.
 pub fn channel_affine(x: Value, k: Value, shift: Value, device: &Device) -> Result<Value, String> {
     let r = x.rank();
-    if r < 2 {
-        return Err("a per-channel scale needs a rank ≥ 2 input".into());
-    }
-    let per_channel = |v: Value| -> Result<Tensor<RANK>, String> {
-        let c: usize = v.dims().iter().product();
-        let mut d = vec![c];
-        d.resize(r - 1, 1);
-        Ok(v.reshaped(&d)?.float(device)?.0)
-    };
+    let (k, shift) = (per_channel(k, r, device)?, per_channel(shift, r, device)?);
     let (xt, _) = x.float(device)?;
-    Ok(Value::Float(
-        xt.mul(per_channel(k)?).add(per_channel(shift)?),
-        r,
-    ))
+    Ok(Value::Float(xt.mul(k).add(shift), r))
 }
 
 pub fn global_average_pool(x: Value, device: &Device) -> Result<Value, String> {
