@@ -197,11 +197,12 @@ impl InferenceLog {
         durability: Durability,
         flush_every_ms: u64,
     ) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(flush_every_ms.max(1)))
-            .cache_capacity(8 * 1024 * 1024)
-            .open()?;
+        let db = crate::sled_open::open(
+            &sled::Config::new()
+                .path(dir)
+                .flush_every_ms(Some(flush_every_ms.max(1)))
+                .cache_capacity(8 * 1024 * 1024),
+        )?;
         let groups = db.open_tree("groups")?;
         let meta = db.open_tree("meta")?;
         migrate_single_records(&db, &groups)?;

@@ -49,6 +49,7 @@ pub mod rowops;
 pub mod score;
 pub mod server;
 pub mod serving;
+pub mod sled_open;
 pub mod specialise;
 pub mod systemd;
 pub mod telemetry;

@@ -51,10 +51,7 @@ fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64, OutboxError> {
 
 impl Outbox {
     pub fn open(dir: &Path, max_entries: u64) -> Result<Self, OutboxError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(4 << 20)
-            .open()
+        let db = crate::sled_open::open(&sled::Config::new().path(dir).cache_capacity(4 << 20))
             .map_err(|source| OutboxError::Open {
                 path: dir.display().to_string(),
                 source,
