@@ -153,20 +153,79 @@ pub fn probe_at_start(sel: &EngineSelect) {
     }
 }
 
-/// The runtimes this agent offers a bundle, as its fleet hello lists them:
-/// `onnx` (tract, always) and `onnx-burn-<backend>` for every burn backend
-/// whose device is present.
-pub fn runtimes() -> Vec<String> {
-    // Pushed to only with the `gpu` feature.
-    #[allow(unused_mut)]
-    let mut r = vec!["onnx".to_string()];
+/// The runtimes this agent offers a bundle under `sel`, as its fleet hello
+/// lists them (`ferry_protocol::required_runtime`): `onnx` (tract) unless
+/// pinned to burn, and `onnx-burn-<backend>` for every burn backend whose
+/// device is present (only the one `--gpu-backend` names, if set) unless
+/// pinned to tract.
+pub fn runtimes(sel: &EngineSelect) -> Vec<String> {
+    let mut r = Vec::new();
+    if sel.choice != EngineChoice::Burn {
+        r.push(ferry_protocol::required_runtime::TRACT_RUNTIME.to_string());
+    }
     #[cfg(feature = "gpu")]
-    for b in ferry_burn::Backend::compiled() {
-        if ferry_burn::adapter(b).is_ok() {
-            r.push(format!("onnx-burn-{}", b.name()));
+    if sel.choice != EngineChoice::Tract {
+        for b in ferry_burn::Backend::compiled() {
+            let named = sel.gpu_backend.as_deref().is_none_or(|n| n == b.name());
+            if named && ferry_burn::adapter(b).is_ok() {
+                r.push(format!(
+                    "{}{}",
+                    ferry_protocol::required_runtime::BURN_RUNTIME_PREFIX,
+                    b.name()
+                ));
+            }
         }
     }
     r
+}
+
+impl EngineSelect {
+    /// The selection for a bundle: its required runtime (the signed
+    /// `ferry.target.runtime` tag), if any, decides the engine and burn's
+    /// backend; a requirement this agent does not offer under `self` is
+    /// the error's reason. A bundle without one gets `self`.
+    pub fn for_manifest(&self, m: &ferry_protocol::Manifest) -> Result<EngineSelect, String> {
+        use ferry_protocol::required_runtime::BURN_RUNTIME_PREFIX;
+        use ferry_protocol::RequiredRuntime;
+        let Some(required) = m.required_runtime()? else {
+            return Ok(self.clone());
+        };
+        let offered = runtimes(self);
+        if !required.offered_by(&offered) {
+            return Err(format!(
+                "the bundle requires runtime {required}; this agent offers {}",
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            ));
+        }
+        Ok(match required {
+            RequiredRuntime::Tract => EngineSelect {
+                choice: EngineChoice::Tract,
+                gpu_backend: None,
+            },
+            RequiredRuntime::Burn(backend) => {
+                // `burn` alone: the first GPU backend offered, in the
+                // order burn prefers them (CUDA before wgpu).
+                let backend = backend.map(str::to_string).or_else(|| {
+                    ["cuda", "wgpu"]
+                        .into_iter()
+                        .find(|b| {
+                            offered
+                                .iter()
+                                .any(|o| o == &format!("{BURN_RUNTIME_PREFIX}{b}"))
+                        })
+                        .map(str::to_string)
+                });
+                EngineSelect {
+                    choice: EngineChoice::Burn,
+                    gpu_backend: backend,
+                }
+            }
+        })
+    }
 }
 
 /// The GPU adapter the burn engine would use, for the agent's reports.

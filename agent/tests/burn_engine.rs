@@ -260,6 +260,89 @@ fn an_operator_burn_lacks_is_refused_by_name_or_served_by_tract_under_auto() {
     assert_eq!(meta["parameters"]["engine"]["name"], "tract", "{meta}");
 }
 
+/// A bundle that requires a runtime (`ferry bundle build --runtime`,
+/// signed as the `ferry.target.runtime` tag) runs on it whatever the
+/// agent's own choice would be, and an agent that does not offer it
+/// refuses it by name while the version before keeps serving.
+#[test]
+fn a_required_runtime_decides_the_engine_or_refuses_the_bundle() {
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tagged = |version: u64, runtime: Option<&str>| {
+        let out = dir.path().join(format!("cnn-{version}.ferry"));
+        let mut spec = keys.spec(
+            fixtures().join("gpu/cnn_classifier.onnx"),
+            "cnn",
+            out.clone(),
+        );
+        spec.version = version;
+        spec.test_vectors = Some(vectors_path());
+        if let Some(r) = runtime {
+            spec.tags
+                .insert(ferry_protocol::RUNTIME_TAG.into(), r.into());
+        }
+        build(&spec, &indicatif::ProgressBar::hidden()).unwrap();
+        out
+    };
+    let engine_of = |a: &Arc<Agent>| {
+        let served = Served::start(a.clone(), 1 << 20);
+        let meta = http(served.addr, "GET", "/v2/models/cnn", b"").json();
+        meta["parameters"]["engine"].clone()
+    };
+
+    // `auto` alone picks tract on a host without a GPU adapter; the
+    // bundle's `burn-cpu` puts it on burn's CPU backend.
+    let data = tempfile::tempdir().unwrap();
+    let auto = agent(&keys, data.path(), EngineChoice::Auto, None);
+    assert!(
+        auto.runtimes().contains(&"onnx-burn-cpu".to_string()),
+        "{:?}",
+        auto.runtimes()
+    );
+    auto.install(&tagged(1, None), Role::Champion, None)
+        .unwrap();
+    assert_eq!(engine_of(&auto)["name"], "tract");
+    auto.install(&tagged(2, Some("burn-cpu")), Role::Champion, None)
+        .unwrap();
+    let engine = engine_of(&auto);
+    assert_eq!(engine["name"], "burn", "{engine}");
+    assert_eq!(engine["backend"], "cpu", "{engine}");
+
+    // Pinned to tract, the agent offers only `onnx`: v2 is refused, v1 serves.
+    let data = tempfile::tempdir().unwrap();
+    let tract = agent(&keys, data.path(), EngineChoice::Tract, None);
+    assert_eq!(tract.runtimes(), ["onnx"]);
+    tract
+        .install(&tagged(1, None), Role::Champion, None)
+        .unwrap();
+    let err = tract
+        .install(&tagged(2, Some("burn-cpu")), Role::Champion, None)
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "unsupported_runtime");
+    assert!(
+        err.to_string().contains("requires runtime burn-cpu"),
+        "{err}"
+    );
+    assert_eq!(
+        tract.table().models["cnn"].champion.loaded.manifest.version,
+        1
+    );
+    // `ferry bundle build` refuses a requirement no agent knows.
+    let mut spec = keys.spec(
+        fixtures().join("gpu/cnn_classifier.onnx"),
+        "cnn",
+        dir.path().join("tpu.ferry"),
+    );
+    spec.tags
+        .insert(ferry_protocol::RUNTIME_TAG.into(), "burn-tpu".into());
+    let err = build(&spec, &indicatif::ProgressBar::hidden())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("burn-tpu"), "{err}");
+}
+
 /// Dynamic batching on the burn engine: four concurrent one-image requests
 /// run as one stacked batch of four, and each gets its own image's answer.
 #[test]

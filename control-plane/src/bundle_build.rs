@@ -46,6 +46,8 @@ pub enum BuildError {
     Inputs(#[from] InputSpecError),
     #[error(transparent)]
     Check(#[from] CheckError),
+    #[error("{0}")]
+    Runtime(String),
 }
 
 pub struct BuildSpec {
@@ -126,6 +128,26 @@ fn tags(
     tags
 }
 
+/// Refuses a `ferry.target.runtime` tag no agent would honour: an unknown
+/// name, or burn with fixed inputs (burn does not fold them into the graph,
+/// so every agent would refuse the bundle).
+fn check_required_runtime(
+    tags: &BTreeMap<String, String>,
+    has_const_inputs: bool,
+) -> Result<(), BuildError> {
+    use ferry_protocol::{RequiredRuntime, RUNTIME_TAG};
+    let Some(v) = tags.get(RUNTIME_TAG) else {
+        return Ok(());
+    };
+    let required = RequiredRuntime::parse(v).map_err(BuildError::Runtime)?;
+    if has_const_inputs && matches!(required, RequiredRuntime::Burn(_)) {
+        return Err(BuildError::Runtime(format!(
+            "runtime {required}: the burn engine cannot serve a bundle with fixed inputs (--const-input)"
+        )));
+    }
+    Ok(())
+}
+
 pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildError> {
     if spec.signers.is_empty() {
         return Err(BuildError::NoSigner);
@@ -133,6 +155,7 @@ pub fn build(spec: &BuildSpec, progress: &ProgressBar) -> Result<Built, BuildErr
     let mut info = onnx_schema::read(&spec.model)?;
     input_shapes::apply_shapes(&mut info.schema, &spec.symbols, &spec.input_shapes)?;
     let const_inputs = input_shapes::const_inputs(&info.schema, &spec.const_inputs)?;
+    check_required_runtime(&spec.tags, !const_inputs.is_empty())?;
     let first_input = info.schema.inputs.first().ok_or(BuildError::NoInputs)?;
     let baseline = match &spec.baseline {
         None => None,

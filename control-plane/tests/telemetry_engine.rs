@@ -95,6 +95,7 @@ fn device(id: &str) -> Device {
         revoked_at: None,
         last_seen: None,
         session_until: None,
+        runtimes: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod frames;
 pub mod keys;
 pub mod manifest;
 pub mod model;
+pub mod required_runtime;
 pub mod telemetry;
 pub mod trust;
 pub mod verify;
@@ -26,6 +27,7 @@ pub use manifest::{
     ArtifactRef, Lineage, Manifest, Runtime, SignedManifest, TargetConstraints, TestVectors,
 };
 pub use model::{DType, Dim, ModelName, Schema, Tensor, TensorData, TensorSpec, Version};
+pub use required_runtime::{RequiredRuntime, RUNTIME_TAG};
 pub use trust::{Publisher, SignedTrustRoot, TrustRoot};
 pub use verify::{verify_manifest, VerifiedManifest, VerifyError};
 

@@ -72,6 +72,10 @@ struct Args {
     /// e.g. v2:error_rate=0.2,accuracy=0.8
     #[arg(long = "telemetry-profile")]
     telemetry_profiles: Vec<String>,
+    /// The runtimes every device's hello offers (`onnx`, `onnx-burn-cuda`,
+    /// …); bundles that require another are refused, as an agent would
+    #[arg(long, value_delimiter = ',', default_value = "onnx")]
+    runtimes: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,8 +106,13 @@ fn main() -> anyhow::Result<()> {
             profiles.add(p).map_err(anyhow::Error::msg)?;
         }
         let counters = Arc::new(SimCounters::default());
-        let devices = run_all(&dirs, args.max_bytes_per_sec, counters.clone())
-            .context("starting sessions")?;
+        let devices = run_all(
+            &dirs,
+            args.max_bytes_per_sec,
+            counters.clone(),
+            &args.runtimes,
+        )
+        .context("starting sessions")?;
         println!("running {}", dirs.len());
         if args.telemetry || !args.telemetry_profiles.is_empty() {
             let t = SimTelemetry {

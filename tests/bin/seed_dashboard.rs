@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             revoked_at: None,
             last_seen: None,
             session_until: None,
+            runtimes: None,
         };
         store
             .enroll_device(

@@ -1,7 +1,7 @@
 //! What the session needs from the thing that runs models, and the
 //! agent's implementation over the serving core's atomic install path.
 
-use super::target::check_target;
+use super::target::{check_runtime, check_target};
 use super::Refusal;
 use crate::serving::{Agent, Role};
 use ferry_protocol::bundle::read_header;
@@ -18,6 +18,9 @@ use std::sync::Arc;
 pub trait Activator: Send + Sync + 'static {
     /// What serves now, with the digest of its signed manifest.
     fn installed(&self) -> Vec<InstalledBundle>;
+    /// The runtimes this device offers a bundle, for the fleet hello
+    /// (`ferry_protocol::required_runtime`).
+    fn runtimes(&self) -> Vec<String>;
     /// Verifies and activates a complete downloaded bundle (blocking).
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal>;
     /// Stops serving a model the control plane no longer assigns.
@@ -47,6 +50,7 @@ pub fn precheck(
     bundle: &Path,
     a: &Assignment,
     now: u64,
+    runtimes: &[String],
 ) -> Result<Manifest, Refusal> {
     let f = std::fs::File::open(bundle)
         .map_err(|e| Refusal::new("io", format!("opening {}: {e}", bundle.display())))?;
@@ -76,6 +80,7 @@ pub fn precheck(
         ));
     }
     check_target(&m, std::env::consts::ARCH, env!("CARGO_PKG_VERSION"))?;
+    check_runtime(&m, runtimes)?;
     Ok(m)
 }
 
@@ -109,8 +114,19 @@ impl Activator for AgentActivator {
             .collect()
     }
 
+    fn runtimes(&self) -> Vec<String> {
+        self.agent.runtimes()
+    }
+
     fn precheck(&self, partial: &Path, a: &Assignment) -> Result<(), Refusal> {
-        precheck(&self.agent.trust(), partial, a, now_unix()).map(|_| ())
+        precheck(
+            &self.agent.trust(),
+            partial,
+            a,
+            now_unix(),
+            &self.agent.runtimes(),
+        )
+        .map(|_| ())
     }
 
     fn set_trust(&self, root: TrustRoot) {
@@ -148,7 +164,13 @@ impl Activator for AgentActivator {
     }
 
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal> {
-        if let Err(r) = precheck(&self.agent.trust(), bundle, a, now_unix()) {
+        if let Err(r) = precheck(
+            &self.agent.trust(),
+            bundle,
+            a,
+            now_unix(),
+            &self.agent.runtimes(),
+        ) {
             self.refused(a, &r);
             return Err(r);
         }

@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use activator::{precheck, Activator, AgentActivator};
 pub use enroll::{accept_delivered_root, enroll, EnrollOptions, RootPin};
 pub use session::{run, run_with, ClientOptions};
-pub use target::check_target;
+pub use target::{check_runtime, check_target};
 
 /// Why a bundle was not activated: a stable code and a sentence.
 #[derive(Clone, Debug, PartialEq)]

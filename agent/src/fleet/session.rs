@@ -254,7 +254,7 @@ async fn session(
             agent_version: env!("CARGO_PKG_VERSION").into(),
             target: std::env::consts::ARCH.into(),
             target_triple: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
-            runtimes: crate::engine_choice::runtimes(),
+            runtimes: ctx.act.runtimes(),
             installed: ctx.act.installed(),
             last_sequence: rec.last_sequence(),
         },

@@ -46,11 +46,15 @@ pub struct SimActivator {
     /// Earlier champions per model (the agent's rollback history).
     history: Mutex<HashMap<String, Vec<(u64, Digest)>>>,
     counters: Arc<SimCounters>,
+    /// What its hello offers (`--runtimes`); checked against bundles'
+    /// required runtime as an agent does.
+    runtimes: Vec<String>,
 }
 
 impl SimActivator {
-    pub fn new(trust: TrustRoot, counters: Arc<SimCounters>) -> Self {
+    pub fn new(trust: TrustRoot, counters: Arc<SimCounters>, runtimes: Vec<String>) -> Self {
         Self {
+            runtimes,
             trust,
             active: Mutex::new(HashMap::new()),
             since_ms: Mutex::new(HashMap::new()),
@@ -77,6 +81,10 @@ impl SimActivator {
 }
 
 impl Activator for SimActivator {
+    fn runtimes(&self) -> Vec<String> {
+        self.runtimes.clone()
+    }
+
     fn installed(&self) -> Vec<InstalledBundle> {
         let Ok(active) = self.active.lock() else {
             return vec![];
@@ -96,7 +104,7 @@ impl Activator for SimActivator {
 
     fn activate(&self, bundle: &Path, a: &Assignment) -> Result<(), Refusal> {
         let res = (|| {
-            precheck(&self.trust, bundle, a, now_unix())?;
+            precheck(&self.trust, bundle, a, now_unix(), &self.runtimes)?;
             let f = std::fs::File::open(bundle)
                 .map_err(|e| Refusal::new("io", format!("{}: {e}", bundle.display())))?;
             let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
@@ -135,7 +143,7 @@ impl Activator for SimActivator {
     }
 
     fn precheck(&self, partial: &Path, a: &Assignment) -> Result<(), Refusal> {
-        precheck(&self.trust, partial, a, now_unix()).map(|_| ())
+        precheck(&self.trust, partial, a, now_unix(), &self.runtimes).map(|_| ())
     }
 
     fn unload(&self, model: &str) -> Result<(), Refusal> {
@@ -228,6 +236,7 @@ pub fn run_all(
     dirs: &[PathBuf],
     max_bytes_per_sec: Option<u64>,
     counters: Arc<SimCounters>,
+    runtimes: &[String],
 ) -> Result<Vec<(PathBuf, Arc<SimActivator>)>, FleetError> {
     let mut devices = Vec::with_capacity(dirs.len());
     let endpoint = tls::client_endpoint()?;
@@ -240,7 +249,11 @@ pub fn run_all(
                 path: trust_path.clone(),
                 reason: e.to_string(),
             })?;
-        let act = Arc::new(SimActivator::new(trust, counters.clone()));
+        let act = Arc::new(SimActivator::new(
+            trust,
+            counters.clone(),
+            runtimes.to_vec(),
+        ));
         devices.push((d.clone(), act.clone()));
         let mut opts = ClientOptions::new(d);
         opts.max_bytes_per_sec = max_bytes_per_sec;

@@ -60,6 +60,24 @@ pub fn check_target(m: &Manifest, arch: &str, agent_version: &str) -> Result<(),
     Ok(())
 }
 
+/// Refuses a bundle whose required runtime ([`Manifest::required_runtime`])
+/// this device does not offer (`runtimes`, as its hello lists them), or
+/// names a runtime this agent does not know.
+pub fn check_runtime(m: &Manifest, runtimes: &[String]) -> Result<(), Refusal> {
+    match m.required_runtime() {
+        Ok(None) => Ok(()),
+        Ok(Some(r)) if r.offered_by(runtimes) => Ok(()),
+        Ok(Some(r)) => Err(Refusal::new(
+            "unsupported_runtime",
+            format!(
+                "bundle requires runtime {r}; this device offers {}",
+                runtimes.join(", ")
+            ),
+        )),
+        Err(e) => Err(Refusal::new("unsupported_runtime", e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +165,26 @@ mod tests {
         // Build metadata does not order versions.
         assert!(check_target(&needs("1.2.0"), "x86_64", "1.2.0+build.5").is_ok());
         assert!(check_target(&needs("1.2.0+build.9"), "x86_64", "1.2.0").is_ok());
+    }
+
+    #[test]
+    fn a_required_runtime_must_be_offered() {
+        let mut m = manifest();
+        let cpu: Vec<String> = vec!["onnx".into()];
+        let gpu: Vec<String> = vec!["onnx".into(), "onnx-burn-cuda".into()];
+        assert!(check_runtime(&m, &cpu).is_ok(), "no requirement");
+        m.tags
+            .insert(ferry_protocol::RUNTIME_TAG.into(), "burn".into());
+        assert_eq!(
+            check_runtime(&m, &cpu).unwrap_err().code,
+            "unsupported_runtime"
+        );
+        assert!(check_runtime(&m, &gpu).is_ok());
+        m.tags
+            .insert(ferry_protocol::RUNTIME_TAG.into(), "burn-tpu".into());
+        let e = check_runtime(&m, &gpu).unwrap_err();
+        assert_eq!(e.code, "unsupported_runtime");
+        assert!(e.reason.contains("burn-tpu"), "{}", e.reason);
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub enum ActivateError {
     },
     #[error("the bundle has no model artifact")]
     NoModel,
+    /// The bundle requires a runtime this agent does not offer.
+    #[error("model {model} v{version} refused: {reason}")]
+    Runtime {
+        model: String,
+        version: u64,
+        reason: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -60,6 +67,7 @@ impl ActivateError {
             ActivateError::Load { .. } => "model_load_failed",
             ActivateError::TestVector { .. } => "test_vector_mismatch",
             ActivateError::NoModel => "no_model_artifact",
+            ActivateError::Runtime { .. } => "unsupported_runtime",
             ActivateError::Io { .. } => "io",
             ActivateError::UnknownModel(_) => "unknown_model",
             ActivateError::NoPrevious { .. } => "no_previous_version",

@@ -136,6 +136,11 @@ impl Agent {
     }
 
     /// The trust root new bundles are verified against.
+    /// The runtimes this agent offers bundles, for its fleet hello.
+    pub fn runtimes(&self) -> Vec<String> {
+        crate::engine_choice::runtimes(&self.engine)
+    }
+
     pub fn trust(&self) -> Arc<TrustRoot> {
         self.trust.load_full()
     }

@@ -96,8 +96,17 @@ pub fn verify_and_load_with(
     if model_bytes.is_empty() {
         return Err(ActivateError::NoModel);
     }
+    let engine = opts
+        .engine
+        .for_manifest(&manifest)
+        .map_err(|reason| ActivateError::Runtime {
+            model: manifest.model.to_string(),
+            version: manifest.version,
+            reason,
+        })?;
     let opts = LoadOptions {
         const_inputs: manifest.const_inputs.clone(),
+        engine,
         ..opts
     };
     let engine = Engine::load_with(&model_bytes, &manifest.schema, &opts).map_err(|source| {

@@ -39,6 +39,11 @@ pub enum BundleCmd {
         architectures: Vec<String>,
         #[arg(long)]
         min_agent_version: Option<String>,
+        /// The engine devices must serve it on: tract, burn (any GPU
+        /// backend) or burn-cuda|burn-wgpu|burn-cpu; deployments then
+        /// target only devices that offer it
+        #[arg(long, value_parser = parse_runtime)]
+        runtime: Option<ferry_protocol::RequiredRuntime>,
         /// Inputs with expected outputs that agents check before activation
         #[arg(long)]
         test_vectors: Option<PathBuf>,
@@ -92,6 +97,10 @@ fn progress_bar() -> ProgressBar {
     pb
 }
 
+fn parse_runtime(s: &str) -> Result<ferry_protocol::RequiredRuntime, String> {
+    ferry_protocol::RequiredRuntime::parse(s)
+}
+
 pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
     match cmd {
         BundleCmd::Build {
@@ -107,6 +116,7 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
             data_hash,
             architectures,
             min_agent_version,
+            runtime,
             test_vectors,
             input_shapes,
             symbols,
@@ -135,7 +145,12 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<()> {
                 version,
                 baseline,
                 bins,
-                tags: tags.into_iter().collect(),
+                tags: tags
+                    .into_iter()
+                    .chain(
+                        runtime.map(|r| (ferry_protocol::RUNTIME_TAG.to_string(), r.to_string())),
+                    )
+                    .collect(),
                 metrics,
                 lineage: Lineage {
                     parent_version,

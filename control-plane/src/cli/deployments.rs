@@ -63,11 +63,15 @@ pub struct UndeployArgs {
 fn print_status(v: &DeploymentDetail) {
     let d = &v.deployment;
     println!(
-        "deployment {}: {} v{} to {}",
+        "deployment {}: {} v{} to {}{}",
         d.id,
         d.model,
         d.version,
-        shown(&d.selector)
+        shown(&d.selector),
+        d.runtime
+            .as_deref()
+            .map(|r| format!(" (requires runtime {r})"))
+            .unwrap_or_default()
     );
     let rows = v
         .devices
@@ -108,7 +112,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 let s: DeploymentDetail = c.get(&format!("/deployments/{}", enc(&id))).await?;
                 let settled = s.devices.iter().all(|d| {
                     let st = d.state.as_str();
-                    st == "active" || st == "failed" || st == "revoked" || st == "superseded"
+                    // `unsupported`: the device lacks the version's runtime
+                    // and is never sent it.
+                    ["active", "failed", "revoked", "superseded", "unsupported"].contains(&st)
                 });
                 if settled || std::time::Instant::now() >= until {
                     if args.conn.json {

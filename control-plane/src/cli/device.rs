@@ -193,11 +193,20 @@ pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
                                 when(d.last_seen),
                                 d.revoked_at.map_or("no".into(), |t| when(Some(t))),
                                 shown(&d.labels),
+                                d.runtimes.as_ref().map_or("-".into(), |r| r.join(",")),
                             ]
                         })
                         .collect();
                     table(
-                        &["id", "host", "connected", "last seen", "revoked", "labels"],
+                        &[
+                            "id",
+                            "host",
+                            "connected",
+                            "last seen",
+                            "revoked",
+                            "labels",
+                            "runtimes",
+                        ],
                         rows,
                     );
                     if let Some(dl) = &v.downloads {

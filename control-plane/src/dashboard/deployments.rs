@@ -264,6 +264,7 @@ mod tests {
             created_us: 0,
             created_by: "op".into(),
             deleted_at: None,
+            runtime: None,
         };
         let device = db::Device {
             id: "dev_1".into(),
@@ -274,6 +275,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             session_until: None,
+            runtimes: None,
         };
         let live = vec![dep("dep_1", 1), dep("dep_2", 2)];
         let w = undeploy_warnings(&live[1], &live, std::slice::from_ref(&device));

@@ -1,7 +1,7 @@
 //! `/fleet/{id}`: one device. Its identity (host, labels, enrollment,
 //! trust root), what its agent last said in its health message, what it
 //! should run (its desired state) against what it reported installing over
-//! QUIC, the deployments whose selector matches it, its events
+//! QUIC, the deployments that target it (selector and runtime), its events
 //! (activations, refusals, rollbacks; newest first, paged by `epage`) and
 //! its telemetry windows (newest first, of one model with `model`, paged by
 //! `wpage`), with a link to each model's monitoring of this device. Read
@@ -19,7 +19,7 @@ use crate::action::Action;
 use crate::api::types::Device;
 use crate::api::{ApiError, AppState};
 use crate::fleet::{api::device_dto, service};
-use crate::store::fleet::{matches, Deployment, DeviceModelReport};
+use crate::store::fleet::{Deployment, DeviceModelReport};
 use crate::store::telemetry::WindowRow;
 use crate::telemetry::service::{self as telemetry, DeviceEventView};
 use axum::extract::{Path, RawQuery, State};
@@ -86,7 +86,7 @@ pub async fn page(
     let v = service::device(fleet, &caller, &id)
         .await
         .map_err(ApiError::from)?;
-    let labels = v.device.labels.clone();
+    let (labels, runtimes) = (v.device.labels.clone(), v.device.runtimes.clone());
     let device = device_dto(fleet, v.device, v.connected);
     let health = telemetry::device_health_of(&st.store, &caller, &id)
         .await
@@ -99,7 +99,15 @@ pub async fn page(
         .await
         .map_err(ApiError::from)?
         .into_iter()
-        .filter(|d| matches(&d.selector, &labels))
+        .filter(|d| {
+            crate::fleet::assign::targets(
+                d,
+                crate::fleet::assign::DeviceView {
+                    labels: &labels,
+                    runtimes: runtimes.as_deref(),
+                },
+            )
+        })
         .collect();
     // One more than a page shows, to know whether a next page exists.
     let mut events = telemetry::device_events(
@@ -156,6 +164,13 @@ fn identity(d: &Device) -> Markup {
             dt { "Labels" } dd {
                 @if d.labels.is_empty() { span.muted { "none" } }
                 @for (k, v) in &d.labels { span.badge { (k) "=" (v) } " " }
+            }
+            dt { "Runtimes" } dd {
+                @match &d.runtimes {
+                    Some(r) if !r.is_empty() => { @for x in r { code { (x) } " " } },
+                    Some(_) => { span.muted { "none" } },
+                    None => { span.muted { "unknown (no hello yet)" } },
+                }
             }
             dt { "Enrolled" } dd { (layout::when(d.created_at)) }
             @if let Some(t) = d.revoked_at {
@@ -261,10 +276,10 @@ fn deployments_section(deps: &[Deployment]) -> Markup {
         section aria-labelledby="deployments-h" {
             h2 #deployments-h { "Deployments that target it" }
             @if deps.is_empty() {
-                p { "No live deployment's selector matches this device." }
+                p { "No live deployment targets this device (selector and runtime)." }
             } @else {
                 table #device-deployments .compact {
-                    caption.vh { "Live deployments whose selector matches this device" }
+                    caption.vh { "Live deployments that target this device" }
                     thead { tr {
                         th scope="col" { "Deployment" }
                         th scope="col" { "Model" }

@@ -75,6 +75,7 @@ pub(crate) fn device_dto(fleet: &Fleet, d: db::Device, connected: bool) -> Devic
         revoked_at: d.revoked_at,
         last_seen: d.last_seen,
         connected,
+        runtimes: d.runtimes,
     }
 }
 
@@ -90,6 +91,7 @@ impl From<db::Deployment> for Deployment {
             created_at: d.created_at,
             created_by: d.created_by,
             deleted_at: d.deleted_at,
+            runtime: d.runtime,
         }
     }
 }

@@ -10,12 +10,48 @@
 //! before (or nothing), and a deployment made later (a finished rollout's,
 //! or an operator's) replaces all of that.
 
-use super::db::{matches, Deployment, Labels};
+use super::db::{matches, runtime_offered, Deployment, Device, Labels};
 use crate::store::rollouts::RolloutTarget;
 use ferry_protocol::desired::{Assignment, Variant};
 use ferry_protocol::keys::Digest;
 use ferry_protocol::ModelName;
 use std::collections::BTreeMap;
+
+/// What of a device decides what it is sent: its labels (deployment
+/// selectors) and the runtimes its hello offered (a version's
+/// `ferry.target.runtime`).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceView<'a> {
+    pub labels: &'a Labels,
+    /// `None` before its first hello: no version that requires a runtime
+    /// is sent to it.
+    pub runtimes: Option<&'a [String]>,
+}
+
+impl<'a> From<&'a Device> for DeviceView<'a> {
+    fn from(d: &'a Device) -> Self {
+        DeviceView {
+            labels: &d.labels,
+            runtimes: d.runtimes.as_deref(),
+        }
+    }
+}
+
+/// Labels alone: a device whose runtimes are not known.
+impl<'a> From<&'a Labels> for DeviceView<'a> {
+    fn from(labels: &'a Labels) -> Self {
+        DeviceView {
+            labels,
+            runtimes: None,
+        }
+    }
+}
+
+/// Whether `d` targets `device`: its selector matches and the device
+/// offers the runtime its version requires.
+pub fn targets(d: &Deployment, device: DeviceView<'_>) -> bool {
+    matches(&d.selector, device.labels) && runtime_offered(d.runtime.as_deref(), device.runtimes)
+}
 
 /// What wins a model on a device: (version, digest) or withdrawn, and where
 /// it came from (for the log).
@@ -26,16 +62,16 @@ struct Winner<'a> {
 }
 
 /// Per model, the newest of `deployments` (oldest first, as
-/// `db::live_deployments` returns them) whose selector matches `labels`,
+/// `db::live_deployments` returns them) that target `device` ([`targets`]),
 /// unless one of `targets` (this device's rollout assignments) is newer;
 /// ordered by model name. An entry naming an invalid model or digest is
 /// skipped, and logged.
-pub fn assign(
+pub fn assign<'d>(
     deployments: &[Deployment],
     targets: &[RolloutTarget],
-    labels: &Labels,
+    device: impl Into<DeviceView<'d>>,
 ) -> Vec<Assignment> {
-    winners(deployments, targets, labels)
+    winners(deployments, targets, device.into())
         .into_iter()
         .filter_map(|(model, w)| {
             let (version, digest) = w.version?;
@@ -58,17 +94,17 @@ pub fn assign(
 }
 
 /// Whether the version with manifest `digest` is what wins `model` on a
-/// device with `labels` and rollout assignments `targets`: what
+/// device and rollout assignments `targets`: what
 /// [`assign`] would give it, without building the assignments (a
 /// deployment's status asks this of thousands of devices).
-pub fn wins(
+pub fn wins<'d>(
     deployments: &[Deployment],
     targets: &[RolloutTarget],
-    labels: &Labels,
+    device: impl Into<DeviceView<'d>>,
     model: &str,
     digest: &str,
 ) -> bool {
-    winners(deployments, targets, labels)
+    winners(deployments, targets, device.into())
         .get(model)
         .and_then(|w| w.version)
         .is_some_and(|(_, d)| d == digest)
@@ -77,12 +113,12 @@ pub fn wins(
 /// Per model, what wins it (see [`assign`]).
 fn winners<'a>(
     deployments: &'a [Deployment],
-    targets: &'a [RolloutTarget],
-    labels: &Labels,
+    rollout_targets: &'a [RolloutTarget],
+    device: DeviceView<'_>,
 ) -> BTreeMap<&'a str, Winner<'a>> {
     let mut by_model: BTreeMap<&str, Winner<'_>> = BTreeMap::new();
     for d in deployments {
-        if matches(&d.selector, labels) {
+        if targets(d, device) {
             by_model.insert(
                 d.model.as_str(),
                 Winner {
@@ -93,7 +129,7 @@ fn winners<'a>(
             );
         }
     }
-    for t in targets {
+    for t in rollout_targets {
         let newer = by_model
             .get(t.model.as_str())
             .is_none_or(|w| t.updated_us > w.at_us);
@@ -135,6 +171,7 @@ mod tests {
             created_us: 0,
             created_by: "admin".into(),
             deleted_at: None,
+            runtime: None,
         }
     }
 
@@ -191,6 +228,48 @@ mod tests {
             versions(&assign(&deps, &[], &Labels::new())),
             [("churn".into(), 1)]
         );
+    }
+
+    #[test]
+    fn a_version_that_requires_a_runtime_goes_only_to_devices_that_offer_it() {
+        let mut gpu_v2 = dep("d2", "vision", 2, &[]);
+        gpu_v2.runtime = Some("burn".into());
+        gpu_v2.created_us = 20;
+        let mut cpu_v1 = dep("d1", "vision", 1, &[]);
+        cpu_v1.created_us = 10;
+        let deps = [cpu_v1, gpu_v2];
+        let any = Labels::new();
+        let on = |runtimes: &[&str]| {
+            let r: Vec<String> = runtimes.iter().map(|s| s.to_string()).collect();
+            versions(&assign(
+                &deps,
+                &[],
+                DeviceView {
+                    labels: &any,
+                    runtimes: Some(&r),
+                },
+            ))
+        };
+        assert_eq!(on(&["onnx", "onnx-burn-cuda"]), [("vision".into(), 2)]);
+        // The CPU fleet keeps the version it can run.
+        assert_eq!(on(&["onnx"]), [("vision".into(), 1)]);
+        assert_eq!(on(&["onnx", "onnx-burn-cpu"]), [("vision".into(), 1)]);
+        // Before its first hello a device gets no version that needs one.
+        assert_eq!(versions(&assign(&deps, &[], &any)), [("vision".into(), 1)]);
+        // A requirement this server cannot read targets nobody.
+        let mut odd = dep("d3", "vision", 3, &[]);
+        odd.runtime = Some("burn-metal".into());
+        odd.created_us = 30;
+        let r = vec!["onnx-burn-wgpu".to_string()];
+        let view = DeviceView {
+            labels: &any,
+            runtimes: Some(&r),
+        };
+        assert_eq!(
+            versions(&assign(&[deps[1].clone(), odd.clone()], &[], view)),
+            [("vision".into(), 2)]
+        );
+        assert!(!wins(&[odd.clone()], &[], view, "vision", &odd.digest));
     }
 
     fn target(device: &str, model: &str, version: Option<i64>, at: i64) -> RolloutTarget {

@@ -84,6 +84,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             session_until: None,
+            runtimes: None,
         };
         let ids = |v: &[db::Device]| -> Vec<String> {
             v.iter()

@@ -20,11 +20,13 @@ mod bundle_cache;
 mod bundle_serve;
 pub mod ca;
 mod device_snapshot;
+mod enrollment;
 mod quic;
 pub mod report_limit;
 mod sequence;
 pub mod service;
 mod sessions;
+mod stream_io;
 pub mod trust;
 
 use crate::audit::AuditEntry;
@@ -427,7 +429,7 @@ impl Fleet {
     pub async fn assignments(&self, device: &db::Device) -> Result<Vec<Assignment>, StoreError> {
         let live = self.live(&device.tenant).await?;
         let targets = live.targets.get(&device.id).map_or(&[][..], Vec::as_slice);
-        Ok(assign::assign(&live.deployments, targets, &device.labels))
+        Ok(assign::assign(&live.deployments, targets, device))
     }
 
     /// Whether `d` is what each of `devices` should run of its model now (a
@@ -443,7 +445,7 @@ impl Fleet {
             .iter()
             .map(|dev| {
                 let targets = live.targets.get(&dev.id).map_or(&[][..], Vec::as_slice);
-                assign::wins(&live.deployments, targets, &dev.labels, &d.model, &d.digest)
+                assign::wins(&live.deployments, targets, *dev, &d.model, &d.digest)
             })
             .collect())
     }
@@ -625,6 +627,7 @@ mod tests {
             created_us: 0,
             created_by: "admin".into(),
             deleted_at: None,
+            runtime: None,
         }
     }
 
@@ -650,6 +653,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             session_until: None,
+            runtimes: None,
         };
         let open = |clock: crate::clock::SharedClock| {
             let url = url.clone();
@@ -712,6 +716,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             session_until: None,
+            runtimes: None,
         };
         let version = |a: Vec<Assignment>| a.iter().map(|a| a.version).collect::<Vec<_>>();
         let entry = || AuditEntry {

@@ -1,13 +1,14 @@
-//! The QUIC endpoint: enrollment on connections without a client
+//! The QUIC endpoint: enrollment (`enrollment`) on connections without a client
 //! certificate, the control stream and fetch streams on mutual-TLS ones.
 
-use super::admission::{self, Admission, ENROLL_FRAME_LIMIT};
+use super::admission::{self, Admission};
 use super::report_limit::{truncate, Admit, ReportLimiter, MAX_RECORDS_PER_MINUTE};
+use super::stream_io::{read_frame, send};
 use super::{db, Fleet, FleetError};
 use crate::audit::{OUTCOME_OK, OUTCOME_REFUSED};
 use crate::changes::ChangeKind;
 use ferry_protocol::frames::{
-    length_prefixed, ActivationOutcome, AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION,
+    ActivationOutcome, AgentFrame, FrameReader, ServerFrame, PROTOCOL_VERSION,
 };
 use ferry_protocol::keys::{sha256, Digest};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -159,31 +160,6 @@ pub(super) fn start(fleet: Arc<Fleet>) -> Result<(quinn::Endpoint, SocketAddr), 
     Ok((endpoint, addr))
 }
 
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    reader: &mut FrameReader,
-) -> Result<Option<AgentFrame>, String> {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        if let Some(bytes) = reader.next_frame().map_err(|e| e.to_string())? {
-            return AgentFrame::decode(&bytes)
-                .map(Some)
-                .map_err(|e| e.to_string());
-        }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => reader.push(&buf[..n]),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-async fn send(send: &mut quinn::SendStream, frame: &ServerFrame) -> Result<(), String> {
-    send.write_all(&length_prefixed(&frame.encode()))
-        .await
-        .map_err(|e| e.to_string())
-}
-
 fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
     let id = conn.peer_identity()?;
     let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
@@ -192,7 +168,7 @@ fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
 
 async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     let Some(fp) = peer_fingerprint(&conn) else {
-        enrollment(fleet, conn).await;
+        super::enrollment::enrollment(fleet, conn).await;
         return;
     };
     let device = match fleet.store.device_by_fingerprint(&fp).await {
@@ -241,6 +217,7 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
             .send(&device.tenant, ChangeKind::Device(device.id.clone()))
     };
     changed();
+    let offered = OfferedRuntimes::default();
     loop {
         let (s, r) = match conn.accept_bi().await {
             Ok(x) => x,
@@ -248,8 +225,9 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
         };
         let fleet = fleet.clone();
         let device = device.clone();
+        let offered = offered.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(fleet, device.clone(), s, r).await {
+            if let Err(e) = stream(fleet, device.clone(), s, r, offered).await {
                 tracing::debug!(device = %device.id, error = %e, "stream ended");
             }
         });
@@ -259,155 +237,24 @@ async fn connection(fleet: Arc<Fleet>, conn: quinn::Connection) {
     changed();
 }
 
-async fn enrollment(fleet: Arc<Fleet>, conn: quinn::Connection) {
-    let Ok(Ok((mut s, mut r))) =
-        tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await
-    else {
-        conn.close(quinn::VarInt::from_u32(1), b"expected an enrollment stream");
-        return;
-    };
-    let read = admission::read_small_frame(&mut r, ENROLL_FRAME_LIMIT);
-    let reply = match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Ok(Some(AgentFrame::Enroll {
-            protocol,
-            token,
-            public_key,
-            hostname,
-        }))) => enroll(&fleet, protocol, &token, &public_key, &hostname).await,
-        Ok(Ok(Some(_))) => ServerFrame::Refused {
-            code: "not_enrolled".into(),
-            reason: "this connection has no device certificate: only enrollment is possible".into(),
-        },
-        Ok(Err(reason)) => ServerFrame::Refused {
-            code: "bad_request".into(),
-            reason,
-        },
-        _ => ServerFrame::Refused {
-            code: "bad_request".into(),
-            reason: "expected an Enroll frame".into(),
-        },
-    };
-    let tenant = match &reply {
-        ServerFrame::Enrolled { tenant, .. } => Some(tenant.clone()),
-        _ => None,
-    };
-    let _ = send(&mut s, &reply).await;
-    // Every version of the tenant's root, so a device pinned to an older
-    // one can follow the chain to the current one (it verifies each link).
-    if let Some(tenant) = tenant {
-        match fleet.trust_chain(&tenant, 0).await {
-            Ok(chain) => {
-                let _ = send(&mut s, &ServerFrame::TrustRoots { chain }).await;
-            }
-            Err(e) => tracing::error!(tenant, error = %e, "reading the trust-root chain failed"),
-        }
-    }
-    let _ = s.finish();
-    // Let the reply reach the device before the connection goes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-}
-
-async fn enroll(
-    fleet: &Fleet,
-    protocol: u16,
-    token: &str,
-    public_key: &[u8],
-    hostname: &str,
-) -> ServerFrame {
-    let refused = |code: &str, reason: String| ServerFrame::Refused {
-        code: code.into(),
-        reason,
-    };
-    if protocol != PROTOCOL_VERSION {
-        return refused(
-            "protocol",
-            format!("protocol {protocol} is not supported (this server speaks {PROTOCOL_VERSION})"),
-        );
-    }
-    let now = fleet.store.clock().now_secs() as i64;
-    let hash = crate::auth::hash_token(token);
-    let (token_id, tenant, labels) = match fleet.store.consume_enrollment_token(&hash).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(why)) => {
-            let reason = match why {
-                db::TokenRefusal::Unknown => "unknown enrollment token",
-                db::TokenRefusal::Revoked => "enrollment token revoked",
-                db::TokenRefusal::Expired => "enrollment token expired",
-                db::TokenRefusal::Used => "enrollment token already used up",
-            };
-            return refused("bad_token", reason.into());
-        }
-        Err(e) => return refused("internal", e.to_string()),
-    };
-    let trust = match fleet.store.trust_root(&tenant).await {
-        Ok(Some((_, hexed))) => match hex::decode(hexed) {
-            Ok(b) => b,
-            Err(e) => return refused("internal", format!("stored trust root: {e}")),
-        },
-        Ok(None) => {
-            return refused(
-                "no_trust_root",
-                format!("tenant {tenant:?} has no trust root yet (ferry trust push)"),
-            )
-        }
-        Err(e) => return refused("internal", e.to_string()),
-    };
-    let device_id = crate::auth::random_id("dev_", 8);
-    let cert = match fleet.ca.issue_device(&device_id, &tenant, public_key) {
-        Ok(c) => c,
-        Err(e) => return refused("bad_key", e.to_string()),
-    };
-    let device = db::Device {
-        id: device_id.clone(),
-        tenant: tenant.clone(),
-        hostname: hostname.chars().take(253).collect(),
-        labels,
-        created_at: now,
-        revoked_at: None,
-        last_seen: None,
-        session_until: None,
-    };
-    let entry = Fleet::audit_entry(
-        &tenant,
-        &format!("enrollment token {token_id}"),
-        "device.enroll",
-        &device_id,
-        OUTCOME_OK,
-        format!(
-            "hostname {:?}, labels {}",
-            device.hostname,
-            db::labels_to_string(&device.labels)
-        ),
-    );
-    if let Err(e) = fleet
-        .store
-        .enroll_device(&device, &sha256(&cert).to_hex(), public_key, entry)
-        .await
-    {
-        return refused("internal", e.to_string());
-    }
-    ServerFrame::Enrolled {
-        device_id,
-        tenant,
-        certificate: cert,
-        ca_certificate: fleet.ca.cert_der().to_vec(),
-        trust_root: trust,
-        online_key: fleet.online_public_key(),
-        mqtt_url: fleet.opts.mqtt_url.clone(),
-    }
-}
+/// The runtimes this connection's `Hello` offered, shared with its fetch
+/// streams: a fetch checks the assignment against them, not against what
+/// the device offered when the connection was accepted.
+type OfferedRuntimes = Arc<std::sync::Mutex<Option<Vec<String>>>>;
 
 async fn stream(
     fleet: Arc<Fleet>,
     device: db::Device,
     mut s: quinn::SendStream,
     mut r: quinn::RecvStream,
+    offered: OfferedRuntimes,
 ) -> Result<(), String> {
     let mut reader = FrameReader::new();
     match read_frame(&mut r, &mut reader).await? {
         Some(AgentFrame::Hello {
             protocol,
             last_sequence,
+            runtimes,
             ..
         }) => {
             if protocol != PROTOCOL_VERSION {
@@ -421,9 +268,28 @@ async fn stream(
                 .await?;
                 return Ok(());
             }
+            // What it offers decides which runtime-bound versions it is
+            // sent, from the first desired state on.
+            let mut device = device;
+            fleet
+                .store
+                .set_device_runtimes(&device.tenant, &device.id, &runtimes)
+                .await
+                .map_err(|e| e.to_string())?;
+            let runtimes = db::runtimes_from_string(&db::runtimes_to_string(&runtimes));
+            if let Ok(mut o) = offered.lock() {
+                *o = Some(runtimes.clone());
+            }
+            device.runtimes = Some(runtimes);
             control(fleet, device, s, r, reader, last_sequence).await
         }
-        Some(AgentFrame::Fetch { digest, offset }) => fetch(fleet, device, s, digest, offset).await,
+        Some(AgentFrame::Fetch { digest, offset }) => {
+            let mut device = device;
+            if let Some(r) = offered.lock().ok().and_then(|o| o.clone()) {
+                device.runtimes = Some(r);
+            }
+            fetch(fleet, device, s, digest, offset).await
+        }
         Some(_) => Err("unexpected first frame".into()),
         None => Ok(()),
     }

@@ -355,6 +355,7 @@ pub async fn create_deployment(
         created_us: 0,
         created_by: caller.actor.clone(),
         deleted_at: None,
+        runtime: None,
     };
     let mut audit = caller.ok(Action::DeploymentCreate, &d.id);
     audit.detail = format!(
@@ -365,7 +366,8 @@ pub async fn create_deployment(
     );
     store.create_deployment(&d, audit).await?;
     fleet.changed();
-    Ok(d)
+    // Read back: the version's runtime requirement comes from its tags.
+    Ok(store.deployment(&d.tenant, &d.id).await?)
 }
 
 /// The tenant's live deployments, in creation order.
@@ -431,6 +433,20 @@ pub async fn deployment_status_among(
     for (dev, wanted) in matched.into_iter().zip(wanted) {
         let (state, detail) = match states.get(&dev.id) {
             _ if dev.revoked_at.is_some() => ("revoked".to_string(), String::new()),
+            _ if !db::runtime_offered(d.runtime.as_deref(), dev.runtimes.as_deref()) => (
+                "unsupported".to_string(),
+                match &dev.runtimes {
+                    Some(r) => format!(
+                        "the version requires runtime {}; the device offers {}",
+                        d.runtime.as_deref().unwrap_or_default(),
+                        if r.is_empty() { "none".into() } else { r.join(", ") }
+                    ),
+                    None => format!(
+                        "the version requires runtime {}; the device has not said which runtimes it offers yet",
+                        d.runtime.as_deref().unwrap_or_default()
+                    ),
+                },
+            ),
             _ if !wanted => ("superseded".to_string(), String::new()),
             Some((v, s, det)) if *v == d.version => (s.clone(), det.clone()),
             _ => match fleet.progress(&dev.id, &d.digest) {
@@ -554,6 +570,7 @@ mod tests {
             created_us: 0,
             created_by: "op".into(),
             deleted_at: None,
+            runtime: None,
         }
     }
 
@@ -567,6 +584,7 @@ mod tests {
             revoked_at: revoked.then_some(1),
             last_seen: None,
             session_until: None,
+            runtimes: None,
         }
     }
 

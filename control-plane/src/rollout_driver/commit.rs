@@ -208,6 +208,7 @@ pub async fn commit(
                     created_us: 0,
                     created_by: format!("rollout {}", row.id),
                     deleted_at: None,
+                    runtime: None,
                 };
                 audits.push(entry(
                     row,

@@ -1,7 +1,8 @@
 //! What the engine is fed on every step, from the fleet's tables:
 //!
 //! - devices: the tenant's unrevoked devices whose labels match the
-//!   selector (`device_seen`; new enrollments and label changes included),
+//!   selector and offer the runtime the version requires, if any
+//!   (`device_seen`; new enrollments and label changes included),
 //!   and those that stopped matching or were revoked (`device_left`);
 //! - activation outcomes: each device's last report on the model
 //!   (`device_models`, written by `fleet::quic::report`): `active` for any
@@ -17,7 +18,7 @@
 use super::DriverError;
 use crate::rollout::engine::Rollout;
 use crate::rollout::observations::{Activation, Device, TelemetryAggregate};
-use crate::store::fleet::matches;
+use crate::store::fleet::{matches, runtime_offered};
 use crate::store::rollouts::RolloutRow;
 use crate::store::Store;
 use ferry_protocol::telemetry::DriftSummary;
@@ -51,8 +52,19 @@ pub async fn feed(
     cache: &mut TelemetryCache,
 ) -> Result<(), DriverError> {
     let reports = store.device_models(&row.tenant, &row.model).await?;
+    // A version that requires a runtime rolls out to the devices that offer it.
+    let runtime = store
+        .version_tag(
+            &row.tenant,
+            &row.model,
+            row.version,
+            ferry_protocol::RUNTIME_TAG,
+        )
+        .await?;
     for dev in store.devices(&row.tenant).await? {
-        let matching = dev.revoked_at.is_none() && matches(&row.selector, &dev.labels);
+        let matching = dev.revoked_at.is_none()
+            && matches(&row.selector, &dev.labels)
+            && runtime_offered(runtime.as_deref(), dev.runtimes.as_deref());
         let known = r.state().devices.get(&dev.id);
         if matching {
             let fresh = known.is_none_or(|k| !k.present || k.labels != dev.labels);

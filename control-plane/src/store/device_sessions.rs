@@ -30,6 +30,34 @@ pub(super) async fn bump_device_generation(tx: &mut Tx, tenant: &str, id: &str) 
 }
 
 impl Store {
+    /// Stores the runtimes a device's hello offered (see
+    /// [`runtimes_to_string`](super::device_runtimes::runtimes_to_string)); when they changed, the device generation
+    /// moves, so every replica's snapshot reads them (not audited).
+    pub async fn set_device_runtimes<S: AsRef<str>>(
+        &self,
+        tenant: &str,
+        id: &str,
+        runtimes: &[S],
+    ) -> Result<()> {
+        let stored = super::device_runtimes::runtimes_to_string(runtimes);
+        let mut tx = self.pool().begin().await?;
+        let n = sqlx::query(
+            "UPDATE devices SET runtimes = $1 WHERE tenant = $2 AND id = $3 \
+             AND (runtimes IS NULL OR runtimes <> $1)",
+        )
+        .bind(&stored)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            bump_device_generation(&mut tx, tenant, id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records that the device was seen now and that this replica holds
     /// session `session` with it until `until_ms` (not audited).
     pub async fn open_device_session(&self, id: &str, session: &str, until_ms: i64) -> Result<()> {

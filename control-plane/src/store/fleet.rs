@@ -8,6 +8,8 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::collections::BTreeMap;
 
+pub use super::device_runtimes::{runtime_offered, runtimes_from_string, runtimes_to_string};
+
 pub type Labels = BTreeMap<String, String>;
 
 pub fn labels_to_string(l: &Labels) -> String {
@@ -35,6 +37,9 @@ pub struct Device {
     /// Until when (milliseconds) some replica's lease on a QUIC session
     /// with the device runs (migration 0010); lapsed or `None`: no session.
     pub session_until: Option<i64>,
+    /// The runtimes its last fleet hello offered (migration 0011); `None`
+    /// before its first hello.
+    pub runtimes: Option<Vec<String>>,
 }
 
 /// Whether a session lease running `until` (milliseconds) holds at `now_ms`
@@ -62,12 +67,15 @@ impl FromRow<'_, AnyRow> for Device {
             revoked_at: r.try_get("revoked_at")?,
             last_seen: r.try_get("last_seen")?,
             session_until: r.try_get("session_until")?,
+            runtimes: r
+                .try_get::<Option<String>, _>("runtimes")?
+                .map(|s| runtimes_from_string(&s)),
         })
     }
 }
 
 pub(super) const DEVICE_COLS: &str =
-    "id, tenant, hostname, labels, created_at, revoked_at, last_seen, session_until";
+    "id, tenant, hostname, labels, created_at, revoked_at, last_seen, session_until, runtimes";
 
 #[derive(Clone, Debug)]
 pub struct Deployment {
@@ -83,6 +91,10 @@ pub struct Deployment {
     pub created_us: i64,
     pub created_by: String,
     pub deleted_at: Option<i64>,
+    /// The runtime the version requires (its signed `ferry.target.runtime`
+    /// tag, read from version_tags): only devices that offer it are
+    /// targeted.
+    pub runtime: Option<String>,
 }
 
 impl FromRow<'_, AnyRow> for Deployment {
@@ -98,12 +110,17 @@ impl FromRow<'_, AnyRow> for Deployment {
             created_us: r.try_get("created_us")?,
             created_by: r.try_get("created_by")?,
             deleted_at: r.try_get("deleted_at")?,
+            runtime: r.try_get("runtime")?,
         })
     }
 }
 
-const DEPLOYMENT_COLS: &str =
-    "id, tenant, model, version, digest, selector, created_at, created_us, created_by, deleted_at";
+/// Deployments with their version's runtime requirement; conditions name
+/// the deployment's columns as `d.`.
+const DEPLOYMENTS_FROM: &str = "SELECT d.id, d.tenant, d.model, d.version, d.digest, d.selector, \
+     d.created_at, d.created_us, d.created_by, d.deleted_at, t.value AS runtime \
+     FROM deployments d LEFT JOIN version_tags t ON t.tenant = d.tenant AND t.model = d.model \
+     AND t.version = d.version AND t.key = 'ferry.target.runtime'";
 
 /// A new enrollment token, stored by hash.
 #[derive(Clone, Debug)]
@@ -513,7 +530,7 @@ impl Store {
 
     pub async fn deployment(&self, tenant: &str, id: &str) -> Result<Deployment> {
         let row: Option<Deployment> = sqlx::query_as(&format!(
-            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND id = $2"
+            "{DEPLOYMENTS_FROM} WHERE d.tenant = $1 AND d.id = $2"
         ))
         .bind(tenant)
         .bind(id)
@@ -525,7 +542,7 @@ impl Store {
     /// Live (not deleted) deployments of `tenant`, oldest first.
     pub async fn live_deployments(&self, tenant: &str) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND deleted_at IS NULL ORDER BY created_us, id"
+            "{DEPLOYMENTS_FROM} WHERE d.tenant = $1 AND d.deleted_at IS NULL ORDER BY d.created_us, d.id"
         ))
         .bind(tenant)
         .fetch_all(self.pool())
@@ -573,7 +590,7 @@ impl Store {
         let tx = &mut m.tx;
         let out: Result<_> = async {
             let gone: Option<Deployment> = sqlx::query_as(&format!(
-                "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND id = $2"
+                "{DEPLOYMENTS_FROM} WHERE d.tenant = $1 AND d.id = $2"
             ))
             .bind(tenant)
             .bind(id)

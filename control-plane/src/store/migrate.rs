@@ -73,6 +73,12 @@ const FILES: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_device_sessions.sql"),
         include_str!("../../migrations/postgres/0010_device_sessions.sql"),
     ),
+    (
+        11,
+        "device_runtimes",
+        include_str!("../../migrations/sqlite/0011_device_runtimes.sql"),
+        include_str!("../../migrations/postgres/0011_device_runtimes.sql"),
+    ),
 ];
 
 /// Migrations the store runs at start, in order.

@@ -17,6 +17,7 @@ mod alerts;
 mod aliases;
 mod audit;
 pub mod device_index;
+mod device_runtimes;
 mod device_sessions;
 pub mod fleet;
 mod gc;

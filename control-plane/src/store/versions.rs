@@ -282,6 +282,25 @@ impl Store {
         Ok(rows)
     }
 
+    /// One tag of a version (tags come from its signed manifest).
+    pub async fn version_tag(
+        &self,
+        tenant: &str,
+        model: &str,
+        version: i64,
+        key: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT value FROM version_tags WHERE tenant = $1 AND model = $2 AND version = $3 AND key = $4",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(version)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     pub async fn version(&self, tenant: &str, model: &str, version: i64) -> Result<VersionRow> {
         let row: Option<VersionRow> = sqlx::query_as(&format!(
             "{VERSION_COLS} WHERE v.tenant = $1 AND v.model = $2 AND v.version = $3"

@@ -79,6 +79,10 @@ pub struct Device {
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
     pub connected: bool,
+    /// The runtimes its last fleet hello offered (`onnx`,
+    /// `onnx-burn-cuda`, ...); absent before its first hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<Vec<String>>,
     /// The trust-root version the device reported holding (as last heard
     /// by the replica that answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +170,10 @@ pub struct Deployment {
     pub created_at: i64,
     pub created_by: String,
     pub deleted_at: Option<i64>,
+    /// The runtime the version requires (`burn`, `burn-cuda`, ...): only
+    /// devices that offer it are sent it; the others show `unsupported`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// `GET /deployments`.
@@ -175,7 +183,8 @@ pub struct DeploymentList {
 }
 
 /// One matched device's state for a deployment (`active`, `failed`,
-/// `pending`, `downloading N%`, `superseded`, `revoked`, ...).
+/// `pending`, `downloading N%`, `superseded`, `revoked`, `unsupported`
+/// (it lacks the runtime the version requires), ...).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentDevice {
     pub device: String,
