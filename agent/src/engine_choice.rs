@@ -185,22 +185,15 @@ impl EngineSelect {
     /// backend; a requirement this agent does not offer under `self` is
     /// the error's reason. A bundle without one gets `self`.
     pub fn for_manifest(&self, m: &ferry_protocol::Manifest) -> Result<EngineSelect, String> {
-        use ferry_protocol::required_runtime::BURN_RUNTIME_PREFIX;
+        use ferry_protocol::required_runtime::{BURN_RUNTIME_PREFIX, GPU_BACKENDS};
         use ferry_protocol::RequiredRuntime;
-        let Some(required) = m.required_runtime()? else {
+        if m.required_runtime()?.is_none() {
+            return Ok(self.clone());
+        }
+        let offered = runtimes(self);
+        let Some(required) = m.runtime_among(&offered)? else {
             return Ok(self.clone());
         };
-        let offered = runtimes(self);
-        if !required.offered_by(&offered) {
-            return Err(format!(
-                "the bundle requires runtime {required}; this agent offers {}",
-                if offered.is_empty() {
-                    "none".to_string()
-                } else {
-                    offered.join(", ")
-                }
-            ));
-        }
         Ok(match required {
             RequiredRuntime::Tract => EngineSelect {
                 choice: EngineChoice::Tract,
@@ -210,7 +203,7 @@ impl EngineSelect {
                 // `burn` alone: the first GPU backend offered, in the
                 // order burn prefers them (CUDA before wgpu).
                 let backend = backend.map(str::to_string).or_else(|| {
-                    ["cuda", "wgpu"]
+                    GPU_BACKENDS
                         .into_iter()
                         .find(|b| {
                             offered

@@ -22,8 +22,9 @@ pub const BURN_RUNTIME_PREFIX: &str = "onnx-burn-";
 
 /// burn's backends, as runtime names spell them.
 pub const BURN_BACKENDS: [&str; 3] = ["cuda", "wgpu", "cpu"];
-/// The backends `burn` (without a backend) accepts: the GPU ones.
-const GPU_BACKENDS: [&str; 2] = ["cuda", "wgpu"];
+/// The backends `burn` (without a backend) accepts: the GPU ones, in the
+/// order a device prefers them.
+pub const GPU_BACKENDS: [&str; 2] = ["cuda", "wgpu"];
 
 /// The engine a bundle requires.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +92,28 @@ impl Manifest {
             .get(RUNTIME_TAG)
             .map(|v| RequiredRuntime::parse(v))
             .transpose()
+    }
+
+    /// The required runtime, if any, when `offered` (a hello's runtimes)
+    /// has it; otherwise why not, naming both.
+    pub fn runtime_among<S: AsRef<str>>(
+        &self,
+        offered: &[S],
+    ) -> Result<Option<RequiredRuntime>, String> {
+        match self.required_runtime()? {
+            Some(r) if !r.offered_by(offered) => {
+                let have: Vec<&str> = offered.iter().map(AsRef::as_ref).collect();
+                Err(format!(
+                    "the bundle requires runtime {r}; this device offers {}",
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                ))
+            }
+            r => Ok(r),
+        }
     }
 }
 

@@ -64,18 +64,9 @@ pub fn check_target(m: &Manifest, arch: &str, agent_version: &str) -> Result<(),
 /// this device does not offer (`runtimes`, as its hello lists them), or
 /// names a runtime this agent does not know.
 pub fn check_runtime(m: &Manifest, runtimes: &[String]) -> Result<(), Refusal> {
-    match m.required_runtime() {
-        Ok(None) => Ok(()),
-        Ok(Some(r)) if r.offered_by(runtimes) => Ok(()),
-        Ok(Some(r)) => Err(Refusal::new(
-            "unsupported_runtime",
-            format!(
-                "bundle requires runtime {r}; this device offers {}",
-                runtimes.join(", ")
-            ),
-        )),
-        Err(e) => Err(Refusal::new("unsupported_runtime", e)),
-    }
+    m.runtime_among(runtimes)
+        .map(|_| ())
+        .map_err(|reason| Refusal::new("unsupported_runtime", reason))
 }
 
 #[cfg(test)]
