@@ -41,6 +41,17 @@ fn vectors() -> Vec<Value> {
 
 /// The CNN classifier bundled as `cnn` v`version` with `vectors` signed in.
 fn bundle(keys: &Keys, dir: &Path, version: u64, vectors: PathBuf) -> PathBuf {
+    bundle_requiring(keys, dir, version, vectors, None)
+}
+
+/// [`bundle`], requiring `runtime` (`ferry bundle build --runtime`) if set.
+fn bundle_requiring(
+    keys: &Keys,
+    dir: &Path,
+    version: u64,
+    vectors: PathBuf,
+    runtime: Option<&str>,
+) -> PathBuf {
     let out = dir.join(format!("cnn-{version}.ferry"));
     let mut spec = keys.spec(
         fixtures().join("gpu/cnn_classifier.onnx"),
@@ -49,6 +60,10 @@ fn bundle(keys: &Keys, dir: &Path, version: u64, vectors: PathBuf) -> PathBuf {
     );
     spec.version = version;
     spec.test_vectors = Some(vectors);
+    if let Some(r) = runtime {
+        spec.tags
+            .insert(ferry_protocol::RUNTIME_TAG.into(), r.into());
+    }
     build(&spec, &indicatif::ProgressBar::hidden()).unwrap();
     out
 }
@@ -269,20 +284,7 @@ fn a_required_runtime_decides_the_engine_or_refuses_the_bundle() {
     let keys = Keys::new();
     let dir = tempfile::tempdir().unwrap();
     let tagged = |version: u64, runtime: Option<&str>| {
-        let out = dir.path().join(format!("cnn-{version}.ferry"));
-        let mut spec = keys.spec(
-            fixtures().join("gpu/cnn_classifier.onnx"),
-            "cnn",
-            out.clone(),
-        );
-        spec.version = version;
-        spec.test_vectors = Some(vectors_path());
-        if let Some(r) = runtime {
-            spec.tags
-                .insert(ferry_protocol::RUNTIME_TAG.into(), r.into());
-        }
-        build(&spec, &indicatif::ProgressBar::hidden()).unwrap();
-        out
+        bundle_requiring(&keys, dir.path(), version, vectors_path(), runtime)
     };
     let engine_of = |a: &Arc<Agent>| {
         let served = Served::start(a.clone(), 1 << 20);

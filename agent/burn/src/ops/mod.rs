@@ -257,14 +257,8 @@ pub fn exec(op: &Op, inputs: Vec<Option<Value>>, device: &Device) -> Result<Vec<
         }
         Op::Softmax { axis } => one(nn::softmax(ins.take(0)?, *axis, device)?),
         Op::Linear { transposed } => {
-            let bias = ins.opt(2);
-            one(nn::linear(
-                ins.take(0)?,
-                ins.take(1)?,
-                bias,
-                *transposed,
-                device,
-            )?)
+            let (x, w, bias) = ins.weighted()?;
+            one(nn::linear(x, w, bias, *transposed, device)?)
         }
         Op::MatMul => one(nn::matmul(ins.take(0)?, ins.take(1)?, device)?),
         Op::Gemm {
@@ -273,44 +267,26 @@ pub fn exec(op: &Op, inputs: Vec<Option<Value>>, device: &Device) -> Result<Vec<
             trans_a,
             trans_b,
         } => {
-            let c = ins.opt(2);
+            let (a, b, c) = ins.weighted()?;
             one(nn::gemm(
-                ins.take(0)?,
-                ins.take(1)?,
+                a,
+                b,
                 c,
                 (*alpha, *beta, *trans_a, *trans_b),
                 device,
             )?)
         }
         Op::Conv1d(o) => {
-            let bias = ins.opt(2);
-            one(nn::conv1d(
-                ins.take(0)?,
-                ins.take(1)?,
-                bias,
-                o.clone(),
-                device,
-            )?)
+            let (x, w, bias) = ins.weighted()?;
+            one(nn::conv1d(x, w, bias, o.clone(), device)?)
         }
         Op::Conv2d(o) => {
-            let bias = ins.opt(2);
-            one(nn::conv2d(
-                ins.take(0)?,
-                ins.take(1)?,
-                bias,
-                o.clone(),
-                device,
-            )?)
+            let (x, w, bias) = ins.weighted()?;
+            one(nn::conv2d(x, w, bias, o.clone(), device)?)
         }
         Op::ConvTranspose2d(o) => {
-            let bias = ins.opt(2);
-            one(nn::conv_transpose2d(
-                ins.take(0)?,
-                ins.take(1)?,
-                bias,
-                o.clone(),
-                device,
-            )?)
+            let (x, w, bias) = ins.weighted()?;
+            one(nn::conv_transpose2d(x, w, bias, o.clone(), device)?)
         }
         Op::BatchNorm { epsilon } => {
             let params = [ins.take(1)?, ins.take(2)?, ins.take(3)?, ins.take(4)?];
@@ -405,6 +381,12 @@ impl Inputs {
 
     pub fn opt(&mut self, i: usize) -> Option<Value> {
         self.0.get_mut(i).and_then(Option::take)
+    }
+
+    /// The operands of a Gemm or a convolution: input, weights and the
+    /// optional bias (input 2).
+    pub fn weighted(&mut self) -> Result<(Value, Value, Option<Value>), String> {
+        Ok((self.take(0)?, self.take(1)?, self.opt(2)))
     }
 
     /// Input `i` read as host integers (a shape, axes, bounds).
