@@ -77,6 +77,18 @@ fn main() -> anyhow::Result<()> {
         inputs.push(tensor.into_tvalue());
     }
     let started = Instant::now();
+    if std::env::var_os("FERRY_PROFILE_DECLUTTERED").is_some() {
+        let typed = model.clone().into_typed()?.into_decluttered()?;
+        for n in typed.nodes() {
+            let ins: Vec<String> = n
+                .inputs
+                .iter()
+                .map(|i| format!("{:?}", typed.outlet_fact(*i).map(|f| f.shape.clone())))
+                .collect();
+            println!("#{} {:?} {}  in {}", n.id, n.op, n.name, ins.join(" "));
+        }
+        return Ok(());
+    }
     // `tract` as the fourth argument: tract's own plan, for comparison.
     let plan = if args.get(4).is_some_and(|a| a == "tract") {
         model.into_optimized()?.into_runnable()?
@@ -97,21 +109,29 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut by_node: BTreeMap<usize, f64> = BTreeMap::new();
     let mut total = 0.0;
+    let mut fastest = f64::MAX;
     for run in 0..runs + 2 {
         let mut state = plan.spawn()?;
-        let mut times: Vec<(String, f64)> = Vec::new();
+        let mut times: Vec<(usize, String, f64)> = Vec::new();
         let t0 = Instant::now();
         state.run_plan_with_eval(inputs.clone(), |ctx, op_state, node, ins| {
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, ins);
-            times.push((node.op().name().to_string(), t.elapsed().as_secs_f64()));
+            times.push((
+                node.id,
+                node.op().name().to_string(),
+                t.elapsed().as_secs_f64(),
+            ));
             r
         })?;
         // Two warm-up runs are not counted.
         if run >= 2 {
             total += t0.elapsed().as_secs_f64();
-            for (op, s) in times {
+            fastest = fastest.min(t0.elapsed().as_secs_f64());
+            for (id, op, s) in times {
+                *by_node.entry(id).or_default() += s;
                 let e = by_op.entry(op).or_default();
                 e.0 += s;
                 e.1 += 1;
@@ -121,9 +141,10 @@ fn main() -> anyhow::Result<()> {
     let mut rows: Vec<_> = by_op.into_iter().collect();
     rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
     println!(
-        "{}: {:.2} ms per run ({runs} runs, {threads} thread(s))",
+        "{}: {:.2} ms per run, fastest {:.2} ({runs} runs, {threads} thread(s))",
         dir.display(),
-        total / runs as f64 * 1e3
+        total / runs as f64 * 1e3,
+        fastest * 1e3
     );
     println!("| op | ms per run | share | nodes |\n|---|---:|---:|---:|");
     for (op, (s, n)) in rows.iter().take(12) {
@@ -132,6 +153,32 @@ fn main() -> anyhow::Result<()> {
             s / runs as f64 * 1e3,
             100.0 * s / total,
             n / runs
+        );
+    }
+    // FERRY_PROFILE_TOP=N: the N slowest nodes, with their inputs' shapes.
+    let top: usize = std::env::var("FERRY_PROFILE_TOP").map_or(Ok(0), |s| s.parse())?;
+    let mut nodes: Vec<_> = by_node.into_iter().collect();
+    nodes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (id, s) in nodes.iter().take(top) {
+        let n = &plan.model().nodes[*id];
+        let ins: Vec<String> = n
+            .inputs
+            .iter()
+            .map(|i| {
+                format!(
+                    "{:?}",
+                    plan.model().outlet_fact(*i).map(|f| f.shape.clone())
+                )
+            })
+            .collect();
+        println!(
+            "{:.3} ms  #{} {} {}  in {}  out {:?}",
+            s / runs as f64 * 1e3,
+            id,
+            n.op().name(),
+            n.name,
+            ins.join(" "),
+            n.outputs[0].fact.shape
         );
     }
     Ok(())

@@ -1,13 +1,19 @@
 //! What only a plan compiled for concrete input shapes gets (a plan
 //! specialised to a request's shapes, to the engine's block size, or to a
 //! graph typed per shape): a small batch's convolutions one image at a
-//! time, and a single image's 1×1 convolutions back in tract's hands.
+//! time, and a single image's 1×1 convolutions as one product each.
 
 use tract_onnx::prelude::*;
 
 /// `typed`, its symbols already replaced by values, rewritten.
 pub fn rewrite(mut typed: TypedModel) -> TractResult<TypedModel> {
     crate::conv_per_image::split(&mut typed)?;
-    crate::pointwise_batch::unwrap_single_images(&mut typed)?;
+    if crate::pointwise_batch::unwrap_single_images(&mut typed)? > 0 {
+        // Decluttered, a single image's 1×1 convolutions take the form
+        // `crate::pointwise` runs, BatchNorm and activation after them.
+        typed = typed.into_decluttered()?;
+        crate::pointwise::substitute(&mut typed)?;
+        crate::channel_affine::fold(&mut typed)?;
+    }
     Ok(typed)
 }

@@ -1,6 +1,6 @@
 //! The one consumer of an outlet, when it is a binary op with a constant
 //! as its other operand: what the graph rewrites (`dense`,
-//! `depthwise_affine`) look for after a product or a convolution to fold
+//! `channel_affine`) look for after a product or a convolution to fold
 //! into it.
 
 use std::sync::Arc;

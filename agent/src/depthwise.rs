@@ -90,7 +90,7 @@ fn eligible(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bo
 }
 
 /// What the kernel applies to each output value before storing it: the
-/// activation after the convolution, fused by `crate::depthwise_affine`
+/// activation after the convolution, fused by `crate::channel_affine`
 /// so that it is not one more pass over every plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Activation {

@@ -640,9 +640,11 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     crate::axis_softmax::substitute(typed)?;
     // One filter per channel: MobileNet's depth-wise convolutions.
     crate::depthwise::substitute(typed)?;
-    // Their BatchNorms, which tract folds only into single-group
-    // convolutions.
-    crate::depthwise_affine::fold(typed)?;
+    // A single image's 1×1 convolutions over large planes.
+    crate::pointwise::substitute(typed)?;
+    // The BatchNorms and activations after both: tract folds a BatchNorm
+    // only into its own single-group convolutions.
+    crate::channel_affine::fold(typed)?;
     // 1×1 convolutions over a batch: one product per image, no transposes.
     crate::pointwise_batch::substitute(typed)?;
     Ok(())

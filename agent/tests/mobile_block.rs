@@ -4,7 +4,7 @@
 //! plan: with its depth-wise convolution Ferry's and its 1×1 convolutions
 //! matrix products, it needs no plan per shape. A batch of more than one is
 //! where Ferry runs each 1×1 convolution per image and folds the depth-wise
-//! BatchNorm (`pointwise_batch`, `depthwise_affine`). A grouped
+//! BatchNorm (`pointwise_batch`, `channel_affine`). A grouped
 //! convolution stays tract's: a shape seen twice gets a plan of its own,
 //! where a small batch is convolved one image at a time
 //! (`conv_per_image`); that plan answers as onnxruntime too.

