@@ -192,8 +192,8 @@ impl TypedOp for DepthwiseConv {
     as_op!();
 }
 
-/// One call's shapes: filter, strides, dilations, padding, the output, and
-/// the padded scratch every channel is copied into.
+/// One call's shapes: filter, strides, padding, the output, the padded
+/// scratch every channel is copied into, and where each tap reads in it.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     h: usize,
@@ -202,8 +202,6 @@ struct Geometry {
     kw: usize,
     sh: usize,
     sw: usize,
-    dh: usize,
-    dw: usize,
     pad_top: usize,
     pad_left: usize,
     oh: usize,
@@ -214,6 +212,15 @@ struct Geometry {
     rows: usize,
     /// Values per row of each column phase.
     phase_width: usize,
+    /// Each tap's start in the scratch, relative to an output vector's
+    /// first read: its column phase's row block plus its offset in the row.
+    /// Worked out once per call, not per plane: it takes divisions.
+    starts: [usize; MAX_TAPS],
+    /// Every read of an output vector lies within `span` values of its
+    /// first: each vector's window is cut (and bounds-checked) once, and a
+    /// tap's read is clamped into it, which lets the compiler drop the
+    /// per-tap check.
+    span: usize,
 }
 
 impl Geometry {
@@ -238,15 +245,13 @@ impl Geometry {
         let ow_padded = ow.div_ceil(lanes) * lanes;
         let last_tap = (kw - 1) * dw;
         let phase_width = (last_tap / sw + ow_padded).max((pw.pad_before + w).div_ceil(sw));
-        Ok(Geometry {
+        let mut geo = Geometry {
             h,
             w,
             kh,
             kw,
             sh,
             sw,
-            dh,
-            dw,
             pad_top: ph.pad_before,
             pad_left: pw.pad_before,
             oh,
@@ -254,7 +259,23 @@ impl Geometry {
             ow_padded,
             rows,
             phase_width,
-        })
+            starts: [0; MAX_TAPS],
+            span: 0,
+        };
+        ensure!(kh * kw <= MAX_TAPS, "depth-wise conv: {kh}×{kw} filter");
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (p, q) = geo.column(kx * dw);
+                geo.starts[ky * kw + kx] = (p * rows + ky * dh) * phase_width + q;
+            }
+        }
+        geo.span = geo.tap_starts().iter().max().map_or(0, |s| s + lanes);
+        Ok(geo)
+    }
+
+    /// The filter's taps' starts, row-major.
+    fn tap_starts(&self) -> &[usize] {
+        &self.starts[..self.kh * self.kw]
     }
 
     /// Where padded column `j` lives: its phase and its place in the row.
@@ -324,44 +345,30 @@ impl pulp::WithSimd for PlaneKernel<'_> {
         } = self;
         fill(geo, input, buffers);
         let lanes = S::F32_LANES;
-        // Each tap's start in the scratch, relative to an output vector's
-        // first read: its column phase's row block plus its offset in the row.
-        let mut taps = [(0usize, 0.0f32); MAX_TAPS];
-        let n_taps = geo.kh * geo.kw;
-        for ky in 0..geo.kh {
-            for kx in 0..geo.kw {
-                let (p, q) = geo.column(kx * geo.dw);
-                let start = (p * geo.rows + ky * geo.dh) * geo.phase_width + q;
-                taps[ky * geo.kw + kx] = (start, filter[ky * geo.kw + kx]);
-            }
-        }
-        let taps = &taps[..n_taps];
-        // Vectors of output, row after row, four at a time: the four are
-        // independent sums, so a plane only a vector or two wide still keeps
-        // the FMA units busy.
-        let per_row = geo.ow_padded / lanes;
-        let count = geo.oh * per_row;
-        let at = |v: usize| {
-            let (oy, x) = (v / per_row, (v % per_row) * lanes);
-            (oy * geo.sh * geo.phase_width + x, oy * geo.ow_padded + x)
+        let kernel = Taps {
+            phases: &buffers.phases,
+            starts: geo.tap_starts(),
+            filter,
+            span: geo.span,
+            bias,
+            activation,
+            per_row: geo.ow_padded / lanes,
+            in_row: geo.sh * geo.phase_width,
+            out_row: geo.ow_padded,
         };
-        let phases = &buffers.phases;
-        let padded_out = &mut buffers.out;
-        let mut v = 0;
-        while v + 4 <= count {
-            let jobs = [at(v), at(v + 1), at(v + 2), at(v + 3)];
-            vectors::<S, 4>(simd, phases, taps, jobs, bias, activation, padded_out);
-            v += 4;
-        }
-        while v < count {
-            vectors::<S, 1>(simd, phases, taps, [at(v)], bias, activation, padded_out);
-            v += 1;
-        }
-        for (dst, src) in out
-            .chunks_exact_mut(geo.ow)
-            .zip(padded_out.chunks_exact(geo.ow_padded))
-        {
-            dst.copy_from_slice(&src[..geo.ow]);
+        let count = geo.oh * kernel.per_row;
+        // Rows as wide as the output are written in place; others go
+        // through the padded scratch and are copied out row by row.
+        if geo.ow == geo.ow_padded {
+            kernel.plane(simd, count, out);
+        } else {
+            kernel.plane(simd, count, &mut buffers.out);
+            for (dst, src) in out
+                .chunks_exact_mut(geo.ow)
+                .zip(buffers.out.chunks_exact(geo.ow_padded))
+            {
+                dst.copy_from_slice(&src[..geo.ow]);
+            }
         }
     }
 }
@@ -384,6 +391,17 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
             continue;
         }
         row[geo.pad_left..geo.pad_left + visible].copy_from_slice(src);
+        if geo.sw == 2 {
+            // Stride two, most common: one pass over pairs, no index sums.
+            let (even, odd) = phases.split_at_mut(geo.rows * geo.phase_width);
+            let even = &mut even[r * geo.phase_width..][..geo.phase_width];
+            let odd = &mut odd[r * geo.phase_width..][..geo.phase_width];
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            continue;
+        }
         for p in 0..geo.sw {
             let dst = &mut phases[(p * geo.rows + r) * geo.phase_width..][..geo.phase_width];
             for (q, d) in dst.iter_mut().enumerate() {
@@ -393,47 +411,107 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
     }
 }
 
-/// `U` output vectors (scratch offset, output offset), every tap summed in
-/// registers, the activation applied there too.
-#[inline(always)]
-fn vectors<S: Simd, const U: usize>(
-    simd: S,
-    phases: &[f32],
-    taps: &[(usize, f32)],
-    jobs: [(usize, usize); U],
+/// One plane's filter taps over its scratch: what every output vector reads.
+struct Taps<'a> {
+    phases: &'a [f32],
+    /// Each tap's offset from an output vector's first read.
+    starts: &'a [usize],
+    /// Each tap's weight.
+    filter: &'a [f32],
+    /// One past the furthest value any tap reads, from the first read.
+    span: usize,
     bias: f32,
     activation: Activation,
-    out: &mut [f32],
-) {
-    let lanes = S::F32_LANES;
-    let mut acc = [simd.splat_f32s(bias); U];
-    for &(start, wt) in taps {
-        let wv = simd.splat_f32s(wt);
-        for u in 0..U {
-            let (src, _) = S::as_simd_f32s(&phases[start + jobs[u].0..][..lanes]);
-            acc[u] = simd.mul_add_e_f32s(wv, src[0], acc[u]);
+    /// Output vectors per row.
+    per_row: usize,
+    /// Scratch values between two output rows' first reads.
+    in_row: usize,
+    /// Values per row of the output `plane` writes.
+    out_row: usize,
+}
+
+impl Taps<'_> {
+    /// The first `count` output vectors, row after row, eight or four at a
+    /// time: they are independent sums, so even a plane a vector or two wide
+    /// keeps both FMA units busy.
+    #[inline(always)]
+    fn plane<S: Simd>(&self, simd: S, count: usize, out: &mut [f32]) {
+        let mut v = 0;
+        while v + 8 <= count {
+            self.vectors::<S, 8>(simd, self.jobs::<S, _>(v), out);
+            v += 8;
+        }
+        if v + 4 <= count {
+            self.vectors::<S, 4>(simd, self.jobs::<S, _>(v), out);
+            v += 4;
+        }
+        // The last few together, not one dependent chain after another.
+        match count - v {
+            3 => self.vectors::<S, 3>(simd, self.jobs::<S, _>(v), out),
+            2 => self.vectors::<S, 2>(simd, self.jobs::<S, _>(v), out),
+            1 => self.vectors::<S, 1>(simd, self.jobs::<S, _>(v), out),
+            _ => {}
         }
     }
-    let zero = simd.splat_f32s(0.0);
-    match activation {
-        Activation::None => {}
-        Activation::Relu => acc.iter_mut().for_each(|a| *a = simd.max_f32s(*a, zero)),
-        Activation::HardSwish => {
-            let (sixth, half, one) = (
-                simd.splat_f32s(1.0 / 6.0),
-                simd.splat_f32s(0.5),
-                simd.splat_f32s(1.0),
-            );
-            for a in acc.iter_mut() {
-                let gate = simd.mul_add_e_f32s(*a, sixth, half);
-                let gate = simd.min_f32s(simd.max_f32s(gate, zero), one);
-                *a = simd.mul_f32s(*a, gate);
+
+    /// Output vectors `v..v + U`: each one's first read in the scratch and
+    /// its place in the output.
+    #[inline(always)]
+    fn jobs<S: Simd, const U: usize>(&self, v: usize) -> [(usize, usize); U] {
+        let lanes = S::F32_LANES;
+        let mut jobs = [(0, 0); U];
+        for (u, job) in jobs.iter_mut().enumerate() {
+            let (oy, x) = ((v + u) / self.per_row, ((v + u) % self.per_row) * lanes);
+            *job = (oy * self.in_row + x, oy * self.out_row + x);
+        }
+        jobs
+    }
+
+    /// `U` output vectors (scratch offset, output offset), every tap summed
+    /// in registers, the activation applied there too.
+    #[inline(always)]
+    fn vectors<S: Simd, const U: usize>(
+        &self,
+        simd: S,
+        jobs: [(usize, usize); U],
+        out: &mut [f32],
+    ) {
+        let lanes = S::F32_LANES;
+        let last = self.span - lanes;
+        let mut windows = [&self.phases[..0]; U];
+        for (window, job) in windows.iter_mut().zip(&jobs) {
+            *window = &self.phases[job.0..][..self.span];
+        }
+        let mut acc = [simd.splat_f32s(self.bias); U];
+        for (&start, &wt) in self.starts.iter().zip(self.filter) {
+            let wv = simd.splat_f32s(wt);
+            let start = start.min(last);
+            for u in 0..U {
+                let (src, _) = S::as_simd_f32s(&windows[u][start..start + lanes]);
+                acc[u] = simd.mul_add_e_f32s(wv, src[0], acc[u]);
             }
         }
-    }
-    for u in 0..U {
-        let (dst, _) = S::as_mut_simd_f32s(&mut out[jobs[u].1..][..lanes]);
-        dst[0] = acc[u];
+        let zero = simd.splat_f32s(0.0);
+        match self.activation {
+            Activation::None => {}
+            Activation::Relu => acc.iter_mut().for_each(|a| *a = simd.max_f32s(*a, zero)),
+            Activation::HardSwish => {
+                let (sixth, half, one) = (
+                    simd.splat_f32s(1.0 / 6.0),
+                    simd.splat_f32s(0.5),
+                    simd.splat_f32s(1.0),
+                );
+                for a in acc.iter_mut() {
+                    let gate = simd.mul_add_e_f32s(*a, sixth, half);
+                    let gate = simd.min_f32s(simd.max_f32s(gate, zero), one);
+                    *a = simd.mul_f32s(*a, gate);
+                }
+            }
+        }
+        for u in 0..U {
+            let (dst, _) = S::as_mut_simd_f32s(&mut out[jobs[u].1..][..lanes]);
+            dst[0] = acc[u];
+        }
     }
 }
 
