@@ -218,8 +218,8 @@ struct Geometry {
     starts: [usize; MAX_TAPS],
     /// Every read of an output vector lies within `span` values of its
     /// first: each vector's window is cut (and bounds-checked) once, and a
-    /// tap's read is clamped into it, which lets the compiler drop the
-    /// per-tap check.
+    /// tap's read is clamped into it, so the reads of one tap for all the
+    /// vectors summed together share one check.
     span: usize,
 }
 
@@ -262,7 +262,10 @@ impl Geometry {
             starts: [0; MAX_TAPS],
             span: 0,
         };
-        ensure!(kh * kw <= MAX_TAPS, "depth-wise conv: {kh}×{kw} filter");
+        ensure!(
+            (1..=MAX_TAPS).contains(&(kh * kw)),
+            "depth-wise conv: {kh}×{kw} filter"
+        );
         for ky in 0..kh {
             for kx in 0..kw {
                 let (p, q) = geo.column(kx * dw);
