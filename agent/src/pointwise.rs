@@ -203,7 +203,7 @@ impl EvalOp for PointwiseConv {
 
 /// The activation over values already computed (written so the compiler
 /// vectorises it).
-fn activate(activation: Activation, values: &mut [f32]) {
+pub(crate) fn activate(activation: Activation, values: &mut [f32]) {
     match activation {
         Activation::None => {}
         Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
