@@ -521,56 +521,8 @@ impl Taps<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::{textbook_conv, values, ConvShape};
     use tract_onnx::tract_hir::tract_core::ops::cnn::PaddingSpec;
-
-    /// The textbook loop, in f64, over an explicitly padded input.
-    #[allow(clippy::too_many_arguments)]
-    fn reference(
-        x: &[f32],
-        (c, h, w): (usize, usize, usize),
-        k: &[f32],
-        b: &[f32],
-        (kh, kw): (usize, usize),
-        (sh, sw): (usize, usize),
-        (dh, dw): (usize, usize),
-        (pt, pl, pb, pr): (usize, usize, usize, usize),
-    ) -> (Vec<f32>, usize, usize) {
-        let oh = (h + pt + pb - ((kh - 1) * dh + 1)) / sh + 1;
-        let ow = (w + pl + pr - ((kw - 1) * dw + 1)) / sw + 1;
-        let n = x.len() / (c * h * w);
-        let mut out = vec![0.0f32; n * c * oh * ow];
-        for img in 0..n {
-            for ch in 0..c {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut s = f64::from(b[ch]);
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let iy = (oy * sh + ky * dh) as isize - pt as isize;
-                                let ix = (ox * sw + kx * dw) as isize - pl as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    let xi = ((img * c + ch) * h + iy as usize) * w + ix as usize;
-                                    s += f64::from(x[xi]) * f64::from(k[(ch * kh + ky) * kw + kx]);
-                                }
-                            }
-                        }
-                        out[((img * c + ch) * oh + oy) * ow + ox] = s as f32;
-                    }
-                }
-            }
-        }
-        (out, oh, ow)
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn planes_match_the_textbook_loop_on_odd_shapes_strides_and_padding() -> TractResult<()> {
@@ -613,16 +565,16 @@ mod tests {
             if i == 6 {
                 b = vec![b[0]; c];
             }
-            let (want, oh, ow) = reference(
-                &x,
-                (c, h, w),
-                &k,
-                &b,
-                (kh, kw),
-                (sh, sw),
-                (dh, dw),
-                (pt, pl, pb, pr),
-            );
+            let conv_shape = ConvShape {
+                chw: (c, h, w),
+                o: c,
+                group: c,
+                kernel: (kh, kw),
+                strides: (sh, sw),
+                dilations: (dh, dw),
+                pads: (pt, pl, pb, pr),
+            };
+            let (want, oh, ow) = textbook_conv(&x, &k, &b, &conv_shape);
             let spec = PoolSpec {
                 data_format: format,
                 kernel_shape: tvec![kh, kw],

