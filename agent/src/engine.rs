@@ -636,6 +636,8 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     crate::dense::fuse(typed)?;
     // Softmax/argmax tails over a few classes: our row loops, not tract's.
     crate::rowops::substitute(typed)?;
+    // Reductions over an axis before the last (a max pool over time).
+    crate::axis_reduce::substitute(typed)?;
     // A softmax over an inner axis (YOLO's box bins).
     crate::axis_softmax::substitute(typed)?;
     // One filter per channel: MobileNet's depth-wise convolutions.
@@ -649,6 +651,9 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     crate::channel_affine::fold(typed)?;
     // 1×1 convolutions over a batch: one product per image, no transposes.
     crate::pointwise_batch::substitute(typed)?;
+    // Per-channel constants against a batch of images that none of the
+    // above folded (a BatchNorm after a transposed convolution).
+    crate::channel_broadcast::substitute(typed)?;
     Ok(())
 }
 

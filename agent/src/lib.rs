@@ -20,10 +20,12 @@
 //! - [`config`] and [`cli`]: `agent.toml`, flags, environment.
 
 pub mod admin_client;
+pub mod axis_reduce;
 pub mod axis_softmax;
 pub mod batching;
 pub mod bench;
 pub mod channel_affine;
+pub mod channel_broadcast;
 pub mod cli;
 pub mod clock;
 pub mod concrete;

@@ -126,7 +126,7 @@ fn integer_label_casts(model: &mut TypedModel) -> TractResult<usize> {
 
 /// The arithmetic of a two-input `+ − × ÷` node of tract's that keeps its
 /// input type (no quantised output).
-fn plain_arith(node: &TypedNode) -> Option<Arith> {
+pub(crate) fn plain_arith(node: &TypedNode) -> Option<Arith> {
     let op = node.op_as::<TypedBinOp>()?;
     if op.1.is_some() || node.inputs.len() != 2 {
         return None;
