@@ -26,14 +26,16 @@ use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
 /// Replaces every binary op of `model` between a batch of images and a
 /// per-channel constant; returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
-    let mut found = Vec::new();
-    for node in model.nodes() {
-        if per_channel(model, node)?.is_some() {
-            found.push(node.id);
-        }
-    }
-    for &id in &found {
-        // Looked up again: a chain's earlier swap rewired this node's input.
+    let arithmetic: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| plain_arith(n).is_some())
+        .map(|n| n.id)
+        .collect();
+    let mut swapped = 0;
+    for id in arithmetic {
+        // Looked at after the swaps before it: a chain's earlier swap
+        // rewired this node's input.
         let node = model.node(id);
         let Some((x, op)) = per_channel(model, node)? else {
             continue;
@@ -41,11 +43,12 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let patch = TypedModelPatch::replace_single_op(model, node, &[x], op)?;
         // A patch appends nodes: the ids collected above stay valid.
         patch.apply(model)?;
+        swapped += 1;
     }
-    if !found.is_empty() {
+    if swapped > 0 {
         model.compact()?;
     }
-    Ok(found.len())
+    Ok(swapped)
 }
 
 /// The image input and the op replacing `node`, when it is `x ∘ c` or
@@ -101,9 +104,9 @@ fn per_channel(
 }
 
 /// Whether `outlet` is a matrix product or convolution of tract's, or a
-/// chain of reshapes and per-channel constant ops after one: tract fuses those into the
-/// product's kernel at codegen (a 1×1 convolution's BatchNorm over a
-/// batch), which this op would prevent.
+/// chain of reshapes and per-channel constant ops after one: tract fuses
+/// those into the product's kernel at codegen (a 1×1 convolution's
+/// BatchNorm over a batch), which this op would prevent.
 fn after_product(model: &TypedModel, mut outlet: OutletId) -> TractResult<bool> {
     loop {
         let node = model.node(outlet.node);
