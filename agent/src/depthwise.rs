@@ -414,14 +414,11 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
         }
         row[geo.pad_left..geo.pad_left + visible].copy_from_slice(src);
         if geo.sw == 2 {
-            // Stride two, most common: one pass over pairs, no index sums.
+            // Stride two, most common: one pass over pairs.
             let (even, odd) = phases.split_at_mut(geo.rows * geo.phase_width);
             let even = &mut even[r * geo.phase_width..][..geo.phase_width];
             let odd = &mut odd[r * geo.phase_width..][..geo.phase_width];
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
+            split_pairs(row, even, odd);
             continue;
         }
         for p in 0..geo.sw {
@@ -430,6 +427,22 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
                 *d = row[q * geo.sw + p];
             }
         }
+    }
+}
+
+/// Splits `src` into its values at even places (`evens[i] = src[2i]`) and
+/// at odd ones (`odds[i] = src[2i + 1]`), as far as each output holds.
+/// Inlined into the `pulp` kernels' CPU-specific entry points, where the
+/// compiler vectorises the strided reads with that CPU's shuffles.
+#[inline(always)]
+pub(crate) fn split_pairs(src: &[f32], evens: &mut [f32], odds: &mut [f32]) {
+    let n = evens.len().min(src.len().div_ceil(2));
+    for (i, e) in evens[..n].iter_mut().enumerate() {
+        *e = src[2 * i];
+    }
+    let n = odds.len().min(src.len() / 2);
+    for (i, o) in odds[..n].iter_mut().enumerate() {
+        *o = src[2 * i + 1];
     }
 }
 
@@ -525,6 +538,34 @@ mod tests {
     use super::*;
     use crate::test_fixtures::{textbook_conv, values, ConvShape};
     use tract_onnx::tract_hir::tract_core::ops::cnn::PaddingSpec;
+
+    #[test]
+    fn pairs_split_into_even_and_odd_places_around_whole_vectors() {
+        for (n, evens, odds) in [
+            (0, 0, 0),
+            (1, 1, 0),
+            (7, 4, 3),
+            (32, 16, 16),
+            (65, 33, 32),
+            (100, 40, 50),
+        ] {
+            let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let (mut e, mut o) = (vec![-1.0; evens], vec![-1.0; odds]);
+            split_pairs(&src, &mut e, &mut o);
+            for (i, v) in e.iter().enumerate() {
+                let want = if 2 * i < n { (2 * i) as f32 } else { -1.0 };
+                assert_eq!(*v, want, "{n} values, even place {i}");
+            }
+            for (i, v) in o.iter().enumerate() {
+                let want = if 2 * i + 1 < n {
+                    (2 * i + 1) as f32
+                } else {
+                    -1.0
+                };
+                assert_eq!(*v, want, "{n} values, odd place {i}");
+            }
+        }
+    }
 
     #[test]
     fn planes_match_the_textbook_loop_on_odd_shapes_strides_and_padding() -> TractResult<()> {

