@@ -17,8 +17,8 @@ use crate::depthwise::Activation;
 use pulp::Simd;
 
 /// Output rows `first..` (as many as `out` holds) of
-/// `activation(bias[o] + Σt w[o][t] · x[starts[t] + base + p])` for
-/// columns `p` in `0..width`, row `o` stored from `o · out_stride`.
+/// `activation(bias[o] + Σt w[o][t] · x[starts[t] + p])` for columns `p`
+/// in `0..width`, each row `width` values.
 ///
 /// A 1×1 convolution's taps are its input channels (`starts[t] = t ·
 /// plane`); a wider filter's are (channel, filter row, filter column),
@@ -28,20 +28,16 @@ pub(crate) struct ChannelProduct<'a> {
     pub x: &'a [f32],
     /// Where each tap's reads start in `x`.
     pub starts: &'a [usize],
-    /// Added to every start: the first output row's place in `x`.
-    pub base: usize,
     /// The weights, `[o][starts.len()]`.
     pub w: &'a [f32],
     /// One per output row.
     pub bias: &'a [f32],
     /// Columns computed per output row.
     pub width: usize,
-    /// Values between two output rows in `out`.
-    pub out_stride: usize,
     /// The first output row of `out`.
     pub first: usize,
     pub activation: Activation,
-    /// The output rows, `out_stride` apart.
+    /// The output rows, `width` values each.
     pub out: &'a mut [f32],
 }
 
@@ -73,10 +69,9 @@ impl pulp::WithSimd for ChannelProduct<'_> {
 struct Operands<'a> {
     x: &'a [f32],
     starts: &'a [usize],
-    base: usize,
     w: &'a [f32],
     bias: &'a [f32],
-    out_stride: usize,
+    width: usize,
     first: usize,
     activation: Activation,
 }
@@ -87,30 +82,27 @@ impl ChannelProduct<'_> {
         let ChannelProduct {
             x,
             starts,
-            base,
             w,
             bias,
-            width: columns,
-            out_stride,
+            width,
             first,
             activation,
             out,
         } = self;
-        if out_stride == 0 || columns == 0 {
+        if width == 0 {
             return;
         }
         let ops = Operands {
             x,
             starts,
-            base,
             w,
             bias,
-            out_stride,
+            width,
             first,
             activation,
         };
         let lanes = S::F32_LANES;
-        let rows = out.len().div_ceil(out_stride);
+        let (columns, rows) = (width, out.len() / width);
         let tile = VECTORS * lanes;
         // Rows in groups whose weights stay cached while every column tile
         // of the group reads them; column tiles outside the row blocks, so
@@ -185,9 +177,8 @@ impl Operands<'_> {
         let lanes = S::F32_LANES;
         let (weights, bias) = self.rows::<S, ROWS>(simd, r);
         let (mut a0, mut a1, mut a2) = (bias, bias, bias);
-        let at = self.base + p;
         for (k, &start) in self.starts.iter().enumerate() {
-            let (xs, _) = S::as_simd_f32s(&self.x[start + at..][..3 * lanes]);
+            let (xs, _) = S::as_simd_f32s(&self.x[start + p..][..3 * lanes]);
             let [x0, x1, x2] = [xs[0], xs[1], xs[2]];
             for i in 0..ROWS {
                 let wv = simd.splat_f32s(weights[i][k]);
@@ -197,7 +188,7 @@ impl Operands<'_> {
             }
         }
         for i in 0..ROWS {
-            let start = (r + i) * self.out_stride + p;
+            let start = (r + i) * self.width + p;
             let (dst, _) = S::as_mut_simd_f32s(&mut out[start..][..3 * lanes]);
             dst[0] = self.activation.apply(simd, a0[i]);
             dst[1] = self.activation.apply(simd, a1[i]);
@@ -217,15 +208,14 @@ impl Operands<'_> {
         out: &mut [f32],
     ) {
         let (weights, mut acc) = self.rows::<S, ROWS>(simd, r);
-        let at = self.base + p;
         for (k, &start) in self.starts.iter().enumerate() {
-            let xv = simd.partial_load_f32s(&self.x[start + at..][..n]);
+            let xv = simd.partial_load_f32s(&self.x[start + p..][..n]);
             for i in 0..ROWS {
                 acc[i] = simd.mul_add_e_f32s(simd.splat_f32s(weights[i][k]), xv, acc[i]);
             }
         }
         for (i, a) in acc.iter().enumerate() {
-            let start = (r + i) * self.out_stride + p;
+            let start = (r + i) * self.width + p;
             simd.partial_store_f32s(&mut out[start..][..n], self.activation.apply(simd, *a));
         }
     }
@@ -264,11 +254,9 @@ mod tests {
                 pulp::Arch::new().dispatch(ChannelProduct {
                     x: &x,
                     starts: &starts,
-                    base: 0,
                     w: &w,
                     bias: &bias,
                     width: plane,
-                    out_stride: plane,
                     first,
                     activation,
                     out: &mut out,

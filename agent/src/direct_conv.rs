@@ -205,11 +205,9 @@ impl EvalOp for DirectConv {
                 let product = ChannelProduct {
                     x: &scratch.padded,
                     starts: &taps,
-                    base: 0,
                     w: ks,
                     bias: &bias,
                     width: geo.oh * geo.pw,
-                    out_stride: geo.oh * geo.pw,
                     first: channel,
                     activation: self.activation,
                     out: now,

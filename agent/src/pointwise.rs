@@ -192,11 +192,9 @@ impl EvalOp for PointwiseConv {
             pulp::Arch::new().dispatch(ChannelProduct {
                 x: xs,
                 starts: &starts,
-                base: 0,
                 w: ws,
                 bias: bs,
                 width: plane,
-                out_stride: plane,
                 first,
                 activation: self.activation,
                 out: chunk,
