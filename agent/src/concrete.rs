@@ -14,6 +14,7 @@ pub fn rewrite(mut typed: TypedModel) -> TractResult<TypedModel> {
         typed = typed.into_decluttered()?;
         crate::pointwise::substitute(&mut typed)?;
         crate::channel_affine::fold(&mut typed)?;
+        crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(&mut typed)?;
     }
     Ok(typed)
 }

@@ -23,7 +23,7 @@
 //! with tract. Spatial sizes may be symbolic: the geometry is worked out per
 //! call from the input's shape, with tract's own padding rules.
 
-use crate::channel_product::ChannelProduct;
+use crate::channel_product::{pack, packed_len, ChannelProduct, PackedFilters};
 use crate::depthwise::{split_pairs, Activation};
 use pulp::Simd;
 use tract_linalg::multithread::par_chunks_mut;
@@ -55,6 +55,7 @@ fn swap(model: &mut TypedModel, only_faster: bool) -> TractResult<usize> {
                 DirectConv {
                     pool_spec: conv.pool_spec.clone(),
                     activation: Activation::None,
+                    packed: false,
                 },
             ));
         }
@@ -135,6 +136,21 @@ const MIN_STRIDED_PLANE: usize = 1024;
 pub struct DirectConv {
     pool_spec: PoolSpec,
     pub(crate) activation: Activation,
+    /// Whether the filters input is `OIHW` as folded (packed per call) or
+    /// packed once by `crate::channel_product::pack_filters`.
+    packed: bool,
+}
+
+impl PackedFilters for DirectConv {
+    fn packed(&self) -> bool {
+        self.packed
+    }
+    fn with_packed_filters(&self) -> Self {
+        DirectConv {
+            packed: true,
+            ..self.clone()
+        }
+    }
 }
 
 impl Op for DirectConv {
@@ -160,10 +176,15 @@ impl EvalOp for DirectConv {
             ),
         };
         let geo = Geometry::new(&self.pool_spec, c, h, w)?;
-        let o = kernel.shape().first().copied().unwrap_or(0);
+        let o = self.pool_spec.output_channels;
         let taps = geo.taps();
+        let expected = if self.packed {
+            packed_len(o, taps.len())
+        } else {
+            o * taps.len()
+        };
         ensure!(
-            kernel.len() == o * taps.len() && o > 0,
+            kernel.len() == expected && o > 0,
             "direct conv: filters {:?} for {c} channels",
             kernel.shape()
         );
@@ -181,6 +202,13 @@ impl EvalOp for DirectConv {
         ensure!(xs.len() == n * c * h * w, "direct conv: input size");
         let ks = kernel.try_as_plain_ram()?;
         let ks = ks.as_slice::<f32>()?;
+        let packed_here;
+        let ks = if self.packed {
+            ks
+        } else {
+            packed_here = pack(ks, o, taps.len());
+            &packed_here
+        };
         let bs = bias.try_as_plain_ram()?;
         let bs = bs.as_slice::<f32>()?;
         let bias: Vec<f32> = match bs.len() {

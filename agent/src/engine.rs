@@ -649,6 +649,9 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     // The BatchNorms and activations after both: tract folds a BatchNorm
     // only into its own single-group convolutions.
     crate::channel_affine::fold(typed)?;
+    // Their filters, folded, packed for the product's tiles.
+    crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(typed)?;
+    crate::channel_product::pack_filters::<crate::direct_conv::DirectConv>(typed)?;
     // 1×1 convolutions over a batch: one product per image, no transposes.
     crate::pointwise_batch::substitute(typed)?;
     // Per-channel constants against a batch of images that none of the

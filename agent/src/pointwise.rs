@@ -18,7 +18,7 @@
 //! `IHW,OI->OHW` (or `NIHW,OI->OHW` with a batch of one): the input is
 //! `[c, plane]` in memory, the weights `[o, c]`, the output `[o, plane]`.
 
-use crate::channel_product::ChannelProduct;
+use crate::channel_product::{pack, packed_len, ChannelProduct, PackedFilters};
 use crate::depthwise::Activation;
 use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::*;
@@ -65,6 +65,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let op = PointwiseConv {
             spatial: form.spatial,
             activation: Activation::None,
+            packed: false,
         };
         let y = patch.wire_node(format!("{}.pointwise", node.name), op, &[x, w, b])?;
         patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
@@ -142,6 +143,21 @@ pub struct PointwiseConv {
     /// Spatial axes of the input and the output.
     spatial: usize,
     pub(crate) activation: Activation,
+    /// Whether the weights input is `[o][c]` as folded (packed per call)
+    /// or packed once by `crate::channel_product::pack_filters`.
+    packed: bool,
+}
+
+impl PackedFilters for PointwiseConv {
+    fn packed(&self) -> bool {
+        self.packed
+    }
+    fn with_packed_filters(&self) -> Self {
+        PointwiseConv {
+            packed: true,
+            ..self.clone()
+        }
+    }
 }
 
 impl Op for PointwiseConv {
@@ -158,15 +174,18 @@ impl EvalOp for PointwiseConv {
         let [x, w, bias] = inputs.as_slice() else {
             bail!("1×1 conv: three inputs expected, got {}", inputs.len());
         };
+        // Packed weights are `[o / BLOCK][c][BLOCK]`; the bias gives `o`.
+        let (rank, c_axis) = if self.packed { (3, 1) } else { (2, 1) };
         ensure!(
-            x.rank() > self.spatial && w.rank() == 2,
-            "1×1 conv: input {:?}, weights {:?}",
+            x.rank() > self.spatial && w.rank() == rank && bias.rank() == 1,
+            "1×1 conv: input {:?}, weights {:?}, bias {:?}",
             x.shape(),
-            w.shape()
+            w.shape(),
+            bias.shape()
         );
         let spatial_shape = &x.shape()[x.rank() - self.spatial..];
         let plane: usize = spatial_shape.iter().product();
-        let (o, c) = (w.shape()[0], w.shape()[1]);
+        let (o, c) = (bias.len(), w.shape()[c_axis]);
         ensure!(x.len() == c * plane, "1×1 conv: input {:?}", x.shape());
         let mut shape: TVec<usize> = tvec![o];
         shape.extend(spatial_shape.iter().copied());
@@ -178,10 +197,21 @@ impl EvalOp for PointwiseConv {
         let xs = xs.as_slice::<f32>()?;
         let ws = w.try_as_plain_ram()?;
         let ws = ws.as_slice::<f32>()?;
-        ensure!(ws.len() == o * c, "1×1 conv: weights {:?}", w.shape());
+        let packed_here;
+        let ws = if self.packed {
+            ws
+        } else {
+            ensure!(ws.len() == o * c, "1×1 conv: weights {:?}", w.shape());
+            packed_here = pack(ws, o, c);
+            &packed_here
+        };
+        ensure!(
+            ws.len() == packed_len(o, c),
+            "1×1 conv: weights {:?}",
+            w.shape()
+        );
         let bs = bias.try_as_plain_ram()?;
         let bs = bs.as_slice::<f32>()?;
-        ensure!(bs.len() == o, "1×1 conv: bias {:?}", bias.shape());
         let work = o * c * plane;
         let mut ys = out.try_as_plain_ram_mut()?;
         // Output channels are independent rows; tract's executor splits
@@ -207,11 +237,14 @@ impl EvalOp for PointwiseConv {
 
 impl TypedOp for PointwiseConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let [x, w, ..] = inputs else {
+        let [x, _, bias] = inputs else {
             bail!("1×1 conv: three inputs expected");
         };
-        ensure!(x.rank() > self.spatial && w.rank() == 2, "1×1 conv: ranks");
-        let mut shape: TVec<TDim> = tvec![w.shape[0].clone()];
+        ensure!(
+            x.rank() > self.spatial && bias.rank() == 1,
+            "1×1 conv: ranks"
+        );
+        let mut shape: TVec<TDim> = tvec![bias.shape[0].clone()];
         shape.extend(x.shape[x.rank() - self.spatial..].iter().cloned());
         Ok(tvec!(f32::fact(shape)))
     }
@@ -247,6 +280,13 @@ mod tests {
             .run(tvec![input(&shape)?])?;
         let plan = crate::engine::optimise(typed)?;
         assert_eq!(ours(plan.model()), 1, "{}", plan.model());
+        // Its filters packed once, in the plan, not per call.
+        assert!(plan
+            .model()
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<PointwiseConv>())
+            .all(|op| op.packed));
         // BatchNorms and ReLUs folded: no broadcasting op left.
         assert!(
             !plan.model().nodes.iter().any(|n| n.op_is::<TypedBinOp>()),
@@ -310,6 +350,45 @@ mod tests {
         let mut swapped = model;
         assert_eq!(substitute(&mut swapped)?, 1);
         let got = swapped
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[c, h, w])?])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+
+    #[test]
+    fn a_scale_after_packed_filters_is_left_to_tract_not_folded_into_them() -> TractResult<()> {
+        // Folding reads the filters one row per output channel; packed,
+        // they are not, and a fold would scale the wrong weights.
+        let (c, o, h, w) = (5, 11, 9, 8);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([c, h, w]))?;
+        let ramp = |n: usize, k: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
+        };
+        let weights = model.add_const("w", Tensor::from_shape(&[o, c], &ramp(c * o, 0.1))?)?;
+        let axes: AxesMapping = "ihw,oi->ohw".parse()?;
+        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        let scale = model.add_const("s", Tensor::from_shape(&[o, 1, 1], &ramp(o, 0.3))?)?;
+        let y = model.wire_node(
+            "scale",
+            tract_onnx::tract_hir::tract_core::ops::math::mul(),
+            &[y[0], scale],
+        )?;
+        model.select_output_outlets(&y)?;
+        let want = model
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[c, h, w])?])?;
+        let mut ours_model = model;
+        assert_eq!(substitute(&mut ours_model)?, 1);
+        assert_eq!(
+            crate::channel_product::pack_filters::<PointwiseConv>(&mut ours_model)?,
+            1
+        );
+        assert_eq!(crate::channel_affine::fold(&mut ours_model)?, 0);
+        let got = ours_model
             .into_optimized()?
             .into_runnable()?
             .run(tvec![input(&[c, h, w])?])?;
