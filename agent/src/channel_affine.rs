@@ -74,7 +74,7 @@ impl ChannelConv for PointwiseConv {
         PackedFilters::packed(self)
     }
     fn channel_axis(&self, _rank: usize) -> usize {
-        0
+        self.channel_axis()
     }
     fn activation(&self) -> Activation {
         self.activation

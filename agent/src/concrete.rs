@@ -12,9 +12,10 @@ pub fn rewrite(mut typed: TypedModel) -> TractResult<TypedModel> {
         // Decluttered, a single image's 1×1 convolutions take the form
         // `crate::pointwise` runs, BatchNorm and activation after them.
         typed = typed.into_decluttered()?;
-        crate::pointwise::substitute(&mut typed)?;
-        crate::channel_affine::fold(&mut typed)?;
-        crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(&mut typed)?;
     }
+    // A batch of one split per image (`ncak,oc->noak`) is one too.
+    crate::pointwise::substitute(&mut typed)?;
+    crate::channel_affine::fold(&mut typed)?;
+    crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(&mut typed)?;
     Ok(typed)
 }

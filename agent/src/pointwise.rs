@@ -63,6 +63,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let w = patch.add_const(format!("{}.weights_oc", node.name), w)?;
         let b = patch.add_const(format!("{}.bias", node.name), Tensor::zero::<f32>(&[o])?)?;
         let op = PointwiseConv {
+            leading: form.leading,
             spatial: form.spatial,
             activation: Activation::None,
             packed: false,
@@ -77,6 +78,8 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
 
 #[derive(Debug, Clone, Copy)]
 struct Form {
+    /// Unit axes in front of the output channel.
+    leading: usize,
     /// Spatial axes after the channel axis (1 for 1-D, 2 for 2-D).
     spatial: usize,
     /// The weights are `[o, c]` (else `[c, o]`).
@@ -84,7 +87,9 @@ struct Form {
 }
 
 /// The EinSum's form when it is a float product of a `[1…, c, spatial…]`
-/// input with constant `[o, c]` or `[c, o]` weights into `[o, spatial…]`.
+/// input with constant `[o, c]` or `[c, o]` weights into `[1…, o,
+/// spatial…]`: the unit axes before the channels summed away or kept in
+/// front of the output (a batch of one split per image keeps its axis).
 fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResult<Option<Form>> {
     if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return Ok(None);
@@ -101,17 +106,23 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
     else {
         return Ok(None);
     };
-    // Before the channels: only axes of size one, summed away.
-    let leading_ones = x_axes[..k]
-        .iter()
-        .enumerate()
-        .all(|(i, a)| x.shape[i].is_one() && a.inputs[1].is_empty() && a.outputs[0].is_empty());
+    // Before the channels: only axes of size one, summed away or kept,
+    // in order, at the front of the output.
+    let mut leading = 0;
+    let mut leading_ones = true;
+    for (i, a) in x_axes[..k].iter().enumerate() {
+        leading_ones &= x.shape[i].is_one() && a.inputs[1].is_empty();
+        if !a.outputs[0].is_empty() {
+            leading_ones &= a.outputs[0].as_slice() == [leading];
+            leading += 1;
+        }
+    }
     // After them: the spatial axes, kept in order behind the output channel.
     let spatial = &x_axes[k + 1..];
     let in_order = spatial
         .iter()
         .enumerate()
-        .all(|(i, a)| a.inputs[1].is_empty() && a.outputs[0].as_slice() == [i + 1]);
+        .all(|(i, a)| a.inputs[1].is_empty() && a.outputs[0].as_slice() == [leading + i + 1]);
     if !leading_ones || !in_order || spatial.is_empty() {
         return Ok(None);
     }
@@ -122,7 +133,9 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
     else {
         return Ok(None);
     };
-    if o.outputs[0].as_slice() != [0] || op.axes.rank(InOut::Out(0)) != spatial.len() + 1 {
+    if o.outputs[0].as_slice() != [leading]
+        || op.axes.rank(InOut::Out(0)) != leading + spatial.len() + 1
+    {
         return Ok(None);
     }
     // A plane of symbolic size is taken: the images it serves are large.
@@ -131,6 +144,7 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
         return Ok(None);
     }
     Ok(Some(Form {
+        leading,
         spatial: spatial.len(),
         weights_first: o.inputs[1][0] == 0,
     }))
@@ -140,12 +154,21 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
 /// image's plane `p`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointwiseConv {
+    /// Unit axes in front of the output channel (a batch of one).
+    leading: usize,
     /// Spatial axes of the input and the output.
     spatial: usize,
     pub(crate) activation: Activation,
     /// Whether the weights input is `[o][c]` as folded (packed per call)
     /// or packed once by `crate::channel_product::pack_filters`.
     packed: bool,
+}
+
+impl PointwiseConv {
+    /// The output's channel axis: after the unit axes kept in front.
+    pub(crate) fn channel_axis(&self) -> usize {
+        self.leading
+    }
 }
 
 impl PackedFilters for PointwiseConv {
@@ -187,7 +210,8 @@ impl EvalOp for PointwiseConv {
         let plane: usize = spatial_shape.iter().product();
         let (o, c) = (bias.len(), w.shape()[c_axis]);
         ensure!(x.len() == c * plane, "1×1 conv: input {:?}", x.shape());
-        let mut shape: TVec<usize> = tvec![o];
+        let mut shape: TVec<usize> = tvec![1; self.leading];
+        shape.push(o);
         shape.extend(spatial_shape.iter().copied());
         let mut out = Tensor::zero::<f32>(&shape)?;
         if out.len() == 0 {
@@ -244,7 +268,8 @@ impl TypedOp for PointwiseConv {
             x.rank() > self.spatial && bias.rank() == 1,
             "1×1 conv: ranks"
         );
-        let mut shape: TVec<TDim> = tvec![bias.shape[0].clone()];
+        let mut shape: TVec<TDim> = tvec![TDim::Val(1); self.leading];
+        shape.push(bias.shape[0].clone());
         shape.extend(x.shape[x.rank() - self.spatial..].iter().cloned());
         Ok(tvec!(f32::fact(shape)))
     }
@@ -392,6 +417,38 @@ mod tests {
             .into_optimized()?
             .into_runnable()?
             .run(tvec![input(&[c, h, w])?])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+
+    #[test]
+    fn a_batch_of_one_kept_in_front_of_the_output_runs_here_too() -> TractResult<()> {
+        // A symbolic batch specialised to one image and split per image
+        // (`crate::conv_per_image`) keeps its unit axis: `nchw,oc->nohw`.
+        let (c, o, h, w) = (6, 10, 9, 12);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, c, h, w]))?;
+        let ramp: Vec<f32> = (0..o * c)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        let weights = model.add_const("w", Tensor::from_shape(&[o, c], &ramp)?)?;
+        let axes: AxesMapping = "nchw,oc->nohw".parse()?;
+        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        model.select_output_outlets(&y)?;
+        let want = model
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[1, c, h, w])?])?;
+        let mut swapped = model;
+        assert_eq!(substitute(&mut swapped)?, 1);
+        assert_eq!(
+            swapped.output_fact(0)?.shape.as_concrete(),
+            Some(&[1, o, h, w][..])
+        );
+        let got = swapped
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&[1, c, h, w])?])?;
         crate::test_fixtures::same_answers(&want[0], &got[0])
     }
 }
