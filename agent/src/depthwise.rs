@@ -221,6 +221,8 @@ struct Geometry {
     kh: usize,
     kw: usize,
     sh: usize,
+    /// The column stride of the computed sums: the filter's, except a
+    /// stride of two, computed at one (see `keep`).
     sw: usize,
     pad_top: usize,
     pad_left: usize,
