@@ -290,6 +290,35 @@ mod tests {
             .count()
     }
 
+    /// `k`-scaled values of a repeating ramp around zero.
+    fn ramp(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
+    }
+
+    /// A model of one EinSum (`axes`) of an `x_shape` input by constant
+    /// `w_shape` weights; returns it and the EinSum's output.
+    fn one_product(
+        axes: &str,
+        x_shape: &[usize],
+        w_shape: [usize; 2],
+    ) -> TractResult<(TypedModel, OutletId)> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(x_shape))?;
+        let w = ramp(w_shape[0] * w_shape[1], 0.1);
+        let weights = model.add_const("w", Tensor::from_shape(&w_shape, &w)?)?;
+        let axes: AxesMapping = axes.parse()?;
+        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        Ok((model, y[0]))
+    }
+
+    /// `model` optimised by tract and run on the test input of `shape`.
+    fn run(model: TypedModel, shape: &[usize]) -> TractResult<TVec<TValue>> {
+        model
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(shape)?])
+    }
+
     #[test]
     fn a_single_images_1x1_convs_run_here_with_their_batchnorm_and_relu() -> TractResult<()> {
         // The mobile block: 1×1 conv + BN + ReLU, depth-wise conv (stride
@@ -358,26 +387,12 @@ mod tests {
     #[test]
     fn weights_stored_input_channels_first_are_transposed_once() -> TractResult<()> {
         let (c, o, h, w) = (5, 7, 20, 21);
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([c, h, w]))?;
-        let ramp = |n: usize, k: f32| -> Vec<f32> {
-            (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
-        };
-        let weights = model.add_const("w", Tensor::from_shape(&[c, o], &ramp(c * o, 0.1))?)?;
-        let axes: AxesMapping = "ihw,io->ohw".parse()?;
-        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
-        model.select_output_outlets(&y)?;
-        let want = model
-            .clone()
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[c, h, w])?])?;
+        let (mut model, y) = one_product("ihw,io->ohw", &[c, h, w], [c, o])?;
+        model.select_output_outlets(&[y])?;
+        let want = run(model.clone(), &[c, h, w])?;
         let mut swapped = model;
         assert_eq!(substitute(&mut swapped)?, 1);
-        let got = swapped
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[c, h, w])?])?;
+        let got = run(swapped, &[c, h, w])?;
         crate::test_fixtures::same_answers(&want[0], &got[0])
     }
 
@@ -386,26 +401,15 @@ mod tests {
         // Folding reads the filters one row per output channel; packed,
         // they are not, and a fold would scale the wrong weights.
         let (c, o, h, w) = (5, 11, 9, 8);
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([c, h, w]))?;
-        let ramp = |n: usize, k: f32| -> Vec<f32> {
-            (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect()
-        };
-        let weights = model.add_const("w", Tensor::from_shape(&[o, c], &ramp(c * o, 0.1))?)?;
-        let axes: AxesMapping = "ihw,oi->ohw".parse()?;
-        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        let (mut model, y) = one_product("ihw,oi->ohw", &[c, h, w], [o, c])?;
         let scale = model.add_const("s", Tensor::from_shape(&[o, 1, 1], &ramp(o, 0.3))?)?;
         let y = model.wire_node(
             "scale",
             tract_onnx::tract_hir::tract_core::ops::math::mul(),
-            &[y[0], scale],
+            &[y, scale],
         )?;
         model.select_output_outlets(&y)?;
-        let want = model
-            .clone()
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[c, h, w])?])?;
+        let want = run(model.clone(), &[c, h, w])?;
         let mut ours_model = model;
         assert_eq!(substitute(&mut ours_model)?, 1);
         assert_eq!(
@@ -413,10 +417,7 @@ mod tests {
             1
         );
         assert_eq!(crate::channel_affine::fold(&mut ours_model)?, 0);
-        let got = ours_model
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[c, h, w])?])?;
+        let got = run(ours_model, &[c, h, w])?;
         crate::test_fixtures::same_answers(&want[0], &got[0])
     }
 
@@ -425,30 +426,16 @@ mod tests {
         // A symbolic batch specialised to one image and split per image
         // (`crate::conv_per_image`) keeps its unit axis: `nchw,oc->nohw`.
         let (c, o, h, w) = (6, 10, 9, 12);
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, c, h, w]))?;
-        let ramp: Vec<f32> = (0..o * c)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1)
-            .collect();
-        let weights = model.add_const("w", Tensor::from_shape(&[o, c], &ramp)?)?;
-        let axes: AxesMapping = "nchw,oc->nohw".parse()?;
-        let y = model.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
-        model.select_output_outlets(&y)?;
-        let want = model
-            .clone()
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[1, c, h, w])?])?;
+        let (mut model, y) = one_product("nchw,oc->nohw", &[1, c, h, w], [o, c])?;
+        model.select_output_outlets(&[y])?;
+        let want = run(model.clone(), &[1, c, h, w])?;
         let mut swapped = model;
         assert_eq!(substitute(&mut swapped)?, 1);
         assert_eq!(
             swapped.output_fact(0)?.shape.as_concrete(),
             Some(&[1, o, h, w][..])
         );
-        let got = swapped
-            .into_optimized()?
-            .into_runnable()?
-            .run(tvec![input(&[1, c, h, w])?])?;
+        let got = run(swapped, &[1, c, h, w])?;
         crate::test_fixtures::same_answers(&want[0], &got[0])
     }
 }
