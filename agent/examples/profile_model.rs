@@ -9,7 +9,9 @@
 //!     target/model-corpus/nudenet-320n [RUNS] [THREADS] [tract]
 //!
 //! `FERRY_PROFILE_BATCH=8` stacks the case's inputs 8 times on the first
-//! axis (the benchmark's batch requests).
+//! axis (the benchmark's batch requests). `FERRY_PROFILE_SYMBOLIC=1` builds
+//! the plan as the agent does for a dynamic-batch model: typed with a
+//! symbolic first axis, then the symbol set to the rows.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -31,6 +33,12 @@ fn main() -> anyhow::Result<()> {
     ferry_agent::const_fold::dedupe_node_names(&mut proto);
     ferry_agent::const_fold::drop_shape_annotations(&mut proto);
     let mut model = onnx.model_for_proto_model(&proto)?;
+    // FERRY_PROFILE_SYMBOLIC=1: the plan the agent compiles for a
+    // dynamic-batch model's block of rows: typed with a symbolic first axis,
+    // our kernels swapped in, then the symbol set (engine::symbol_set_plan).
+    let symbolic = std::env::var("FERRY_PROFILE_SYMBOLIC").is_ok_and(|v| !v.is_empty());
+    let batch_symbol = model.sym("N");
+    let mut rows = 1;
     let mut inputs: TVec<TValue> = tvec![];
     for (i, t) in case["inputs"].as_array().unwrap().iter().enumerate() {
         let shape: Vec<usize> = t["shape"]
@@ -67,13 +75,22 @@ fn main() -> anyhow::Result<()> {
         // FERRY_PROFILE_BATCH=N: the input stacked N times on its first
         // axis, as the benchmark's batch requests are.
         let batch: usize = std::env::var("FERRY_PROFILE_BATCH").map_or(Ok(1), |s| s.parse())?;
+        rows = batch * tensor.shape().first().copied().unwrap_or(1);
         let tensor = if batch > 1 {
             let copies: Vec<Tensor> = (0..batch).map(|_| tensor.clone()).collect();
             Tensor::stack_tensors(0, &copies)?
         } else {
             tensor
         };
-        model.set_input_fact(i, InferenceFact::from(tensor.clone()).without_value())?;
+        if symbolic {
+            // The first axis a symbol, as the agent types a dynamic-batch
+            // model before it sets the batch.
+            let mut dims: TVec<TDim> = tensor.shape().iter().map(|&d| d.to_dim()).collect();
+            dims[0] = batch_symbol.clone().into();
+            model.set_input_fact(i, InferenceFact::dt_shape(tensor.datum_type(), dims))?;
+        } else {
+            model.set_input_fact(i, InferenceFact::from(tensor.clone()).without_value())?;
+        }
         inputs.push(tensor.into_tvalue());
     }
     let started = Instant::now();
@@ -92,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     // `tract` as the fourth argument: tract's own plan, for comparison.
     let plan = if args.get(4).is_some_and(|a| a == "tract") {
         model.into_optimized()?.into_runnable()?
+    } else if symbolic {
+        let typed = ferry_agent::engine::symbolic_typed(model.into_typed()?)?;
+        ferry_agent::engine::symbol_set_plan(&typed, batch_symbol, rows)?
     } else {
         ferry_agent::engine::optimise(model.into_typed()?)?
     };

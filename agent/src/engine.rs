@@ -644,7 +644,7 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     crate::depthwise::substitute(typed)?;
     // Single-group convolutions with wider filters (3×3 and up).
     crate::direct_conv::substitute(typed)?;
-    // A single image's 1×1 convolutions over large planes.
+    // 1×1 convolutions over large planes, one product per image.
     crate::pointwise::substitute(typed)?;
     // The BatchNorms and activations after both: tract folds a BatchNorm
     // only into its own single-group convolutions.
@@ -652,12 +652,32 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     // Their filters, folded, packed for the product's tiles.
     crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(typed)?;
     crate::channel_product::pack_filters::<crate::direct_conv::DirectConv>(typed)?;
-    // 1×1 convolutions over a batch: one product per image, no transposes.
+    // The rest of a batch's 1×1 convolutions (small planes): tract's
+    // product per image, no transposes.
     crate::pointwise_batch::substitute(typed)?;
     // Per-channel constants against a batch of images that none of the
     // above folded (a BatchNorm after a transposed convolution).
     crate::channel_broadcast::substitute(typed)?;
     Ok(())
+}
+
+/// A symbolically typed graph decluttered, with our kernels swapped in:
+/// what the agent's symbolic plans (and per-request specialisations) start
+/// from.
+pub fn symbolic_typed(typed: TypedModel) -> TractResult<TypedModel> {
+    let mut typed = typed.into_decluttered()?;
+    our_ops(&mut typed)?;
+    Ok(typed)
+}
+
+/// The plan of [`symbolic_typed`]'s graph with `symbol` set to `value`: the
+/// agent's plan for a block of `value` rows.
+pub fn symbol_set_plan(typed: &TypedModel, symbol: Symbol, value: usize) -> TractResult<Plan> {
+    let mut subs = HashMap::new();
+    subs.insert(symbol, TDim::Val(value as i64));
+    crate::concrete::rewrite(typed.set_symbols(&subs)?)?
+        .into_optimized()?
+        .into_runnable()
 }
 
 /// The symbolic plans, or why the graph does not type symbolically.
@@ -667,21 +687,11 @@ fn symbolic_plans(
     rows: usize,
     shaped: Option<(CacheBounds, Arc<PlanStats>, u64)>,
 ) -> Result<Plans, LoadError> {
-    let typed = model.into_typed().map_err(compile)?;
-    let mut typed = typed.into_decluttered().map_err(compile)?;
-    our_ops(&mut typed).map_err(compile)?;
-    let batch = batch_symbol.and_then(|sym| {
-        let mut subs = HashMap::new();
-        subs.insert(sym, TDim::Val(rows as i64));
-        // A failure here only loses the fast path, not the model.
-        typed
-            .set_symbols(&subs)
-            .and_then(crate::concrete::rewrite)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .ok()
-            .map(|p| (rows, p))
-    });
+    let typed = symbolic_typed(model.into_typed().map_err(compile)?).map_err(compile)?;
+    // A failure here only loses the fast path, not the model.
+    let batch = batch_symbol
+        .and_then(|sym| symbol_set_plan(&typed, sym, rows).ok())
+        .map(|p| (rows, p));
     let shaped = shaped.and_then(|(bounds, stats, bytes)| {
         Specialiser::new(&typed, bounds, stats, bytes).map(Arc::new)
     });

