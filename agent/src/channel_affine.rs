@@ -143,10 +143,13 @@ fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {
             folded += 1;
         }
         let mut op = op;
+        // A factor left after the activation (see `crate::hard_swish`).
+        let mut post_scale = None;
         if op.activation() == Activation::None {
-            if let Some((next, act)) = activation_step(model, last)? {
+            if let Some((next, act, scale)) = activation_step(model, last)? {
                 op = op.with_activation(act);
                 last = OutletId::new(next, 0);
+                post_scale = scale;
                 folded += 1;
             }
         }
@@ -164,7 +167,19 @@ fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {
             format!("{}.folded_bias", node.name),
             Tensor::from_shape(&[c], &b)?,
         )?;
-        let y = patch.wire_node(format!("{}.folded", node.name), op, &[x, k, b])?;
+        let mut y = patch.wire_node(format!("{}.folded", node.name), op, &[x, k, b])?;
+        if let Some(scale) = post_scale {
+            let rank = model.outlet_fact(last)?.rank();
+            let s = patch.add_const(
+                format!("{}.after_activation", node.name),
+                Tensor::from_shape(&tvec![1; rank], &[scale])?,
+            )?;
+            y = patch.wire_node(
+                format!("{}.scaled", node.name),
+                tract_onnx::tract_hir::tract_core::ops::math::mul(),
+                &[y[0], s],
+            )?;
+        }
         patch.shunt_outside(model, last, y[0])?;
         // A patch appends nodes: the ids collected above stay valid.
         patch.apply(model)?;
@@ -173,11 +188,21 @@ fn fold_after<C: ChannelConv>(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 /// The node after `outlet` when it is a ReLU (tract's `Max` with a zero
-/// constant) or a HardSwish, used by nothing else.
+/// constant) or a HardSwish (ONNX's operator, or the exporters' five
+/// element-wise ops: `crate::hard_swish`), used by nothing else; for the
+/// latter, its last node and the constant factor, if any, its last product
+/// leaves after a HardSwish.
 fn activation_step(
     model: &TypedModel,
     outlet: OutletId,
-) -> TractResult<Option<(usize, Activation)>> {
+) -> TractResult<Option<(usize, Activation, Option<f32>)>> {
+    if let Some((last, scale)) = crate::hard_swish::after(model, outlet)? {
+        // A HardSwish times a constant other than one (PP-LCNetV3's
+        // learnable scale merged into the division by 6) keeps one product
+        // by it after the kernel, not four passes.
+        let post = (scale != 1.0).then_some(scale);
+        return Ok(Some((last, Activation::HardSwish, post)));
+    }
     if let Some(f) = crate::const_operand::follower(model, outlet)? {
         let zero = f.konst.datum_type() == f32::datum_type()
             && f.konst
@@ -188,7 +213,7 @@ fn activation_step(
         let same_shape =
             model.outlet_fact(OutletId::new(f.node, 0))?.shape == model.outlet_fact(outlet)?.shape;
         let relu = f.op == "Max" && zero && same_shape;
-        return Ok(relu.then_some((f.node, Activation::Relu)));
+        return Ok(relu.then_some((f.node, Activation::Relu, None)));
     }
     if model.outputs.contains(&outlet) {
         return Ok(None);
@@ -200,7 +225,7 @@ fn activation_step(
     let hard_swish = node
         .op_as::<ElementWiseOp>()
         .is_some_and(|ew| ew.0.name() == "HardSwish" && ew.1.is_none());
-    Ok(hard_swish.then_some((node.id, Activation::HardSwish)))
+    Ok(hard_swish.then_some((node.id, Activation::HardSwish, None)))
 }
 
 enum Step {

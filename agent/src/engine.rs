@@ -634,8 +634,6 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     // Narrow matrix products with their bias and ReLU: one fused layer
     // each, with weights packed once here instead of per call.
     crate::dense::fuse(typed)?;
-    // Softmax/argmax tails over a few classes: our row loops, not tract's.
-    crate::rowops::substitute(typed)?;
     // Reductions over an axis before the last (a max pool over time).
     crate::axis_reduce::substitute(typed)?;
     // A softmax over an inner axis (YOLO's box bins).
@@ -652,6 +650,11 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
     // Their filters, folded, packed for the product's tiles.
     crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(typed)?;
     crate::channel_product::pack_filters::<crate::direct_conv::DirectConv>(typed)?;
+    // Softmax/argmax tails over a few classes: our row loops, not tract's.
+    // After the folds: its binary ops with a constant row would hide a
+    // scalar step (the exporters' HardSwish is `x + 3`, ..., `· 1/6`) from
+    // them.
+    crate::rowops::substitute(typed)?;
     // The rest of a batch's 1×1 convolutions (small planes): tract's
     // product per image, no transposes.
     crate::pointwise_batch::substitute(typed)?;

@@ -43,6 +43,7 @@ pub mod executor;
 mod failpoint;
 pub mod fleet;
 pub mod front_end;
+pub mod hard_swish;
 pub mod inference_log;
 pub mod metrics;
 pub mod oip;
