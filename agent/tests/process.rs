@@ -210,6 +210,34 @@ fn refused_side_load_without_a_previous_version_exits_with_the_reason() {
 /// the bundle it is told to side-load at start-up is refused: the agent
 /// stays up, the model answers ready and infers on the previous version,
 /// and the refusal is in the log and in `/metrics`.
+/// glibc hands every large freed tensor back to the kernel and
+/// page-faults it in again on the next request; `run` re-executes itself
+/// once with tunables that keep it (a batch of images through a CNN spent a
+/// third of its time in page faults without them). The re-executed agent
+/// keeps its process id and serves.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn serving_keeps_freed_memory_with_glibc_tunables() {
+    let keys = Keys::new();
+    let data = tempfile::tempdir().unwrap();
+    let agent = side_load(&keys, data.path().to_str().unwrap(), &[]);
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.child.id())).unwrap();
+    let tunables = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .find_map(|v| v.strip_prefix("GLIBC_TUNABLES="))
+        .unwrap_or_else(|| panic!("the serving agent runs without GLIBC_TUNABLES"));
+    assert!(
+        tunables.contains("glibc.malloc.mmap_threshold=")
+            && tunables.contains("glibc.malloc.trim_threshold="),
+        "{tunables}"
+    );
+    assert_eq!(
+        http(agent.addr, "GET", "/v2/models/fraud/ready", b"").status,
+        200
+    );
+}
+
 #[test]
 fn refused_side_load_keeps_the_previous_version_serving() {
     let keys = Keys::new();
