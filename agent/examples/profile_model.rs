@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     let mut model = onnx.model_for_proto_model(&proto)?;
     // FERRY_PROFILE_SYMBOLIC=1: the plan the agent compiles for a
     // dynamic-batch model's block of rows: typed with a symbolic first axis,
-    // our kernels swapped in, then the symbol set (engine::symbol_set_plan).
+    // our kernels swapped in, then the symbol set (concrete::symbol_set_plan).
     let symbolic = std::env::var("FERRY_PROFILE_SYMBOLIC").is_ok_and(|v| !v.is_empty());
     let batch_symbol = model.sym("N");
     let mut rows = 1;
@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         model.into_optimized()?.into_runnable()?
     } else if symbolic {
         let typed = ferry_agent::engine::symbolic_typed(model.into_typed()?)?;
-        ferry_agent::engine::symbol_set_plan(&typed, batch_symbol, rows)?
+        ferry_agent::concrete::symbol_set_plan(&typed, batch_symbol, rows)?
     } else {
         ferry_agent::engine::optimise(model.into_typed()?)?
     };

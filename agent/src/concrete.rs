@@ -3,6 +3,8 @@
 //! graph typed per shape): a small batch's convolutions one image at a
 //! time, and a single image's 1×1 convolutions as one product each.
 
+use crate::plan_cache::Plan;
+use std::collections::HashMap;
 use tract_onnx::prelude::*;
 
 /// `typed`, its symbols already replaced by values, rewritten.
@@ -18,4 +20,14 @@ pub fn rewrite(mut typed: TypedModel) -> TractResult<TypedModel> {
     crate::channel_affine::fold(&mut typed)?;
     crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(&mut typed)?;
     Ok(typed)
+}
+
+/// The plan of a symbolic graph (`crate::engine::symbolic_typed`) with
+/// `symbol` set to `value`: the agent's plan for a block of `value` rows.
+pub fn symbol_set_plan(typed: &TypedModel, symbol: Symbol, value: usize) -> TractResult<Plan> {
+    let mut subs = HashMap::new();
+    subs.insert(symbol, TDim::Val(value as i64));
+    rewrite(typed.set_symbols(&subs)?)?
+        .into_optimized()?
+        .into_runnable()
 }

@@ -14,7 +14,6 @@ use crate::engine_choice::{EngineInfo, EngineSelect};
 use crate::plan_cache::{CacheBounds, Plan, PlanCache, PlanStats};
 use crate::specialise::Specialiser;
 use ferry_protocol::{DType, Dim, Schema};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -673,16 +672,6 @@ pub fn symbolic_typed(typed: TypedModel) -> TractResult<TypedModel> {
     Ok(typed)
 }
 
-/// The plan of [`symbolic_typed`]'s graph with `symbol` set to `value`: the
-/// agent's plan for a block of `value` rows.
-pub fn symbol_set_plan(typed: &TypedModel, symbol: Symbol, value: usize) -> TractResult<Plan> {
-    let mut subs = HashMap::new();
-    subs.insert(symbol, TDim::Val(value as i64));
-    crate::concrete::rewrite(typed.set_symbols(&subs)?)?
-        .into_optimized()?
-        .into_runnable()
-}
-
 /// The symbolic plans, or why the graph does not type symbolically.
 fn symbolic_plans(
     model: InferenceModel,
@@ -693,7 +682,7 @@ fn symbolic_plans(
     let typed = symbolic_typed(model.into_typed().map_err(compile)?).map_err(compile)?;
     // A failure here only loses the fast path, not the model.
     let batch = batch_symbol
-        .and_then(|sym| symbol_set_plan(&typed, sym, rows).ok())
+        .and_then(|sym| crate::concrete::symbol_set_plan(&typed, sym, rows).ok())
         .map(|p| (rows, p));
     let shaped = shaped.and_then(|(bounds, stats, bytes)| {
         Specialiser::new(&typed, bounds, stats, bytes).map(Arc::new)
