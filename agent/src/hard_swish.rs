@@ -115,7 +115,7 @@ fn const_other(model: &TypedModel, node: &TypedNode, slot: usize, v: f32) -> Tra
 }
 
 /// The one value of a float constant whose values are all the same.
-pub fn uniform(t: &Tensor) -> TractResult<Option<f32>> {
+fn uniform(t: &Tensor) -> TractResult<Option<f32>> {
     if t.datum_type() != f32::datum_type() {
         return Ok(None);
     }
