@@ -621,46 +621,10 @@ fn symbol_name(input: &str, k: usize, name: &str) -> String {
 /// Types, declutters, fuses and optimises a graph into a runnable plan.
 pub fn optimise(typed: TypedModel) -> TractResult<Plan> {
     let mut typed = typed.into_decluttered()?;
-    our_ops(&mut typed)?;
+    crate::kernel_swaps::swap_in(&mut typed)?;
     crate::concrete::rewrite(typed)?
         .into_optimized()?
         .into_runnable()
-}
-
-/// Swaps the nodes our own kernels run faster than tract's, after
-/// decluttering (Conv + BatchNorm folded) and before tract optimises.
-fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
-    // Narrow matrix products with their bias and ReLU: one fused layer
-    // each, with weights packed once here instead of per call.
-    crate::dense::fuse(typed)?;
-    // Reductions over an axis before the last (a max pool over time).
-    crate::axis_reduce::substitute(typed)?;
-    // A softmax over an inner axis (YOLO's box bins).
-    crate::axis_softmax::substitute(typed)?;
-    // One filter per channel: MobileNet's depth-wise convolutions.
-    crate::depthwise::substitute(typed)?;
-    // Single-group convolutions with wider filters (3×3 and up).
-    crate::direct_conv::substitute(typed)?;
-    // 1×1 convolutions over large planes, one product per image.
-    crate::pointwise::substitute(typed)?;
-    // The BatchNorms and activations after both: tract folds a BatchNorm
-    // only into its own single-group convolutions.
-    crate::channel_affine::fold(typed)?;
-    // Their filters, folded, packed for the product's tiles.
-    crate::channel_product::pack_filters::<crate::pointwise::PointwiseConv>(typed)?;
-    crate::channel_product::pack_filters::<crate::direct_conv::DirectConv>(typed)?;
-    // Softmax/argmax tails over a few classes: our row loops, not tract's.
-    // After the folds: its binary ops with a constant row would hide a
-    // scalar step (the exporters' HardSwish is `x + 3`, ..., `· 1/6`) from
-    // them.
-    crate::rowops::substitute(typed)?;
-    // The rest of a batch's 1×1 convolutions (small planes): tract's
-    // product per image, no transposes.
-    crate::pointwise_batch::substitute(typed)?;
-    // Per-channel constants against a batch of images that none of the
-    // above folded (a BatchNorm after a transposed convolution).
-    crate::channel_broadcast::substitute(typed)?;
-    Ok(())
 }
 
 /// A symbolically typed graph decluttered, with our kernels swapped in:
@@ -668,7 +632,7 @@ fn our_ops(typed: &mut TypedModel) -> TractResult<()> {
 /// from.
 pub fn symbolic_typed(typed: TypedModel) -> TractResult<TypedModel> {
     let mut typed = typed.into_decluttered()?;
-    our_ops(&mut typed)?;
+    crate::kernel_swaps::swap_in(&mut typed)?;
     Ok(typed)
 }
 
