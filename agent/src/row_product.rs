@@ -252,7 +252,7 @@ fn substitute_from(model: &mut TypedModel, min_weights: usize) -> TractResult<us
         }
         let mut w_kn = Vec::with_capacity(k * n);
         for p in &parts {
-            w_kn.extend_from_slice(&p.w_kn);
+            p.append_rows(&mut w_kn)?;
         }
         let mut last = id;
         let bias = follower(model, last, "Add", n)?;
@@ -300,7 +300,25 @@ struct Part {
     x: OutletId,
     k: usize,
     n: usize,
-    w_kn: Vec<f32>,
+    /// The matrix as the graph holds it, `k × n` or, when `transposed`,
+    /// `n × k`: laid out only once the product is taken.
+    w: Arc<Tensor>,
+    transposed: bool,
+}
+
+impl Part {
+    /// Appends `W`'s `k` rows of `n` to `w_kn`.
+    fn append_rows(&self, w_kn: &mut Vec<f32>) -> TractResult<()> {
+        let (k, n) = (self.k, self.n);
+        let plain = self.w.try_as_plain_ram()?;
+        let given = plain.as_slice::<f32>()?;
+        if self.transposed {
+            w_kn.extend((0..k * n).map(|at| given[(at % n) * k + at / n]));
+        } else {
+            w_kn.extend_from_slice(given);
+        }
+        Ok(())
+    }
 }
 
 /// The products node `id` sums: itself when a product, or both operands
@@ -409,14 +427,13 @@ fn product(model: &TypedModel, id: usize) -> TractResult<Option<Part>> {
     if xf.shape.last() != Some(&k.to_dim()) || k == 0 || n == 0 {
         return Ok(None);
     }
-    let plain = w.try_as_plain_ram()?;
-    let given = plain.as_slice::<f32>()?;
-    let w_kn = if transposed {
-        (0..k * n).map(|at| given[(at % n) * k + at / n]).collect()
-    } else {
-        given.to_vec()
-    };
-    Ok(Some(Part { x, k, n, w_kn }))
+    Ok(Some(Part {
+        x,
+        k,
+        n,
+        w,
+        transposed,
+    }))
 }
 
 /// The only consumer of `from`'s output when it is the binary op `name`
